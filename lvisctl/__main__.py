@@ -1,0 +1,3 @@
+from lvisctl.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``lvisctl`` command line: one thin Typer module per subcommand over the shared layers."""

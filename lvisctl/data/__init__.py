@@ -1,0 +1,1 @@
+"""Data layer: LVIS files, synthetic LVIS, category statistics, training samples, samplers, transforms."""

@@ -1,0 +1,15 @@
+"""Run directories: every artifact a command makes is recorded in ``manifest.json``."""
+
+from lvisctl.rundir.io import atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from lvisctl.rundir.manifest import ARTIFACT_KINDS, Artifact, RunDir
+
+__all__ = [
+    "ARTIFACT_KINDS",
+    "Artifact",
+    "RunDir",
+    "atomic_output",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "sha256_file",
+]

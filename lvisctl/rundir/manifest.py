@@ -1,0 +1,215 @@
+"""The run directory and its ``manifest.json``.
+
+A run directory holds everything one experiment made. ``manifest.json`` lists each artifact with its
+kind, relative path, sha256, size, creation time, the command line and resolved config that made it,
+and the artifacts (or external files) it was made from, so lineage can be followed and later commands
+find their inputs without being told paths.
+
+The manifest is only ever rewritten atomically under a file lock, so concurrent commands on one run
+directory cannot corrupt it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import shlex
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from lvisctl.errors import LvisctlError
+from lvisctl.rundir.io import atomic_write_json, sha256_file
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+ARTIFACT_KINDS = (
+    "dataset",
+    "config",
+    "checkpoint",
+    "pseudo-labels",
+    "predictions",
+    "metrics",
+    "submission",
+    "plot",
+    "report",
+    "log",
+)
+
+
+@dataclass
+class Artifact:
+    """One manifest entry. ``path`` is relative to the run directory (absolute for external inputs)."""
+
+    kind: str
+    path: str
+    sha256: str
+    size: int
+    created: str
+    command: str = ""
+    config: dict[str, Any] | None = None
+    inputs: list[dict[str, str]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.path
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def current_command() -> str:
+    """The command line of this process, as the user could type it again."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(("lvisctl", "__main__.py", "app.py")):
+        argv[0] = "lvisctl"
+    return shlex.join(argv)
+
+
+class RunDir:
+    """A run directory. Creating the object creates the folder (and an empty manifest) if needed."""
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+        self.root = Path(path).expanduser().resolve()
+        if not self.root.exists():
+            if not create:
+                raise LvisctlError(f"{self.root}: run directory does not exist")
+            self.root.mkdir(parents=True)
+        elif not self.root.is_dir():
+            raise LvisctlError(f"{self.root}: is not a directory")
+        self.manifest_path = self.root / MANIFEST_NAME
+        self._lock = FileLock(str(self.root / ".manifest.lock"), timeout=60)
+        if not self.manifest_path.exists():
+            with self._lock:
+                if not self.manifest_path.exists():
+                    atomic_write_json(self.manifest_path, {"version": MANIFEST_VERSION, "artifacts": []})
+
+    # ------------------------------------------------------------------ reading
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise LvisctlError(f"{self.manifest_path}: not valid json ({err.msg} at line {err.lineno})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
+            raise LvisctlError(f"{self.manifest_path}: not an lvisctl manifest (no 'artifacts' list)")
+        return data
+
+    def artifacts(self, kind: str | None = None) -> list[Artifact]:
+        """All artifacts (oldest first), optionally of one kind."""
+        items = [Artifact(**a) for a in self._read()["artifacts"]]
+        return [a for a in items if kind is None or a.kind == kind]
+
+    def find(self, kind: str, **meta: Any) -> list[Artifact]:
+        """Artifacts of ``kind`` whose ``meta`` contains every given key/value, oldest first."""
+        return [a for a in self.artifacts(kind) if all(a.meta.get(k) == v for k, v in meta.items())]
+
+    def latest(self, kind: str, **meta: Any) -> Artifact:
+        """The newest artifact of ``kind`` (matching ``meta``); a clear error when there is none."""
+        found = self.find(kind, **meta)
+        if not found:
+            what = kind + (f" with {meta}" if meta else "")
+            raise LvisctlError(f"{self.manifest_path}: no {what} artifact recorded; run the command that makes it first")
+        return found[-1]
+
+    def get(self, rel_path: str) -> Artifact | None:
+        for a in self.artifacts():
+            if a.path == rel_path:
+                return a
+        return None
+
+    def resolve(self, artifact: Artifact, *, verify: bool = True) -> Path:
+        """Absolute path of ``artifact``, checked to exist and (by default) to still match its sha256."""
+        path = self.path_of(artifact.path)
+        if not path.exists():
+            raise LvisctlError(f"{path}: recorded in {self.manifest_path.name} as {artifact.kind} but missing on disk")
+        if verify and sha256_file(path) != artifact.sha256:
+            raise LvisctlError(
+                f"{path}: sha256 no longer matches {self.manifest_path.name} (the file changed after it was recorded)"
+            )
+        return path
+
+    def path_of(self, rel_path: str) -> Path:
+        p = Path(rel_path)
+        return p if p.is_absolute() else self.root / p
+
+    def relative(self, path: str | os.PathLike[str]) -> str:
+        """Path relative to the run dir when inside it, else absolute (external inputs)."""
+        p = Path(path).expanduser().resolve()
+        try:
+            return p.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(p)
+
+    # ------------------------------------------------------------------ writing
+    def output_path(self, rel_path: str, *, overwrite: bool = False) -> Path:
+        """Where a command may write ``rel_path``. Refuses to replace an existing file unless ``overwrite``.
+
+        Call this before doing the work, so a refused run fails fast and leaves nothing behind.
+        """
+        path = self.path_of(rel_path)
+        if path.exists() and not overwrite:
+            raise LvisctlError(f"{path}: already exists; pass --overwrite to replace it or choose another --out")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def register(
+        self,
+        kind: str,
+        path: str | os.PathLike[str],
+        *,
+        inputs: Sequence[Artifact | str | os.PathLike[str]] = (),
+        config: dict[str, Any] | None = None,
+        command: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Artifact:
+        """Record a file the command has finished writing. Re-registering a path replaces its entry."""
+        if kind not in ARTIFACT_KINDS:
+            raise ValueError(f"unknown artifact kind {kind!r}; expected one of {ARTIFACT_KINDS}")
+        abs_path = self.path_of(self.relative(path))
+        artifact = Artifact(
+            kind=kind,
+            path=self.relative(abs_path),
+            sha256=sha256_file(abs_path),
+            size=abs_path.stat().st_size,
+            created=_now(),
+            command=current_command() if command is None else command,
+            config=config,
+            inputs=[self._input_record(i) for i in inputs],
+            meta=dict(meta or {}),
+        )
+        with self._lock:
+            data = self._read()
+            data["artifacts"] = [a for a in data["artifacts"] if a["path"] != artifact.path]
+            data["artifacts"].append(asdict(artifact))
+            atomic_write_json(self.manifest_path, data)
+        return artifact
+
+    def _input_record(self, item: Artifact | str | os.PathLike[str]) -> dict[str, str]:
+        if isinstance(item, Artifact):
+            return {"path": item.path, "sha256": item.sha256, "kind": item.kind}
+        rel = self.relative(item)
+        known = self.get(rel)
+        if known is not None:
+            return {"path": known.path, "sha256": known.sha256, "kind": known.kind}
+        return {"path": rel, "sha256": sha256_file(self.path_of(rel)), "kind": "external"}
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold a named lock for a whole command (e.g. ``train``) so two of them cannot share a run dir."""
+        lock = FileLock(str(self.root / f".{name}.lock"), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise LvisctlError(f"{self.root}: another 'lvisctl {name}' is running in this run directory") from None
+        try:
+            yield
+        finally:
+            lock.release()
