@@ -1,0 +1,180 @@
+"""``lvisctl data``: make synthetic LVIS, print dataset statistics, validate LVIS files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lvisctl.errors import LvisctlError
+
+data_app = typer.Typer(help="LVIS datasets: synthesize, inspect, validate.", no_args_is_help=True)
+console = Console()
+
+
+@data_app.command("synth")
+def synth(
+    out: Path | None = typer.Option(None, "--out", help="Dataset folder to create (default: RUN_DIR/data)."),
+    preset: str = typer.Option("demo", "--preset", help="tiny (tests), demo (README demo) or val-scale."),
+    seed: int = typer.Option(0, "--seed", help="Everything is deterministic given the seed."),
+    images: bool | None = typer.Option(None, "--images/--no-images", help="Write image files."),
+    real_categories: bool | None = typer.Option(
+        None, "--real-categories/--synthetic-categories", help="Use names/ids from the real LVIS v1 table."
+    ),
+    categories_file: Path | None = typer.Option(
+        None,
+        "--categories-file",
+        help="Real category table (default <repo>/../shared/data/...).",
+    ),
+    num_categories: int | None = typer.Option(None, "--num-categories", help="Override the preset."),
+    train_images: int | None = typer.Option(None, "--train-images"),
+    val_images: int | None = typer.Option(None, "--val-images"),
+    test_images: int | None = typer.Option(None, "--test-images"),
+    unlabeled_images: int | None = typer.Option(None, "--unlabeled-images"),
+    image_size: int | None = typer.Option(None, "--image-size", help="Square image side in px."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Register the jsons as datasets here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset folder."),
+) -> None:
+    """Write a synthetic LVIS v1 dataset: images, train/val jsons, test-dev and unlabeled image-info jsons."""
+    from lvisctl.data.synth import SPLITS, generate_synthetic_lvis, resolve_config
+    from lvisctl.rundir import RunDir
+
+    if out is None and run_dir is None:
+        raise LvisctlError("data synth: pass --out DIR or --run-dir DIR")
+    run = RunDir(run_dir) if run_dir is not None else None
+    out = out if out is not None else run.root / "data"
+    overrides = {
+        "write_images": images,
+        "real_categories": real_categories,
+        "num_categories": num_categories,
+        "train_images": train_images,
+        "val_images": val_images,
+        "test_images": test_images,
+        "unlabeled_images": unlabeled_images,
+        "image_size": image_size,
+    }
+    cfg = resolve_config(preset, **overrides)  # fail fast on bad options, before any progress bar
+    with _progress() as progress:
+        tasks = {}
+
+        def report(split: str, done: int, total: int) -> None:
+            if split not in tasks:
+                tasks[split] = progress.add_task(f"{split}", total=total)
+            progress.update(tasks[split], completed=done)
+
+        paths = generate_synthetic_lvis(
+            out,
+            preset=preset,
+            seed=seed,
+            overwrite=overwrite,
+            categories_file=categories_file,
+            progress=report,
+            **overrides,
+        )
+    meta = {"preset": preset, "seed": seed, "synthetic": True, "images": cfg.write_images}
+    if run is not None:
+        for name, _, _, _ in SPLITS:
+            run.register("dataset", paths[name], meta={"split": name, **meta})
+    _print_summary(paths, [name for name, *_ in SPLITS])
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _print_summary(paths: dict[str, Path], splits: list[str]) -> None:
+    from lvisctl.data.lvis import load_lvis
+
+    table = Table(title=f"synthetic LVIS in {paths['root']}")
+    for col in ("split", "file", "images", "annotations", "categories r/c/f"):
+        table.add_column(col)
+    for name in splits:
+        data = load_lvis(paths[name])
+        tags = [c.get("frequency") for c in data.categories.values()]
+        rcf = "/".join(str(tags.count(t)) for t in "rcf")
+        anns = str(data.num_annotations) if data.has_annotations else "-"
+        table.add_row(name, paths[name].name, str(len(data.images)), anns, rcf)
+    console.print(table)
+
+
+@data_app.command("stats")
+def stats(
+    gt: Path | None = typer.Option(None, "--gt", help="LVIS json (default: the run's training dataset)."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Find the dataset; register plots."),
+    out: Path | None = typer.Option(None, "--out", help="Plot folder (RUN_DIR/plots or GT_DIR/stats)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing plots."),
+) -> None:
+    """Print the category-frequency and mask/box-area-ratio distributions and save them as PNG plots."""
+    from lvisctl.data.lvis import load_lvis
+    from lvisctl.data.stats import dataset_stats, save_plots, stats_tables
+    from lvisctl.rundir import RunDir
+
+    run = RunDir(run_dir) if run_dir is not None else None
+    if gt is None:
+        if run is None:
+            raise LvisctlError("data stats: pass --gt FILE or --run-dir DIR")
+        gt = run.resolve(run.latest("dataset", split="train"))
+    out = out if out is not None else (run.root / "plots" if run is not None else gt.parent / "stats")
+    prefix = f"{gt.stem}_"
+    targets = [out / f"{prefix}{name}.png" for name in ("category_frequency", "mask_box_ratio")]
+    for target in targets:  # refuse before the (possibly long) load
+        if target.exists() and not overwrite:
+            raise LvisctlError(
+                f"{target}: already exists; pass --overwrite to replace it or choose another --out"
+            )
+    with console.status(f"loading {gt}"):
+        data = load_lvis(gt)
+    result = dataset_stats(data)
+    for table in stats_tables(result):
+        console.print(table)
+    written = save_plots(result, out, prefix=prefix)
+    if run is not None:
+        for path in written:
+            run.register(
+                "plot", path, inputs=[gt], meta={"plot": path.stem[len(prefix) :], "source": gt.name}
+            )
+    console.print("plots: " + ", ".join(str(p) for p in written))
+
+
+@data_app.command("validate")
+def validate(
+    file: Path = typer.Argument(..., help="LVIS annotation or image-info json."),
+    image_root: Path | None = typer.Option(
+        None, "--image-root", help="Image root (default: the json's folder)."
+    ),
+    check_images: bool = typer.Option(
+        True, "--check-images/--no-check-images", help="Check the image files."
+    ),
+) -> None:
+    """Validate an LVIS file (and its images); print a summary, or every problem's count and the first few."""
+    from lvisctl.data.lvis import validate_lvis
+
+    with console.status(f"validating {file}"):
+        data = validate_lvis(file, image_root=image_root, check_images=check_images)
+    tags = [c.get("frequency") for c in data.categories.values()]
+    table = Table(title=f"{file}: valid")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    table.add_row("kind", "annotations" if data.has_annotations else "image info (no annotations)")
+    table.add_row("images", str(len(data.images)))
+    table.add_row("annotations", str(data.num_annotations))
+    table.add_row("categories (r/c/f)", f"{len(tags)} ({'/'.join(str(tags.count(t)) for t in 'rcf')})")
+    neg = sum(len(i.get("neg_category_ids", [])) for i in data.images.values())
+    not_ex = sum(len(i.get("not_exhaustive_category_ids", [])) for i in data.images.values())
+    table.add_row("neg / not-exhaustive labels", f"{neg} / {not_ex}")
+    table.add_row("image files", f"all found under {data.image_root}" if check_images else "not checked")
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")

@@ -1,0 +1,165 @@
+"""``lvisctl tta-infer``: predictions of a checkpoint on an LVIS split, as an LVIS results file.
+
+Several GPUs / nodes: ``torchrun --nproc_per_node 8 -m lvisctl tta-infer --run-dir DIR --images val.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+# Exit status of a run stopped by --max-chunks: nothing failed, the command is meant to be run again
+# (EX_TEMPFAIL); a script chaining `tta-infer && evaluate` must not evaluate an older file meanwhile.
+EXIT_INCOMPLETE = 75
+
+
+def tta_infer_command(
+    run_dir: Path = typer.Option(
+        ..., "--run-dir", help="Run directory (predictions are written and recorded here)."
+    ),
+    images: Path = typer.Option(
+        ..., "--images", help="LVIS annotation file or test-dev image-info json listing the images."
+    ),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Checkpoint file; default: the run's newest final one (stage 2 before 1)."
+    ),
+    scales: str | None = typer.Option(
+        None,
+        "--scales",
+        help="Test scale(s), short side in pixels: 800 or 600,800,1000 (default inference.scales).",
+    ),
+    image_root: Path | None = typer.Option(
+        None, "--image-root", help="Folder the image paths are relative to (default: the json's folder)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Results file (default DIR/predictions/<images>_<checkpoint>_s<scales>.json)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing results file."),
+    max_chunks: int | None = typer.Option(
+        None,
+        "--max-chunks",
+        min=0,
+        help="Stop each process after this many new chunks of inference.chunk_size images (time-limited "
+        "jobs); rerun the same command to continue.",
+    ),
+    overrides: list[str] | None = typer.Argument(
+        None,
+        help="Overrides key.sub=value of the checkpoint's config (e.g. inference.batch_size=4).",
+    ),
+) -> None:
+    """Run a checkpoint on every image and write an LVIS results file (top 300 per image, RLE masks).
+
+    Resumable: finished chunks are kept in DIR/.partial/ and a rerun continues from them.
+    """
+    from lvisctl.engine.distributed import cleanup_distributed
+    from lvisctl.inference.runner import parse_scales, predict_to_run_dir
+
+    scale_list = parse_scales(scales) if scales is not None else None
+    with _ImagesProgress() as progress:
+        try:
+            outcome = predict_to_run_dir(
+                run_dir,
+                images,
+                checkpoint=checkpoint,
+                scales=scale_list,
+                image_root=image_root,
+                out=out,
+                overwrite=overwrite,
+                overrides=overrides or [],
+                max_chunks=max_chunks,
+                on_start=progress.start,
+                on_images=progress.advance,
+            )
+        finally:
+            cleanup_distributed()
+    if not outcome.is_main:
+        return
+    if outcome.artifact is not None:
+        _print_summary(outcome)
+    else:
+        s = outcome.summary
+        typer.echo(
+            f"stopped by --max-chunks before all {s.chunks_total} chunks were done ({s.chunks_resumed} were "
+            "done before this run); rerun the same command to continue",
+            err=True,
+        )
+        raise typer.Exit(EXIT_INCOMPLETE)
+
+
+class _ImagesProgress:
+    """A rich progress bar with images/s, shown by rank 0 only (other ranks print nothing)."""
+
+    def __init__(self) -> None:
+        import os
+
+        self.enabled = int(os.environ.get("RANK", "0")) == 0
+        self.progress = None
+        self.task = None
+
+    def __enter__(self) -> _ImagesProgress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]inference"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self.progress.start()
+        return self
+
+    def start(self, total: int) -> None:
+        if self.progress is not None:
+            self.task = self.progress.add_task("inference", total=total, rate="")
+
+    def advance(self, n: int) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.advance(self.task, n)
+            speed = self.progress.tasks[self.task].speed
+            self.progress.update(self.task, rate=f"{speed:.1f} img/s" if speed else "")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _print_summary(outcome) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s = outcome.summary
+    table = Table(title="tta-infer", show_header=True)
+    for col in (
+        "images",
+        "detections",
+        "det/image",
+        "seconds",
+        "images/s",
+        "chunks (new/resumed)",
+        "processes",
+    ):
+        table.add_column(col, justify="right")
+    rate = f"{s.images_computed / s.seconds:.2f}" if s.images_computed and s.seconds > 0 else "-"
+    table.add_row(
+        str(s.images),
+        str(s.detections),
+        f"{s.detections / max(s.images, 1):.1f}",
+        f"{s.seconds:.1f}",
+        rate,
+        f"{s.chunks_total - s.chunks_resumed}/{s.chunks_resumed}",
+        str(outcome.world_size),
+    )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"predictions: {outcome.out_path}  (scales {outcome.scales}, checkpoint {outcome.checkpoint})"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tta-infer")(tta_infer_command)

@@ -1,0 +1,228 @@
+"""Training samples from an LVIS file: decode once, augment with per-sample seeded randomness, collate.
+
+Keys. ``dataset[key]`` takes either an ``int`` image index (epoch 0, position = index; handy for tests
+and inspection) or the ``(image_index, epoch, position)`` tuple the samplers in
+:mod:`lvisctl.data.samplers` yield. Every random choice of the augmentations comes from a generator
+seeded by ``(seed, epoch, position)``, so a sample does not depend on DataLoader workers, on which
+samples came before it, or on global RNG state: the requirement for bit-identical resume.
+
+The dataset takes any ``LvisData``-like object (duck typing): ``images: dict[int, dict]`` (LVIS image
+records with ``height``, ``width`` and optional ``neg_category_ids`` / ``not_exhaustive_category_ids``),
+``anns_by_image: dict[int, list[dict]]`` (LVIS annotations with polygon or RLE ``segmentation``,
+``bbox``, ``category_id``) and ``image_path(image_id) -> Path``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from torchvision import tv_tensors
+
+from lvisctl.data.categories import CategoryMap
+from lvisctl.data.samplers import EpochSampler, build_train_sampler, image_frequency_from_sets, repeat_factors
+from lvisctl.data.transforms.base import Sample, Transform, make_boxes, sample_generator, tight_boxes
+from lvisctl.data.transforms.compose import build_train_transforms
+from lvisctl.errors import LvisctlError
+
+SampleKey = int | tuple[int, int, int]
+
+
+class LvisTrainDataset(torch.utils.data.Dataset):
+    """``(image, target)`` training pairs (contract in ARCHITECTURE.md, "Training samples").
+
+    ``image_ids``: which images, in index order (default: every image, sorted by id; with
+    ``filter_empty`` only those with at least one annotation of a mapped class). ``ignore_boxes``:
+    per-image XYXY boxes of pseudo labels treated as missing annotations. ``loss_weight``: the lambda of
+    pseudo-labelled extra datasets (1.0 for LVIS). ``box_from_mask``: initial boxes are the tight boxes
+    of the decoded masks (the aligned-box setting); otherwise the annotation ``bbox``.
+    """
+
+    def __init__(
+        self,
+        lvis_data: Any,
+        category_map: CategoryMap,
+        transforms: Transform | None = None,
+        *,
+        seed: int = 0,
+        image_ids: Sequence[int] | None = None,
+        filter_empty: bool = True,
+        ignore_boxes: Mapping[int, Any] | None = None,
+        loss_weight: float = 1.0,
+        box_from_mask: bool = True,
+    ):
+        self.lvis = lvis_data
+        self.category_map = category_map
+        self.transforms = transforms
+        self.seed = int(seed)
+        self.ignore_boxes = dict(ignore_boxes or {})
+        self.loss_weight = float(loss_weight)
+        self.box_from_mask = box_from_mask
+        ids = sorted(lvis_data.images) if image_ids is None else [int(i) for i in image_ids]
+        if filter_empty:
+            ids = [i for i in ids if self._label_set(i)]
+        self.image_ids = ids
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    # -- class statistics for RFS ---------------------------------------------------------------------
+    def _label_set(self, image_id: int) -> set[int]:
+        cmap = self.category_map
+        return {
+            cmap.index(a["category_id"])
+            for a in self.lvis.anns_by_image.get(image_id, ())
+            if a["category_id"] in cmap
+        }
+
+    def image_label_sets(self) -> list[set[int]]:
+        """Contiguous class indices present in each image, in dataset index order."""
+        return [self._label_set(i) for i in self.image_ids]
+
+    def repeat_factors(self, t: float) -> np.ndarray:
+        """RFS repeat factor of every image, with ``f(c)`` counted over this dataset's images."""
+        sets = self.image_label_sets()
+        return repeat_factors(sets, image_frequency_from_sets(sets), t)
+
+    # -- loading ----------------------------------------------------------------------------------------
+    def load(self, index: int) -> Sample:
+        """The un-augmented sample of image ``index``: decoded image, masks and federated fields."""
+        image_id = self.image_ids[index]
+        record = self.lvis.images[image_id]
+        image = _read_image(Path(self.lvis.image_path(image_id)), record)
+        h, w = image.shape[-2:]
+        cmap = self.category_map
+        anns = [a for a in self.lvis.anns_by_image.get(image_id, ()) if a["category_id"] in cmap]
+        masks = torch.from_numpy(_decode_masks(anns, h, w))
+        labels = torch.tensor([cmap.index(a["category_id"]) for a in anns], dtype=torch.int64)
+        if self.box_from_mask:
+            boxes = tight_boxes(masks)
+        else:
+            xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+            boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+        keep = masks.flatten(1).any(dim=1).bool()  # degenerate polygons decode to nothing
+        ignore = torch.as_tensor(np.asarray(self.ignore_boxes.get(image_id, []), dtype=np.float32))
+        return {
+            "image": tv_tensors.Image(image),
+            "masks": tv_tensors.Mask(masks[keep]),
+            "boxes": make_boxes(boxes[keep], h, w),
+            "labels": labels[keep],
+            "ignore_boxes": make_boxes(ignore, h, w),
+            "neg_labels": _index_tensor(cmap, record.get("neg_category_ids", ())),
+            "not_exhaustive_labels": _index_tensor(cmap, record.get("not_exhaustive_category_ids", ())),
+            "image_id": int(image_id),
+            "loss_weight": self.loss_weight,
+        }
+
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, dict[str, Any]]:
+        index, epoch, position = (int(key), 0, int(key)) if isinstance(key, (int, np.integer)) else key
+        sample = self.load(int(index))
+        if self.transforms is not None:
+            sample = self.transforms(sample, sample_generator(self.seed, epoch, position), self)
+        return to_training_pair(sample)
+
+
+def to_training_pair(sample: Sample) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Sample dict -> ``(image float [3,H,W] in [0,1], target)`` with plain tensors."""
+    image = sample["image"].as_subclass(torch.Tensor).to(torch.float32).div_(255.0)
+    target = {
+        "boxes": sample["boxes"].as_subclass(torch.Tensor).to(torch.float32).reshape(-1, 4),
+        "labels": sample["labels"].to(torch.int64),
+        "masks": sample["masks"].as_subclass(torch.Tensor).to(torch.uint8),
+        "image_id": int(sample["image_id"]),
+        "neg_labels": sample["neg_labels"],
+        "not_exhaustive_labels": sample["not_exhaustive_labels"],
+        "ignore_boxes": sample["ignore_boxes"].as_subclass(torch.Tensor).to(torch.float32).reshape(-1, 4),
+        "loss_weight": float(sample["loss_weight"]),
+    }
+    return image, target
+
+
+def collate_detection(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Keep images and targets as lists (sizes differ; the model batches them itself)."""
+    images = [b[0] for b in batch]
+    targets = [b[1] for b in batch]
+    return images, targets
+
+
+def build_train_data(
+    cfg: Mapping[str, Any],
+    lvis_data: Any,
+    category_map: CategoryMap,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    ignore_boxes: Mapping[int, Any] | None = None,
+) -> tuple[LvisTrainDataset, EpochSampler]:
+    """Dataset + sampler from a config (``seed``, ``augment:``, ``sampler:``), sharing the repeat factors."""
+    aligned = bool(cfg["augment"]["box_from_mask"])
+    dataset = LvisTrainDataset(
+        lvis_data,
+        category_map,
+        None,
+        seed=int(cfg.get("seed", 0)),
+        ignore_boxes=ignore_boxes,
+        box_from_mask=aligned,
+    )
+    if len(dataset) == 0:
+        raise LvisctlError(
+            f"{getattr(lvis_data, 'path', 'training data')}: no image has an annotation to train on"
+        )
+    factors = dataset.repeat_factors(float(cfg["sampler"]["rfs_threshold"]))
+    dataset.transforms = build_train_transforms(cfg, repeat_factors=factors)
+    sampler = build_train_sampler(cfg, factors, rank=rank, world_size=world_size)
+    return dataset, sampler
+
+
+def _read_image(path: Path, record: Mapping[str, Any]) -> torch.Tensor:
+    if not path.is_file():
+        raise LvisctlError(f"{path}: image file not found (check --image-root)")
+    try:
+        with Image.open(path) as img:
+            array = np.array(img.convert("RGB"))  # writable copy
+    except OSError as err:
+        raise LvisctlError(f"{path}: cannot decode image ({str(err).splitlines()[0]})") from None
+    image = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    h, w = image.shape[-2:]
+    if "height" in record and (int(record["height"]), int(record["width"])) != (h, w):
+        raise LvisctlError(
+            f"{path}: image is {w}x{h} but the annotation file says {record['width']}x{record['height']}"
+        )
+    return image
+
+
+def _decode_masks(anns: Sequence[Mapping[str, Any]], h: int, w: int) -> np.ndarray:
+    """``[N,H,W]`` uint8 masks of polygon / RLE segmentations, decoded by pycocotools in one call."""
+    if not anns:
+        return np.zeros((0, h, w), dtype=np.uint8)
+    rles = []
+    for ann in anns:
+        seg = ann["segmentation"]
+        if isinstance(seg, list):  # polygons (lists or float32 arrays): one RLE per part, merged
+            parts = [np.asarray(p, dtype=np.float64) for p in seg if len(p) >= 6]  # < 3 points: no pixels
+            rles.append(mask_utils.merge(mask_utils.frPyObjects(parts, h, w)) if parts else _empty_rle(h, w))
+        elif isinstance(seg.get("counts"), list):  # uncompressed RLE
+            rles.append(mask_utils.frPyObjects(seg, h, w))
+        else:
+            counts = seg["counts"]
+            rles.append(
+                {"size": list(seg["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
+            )
+    with warnings.catch_warnings():  # pycocotools' numpy-2 "copy keyword" deprecation, not ours
+        warnings.simplefilter("ignore", DeprecationWarning)
+        decoded = mask_utils.decode(rles)  # [H,W,N], Fortran order
+    return np.ascontiguousarray(decoded.transpose(2, 0, 1))
+
+
+def _empty_rle(h: int, w: int) -> dict:
+    return mask_utils.encode(np.zeros((h, w), dtype=np.uint8, order="F"))
+
+
+def _index_tensor(cmap: CategoryMap, cat_ids: Sequence[int]) -> torch.Tensor:
+    return torch.tensor(sorted(cmap.indices(cat_ids)), dtype=torch.int64)

@@ -1,0 +1,201 @@
+"""Epoch samplers for training: Repeat Factor Sampling (Gupta et al. 2019, the LVIS paper) and a plain one.
+
+RFS: every class ``c`` gets ``r(c) = max(1, sqrt(t / f(c)))`` with ``f(c)`` the fraction of training
+images containing ``c``; an image gets ``r(I) = max_{c in I} r(c)``. Each epoch an image appears
+``floor(r(I))`` times plus once more with probability ``r(I) - floor(r(I))`` (stochastic rounding).
+
+Determinism and resume. The epoch's index list depends only on ``(seed, epoch)``. The sampler yields
+``(image_index, epoch, position)`` tuples, where ``position`` is the sample's place in the epoch's global
+(all-rank) list; ``LvisTrainDataset`` seeds every random augmentation choice from ``(seed, epoch,
+position)``. So a sample is the same whatever the number of DataLoader workers, and a run resumed at
+sample ``k`` of an epoch (``set_epoch(epoch, start=k)`` or ``load_state_dict``) sees exactly the samples
+and augmentations the uninterrupted run would have seen.
+
+Distributed: the epoch list is padded by wrapping around to a multiple of ``world_size`` (as
+``torch.utils.data.DistributedSampler`` does) and rank ``r`` takes positions ``r, r + W, r + 2W, ...``:
+disjoint, equal-length shards. Padded positions are new positions, so their augmentations differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from lvisctl.errors import LvisctlError
+
+
+def repeat_factors(
+    image_cat_ids: Sequence[set[int]], image_frequency: Mapping[int, float] | np.ndarray, t: float
+) -> np.ndarray:
+    """Per-image repeat factors ``r(I) = max(1, max_{c in I} sqrt(t / f(c)))``; 1.0 for class-less images.
+
+    ``image_frequency`` is either a mapping ``category -> f(c)`` keyed like the sets, or an array in
+    :class:`~lvisctl.data.categories.CategoryStats` order (entry ``i`` is contiguous class ``i + 1``, so the
+    sets then hold contiguous indices ``1..K``).
+    """
+    if t < 0:
+        raise ValueError(f"RFS threshold must be >= 0, got {t}")
+    if isinstance(image_frequency, Mapping):
+        freq = {int(c): float(f) for c, f in image_frequency.items()}
+    else:
+        arr = np.asarray(image_frequency, dtype=np.float64)
+        freq = {i + 1: float(f) for i, f in enumerate(arr)}
+    cat_factor = {c: max(1.0, float(np.sqrt(t / f))) if f > 0 else 1.0 for c, f in freq.items()}
+    out = np.ones(len(image_cat_ids), dtype=np.float64)
+    for i, cats in enumerate(image_cat_ids):
+        if cats:
+            out[i] = max(cat_factor[int(c)] for c in cats)
+    return out
+
+
+def image_frequency_from_sets(image_cat_ids: Sequence[set[int]]) -> dict[int, float]:
+    """``f(c)``: the fraction of the given images that contain class ``c``."""
+    counts: dict[int, int] = {}
+    for cats in image_cat_ids:
+        for c in cats:
+            counts[int(c)] = counts.get(int(c), 0) + 1
+    n = max(len(image_cat_ids), 1)
+    return {c: k / n for c, k in counts.items()}
+
+
+class EpochSampler:
+    """Shared machinery: per-epoch index list from ``(seed, epoch)``, rank sharding, mid-epoch start.
+
+    Iterating yields ``(image_index, epoch, position)`` tuples. ``len()`` is the number of samples this
+    rank still yields in the current epoch (``num_samples - start``); ``num_samples`` is the full
+    per-rank epoch length. Epoch lengths can differ between epochs under RFS (stochastic rounding).
+    """
+
+    def __init__(
+        self, num_images: int, *, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True
+    ):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        if num_images < 1:
+            raise LvisctlError("training set: no images to sample (is the annotation file empty?)")
+        self.num_images = int(num_images)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.shuffle = bool(shuffle)
+        self.epoch = 0
+        self.start = 0
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    # -- what differs between samplers ------------------------------------------------------------
+    def _counts(self, rng: np.random.Generator) -> np.ndarray:
+        """How many times each image appears this epoch."""
+        return np.ones(self.num_images, dtype=np.int64)
+
+    # -- epoch list ---------------------------------------------------------------------------------
+    def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
+        """The global (all-rank, unpadded) image index list of an epoch."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        # One generator per (seed, epoch): no dependence on earlier epochs or global RNG state.
+        rng = np.random.default_rng([self.seed, epoch])
+        counts = self._counts(rng)
+        indices = np.repeat(np.arange(self.num_images, dtype=np.int64), counts)
+        if self.shuffle:
+            indices = rng.permutation(indices)
+        self._cache = (epoch, indices)
+        return indices
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per rank in the current epoch (after padding to a multiple of ``world_size``)."""
+        total = len(self.epoch_indices())
+        return -(-total // self.world_size)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch; ``start`` skips the first ``start`` samples of this rank (exact resume)."""
+        self.epoch = int(epoch)
+        if not 0 <= start <= self.num_samples:
+            raise ValueError(f"start {start} outside 0..{self.num_samples} for epoch {epoch}")
+        self.start = int(start)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        indices = self.epoch_indices()
+        total = len(indices)
+        for j in range(self.start, self.num_samples):
+            position = self.rank + j * self.world_size
+            yield int(indices[position % total]), self.epoch, position
+
+    # -- resume -------------------------------------------------------------------------------------
+    def state_dict(self, consumed: int | None = None) -> dict[str, Any]:
+        """State to store in a checkpoint; ``consumed`` = samples this rank has used in the current epoch.
+
+        The sampler cannot count consumption itself (the DataLoader prefetches ahead), so the trainer
+        passes ``iteration_in_epoch * batch_size``; default is the current ``start``.
+        """
+        return {
+            "kind": type(self).__name__,
+            "epoch": self.epoch,
+            "start": self.start if consumed is None else int(consumed),
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "num_images": self.num_images,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue exactly where ``state`` left off; refuses a state from a different setup."""
+        for key in ("kind", "seed", "world_size", "num_images"):
+            mine = type(self).__name__ if key == "kind" else getattr(self, key)
+            if state.get(key) != mine:
+                raise LvisctlError(
+                    f"checkpoint sampler state: {key} is {state.get(key)!r} but this run has {mine!r}; "
+                    "exact resume needs the same data, seed, sampler and number of processes"
+                )
+        self.set_epoch(int(state["epoch"]), start=int(state["start"]))
+
+
+class PlainSampler(EpochSampler):
+    """Every image once per epoch (shuffled by ``(seed, epoch)``); the no-RFS baseline."""
+
+
+class RepeatFactorSampler(EpochSampler):
+    """Repeat Factor Sampling with epoch-level stochastic rounding (see the module docstring)."""
+
+    def __init__(
+        self,
+        repeat_factors: Sequence[float] | np.ndarray,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ):
+        factors = np.asarray(repeat_factors, dtype=np.float64)
+        if factors.ndim != 1 or (factors < 1).any():
+            raise ValueError("repeat factors must be a 1-d array of values >= 1")
+        super().__init__(len(factors), seed=seed, rank=rank, world_size=world_size, shuffle=shuffle)
+        self.repeat_factors = factors
+        self._floor = np.floor(factors).astype(np.int64)
+        self._frac = factors - self._floor
+
+    def _counts(self, rng: np.random.Generator) -> np.ndarray:
+        return self._floor + (rng.random(self.num_images) < self._frac)
+
+
+def build_train_sampler(
+    cfg: Mapping[str, Any], factors: np.ndarray, *, rank: int = 0, world_size: int = 1
+) -> EpochSampler:
+    """Sampler from ``cfg.sampler`` (``type: rfs | uniform``); ``factors`` are the images' repeat factors."""
+    scfg = cfg["sampler"]
+    seed = int(cfg.get("seed", 0))
+    kind = scfg["type"]
+    if kind == "rfs":
+        return RepeatFactorSampler(
+            factors, seed=seed, rank=rank, world_size=world_size, shuffle=scfg["shuffle"]
+        )
+    if kind == "uniform":
+        return PlainSampler(
+            len(factors), seed=seed, rank=rank, world_size=world_size, shuffle=scfg["shuffle"]
+        )
+    raise LvisctlError(f"config: sampler.type must be rfs or uniform, got {kind!r}")

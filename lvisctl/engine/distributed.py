@@ -1,0 +1,109 @@
+"""Multi-process training with ``torchrun`` (DDP): process-group set-up and the few collectives we need.
+
+``torchrun --nproc_per_node N -m lvisctl train ...`` (or ``--nnodes``/``--rdzv-*`` for several nodes) sets
+``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; without them training runs
+in one process. NCCL on CUDA, gloo on CPU. Rank 0 alone writes files and the manifest.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+# torchrun workers import this module before torch: keep OpenMP threads from busy-waiting there too
+# (``import lvisctl`` already does this; workers started with ``python -c`` may skip the package import).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from lvisctl.errors import LvisctlError  # noqa: E402
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(preference: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> the process's GPU when CUDA is present, else CPU; ``cuda`` without a GPU is an error."""
+    if preference not in ("auto", "cpu", "cuda"):
+        raise LvisctlError(f"config: device must be auto, cpu or cuda, got {preference!r}")
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise LvisctlError("config: device is 'cuda' but no CUDA GPU is available (use device=auto or cpu)")
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(device_preference: str = "auto") -> DistInfo:
+    """Join the process group when launched by torchrun (env vars present); a no-op otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_preference, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Mean of a tensor over processes (for logging: every rank sees the same numbers)."""
+    if not info.distributed:
+        return values
+    values = values.clone()
+    dist.all_reduce(values)
+    return values / info.world_size
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True when ``flag`` is true on any process, so all ranks take the same branch (e.g. stop on NaN)."""
+    if not info.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def broadcast_object(obj: object, info: DistInfo) -> object:
+    """Rank 0's ``obj`` on every rank (e.g. the checkpoint path chosen for a resume)."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def broadcast_buffers(model: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP does this at the start of each forward, so after the last step each rank still holds the
+    statistics of its own last batch; this makes the final models identical on all ranks.
+    """
+    if not info.distributed:
+        return
+    for buf in model.buffers():
+        dist.broadcast(buf, src=0)

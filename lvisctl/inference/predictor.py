@@ -1,0 +1,215 @@
+"""Run a detection model on whole images: resize, batch, predict, map back to the original image.
+
+The model (``lvisctl.modeling``, torchvision calling convention) does not resize: it sees exactly the
+tensors we give it and answers in their coordinates. The predictor therefore owns the test-time scale:
+each image is resized so its short side is ``scale`` (long side at most ``max_size``, as in Mask R-CNN
+testing), the model runs in eval mode under ``no_grad`` (float16 autocast on CUDA), and boxes and masks
+are mapped back to the original resolution, where masks are binarised at ``mask_thresh``.
+
+The output is per-image tensors, so test-time augmentation and pseudo-labelling reuse it:
+:meth:`Predictor.predict_scale` gives one scale's detections at original resolution, and
+:meth:`Predictor.predict_batch` merges the scales with ``merge`` (by default concatenation followed by
+class-wise NMS, the plain multi-scale test of mmdetection; the paper's TTA plugs in its own merge).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lvisctl.data.categories import CategoryStats
+from lvisctl.errors import LvisctlError
+
+Detections = dict[str, torch.Tensor]
+MergeFn = Callable[[Sequence[Detections]], Detections]
+
+# Masks are resized to the original resolution this many at a time, bounding the float memory of
+# 300 full-image probability maps (~1.2 GB at 800x1333) to a sixth.
+MASK_PASTE_CHUNK = 50
+
+
+def resized_size(height: int, width: int, scale: int, max_size: int) -> tuple[int, int]:
+    """Size after resizing the short side to ``scale`` with the long side capped at ``max_size``.
+
+    Rounded to the nearest pixel as detectron2's ``ResizeShortestEdge`` does.
+    """
+    factor = scale / min(height, width)
+    if max(height, width) * factor > max_size:
+        factor = max_size / max(height, width)
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def resize_image(image: torch.Tensor, scale: int, max_size: int) -> torch.Tensor:
+    """``[3, H, W]`` float image -> resized copy (bilinear, as torchvision's detection transform)."""
+    height, width = image.shape[-2:]
+    size = resized_size(int(height), int(width), scale, max_size)
+    if size == (height, width):
+        return image
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def empty_detections(height: int, width: int) -> Detections:
+    return {
+        "boxes": torch.zeros((0, 4)),
+        "scores": torch.zeros((0,)),
+        "labels": torch.zeros((0,), dtype=torch.int64),
+        "masks": torch.zeros((0, height, width), dtype=torch.bool),
+    }
+
+
+def top_k(detections: Detections, k: int) -> Detections:
+    """The ``k`` highest-scoring detections, best first (stable: ties keep their order)."""
+    order = torch.sort(detections["scores"], descending=True, stable=True).indices[:k]
+    return {key: value[order] for key, value in detections.items()}
+
+
+def merge_nms(per_scale: Sequence[Detections], iou_thresh: float, k: int) -> Detections:
+    """Plain multi-scale merge: concatenate every scale's detections, class-wise NMS, keep the top ``k``."""
+    from torchvision.ops import batched_nms
+
+    merged = {key: torch.cat([d[key] for d in per_scale]) for key in per_scale[0]}
+    keep = batched_nms(merged["boxes"], merged["scores"], merged["labels"], iou_thresh)
+    return top_k({key: value[keep] for key, value in merged.items()}, k)
+
+
+class Predictor:
+    """Whole-image inference with a model that follows the torchvision detection convention.
+
+    ``predict`` / ``predict_batch`` take float images ``[3, H, W]`` in [0, 1] (any device) and return,
+    per image and on the CPU: ``boxes`` float[N, 4] xyxy in original pixels, ``scores`` float[N]
+    (descending), ``labels`` int64[N] (contiguous 1..K) and ``masks`` bool[N, H, W], with
+    N <= ``detections_per_image``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device | str,
+        scales: Sequence[int] = (800,),
+        max_size: int = 1333,
+        *,
+        detections_per_image: int = 300,
+        score_thresh: float = 0.0,
+        mask_thresh: float = 0.5,
+        amp: bool = True,
+        merge: MergeFn | None = None,
+        merge_iou: float = 0.5,
+    ) -> None:
+        if not scales:
+            raise ValueError("at least one test scale is needed")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.scales = tuple(int(s) for s in scales)
+        self.max_size = int(max_size)
+        self.detections_per_image = int(detections_per_image)
+        self.score_thresh = float(score_thresh)
+        self.mask_thresh = float(mask_thresh)
+        self.amp = amp and self.device.type == "cuda"
+        self.merge = merge or (lambda per_scale: merge_nms(per_scale, merge_iou, self.detections_per_image))
+
+    def predict(self, image: torch.Tensor) -> Detections:
+        """Detections for one image (see the class docstring)."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[torch.Tensor]) -> list[Detections]:
+        """Detections for several images, run as one model batch per scale."""
+        per_scale = [self.predict_scale(images, scale) for scale in self.scales]
+        if len(per_scale) == 1:
+            return per_scale[0]
+        return [self.merge([dets[i] for dets in per_scale]) for i in range(len(images))]
+
+    @torch.no_grad()
+    def predict_scale(self, images: Sequence[torch.Tensor], scale: int) -> list[Detections]:
+        """One test scale: resize, run the model, map back; thresholded and top-k, at original size."""
+        inputs = [resize_image(_as_float(img).to(self.device), scale, self.max_size) for img in images]
+        autocast = (
+            torch.autocast(device_type="cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
+        )
+        with autocast:
+            outputs = self.model(inputs)
+        return [
+            self._to_original(out, tuple(inp.shape[-2:]), tuple(img.shape[-2:]))
+            for out, inp, img in zip(outputs, inputs, images, strict=True)
+        ]
+
+    def _to_original(
+        self, output: dict[str, torch.Tensor], input_hw: tuple[int, int], original_hw: tuple[int, int]
+    ) -> Detections:
+        scores = output["scores"].float()
+        kept = torch.nonzero(scores >= self.score_thresh).flatten()
+        order = kept[
+            torch.sort(scores[kept], descending=True, stable=True).indices[: self.detections_per_image]
+        ]
+        (in_h, in_w), (height, width) = input_hw, original_hw
+        ratio = torch.tensor([width / in_w, height / in_h, width / in_w, height / in_h], device=scores.device)
+        boxes = output["boxes"][order].float() * ratio
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        return {
+            "boxes": boxes.cpu(),
+            "scores": scores[order].cpu(),
+            "labels": output["labels"][order].long().cpu(),
+            "masks": self._paste_masks(output["masks"], order, (height, width)),
+        }
+
+    def _paste_masks(self, masks: torch.Tensor, order: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Probabilities ``masks[order]`` ``[N, 1, h, w]`` at input size -> bool ``[N, H, W]`` at original
+        size, on the CPU. Indexed chunk by chunk: copying all 300 input-size masks at once costs ~1 GB."""
+        if order.numel() == 0:
+            return torch.zeros((0, *size), dtype=torch.bool)
+        pieces = []
+        for idx in order.split(MASK_PASTE_CHUNK):
+            # Resample the probabilities, then threshold: binarising first would make edges blocky when
+            # the test scale is smaller than the image.
+            probs = F.interpolate(masks[idx].float(), size=size, mode="bilinear", align_corners=False)
+            pieces.append((probs[:, 0] > self.mask_thresh).cpu())
+        return torch.cat(pieces)
+
+
+def _as_float(image: torch.Tensor) -> torch.Tensor:
+    return image.float() / 255 if image.dtype == torch.uint8 else image
+
+
+def model_from_checkpoint(
+    ckpt: dict[str, Any], overrides: Sequence[str] = (), *, source: object = "checkpoint"
+) -> tuple[nn.Module, CategoryStats, Any]:
+    """Rebuild the model of a loaded checkpoint: ``(model in eval mode on the CPU, category stats, config)``.
+
+    The config is the checkpoint's resolved config merged over the current base (keys added since it was
+    written get their defaults), then ``key=value`` ``overrides`` (e.g. ``model.test.score_thresh=0.05``).
+    """
+    from lvisctl.config import Config, load_config
+    from lvisctl.config.loader import deep_merge, parse_overrides
+    from lvisctl.modeling.build import build_model
+
+    load_config(None, overrides)  # validates the overrides against the schema
+    merged = deep_merge(load_config().to_dict(), ckpt["config"])
+    config = Config.wrap(deep_merge(merged, parse_overrides(overrides)))
+    stats = CategoryStats.from_dict(ckpt["category_stats"])
+    model = build_model(config, stats)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise LvisctlError(
+            f"{source}: weights do not fit the model its config builds ({first[:160]})"
+        ) from None
+    return model.eval(), stats, config
+
+
+def load_checkpoint_model(
+    path: str | os.PathLike[str], device: torch.device | str = "cpu", overrides: Sequence[str] = ()
+) -> tuple[nn.Module, CategoryStats, Any]:
+    """:func:`model_from_checkpoint` for a checkpoint file (loaded weights-only); the model on ``device``."""
+    from lvisctl.engine.checkpoint import load_checkpoint
+
+    model, stats, config = model_from_checkpoint(
+        load_checkpoint(path, map_location="cpu"), overrides, source=path
+    )
+    return model.to(device), stats, config

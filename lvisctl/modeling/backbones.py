@@ -1,0 +1,259 @@
+"""Backbone trunks that return the C2-C5 feature maps (strides 4, 8, 16, 32) the FPN consumes.
+
+* ResNet-18/50/101 from torchvision, optionally with deformable 3x3 convs (DCN, torchvision
+  ``DeformConv2d``) in stages 3-5 (``model.backbone.dcn_stages``).
+* ResNeSt-50/101/200/269 from timm (``resnest50d``, ``resnest101e``, ``resnest200e``, ``resnest269e``).
+* ``tiny``: a 4-stage BasicBlock ResNet with a configurable base width, for CPU runs trained from scratch.
+
+Nothing is downloaded (``pretrained=False`` everywhere): ImageNet weights come from a local file
+(``model.backbone.weights``), loaded *before* norm layers are frozen so FrozenBN gets the file's statistics.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock
+from torchvision.ops import DeformConv2d, FrozenBatchNorm2d
+
+from lvisctl.errors import LvisctlError
+
+TORCHVISION_RESNETS = {"resnet18": 18, "resnet50": 50, "resnet101": 101}
+TIMM_RESNESTS = {
+    "resnest50": "resnest50d",
+    "resnest101": "resnest101e",
+    "resnest200": "resnest200e",
+    "resnest269": "resnest269e",
+}
+BACKBONE_NAMES = (*TORCHVISION_RESNETS, *TIMM_RESNESTS, "tiny")
+NORMS = ("frozen_bn", "bn", "gn")
+
+
+class DeformConv3x3(DeformConv2d):
+    """A 3x3 deformable conv that predicts its own offsets (DCNv1, Dai et al. 2017).
+
+    The offset conv is zero-initialised so the layer starts as the plain conv it replaces; its weight keys
+    (``weight``) match the replaced ``nn.Conv2d``, so ImageNet weights of a plain ResNet load unchanged
+    (only ``offset.*`` stays freshly initialised).
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            kernel_size=3,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+        )
+        with torch.no_grad():
+            self.weight.copy_(conv.weight)
+        self.offset = nn.Conv2d(conv.in_channels, 2 * 9, 3, stride=conv.stride, padding=conv.padding)
+        nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        # deform_conv2d has no half kernel: run it in the offset conv's dtype under autocast.
+        offset = self.offset(x)
+        return super().forward(x.to(offset.dtype), offset)
+
+
+class Trunk(nn.Module):
+    """``stem`` + ``stages`` (4 modules); ``forward`` returns ``[C2, C3, C4, C5]``."""
+
+    def __init__(self, stem: nn.Module, stages: list[nn.Module], channels: list[int]) -> None:
+        super().__init__()
+        self.stem = stem
+        self.stages = nn.ModuleList(stages)
+        self.out_channels = channels
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.stem(x)
+        outs = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+
+class TimmTrunk(nn.Module):
+    """A timm ``features_only`` model (already returns C2-C5) behind the ``Trunk`` interface."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.body = model
+        self.out_channels = list(model.feature_info.channels())
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return list(self.body(x))
+
+    def stage_modules(self) -> list[list[nn.Module]]:
+        b = self.body
+        return [[b.conv1, b.bn1, b.act1, b.maxpool], [b.layer1], [b.layer2], [b.layer3], [b.layer4]]
+
+
+def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
+    if norm == "gn":
+        return partial(nn.GroupNorm, 32)
+    return nn.BatchNorm2d  # frozen_bn: converted after the weights are loaded
+
+
+def _torchvision_resnet(depth: int, norm: str, dcn_stages: list[int]) -> nn.Module:
+    ctor = getattr(torchvision.models, f"resnet{depth}")
+    model = ctor(weights=None, norm_layer=_norm_layer(norm))
+    for stage in dcn_stages:
+        layer = getattr(model, f"layer{stage - 1}")  # stage 3 = res3 = torchvision layer2
+        for block in layer:
+            block.conv2 = DeformConv3x3(block.conv2)
+    return model
+
+
+def _resnet_trunk(model: nn.Module) -> Trunk:
+    stem = nn.Sequential(
+        OrderedDict(conv1=model.conv1, bn1=model.bn1, relu=model.relu, maxpool=model.maxpool)
+    )
+    stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+    channels = [_stage_channels(s) for s in stages]
+    return Trunk(stem, stages, channels)
+
+
+def _stage_channels(stage: nn.Sequential) -> int:
+    last = stage[-1]
+    conv = last.conv3 if hasattr(last, "conv3") else last.conv2
+    return conv.out_channels
+
+
+def _tiny_trunk(width: int, norm: str) -> Trunk:
+    """Stem (two stride-2 3x3 convs) + one BasicBlock per stage with widths w, 2w, 4w, 8w."""
+    # GroupNorm groups scale with the width so every group keeps >= 4 channels at small widths.
+    norm_layer = partial(nn.GroupNorm, min(32, max(1, width // 4))) if norm == "gn" else nn.BatchNorm2d
+    stem = nn.Sequential(
+        nn.Conv2d(3, width, 3, 2, 1, bias=False),
+        norm_layer(width),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(width, width, 3, 2, 1, bias=False),
+        norm_layer(width),
+        nn.ReLU(inplace=True),
+    )
+    chans = [width, 2 * width, 4 * width, 8 * width]
+    stages, prev = [], width
+    for i, ch in enumerate(chans):
+        stride = 1 if i == 0 else 2
+        down = None
+        if stride != 1 or prev != ch:
+            down = nn.Sequential(nn.Conv2d(prev, ch, 1, stride, bias=False), norm_layer(ch))
+        stages.append(nn.Sequential(BasicBlock(prev, ch, stride, down, norm_layer=norm_layer)))
+        prev = ch
+    return Trunk(stem, stages, chans)
+
+
+def load_backbone_weights(module: nn.Module, path: str, name: str) -> None:
+    """Load an ImageNet state dict from ``path`` into ``module``; one-line LvisctlError on any mismatch.
+
+    Accepts a raw state dict or one under ``state_dict`` / ``model``. Classifier keys (``fc.*``) are
+    ignored; DCN offset convs may be missing (they start at zero by design).
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise LvisctlError(f"{file}: backbone weights file not found (model.backbone.weights)")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise LvisctlError(f"{file}: cannot read backbone weights ({type(err).__name__})") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise LvisctlError(f"{file}: not a state dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith(("fc.", "head."))}
+    own = {k: v for k, v in module.state_dict().items() if not k.startswith(("fc.", "head."))}
+    missing = [k for k in own if k not in state and ".offset." not in k and "num_batches_tracked" not in k]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        detail = (missing + unexpected + wrong)[:2]
+        raise LvisctlError(
+            f"{file}: does not match backbone {name} ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(wrong)} wrong-shape keys, e.g. {', '.join(detail)})"
+        )
+    module.load_state_dict(state, strict=False)
+
+
+def _freeze(modules: list[list[nn.Module]], freeze_at: int) -> None:
+    """detectron2's ``freeze_at``: 0 trains everything, 1 freezes the stem, k freezes stem + stages 2..k."""
+    for group in modules[:freeze_at]:
+        for m in group:
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+
+def build_trunk(bcfg) -> nn.Module:
+    """Build the C2-C5 trunk described by ``cfg.model.backbone`` (weights loaded, norms frozen)."""
+    name, norm = bcfg.name, bcfg.norm
+    dcn = [int(s) for s in bcfg.dcn_stages]
+    if name not in BACKBONE_NAMES:
+        raise LvisctlError(
+            f"model.backbone.name: unknown backbone {name!r} (choose from {', '.join(BACKBONE_NAMES)})"
+        )
+    if norm not in NORMS:
+        raise LvisctlError(f"model.backbone.norm: unknown norm {norm!r} (choose from {', '.join(NORMS)})")
+    if any(s not in (3, 4, 5) for s in dcn):
+        raise LvisctlError(f"model.backbone.dcn_stages: stages must be among 3, 4, 5, got {dcn}")
+    if dcn and name not in TORCHVISION_RESNETS:
+        raise LvisctlError(f"model.backbone.dcn_stages: DCN is available for resnet18/50/101, not {name}")
+    if not 0 <= int(bcfg.freeze_at) <= 5:
+        raise LvisctlError(f"model.backbone.freeze_at: must be 0..5, got {bcfg.freeze_at}")
+
+    if name in TORCHVISION_RESNETS:
+        model = _torchvision_resnet(TORCHVISION_RESNETS[name], norm, dcn)
+        if bcfg.weights:
+            load_backbone_weights(model, bcfg.weights, name)
+        trunk = _resnet_trunk(model)
+        groups = [[trunk.stem], *[[s] for s in trunk.stages]]
+    elif name in TIMM_RESNESTS:
+        import timm
+
+        model = timm.create_model(
+            TIMM_RESNESTS[name],
+            pretrained=False,
+            features_only=True,
+            out_indices=(1, 2, 3, 4),
+            norm_layer="groupnorm" if norm == "gn" else "batchnorm2d",  # timm's names (32 groups)
+        )
+        if bcfg.weights:
+            load_backbone_weights(model, bcfg.weights, name)
+        trunk = TimmTrunk(model)
+        groups = trunk.stage_modules()
+    else:
+        if bcfg.weights:
+            raise LvisctlError(
+                "model.backbone.weights: the tiny backbone has no ImageNet weights; leave it empty"
+            )
+        trunk = _tiny_trunk(int(bcfg.tiny_width), norm)
+        groups = [[trunk.stem], *[[s] for s in trunk.stages]]
+    if norm == "frozen_bn":
+        trunk = _freeze_bn(trunk)
+    _freeze(groups, int(bcfg.freeze_at))
+    return trunk
+
+
+def _freeze_bn(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d by torchvision's FrozenBatchNorm2d, keeping its statistics."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            _freeze_bn(child)
+    return module

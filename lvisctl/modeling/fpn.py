@@ -1,0 +1,28 @@
+"""Backbone + FPN (Lin et al. 2017): P2-P5 from the trunk's C2-C5 and P6 by max-pooling P5 (for the RPN only).
+
+torchvision's ``FeaturePyramidNetwork`` with ``LastLevelMaxPool`` does exactly this; the module only wires
+it to the trunk and names the outputs ``"0".."3"`` (P2-P5) and ``"pool"`` (P6) as torchvision does.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import Tensor, nn
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+
+FPN_STRIDES = (4, 8, 16, 32)  # P2..P5; P6 (stride 64) is only seen by the RPN
+
+
+class BackboneWithFPN(nn.Module):
+    def __init__(self, trunk: nn.Module, out_channels: int) -> None:
+        super().__init__()
+        self.body = trunk
+        self.fpn = FeaturePyramidNetwork(
+            list(trunk.out_channels), out_channels, extra_blocks=LastLevelMaxPool()
+        )
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        feats = self.body(x)
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))

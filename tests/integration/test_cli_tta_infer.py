@@ -1,0 +1,270 @@
+"""``lvisctl tta-infer`` end to end on a tiny LVIS file, with the real model and real checkpoints."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from lvisctl.cli.app import app
+from lvisctl.config import load_config
+from lvisctl.data.categories import CategoryStats
+from lvisctl.engine.checkpoint import save_checkpoint
+from lvisctl.errors import LvisctlError
+from lvisctl.modeling.build import build_model
+from lvisctl.rundir import RunDir
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = [
+    "model.backbone.name=tiny",
+    "model.backbone.tiny_width=8",
+    "model.backbone.norm=bn",
+    "model.fpn.out_channels=16",
+    "model.roi_heads.fc_dim=32",
+    "model.mask_head.conv_dim=16",
+    "model.mask_head.num_convs=1",
+    "model.rpn.anchor_sizes=[8,16,32,64,128]",
+    "inference.scales=[48]",
+    "inference.num_workers=0",
+]
+CAT_IDS = [3, 9, 40]
+SIZES = [(64, 80), (48, 48), (72, 56)]  # (h, w)
+
+
+def make_lvis(folder: Path) -> Path:
+    """Three PNG images and an annotated LVIS json (one square object each, RLE masks)."""
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i, (h, w) in enumerate(SIZES, start=1):
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(folder / f"img{i}.png")
+        images.append(
+            {
+                "id": i,
+                "width": w,
+                "height": h,
+                "file_name": f"img{i}.png",
+                "neg_category_ids": [],
+                "not_exhaustive_category_ids": [],
+            }
+        )
+        mask = np.zeros((h, w), np.uint8, order="F")
+        mask[10:30, 10:30] = 1
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        rle["counts"] = rle["counts"].decode()
+        anns.append(
+            {
+                "id": i,
+                "image_id": i,
+                "category_id": CAT_IDS[i - 1],
+                "bbox": [10, 10, 20, 20],
+                "area": 400,
+                "segmentation": rle,
+                "iscrowd": 0,
+            }
+        )
+    cats = [
+        {
+            "id": c,
+            "name": f"c{c}",
+            "frequency": "f",
+            "image_count": 1,
+            "instance_count": 1,
+            "synset": f"c{c}.n.01",
+            "synonyms": [f"c{c}"],
+            "def": "",
+        }
+        for c in CAT_IDS
+    ]
+    path = folder / "val.json"
+    path.write_text(json.dumps({"images": images, "categories": cats, "annotations": anns}))
+    return path
+
+
+def add_checkpoint(run: RunDir, stage: int, final: bool, seed: int) -> Path:
+    cfg = load_config(None, TINY)
+    stats = CategoryStats.from_dict(
+        {
+            "cat_ids": CAT_IDS,
+            "names": [f"c{c}" for c in CAT_IDS],
+            "image_count": [1, 1, 1],
+            "instance_count": [1, 1, 1],
+            "frequency": ["f", "f", "f"],
+            "num_images": 3,
+        }
+    )
+    torch.manual_seed(seed)
+    model = build_model(cfg, stats)
+    state = {
+        "model": model.state_dict(),
+        "config": cfg.to_dict(),
+        "category_stats": stats.to_dict(),
+        "stage": stage,
+        "iteration": 10 * stage + final,
+        "epoch": 1,
+        "final": final,
+    }
+    return run.path_of(save_checkpoint(run, state).path)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    images = make_lvis(data)
+    run = RunDir(tmp_path / "run")
+    add_checkpoint(run, stage=1, final=True, seed=1)
+    stage2 = add_checkpoint(run, stage=2, final=True, seed=2)
+    add_checkpoint(run, stage=2, final=False, seed=3)
+    return run, images, stage2
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, ["tta-infer", *map(str, args)])
+
+
+def test_writes_lvis_results_and_registers_them(setup):
+    run, images, stage2 = setup
+    result = invoke("--run-dir", run.root, "--images", images, "inference.detections_per_image=7")
+    assert result.exit_code == 0, result.output
+    artifact = run.latest("predictions")
+    assert artifact.path == "predictions/val_stage2_final_s48.json"
+    assert artifact.meta == {
+        "gt": str(images.resolve()),
+        "scales": [48],
+        "checkpoint": "checkpoints/stage2_final.pt",
+    }
+    assert [i["path"] for i in artifact.inputs] == ["checkpoints/stage2_final.pt", str(images.resolve())]
+    assert artifact.config["inference"]["detections_per_image"] == 7
+    records = json.loads(run.resolve(artifact).read_text())
+    assert {r["image_id"] for r in records} == {1, 2, 3}
+    assert all(sum(r["image_id"] == i for r in records) == 7 for i in (1, 2, 3))  # top-7 cap
+    assert {r["category_id"] for r in records} <= set(CAT_IDS)
+    for r in records:
+        h, w = SIZES[r["image_id"] - 1]
+        assert r["segmentation"]["size"] == [h, w]  # masks at original resolution
+        x, y, bw, bh = r["bbox"]
+        assert 0 <= x and 0 <= y and x + bw <= w + 0.01 and y + bh <= h + 0.01
+    scores = [r["score"] for r in records if r["image_id"] == 1]
+    assert scores == sorted(scores, reverse=True)
+    assert "tta-infer" in result.output and "predictions:" in result.output
+    assert not (run.root / ".partial").exists()
+
+
+def test_results_load_in_lvis_api(setup):
+    run, images, _ = setup
+    assert invoke("--run-dir", run.root, "--images", images, "--out", run.root / "p.json").exit_code == 0
+    from tests.lvis_reference import lvis_api_metrics
+
+    for iou_type in ("bbox", "segm"):
+        metrics = lvis_api_metrics(images, run.root / "p.json", iou_type)
+        assert all(-1 <= v <= 1 for v in metrics.values()) and "APr" in metrics
+
+
+def test_explicit_checkpoint_and_scales(setup, tmp_path):
+    run, images, _ = setup
+    stage1 = run.root / "checkpoints" / "stage1_final.pt"
+    out = tmp_path / "elsewhere" / "s1.json"
+    result = invoke(
+        "--run-dir",
+        run.root,
+        "--images",
+        images,
+        "--checkpoint",
+        stage1,
+        "--scales",
+        "40,56",
+        "--out",
+        out,
+        "inference.detections_per_image=5",
+    )
+    assert result.exit_code == 0, result.output
+    artifact = run.latest("predictions")
+    assert artifact.path == str(out) and artifact.meta["scales"] == [40, 56]
+    assert artifact.meta["checkpoint"] == "checkpoints/stage1_final.pt"
+    assert len(json.loads(out.read_text())) == 15
+
+
+def test_interrupted_run_resumes_to_identical_file(setup):
+    run, images, _ = setup
+    args = ["--run-dir", run.root, "--images", images, "inference.chunk_size=1"]
+    assert invoke(*args, "--out", run.root / "full.json").exit_code == 0
+
+    first = invoke(*args, "--out", run.root / "resumed.json", "--max-chunks", "1")
+    assert first.exit_code == 75, first.output
+    assert not (run.root / "resumed.json").exists()
+    assert sorted(p.name for p in (run.root / ".partial" / "resumed").iterdir()) == [
+        "meta.json",
+        "rank0_0.json",
+    ]
+    assert len(run.find("predictions")) == 1  # nothing registered for the unfinished file
+    second = invoke(*args, "--out", run.root / "resumed.json")
+    assert second.exit_code == 0, second.output
+    assert (run.root / "resumed.json").read_bytes() == (run.root / "full.json").read_bytes()
+    assert not (run.root / ".partial").exists()
+
+
+def test_refuses_to_overwrite_and_reports_user_errors(setup, tmp_path):
+    run, images, _ = setup
+    assert invoke("--run-dir", run.root, "--images", images).exit_code == 0
+    again = invoke("--run-dir", run.root, "--images", images)
+    assert isinstance(again.exception, LvisctlError) and "already exists" in str(again.exception)
+    assert invoke("--run-dir", run.root, "--images", images, "--overwrite").exit_code == 0
+
+    bad = invoke("--run-dir", run.root, "--images", images, "--scales", "8OO")
+    assert isinstance(bad.exception, LvisctlError) and "--scales" in str(bad.exception)
+
+    empty = invoke("--run-dir", tmp_path / "fresh", "--images", images)
+    assert isinstance(empty.exception, LvisctlError) and "no final checkpoint" in str(empty.exception)
+
+    (images.parent / "img2.png").unlink()
+    missing = invoke("--run-dir", run.root, "--images", images, "--out", tmp_path / "x.json")
+    assert isinstance(missing.exception, LvisctlError) and "img2.png not found" in str(missing.exception)
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes_match_one_process(setup):
+    run, images, _ = setup
+    single = invoke(
+        "--run-dir",
+        run.root,
+        "--images",
+        images,
+        "--out",
+        run.root / "one.json",
+        "inference.chunk_size=1",
+        "inference.num_workers=1",
+    )
+    assert single.exit_code == 0, single.output
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "lvisctl",
+        "tta-infer",
+        "--run-dir",
+        str(run.root),
+        "--images",
+        str(images),
+        "--out",
+        str(run.root / "two.json"),
+        "inference.chunk_size=1",
+        "inference.num_workers=1",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (run.root / "two.json").read_bytes() == (run.root / "one.json").read_bytes()
+    assert run.latest("predictions").path == "two.json"
+    assert proc.stdout.count("tta-infer") == 1  # only rank 0 prints the summary

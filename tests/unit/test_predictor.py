@@ -1,0 +1,148 @@
+import pytest
+import torch
+from torch import nn
+
+from lvisctl.inference.predictor import Predictor, merge_nms, resized_size, top_k
+
+
+class FixedModel(nn.Module):
+    """Answers in input coordinates like the real model: three detections per image, unsorted scores.
+
+    Detection 0 (score 0.2) covers the whole input, detection 1 (0.9) the box [5, 3, 25, 30] with the
+    left half of the input as its mask (probability 0.9), detection 2 (0.5) sticks out of the image.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, int]] = []
+        self.training_flags: list[bool] = []
+        self.grad_enabled: list[bool] = []
+
+    def forward(self, images):
+        self.training_flags.append(self.training)
+        self.grad_enabled.append(torch.is_grad_enabled())
+        outputs = []
+        for img in images:
+            h, w = img.shape[-2:]
+            self.seen.append((h, w))
+            masks = torch.zeros((3, 1, h, w))
+            masks[0] = 0.7
+            masks[1, 0, :, : w // 2] = 0.9
+            masks[2, 0, :2, :2] = 0.6
+            outputs.append(
+                {
+                    "boxes": torch.tensor(
+                        [[0.0, 0.0, w, h], [5.0, 3.0, 25.0, 30.0], [-4.0, -2.0, w + 10.0, 8.0]]
+                    ),
+                    "scores": torch.tensor([0.2, 0.9, 0.5]),
+                    "labels": torch.tensor([1, 2, 3]),
+                    "masks": masks,
+                }
+            )
+        return outputs
+
+
+@pytest.mark.parametrize(
+    ("hw", "scale", "max_size", "expected"),
+    [
+        ((60, 100), 30, 1333, (30, 50)),  # short side 60 -> 30, factor 0.5
+        ((60, 100), 30, 40, (24, 40)),  # long side capped: factor 40/100 = 0.4
+        ((480, 640), 800, 1333, (800, 1067)),  # 640 * 800/480 = 1066.67 -> 1067
+        ((100, 1000), 800, 1333, (133, 1333)),  # factor 1.333: 100 * 1.333 = 133.3 -> 133
+    ],
+)
+def test_resized_size(hw, scale, max_size, expected):
+    assert resized_size(*hw, scale, max_size) == expected
+
+
+def test_predict_resizes_and_maps_back_to_original():
+    model = FixedModel().train()
+    predictor = Predictor(model, "cpu", scales=(30,), max_size=1333)
+    image = torch.rand(3, 60, 100)
+    dets = predictor.predict(image)
+    assert model.seen == [(30, 50)]  # the predictor chose the scale, the model did not resize
+    assert model.training_flags == [False] and model.grad_enabled == [False]
+    # sorted by score; boxes x2 back to 60x100 and clipped to the image
+    assert dets["scores"].tolist() == pytest.approx([0.9, 0.5, 0.2])
+    assert dets["labels"].tolist() == [2, 3, 1]
+    assert dets["boxes"].tolist() == [
+        [10.0, 6.0, 50.0, 60.0],
+        [0.0, 0.0, 100.0, 16.0],
+        [0.0, 0.0, 100.0, 60.0],
+    ]
+    masks = dets["masks"]
+    assert masks.dtype == torch.bool and masks.shape == (3, 60, 100)
+    # Input columns 0..24 are 0.9. Bilinear upsampling x2: original column 49 samples input x=24.25
+    # (0.75 * 0.9 = 0.675 > 0.5), column 50 samples x=24.75 (0.25 * 0.9 = 0.225): exactly 0..49 survive.
+    assert masks[0, :, :50].all() and not masks[0, :, 50:].any()
+    assert masks[2].all()  # 0.7 everywhere
+    # the 2x2 corner block (0.6) upsamples to rows/cols 0..2: column 3 samples x=1.25 -> 0.75*0.6 = 0.45
+    assert masks[1].sum().item() == 9 and masks[1, :3, :3].all()
+
+
+def test_top_k_and_score_threshold():
+    predictor = Predictor(FixedModel(), "cpu", scales=(30,), detections_per_image=2, score_thresh=0.0)
+    assert predictor.predict(torch.rand(3, 60, 100))["scores"].tolist() == pytest.approx([0.9, 0.5])
+    predictor = Predictor(FixedModel(), "cpu", scales=(30,), score_thresh=0.3)
+    dets = predictor.predict(torch.rand(3, 60, 100))
+    assert dets["labels"].tolist() == [2, 3]
+    assert all(v.shape[0] == 2 for v in dets.values())
+
+
+def test_predict_batch_keeps_each_original_size_and_accepts_uint8():
+    model = FixedModel()
+    predictor = Predictor(model, "cpu", scales=(40,), max_size=60)
+    images = [torch.rand(3, 20, 30), (torch.rand(3, 80, 40) * 255).to(torch.uint8)]
+    out = predictor.predict_batch(images)
+    assert model.seen == [(40, 60), (60, 30)]  # second: 80x40 -> 80x40 (short side 40), capped to 60 long
+    assert [tuple(d["masks"].shape[1:]) for d in out] == [(20, 30), (80, 40)]
+    assert out[0]["boxes"][0].tolist() == pytest.approx([2.5, 1.5, 12.5, 15.0])  # [5,3,25,30] * 0.5
+
+
+def test_merge_nms_by_hand():
+    def dets(boxes, scores, labels):
+        n = len(scores)
+        return {
+            "boxes": torch.tensor(boxes),
+            "scores": torch.tensor(scores),
+            "labels": torch.tensor(labels),
+            "masks": torch.zeros((n, 4, 4), dtype=torch.bool),
+        }
+
+    # B overlaps A with IoU 90/110 = 0.82 in the same class -> suppressed; C is B in another class -> kept
+    a = dets([[0.0, 0.0, 10.0, 10.0]], [0.9], [1])
+    bc = dets([[1.0, 0.0, 11.0, 10.0], [1.0, 0.0, 11.0, 10.0]], [0.8, 0.7], [1, 2])
+    merged = merge_nms([a, bc], iou_thresh=0.5, k=300)
+    assert merged["scores"].tolist() == pytest.approx([0.9, 0.7])
+    assert merged["labels"].tolist() == [1, 2]
+    assert merge_nms([a, bc], iou_thresh=0.9, k=2)["scores"].tolist() == pytest.approx([0.9, 0.8])
+
+
+def test_multi_scale_runs_every_scale_and_merges():
+    model = FixedModel()
+    predictor = Predictor(model, "cpu", scales=(30, 60), merge_iou=0.4)
+    dets = predictor.predict(torch.rand(3, 60, 100))
+    assert model.seen == [(30, 50), (60, 100)]
+    # In original pixels: box 1 is [10,6,50,60] at scale 30 and [5,3,25,30] at 60 (IoU 0.25 < 0.4):
+    # kept twice. The full-image box is identical at both scales (IoU 1) and the clipped one is
+    # [0,0,100,16] vs [0,0,100,8] (IoU 0.5 > 0.4): the lower-scoring copy of each is suppressed.
+    assert dets["scores"].tolist() == pytest.approx([0.9, 0.9, 0.5, 0.2])
+    assert dets["labels"].tolist() == [2, 2, 3, 1]
+
+
+def test_custom_merge_receives_per_scale_detections():
+    seen = []
+
+    def merge(per_scale):
+        seen.append([d["boxes"].shape[0] for d in per_scale])
+        return per_scale[-1]
+
+    predictor = Predictor(FixedModel(), "cpu", scales=(30, 45), merge=merge)
+    out = predictor.predict_batch([torch.rand(3, 60, 100), torch.rand(3, 30, 30)])
+    assert seen == [[3, 3], [3, 3]]
+    assert out[1]["masks"].shape == (3, 30, 30)
+
+
+def test_top_k_is_stable_for_ties():
+    dets = {"scores": torch.tensor([0.5, 0.9, 0.5, 0.5]), "labels": torch.tensor([1, 2, 3, 4])}
+    assert top_k(dets, 3)["labels"].tolist() == [2, 1, 3]
