@@ -1,7 +1,8 @@
 """lvis-api 0.5.3, the official LVIS evaluator, as the reference that tests and the benchmark compare to.
 
 lvis-api calls ``np.float``, which numpy 1.24 removed; the shim below restores the alias for this process
-only, and a stand-in ``cv2`` module lets ``import lvis`` succeed without OpenCV. This module is test/benchmark tooling: the product's evaluator is ``lvisctl.evaluation``.
+only, and a stand-in ``cv2`` module lets ``import lvis`` succeed without OpenCV. This module is
+test/benchmark tooling: the product's evaluator is ``lvisctl.evaluation``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,21 @@ from lvis import LVIS, LVISEval, LVISResults  # noqa: E402
 
 logging.getLogger("lvis").setLevel(logging.ERROR)
 
-METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf", "AR@300", "ARs@300", "ARm@300", "ARl@300")
+METRIC_KEYS = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "APr",
+    "APc",
+    "APf",
+    "AR@300",
+    "ARs@300",
+    "ARm@300",
+    "ARl@300",
+)
 
 
 def lvis_api_metrics(
@@ -97,12 +112,20 @@ def det_rect(
 
 
 def lvis_dataset(images, annotations, categories) -> dict[str, Any]:
-    return {"info": {}, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
+    return {
+        "info": {},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
 
 
 def write_json(path, obj) -> str:
     import json
+    from pathlib import Path
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         json.dump(obj, fh)
     return str(path)

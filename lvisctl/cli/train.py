@@ -25,7 +25,7 @@ def train_command(
         None, help="Config overrides key.sub=value (e.g. solver.max_iter=100)."
     ),
 ) -> None:
-    """Train a model; checkpoints, the resolved config, TensorBoard scalars and the loss curve go to the run dir.
+    """Train a model: checkpoints, resolved config, TensorBoard scalars and loss curve go to the run dir.
 
     Training data: data.train from the config, else the newest training dataset artifact of the run dir.
     """

@@ -66,6 +66,8 @@ class SynthConfig:
     not_exhaustive_prob: float = 0.15  # of (image, category) pairs with >= 2 instances
     unverified_prob: float = 0.1  # of images that get an unannotated object of an unlisted category
     max_neg: int = 8
+    occlusion: bool = True  # False: objects never overlap (faster: no visible-region tracing)
+    more_instances: tuple[float, float, float] = (0.5, 0.3, 0.2)  # f, c, r: chance of one more instance
 
 
 PRESETS: dict[str, SynthConfig] = {
@@ -84,6 +86,8 @@ PRESETS: dict[str, SynthConfig] = {
         1,
         real_categories=True,
         write_images=False,
+        occlusion=False,  # ~250k objects: json-only speed matters more than occlusion here
+        more_instances=(0.8, 0.6, 0.4),  # ~12 annotations per image, as in LVIS val
     ),
 }
 
@@ -440,13 +444,19 @@ def _place(
         pts = np.concatenate(polys)
         x0, y0 = int(max(0, math.floor(pts[:, 0].min()))), int(max(0, math.floor(pts[:, 1].min())))
         x1, y1 = int(min(w, math.ceil(pts[:, 0].max()) + 1)), int(min(h, math.ceil(pts[:, 1].max()) + 1))
+        if not cfg.occlusion and any(_overlap((x0, y0, x1, y1), o.box) for o in placed):
+            continue  # cheap box test before rasterising
         full = _rasterize(polys, x0, y0, y1 - y0, x1 - x0)
         if full.sum() < 4:
             continue
         obj = _Object(cat, True, polys, x0, y0, full)
-        if _occlude(obj, placed):
+        if not cfg.occlusion or _occlude(obj, placed):
             return obj
     return None
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return max(a[0], b[0]) < min(a[2], b[2]) and max(a[1], b[1]) < min(a[3], b[3])
 
 
 def _occlude(new: _Object, placed: list[_Object], min_visible: float = 0.55) -> bool:
@@ -475,7 +485,7 @@ def _plan_objects(
     cats_here: list[int], cats: list[_Category], cfg: SynthConfig, rng: np.random.Generator
 ) -> tuple[list[tuple[int, bool]], set[int]]:
     """(category, annotated) per instance, and the not-exhaustive categories of the image."""
-    p_more = {"f": 0.5, "c": 0.3, "r": 0.2}
+    p_more = dict(zip("fcr", cfg.more_instances, strict=True))
     budget = cfg.max_objects - len(cats_here)
     objs, not_exhaustive = [], set()
     for c in cats_here:

@@ -285,7 +285,8 @@ def _check_finite(
         what = "a loss is not finite on another rank"
     kept = f"last good checkpoint: {last_good.path}" if last_good else "no checkpoint was saved before it"
     raise NonFiniteLossError(
-        f"{run.root}: stage {stage} stopped at iteration {iteration}: {what}; the step was not applied ({kept})"
+        f"{run.root}: stage {stage} stopped at iteration {iteration}: {what}; "
+        f"the step was not applied ({kept})"
     )
 
 
@@ -301,7 +302,7 @@ def _to_device(target: Mapping[str, Any], device: torch.device) -> dict[str, Any
 
 # ------------------------------------------------------------------------------------------ data stream
 class _SkipSampler(Sampler):
-    """``sampler``'s epoch without its first ``start`` indices: mid-epoch resume for any deterministic sampler."""
+    """``sampler``'s epoch minus its first ``start`` indices (mid-epoch resume, any deterministic sampler)."""
 
     def __init__(self, sampler: Sampler, start: int) -> None:
         self.sampler, self.start = sampler, start

@@ -47,11 +47,11 @@ def mask_boundary(mask: np.ndarray, d: int) -> np.ndarray:
 
 def boundary_rle(rle: Mapping[str, Any], dilation_ratio: float = DILATION_RATIO) -> dict[str, Any]:
     """Compressed RLE of the boundary band of the mask ``rle``."""
-    import pycocotools.mask as mask_utils
+    import hotcoco.mask
 
-    mask = mask_utils.decode(dict(rle))
+    mask = hotcoco.mask.decode(dict(rle))
     d = boundary_width(mask.shape[0], mask.shape[1], dilation_ratio)
-    return mask_utils.encode(np.asfortranarray(mask_boundary(mask, d)))
+    return hotcoco.mask.encode(np.asfortranarray(mask_boundary(mask, d)))
 
 
 def boundary_iou_fn(dilation_ratio: float = DILATION_RATIO):
@@ -68,7 +68,9 @@ def boundary_iou_fn(dilation_ratio: float = DILATION_RATIO):
 
     def iou(dts: Sequence[Mapping[str, Any]], gts: Sequence[Mapping[str, Any]]) -> np.ndarray:
         crowd = [0] * len(gts)
-        mask_iou = np.asarray(mask_utils.iou([d["segmentation"] for d in dts], [g["segmentation"] for g in gts], crowd))
+        mask_iou = np.asarray(
+            mask_utils.iou([d["segmentation"] for d in dts], [g["segmentation"] for g in gts], crowd)
+        )
         b_iou = np.asarray(mask_utils.iou([boundary(d) for d in dts], [boundary(g) for g in gts], crowd))
         return np.minimum(mask_iou, b_iou).reshape(len(dts), len(gts))
 

@@ -17,7 +17,12 @@ import numpy as np
 
 IOU_THRS = np.linspace(0.5, 0.95, 10)
 REC_THRS = np.linspace(0.0, 1.0, 101)
-AREA_RNGS = {"all": (0.0, 1e10), "small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, 1e10)}
+AREA_RNGS = {
+    "all": (0.0, 1e10),
+    "small": (0.0, 32.0**2),
+    "medium": (32.0**2, 96.0**2),
+    "large": (96.0**2, 1e10),
+}
 FREQS = ("r", "c", "f")
 # (dts, gts) -> IoU matrix [len(dts), len(gts)]; dts sorted by score, highest first.
 IouFn = Callable[[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]], np.ndarray]
@@ -107,7 +112,11 @@ def federated_eval(
         g_area = np.array([g["area"] for g in g_list], dtype=np.float64)
         not_exhaustive = cat in images[img].get("not_exhaustive_category_ids", ())
         for name, (lo, hi) in AREA_RNGS.items():
-            g_ig = np.array([bool(g.get("ignore", 0)) for g in g_list], dtype=bool) | (g_area < lo) | (g_area > hi)
+            g_ig = (
+                np.array([bool(g.get("ignore", 0)) for g in g_list], dtype=bool)
+                | (g_area < lo)
+                | (g_area > hi)
+            )
             g_order = np.argsort(g_ig, kind="mergesort")
             dt_m, dt_ig = _match(ious[:, g_order], g_ig[g_order])
             outside = (d_area < lo) | (d_area > hi) | not_exhaustive

@@ -18,7 +18,9 @@ TOP_K_PER_CATEGORY = 10_000
 FIXED_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 
 
-def top_k_per_category(dets: Sequence[Mapping[str, Any]], k: int = TOP_K_PER_CATEGORY) -> list[Mapping[str, Any]]:
+def top_k_per_category(
+    dets: Sequence[Mapping[str, Any]], k: int = TOP_K_PER_CATEGORY
+) -> list[Mapping[str, Any]]:
     """The ``k`` highest-scoring detections of every category (file order breaks ties), in file order."""
     if not dets:
         return []
@@ -32,7 +34,9 @@ def top_k_per_category(dets: Sequence[Mapping[str, Any]], k: int = TOP_K_PER_CAT
     return [dets[i] for i in keep]
 
 
-def fixed_ap(gt: Any, dets: Sequence[Mapping[str, Any]], iou_types: Sequence[str], *, k: int = TOP_K_PER_CATEGORY):
+def fixed_ap(
+    gt: Any, dets: Sequence[Mapping[str, Any]], iou_types: Sequence[str], *, k: int = TOP_K_PER_CATEGORY
+):
     """Fixed AP per iou type: ``{iou_type: IouTypeMetrics}`` with the AP keys and per-category AP.
 
     ``gt`` is an :class:`lvisctl.evaluation.lvis_metrics.LvisGroundTruth`; evaluation runs in hotcoco
@@ -42,7 +46,8 @@ def fixed_ap(gt: Any, dets: Sequence[Mapping[str, Any]], iou_types: Sequence[str
 
     kept = top_k_per_category(dets, k)
     with quiet_native_output():
-        coco_dets = gt.coco.load_res(list(kept))
+        # cap_detections_per_image(None) marks the set as final: no default 300-per-image cap in LVISEval.
+        coco_dets = gt.coco.load_res(list(kept)).cap_detections_per_image(None)
     out = {}
     for t in iou_types:
         full = run_lvis_eval(gt, coco_dets, t, source=gt.table.path)

@@ -45,8 +45,8 @@ METRIC_KEYS = (
     f"ARl@{MAX_DETS_PER_IMAGE}",
 )
 BBOX_AREA_NOTE = (
-    "note: the results have 'bbox', so (as in lvis-api) their mask areas for APs/APm/APl come from the "
-    "boxes; write results with lvisctl.evaluation.results_io.write_results(..., mask_areas=True) for mask areas"
+    "note: the results have 'bbox', so segm APs/APm/APl use box areas (as lvis-api does); "
+    "results_io.write_results(..., mask_areas=True) writes files whose mask metrics use mask areas"
 )
 
 
@@ -95,7 +95,8 @@ def load_ground_truth(path: str | os.PathLike[str]) -> LvisGroundTruth:
     bad_freq = [c for c, rec in cats.items() if rec.get("frequency") not in ("r", "c", "f")]
     if bad_freq:
         raise LvisctlError(
-            f"{p}: {len(bad_freq)} categories lack an r/c/f 'frequency' (e.g. id {bad_freq[0]}); not an LVIS file"
+            f"{p}: {len(bad_freq)} categories lack an r/c/f 'frequency' (e.g. id {bad_freq[0]}); "
+            "not an LVIS file"
         )
     table = ImageTable(
         sizes={i: (int(r["height"]), int(r["width"])) for i, r in imgs.items()},
@@ -188,7 +189,7 @@ def run_lvis_eval(gt: LvisGroundTruth, dets: Any, iou_type: str, *, source: Path
     metrics = {k: float(results[k]) for k in METRIC_KEYS if k in results}
     cat_ids = list(ev.params.cat_ids)
     ap = per_category_ap(ev.eval["precision"])
-    return IouTypeMetrics(metrics=metrics, per_category_ap=dict(zip(cat_ids, ap.tolist())))
+    return IouTypeMetrics(metrics=metrics, per_category_ap=dict(zip(cat_ids, ap.tolist(), strict=True)))
 
 
 def evaluate_lvis(

@@ -72,11 +72,37 @@ def load_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Parse a results file in Python; a clear error if it is not a json list."""
     data = read_json(path)
     if not isinstance(data, list):
-        raise LvisctlError(f"{path}: results must be a json list of detections, got a json {type(data).__name__}")
+        raise LvisctlError(
+            f"{path}: results must be a json list of detections, got a json {type(data).__name__}"
+        )
     return data
 
 
 # --------------------------------------------------------------------------------------------- RLE
+_RLE_CHARS = bytes(range(48, 112))  # '0'..'o', the alphabet of compressed RLE
+
+
+def rle_string_flags(counts: Sequence[bytes]) -> np.ndarray:
+    """Per counts string: True where it has a character outside ``'0'..'o'`` or ends mid-number.
+
+    Each character carries 5 bits and a continuation bit (0x20 after subtracting 48); a string whose last
+    character still says "continued" is truncated. hotcoco accepts both silently, so they are checked here.
+    Vectorised: one join, one translate for the common all-clean case.
+    """
+    n = len(counts)
+    joined = b"\x00".join(counts) + b"\x00"
+    if not joined.translate(None, _RLE_CHARS + b"\x00"):
+        arr = np.frombuffer(joined, dtype=np.uint8)
+        ends = np.flatnonzero(arr == 0)
+        last = arr[np.maximum(ends - 1, 0)].astype(np.int64)
+        nonempty = np.diff(np.concatenate(([-1], ends))) > 1
+        return nonempty & (((last - 48) & 0x20) != 0)
+    flags = np.zeros(n, dtype=bool)
+    for i, c in enumerate(counts):
+        flags[i] = bool(c.translate(None, _RLE_CHARS)) or (len(c) > 0 and (c[-1] - 48) & 0x20 != 0)
+    return flags
+
+
 def find_bad_rles(rles: Sequence[Mapping[str, Any]], limit: int = _SHOWN_PROBLEMS) -> list[tuple[int, str]]:
     """Indices (and hotcoco's reason) of RLEs that do not decode, at most ``limit`` of them.
 
@@ -123,7 +149,9 @@ def validate_results(
     300 detections per image (``submission.py`` truncates before calling this when asked to).
     """
     if not isinstance(results, list):
-        raise LvisctlError(f"{source}: results must be a json list of detections, got {type(results).__name__}")
+        raise LvisctlError(
+            f"{source}: results must be a json list of detections, got {type(results).__name__}"
+        )
     problems: list[str] = []
     count = 0
 
@@ -181,7 +209,9 @@ def validate_results(
     if unknown_images:
         problem(f"{len(unknown_images)} image ids not in {table.path} (e.g. {_examples(unknown_images)})")
     if unknown_cats:
-        problem(f"{len(unknown_cats)} category ids not in the category table (e.g. {_examples(unknown_cats)})")
+        problem(
+            f"{len(unknown_cats)} category ids not in the category table (e.g. {_examples(unknown_cats)})"
+        )
     if 0 < with_bbox < len(results):
         problem(f"{with_bbox} of {len(results)} results have 'bbox' (lvis-api needs all or none)")
     seg_count = sum(1 for d in results if isinstance(d, dict) and "segmentation" in d)
@@ -214,9 +244,16 @@ def _check_bbox(box: Any, i: int, size: tuple[int, int] | None, problem) -> None
 
 
 def _check_rles(results, rle_idx: list[int], problem) -> None:
-    bad = find_bad_rles([results[i]["segmentation"] for i in rle_idx], limit=len(rle_idx))
+    counts = [results[i]["segmentation"]["counts"].encode("latin-1", "replace") for i in rle_idx]
+    flagged = rle_string_flags(counts)
+    for j in np.flatnonzero(flagged):
+        problem(
+            f"result {rle_idx[j]}: segmentation is not valid compressed RLE (bad characters or truncated)"
+        )
+    rest = [i for i, f in zip(rle_idx, flagged, strict=True) if not f]
+    bad = find_bad_rles([results[i]["segmentation"] for i in rest], limit=len(rest))
     for j, reason in bad:
-        problem(f"result {rle_idx[j]}: segmentation is not valid compressed RLE ({reason})")
+        problem(f"result {rest[j]}: segmentation is not valid compressed RLE ({reason})")
 
 
 def _examples(values: set[Any], k: int = 3) -> str:
@@ -242,7 +279,6 @@ class ResultsScan:
 _IMAGE_ID = re.compile(rb'"image_id"\s*:\s*(-?\d+)\s*[,}]')
 _SIZE = re.compile(rb'"size"\s*:\s*\[\s*(\d+)\s*,\s*(\d+)\s*\]')
 _COUNTS = re.compile(rb'"counts"\s*:\s*"([^"]*)"')
-_RLE_CHARS = bytes(range(48, 112))  # '0'..'o', the alphabet of compressed RLE
 
 
 def scan_results_file(path: str | os.PathLike[str], chunk_bytes: int = 64 << 20) -> ResultsScan:
@@ -272,8 +308,8 @@ def scan_results_file(path: str | os.PathLike[str], chunk_bytes: int = 64 << 20)
             sizes.append(np.array(found, dtype=np.int64).reshape(-1, 2))
             n_bbox += chunk.count(b'"bbox"')
             n_seg += chunk.count(b'"segmentation"')
-            # One findall + translate is ~4x cheaper than a regex hunting for a bad character.
-            bad_chars = bad_chars or bool(b"".join(_COUNTS.findall(chunk)).translate(None, _RLE_CHARS))
+            # One findall + a vectorised check is ~4x cheaper than a regex hunting for a bad character.
+            bad_chars = bad_chars or bool(rle_string_flags(_COUNTS.findall(chunk)).any())
             if not block:
                 break
     image_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
@@ -297,7 +333,7 @@ def screen_problems(scan: ResultsScan, num_dets: int, table: ImageTable) -> list
     if scan.num_segmentation not in (0, num_dets) or len(scan.rle_sizes) != scan.num_segmentation:
         reasons.append("segmentation layout")
     if scan.bad_counts_chars:
-        reasons.append("bad RLE characters")
+        reasons.append("bad or truncated RLE strings")
     if reasons or num_dets == 0 or len(scan.rle_sizes) == 0:
         return reasons
     ids = np.fromiter(table.sizes.keys(), dtype=np.int64, count=len(table.sizes))

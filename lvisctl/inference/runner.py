@@ -317,7 +317,7 @@ def predict_to_run_dir(
     from lvisctl.engine.checkpoint import load_checkpoint
     from lvisctl.engine.distributed import init_distributed
 
-    run = RunDir(run_dir)
+    run = RunDir(run_dir, create=checkpoint is not None)  # the default checkpoint needs an existing run
     ckpt_input, ckpt_path, ckpt_sha = resolve_checkpoint(run, checkpoint)
     images = images.expanduser().resolve()
     data = load_lvis(images, image_root=image_root, check_images=True)

@@ -45,11 +45,16 @@ class TinyDetector(nn.Module):
 
 
 def tiny_stats(num_classes: int = 3) -> CategoryStats:
-    return CategoryStats.from_dict({
-        "cat_ids": list(range(1, num_classes + 1)), "names": [f"c{i}" for i in range(num_classes)],
-        "image_count": [5] * num_classes, "instance_count": [5] * num_classes,
-        "frequency": ["f"] * num_classes, "num_images": 12,
-    })
+    return CategoryStats.from_dict(
+        {
+            "cat_ids": list(range(1, num_classes + 1)),
+            "names": [f"c{i}" for i in range(num_classes)],
+            "image_count": [5] * num_classes,
+            "instance_count": [5] * num_classes,
+            "frequency": ["f"] * num_classes,
+            "num_images": 12,
+        }
+    )
 
 
 class TinyDataset(torch.utils.data.Dataset):
@@ -65,7 +70,11 @@ class TinyDataset(torch.utils.data.Dataset):
         label = index % 3 + 1
         image = torch.rand(3, self.size, self.size, generator=g) * 0.3
         image[label - 1] += 0.5  # learnable: the class is the bright channel
-        target = {"labels": torch.tensor([label]), "boxes": torch.tensor([[0.0, 0.0, 8.0, 8.0]]), "image_id": index}
+        target = {
+            "labels": torch.tensor([label]),
+            "boxes": torch.tensor([[0.0, 0.0, 8.0, 8.0]]),
+            "image_id": index,
+        }
         return image, target
 
 
@@ -94,22 +103,30 @@ def tiny_config(**overrides):
     from lvisctl.config import load_config
 
     base = {
-        "device": "cpu", "train.batch_size": 2, "train.num_workers": 0, "train.checkpoint_period": 4,
-        "train.log_period": 2, "solver.max_iter": 10, "solver.warmup_iters": 2, "solver.base_lr": 0.16,
+        "device": "cpu",
+        "train.batch_size": 2,
+        "train.num_workers": 0,
+        "train.checkpoint_period": 4,
+        "train.log_period": 2,
+        "solver.max_iter": 10,
+        "solver.warmup_iters": 2,
+        "solver.base_lr": 0.16,
     }
     base.update(overrides)
     return load_config(None, [f"{k}={v}" for k, v in base.items()])
 
 
 def main() -> None:
-    """``python -m tests.integration.engine_standins RUN_DIR SLEEP [key=value ...]``: train in a subprocess."""
+    """``python -m tests.integration.engine_standins RUN_DIR SLEEP [key=value ...] [--resume]``."""
     from lvisctl.engine.trainer import train
 
     run_dir, sleep, *items = sys.argv[1:]
     resume = "--resume" in items
     items = [i for i in items if i != "--resume"]
     cfg = tiny_config(**dict(i.split("=", 1) for i in items))
-    train(cfg, run_dir, resume=resume, build_model=model_builder(sleep=float(sleep)), build_data=data_builder())
+    train(
+        cfg, run_dir, resume=resume, build_model=model_builder(sleep=float(sleep)), build_data=data_builder()
+    )
 
 
 if __name__ == "__main__":
@@ -117,23 +134,36 @@ if __name__ == "__main__":
     main()
 
 
-
 REPO_CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs"
 
 
+# The demo config shrunk for tests on the `tiny` synthetic preset (64 px images).
+TINY_OVERRIDES = {
+    "device": "cpu",
+    "train.batch_size": 2,
+    "train.num_workers": 0,
+    "train.log_period": 1,
+    "augment.train_scales": [64],
+    "augment.max_size": 96,
+    "augment.mosaic.size": 96,
+    "model.backbone.tiny_width": 8,
+    "model.fpn.out_channels": 16,
+    "model.roi_heads.fc_dim": 32,
+    "model.mask_head.conv_dim": 16,
+    "model.mask_head.num_convs": 1,
+    "sampler.rfs_threshold": 0.3,
+}
+DEMO_CONFIG = REPO_CONFIGS / "demo" / "stage1.yaml"
+
+
+def tiny_items(**overrides) -> list[str]:
+    return [f"{k}={v}".replace(" ", "") for k, v in {**TINY_OVERRIDES, **overrides}.items()]
+
+
 def real_tiny_config(**overrides):
-    """The demo config shrunk for tests on the `tiny` synthetic preset (64 px images)."""
     from lvisctl.config import load_config
 
-    base = {
-        "device": "cpu", "train.batch_size": 2, "train.num_workers": 0, "train.log_period": 1,
-        "augment.train_scales": [64], "augment.max_size": 96, "augment.mosaic.size": 96,
-        "model.backbone.tiny_width": 8, "model.fpn.out_channels": 16, "model.roi_heads.fc_dim": 32,
-        "model.mask_head.conv_dim": 16, "model.mask_head.num_convs": 1, "sampler.rfs_threshold": 0.3,
-    }
-    base.update(overrides)
-    items = [f"{k}={v}" for k, v in base.items()]
-    return load_config(REPO_CONFIGS / "demo" / "stage1.yaml", items)
+    return load_config(DEMO_CONFIG, tiny_items(**overrides))
 
 
 def register_train_json(run_dir, train_json) -> None:
@@ -151,7 +181,10 @@ def ddp_worker(rank: int, world_size: int, port: int, run_dir: str, out_dir: str
     from lvisctl.rundir.manifest import RunDir
 
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)

@@ -221,7 +221,10 @@ def test_refuses_to_overwrite_and_reports_user_errors(setup, tmp_path):
     bad = invoke("--run-dir", run.root, "--images", images, "--scales", "8OO")
     assert isinstance(bad.exception, LvisctlError) and "--scales" in str(bad.exception)
 
-    empty = invoke("--run-dir", tmp_path / "fresh", "--images", images)
+    absent = invoke("--run-dir", tmp_path / "fresh", "--images", images)
+    assert isinstance(absent.exception, LvisctlError) and "does not exist" in str(absent.exception)
+    assert not (tmp_path / "fresh").exists()
+    empty = invoke("--run-dir", RunDir(tmp_path / "empty").root, "--images", images)
     assert isinstance(empty.exception, LvisctlError) and "no final checkpoint" in str(empty.exception)
 
     (images.parent / "img2.png").unlink()

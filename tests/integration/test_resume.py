@@ -98,3 +98,33 @@ def test_nan_loss_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path):
     assert paths == ["checkpoints/stage1_iter0000003.pt"]
     state = torch.load(tmp_path / paths[0], weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_cli_sigkill_resume_with_real_model_and_data(tmp_path):
+    """The same with ``lvisctl train``, the real model, synthetic LVIS, RFS, Mosaic/rotation, 1 worker."""
+    from lvisctl.data.synth import generate_synthetic_lvis
+    from tests.integration.engine_standins import DEMO_CONFIG, register_train_json, tiny_items
+
+    data = generate_synthetic_lvis(tmp_path / "data", preset="tiny", seed=0)
+    items = tiny_items(**{"solver.max_iter": 10, "train.checkpoint_period": 3, "train.num_workers": 1})
+    runs = {name: tmp_path / name for name in ("ref", "killed")}
+    for run_dir in runs.values():
+        register_train_json(run_dir, data["train"])
+
+    def cli(run_dir, *extra):
+        cmd = [sys.executable, "-m", "lvisctl", "train", "--run-dir", str(run_dir), *extra]
+        return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    ref = cli(runs["ref"], "--config", str(DEMO_CONFIG), *items)
+    assert ref.wait(timeout=600) == 0, ref.stdout.read().decode()
+    proc = cli(runs["killed"], "--config", str(DEMO_CONFIG), *items)
+    while not _checkpoints(runs["killed"]) and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not any(a["meta"]["final"] for a in _checkpoints(runs["killed"])), "killed too late"
+    resumed = cli(runs["killed"], "--resume")  # the saved config is used
+    out = resumed.communicate(timeout=600)[0].decode()
+    assert resumed.returncode == 0, out
+    _assert_same_weights(_final_model(runs["ref"]), _final_model(runs["killed"]))

@@ -17,10 +17,19 @@ def _state(stage=1, iteration=10, final=False):
     model(torch.ones(1, 3)).sum().backward()
     opt.step()
     return {
-        "stage": stage, "final": final, "iteration": iteration, "epoch": 0, "epoch_position": iteration,
-        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": {"lr": 0.1},
-        "scaler": {}, "rng": [ck.capture_rng_state()], "history": [{"iteration": 1, "loss": 0.5}],
-        "config": {"seed": 0}, "category_stats": {"cat_ids": [1]},
+        "stage": stage,
+        "final": final,
+        "iteration": iteration,
+        "epoch": 0,
+        "epoch_position": iteration,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": {"lr": 0.1},
+        "scaler": {},
+        "rng": [ck.capture_rng_state()],
+        "history": [{"iteration": 1, "loss": 0.5}],
+        "config": {"seed": 0},
+        "category_stats": {"cat_ids": [1]},
     }
 
 

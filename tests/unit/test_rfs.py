@@ -47,7 +47,6 @@ def test_integer_factors_repeat_exactly():
     s = RepeatFactorSampler([2.0, 1.0, 3.0], seed=0, shuffle=False)
     assert [i for i, _, _ in s] == [0, 0, 1, 2, 2, 2]
     for epoch in range(5):
-        s.set_epoch(epoch)
         shuffled = RepeatFactorSampler([2.0, 1.0, 3.0], seed=0)
         shuffled.set_epoch(epoch)
         assert sorted(i for i, _, _ in shuffled) == [0, 0, 1, 2, 2, 2]

@@ -10,8 +10,15 @@ from lvisctl.errors import LvisctlError
 
 def solver(**kw):
     base = {
-        "base_lr": 0.02, "ref_batch": 16, "epochs": 24, "steps": [16, 22], "gamma": 0.1, "max_iter": 0,
-        "step_iters": [], "warmup_iters": 500, "warmup_factor": 0.001,
+        "base_lr": 0.02,
+        "ref_batch": 16,
+        "epochs": 24,
+        "steps": [16, 22],
+        "gamma": 0.1,
+        "max_iter": 0,
+        "step_iters": [],
+        "warmup_iters": 500,
+        "warmup_factor": 0.001,
     }
     return {**base, **kw}
 
@@ -26,8 +33,9 @@ def test_linear_scaling_rule():
 
 
 def test_warmup_then_steps_hand_values():
-    s = WarmupStepSchedule(lr=0.02, max_iter=100, milestones=(60, 90), gamma=0.1, warmup_iters=10,
-                           warmup_factor=0.001)
+    s = WarmupStepSchedule(
+        lr=0.02, max_iter=100, milestones=(60, 90), gamma=0.1, warmup_iters=10, warmup_factor=0.001
+    )
     expected = {
         0: 0.02 * 0.001,  # warm-up starts at lr * warmup_factor
         5: 0.02 * (0.001 + 0.999 * 5 / 10),  # = 0.01001

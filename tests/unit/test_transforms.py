@@ -326,3 +326,20 @@ def test_naive_pipeline_rotates_box_corners():
         widths.append(float(b[2] - b[0]) / out["image"].shape[-1])
     # Corner rotation inflates the box relative to the fixed disk: never narrower than the unrotated one.
     assert min(widths) >= 20 / 64 * 0.95 and max(widths) > 20 / 64 * 1.1
+
+
+@pytest.mark.parametrize("expand", [False, True])
+def test_per_instance_mask_rotation_matches_torchvision(expand):
+    # rotate_masks visits only each instance's window; it must agree with F.rotate on whole masks
+    # (up to nearest-neighbour ties: float32 in torchvision vs float64 here).
+    from torchvision.transforms.v2 import functional as F
+
+    from lvisctl.data.transforms.rotate import rotate_masks
+
+    s = make_sample(48, 64, [("rect", 3, 5, 20, 30), ("disk", 40, 20, 9), ("rect", 50, 30, 64, 48)])
+    masks = s["masks"].as_subclass(torch.Tensor)
+    for angle in (7.0, -33.3, 45.0, 137.0):
+        ref = F.rotate(s["masks"], angle, expand=expand).as_subclass(torch.Tensor)
+        out = rotate_masks(masks, angle, *ref.shape[-2:])
+        assert out.shape == ref.shape
+        assert (out != ref).sum() <= 2, angle

@@ -80,37 +80,56 @@ def mosaic_samples(
     if len(parts) != 4:
         raise ValueError(f"mosaic needs 4 samples, got {len(parts)}")
     cx, cy = center
+    parts = [_fit(part, size / 2, box_from_mask) for part in parts]
     canvas = torch.full((3, size, size), FILL_VALUE, dtype=torch.uint8)
-    masks, boxes, labels, ignores = [], [], [], []
+    windows, visible = [], []
     for k, part in enumerate(parts):
-        h, w = image_size(part)
-        scale = (size / 2) / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        if (nh, nw) != (h, w):
-            part = resize_sample(part, (nh, nw), box_from_mask=box_from_mask)
+        nh, nw = image_size(part)
         x0 = cx - nw if k in (0, 2) else cx
         y0 = cy - nh if k in (0, 1) else cy
         # Visible window in the part's own coordinates.
         left, top = max(0, -x0), max(0, -y0)
         right, bottom = min(nw, size - x0), min(nh, size - y0)
+        windows.append((left, top, right, bottom, x0, y0))
+        part_masks = part["masks"].as_subclass(torch.Tensor)[:, top:bottom, left:right]
+        # Instances cut off entirely are skipped before pasting (saves copying every mask afterwards).
+        visible.append(part_masks.amax(dim=(1, 2)) > 0 if part_masks.numel() else part["labels"] < 0)
+    # One allocation for all pasted instances (masks dominate the cost of a mosaic).
+    masks = torch.zeros((int(sum(v.sum() for v in visible)), size, size), dtype=torch.uint8)
+    boxes, labels, ignores = [], [], []
+    first = 0
+    for part, (left, top, right, bottom, x0, y0), keep in zip(parts, windows, visible, strict=True):
         canvas[:, y0 + top : y0 + bottom, x0 + left : x0 + right] = part["image"][:, top:bottom, left:right]
-        m = torch.zeros((part["masks"].shape[0], size, size), dtype=torch.uint8)
-        m[:, y0 + top : y0 + bottom, x0 + left : x0 + right] = part["masks"][:, top:bottom, left:right]
-        masks.append(m)
-        boxes.append(_window(part["boxes"], left, top, right, bottom, x0, y0))
+        n = int(keep.sum())
+        part_masks = part["masks"].as_subclass(torch.Tensor)
+        part_masks = part_masks if bool(keep.all()) else part_masks[keep]
+        masks[first : first + n, y0 + top : y0 + bottom, x0 + left : x0 + right] = part_masks[
+            :, top:bottom, left:right
+        ]
+        first += n
+        boxes.append(_window(part["boxes"][keep], left, top, right, bottom, x0, y0))
         ignores.append(_window(part["ignore_boxes"], left, top, right, bottom, x0, y0))
-        labels.append(part["labels"])
+        labels.append(part["labels"][keep])
     merged = dict(parts[0])
     merged["labels"] = torch.cat(labels)
-    merged.update(_merge_federated(parts, merged["labels"]))
+    # Classes of cut-off instances count as present too: they are in the source images.
+    merged.update(_merge_federated(parts, torch.cat([p["labels"] for p in parts])))
     return finish_geometry(
         merged,
         canvas,
-        torch.cat(masks),
+        masks,
         make_boxes(torch.cat(boxes), size, size),
         make_boxes(torch.cat(ignores), size, size),
         box_from_mask=box_from_mask,
     )
+
+
+def _fit(part: Sample, long_side: float, box_from_mask: bool) -> Sample:
+    """Resize so the long side is ``long_side`` (a mosaic cell), keeping the aspect ratio."""
+    h, w = image_size(part)
+    scale = long_side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return part if size == (h, w) else resize_sample(part, size, box_from_mask=box_from_mask)
 
 
 def _window(

@@ -1,0 +1,257 @@
+"""Evaluation speed at LVIS-val scale: ``lvisctl evaluate`` next to lvis-api and the fast peers.
+
+Generates a synthetic workload with the real 1,203 LVIS v1 categories (``../shared/data``), 300
+detections per image with compressed-RLE masks, then runs each evaluator in its own subprocess (so peak
+RSS is its own) on the segm metrics and prints wall time, peak RSS and the largest difference from
+lvis-api 0.5.3 over the 13 official numbers.
+
+    .venv/bin/python benchmarks/eval_speed.py --images 5000          # full size (lvis-api ~5 min)
+    .venv/bin/python benchmarks/eval_speed.py --images 1000 --skip lvis-api
+
+Peers are benchmark-only: ``.venv/bin/pip install --only-binary=:all: faster-coco-eval ultrafast-pycocotools``
+(a missing one is reported, not fatal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_utils
+
+REPO = Path(__file__).resolve().parents[1]
+CATEGORIES_JSON = REPO.parent / "shared" / "data" / "lvis_v1_categories.json"
+KEYS = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "APr",
+    "APc",
+    "APf",
+    "AR@300",
+    "ARs@300",
+    "ARm@300",
+    "ARl@300",
+)
+
+# faster-coco-eval's names for the official keys.
+FCE_NAMES = {
+    "AP": "AP_all",
+    "AP50": "AP_50",
+    "AP75": "AP_75",
+    "APs": "AP_small",
+    "APm": "AP_medium",
+    "APl": "AP_large",
+    "AR@300": "AR_all",
+    "ARs@300": "AR_small",
+    "ARm@300": "AR_medium",
+    "ARl@300": "AR_large",
+}
+# Each runner: python code run as `python -c CODE GT RESULTS OUT`, leaving the 13 numbers in OUT.
+RUNNERS: dict[str, tuple[str | None, str]] = {
+    "lvisctl evaluate": (None, ""),  # runs the CLI itself, see command_for()
+    "lvis-api 0.5.3": (
+        "tests.lvis_reference",
+        "import sys, json\nfrom tests.lvis_reference import lvis_api_metrics\n"  # cwd is the repo
+        "json.dump(lvis_api_metrics(sys.argv[1], sys.argv[2], 'segm'), open(sys.argv[3], 'w'))",
+    ),
+    "hotcoco 1.3": (
+        "hotcoco",
+        "import sys, json, os, hotcoco\n"
+        "g = hotcoco.COCO(sys.argv[1]); d = hotcoco.LVISResults(g, sys.argv[2], max_dets=300)\n"
+        "ev = hotcoco.LVISEval(g, d, 'segm'); ev.evaluate(); ev.accumulate()\n"
+        "fd = os.dup(1); os.dup2(os.open(os.devnull, os.O_WRONLY), 1); ev.summarize(); os.dup2(fd, 1)\n"
+        "json.dump(ev.get_results(), open(sys.argv[3], 'w'))",
+    ),
+    "faster-coco-eval": (
+        "faster_coco_eval",
+        "import sys, json\nfrom faster_coco_eval import COCO, COCOeval_faster\n"
+        "g = COCO(sys.argv[1]); d = g.loadRes(sys.argv[2])\n"
+        "ev = COCOeval_faster(g, d, 'segm', lvis_style=True, print_function=lambda *a: None)\n"
+        "ev.params.maxDets = [300]; ev.evaluate(); ev.accumulate(); ev.summarize()\n"
+        "json.dump(ev.stats_as_dict, open(sys.argv[3], 'w'))",
+    ),
+    "ultrafast-pycocotools": (
+        "ultrafast_pycocotools",
+        "import sys, json\nfrom ultrafast_pycocotools.coco import COCO\n"
+        "from ultrafast_pycocotools.cocoeval import COCOeval\n"
+        "g = COCO(sys.argv[1]); d = g.loadRes(sys.argv[2])\n"
+        "ev = COCOeval(g, d, 'segm', lvis_style=True, print_function=lambda *a: None)\n"
+        "ev.evaluate(); ev.accumulate(); ev.summarize()\n"
+        "json.dump(ev.stats_as_dict, open(sys.argv[3], 'w'))",
+    ),
+}
+
+
+def _polygon(rng: np.random.Generator, cx: float, cy: float, rx: float, ry: float) -> list[float]:
+    """An irregular 8-gon around (cx, cy), flattened as COCO polygons are."""
+    angles = np.sort(rng.uniform(0, 2 * np.pi, 8))
+    radius = rng.uniform(0.6, 1.0, 8)
+    xs = cx + rx * radius * np.cos(angles)
+    ys = cy + ry * radius * np.sin(angles)
+    return np.round(np.stack([xs, ys], 1).ravel(), 2).tolist()
+
+
+def make_workload(
+    num_images: int, dets_per_image: int = 300, seed: int = 0, categories_path: Path = CATEGORIES_JSON
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Return ``(gt_dataset, results)``."""
+    rng = np.random.default_rng(seed)
+    cats = json.loads(Path(categories_path).read_text())
+    cat_ids = np.array([c["id"] for c in cats])
+    # Frequent categories appear more often, as in LVIS.
+    weight = np.array([{"r": 1.0, "c": 4.0, "f": 20.0}[c["frequency"]] for c in cats])
+    weight /= weight.sum()
+    images, anns, results = [], [], []
+    for img_id in range(1, num_images + 1):
+        h, w = int(rng.integers(360, 641)), int(rng.integers(480, 641))
+        pos = rng.choice(cat_ids, size=int(rng.integers(1, 6)), replace=False, p=weight)
+        neg = rng.choice(np.setdiff1d(cat_ids, pos), size=10, replace=False)
+        not_exh = pos[: int(rng.integers(0, 2))]
+        images.append(
+            {
+                "id": img_id,
+                "height": h,
+                "width": w,
+                "coco_url": f"http://images.cocodataset.org/val2017/{img_id:012d}.jpg",
+                "neg_category_ids": sorted(int(c) for c in neg),
+                "not_exhaustive_category_ids": sorted(int(c) for c in not_exh),
+            }
+        )
+        objects = []
+        for _ in range(int(rng.integers(4, 21))):
+            cat = int(rng.choice(pos))
+            rx, ry = rng.uniform(4, w / 4), rng.uniform(4, h / 4)
+            cx, cy = rng.uniform(rx, w - rx), rng.uniform(ry, h - ry)
+            poly = _polygon(rng, cx, cy, rx, ry)
+            rle = mask_utils.frPyObjects([poly], h, w)[0]
+            bbox = mask_utils.toBbox(rle).tolist()
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": img_id,
+                    "category_id": cat,
+                    "segmentation": [poly],
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": bbox,
+                }
+            )
+            objects.append((cat, cx, cy, rx, ry))
+        results.extend(_detections(rng, img_id, h, w, objects, neg, cat_ids, dets_per_image))
+    dataset = {"info": {}, "licenses": [], "images": images, "annotations": anns, "categories": cats}
+    return dataset, results
+
+
+def _detections(rng, img_id, h, w, objects, neg, cat_ids, n) -> list[dict[str, Any]]:
+    polys, labels = [], []
+    for i in range(n):
+        kind = i % 3
+        if kind == 0 and objects:  # near a GT object: TP or a near miss
+            cat, cx, cy, rx, ry = objects[int(rng.integers(len(objects)))]
+            s = rng.uniform(0.7, 1.3)
+            cx, cy = cx + rng.normal(0, rx * 0.15), cy + rng.normal(0, ry * 0.15)
+            rx, ry = rx * s, ry * s
+        else:  # a negative category (a real false positive) or an unverified one (ignored)
+            cat = int(rng.choice(neg)) if kind == 1 else int(rng.choice(cat_ids))
+            rx, ry = rng.uniform(4, w / 4), rng.uniform(4, h / 4)
+            cx, cy = rng.uniform(rx, w - rx), rng.uniform(ry, h - ry)
+        polys.append(_polygon(rng, cx, cy, rx, ry))
+        labels.append(cat)
+    rles = mask_utils.frPyObjects(polys, h, w)
+    boxes = mask_utils.toBbox(rles)
+    scores = rng.uniform(0.001, 1.0, n)
+    out = []
+    for rle, box, cat, score in zip(rles, boxes, labels, scores, strict=True):
+        out.append(
+            {
+                "image_id": img_id,
+                "category_id": int(cat),
+                "bbox": [round(float(v), 2) for v in box],
+                "score": round(float(score), 5),
+                "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
+            }
+        )
+    return out
+
+
+def command_for(name: str, gt: Path, results: Path, out: Path) -> list[str] | None:
+    py = sys.executable
+    if name == "lvisctl evaluate":
+        return [py, "-m", "lvisctl", "evaluate", str(results), "--gt", str(gt), "--iou-type", "segm",
+                "--out", str(out), "--overwrite"]  # fmt: skip
+    module, code = RUNNERS[name]
+    if subprocess.run([py, "-c", f"import {module}"], cwd=REPO, capture_output=True).returncode != 0:
+        return None
+    return [py, "-c", code, str(gt), str(results), str(out)]
+
+
+def run_one(cmd: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in GB, stderr tail) of one subprocess, measured with wait4."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} failed: {err[-800:]}")
+    return wall, usage.ru_maxrss / 1024**2, err
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=5000)
+    ap.add_argument("--dets", type=int, default=300, help="detections per image")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", type=Path, default=None, help="keep the workload here (default: a temp dir)")
+    ap.add_argument("--skip", action="append", default=[], help="runner to skip (repeatable), e.g. lvis-api")
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="lvis_eval_speed_"))
+    work.mkdir(parents=True, exist_ok=True)
+    gt, results = work / "gt.json", work / f"results_{args.images}.json"
+    t = time.perf_counter()
+    dataset, dets = make_workload(args.images, args.dets, args.seed)
+    gt.write_text(json.dumps(dataset))
+    results.write_text(json.dumps(dets, separators=(",", ":")))
+    del dataset, dets
+    size_mb = results.stat().st_size / 1e6
+    took = time.perf_counter() - t
+    print(
+        f"workload: {args.images} images x {args.dets} dets, {size_mb:.0f} MB results, made in {took:.0f} s"
+    )
+    rows: dict[str, dict[str, Any]] = {}
+    for name in RUNNERS:
+        if any(s in name for s in args.skip):
+            continue
+        out = work / f"metrics_{name.split()[0]}.json"
+        cmd = command_for(name, gt, results, out)
+        if cmd is None:
+            print(f"{name}: not installed; see the header of this script for the pip command")
+            continue
+        wall, rss, _ = run_one(cmd)
+        metrics = json.loads(out.read_text())
+        metrics = metrics.get("segm", metrics)
+        metrics = {k: metrics[FCE_NAMES.get(k, k) if "faster" in name else k] for k in KEYS}
+        rows[name] = {"wall": wall, "rss": rss, "metrics": metrics}
+        print(f"  {name:<24} {wall:8.1f} s  {rss:6.2f} GB", flush=True)
+    ref = rows.get("lvis-api 0.5.3", {}).get("metrics")
+    print(f"\n| evaluator | wall (s) | peak RSS (GB) | max |diff| vs lvis-api | ({args.images} images, segm)")
+    print("|---|---|---|---|")
+    for name, row in rows.items():
+        diff = "n/a" if ref is None else f"{max(abs(row['metrics'][k] - ref[k]) for k in KEYS):.1e}"
+        print(f"| {name} | {row['wall']:.1f} | {row['rss']:.2f} | {diff} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""``lvisctl submit``: build and validate the LVIS v1 test-dev submission file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def submit(
+    results: Path | None = typer.Argument(
+        None, help="LVIS results json; default: newest predictions in --run-dir."
+    ),
+    image_info: Path = typer.Option(
+        ..., "--image-info", help="lvis_v1_image_info_test_dev.json (or a GT file)."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Submission file (.json, or .zip holding the json)."),
+    truncate: bool = typer.Option(
+        False, "--truncate", help="Keep the top 300 detections per image by score."
+    ),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="Run directory: inputs from and outputs to it."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+) -> None:
+    """Validate results against the server's rules and write the file to upload (EvalAI, LVIS v1.0)."""
+    from rich.console import Console
+
+    from lvisctl.evaluation.submission import run_submit
+
+    summary = run_submit(results, image_info, out, truncate=truncate, run_dir=run_dir, overwrite=overwrite)
+    Console().print(summary_table(summary))
+
+
+def summary_table(summary):
+    from rich.table import Table
+
+    table = Table(title=f"submission {summary.out}")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    table.add_row("images covered", f"{summary.images_covered} / {summary.images}")
+    table.add_row("detections", str(summary.detections))
+    if summary.truncated:
+        table.add_row("dropped by --truncate", str(summary.truncated))
+    names = {"r": "rare", "c": "common", "f": "frequent", "?": "unknown frequency"}
+    for key, count in summary.per_frequency.items():
+        table.add_row(f"detections on {names[key]} categories", str(count))
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("submit")(submit)

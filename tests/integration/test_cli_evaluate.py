@@ -1,0 +1,129 @@
+"""``lvisctl evaluate`` end to end on hand-made LVIS files: numbers, outputs, run dir, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import pytest
+
+from lvisctl.cli.app import main
+from lvisctl.rundir import RunDir
+from tests.lvis_reference import lvis_api_metrics, write_json
+from tests.unit.test_eval_lvis_metrics import edge_case_gt, edge_case_results
+
+
+def run_cli(args, capsys, monkeypatch) -> tuple[int, str, str]:
+    """Run the real entry point (one-line errors, exit codes) in-process."""
+    monkeypatch.setattr(sys, "argv", ["lvisctl", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code or 0, captured.out, captured.err
+
+
+@pytest.fixture
+def files(tmp_path):
+    gt = write_json(tmp_path / "gt.json", edge_case_gt())
+    res = write_json(tmp_path / "res.json", edge_case_results())
+    return tmp_path, gt, res
+
+
+def test_evaluate_files_writes_json_csv_png_equal_to_lvis_api(files, capsys, monkeypatch):
+    tmp, gt, res = files
+    code, out, err = run_cli(
+        ["evaluate", res, "--gt", gt, "--out", tmp / "m" / "metrics.json"], capsys, monkeypatch
+    )
+    assert code == 0, err
+    metrics = json.loads((tmp / "m" / "metrics.json").read_text())
+    for t in ("segm", "bbox"):
+        ref = lvis_api_metrics(gt, res, t)
+        assert metrics[t] == pytest.approx(ref, abs=1e-6)
+    assert metrics["bbox_minus_segm"]["AP"] == pytest.approx(metrics["bbox"]["AP"] - metrics["segm"]["AP"])
+    assert "LVIS v1 metrics" in out and "AR@300" in out and "AP bbox - segm" in out
+    assert "note: the results have 'bbox'" in out
+    rows = list(csv.DictReader((tmp / "m" / "metrics_per_category_ap.csv").open()))
+    assert [r["category_id"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert rows[3]["segm_AP"] == "" and rows[0]["frequency"] == "f"  # category 4: no GT in the split
+    assert (tmp / "m" / "metrics_ap_by_frequency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_run_dir_uses_latest_predictions_and_registers(tmp_path, capsys, monkeypatch):
+    run = RunDir(tmp_path / "run")
+    gt = write_json(tmp_path / "gt.json", edge_case_gt())
+    pred = write_json(run.root / "predictions" / "val.json", edge_case_results())
+    artifact = run.register("predictions", pred, meta={"gt": gt})
+    code, out, err = run_cli(
+        ["evaluate", "--run-dir", run.root, "--iou-type", "segm", "--metrics", "fixed"], capsys, monkeypatch
+    )
+    assert code == 0, err
+    metrics_art = run.latest("metrics", iou_types=["segm"])
+    assert metrics_art.path == "metrics/val_metrics.json"
+    assert [i["path"] for i in metrics_art.inputs] == [artifact.path, gt]
+    assert run.latest("plot").path == "metrics/val_metrics_ap_by_frequency.png"
+    metrics = json.loads(run.resolve(metrics_art).read_text())
+    assert set(metrics) == {"segm", "fixed"} and "APr" in metrics["fixed"]["segm"]
+    code, _, err = run_cli(["evaluate", "--run-dir", run.root, "--iou-type", "segm"], capsys, monkeypatch)
+    assert code == 2 and "pass --overwrite" in err
+
+
+def test_evaluate_boundary_metric(files, capsys, monkeypatch):
+    tmp, gt, res = files
+    code, out, err = run_cli(
+        ["evaluate", res, "--gt", gt, "--metrics", "boundary", "--out", tmp / "b.json"], capsys, monkeypatch
+    )
+    assert code == 0, err
+    metrics = json.loads((tmp / "b.json").read_text())
+    # Boundary IoU <= mask IoU, so Boundary AP cannot exceed mask AP.
+    assert -1 < metrics["boundary"]["segm"]["AP"] <= metrics["segm"]["AP"] + 1e-12
+    assert "boundary segm" in out
+
+
+def _results_with(mutation):
+    dets = edge_case_results()[:14]
+    return mutation(dets)
+
+
+def _set(i, key, value):
+    def f(dets):
+        dets[i][key] = value
+        return dets
+
+    return f
+
+
+def _seg(i, **kw):
+    def f(dets):
+        dets[i]["segmentation"].update(kw)
+        return dets
+
+    return f
+
+
+BAD_INPUTS = {
+    "not a list": (lambda d: {"annotations": d}, "results must be a json list of detections"),
+    "unknown image id": (_set(2, "image_id", 77), "1 image ids not in"),
+    "unknown category id": (_set(2, "category_id", 9999), "1 category ids not in the category table"),
+    "RLE of another size": (_seg(2, size=[32, 32]), "RLE size [32, 32] differs from image 1's size [64, 64]"),
+    "RLE with bad characters": (_seg(2, counts="~~~~"), "segmentation is not valid compressed RLE"),
+    "truncated RLE string": (_seg(2, counts="0" + "R" * 40), "segmentation is not valid compressed RLE"),
+    "NaN score": (_set(2, "score", float("nan")), "result 2 has score nan (must be a finite number)"),
+    "another split": (
+        lambda d: [dict(x, image_id=x["image_id"] + 500) for x in d],
+        "results file for another split",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, capsys, monkeypatch, case):
+    tmp, gt, _ = files
+    mutation, message = BAD_INPUTS[case]
+    bad = write_json(tmp / "bad.json", _results_with(mutation))
+    out_dir = tmp / "metrics"
+    code, out, err = run_cli(["evaluate", bad, "--gt", gt, "--out", out_dir / "m.json"], capsys, monkeypatch)
+    assert code == 2
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert not out_dir.exists()
