@@ -3,7 +3,9 @@
 Both models get the same random batch (default: 2 images of 320 px, 3 instances each), the same ResNet-50
 FPN with trainable BatchNorm (torchvision's setting without pretrained weights) and no resizing
 (torchvision's transform has its resize step disabled; the core never resizes). Each model runs in its
-own spawned process so the peak memory (CUDA: max allocated; CPU: the process's max RSS) is its own.
+own spawned process for the peak memory (CUDA: max allocated; CPU: the process's max RSS, two steps),
+then both are timed in one process with their steps interleaved, so the load of a shared machine hits
+them alike (it/s from the median step time).
 
     .venv/bin/python benchmarks/train_speed.py            # CPU, a few minutes
     .venv/bin/python benchmarks/train_speed.py --device cuda --iters 50
@@ -18,6 +20,7 @@ import argparse
 import multiprocessing as mp
 import os
 import resource
+import statistics
 import time
 from collections.abc import Callable
 
@@ -77,8 +80,7 @@ MODELS: dict[str, Callable] = {
 }
 
 
-def _measure(name: str, args: argparse.Namespace) -> dict:
-    """Runs in a fresh process: warm-up, then timed SGD iterations; returns it/s and peak memory."""
+def _setup(name: str, args: argparse.Namespace):
     import torch
 
     torch.manual_seed(0)
@@ -89,27 +91,42 @@ def _measure(name: str, args: argparse.Namespace) -> dict:
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
 
-    def step() -> None:
+    def step() -> float:
+        start = time.perf_counter()
         losses = model(images, targets)
         opt.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
+    return step
+
+
+def _peak_memory(name: str, args: argparse.Namespace) -> float:
+    """Runs in a fresh process: two training steps; peak CUDA allocation or the process's max RSS (MiB)."""
+    import torch
+
+    step = _setup(name, args)
+    step()
+    step()
+    if args.device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _timings(args: argparse.Namespace) -> dict[str, list[float]]:
+    """All models in one process, steps interleaved, so a shared machine's load hits them alike."""
+    steps = {name: _setup(name, args) for name in MODELS}
     for _ in range(args.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in MODELS}
     for _ in range(args.iters):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    elapsed = time.perf_counter() - start
-    return {"name": name, "it_s": args.iters / elapsed, "peak_mb": peak_mb}
+        for name, step in steps.items():
+            times[name].append(step())
+    return times
 
 
 def main() -> None:
@@ -119,28 +136,39 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--instances", type=int, default=3)
     parser.add_argument("--classes", type=int, default=80)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=4)
     args = parser.parse_args()
 
     from rich.console import Console
     from rich.table import Table
 
     ctx = mp.get_context("spawn")
-    rows = []
+    memory = {}
     for name in MODELS:
         with ctx.Pool(1) as pool:
-            rows.append(pool.apply(_measure, (name, args)))
+            memory[name] = pool.apply(_peak_memory, (name, args))
+    times = _timings(args)
+    rows = [
+        {"name": n, "it_s": 1 / statistics.median(t), "mean_s": statistics.mean(t), "peak_mb": memory[n]}
+        for n, t in times.items()
+    ]
     base = rows[-1]["it_s"]
     mem = "peak CUDA MiB" if args.device.startswith("cuda") else "peak RSS MiB"
     table = Table(
         title=f"Training speed: {args.batch} x {args.size} px, {args.classes} classes, {args.device}, "
         f"{args.iters} iters after {args.warmup} warm-up"
     )
-    for col in ("model", "it/s", "vs torchvision", mem):
+    for col in ("model", "it/s (median)", "mean s/it", "vs torchvision", mem):
         table.add_column(col, justify="left" if col == "model" else "right")
     for row in rows:
-        table.add_row(row["name"], f"{row['it_s']:.3f}", f"{row['it_s'] / base:.1%}", f"{row['peak_mb']:.0f}")
+        table.add_row(
+            row["name"],
+            f"{row['it_s']:.3f}",
+            f"{row['mean_s']:.2f}",
+            f"{row['it_s'] / base:.1%}",
+            f"{row['peak_mb']:.0f}",
+        )
     Console().print(table)
 
 

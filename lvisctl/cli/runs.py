@@ -16,7 +16,9 @@ runs_app = typer.Typer(help="Inspect run directories and their manifests.", no_a
 @runs_app.command("show")
 def show(
     run_dir: Path = typer.Argument(..., help="Run directory to show."),
-    verify: bool = typer.Option(False, "--verify", help="Re-hash every artifact and flag changed or missing files."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Re-hash every artifact and flag changed or missing files."
+    ),
 ) -> None:
     """Print the manifest as a table: each artifact, what made it and what it was made from."""
     run = RunDir(run_dir, create=False)

@@ -35,6 +35,8 @@ def train_command(
     # Resuming without a config keeps the config saved in the checkpoint.
     cfg = None if (resume and config is None and not overrides) else load_config(config, overrides or [])
     result = train(cfg, run_dir, stage=stage, resume=resume)
+    if not result.is_main:  # torchrun: rank 0 reports
+        return
     if result.skipped:
         typer.echo(f"stage {stage} already finished: {result.checkpoint}")
     else:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from lvisctl.cli._progress import ImagesProgress
+
 # Exit status of a run stopped by --max-chunks: nothing failed, the command is meant to be run again
 # (EX_TEMPFAIL); a script chaining `tta-infer && evaluate` must not evaluate an older file meanwhile.
 EXIT_INCOMPLETE = 75
@@ -56,7 +58,7 @@ def tta_infer_command(
     from lvisctl.inference.runner import parse_scales, predict_to_run_dir
 
     scale_list = parse_scales(scales) if scales is not None else None
-    with _ImagesProgress() as progress:
+    with ImagesProgress() as progress:
         try:
             outcome = predict_to_run_dir(
                 run_dir,
@@ -85,47 +87,6 @@ def tta_infer_command(
             err=True,
         )
         raise typer.Exit(EXIT_INCOMPLETE)
-
-
-class _ImagesProgress:
-    """A rich progress bar with images/s, shown by rank 0 only (other ranks print nothing)."""
-
-    def __init__(self) -> None:
-        import os
-
-        self.enabled = int(os.environ.get("RANK", "0")) == 0
-        self.progress = None
-        self.task = None
-
-    def __enter__(self) -> _ImagesProgress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("[bold]inference"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
-            self.progress.start()
-        return self
-
-    def start(self, total: int) -> None:
-        if self.progress is not None:
-            self.task = self.progress.add_task("inference", total=total, rate="")
-
-    def advance(self, n: int) -> None:
-        if self.progress is not None and self.task is not None:
-            self.progress.advance(self.task, n)
-            speed = self.progress.tasks[self.task].speed
-            self.progress.update(self.task, rate=f"{speed:.1f} img/s" if speed else "")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
 
 
 def _print_summary(outcome) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from lvisctl.engine.distributed import (
     broadcast_object,
     cleanup_distributed,
     init_distributed,
+    pick_device,
 )
 from lvisctl.engine.logging import TrainLogger, plot_loss_curves
 from lvisctl.engine.schedule import WarmupStepSchedule, build_schedule, set_lr
@@ -77,6 +78,7 @@ class TrainResult:
     plot: Path | None = None
     skipped: bool = False  # the stage had already finished in this run dir
     model: nn.Module | None = None  # the trained model in memory (None when skipped)
+    is_main: bool = True  # rank 0 (the process that wrote the files)
 
 
 ModelBuilder = Callable[[Config, CategoryStats], nn.Module]
@@ -100,7 +102,7 @@ def train(
     """
     if cfg is None and not resume:
         raise LvisctlError("train: a config is required unless resuming (--resume)")
-    info = init_distributed((cfg or {}).get("device", "auto") if cfg is not None else "auto")
+    info = init_distributed(cfg.device if cfg is not None else "auto")
     try:
         return _train(cfg, RunDir(run_dir), info, stage, resume, build_model, build_data)
     finally:
@@ -122,9 +124,11 @@ def _train(
         if state.get("final"):  # nothing left to do (e.g. a re-run demo)
             final = ckpt_io.latest_checkpoint(run, stage, final=True)
             history = list(state.get("history", []))
-            return TrainResult(run.path_of(final.path), int(state["iteration"]), history, skipped=True)
+            ckpt = run.path_of(final.path)
+            return TrainResult(ckpt, int(state["iteration"]), history, skipped=True, is_main=info.is_main)
+        info = replace(info, device=pick_device(cfg.device, info.local_rank))  # the saved config's device
     assert cfg is not None
-    if info.device.type == "cuda" and cfg.device == "auto":
+    if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=info.device.type == "cuda")
@@ -132,7 +136,9 @@ def _train(
 
     data = (build_data or build_train_data)(cfg, run, info)
     model = (build_model or _default_model_builder)(cfg, data.category_stats)
-    init_artifact = _init_weights(model, cfg, run, stage) if state is None else None
+    init_source = _init_source(cfg, run, stage)
+    if init_source is not None and state is None:  # a resume loads its own weights below
+        _load_init_weights(model, init_source, run)
     frozen = freeze_modules(model, list(cfg.train.freeze))
     model.to(info.device)
     ddp_model = _wrap_ddp(model, cfg, info)
@@ -149,7 +155,7 @@ def _train(
         loop = _restore(state, model, optimizer, scaler, info)
     elif info.is_main:
         _save_config(run, cfg, stage, data.inputs)
-    inputs = [*data.inputs, *([init_artifact] if init_artifact else [])]
+    inputs = [*data.inputs, *([init_source] if init_source is not None else [])]
     if info.is_main and loop.iteration == 0:
         _announce(cfg, schedule, info, frozen)
     return _run_loop(
@@ -164,7 +170,19 @@ class LoopState:
     epoch: int = 0
     epoch_position: int = 0  # batches of `epoch` consumed by this process
     history: list[dict[str, float]] = field(default_factory=list)
+    window: dict[str, torch.Tensor] = field(default_factory=dict)  # loss sums since the last log line
+    window_count: int = 0
     rng: dict[str, Any] | None = None  # restored right before the first step
+
+    def accumulate(self, losses: Mapping[str, torch.Tensor]) -> None:
+        for name, value in losses.items():
+            self.window[name] = self.window.get(name, 0.0) + value
+        self.window_count += 1
+
+    def window_mean(self) -> dict[str, torch.Tensor]:
+        mean = {k: v / self.window_count for k, v in self.window.items()}
+        self.window, self.window_count = {}, 0
+        return mean
 
 
 def _run_loop(
@@ -207,9 +225,10 @@ def _run_loop(
                 )
                 loop.iteration += 1
                 loop.epoch_position += 1
+                loop.accumulate(losses)
                 logged = None
                 if loop.iteration % log_period == 0 or loop.iteration == schedule.max_iter:
-                    logged = _log_values(losses, info)
+                    logged = _log_values(loop.window_mean(), info)  # mean over the log period
                     loop.history.append({"iteration": loop.iteration, "lr": lr, **logged})
                 logger.step(loop.iteration, logged, lr)
                 final = loop.iteration == schedule.max_iter
@@ -228,8 +247,9 @@ def _run_loop(
     broadcast_buffers(model, info)
     plot = _finish(run, info, stage, loop, last_good)
     barrier(info)
-    ckpt = run.path_of(last_good.path) if last_good else Path()
-    return TrainResult(ckpt, loop.iteration, loop.history, plot, model=model)
+    # every rank knows where rank 0 put the final checkpoint
+    ckpt = run.path_of(ckpt_io.checkpoint_relpath(stage, loop.iteration, final=True))
+    return TrainResult(ckpt, loop.iteration, loop.history, plot, model=model, is_main=info.is_main)
 
 
 def _train_step(
@@ -342,8 +362,7 @@ def _epoch_loader(data: TrainData, cfg: Config, info: DistInfo, epoch: int, star
         # The worker base seed is drawn from this generator at iterator creation: seeding it per epoch
         # keeps the global RNG untouched, so a resumed run draws exactly what an uninterrupted one does.
         generator=torch.Generator().manual_seed(int(cfg.seed) * 100_003 + epoch),
-        persistent_workers=False,
-        multiprocessing_context="spawn" if workers > 0 and info.device.type == "cuda" else None,
+        persistent_workers=False,  # forked per epoch: the sampler/dataset epoch is set before the fork
     )
 
 
@@ -445,25 +464,24 @@ def _wrap_ddp(model: nn.Module, cfg: Config, info: DistInfo) -> nn.Module:
     )
 
 
-def _init_weights(model: nn.Module, cfg: Config, run: RunDir, stage: int) -> Artifact | Path | None:
+def _init_source(cfg: Config, run: RunDir, stage: int) -> Artifact | Path | None:
     """``train.init_from``, or for stage > 1 the previous stage's final checkpoint from the manifest."""
-    source: Artifact | Path | None = None
     if cfg.train.init_from:
-        source = Path(cfg.train.init_from).expanduser()
-        path = source
-    elif stage > 1:
-        source = ckpt_io.latest_checkpoint(run, stage - 1, final=True)
-        if source is None:
-            raise LvisctlError(
-                f"{run.manifest_path}: stage {stage} starts from the stage-{stage - 1} final checkpoint, "
-                "but none is recorded (train stage 1 first, or set train.init_from)"
-            )
-        path = run.resolve(source)
-    else:
+        return Path(cfg.train.init_from).expanduser()
+    if stage == 1:
         return None
-    state = ckpt_io.load_checkpoint(path)["model"]
-    load_matching(model, state)
+    source = ckpt_io.latest_checkpoint(run, stage - 1, final=True)
+    if source is None:
+        raise LvisctlError(
+            f"{run.manifest_path}: stage {stage} starts from the stage-{stage - 1} final checkpoint, "
+            "but none is recorded (train stage 1 first, or set train.init_from)"
+        )
     return source
+
+
+def _load_init_weights(model: nn.Module, source: Artifact | Path, run: RunDir) -> None:
+    path = run.resolve(source) if isinstance(source, Artifact) else source
+    load_matching(model, ckpt_io.load_checkpoint(path)["model"])
 
 
 def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
@@ -540,6 +558,8 @@ def _restore(
         epoch=int(state["epoch"]),
         epoch_position=int(state["epoch_position"]),
         history=[dict(h) for h in state.get("history", [])],
+        window={k: v.to(info.device) for k, v in state.get("log_window", {}).items()},
+        window_count=int(state.get("log_window_count", 0)),
         rng=rng,
     )
 
@@ -573,6 +593,8 @@ def _checkpoint(
         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
         "rng": rng,
         "history": [dict(h) for h in loop.history],
+        "log_window": {k: v.detach().cpu() for k, v in loop.window.items()},
+        "log_window_count": loop.window_count,
         "world_size": info.world_size,
         "config": cfg.to_dict(),
         "category_stats": data.category_stats.to_dict(),

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torchvision.ops import box_iou
 
+from lvisctl.errors import LvisctlError
+
 
 def select_missing_annotations(
     boxes: torch.Tensor,
@@ -91,3 +93,129 @@ def pseudo_label_file(
         "annotations": annotations,
         "categories": [dict(c) for c in categories],
     }
+
+
+def pseudo_labels_from_predictions(
+    predictions: Sequence[Mapping[str, Any]],
+    images: Mapping[int, Mapping[str, Any]],
+    gt_boxes_xywh: Mapping[int, Sequence[Sequence[float]]],
+    categories: Sequence[Mapping[str, Any]],
+    *,
+    mode: str,
+    score_thresh: float,
+    max_gt_iou: float = 0.0,
+    max_per_image: int = 50,
+) -> dict[str, Any]:
+    """Select pseudo labels from an LVIS results list and return the LVIS-format pseudo-label file.
+
+    ``mode="missing"`` keeps confident detections away from every ground-truth box (LVIS train);
+    ``mode="unlabeled"`` keeps the confident detections of images without annotations, masks included.
+    """
+    if mode not in ("missing", "unlabeled"):
+        raise ValueError(f"mode must be 'missing' or 'unlabeled', got {mode!r}")
+    by_image: dict[int, list[Mapping[str, Any]]] = {}
+    for rec in predictions:
+        by_image.setdefault(int(rec["image_id"]), []).append(rec)
+    kept: list[Mapping[str, Any]] = []
+    for image_id in sorted(by_image):
+        recs = by_image[image_id]
+        scores = torch.tensor([float(r["score"]) for r in recs])
+        if mode == "missing":
+            boxes = _xywh_to_xyxy(torch.tensor([r["bbox"] for r in recs], dtype=torch.float32))
+            gt = _xywh_to_xyxy(
+                torch.tensor(gt_boxes_xywh.get(image_id, []), dtype=torch.float32).reshape(-1, 4)
+            )
+            idx = select_missing_annotations(
+                boxes, scores, gt, score_thresh=score_thresh, max_gt_iou=max_gt_iou
+            )
+            chosen = [{k: v for k, v in recs[i].items() if k != "segmentation"} for i in idx.tolist()]
+        else:
+            idx = select_unlabeled_pseudo_labels(
+                scores, score_thresh=score_thresh, max_per_image=max_per_image
+            )
+            chosen = [recs[i] for i in idx.tolist()]
+        kept.extend(chosen)
+    used_images = [images[i] for i in sorted(images) if mode == "unlabeled" or i in by_image]
+    return pseudo_label_file(used_images, kept, categories, source=mode)
+
+
+def _xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    out = boxes.clone()
+    out[:, 2:] += out[:, :2]
+    return out
+
+
+def make_pseudo_labels(
+    run_dir: Any,
+    images: Any,
+    *,
+    mode: str,
+    checkpoint: Any = None,
+    scales: Sequence[int] | None = None,
+    image_root: Any = None,
+    score_thresh: float = 0.5,
+    max_gt_iou: float = 0.0,
+    max_per_image: int = 50,
+    out: Any = None,
+    overwrite: bool = False,
+    overrides: Sequence[str] = (),
+    on_start: Any = None,
+    on_images: Any = None,
+) -> Any:
+    """``lvisctl pseudolabel``: predict on ``images`` (sharded, resumable, through the shared runner), select
+    pseudo labels and write them as an LVIS json registered as ``pseudo-labels``. Returns the artifact
+    (``None`` on non-main ranks)."""
+    from pathlib import Path
+
+    from lvisctl.data.lvis import load_lvis
+    from lvisctl.inference.runner import predict_to_run_dir
+    from lvisctl.rundir import RunDir, atomic_write_json
+
+    images = Path(images).expanduser().resolve()
+    run = RunDir(run_dir)
+    out_rel = str(out) if out else f"pseudo_labels/{images.stem}_{mode}.json"
+    out_path = run.output_path(out_rel, overwrite=overwrite)  # fail before hours of inference
+    outcome = predict_to_run_dir(
+        Path(run_dir),
+        images,
+        checkpoint=checkpoint,
+        scales=scales,
+        image_root=image_root,
+        out=Path(run.root / "predictions" / f"{images.stem}_for_{mode}_pseudo_labels.json"),
+        overwrite=True,  # an intermediate of this command, re-made with the current checkpoint
+        overrides=overrides,
+        on_start=on_start,
+        on_images=on_images,
+    )
+    if not outcome.is_main or outcome.artifact is None:
+        return None
+    import json
+
+    predictions = json.loads(outcome.out_path.read_text())
+    gt = load_lvis(images, image_root=image_root)
+    gt_boxes = {i: [a["bbox"] for a in anns] for i, anns in gt.anns_by_image.items()}
+    if mode == "unlabeled" and gt.num_annotations():
+        raise LvisctlError(f"{images}: has annotations; --mode unlabeled is for images without labels")
+    payload = pseudo_labels_from_predictions(
+        predictions,
+        gt.images,
+        gt_boxes,
+        [gt.categories[c] for c in sorted(gt.categories)],
+        mode=mode,
+        score_thresh=score_thresh,
+        max_gt_iou=max_gt_iou,
+        max_per_image=max_per_image,
+    )
+    atomic_write_json(out_path, payload, indent=None)
+    return run.register(
+        "pseudo-labels",
+        out_path,
+        inputs=[outcome.artifact, images],
+        meta={
+            "mode": mode,
+            "images": str(images),
+            "score_thresh": score_thresh,
+            "num_labels": len(payload["annotations"]),
+            "num_images": len(payload["images"]),
+        },
+    )

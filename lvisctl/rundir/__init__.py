@@ -1,6 +1,12 @@
 """Run directories: every artifact a command makes is recorded in ``manifest.json``."""
 
-from lvisctl.rundir.io import atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from lvisctl.rundir.io import (
+    atomic_output,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    sha256_file,
+)
 from lvisctl.rundir.manifest import ARTIFACT_KINDS, Artifact, RunDir
 
 __all__ = [

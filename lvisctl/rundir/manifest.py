@@ -97,7 +97,9 @@ class RunDir:
         try:
             data = json.loads(self.manifest_path.read_text())
         except json.JSONDecodeError as err:
-            raise LvisctlError(f"{self.manifest_path}: not valid json ({err.msg} at line {err.lineno})") from None
+            raise LvisctlError(
+                f"{self.manifest_path}: not valid json ({err.msg} at line {err.lineno})"
+            ) from None
         if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
             raise LvisctlError(f"{self.manifest_path}: not an lvisctl manifest (no 'artifacts' list)")
         return data
@@ -116,7 +118,9 @@ class RunDir:
         found = self.find(kind, **meta)
         if not found:
             what = kind + (f" with {meta}" if meta else "")
-            raise LvisctlError(f"{self.manifest_path}: no {what} artifact recorded; run the command that makes it first")
+            raise LvisctlError(
+                f"{self.manifest_path}: no {what} artifact recorded; run the command that makes it first"
+            )
         return found[-1]
 
     def get(self, rel_path: str) -> Artifact | None:
@@ -129,7 +133,9 @@ class RunDir:
         """Absolute path of ``artifact``, checked to exist and (by default) to still match its sha256."""
         path = self.path_of(artifact.path)
         if not path.exists():
-            raise LvisctlError(f"{path}: recorded in {self.manifest_path.name} as {artifact.kind} but missing on disk")
+            raise LvisctlError(
+                f"{path}: recorded in {self.manifest_path.name} as {artifact.kind} but missing on disk"
+            )
         if verify and sha256_file(path) != artifact.sha256:
             raise LvisctlError(
                 f"{path}: sha256 no longer matches {self.manifest_path.name} (the file changed after it was recorded)"
@@ -156,7 +162,9 @@ class RunDir:
         """
         path = self.path_of(rel_path)
         if path.exists() and not overwrite:
-            raise LvisctlError(f"{path}: already exists; pass --overwrite to replace it or choose another --out")
+            raise LvisctlError(
+                f"{path}: already exists; pass --overwrite to replace it or choose another --out"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -208,7 +216,9 @@ class RunDir:
         try:
             lock.acquire()
         except Timeout:
-            raise LvisctlError(f"{self.root}: another 'lvisctl {name}' is running in this run directory") from None
+            raise LvisctlError(
+                f"{self.root}: another 'lvisctl {name}' is running in this run directory"
+            ) from None
         try:
             yield
         finally:

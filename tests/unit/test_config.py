@@ -11,7 +11,9 @@ from lvisctl.errors import LvisctlError
 @pytest.fixture
 def schema(tmp_path):
     base = tmp_path / "base.yaml"
-    base.write_text("seed: 0\nsolver:\n  base_lr: 0.02\n  steps: [16, 22]\n  amp: true\nmodel:\n  backbone: r50\n")
+    base.write_text(
+        "seed: 0\nsolver:\n  base_lr: 0.02\n  steps: [16, 22]\n  amp: true\nmodel:\n  backbone: r50\n"
+    )
     return base
 
 
@@ -31,7 +33,9 @@ def test_base_chain_and_overrides_merge_in_order(tmp_path, schema):
 def test_unknown_key_suggests_the_close_one(tmp_path, schema):
     exp = tmp_path / "exp.yaml"
     exp.write_text("model:\n  bakbone: r18\n")
-    with pytest.raises(LvisctlError, match=r"exp.yaml: unknown config key model.bakbone \(did you mean model.backbone\?\)"):
+    with pytest.raises(
+        LvisctlError, match=r"exp.yaml: unknown config key model.bakbone \(did you mean model.backbone\?\)"
+    ):
         load_config(exp, base=schema)
 
 

@@ -303,3 +303,13 @@ def test_cpu_autocast_forward():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model(IMAGES, [target(64, 70), target(70, 64)])
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
+def test_image_without_annotations_trains():
+    model = tiny_model().train()
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    empty["masks"] = torch.zeros(0, 64, 70, dtype=torch.uint8)
+    losses = model(IMAGES, [empty, target(70, 64)])
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses = model(IMAGES[:1], [empty])
+    assert losses["loss_mask"].item() == 0.0 and losses["loss_box_reg"].item() == 0.0

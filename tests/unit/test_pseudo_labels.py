@@ -42,3 +42,24 @@ def test_pseudo_label_file_is_lvis_format():
     assert out["annotations"] == [
         {"id": 1, "image_id": 7, "category_id": 3, "bbox": [1.0, 2.0, 4.0, 5.0], "area": 20.0, "score": 0.8}
     ]
+
+
+def test_pseudo_labels_from_predictions_missing_and_unlabeled():
+    from lvisctl.inference.pseudo_labels import pseudo_labels_from_predictions
+
+    images = {1: {"id": 1, "width": 50, "height": 50}, 2: {"id": 2, "width": 50, "height": 50}}
+    seg = {"size": [50, 50], "counts": "abc"}
+    preds = [
+        {"image_id": 1, "category_id": 4, "bbox": [0, 0, 10, 10], "score": 0.9, "segmentation": seg},  # on gt
+        {"image_id": 1, "category_id": 4, "bbox": [30, 30, 10, 10], "score": 0.8, "segmentation": seg},
+        {"image_id": 2, "category_id": 5, "bbox": [5, 5, 5, 5], "score": 0.4, "segmentation": seg},
+    ]
+    gt = {1: [[0, 0, 10, 10]]}
+    cats = [{"id": 4, "name": "a"}, {"id": 5, "name": "b"}]
+    missing = pseudo_labels_from_predictions(preds, images, gt, cats, mode="missing", score_thresh=0.5)
+    assert [(a["image_id"], a["bbox"]) for a in missing["annotations"]] == [(1, [30.0, 30.0, 10.0, 10.0])]
+    assert "segmentation" not in missing["annotations"][0]
+    unl = pseudo_labels_from_predictions(preds, images, {}, cats, mode="unlabeled", score_thresh=0.3)
+    assert [a["image_id"] for a in unl["annotations"]] == [1, 1, 2]
+    assert unl["annotations"][0]["segmentation"] == seg
+    assert [i["id"] for i in unl["images"]] == [1, 2]

@@ -28,7 +28,11 @@ def test_register_records_path_hash_command_config_and_inputs(tmp_path):
     assert first["command"] == "lvisctl train"
     assert first["config"] == {"seed": 3}
     assert first["inputs"] == [{"path": str(gt.resolve()), "sha256": sha256_file(gt), "kind": "external"}]
-    assert second["inputs"][0] == {"path": "checkpoints/a.json", "sha256": first["sha256"], "kind": "checkpoint"}
+    assert second["inputs"][0] == {
+        "path": "checkpoints/a.json",
+        "sha256": first["sha256"],
+        "kind": "checkpoint",
+    }
     assert run.latest("predictions").meta == {"gt": str(gt)}
 
 
