@@ -310,6 +310,21 @@ def _check_finite(
     )
 
 
+def _check_finite_weights(model: nn.Module, run: RunDir, stage: int, iteration: int) -> None:
+    """A finite loss can still overflow a gradient (fp32 has no GradScaler): never save such weights.
+
+    DDP keeps the weights identical on every rank, so all ranks stop together.
+    """
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        last = ckpt_io.latest_checkpoint(run, stage)
+        kept = f"last good checkpoint: {last.path}" if last else "no checkpoint was saved before it"
+        raise NonFiniteLossError(
+            f"{run.root}: stage {stage} stopped at iteration {iteration}: weights {bad[0]} are not finite "
+            f"(a gradient overflowed); not saved ({kept})"
+        )
+
+
 def _log_values(losses: Mapping[str, torch.Tensor], info: DistInfo) -> dict[str, float]:
     names = list(losses)
     mean = all_reduce_mean(torch.stack([losses[n] for n in names]), info).tolist()
@@ -578,6 +593,7 @@ def _checkpoint(
     final: bool,
     inputs: Sequence[Artifact | str | Path],
 ) -> Artifact | None:
+    _check_finite_weights(model, run, stage, loop.iteration)
     rng = _gather_rng(info)  # a collective: every rank takes part, rank 0 writes
     if not info.is_main:
         return None

@@ -49,7 +49,13 @@ def _assert_same_weights(a, b):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, workers):
     # 3 epochs of 6 iterations; checkpoints every 4 -> the kill lands mid-epoch.
-    items = ["solver.max_iter=16", f"train.num_workers={workers}", "train.checkpoint_period=4"]
+    # log every 3, checkpoint every 4: the kill lands inside a logging window, which must survive too
+    items = [
+        "solver.max_iter=16",
+        f"train.num_workers={workers}",
+        "train.checkpoint_period=4",
+        "train.log_period=3",
+    ]
     ref = _spawn(tmp_path / "ref", 0.0, *items)
     assert ref.wait(timeout=300) == 0, ref.stdout.read().decode()
 
@@ -128,3 +134,18 @@ def test_cli_sigkill_resume_with_real_model_and_data(tmp_path):
     out = resumed.communicate(timeout=600)[0].decode()
     assert resumed.returncode == 0, out
     _assert_same_weights(_final_model(runs["ref"]), _final_model(runs["killed"]))
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path):
+    """A finite loss whose gradient overflows makes inf weights: the checkpoint step refuses them."""
+
+    def overflowing(cfg, stats):
+        model = model_builder()(cfg, stats)
+        model.rpn.weight.register_hook(lambda g: g * float("inf") if model.calls >= 4 else g)
+        return model
+
+    cfg = tiny_config(**{"solver.max_iter": 10, "train.checkpoint_period": 2})
+    with pytest.raises(NonFiniteLossError, match=r"iteration 4: weights rpn.weight are not finite") as err:
+        train(cfg, tmp_path, build_model=overflowing, build_data=data_builder())
+    assert "last good checkpoint: checkpoints/stage1_iter0000002.pt" in str(err.value)
+    assert [a.path for a in RunDir(tmp_path).artifacts("checkpoint")] == ["checkpoints/stage1_iter0000002.pt"]

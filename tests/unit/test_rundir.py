@@ -105,3 +105,12 @@ def test_corrupt_manifest_is_a_clear_error(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(LvisctlError, match="manifest.json: not valid json"):
         RunDir(tmp_path).artifacts()
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    import os
+
+    path = atomic_write_json(tmp_path / "a.json", {})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
