@@ -33,10 +33,15 @@ from torchvision.ops import box_area, box_iou, roi_align
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.poolers import LevelMapper
 
+from lvisctl.losses.boundary import boundary_loss
 from lvisctl.losses.classification import ClassificationLoss
+from lvisctl.modeling.boundary_head import BoundaryPreservingMaskHead
 from lvisctl.modeling.box_head import BoxHead
 from lvisctl.modeling.fpn import FPN_STRIDES
+from lvisctl.modeling.mask_assign import box_areas as eq1_box_areas
+from lvisctl.modeling.mask_assign import mask_areas_in_boxes, two_pass_mask_predict
 from lvisctl.modeling.mask_head import MaskHead
+from lvisctl.modeling.mask_iou_head import MaskIoUHead, mask_iou_loss, mask_iou_targets
 
 LevelFn = Callable[[Tensor, "Tensor | None"], Tensor]
 
@@ -62,7 +67,8 @@ class RoIAlignExtractor(nn.Module):
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
 
-    def forward(self, features: list[Tensor], boxes: list[Tensor], levels: Tensor) -> Tensor:
+    def forward(self, features: list[Tensor], boxes: list[Tensor] | Tensor, levels: Tensor) -> Tensor:
+        """``boxes``: per-image [N_i, 4] xyxy boxes, or already an [R, 5] (batch index, xyxy) tensor."""
         rois = _to_rois(boxes, features[0])
         num_rois, channels = rois.shape[0], features[0].shape[1]
         result: Tensor | None = None
@@ -80,8 +86,11 @@ class RoIAlignExtractor(nn.Module):
         return result
 
 
-def _to_rois(boxes: list[Tensor], like: Tensor) -> Tensor:
-    """List of [N_i, 4] boxes -> [sum N_i, 5] (batch index, x1, y1, x2, y2) in float32."""
+def _to_rois(boxes: list[Tensor] | Tensor, like: Tensor) -> Tensor:
+    """List of [N_i, 4] boxes -> [sum N_i, 5] (batch index, x1, y1, x2, y2) in float32 (a tensor of such
+    rows passes through)."""
+    if isinstance(boxes, Tensor):
+        return boxes.to(device=like.device, dtype=torch.float32)
     rois = [torch.cat([b.new_full((b.shape[0], 1), i), b], dim=1) for i, b in enumerate(boxes)]
     return torch.cat(rois).to(device=like.device, dtype=torch.float32)
 
@@ -95,10 +104,17 @@ class LvisRoIHeads(nn.Module):
         box_head: BoxHead,
         cls_loss: ClassificationLoss,
         mask_extractor: nn.Module,
-        mask_head: MaskHead,
+        mask_head: MaskHead | BoundaryPreservingMaskHead,
         mask_loss: nn.Module,
         mask_resolution: int = 14,
         mask_level_fn: LevelFn = box_levels,
+        mask_level_assign: str = "box",
+        eq1_box_rule: str = "log2",
+        eq1_single_pass: bool = False,
+        boundary_extractor: nn.Module | None = None,
+        boundary_loss_weight: float = 1.0,
+        mask_iou_head: MaskIoUHead | None = None,
+        mask_iou_loss_weight: float = 0.5,
         fg_iou_thresh: float = 0.5,
         bg_iou_thresh: float = 0.5,
         batch_size_per_image: int = 512,
@@ -117,7 +133,17 @@ class LvisRoIHeads(nn.Module):
         self.mask_extractor = mask_extractor
         self.mask_head = mask_head
         self.mask_loss = mask_loss
-        self.mask_level_fn = mask_level_fn
+        self.mask_level_fn = mask_level_fn  # training levels from (proposal boxes, GT mask areas)
+        if mask_level_assign not in ("box", "eq1"):
+            raise ValueError(f"mask_level_assign must be 'box' or 'eq1', got {mask_level_assign!r}")
+        self.mask_level_assign = mask_level_assign  # test-time levels: box rule, or Eq. 1 in two passes
+        self.eq1_box_rule = eq1_box_rule
+        self.eq1_single_pass = eq1_single_pass
+        # BMask R-CNN: with a boundary extractor, mask_head is a BoundaryPreservingMaskHead
+        self.boundary_extractor = boundary_extractor
+        self.boundary_loss_weight = boundary_loss_weight
+        self.mask_iou_head = mask_iou_head
+        self.mask_iou_loss_weight = mask_iou_loss_weight
         self.mask_size = 2 * mask_resolution  # the mask head upsamples its RoI features 2x
         self.proposal_matcher = det_utils.Matcher(
             fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False
@@ -183,6 +209,20 @@ class LvisRoIHeads(nn.Module):
         # torchvision normalises by the number of sampled proposals, not by the positives
         return {"loss_classifier": loss_cls, "loss_box_reg": reg.sum() / max(labels.numel(), 1)}
 
+    def _mask_forward(
+        self, features: list[Tensor], rois: Tensor, levels: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Mask branch on ``rois`` [R, 5]: (mask RoI features [R, C, S, S], mask logits [R, K + 1, M, M],
+        boundary logits [R, K + 1, M, M] or None without the boundary branch)."""
+        roi_features = self.mask_extractor(features, rois, levels=levels)
+        if self.boundary_extractor is None:
+            logits, _conv_features = self.mask_head(roi_features)
+            return roi_features, logits, None
+        # BMask R-CNN pools its boundary features from P2 only, at M x M (2x the mask RoI size)
+        p2 = torch.zeros_like(levels)
+        logits, boundary_logits = self.mask_head(roi_features, self.boundary_extractor(features, rois, p2))
+        return roi_features, logits, boundary_logits
+
     def _mask_losses(
         self,
         features: list[Tensor],
@@ -193,10 +233,11 @@ class LvisRoIHeads(nn.Module):
     ) -> dict[str, Tensor]:
         pos = [torch.where(lab > 0)[0] for lab in labels]
         boxes = [p[i] for p, i in zip(proposals, pos, strict=True)]
+        gt_index = [m[i] for m, i in zip(matched, pos, strict=True)]
         mask_targets = torch.cat(
             [
-                project_masks_on_boxes(t["masks"], b, m[i], self.mask_size)
-                for t, b, m, i in zip(targets, boxes, matched, pos, strict=True)
+                project_masks_on_boxes(t["masks"], b, g, self.mask_size)
+                for t, b, g in zip(targets, boxes, gt_index, strict=True)
             ]
         )
         pos_labels = torch.cat([lab[i] for lab, i in zip(labels, pos, strict=True)])
@@ -204,27 +245,38 @@ class LvisRoIHeads(nn.Module):
         area_ratio = mask_targets.mean(dim=(1, 2)) if mask_targets.numel() else mask_targets.new_zeros(0)
         box_cat = torch.cat(boxes)
         levels = self.mask_level_fn(box_cat, area_ratio * box_area(box_cat))
-        logits, _conv_features = self.mask_head(self.mask_extractor(features, boxes, levels=levels))
-        # boundary branch / mask-IoU head plug in here: they take `_conv_features` (and the logits) with
-        # `mask_targets` and add their own entries to the returned loss dict.
-        logits = logits[torch.arange(pos_labels.numel(), device=logits.device), pos_labels]
-        weights = [float(t.get("loss_weight", 1.0)) for t in targets]
-        if all(w == 1.0 for w in weights):
-            return {"loss_mask": self.mask_loss.loss(logits, mask_targets, area_ratio)}
-        # per-image weighting for any scalar mask loss: sum_i w_i n_i L_i / sum_i n_i
+        roi_features, logits, boundary_logits = self._mask_forward(
+            features, _to_rois(boxes, features[0]), levels
+        )
+        rows = torch.arange(pos_labels.numel(), device=logits.device)
+        logits = logits[rows, pos_labels]
         counts = [int(i.numel()) for i in pos]
-        total, parts = max(sum(counts), 1), []
-        for lg, tg, ar, w, n in zip(
-            logits.split(counts),
-            mask_targets.split(counts),
-            area_ratio.split(counts),
-            weights,
-            counts,
-            strict=True,
-        ):
-            if n:
-                parts.append(self.mask_loss.loss(lg, tg, ar) * (w * n / total))
-        return {"loss_mask": torch.stack(parts).sum() if parts else logits.sum() * 0}
+        weights = [float(t.get("loss_weight", 1.0)) for t in targets]
+        losses = {
+            "loss_mask": image_weighted(
+                self.mask_loss.loss, counts, weights, logits, mask_targets, area_ratio
+            )
+        }
+        binary_targets = (mask_targets >= 0.5).to(mask_targets.dtype)
+        if boundary_logits is not None:
+            loss = image_weighted(
+                boundary_loss, counts, weights, boundary_logits[rows, pos_labels], binary_targets
+            )
+            losses["loss_boundary"] = self.boundary_loss_weight * loss
+        if self.mask_iou_head is not None:
+            iou_pred = self.mask_iou_head(roi_features, logits).float()
+            inside = torch.cat(
+                [gt_inside_ratio(t["masks"], b, g) for t, b, g in zip(targets, boxes, gt_index, strict=True)]
+            )
+            iou_targets = mask_iou_targets(logits.detach().float().sigmoid(), binary_targets, inside)
+
+            def iou_loss(pred: Tensor, lab: Tensor, tgt: Tensor) -> Tensor:
+                return mask_iou_loss(pred, lab, tgt, self.mask_iou_loss_weight)
+
+            losses["loss_mask_iou"] = image_weighted(
+                iou_loss, counts, weights, iou_pred, pos_labels, iou_targets
+            )
+        return losses
 
     # ---------------------------------------------------------------- inference
     def postprocess(
@@ -249,33 +301,60 @@ class LvisRoIHeads(nn.Module):
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return results
 
-    def _mask_probs(self, features: list[Tensor], boxes: list[Tensor], labels: list[Tensor], levels: Tensor):
-        logits, _conv_features = self.mask_head(self.mask_extractor(features, boxes, levels=levels))
-        # a mask-IoU head would score `_conv_features` + the selected mask here (re-scoring detections)
-        lab = torch.cat(labels)
-        return logits[torch.arange(lab.numel(), device=lab.device), lab][:, None].float().sigmoid()
+    def _mask_outputs(
+        self, features: list[Tensor], boxes: list[Tensor], labels: list[Tensor]
+    ) -> tuple[Tensor, Tensor | None]:
+        """RoI mask probabilities of each box's class [N, M, M] and, with the MaskIoU head, its predicted
+        mask IoU per class [N, K + 1]; both for the concatenated boxes of all images."""
+        rois = _to_rois(boxes, features[0])
+        lab = torch.cat(labels).to(rois.device)
+
+        def mask_fn(idx: Tensor, levels: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+            roi_features, logits, _ = self._mask_forward(features, rois[idx], levels)
+            logits = logits[torch.arange(idx.numel(), device=logits.device), lab[idx]]
+            probs = logits.float().sigmoid()
+            if self.mask_iou_head is None:
+                return probs
+            return probs, self.mask_iou_head(roi_features, logits).float()
+
+        if self.mask_level_assign == "eq1":
+            # Eq. 1 at test: box-term levels first; RoIs whose estimated S_mask moves them are re-run
+            out, _levels = two_pass_mask_predict(
+                mask_fn,
+                eq1_box_areas(rois[:, 1:]),
+                box_rule=self.eq1_box_rule,
+                single_pass=self.eq1_single_pass,
+            )
+        else:
+            out = mask_fn(torch.arange(rois.shape[0], device=rois.device), box_levels(rois[:, 1:]))
+        return (out, None) if isinstance(out, Tensor) else (out[0], out[1])
 
     def predict_masks(
         self, features: list[Tensor], boxes: list[Tensor], labels: list[Tensor]
     ) -> list[Tensor]:
         """RoI-level mask probabilities [N_i, 1, M, M] for given boxes and labels (contiguous 1..K).
 
-        With a level assignment that needs mask areas (Eq. 1) this is the test-time re-assignment: a first
-        pass at the box-rule levels estimates S_mask = S_bbox * fraction of the RoI mask above 0.5, a second
-        pass extracts the features at the levels that area implies.
+        With ``level_assign: eq1`` this is the test-time re-assignment (``two_pass_mask_predict``): a first
+        pass at the box-term levels estimates S_mask = S_bbox * fraction of the RoI mask above 0.5, and
+        only the RoIs whose Eq. 1 level differs are pooled again at that level.
         """
+        return [p[:, None] for p in self.predict_masks_and_iou(features, boxes, labels)[0]]
+
+    def predict_masks_and_iou(
+        self, features: list[Tensor], boxes: list[Tensor], labels: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor] | None]:
+        """Per image: mask probabilities [N_i, M, M] and, with the MaskIoU head, the predicted IoU of each
+        mask for its label [N_i] (None without the head)."""
         counts = [b.shape[0] for b in boxes]
         if sum(counts) == 0:
-            return [b.new_zeros((0, 1, self.mask_size, self.mask_size)) for b in boxes]
-        box_cat = torch.cat(boxes)
-        levels = box_levels(box_cat)
-        probs = self._mask_probs(features, boxes, labels, levels)
-        if self.mask_level_fn is not box_levels:
-            mask_areas = (probs > 0.5).float().mean(dim=(1, 2, 3)) * box_area(box_cat)
-            new_levels = self.mask_level_fn(box_cat, mask_areas)
-            if not torch.equal(new_levels, levels):
-                probs = self._mask_probs(features, boxes, labels, new_levels)
-        return list(probs.split(counts))
+            empty = [b.new_zeros((0, self.mask_size, self.mask_size)) for b in boxes]
+            return empty, (None if self.mask_iou_head is None else [b.new_zeros(0) for b in boxes])
+        probs, iou_pred = self._mask_outputs(features, boxes, labels)
+        if iou_pred is None:
+            return list(probs.split(counts)), None
+        lab = torch.cat(labels).to(iou_pred.device)
+        iou = iou_pred[torch.arange(lab.numel(), device=lab.device), lab]
+        return list(probs.split(counts)), list(iou.split(counts))
 
     # ---------------------------------------------------------------- forward
     def forward(
@@ -302,9 +381,13 @@ class LvisRoIHeads(nn.Module):
             self.box_extractor(feats, proposals, levels=box_levels(torch.cat(proposals)))
         )
         results = self.postprocess(logits, deltas, proposals, image_sizes)
-        probs = self.predict_masks(feats, [r["boxes"] for r in results], [r["labels"] for r in results])
-        for r, p, size in zip(results, probs, image_sizes, strict=True):
-            r["masks"] = paste_masks_in_image(p, r["boxes"], size, padding=1)
+        probs, ious = self.predict_masks_and_iou(
+            feats, [r["boxes"] for r in results], [r["labels"] for r in results]
+        )
+        for i, (r, p, size) in enumerate(zip(results, probs, image_sizes, strict=True)):
+            r["masks"] = paste_masks_in_image(p[:, None], r["boxes"], size, padding=1)
+            if ious is not None:
+                r["scores"] = rescore_with_mask_iou(r["scores"], ious[i])
         return results, {}
 
 
@@ -324,3 +407,35 @@ def proposal_weights(targets: list[dict[str, Tensor]], labels: list[Tensor]) -> 
     return torch.cat(
         [torch.full((lab.numel(),), w, device=lab.device) for lab, w in zip(labels, weights, strict=True)]
     )
+
+
+def image_weighted(
+    loss_fn: Callable[..., Tensor], counts: list[int], weights: list[float], *rows: Tensor
+) -> Tensor:
+    """A per-RoI-batch loss with self-training image weights: ``loss_fn(*rows)`` when every weight is 1,
+    else sum_i w_i n_i L_i / sum_i n_i over images i with n_i > 0 RoIs (``rows`` are split by ``counts``)."""
+    if all(w == 1.0 for w in weights):
+        return loss_fn(*rows)
+    total, parts = max(sum(counts), 1), []
+    for w, n, *chunks in zip(weights, counts, *(r.split(counts) for r in rows), strict=True):
+        if n:
+            parts.append(loss_fn(*chunks) * (w * n / total))
+    return torch.stack(parts).sum() if parts else rows[0].sum() * 0
+
+
+def gt_inside_ratio(gt_masks: Tensor, boxes: Tensor, gt_index: Tensor) -> Tensor:
+    """Fraction of each matched GT instance's pixels inside its proposal (MS R-CNN's whole-instance IoU
+    target); 0 for an empty GT mask."""
+    inside = mask_areas_in_boxes(gt_masks, boxes, gt_index.to(boxes.device))
+    full = (gt_masks > 0).flatten(1).sum(dim=1).to(inside)
+    full = full[gt_index.to(full.device)] if full.numel() else inside.new_zeros(0)
+    return torch.where(full > 0, inside / full.clamp_min(1), torch.zeros_like(inside))
+
+
+def rescore_with_mask_iou(cls_scores: Tensor, mask_iou: Tensor) -> Tensor:
+    """Mask Scoring: final score = classification score x predicted mask IoU of the detection's class.
+
+    The regressed IoU is clamped to [0, 1] (its range by definition) so a slightly negative prediction
+    cannot produce a negative score that downstream score thresholds would silently drop.
+    """
+    return cls_scores * mask_iou.clamp(0.0, 1.0).to(cls_scores.dtype)
