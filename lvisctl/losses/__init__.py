@@ -1,0 +1,7 @@
+"""Losses of the model core: classification (softmax / sigmoid / EQL / BAGS), balanced mask, boundary."""
+
+from lvisctl.losses.balanced_mask import balanced_mask_loss
+from lvisctl.losses.eql import EqualizationLoss
+from lvisctl.losses.group_softmax import BalancedGroupSoftmax
+
+__all__ = ["BalancedGroupSoftmax", "EqualizationLoss", "balanced_mask_loss"]

@@ -15,7 +15,8 @@ the resampled target).
 How it plugs in: it is the model core's mask-loss hook ``loss(logits, targets, area_ratio)`` where
 ``logits`` are the mask logits of each positive RoI's ground-truth class (N x M x M) and ``targets`` the
 binarised (``>= 0.5``) RoI-aligned ground-truth masks. Config switch: ``model.mask_head.loss: balanced``;
-proposed extra keys ``model.mask_head.balanced_lambda`` (1.0) and ``.balanced_eps`` (1.0), the paper's values.
+keys ``model.mask_head.balanced_lambda`` (1.0) and ``model.mask_head.balanced_eps`` (1.0), the paper's values.
+In the core ``area_ratio`` is the foreground fraction of the projected M x M target.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ interpolation when the boundary prediction has another size.
 How it plugs in: the boundary branch (``lvisctl.modeling.boundary_head.BoundaryPreservingMaskHead``)
 returns boundary logits of the ground-truth class per positive RoI (N x M x M); the core adds
 ``loss_boundary = boundary_loss(boundary_logits, mask_targets)`` to the loss dict next to ``loss_mask``.
-Config switch: ``model.mask_head.boundary`` (false); proposed extra key
-``model.mask_head.boundary_loss_weight`` (1.0, BMask's).
+Config switch: ``model.mask_head.boundary`` (false); weight ``model.mask_head.boundary_loss_weight`` (1.0,
+BMask's). The core passes the binarised (``>= 0.5``) M x M mask targets.
 """
 
 from __future__ import annotations

@@ -31,9 +31,9 @@ How it plugs in: the model core's classification-loss seam. The box predictor's 
 ``loss(logits, labels, weights)`` with contiguous labels (0 = background, 1..K); inference calls
 ``scores(logits)`` -> N x K foreground scores (``probabilities(logits)`` gives N x (K + 1) with the
 background column). It is a ``lvisctl.losses.classification.ClassificationLoss`` (the core's interface;
-classifier init: the default N(0, 0.01), zero bias, as mmdet's ``fc_cls`` in BAGS). Build it with
-``BalancedGroupSoftmax(category_stats.instance_count)``. Proposed extra config keys:
-``model.roi_heads.bags_bin_edges`` ([10, 100, 1000]) and ``model.roi_heads.bags_others_ratio`` (8.0).
+classifier init: the default N(0, 0.01), zero bias, as mmdet's ``fc_cls`` in BAGS). ``build_model`` builds
+``BalancedGroupSoftmax(category_stats.instance_count, model.roi_heads.bags_bin_edges,
+model.roi_heads.bags_others_ratio)`` (config defaults [10, 100, 1000] and 8.0).
 """
 
 from __future__ import annotations

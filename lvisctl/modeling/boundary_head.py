@@ -16,11 +16,12 @@ the caller does not provide them (``boundary_features=None``), the S x S mask Ro
 bilinearly to 2S x 2S instead: cheaper, but less detail; pass P2 features pooled at 2S for the BMask recipe.
 Weights are initialised as detectron2 does (MSRA fill for convs/deconvs, N(0, 0.001) for the predictors).
 
-How it plugs in: with ``model.mask_head.boundary`` this module replaces the core's mask head + predictor
-(``num_convs`` is the core's mask-head conv count, 7 for the report's "three more convolutions").
+How it plugs in: with ``model.mask_head.boundary: true`` this module replaces the core's mask head +
+predictor (``model.mask_head.num_convs`` / ``conv_dim``; ``num_convs: 7`` for the report's "three more
+convolutions"), and the core pools the boundary features from P2 at 2S x 2S (the BMask recipe).
 In training the core selects each positive RoI's ground-truth-class channel of both outputs and adds
-``lvisctl.losses.boundary.boundary_loss(boundary_logits, mask_targets)`` (times
-``model.mask_head.boundary_loss_weight``) to the mask loss. At inference only ``mask_logits`` are used.
+``loss_boundary = model.mask_head.boundary_loss_weight * lvisctl.losses.boundary.boundary_loss(
+boundary_logits, mask_targets)`` next to ``loss_mask``. At inference only ``mask_logits`` are used.
 """
 
 from __future__ import annotations

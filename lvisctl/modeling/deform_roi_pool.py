@@ -23,8 +23,9 @@ How it plugs in: ``DeformRoIPool`` is a drop-in for ``torchvision.ops.MultiScale
 feature extractor hook: ``forward(features, boxes, image_shapes=None, levels=None)`` with ``features`` the
 FPN dict (keys ``featmap_names``) or a list, ``boxes`` a list of per-image xyxy boxes or an N x 5
 ``(batch_index, x1, y1, x2, y2)`` tensor. ``levels`` lets the mask path use Eq. 1 levels
-(``mask_assign.assign_mask_levels``). Config switch: ``model.roi_heads.roi_pool: align | deform``; proposed
-extra keys ``model.roi_heads.deform_gamma`` (0.1) and ``.deform_hidden_channels`` (1024).
+(``mask_assign.assign_mask_levels``). Config switch: ``model.roi_heads.roi_pool: align | deform`` (the core
+uses it for the box branch; the mask branch keeps RoIAlign); keys ``model.roi_heads.deform_gamma`` (0.1)
+and ``model.roi_heads.deform_hidden_channels`` (1024).
 """
 
 from __future__ import annotations

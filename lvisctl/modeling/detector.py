@@ -7,6 +7,17 @@ of losses; eval returns per-image dicts ``boxes`` (xyxy, input-tensor coordinate
 The model never resizes: scales are chosen by augmentation and the predictor (TTA needs explicit scales).
 Its only preprocessing is per-channel normalisation and zero padding of the batch to a multiple of 32,
 like torchvision's ``GeneralizedRCNNTransform`` with resizing removed. Autocast (AMP) is the caller's.
+
+Submodules (parameter-name prefixes, e.g. for ``train.freeze``; stage 2 freezes backbone, neck and RPN):
+
+* ``backbone``: ``BackboneWithFPN`` = ``backbone.body`` (the trunk, C2-C5) + ``backbone.fpn`` (the neck,
+  P2-P6), so ``backbone`` alone covers trunk + neck, and ``backbone.body`` / ``backbone.fpn`` each part;
+* ``rpn``: the region proposal network (anchor generator + ``rpn.head``);
+* ``roi_heads``: box branch (``roi_heads.box_extractor``, ``roi_heads.box_head``), mask branch
+  (``roi_heads.mask_head``), and the optional ``roi_heads.mask_iou_head``.
+
+Stage 2 of the paper is therefore ``train.freeze: [backbone, rpn]``. The trunk and the neck stay under
+``backbone`` (torchvision's layout) so stage-1 checkpoints keep their parameter names.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ Eq. 1 never picks a coarser level than the box rule, so the second pass only mov
 
 How it plugs in: the model core's mask-RoI level-assignment hook gets ``assign_mask_levels(S_bbox, S_mask)``
 (training) and ``two_pass_mask_predict`` (inference, with a callable that pools features at the given
-levels and runs the mask head). Config switch: ``model.mask_head.level_assign: box | eq1``; proposed extra
-keys ``model.mask_head.eq1_box_rule: log2`` and ``model.mask_head.eq1_single_pass: false``.
+levels and runs the mask head). Config switch: ``model.mask_head.level_assign: box | eq1``; keys
+``model.mask_head.eq1_box_rule: log2 | paper`` and ``model.mask_head.eq1_single_pass`` (false).
 """
 
 from __future__ import annotations

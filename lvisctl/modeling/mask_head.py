@@ -5,9 +5,10 @@ Seams:
 * Mask loss: any object with ``loss(logits, targets, area_ratio) -> Tensor`` (``logits`` / ``targets``
   [P, M, M] for the matched class, ``area_ratio`` [P] = mask area / proposal box area); the default is
   ``BCEMaskLoss``; the balanced Dice + weighted BCE loss (``lvisctl/losses/balanced_mask.py``) plugs in here.
-* Extra outputs: a boundary branch (``lvisctl/modeling/boundary_head.py``) and a mask-IoU head
-  (``lvisctl/modeling/mask_iou_head.py``) read the last conv features that ``forward`` returns next to
-  the logits, and add their own losses / outputs in ``LvisRoIHeads`` (see ``_mask_extras`` there).
+* Boundary branch: ``model.mask_head.boundary: true`` replaces this head by BMask R-CNN's
+  ``lvisctl.modeling.boundary_head.BoundaryPreservingMaskHead`` (same convs, plus boundary fusion).
+* MaskIoU head (``model.mask_head.mask_iou: true``, ``lvisctl/modeling/mask_iou_head.py``) reads the mask
+  RoI features (this head's input) and the predicted mask; both are wired in ``LvisRoIHeads._mask_forward``.
 """
 
 from __future__ import annotations

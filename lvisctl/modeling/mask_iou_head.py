@@ -15,11 +15,12 @@ Following MS R-CNN (and mmdet's ``MaskIoUHead``):
 
 How it plugs in: build it with ``num_classes`` = the mask predictor's channel count (K + 1 in the
 torchvision convention, so contiguous labels 1..K index the columns directly). It is an optional extra
-output of the mask branch (``model.mask_head.mask_iou``, default false; proposed extra key
-``model.mask_head.mask_iou_loss_weight`` 0.5). In training the core runs ``MaskIoUHead(mask_roi_features,
-mask_logits_of_gt_class)`` for the positives and adds ``mask_iou_loss``; at inference it runs the head on the
-detections' mask logits of the predicted class and replaces the detection scores used for the masks by
-``mask_scores``. The predicted mask is not detached (as in mmdet), so the IoU loss also trains the mask head.
+output of the mask branch (``model.mask_head.mask_iou``, default false; weight
+``model.mask_head.mask_iou_loss_weight`` 0.5; the core sizes ``conv_channels`` / ``fc_channels`` as
+``model.mask_head.conv_dim`` / ``model.roi_heads.fc_dim``). In training the core runs
+``MaskIoUHead(mask_roi_features, mask_logits_of_gt_class)`` for the positives and adds ``loss_mask_iou``; at
+inference it runs the head on the detections' mask logits of the predicted class and replaces each
+detection's score by cls score x predicted IoU (clamped to [0, 1]). The predicted mask is not detached (as in mmdet), so the IoU loss also trains the mask head.
 """
 
 from __future__ import annotations

@@ -5,15 +5,23 @@ Built from torchvision parts (``Matcher``, ``BalancedPositiveNegativeSampler``, 
 Where each stage-2 technique of the paper plugs in (all chosen by config in ``build.py``):
 
 * classification loss (softmax CE / sigmoid / EQL / Balanced GroupSoftmax): ``self.cls_loss``, a
-  ``lvisctl.losses.classification.ClassificationLoss``; used by ``_box_losses`` and ``postprocess``;
+  ``lvisctl.losses.classification.ClassificationLoss``; used by ``_box_losses`` and ``postprocess``
+  (BAGS's ``scores`` recombine its group probabilities);
 * RoI feature extractor (RoIAlign / deformable RoI pooling ``lvisctl/modeling/deform_roi_pool.py``):
   ``self.box_extractor`` / ``self.mask_extractor``, called as ``extractor(features, boxes, levels=levels)``;
-* mask RoI level assignment (FPN box rule / paper Eq. 1 ``lvisctl/modeling/mask_assign.py``):
-  ``self.mask_level_fn(boxes, mask_areas) -> levels 0..3``; used by ``_mask_levels``;
+* mask RoI level assignment (FPN box rule / paper Eq. 1 ``lvisctl/modeling/mask_assign.py``): training
+  uses ``self.mask_level_fn(boxes, mask_areas) -> levels 0..3`` with the GT mask areas; at test time
+  ``mask_level_assign="eq1"`` runs ``two_pass_mask_predict`` (box-term levels, estimate S_mask from the
+  predicted mask, re-run only the RoIs whose level changes; ``eq1_single_pass`` skips the second pass);
 * mask loss (BCE / balanced Dice + weighted BCE ``lvisctl/losses/balanced_mask.py``): ``self.mask_loss``;
 * extra mask convs: ``MaskHead(num_convs=...)``;
-* boundary branch / mask-IoU head: they consume the mask head's conv features returned next to the
-  logits in ``_mask_losses`` (training) and ``predict_masks`` (test); see the comments there.
+* boundary branch (BMask R-CNN): with ``boundary_extractor`` (RoIAlign from P2 at M x M) the mask head is
+  a ``BoundaryPreservingMaskHead`` called as ``mask_head(mask_roi_features, boundary_roi_features)``;
+  training adds ``loss_boundary`` (``lvisctl/losses/boundary.py``, times ``boundary_loss_weight``);
+* MaskIoU head (Mask Scoring R-CNN): ``mask_iou_head(mask_roi_features, mask_logits_of_the_class)``;
+  training adds ``loss_mask_iou``; at test time each detection's score becomes cls score x predicted IoU.
+
+All mask-branch passes go through ``_mask_forward`` (training and test share it).
 
 Self-training (paper 2.1): background proposals with IoU >= ``ignore_iou`` with a ``target["ignore_boxes"]``
 box are excluded before sampling (so they send no classification gradient), and ``target["loss_weight"]``
