@@ -38,13 +38,11 @@ def synth(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset folder."),
 ) -> None:
     """Write a synthetic LVIS v1 dataset: images, train/val jsons, test-dev and unlabeled image-info jsons."""
-    from lvisctl.data.synth import SPLITS, generate_synthetic_lvis, resolve_config
+    from lvisctl.data.synth import SPLITS, resolve_config, synthesize_into_run
     from lvisctl.rundir import RunDir
 
     if out is None and run_dir is None:
         raise LvisctlError("data synth: pass --out DIR or --run-dir DIR")
-    run = RunDir(run_dir) if run_dir is not None else None
-    out = out if out is not None else run.root / "data"
     overrides = {
         "write_images": images,
         "real_categories": real_categories,
@@ -55,7 +53,8 @@ def synth(
         "unlabeled_images": unlabeled_images,
         "image_size": image_size,
     }
-    cfg = resolve_config(preset, **overrides)  # fail fast on bad options, before any progress bar
+    resolve_config(preset, **overrides)  # fail fast on bad options, before any progress bar
+    run = RunDir(run_dir) if run_dir is not None else None
     with _progress() as progress:
         tasks = {}
 
@@ -64,7 +63,8 @@ def synth(
                 tasks[split] = progress.add_task(f"{split}", total=total)
             progress.update(tasks[split], completed=done)
 
-        paths = generate_synthetic_lvis(
+        paths = synthesize_into_run(
+            run,
             out,
             preset=preset,
             seed=seed,
@@ -73,10 +73,6 @@ def synth(
             progress=report,
             **overrides,
         )
-    meta = {"preset": preset, "seed": seed, "synthetic": True, "images": cfg.write_images}
-    if run is not None:
-        for name, _, _, _ in SPLITS:
-            run.register("dataset", paths[name], meta={"split": name, **meta})
     _print_summary(paths, [name for name, *_ in SPLITS])
 
 

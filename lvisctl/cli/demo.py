@@ -59,27 +59,12 @@ def has_checkpoints(run, stage: int) -> bool:
 
 def ensure_dataset(run, preset: str, seed: int) -> Path:
     """The run's registered synthetic val json; generates the data (``lvisctl data synth``) when missing."""
-    from lvisctl.cli.data import synth
+    from lvisctl.data.synth import synthesize_into_run
 
     found = {s: run.find("dataset", split=s) for s in ("train", "val")}
     if not (found["train"] and found["val"]):
         # A dataset folder without manifest entries is a leftover of an interrupted demo: replace it.
-        synth(
-            out=None,
-            preset=preset,
-            seed=seed,
-            images=None,
-            real_categories=None,
-            categories_file=None,
-            num_categories=None,
-            train_images=None,
-            val_images=None,
-            test_images=None,
-            unlabeled_images=None,
-            image_size=None,
-            run_dir=run.root,
-            overwrite=True,
-        )
+        synthesize_into_run(run, preset=preset, seed=seed, overwrite=True)
         found = {s: run.find("dataset", split=s) for s in ("train", "val")}
     else:
         typer.echo(f"synthetic data already in {run.relative(run.path_of(found['val'][-1].path))}")

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from lvisctl.errors import LvisctlError
+from lvisctl.rundir import RunDir
 from lvisctl.rundir.io import atomic_write_json
 
 # <repo>/../shared/data/: where CI and the team's machines keep the real category table
@@ -788,3 +789,36 @@ _LICENSES = [
         start=1,
     )
 ]
+
+
+def synthesize_into_run(
+    run: RunDir | None,
+    out_dir: str | Path | None = None,
+    *,
+    preset: str = "demo",
+    seed: int = 0,
+    overwrite: bool = False,
+    categories_file: str | Path | None = None,
+    progress: ProgressFn | None = None,
+    **overrides: object,
+) -> dict[str, Path]:
+    """``lvisctl data synth``: generate the dataset and, with a run directory, register its four jsons as
+    ``dataset`` artifacts (meta ``split``). ``out_dir`` defaults to ``RUN/data``."""
+    if out_dir is None and run is None:
+        raise LvisctlError("data synth: pass --out DIR or --run-dir DIR")
+    cfg = resolve_config(preset, **overrides)  # fail fast on bad options, before any work
+    out = Path(out_dir) if out_dir is not None else run.root / "data"
+    paths = generate_synthetic_lvis(
+        out,
+        preset=preset,
+        seed=seed,
+        overwrite=overwrite,
+        categories_file=categories_file,
+        progress=progress,
+        **overrides,
+    )
+    if run is not None:
+        meta = {"preset": preset, "seed": seed, "synthetic": True, "images": cfg.write_images}
+        for name, *_ in SPLITS:
+            run.register("dataset", paths[name], meta={"split": name, **meta})
+    return paths

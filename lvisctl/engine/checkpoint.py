@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from lvisctl.errors import LvisctlError
-from lvisctl.rundir import Artifact, RunDir, atomic_output, atomic_write_json
+from lvisctl.rundir import Artifact, RunDir, atomic_output
 
 FORMAT = "lvisctl-checkpoint"
 REQUIRED_KEYS = ("model", "config", "category_stats", "stage", "iteration")
@@ -130,21 +130,7 @@ def prune_checkpoints(run: RunDir, stage: int, keep: int) -> list[str]:
     periodic = stage_checkpoints(run, stage, final=False)
     removed = []
     for artifact in periodic[: max(len(periodic) - max(keep, 1), 0)]:
-        _unregister(run, artifact.path)
+        run.unregister(artifact.path)
         run.path_of(artifact.path).unlink(missing_ok=True)
         removed.append(artifact.path)
     return removed
-
-
-def _unregister(run: RunDir, rel_path: str) -> None:
-    """Drop one manifest entry, under the manifest lock.
-
-    TODO(integration): RunDir has no public removal yet; this belongs in ``RunDir.unregister``.
-    """
-    if hasattr(run, "unregister"):
-        run.unregister(rel_path)
-        return
-    with run._lock:
-        data = run._read()
-        data["artifacts"] = [a for a in data["artifacts"] if a["path"] != rel_path]
-        atomic_write_json(run.manifest_path, data)

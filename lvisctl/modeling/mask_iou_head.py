@@ -20,7 +20,8 @@ output of the mask branch (``model.mask_head.mask_iou``, default false; weight
 ``model.mask_head.conv_dim`` / ``model.roi_heads.fc_dim``). In training the core runs
 ``MaskIoUHead(mask_roi_features, mask_logits_of_gt_class)`` for the positives and adds ``loss_mask_iou``; at
 inference it runs the head on the detections' mask logits of the predicted class and replaces each
-detection's score by cls score x predicted IoU (clamped to [0, 1]). The predicted mask is not detached (as in mmdet), so the IoU loss also trains the mask head.
+detection's score by cls score x predicted IoU (clamped to [0, 1]). The predicted mask is not detached (as
+in mmdet), so the IoU loss also trains the mask head.
 """
 
 from __future__ import annotations

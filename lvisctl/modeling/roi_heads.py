@@ -228,7 +228,9 @@ class LvisRoIHeads(nn.Module):
             return roi_features, logits, None
         # BMask R-CNN pools its boundary features from P2 only, at M x M (2x the mask RoI size)
         p2 = torch.zeros_like(levels)
-        logits, boundary_logits = self.mask_head(roi_features, self.boundary_extractor(features, rois, p2))
+        logits, boundary_logits = self.mask_head(
+            roi_features, self.boundary_extractor(features, rois, levels=p2)
+        )
         return roi_features, logits, boundary_logits
 
     def _mask_losses(

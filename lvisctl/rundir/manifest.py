@@ -138,7 +138,8 @@ class RunDir:
             )
         if verify and sha256_file(path) != artifact.sha256:
             raise LvisctlError(
-                f"{path}: sha256 no longer matches {self.manifest_path.name} (the file changed after it was recorded)"
+                f"{path}: sha256 no longer matches {self.manifest_path.name} "
+                "(the file changed after it was recorded)"
             )
         return path
 
@@ -199,6 +200,13 @@ class RunDir:
             data["artifacts"].append(asdict(artifact))
             atomic_write_json(self.manifest_path, data)
         return artifact
+
+    def unregister(self, rel_path: str) -> None:
+        """Drop the entry for ``rel_path`` (the caller deletes the file, e.g. pruning old checkpoints)."""
+        with self._lock:
+            data = self._read()
+            data["artifacts"] = [a for a in data["artifacts"] if a["path"] != rel_path]
+            atomic_write_json(self.manifest_path, data)
 
     def _input_record(self, item: Artifact | str | os.PathLike[str]) -> dict[str, str]:
         if isinstance(item, Artifact):

@@ -114,3 +114,11 @@ def test_atomic_files_get_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_unregister_drops_only_that_entry(tmp_path):
+    run = RunDir(tmp_path)
+    a = run.register("log", atomic_write_json(tmp_path / "a.json", {}))
+    run.register("log", atomic_write_json(tmp_path / "b.json", {}))
+    run.unregister(a.path)
+    assert [x.path for x in run.artifacts()] == ["b.json"]
