@@ -111,6 +111,12 @@ def det_rect(
     }
 
 
+def without_bbox(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of ``results`` without ``bbox`` (what tta-infer's segm file holds): lvis-api then takes mask
+    areas for the segm area ranges."""
+    return [{k: v for k, v in det.items() if k != "bbox"} for det in results]
+
+
 def lvis_dataset(images, annotations, categories) -> dict[str, Any]:
     return {
         "info": {},

@@ -26,7 +26,13 @@ from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 
 from lvisctl.data.categories import CategoryMap
-from lvisctl.data.samplers import EpochSampler, build_train_sampler, image_frequency_from_sets, repeat_factors
+from lvisctl.data.samplers import (
+    EpochSampler,
+    ExtraImagesSampler,
+    build_train_sampler,
+    image_frequency_from_sets,
+    repeat_factors,
+)
 from lvisctl.data.transforms.base import Sample, Transform, make_boxes, sample_generator, tight_boxes
 from lvisctl.data.transforms.compose import build_train_transforms
 from lvisctl.errors import LvisctlError
@@ -128,6 +134,36 @@ class LvisTrainDataset(torch.utils.data.Dataset):
         return to_training_pair(sample)
 
 
+class ConcatTrainDataset(torch.utils.data.Dataset):
+    """Several training datasets behind one index range (LVIS first, then self-training's extra images).
+
+    Index ``i`` belongs to the first part whose cumulative length exceeds it; the part receives the key
+    with its own local index and the unchanged ``(epoch, position)``, so its augmentations (Mosaic
+    partners from the same part, loss weight) and their seeding are those of the part alone.
+    """
+
+    def __init__(self, parts: Sequence[LvisTrainDataset]):
+        if not parts:
+            raise ValueError("ConcatTrainDataset needs at least one dataset")
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])  # offsets[k] = first index of part k
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """``(part, local index)`` of a global index."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} outside 0..{len(self) - 1}")
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return part, int(index - self.offsets[part])
+
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, dict[str, Any]]:
+        index, epoch, position = (int(key), 0, int(key)) if isinstance(key, (int, np.integer)) else key
+        part, local = self.locate(int(index))
+        return self.parts[part][(local, int(epoch), int(position))]
+
+
 def to_training_pair(sample: Sample) -> tuple[torch.Tensor, dict[str, Any]]:
     """Sample dict -> ``(image float [3,H,W] in [0,1], target)`` with plain tensors."""
     image = sample["image"].as_subclass(torch.Tensor).to(torch.float32).div_(255.0)
@@ -159,16 +195,20 @@ def build_train_data(
     rank: int = 0,
     world_size: int = 1,
     ignore_boxes: Mapping[int, Any] | None = None,
-) -> tuple[LvisTrainDataset, EpochSampler]:
-    """Dataset + sampler from a config (``seed``, ``augment:``, ``sampler:``), sharing the repeat factors."""
+    extra_data: Any | None = None,
+) -> tuple[LvisTrainDataset | ConcatTrainDataset, EpochSampler]:
+    """Dataset + sampler from a config (``seed``, ``augment:``, ``sampler:``), sharing the repeat factors.
+
+    Self-training (paper 2.1): ``ignore_boxes`` are the LVIS images' missing-annotation pseudo labels
+    (XYXY per image id). ``extra_data`` (an ``LvisData``-like pseudo-labelled image set) becomes a second
+    dataset with loss weight ``data.extra_loss_weight`` and the LVIS category map (pseudo labels of other
+    categories are dropped, and so are extra images left without labels); ``data.extra_per_epoch`` of its
+    images join every epoch (:class:`~lvisctl.data.samplers.ExtraImagesSampler`).
+    """
     aligned = bool(cfg["augment"]["box_from_mask"])
+    seed = int(cfg.get("seed", 0))
     dataset = LvisTrainDataset(
-        lvis_data,
-        category_map,
-        None,
-        seed=int(cfg.get("seed", 0)),
-        ignore_boxes=ignore_boxes,
-        box_from_mask=aligned,
+        lvis_data, category_map, None, seed=seed, ignore_boxes=ignore_boxes, box_from_mask=aligned
     )
     if len(dataset) == 0:
         raise LvisctlError(
@@ -177,7 +217,29 @@ def build_train_data(
     factors = dataset.repeat_factors(float(cfg["sampler"]["rfs_threshold"]))
     dataset.transforms = build_train_transforms(cfg, repeat_factors=factors)
     sampler = build_train_sampler(cfg, factors, rank=rank, world_size=world_size)
-    return dataset, sampler
+    if extra_data is None:
+        return dataset, sampler
+    data_cfg = cfg["data"]
+    weight, per_epoch = float(data_cfg["extra_loss_weight"]), int(data_cfg["extra_per_epoch"])
+    if weight < 0 or per_epoch < 0:
+        raise LvisctlError(
+            f"config: data.extra_loss_weight ({weight}) and data.extra_per_epoch ({per_epoch}) must be >= 0"
+        )
+    # The extra images are sampled uniformly (not by RFS), so Mosaic draws their partners uniformly too.
+    extra = LvisTrainDataset(
+        extra_data,
+        category_map,
+        build_train_transforms(cfg, repeat_factors=None),
+        seed=seed,
+        loss_weight=weight,
+        box_from_mask=aligned,
+    )
+    if len(extra) == 0:
+        raise LvisctlError(
+            f"{getattr(extra_data, 'path', 'extra images')}: no pseudo label of a training category "
+            "(data.extra_images has nothing to train on)"
+        )
+    return ConcatTrainDataset([dataset, extra]), ExtraImagesSampler(sampler, len(extra), per_epoch)
 
 
 def _read_image(path: Path, record: Mapping[str, Any]) -> torch.Tensor:

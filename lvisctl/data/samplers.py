@@ -135,9 +135,15 @@ class EpochSampler:
         passes ``iteration_in_epoch * batch_size``; default is the current ``start``.
         """
         return {
-            "kind": type(self).__name__,
+            **self._identity(),
             "epoch": self.epoch,
             "start": self.start if consumed is None else int(consumed),
+        }
+
+    def _identity(self) -> dict[str, Any]:
+        """What must match for a saved state to apply to this sampler."""
+        return {
+            "kind": type(self).__name__,
             "seed": self.seed,
             "world_size": self.world_size,
             "num_images": self.num_images,
@@ -145,8 +151,7 @@ class EpochSampler:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue exactly where ``state`` left off; refuses a state from a different setup."""
-        for key in ("kind", "seed", "world_size", "num_images"):
-            mine = type(self).__name__ if key == "kind" else getattr(self, key)
+        for key, mine in self._identity().items():
             if state.get(key) != mine:
                 raise LvisctlError(
                     f"checkpoint sampler state: {key} is {state.get(key)!r} but this run has {mine!r}; "
@@ -181,6 +186,67 @@ class RepeatFactorSampler(EpochSampler):
 
     def _counts(self, rng: np.random.Generator) -> np.ndarray:
         return self._floor + (rng.random(self.num_images) < self._frac)
+
+
+# Seeds the extra-image stream as (seed, epoch, 1): independent of the base sampler's (seed, epoch) stream.
+_EXTRA_STREAM = 1
+
+
+class ExtraImagesSampler(EpochSampler):
+    """Self-training's joint training (paper section 2.1): ``per_epoch`` extra images mixed into each epoch.
+
+    Index layout (that of :class:`~lvisctl.data.dataset.ConcatTrainDataset`): ``0 .. num_base - 1`` are
+    the base sampler's images (LVIS), ``num_base .. num_base + num_extra - 1`` the extra (pseudo-labelled)
+    images. Epoch ``e``: the base sampler's list for ``e`` (RFS or plain, unchanged), plus
+    ``min(per_epoch, num_extra)`` extra images drawn without replacement by a generator seeded by
+    ``(seed, e, 1)``; the same generator then shuffles the combined list, which is sharded by rank like any
+    epoch list. Everything depends on ``(seed, epoch)`` only, so exact mid-epoch resume still holds.
+    """
+
+    def __init__(self, base: EpochSampler, num_extra: int, per_epoch: int):
+        if num_extra < 0 or per_epoch < 0:
+            raise ValueError(f"num_extra ({num_extra}) and per_epoch ({per_epoch}) must be >= 0")
+        super().__init__(
+            base.num_images + num_extra,
+            seed=base.seed,
+            rank=base.rank,
+            world_size=base.world_size,
+            shuffle=base.shuffle,
+        )
+        self.base = base
+        self.num_base = base.num_images
+        self.num_extra = int(num_extra)
+        self.per_epoch = min(int(per_epoch), self.num_extra)  # "all of them if fewer"
+
+    def _draw(self, epoch: int) -> tuple[np.random.Generator, np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch, _EXTRA_STREAM])
+        chosen = rng.choice(self.num_extra, size=self.per_epoch, replace=False)
+        return rng, self.num_base + chosen.astype(np.int64)
+
+    def extra_indices(self, epoch: int | None = None) -> np.ndarray:
+        """The (dataset) indices of the extra images of an epoch, sorted."""
+        return np.sort(self._draw(self.epoch if epoch is None else int(epoch))[1])
+
+    def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
+        epoch = self.epoch if epoch is None else int(epoch)
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        rng, extra = self._draw(epoch)
+        if not self.shuffle:  # base list as it is, then the extra images in index order
+            extra = np.sort(extra)
+        indices = np.concatenate([self.base.epoch_indices(epoch), extra])
+        if self.shuffle:
+            indices = rng.permutation(indices)
+        self._cache = (epoch, indices)
+        return indices
+
+    def _identity(self) -> dict[str, Any]:
+        return {
+            **super()._identity(),
+            "base_kind": type(self.base).__name__,
+            "num_extra": self.num_extra,
+            "per_epoch": self.per_epoch,
+        }
 
 
 def build_train_sampler(

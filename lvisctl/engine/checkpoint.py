@@ -10,14 +10,16 @@ states as tensors), ``history`` (logged losses, for the loss curve), ``config`` 
 ``category_stats`` (``CategoryStats.to_dict()``, to rebuild the model without the training file),
 ``stage`` and ``final``.
 
-Files are ``checkpoints/stage<S>_iter<NNNNNNN>.pt`` and ``checkpoints/stage<S>_final.pt``, registered as
-kind ``checkpoint`` with meta ``{"stage", "iteration", "epoch", "final"}``.
+Files are ``checkpoints/<phase>_iter<NNNNNNN>.pt`` and ``checkpoints/<phase>_final.pt`` (phase
+``stage1``, ``stage2`` or ``finetune_bags``), registered as kind ``checkpoint`` with meta
+``{"stage", "phase", "iteration", "epoch", "final"}``.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +33,31 @@ FORMAT = "lvisctl-checkpoint"
 REQUIRED_KEYS = ("model", "config", "category_stats", "stage", "iteration")
 
 
-def checkpoint_relpath(stage: int, iteration: int, final: bool) -> str:
-    name = f"stage{stage}_final.pt" if final else f"stage{stage}_iter{iteration:07d}.pt"
-    return f"checkpoints/{name}"
+@dataclass(frozen=True)
+class Phase:
+    """A training phase: its stage number (1 representation learning, 2 fine-tuning) and a name used for
+    file names and manifest lookups. Two stage-2 recipes (``train --stage 2`` and ``finetune-bags``)
+    differ by name, so both can live in one run directory."""
+
+    stage: int
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", f"stage{self.stage}")
+
+    def __str__(self) -> str:
+        default = self.name == f"stage{self.stage}"
+        return f"stage {self.stage}" if default else f"{self.name} (stage {self.stage})"
+
+
+def as_phase(phase: Phase | int) -> Phase:
+    return phase if isinstance(phase, Phase) else Phase(int(phase))
+
+
+def checkpoint_relpath(phase: Phase | int, iteration: int, final: bool) -> str:
+    name = as_phase(phase).name
+    return f"checkpoints/{name}_final.pt" if final else f"checkpoints/{name}_iter{iteration:07d}.pt"
 
 
 # ---------------------------------------------------------------------------------------------- RNG
@@ -80,12 +104,19 @@ def save_checkpoint(
 ) -> Artifact:
     """Write ``state`` atomically (a kill mid-write leaves the previous file intact) and register it."""
     stage, iteration, final = int(state["stage"]), int(state["iteration"]), bool(state["final"])
-    rel = checkpoint_relpath(stage, iteration, final)
+    phase = Phase(stage, str(state.get("phase", "")))
+    rel = checkpoint_relpath(phase, iteration, final)
     # A checkpoint written just before a kill may exist unregistered; the replayed run rewrites it.
     path = run.output_path(rel, overwrite=True)
     with atomic_output(path) as tmp:
         torch.save({"format": FORMAT, **state}, tmp)
-    meta = {"stage": stage, "iteration": iteration, "epoch": int(state["epoch"]), "final": final}
+    meta = {
+        "stage": stage,
+        "phase": phase.name,
+        "iteration": iteration,
+        "epoch": int(state["epoch"]),
+        "final": final,
+    }
     return run.register("checkpoint", path, inputs=inputs, config=state.get("config"), meta=meta)
 
 
@@ -107,27 +138,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def stage_checkpoints(run: RunDir, stage: int, *, final: bool | None = None) -> list[Artifact]:
-    """Registered checkpoints of ``stage``, oldest iteration first."""
-    meta: dict[str, Any] = {"stage": stage}
+def stage_checkpoints(run: RunDir, phase: Phase | int, *, final: bool | None = None) -> list[Artifact]:
+    """Registered checkpoints of ``phase`` (a stage number means that stage's default phase), oldest first."""
+    meta: dict[str, Any] = {"phase": as_phase(phase).name}
     if final is not None:
         meta["final"] = final
     found = run.find("checkpoint", **meta)
     return sorted(found, key=lambda a: (int(a.meta.get("iteration", 0)), bool(a.meta.get("final"))))
 
 
-def latest_checkpoint(run: RunDir, stage: int, *, final: bool | None = None) -> Artifact | None:
-    found = stage_checkpoints(run, stage, final=final)
+def latest_checkpoint(run: RunDir, phase: Phase | int, *, final: bool | None = None) -> Artifact | None:
+    found = stage_checkpoints(run, phase, final=final)
     return found[-1] if found else None
 
 
-def prune_checkpoints(run: RunDir, stage: int, keep: int) -> list[str]:
+def prune_checkpoints(run: RunDir, phase: Phase | int, keep: int) -> list[str]:
     """Delete all but the newest ``keep`` periodic checkpoints of ``stage``; returns the removed paths.
 
     The manifest entry goes first, then the file: a kill in between leaves an orphan file (harmless,
     rewritten or ignored), never a manifest entry pointing at nothing.
     """
-    periodic = stage_checkpoints(run, stage, final=False)
+    periodic = stage_checkpoints(run, phase, final=False)
     removed = []
     for artifact in periodic[: max(len(periodic) - max(keep, 1), 0)]:
         run.unregister(artifact.path)

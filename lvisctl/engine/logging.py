@@ -38,13 +38,15 @@ class TrainLogger:
         total: int,
         start: int,
         tensorboard_dir: Path | None,
-        stage: int,
+        stage: Any,
         enabled: bool = True,
         console: Console | None = None,
     ) -> None:
         self.enabled = enabled
         self.total = total
-        self.stage = stage
+        # stage: an int or an engine Phase; label "stage 2" / "finetune_bags (stage 2)", tag "stage2"
+        self.label = str(stage) if not isinstance(stage, int) else f"stage {stage}"
+        self.tag = getattr(stage, "name", f"stage{stage}")  # TensorBoard prefix
         self.console = console or Console(highlight=False)
         self._writer = None
         self._progress: Progress | None = None
@@ -57,7 +59,7 @@ class TrainLogger:
 
             self._writer = SummaryWriter(log_dir=str(tensorboard_dir), purge_step=start)
         self._progress = Progress(
-            TextColumn(f"[bold]stage {stage}[/]"),
+            TextColumn(f"[bold]{self.label}[/]"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"),
@@ -80,10 +82,10 @@ class TrainLogger:
             info = f"{format_losses(losses)} lr={lr:.2e}"
             if self._writer is not None:
                 for name, value in losses.items():
-                    self._writer.add_scalar(f"stage{self.stage}/{name}", value, iteration)
-                self._writer.add_scalar(f"stage{self.stage}/lr", lr, iteration)
+                    self._writer.add_scalar(f"{self.tag}/{name}", value, iteration)
+                self._writer.add_scalar(f"{self.tag}/lr", lr, iteration)
             if not self.console.is_terminal:  # CI logs / files: no live bar, so print a line
-                line = f"stage {self.stage} iter {iteration}/{self.total} {info} {self._eta(iteration)}"
+                line = f"{self.label} iter {iteration}/{self.total} {info} {self._eta(iteration)}"
                 self.console.print(line, soft_wrap=True)
         fields = {"info": info} if info is not None else {}
         self._progress.update(self._task, completed=iteration, **fields)

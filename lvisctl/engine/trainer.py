@@ -91,6 +91,7 @@ def train(
     run_dir: str | Path,
     *,
     stage: int = 1,
+    phase: str | None = None,
     resume: bool = False,
     build_model: ModelBuilder | None = None,
     build_data: DataBuilder | None = None,
@@ -104,7 +105,8 @@ def train(
         raise LvisctlError("train: a config is required unless resuming (--resume)")
     info = init_distributed(cfg.device if cfg is not None else "auto")
     try:
-        return _train(cfg, RunDir(run_dir), info, stage, resume, build_model, build_data)
+        phase_ = ckpt_io.Phase(stage, phase or "")
+        return _train(cfg, RunDir(run_dir), info, phase_, resume, build_model, build_data)
     finally:
         cleanup_distributed()
 
@@ -113,7 +115,7 @@ def _train(
     cfg: Config | None,
     run: RunDir,
     info: DistInfo,
-    stage: int,
+    stage: ckpt_io.Phase,
     resume: bool,
     build_model: ModelBuilder | None,
     build_data: DataBuilder | None,
@@ -195,7 +197,7 @@ def _run_loop(
     cfg: Config,
     run: RunDir,
     info: DistInfo,
-    stage: int,
+    stage: ckpt_io.Phase,
     loop: LoopState,
     frozen: Sequence[str],
     inputs: Sequence[Artifact | str | Path],
@@ -264,7 +266,7 @@ def _train_step(
     loop: LoopState,
     run: RunDir,
     last_good: Artifact | None,
-    stage: int,
+    stage: ckpt_io.Phase,
 ) -> dict[str, torch.Tensor]:
     images = [img.to(info.device, non_blocking=True) for img in images]
     targets = [_to_device(t, info.device) for t in targets]
@@ -290,7 +292,7 @@ def _check_finite(
     iteration: int,
     run: RunDir,
     last_good: Artifact | None,
-    stage: int,
+    stage: ckpt_io.Phase,
 ) -> None:
     values = torch.stack([v.detach() for v in losses.values()]) if losses else torch.zeros(1)
     finite = torch.isfinite(values)
@@ -305,12 +307,11 @@ def _check_finite(
         what = "a loss is not finite on another rank"
     kept = f"last good checkpoint: {last_good.path}" if last_good else "no checkpoint was saved before it"
     raise NonFiniteLossError(
-        f"{run.root}: stage {stage} stopped at iteration {iteration}: {what}; "
-        f"the step was not applied ({kept})"
+        f"{run.root}: {stage} stopped at iteration {iteration}: {what}; the step was not applied ({kept})"
     )
 
 
-def _check_finite_weights(model: nn.Module, run: RunDir, stage: int, iteration: int) -> None:
+def _check_finite_weights(model: nn.Module, run: RunDir, stage: ckpt_io.Phase, iteration: int) -> None:
     """A finite loss can still overflow a gradient (fp32 has no GradScaler): never save such weights.
 
     DDP keeps the weights identical on every rank, so all ranks stop together.
@@ -320,7 +321,7 @@ def _check_finite_weights(model: nn.Module, run: RunDir, stage: int, iteration: 
         last = ckpt_io.latest_checkpoint(run, stage)
         kept = f"last good checkpoint: {last.path}" if last else "no checkpoint was saved before it"
         raise NonFiniteLossError(
-            f"{run.root}: stage {stage} stopped at iteration {iteration}: weights {bad[0]} are not finite "
+            f"{run.root}: {stage} stopped at iteration {iteration}: weights {bad[0]} are not finite "
             f"(a gradient overflowed); not saved ({kept})"
         )
 
@@ -382,18 +383,30 @@ def _epoch_loader(data: TrainData, cfg: Config, info: DistInfo, epoch: int, star
 
 
 def build_train_data(cfg: Config, run: RunDir, info: DistInfo) -> TrainData:
-    """The data layer's dataset, RFS/plain sampler (sharded by rank) and collate for ``cfg``."""
+    """The data layer's dataset, RFS/plain sampler (sharded by rank) and collate for ``cfg``.
+
+    Self-training (``data.pseudo_labels`` / ``data.extra_images``) adds ignore boxes and extra images;
+    its pseudo-label files join the training data's inputs, so the checkpoints record them.
+    """
     from lvisctl.data.dataset import build_train_data as build_dataset_and_sampler
     from lvisctl.data.dataset import collate_detection
     from lvisctl.data.lvis import load_lvis
+    from lvisctl.data.self_training import load_self_training
 
     source = resolve_train_annotations(cfg, run)
     lvis = load_lvis(run.path_of(source.path) if isinstance(source, Artifact) else source)
     stats = lvis.category_stats()
+    extra = load_self_training(cfg.data, run, train_image_ids=lvis.images)
     dataset, sampler = build_dataset_and_sampler(
-        cfg, lvis, stats.category_map, rank=info.rank, world_size=info.world_size
+        cfg,
+        lvis,
+        stats.category_map,
+        rank=info.rank,
+        world_size=info.world_size,
+        ignore_boxes=extra.ignore_boxes,
+        extra_data=extra.extra_data,
     )
-    return TrainData(dataset, sampler, collate_detection, stats, inputs=[source])
+    return TrainData(dataset, sampler, collate_detection, stats, inputs=[source, *extra.inputs])
 
 
 def resolve_train_annotations(cfg: Config, run: RunDir) -> Artifact | Path:
@@ -479,16 +492,16 @@ def _wrap_ddp(model: nn.Module, cfg: Config, info: DistInfo) -> nn.Module:
     )
 
 
-def _init_source(cfg: Config, run: RunDir, stage: int) -> Artifact | Path | None:
+def _init_source(cfg: Config, run: RunDir, stage: ckpt_io.Phase) -> Artifact | Path | None:
     """``train.init_from``, or for stage > 1 the previous stage's final checkpoint from the manifest."""
     if cfg.train.init_from:
         return Path(cfg.train.init_from).expanduser()
-    if stage == 1:
+    if stage.stage == 1:
         return None
-    source = ckpt_io.latest_checkpoint(run, stage - 1, final=True)
+    source = ckpt_io.latest_checkpoint(run, stage.stage - 1, final=True)
     if source is None:
         raise LvisctlError(
-            f"{run.manifest_path}: stage {stage} starts from the stage-{stage - 1} final checkpoint, "
+            f"{run.manifest_path}: {stage} starts from the stage-{stage.stage - 1} final checkpoint, "
             "but none is recorded (train stage 1 first, or set train.init_from)"
         )
     return source
@@ -513,18 +526,18 @@ def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[s
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-def _find_resume_state(run: RunDir, stage: int, resume: bool, info: DistInfo) -> dict[str, Any] | None:
+def _find_resume_state(
+    run: RunDir, stage: ckpt_io.Phase, resume: bool, info: DistInfo
+) -> dict[str, Any] | None:
     existing = ckpt_io.latest_checkpoint(run, stage) if info.is_main else None
     rel = broadcast_object(existing.path if existing else None, info)
     if rel is None:
         if resume:
-            raise LvisctlError(
-                f"{run.manifest_path}: --resume given but no stage-{stage} checkpoint is recorded"
-            )
+            raise LvisctlError(f"{run.manifest_path}: --resume given but no {stage} checkpoint is recorded")
         return None
     if not resume:
         raise LvisctlError(
-            f"{run.root}: already holds stage-{stage} checkpoints ({rel}); pass --resume to continue "
+            f"{run.root}: already holds {stage} checkpoints ({rel}); pass --resume to continue "
             "or use a new --run-dir"
         )
     path = run.resolve(ckpt_io.latest_checkpoint(run, stage)) if info.is_main else run.path_of(rel)
@@ -587,7 +600,7 @@ def _checkpoint(
     cfg: Config,
     run: RunDir,
     info: DistInfo,
-    stage: int,
+    stage: ckpt_io.Phase,
     loop: LoopState,
     data: TrainData,
     final: bool,
@@ -598,7 +611,8 @@ def _checkpoint(
     if not info.is_main:
         return None
     state = {
-        "stage": stage,
+        "stage": stage.stage,
+        "phase": stage.name,
         "final": final,
         "iteration": loop.iteration,
         "epoch": loop.epoch,
@@ -639,10 +653,13 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _save_config(run: RunDir, cfg: Config, stage: int, inputs: Sequence[Artifact | str | Path]) -> None:
-    path = run.output_path(f"config_stage{stage}.yaml", overwrite=True)
+def _save_config(
+    run: RunDir, cfg: Config, stage: ckpt_io.Phase, inputs: Sequence[Artifact | str | Path]
+) -> None:
+    path = run.output_path(f"config_{stage.name}.yaml", overwrite=True)
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    run.register("config", path, inputs=inputs, config=cfg.to_dict(), meta={"stage": stage})
+    meta = {"stage": stage.stage, "phase": stage.name}
+    run.register("config", path, inputs=inputs, config=cfg.to_dict(), meta=meta)
 
 
 def _announce(cfg: Config, schedule: WarmupStepSchedule, info: DistInfo, frozen: Sequence[str]) -> None:
@@ -658,16 +675,17 @@ def _announce(cfg: Config, schedule: WarmupStepSchedule, info: DistInfo, frozen:
 
 
 def _finish(
-    run: RunDir, info: DistInfo, stage: int, loop: LoopState, final_ckpt: Artifact | None
+    run: RunDir, info: DistInfo, stage: ckpt_io.Phase, loop: LoopState, final_ckpt: Artifact | None
 ) -> Path | None:
     """Loss curve (kind ``plot``) and the logged history (kind ``log``) from rank 0."""
     if not info.is_main or not loop.history:
         return None
     inputs = [final_ckpt] if final_ckpt else []
-    log_path = run.output_path(f"logs/train_stage{stage}.json", overwrite=True)
-    atomic_write_json(log_path, {"stage": stage, "history": loop.history})
-    run.register("log", log_path, inputs=inputs, meta={"stage": stage})
-    plot_path = run.output_path(f"plots/loss_stage{stage}.png", overwrite=True)
-    plot_loss_curves(loop.history, plot_path, title=f"stage {stage} training losses")
-    run.register("plot", plot_path, inputs=inputs, meta={"stage": stage, "what": "loss"})
+    log_path = run.output_path(f"logs/train_{stage.name}.json", overwrite=True)
+    atomic_write_json(log_path, {"stage": stage.stage, "phase": stage.name, "history": loop.history})
+    run.register("log", log_path, inputs=inputs, meta={"stage": stage.stage, "phase": stage.name})
+    plot_path = run.output_path(f"plots/loss_{stage.name}.png", overwrite=True)
+    plot_loss_curves(loop.history, plot_path, title=f"{stage} training losses")
+    meta = {"stage": stage.stage, "phase": stage.name, "what": "loss"}
+    run.register("plot", plot_path, inputs=inputs, meta=meta)
     return plot_path

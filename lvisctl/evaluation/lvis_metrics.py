@@ -2,14 +2,16 @@
 
 hotcoco 1.3 reproduces lvis-api 0.5.3 number for number (checked in tests against the real lvis-api)
 and is ~20x faster; this module adds what a user needs around it: the results file is parsed once in
-Rust, screened for bad input without building Python objects (``results_io``), capped at 300 detections
-per image exactly as ``LVISResults`` does, and the per-category APs come back with the summary.
+Rust, screened for bad input by a compiled byte scan running in a side process (``results_scan``, which
+catches what hotcoco silently accepts), capped at 300 detections per image exactly as ``LVISResults``
+does, and the per-category APs come back with the summary.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,10 +25,9 @@ from lvisctl.evaluation.results_io import (
     MAX_DETS_PER_IMAGE,
     ImageTable,
     load_results,
-    scan_results_file,
-    screen_problems,
     validate_results,
 )
+from lvisctl.evaluation.results_scan import ScanJob, scan_problems, start_scan
 
 IOU_TYPES = ("segm", "bbox")
 METRIC_KEYS = (
@@ -46,7 +47,7 @@ METRIC_KEYS = (
 )
 BBOX_AREA_NOTE = (
     "note: the results have 'bbox', so segm APs/APm/APl use box areas (as lvis-api does); "
-    "results_io.write_results(..., mask_areas=True) writes files whose mask metrics use mask areas"
+    "tta-infer's <stem>.segm.json has no 'bbox' and gets mask areas"
 )
 
 
@@ -109,14 +110,36 @@ def load_ground_truth(path: str | os.PathLike[str]) -> LvisGroundTruth:
 
 @dataclass
 class LoadedResults:
-    """A results file parsed (and screened) for evaluation."""
+    """A results file parsed by hotcoco, with its screen running beside it (see :meth:`verify`)."""
 
     path: Path
     dets: Any  # hotcoco dataset of all detections in the file
     num_dets: int
     has_bbox: bool
     has_segmentation: bool
+    gt: LvisGroundTruth
+    scan: ScanJob | None = None
+    verified: bool = False
     notes: list[str] = field(default_factory=list)
+
+    def verify(self) -> None:
+        """Wait for the screen; any problem it saw is named by the Python validator (one error line).
+
+        Called after the evaluation, so the screen overlaps hotcoco's work; nothing is reported or
+        written before it passes.
+        """
+        if self.verified:
+            return
+        summary = self.scan.result() if self.scan is not None else None
+        if summary is None or scan_problems(summary, self.num_dets, self.gt.table.sizes):
+            # Slow but exact: parse in Python and name every problem (raises unless the screen was
+            # over-cautious, e.g. about a json layout it does not know).
+            validate_results(load_results(self.path), self.gt.table, source=self.path)
+        self.verified = True
+
+    def cancel(self) -> None:
+        if self.scan is not None:
+            self.scan.cancel()
 
 
 def explain_and_raise(path: Path, gt: LvisGroundTruth, fallback: str) -> None:
@@ -125,33 +148,54 @@ def explain_and_raise(path: Path, gt: LvisGroundTruth, fallback: str) -> None:
     raise LvisctlError(f"{path}: {fallback}")
 
 
-def load_results_for_eval(path: str | os.PathLike[str], gt: LvisGroundTruth) -> LoadedResults:
-    """Parse ``path`` with hotcoco and screen it; any problem ends in one ``LvisctlError`` line."""
+_FIRST_DET_END = re.compile(rb"\}\s*,\s*\{|\}\s*\]")
+
+
+def first_detection_keys(path: Path, head_bytes: int = 1 << 20) -> tuple[bool, bool, bool]:
+    """(is a json list, first detection has 'bbox', has 'segmentation'), from the first bytes only.
+
+    The screen checks later that every detection has the same fields; this is enough to pick the note
+    and the "no segmentation" error before the evaluation starts.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(head_bytes)
+    stripped = head.lstrip()
+    if not stripped.startswith(b"["):
+        return False, False, False
+    match = _FIRST_DET_END.search(head)
+    first = head[: match.start() + 1] if match else head
+    return True, b'"bbox"' in first, b'"segmentation"' in first
+
+
+def load_results_for_eval(
+    path: str | os.PathLike[str], gt: LvisGroundTruth, *, scan: ScanJob | None = None
+) -> LoadedResults:
+    """Parse ``path`` with hotcoco while the screen (``scan``, started here if not given) runs beside it.
+
+    Call :meth:`LoadedResults.verify` before trusting the numbers (``evaluate_lvis`` does).
+    """
     p = Path(path)
     if not p.is_file():
         raise LvisctlError(f"{p}: no such file")
-    with open(p, "rb") as fh:
-        head = fh.read(64).lstrip()
-    if not head.startswith(b"["):
+    is_list, has_bbox, has_seg = first_detection_keys(p)
+    if not is_list:
         load_results(p)  # raises the right 'not json' / 'not a list' message
         raise LvisctlError(f"{p}: results must be a json list of detections")
+    scan = scan if scan is not None else start_scan(p)
     try:
-        with quiet_native_output():
-            dets = gt.coco.load_res(str(p))
-    except Exception as err:  # malformed json, NaN scores, wrong field types
-        explain_and_raise(p, gt, str(err).splitlines()[0])
-    num = len(dets.get_ann_ids())
-    if dets.load_warnings:  # unknown image or category ids
-        explain_and_raise(p, gt, "; ".join(dets.load_warnings))
-    scan = scan_results_file(p)
-    if screen_problems(scan, num, gt.table):
-        validate_results(load_results(p), gt.table, source=p)  # raises unless the screen was over-cautious
+        try:
+            with quiet_native_output():
+                dets = gt.coco.load_res(str(p))
+        except Exception as err:  # malformed json, NaN scores, wrong field types
+            explain_and_raise(p, gt, str(err).splitlines()[0])
+        num = len(dets.get_ann_ids())
+        if dets.load_warnings:  # unknown image or category ids
+            explain_and_raise(p, gt, "; ".join(dets.load_warnings))
+    except BaseException:
+        scan.cancel()
+        raise
     return LoadedResults(
-        path=p,
-        dets=dets,
-        num_dets=num,
-        has_bbox=scan.num_bbox > 0,
-        has_segmentation=scan.num_segmentation > 0,
+        path=p, dets=dets, num_dets=num, has_bbox=has_bbox, has_segmentation=has_seg, gt=gt, scan=scan
     )
 
 
@@ -195,12 +239,25 @@ def run_lvis_eval(gt: LvisGroundTruth, dets: Any, iou_type: str, *, source: Path
 def evaluate_lvis(
     results: LoadedResults, gt: LvisGroundTruth, iou_types: Sequence[str] = IOU_TYPES
 ) -> dict[str, IouTypeMetrics]:
-    """The official LVIS v1 metrics of ``results`` for each iou type (max 300 detections per image)."""
-    if "segm" in iou_types and not results.has_segmentation and results.num_dets:
-        raise LvisctlError(f"{results.path}: has no 'segmentation' fields; evaluate it with --iou-type bbox")
-    with quiet_native_output():
-        capped = results.dets.cap_detections_per_image(MAX_DETS_PER_IMAGE)
-    return {t: run_lvis_eval(gt, capped, t, source=results.path) for t in iou_types}
+    """The official LVIS v1 metrics of ``results`` for each iou type (max 300 detections per image).
+
+    The file is verified (``results.verify()``) after hotcoco has evaluated it and before any number is
+    returned, so the screen's work overlaps the evaluation's.
+    """
+    try:
+        if "segm" in iou_types and not results.has_segmentation and results.num_dets:
+            results.verify()  # a file with segmentation on some detections only gets its own message
+            raise LvisctlError(
+                f"{results.path}: has no 'segmentation' fields; evaluate it with --iou-type bbox"
+            )
+        with quiet_native_output():
+            capped = results.dets.cap_detections_per_image(MAX_DETS_PER_IMAGE)
+        out = {t: run_lvis_eval(gt, capped, t, source=results.path) for t in iou_types}
+        results.verify()
+    except BaseException:
+        results.cancel()
+        raise
+    return out
 
 
 def box_minus_mask_gap(by_type: dict[str, IouTypeMetrics]) -> float | None:

@@ -15,13 +15,16 @@ from lvisctl.evaluation.lvis_metrics import (
     BBOX_AREA_NOTE,
     IOU_TYPES,
     IouTypeMetrics,
+    LoadedResults,
     LvisGroundTruth,
     box_minus_mask_gap,
     evaluate_lvis,
     load_ground_truth,
     load_results_for_eval,
 )
+from lvisctl.evaluation.results_scan import start_scan
 from lvisctl.rundir import RunDir, atomic_write_json, atomic_write_text
+from lvisctl.rundir.io import sha256_file
 
 EXTRA_METRICS = ("boundary", "fixed")
 
@@ -45,29 +48,69 @@ def parse_list(value: str, allowed: Sequence[str], option: str) -> tuple[str, ..
     return items
 
 
-def resolve_inputs(results: Path | None, gt: Path | None, run: RunDir | None) -> tuple[Path, Path, Any]:
-    """(results path, gt path, the predictions artifact or None)."""
-    artifact = None
-    if results is None:
-        if run is None:
-            raise LvisctlError("evaluate: give a RESULTS file or --run-dir with a predictions artifact")
-        artifact = run.latest("predictions")
-        results = run.resolve(artifact)
-        if gt is None and artifact.meta.get("gt"):
-            gt = Path(artifact.meta["gt"])
-            if not gt.is_absolute():
-                gt = run.path_of(str(gt))
+@dataclass
+class EvalSource:
+    """One results file and the iou types evaluated on it (tta-infer writes one file per iou type)."""
+
+    path: Path
+    iou_types: tuple[str, ...]
+    artifact: Any = None  # the predictions artifact, when it came from the run dir
+
+
+def resolve_inputs(
+    results: Path | None, gt: Path | None, run: RunDir | None, iou_types: Sequence[str] = IOU_TYPES
+) -> tuple[list[EvalSource], Path, str]:
+    """(results files with their iou types, gt path, output stem).
+
+    A RESULTS file is evaluated for every iou type. From a run dir: segm on the newest segm predictions
+    and bbox on the bbox file of the same tta-infer group, so segm uses mask areas and bbox the model's
+    boxes; a predictions artifact without ``iou_type`` (a combined file) serves every iou type.
+    """
+    if results is not None:
+        if gt is None:
+            raise LvisctlError(f"{results}: no --gt given (needed with a RESULTS file)")
+        return [EvalSource(Path(results), tuple(iou_types))], Path(gt), Path(results).stem
+    if run is None:
+        raise LvisctlError("evaluate: give a RESULTS file or --run-dir with a predictions artifact")
+    newest = run.latest("predictions")
+    if "iou_type" not in newest.meta:
+        arts = {t: newest for t in iou_types}
+    else:
+        arts = {}
+        group = None
+        if "segm" in iou_types:
+            arts["segm"] = run.latest("predictions", iou_type="segm")
+            group = arts["segm"].meta.get("group")
+        if "bbox" in iou_types:
+            same = {"group": group} if group is not None else {}
+            arts["bbox"] = run.latest("predictions", iou_type="bbox", **same)
+    sources: list[EvalSource] = []
+    for t, art in arts.items():
+        known = next((s for s in sources if s.artifact is art), None)
+        if known is not None:
+            known.iou_types += (t,)
+        else:
+            # Verified against the manifest's sha256 by the screen, which reads the file anyway.
+            sources.append(EvalSource(run.resolve(art, verify=False), (t,), art))
+    first = sources[0].artifact
     if gt is None:
-        raise LvisctlError(f"{results}: no --gt given and the predictions artifact records no 'gt'")
-    return Path(results), Path(gt), artifact
+        if not first.meta.get("gt"):
+            raise LvisctlError(
+                f"{sources[0].path}: no --gt given and the predictions artifact records no 'gt'"
+            )
+        gt = Path(first.meta["gt"])
+        if not gt.is_absolute():
+            gt = run.path_of(str(gt))
+    stem = str(first.meta.get("group") or sources[0].path.stem)
+    return sources, Path(gt), stem
 
 
-def output_paths(out: Path | None, results: Path, run: RunDir | None) -> tuple[Path, Path, Path] | None:
+def output_paths(out: Path | None, stem: str, run: RunDir | None) -> tuple[Path, Path, Path] | None:
     """metrics json, per-category csv, AP-by-frequency png (None: print only)."""
     if out is None:
         if run is None:
             return None
-        out = run.root / "metrics" / f"{results.stem}_metrics.json"
+        out = run.root / "metrics" / f"{stem}_metrics.json"
     elif run is not None and not out.is_absolute():
         out = run.root / out
     stem = out.with_suffix("")
@@ -89,25 +132,39 @@ def per_category_csv(gt: LvisGroundTruth, by_type: dict[str, IouTypeMetrics], ex
     return buf.getvalue()
 
 
-def compute_extras(extras: Sequence[str], results: Path, gt: LvisGroundTruth, iou_types: Sequence[str]):
-    """Boundary AP (segm only) and Fixed AP, which need the detections as Python objects."""
-    if not extras:
+def compute_extras(extras: Sequence[str], source: EvalSource, gt: LvisGroundTruth):
+    """Boundary AP (segm only) and Fixed AP of one results file, which need its detections in Python."""
+    wanted = [e for e in extras if e != "boundary" or "segm" in source.iou_types]
+    if not wanted:
         return {}
     from lvisctl.evaluation.results_io import load_results
 
-    dets = load_results(results)
+    dets = load_results(source.path)
     out: dict[str, dict[str, IouTypeMetrics]] = {}
-    if "boundary" in extras:
+    if "boundary" in wanted:
         from lvisctl.evaluation.boundary_ap import boundary_ap, gt_with_rles
 
         images = gt.coco.imgs
         summary, per_cat = boundary_ap(images, gt.categories, gt_with_rles(gt.coco), dets)
         out["boundary"] = {"segm": IouTypeMetrics(metrics=summary, per_category_ap=per_cat)}
-    if "fixed" in extras:
+    if "fixed" in wanted:
         from lvisctl.evaluation.fixed_ap import fixed_ap
 
-        out["fixed"] = fixed_ap(gt, dets, iou_types)
+        out["fixed"] = fixed_ap(gt, dets, source.iou_types)
     return out
+
+
+def _check_sha(source: EvalSource, loaded: LoadedResults, run: RunDir | None) -> None:
+    """The run dir's integrity check, from the sha256 the screen computed while reading the file."""
+    if source.artifact is None or run is None:
+        return
+    summary = loaded.scan.result() if loaded.scan is not None else None
+    digest = summary.sha256 if summary is not None else sha256_file(source.path)
+    if digest != source.artifact.sha256:
+        raise LvisctlError(
+            f"{source.path}: sha256 no longer matches {run.manifest_path.name} "
+            "(the file changed after it was recorded)"
+        )
 
 
 def run_evaluate(
@@ -124,16 +181,35 @@ def run_evaluate(
     if "boundary" in extras and "segm" not in iou_types:
         raise LvisctlError("--metrics boundary: Boundary AP is a mask metric; include segm in --iou-type")
     run = RunDir(run_dir, create=False) if run_dir is not None else None
-    results, gt_path, artifact = resolve_inputs(results, gt, run)
-    paths = output_paths(out, results, run)
+    sources, gt_path, stem = resolve_inputs(results, gt, run, iou_types)
+    paths = output_paths(out, stem, run)
     for p in paths or ():
         if p.exists() and not overwrite:
             raise LvisctlError(f"{p}: already exists; pass --overwrite to replace it or choose another --out")
-    ground = load_ground_truth(gt_path)
-    loaded = load_results_for_eval(results, ground)
-    by_type = evaluate_lvis(loaded, ground, iou_types)
-    extra = compute_extras(extras, results, ground, iou_types)
-    notes = [BBOX_AREA_NOTE] if loaded.has_bbox and "segm" in iou_types else []
+    for source in sources:
+        if not source.path.is_file():
+            raise LvisctlError(f"{source.path}: no such file")
+    # The screens start first so that they overlap the GT load and hotcoco's parse.
+    scans = [start_scan(source.path) for source in sources]
+    loaded: list[LoadedResults] = []
+    try:
+        ground = load_ground_truth(gt_path)
+        by_type: dict[str, IouTypeMetrics] = {}
+        for source, scan in zip(sources, scans, strict=True):
+            loaded.append(load_results_for_eval(source.path, ground, scan=scan))
+            by_type.update(evaluate_lvis(loaded[-1], ground, source.iou_types))
+            _check_sha(source, loaded[-1], run)
+    finally:
+        for scan in scans:
+            scan.cancel()
+    by_type = {t: by_type[t] for t in iou_types}
+    extra: dict[str, dict[str, IouTypeMetrics]] = {}
+    for source in sources:
+        for name, per in compute_extras(extras, source, ground).items():
+            extra.setdefault(name, {}).update(per)
+    notes = [
+        BBOX_AREA_NOTE for s, ld in zip(sources, loaded, strict=True) if ld.has_bbox and "segm" in s.iou_types
+    ]
     metrics: dict[str, Any] = {t: m.metrics for t, m in by_type.items()}
     gap = box_minus_mask_gap(by_type)
     if gap is not None:
@@ -142,9 +218,8 @@ def run_evaluate(
         metrics[name] = {t: m.metrics for t, m in per.items()}
     outcome = EvaluationOutcome(metrics=metrics, by_type=by_type, extras=extra, notes=notes)
     if paths is not None:
-        _write_outputs(
-            outcome, paths, ground, run, inputs=[artifact or results, gt_path], overwrite=overwrite
-        )
+        inputs = [s.artifact or s.path for s in sources] + [gt_path]
+        _write_outputs(outcome, paths, ground, run, inputs=inputs, overwrite=overwrite)
     return outcome
 
 
@@ -161,7 +236,7 @@ def _write_outputs(outcome, paths, ground, run: RunDir | None, *, inputs, overwr
     outcome.written = [json_path, csv_path, png_path]
     if run is None:
         return
-    meta = {"iou_types": list(outcome.by_type), "gt": str(inputs[1])}
+    meta = {"iou_types": list(outcome.by_type), "gt": str(inputs[-1])}
     # The summary json is registered last so run.latest("metrics") finds it.
     run.register("metrics", csv_path, inputs=inputs, meta={**meta, "table": "per_category_ap"})
     run.register("plot", png_path, inputs=inputs, meta={**meta, "plot": "ap_by_frequency"})

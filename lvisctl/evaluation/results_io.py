@@ -1,14 +1,9 @@
 """Loading and validating LVIS results files (the json list of detections the evaluator and server take).
 
-Two validators share one set of rules:
-
-* :func:`validate_results` checks a parsed list, detection by detection, and names every problem. It is
-  what ``submit`` runs and what explains a failure.
-* :func:`scan_results_file` is the fast screen ``evaluate`` runs on the raw bytes (regular expressions and
-  numpy, no per-detection Python objects): parsing 1.5 M detections into Python dicts costs more than
-  the whole evaluation, so the evaluator parses the file once in Rust (hotcoco) and only screens it here.
-  When the screen finds anything odd, the file is parsed in Python and :func:`validate_results` says what
-  is wrong.
+:func:`validate_results` checks a parsed list, detection by detection, and names every problem. It is
+what ``submit`` runs and what explains a failure in ``evaluate``, whose fast path is the compiled byte
+screen of ``results_scan`` (parsing 1.5 M detections into Python dicts costs more than the evaluation).
+Results files are written by ``lvisctl.inference.results.write_results`` only.
 
 An RLE is valid when its ``size`` is the image's and hotcoco's decoder accepts its ``counts``
 (characters ``'0'..'o'``, runs that fit in ``h * w``; a shorter RLE means trailing background, as in
@@ -20,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from lvisctl.errors import LvisctlError
-from lvisctl.rundir.io import atomic_write_json
 
 MAX_DETS_PER_IMAGE = 300
 _SHOWN_PROBLEMS = 5
@@ -261,107 +254,3 @@ def _examples(values: set[Any], k: int = 3) -> str:
         return (0, f"{v:012d}") if isinstance(v, int) else (1, str(v))
 
     return ", ".join(str(v) for v in sorted(values, key=key)[:k])
-
-
-# --------------------------------------------------------------------------------- fast screening
-@dataclass(frozen=True)
-class ResultsScan:
-    """What the byte-level screen found in a results file."""
-
-    num_objects: int  # '{"image_id"' style objects, counted by their image_id keys
-    image_ids: np.ndarray
-    rle_sizes: np.ndarray  # (n, 2) h, w in file order
-    num_bbox: int
-    num_segmentation: int
-    bad_counts_chars: bool
-
-
-_IMAGE_ID = re.compile(rb'"image_id"\s*:\s*(-?\d+)\s*[,}]')
-_SIZE = re.compile(rb'"size"\s*:\s*\[\s*(\d+)\s*,\s*(\d+)\s*\]')
-_COUNTS = re.compile(rb'"counts"\s*:\s*"([^"]*)"')
-
-
-def scan_results_file(path: str | os.PathLike[str], chunk_bytes: int = 64 << 20) -> ResultsScan:
-    """Screen a results file without building Python objects per detection.
-
-    Reads in chunks cut just after a ``}`` (which cannot occur inside RLE strings), so memory stays
-    bounded and no key/value pair is split between chunks.
-    """
-    ids, sizes = [], []
-    n_bbox = n_seg = 0
-    bad_chars = False
-    with open(path, "rb") as fh:
-        rest = b""
-        while True:
-            block = fh.read(chunk_bytes)
-            data = rest + block
-            if not block:
-                cut = len(data)
-            else:
-                cut = data.rfind(b"}") + 1
-                if cut == 0:
-                    rest = data
-                    continue
-            chunk, rest = data[:cut], data[cut:]
-            ids.append(np.array(_IMAGE_ID.findall(chunk), dtype=np.int64))
-            found = _SIZE.findall(chunk)
-            sizes.append(np.array(found, dtype=np.int64).reshape(-1, 2))
-            n_bbox += chunk.count(b'"bbox"')
-            n_seg += chunk.count(b'"segmentation"')
-            # One findall + a vectorised check is ~4x cheaper than a regex hunting for a bad character.
-            bad_chars = bad_chars or bool(rle_string_flags(_COUNTS.findall(chunk)).any())
-            if not block:
-                break
-    image_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-    return ResultsScan(
-        num_objects=len(image_ids),
-        image_ids=image_ids,
-        rle_sizes=np.concatenate(sizes) if sizes else np.zeros((0, 2), np.int64),
-        num_bbox=n_bbox,
-        num_segmentation=n_seg,
-        bad_counts_chars=bad_chars,
-    )
-
-
-def screen_problems(scan: ResultsScan, num_dets: int, table: ImageTable) -> list[str]:
-    """Reasons the screen distrusts the file (empty when it looks clean)."""
-    reasons = []
-    if scan.num_objects != num_dets:
-        reasons.append("image_id count differs from detection count")
-    if scan.num_bbox not in (0, num_dets):
-        reasons.append("bbox on some detections only")
-    if scan.num_segmentation not in (0, num_dets) or len(scan.rle_sizes) != scan.num_segmentation:
-        reasons.append("segmentation layout")
-    if scan.bad_counts_chars:
-        reasons.append("bad or truncated RLE strings")
-    if reasons or num_dets == 0 or len(scan.rle_sizes) == 0:
-        return reasons
-    ids = np.fromiter(table.sizes.keys(), dtype=np.int64, count=len(table.sizes))
-    hw = np.array(list(table.sizes.values()), dtype=np.int64).reshape(-1, 2)
-    order = np.argsort(ids)
-    pos = np.clip(np.searchsorted(ids[order], scan.image_ids), 0, len(ids) - 1)
-    known = ids[order][pos] == scan.image_ids
-    if not known.all():
-        reasons.append("unknown image ids")
-    elif (hw[order][pos] != scan.rle_sizes).any():
-        reasons.append("RLE size differs from image size")
-    return reasons
-
-
-# ------------------------------------------------------------------------------ writing results
-def drop_boxes_for_mask_eval(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Copies of ``results`` without ``bbox``, so lvis-api (and ``evaluate``) take mask areas.
-
-    lvis-api sets a detection's area from its ``bbox`` whenever the file has one, and that area decides
-    the small/medium/large buckets of the *mask* metrics too; detectron2 drops the field before mask
-    evaluation for the same reason.
-    """
-    return [{k: v for k, v in det.items() if k != "bbox"} for det in results]
-
-
-def write_results(
-    path: str | os.PathLike[str], results: Sequence[Mapping[str, Any]], *, mask_areas: bool = False
-) -> Path:
-    """Write a results list atomically as compact json; ``mask_areas`` drops ``bbox`` (see above)."""
-    data = drop_boxes_for_mask_eval(results) if mask_areas else list(results)
-    return atomic_write_json(path, data, indent=None)

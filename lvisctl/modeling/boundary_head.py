@@ -48,11 +48,14 @@ class BoundaryPreservingMaskHead(nn.Module):
         num_boundary_convs: int = 2,
     ) -> None:
         super().__init__()
-        layers, channels = [], in_channels
+        layers: list[nn.Module] = []
+        channels = in_channels
         for _ in range(num_convs):
-            layers.append(_conv_relu(channels, conv_dim, 3))
+            layers += [nn.Conv2d(channels, conv_dim, 3, padding=1), nn.ReLU(inplace=True)]
             channels = conv_dim
-        self.mask_convs = nn.Sequential(*layers)
+        # ``convs`` / ``deconv`` / ``predictor`` use the parameter names and layout of the plain
+        # ``MaskHead``, so a stage-1 mask head loads into the first convs, the deconv and the predictor.
+        self.convs = nn.Sequential(*layers)
         self.boundary_downsample = _conv_relu(in_channels, conv_dim, 3, stride=2)
         self.mask_to_boundary = _conv_relu(channels, conv_dim, 1)
         self.boundary_convs = nn.Sequential(
@@ -60,8 +63,8 @@ class BoundaryPreservingMaskHead(nn.Module):
         )
         self.boundary_to_mask = _conv_relu(conv_dim, conv_dim, 1)
         self.mask_final_fusion = _conv_relu(conv_dim, conv_dim, 3)
-        self.mask_deconv = nn.ConvTranspose2d(conv_dim, conv_dim, 2, stride=2)
-        self.mask_predictor = nn.Conv2d(conv_dim, num_classes, 1)
+        self.deconv = nn.ConvTranspose2d(conv_dim, conv_dim, 2, stride=2)
+        self.predictor = nn.Conv2d(conv_dim, num_classes, 1)
         self.boundary_deconv = nn.ConvTranspose2d(conv_dim, conv_dim, 2, stride=2)
         self.boundary_predictor = nn.Conv2d(conv_dim, num_classes, 1)
         self._init_weights()
@@ -71,7 +74,7 @@ class BoundaryPreservingMaskHead(nn.Module):
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(module.bias)
-        for predictor in (self.mask_predictor, self.boundary_predictor):
+        for predictor in (self.predictor, self.boundary_predictor):
             nn.init.normal_(predictor.weight, std=0.001)
             nn.init.zeros_(predictor.bias)
 
@@ -83,10 +86,10 @@ class BoundaryPreservingMaskHead(nn.Module):
         if boundary_features is None:
             size = (mask_features.shape[-2] * 2, mask_features.shape[-1] * 2)
             boundary_features = F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
-        mask_feat = self.mask_convs(mask_features)
+        mask_feat = self.convs(mask_features)
         boundary_feat = self.boundary_downsample(boundary_features) + self.mask_to_boundary(mask_feat)
         boundary_feat = self.boundary_convs(boundary_feat)
         mask_feat = self.mask_final_fusion(mask_feat + self.boundary_to_mask(boundary_feat))
-        mask_logits = self.mask_predictor(F.relu(self.mask_deconv(mask_feat)))
+        mask_logits = self.predictor(F.relu(self.deconv(mask_feat)))
         boundary_logits = self.boundary_predictor(F.relu(self.boundary_deconv(boundary_feat)))
         return mask_logits, boundary_logits

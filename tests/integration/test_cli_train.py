@@ -82,7 +82,7 @@ def test_bad_override_and_missing_data_are_one_line_errors(tmp_path):
     code, out = lvisctl("train", "--run-dir", tmp_path / "r2", "device=cpu")
     assert code == 2 and "no training data" in out and len(out.strip().splitlines()) == 1
     code, out = lvisctl("train", "--run-dir", tmp_path / "r3", "--resume")
-    assert code == 2 and "no stage-1 checkpoint is recorded" in out
+    assert code == 2 and "no stage 1 checkpoint is recorded" in out
 
 
 def test_exploding_loss_stops_with_one_line_and_no_nan_checkpoint(tmp_path, tiny_data):

@@ -53,7 +53,7 @@ def test_save_registers_and_loads_weights_only(tmp_path):
     art = ck.save_checkpoint(run, _state(iteration=10))
     assert art.path == "checkpoints/stage1_iter0000010.pt"
     assert art.kind == "checkpoint"
-    assert art.meta == {"stage": 1, "iteration": 10, "epoch": 0, "final": False}
+    assert art.meta == {"stage": 1, "phase": "stage1", "iteration": 10, "epoch": 0, "final": False}
     raw = torch.load(run.path_of(art.path), weights_only=True)
     assert raw["format"] == "lvisctl-checkpoint" and raw["iteration"] == 10
     loaded = ck.load_checkpoint(run.path_of(art.path))
@@ -95,3 +95,14 @@ def test_load_rejects_garbage_and_foreign_files(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:200])
     with pytest.raises(LvisctlError, match="not a loadable checkpoint"):
         ck.load_checkpoint(truncated)
+
+
+def test_named_phase_has_its_own_files_and_lookups(tmp_path):
+    run = RunDir(tmp_path / "run")
+    ck.save_checkpoint(run, {**_state(iteration=5), "stage": 2, "final": True})
+    bags = ck.save_checkpoint(run, {**_state(iteration=7), "stage": 2, "phase": "finetune_bags", "final": True})
+    assert bags.path == "checkpoints/finetune_bags_final.pt"
+    assert bags.meta["phase"] == "finetune_bags" and bags.meta["stage"] == 2
+    assert ck.latest_checkpoint(run, 2).path == "checkpoints/stage2_final.pt"
+    assert ck.latest_checkpoint(run, ck.Phase(2, "finetune_bags")).path == bags.path
+    assert str(ck.Phase(2, "finetune_bags")) == "finetune_bags (stage 2)" and str(ck.Phase(1)) == "stage 1"

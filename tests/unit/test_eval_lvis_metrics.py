@@ -15,7 +15,6 @@ from lvisctl.evaluation.lvis_metrics import (
     load_ground_truth,
     load_results_for_eval,
 )
-from lvisctl.evaluation.results_io import drop_boxes_for_mask_eval
 from tests.lvis_reference import (
     det_rect,
     gt_rect,
@@ -23,6 +22,7 @@ from tests.lvis_reference import (
     lvis_category,
     lvis_dataset,
     lvis_image,
+    without_bbox,
     write_json,
 )
 
@@ -100,7 +100,7 @@ def assert_matches_lvis_api(gt_path, res_path, out, iou_types=("segm", "bbox")) 
 def test_edge_cases_match_lvis_api(tmp_path, with_bbox):
     results = edge_case_results()
     if not with_bbox:
-        results = drop_boxes_for_mask_eval(results)
+        results = without_bbox(results)
     gt_path, res_path, out = ours(tmp_path, edge_case_gt(), results)
     assert_matches_lvis_api(gt_path, res_path, out)
     # Category 4 has no GT anywhere and 5 was never verified: no AP for either.
@@ -121,7 +121,7 @@ def test_bbox_field_moves_mask_area_ranges(tmp_path):
     gt_path, res_path, with_box = ours(tmp_path, gt, [a, b], ("segm",))
     assert with_box["segm"].metrics["APs"] == pytest.approx(1.0)
     assert_matches_lvis_api(gt_path, res_path, with_box, ("segm",))
-    gt_path, res_path, mask_area = ours(tmp_path, gt, drop_boxes_for_mask_eval([a, b]), ("segm",))
+    gt_path, res_path, mask_area = ours(tmp_path, gt, without_bbox([a, b]), ("segm",))
     assert mask_area["segm"].metrics["APs"] == pytest.approx(0.5)
     assert_matches_lvis_api(gt_path, res_path, mask_area, ("segm",))
 
@@ -205,5 +205,5 @@ def test_random_case_matches_lvis_api(tmp_path, seed):
     gt, dets = random_case(seed, num_images=40)
     gt_path, res_path, out = ours(tmp_path, gt, dets)
     assert_matches_lvis_api(gt_path, res_path, out)
-    gt_path, res_path, out = ours(tmp_path, gt, drop_boxes_for_mask_eval(copy.deepcopy(dets)), ("segm",))
+    gt_path, res_path, out = ours(tmp_path, gt, without_bbox(copy.deepcopy(dets)), ("segm",))
     assert_matches_lvis_api(gt_path, res_path, out, ("segm",))

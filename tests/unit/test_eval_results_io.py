@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
 
 from lvisctl.errors import LvisctlError
 from lvisctl.evaluation.results_io import (
     ImageTable,
-    drop_boxes_for_mask_eval,
     find_bad_rles,
     load_results,
-    scan_results_file,
-    screen_problems,
+    rle_string_flags,
     validate_results,
-    write_results,
 )
 from tests.lvis_reference import det_rect, rect_rle
 
@@ -105,22 +99,11 @@ def test_find_bad_rles_names_every_culprit():
     assert find_bad_rles([ok] * 3) == []
 
 
-def test_scan_and_screen(tmp_path):
-    path = tmp_path / "r.json"
-    path.write_text(json.dumps(good()))
-    scan = scan_results_file(path, chunk_bytes=64)  # tiny chunks: cuts must not split key/value pairs
-    assert scan.image_ids.tolist() == [1, 2] and scan.rle_sizes.tolist() == [[64, 64], [48, 64]]
-    assert (scan.num_bbox, scan.num_segmentation, scan.bad_counts_chars) == (2, 2, False)
-    assert screen_problems(scan, 2, TABLE) == []
-    bad = good()
-    bad[1]["segmentation"]["size"] = [64, 64]
-    bad[0]["segmentation"]["counts"] = "ab}c"
-    path.write_text(json.dumps(bad))
-    scan = scan_results_file(path)
-    assert screen_problems(scan, 2, TABLE) == ["bad or truncated RLE strings"]
-    bad[0]["segmentation"]["counts"] = good()[0]["segmentation"]["counts"]
-    path.write_text(json.dumps(bad))
-    assert screen_problems(scan_results_file(path), 2, TABLE) == ["RLE size differs from image size"]
+def test_rle_string_flags():
+    # '0'..'o' only; a string whose last character has the continuation bit (0x20 after -48) is cut off:
+    # 'P' = 80 -> 32 (continued), '1' = 49 -> 1 (complete).
+    flags = rle_string_flags([b"01", b"0P", b"", b"0~", b"1P1"])
+    assert flags.tolist() == [False, True, False, True, False]
 
 
 def test_load_results_rejects_non_lists(tmp_path):
@@ -131,13 +114,3 @@ def test_load_results_rejects_non_lists(tmp_path):
     p.write_text("[{]")
     with pytest.raises(LvisctlError, match="not valid json"):
         load_results(p)
-
-
-def test_write_results_with_mask_areas_drops_boxes(tmp_path):
-    dets = good()
-    write_results(tmp_path / "a.json", dets, mask_areas=True)
-    written = json.loads((tmp_path / "a.json").read_text())
-    assert all("bbox" not in d for d in written) and written[0]["segmentation"] == dets[0]["segmentation"]
-    assert "bbox" in dets[0]  # the caller's list is untouched
-    assert drop_boxes_for_mask_eval(dets)[1] == {k: v for k, v in dets[1].items() if k != "bbox"}
-    assert np.isclose(json.loads(write_results(tmp_path / "b.json", dets).read_text())[0]["score"], 0.9)

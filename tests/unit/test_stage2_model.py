@@ -34,7 +34,7 @@ def train_step(model: LvisMaskRCNN, targets=TARGETS) -> dict[str, torch.Tensor]:
     for name, value in losses.items():
         assert torch.isfinite(value), name
     sum(losses.values()).backward()
-    return losses
+    return {name: value.detach() for name, value in losses.items()}
 
 
 def has_grad(param: torch.nn.Parameter) -> bool:
@@ -98,7 +98,27 @@ def test_boundary_head_pools_p2_at_twice_the_mask_size_and_adds_its_loss():
     assert seen["shape"][1:] == (32, 28, 28) and bool((seen["levels"] == 0).all())  # C = fpn channels
     assert has_grad(heads.mask_head.boundary_predictor.weight)
     assert has_grad(heads.mask_head.boundary_downsample[0].weight)
-    assert has_grad(heads.mask_head.mask_predictor.weight)
+    assert has_grad(heads.mask_head.predictor.weight)
+    # at test time too, whatever level the mask features come from (150 px box -> P3)
+    model.eval()
+    with torch.no_grad():
+        feats, image_list = model.extract_features(IMAGES[:1])
+        boxes = [torch.tensor([[0.0, 0.0, 20.0, 20.0], [0.0, 0.0, 150.0, 150.0]])]
+        model.predict_masks(feats, boxes, [torch.tensor([1, 2])], image_list.image_sizes)
+    assert seen["levels"].tolist() == [0, 0] and seen["shape"] == (2, 32, 28, 28)
+
+
+def test_stage1_mask_head_weights_load_into_the_boundary_head():
+    stage1 = tiny_model().state_dict()  # MaskHead, 2 convs
+    stage2 = tiny_model("model.mask_head.boundary=true", "model.mask_head.num_convs=3").state_dict()
+    shared = {k for k in stage2 if k in stage1 and stage1[k].shape == stage2[k].shape}
+    head = "roi_heads.mask_head."
+    loaded = {k.removeprefix(head) for k in shared if k.startswith(head)}
+    # the first two convs, the deconv and the predictor load; the third ("more") conv and the boundary
+    # branch start fresh
+    assert loaded == {
+        f"{name}.{p}" for name in ("convs.0", "convs.2", "deconv", "predictor") for p in ("weight", "bias")
+    }
 
 
 def test_boundary_loss_weight_scales_the_term():
@@ -234,10 +254,10 @@ def test_all_switches_together_train_and_predict():
     losses = train_step(model, weighted)
     assert set(losses) == BASE_LOSSES | {"loss_boundary", "loss_mask_iou"}
     for param in (
-        heads.box_extractor.offset_fcs[0][0].weight,
+        heads.box_extractor.offset_fcs[0][-1].weight,  # zero-initialised last layer: grad at start
         heads.box_head.predictor.cls_score.weight,
         heads.mask_head.boundary_predictor.weight,
-        heads.mask_head.mask_convs[2][0].weight,  # the extra convs
+        heads.mask_head.convs[4].weight,  # the extra convs
         heads.mask_iou_head.fc_iou.weight,
     ):
         assert has_grad(param)
@@ -264,7 +284,7 @@ def test_stage2_configs_build_and_freeze_backbone_neck_rpn():
         assert isinstance(model.roi_heads.cls_loss, BalancedGroupSoftmax) == name.startswith("gs")
         assert (model.roi_heads.mask_iou_head is not None) == name.endswith("ms")
     # gs_hm_ms: 7 mask convs ("three more"), Eq. 1, balanced loss, boundary, deformable RoI pooling
-    assert len(model.roi_heads.mask_head.mask_convs) == 2  # TINY's num_convs=2 overrides the file's 7
+    assert len(model.roi_heads.mask_head.convs) == 2 * 2  # TINY's num_convs=2 overrides the file's 7
     assert load_config("configs/stage2/gs_hm.yaml").model.mask_head.num_convs == 7
     # trunk, neck and RPN are separate submodules: freezing [backbone, rpn] leaves only the RoI heads
     tops = {

@@ -1,0 +1,277 @@
+"""Self-training inputs of stage-1 training (paper section 2.1, "Self-training"; Table 2 "ST").
+
+The pseudo-label files ``lvisctl pseudolabel`` writes (LVIS-format json, kind ``pseudo-labels``) enter
+training in two ways:
+
+* ``data.pseudo_labels`` (``--mode missing``): confident detections on LVIS train that overlap no ground
+  truth, read as *missing annotations* of the federated dataset. They become each image's
+  ``target["ignore_boxes"]`` (XYXY); the box head does not sample background proposals that overlap them
+  (``model.roi_heads.ignore_iou``). Only ``bbox`` is read.
+* ``data.extra_images`` (``--mode unlabeled``): pseudo labels (boxes, RLE masks) of extra unlabeled
+  images (Open Images in the paper), trained jointly with LVIS: ``data.extra_per_epoch`` of them per epoch
+  with loss weight ``data.extra_loss_weight`` (lambda). See ``build_train_data`` in
+  :mod:`lvisctl.data.dataset` and :class:`~lvisctl.data.samplers.ExtraImagesSampler`.
+
+Each key is a path or ``latest``: the newest ``pseudo-labels`` artifact of that mode in the run directory.
+The files are read with ``json`` rather than :func:`~lvisctl.data.lvis.load_lvis`: missing-mode
+annotations have no ``segmentation``, and their categories need not carry LVIS frequencies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lvisctl.data.lvis import LvisData
+from lvisctl.errors import LvisctlError
+from lvisctl.rundir import Artifact, RunDir
+
+MAX_LISTED_PROBLEMS = 5
+LATEST = "latest"
+# data.<key> -> the `lvisctl pseudolabel --mode` that makes its file
+CONFIG_MODES = {"pseudo_labels": "missing", "extra_images": "unlabeled"}
+
+
+@dataclass
+class SelfTrainingData:
+    """What self-training adds to the training data; empty when neither key is set."""
+
+    ignore_boxes: dict[int, list[list[float]]] | None = None  # XYXY per LVIS image id
+    extra_data: LvisData | None = None  # the pseudo-labelled extra images
+    inputs: list[Artifact | Path] = field(default_factory=list)  # manifest lineage of the checkpoints
+
+
+def load_self_training(
+    data_cfg: Mapping[str, Any], run: RunDir, *, train_image_ids: Collection[int]
+) -> SelfTrainingData:
+    """Resolve and load ``data.pseudo_labels`` and ``data.extra_images`` (``data.extra_image_root``)."""
+    out = SelfTrainingData()
+    missing = resolve_pseudo_labels(run, data_cfg, "pseudo_labels")
+    if missing is not None:
+        out.ignore_boxes = load_missing_annotations(_path(run, missing), train_image_ids=train_image_ids)
+        out.inputs.append(missing)
+    extra = resolve_pseudo_labels(run, data_cfg, "extra_images")
+    if extra is not None:
+        root = str(data_cfg.get("extra_image_root", "") or "")
+        image_root = Path(root).expanduser() if root else default_extra_image_root(run, extra)
+        out.extra_data = load_extra_images(_path(run, extra), image_root=image_root)
+        out.inputs.append(extra)
+    return out
+
+
+def resolve_pseudo_labels(run: RunDir, data_cfg: Mapping[str, Any], key: str) -> Artifact | Path | None:
+    """``data.<key>``: None when empty, the newest artifact of its mode for ``latest``, else the path."""
+    mode = CONFIG_MODES[key]
+    value = str(data_cfg.get(key, "") or "")
+    if not value:
+        return None
+    if value == LATEST:
+        found = run.find("pseudo-labels", mode=mode)
+        if not found:
+            raise LvisctlError(
+                f"{run.manifest_path}: data.{key}=latest but no pseudo-labels of mode {mode} are recorded "
+                f"(run lvisctl pseudolabel --mode {mode} --run-dir {run.root} first, or give a path)"
+            )
+        run.resolve(found[-1])  # exists and still matches its sha256
+        return found[-1]
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise LvisctlError(f"{path}: pseudo-label file (data.{key}) not found")
+    known = run.get(run.relative(path))
+    if known is not None and known.kind == "pseudo-labels" and known.meta.get("mode") not in (None, mode):
+        raise LvisctlError(
+            f"{path}: recorded as pseudo labels of mode {known.meta['mode']}, but data.{key} needs "
+            f"mode {mode} (lvisctl pseudolabel --mode {mode})"
+        )
+    return path
+
+
+def default_extra_image_root(run: RunDir, source: Artifact | Path) -> Path:
+    """Where the extra images live when ``data.extra_image_root`` is empty: the folder of the image-info
+    json the pseudo labels were made from (the artifact's ``images`` meta), else the file's own folder."""
+    artifact = source if isinstance(source, Artifact) else run.get(run.relative(source))
+    images = artifact.meta.get("images") if artifact is not None else None
+    if images:
+        return Path(images).parent
+    return _path(run, source).parent
+
+
+def load_missing_annotations(
+    path: str | Path, *, train_image_ids: Collection[int] | None = None
+) -> dict[int, list[list[float]]]:
+    """Missing-annotation pseudo labels as XYXY boxes per image id (``bbox`` is xywh in the file).
+
+    With ``train_image_ids``, boxes of other images are dropped; a file that shares no image with the
+    training set is an error (pseudo labels of another split or dataset).
+    """
+    path = Path(path)
+    payload = _read_json(path)
+    problems = _source_problems(payload, "missing", "data.pseudo_labels")
+    anns = _list(payload, "annotations", problems)
+    boxes: dict[int, list[list[float]]] = {}
+    for ann in anns:
+        if _annotation_problem(ann, problems, need_segmentation=False):
+            continue
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        boxes.setdefault(ann["image_id"], []).append([x, y, x + w, y + h])
+    _raise_if_any(path, problems)
+    if train_image_ids is None:
+        return boxes
+    kept = {i: b for i, b in boxes.items() if i in train_image_ids}
+    if boxes and not kept:
+        raise LvisctlError(
+            f"{path}: none of the {len(boxes)} images with pseudo labels is in the training set "
+            "(were they made on another split?)"
+        )
+    return kept
+
+
+def load_extra_images(path: str | Path, *, image_root: str | Path | None = None) -> LvisData:
+    """Unlabeled-mode pseudo labels as an ``LvisData`` (images, annotations with ``bbox`` and an RLE or
+    polygon ``segmentation``) that :class:`~lvisctl.data.dataset.LvisTrainDataset` reads like LVIS.
+
+    ``image_root`` defaults to the json's folder (images are found as for LVIS files).
+    """
+    path = Path(path)
+    payload = _read_json(path)
+    problems = _source_problems(payload, "unlabeled", "data.extra_images")
+    images: dict[int, dict] = {}
+    for img in _list(payload, "images", problems):
+        if _image_problem(img, problems):
+            continue
+        if img["id"] in images:
+            problems.append(f"duplicate image id {img['id']}")
+        images[img["id"]] = img
+    anns_by_image: dict[int, list[dict]] = {i: [] for i in images}
+    for ann in _list(payload, "annotations", problems):
+        if _annotation_problem(ann, problems, need_segmentation=True):
+            continue
+        img = images.get(ann["image_id"])
+        if img is None:
+            problems.append(f"annotation {ann.get('id', '?')}: image_id {ann['image_id']} is not in 'images'")
+            continue
+        seg = ann["segmentation"]
+        if isinstance(seg, dict) and list(seg["size"]) != [img["height"], img["width"]]:
+            problems.append(f"annotation {ann.get('id', '?')}: RLE size {seg['size']} != image size")
+            continue
+        anns_by_image[ann["image_id"]].append(ann)
+    _raise_if_any(path, problems)
+    categories = {c["id"]: c for c in payload.get("categories", []) if isinstance(c, dict) and "id" in c}
+    return LvisData(
+        path=path,
+        image_root=Path(image_root) if image_root is not None else path.parent,
+        images=images,
+        categories=categories,
+        anns_by_image=anns_by_image,
+        info=payload.get("info") if isinstance(payload.get("info"), dict) else {},
+    )
+
+
+# ---------------------------------------------------------------------------------------- checks
+def _path(run: RunDir, source: Artifact | Path) -> Path:
+    return run.path_of(source.path) if isinstance(source, Artifact) else source
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise LvisctlError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            payload = json.load(fh)
+    except json.JSONDecodeError as err:
+        raise LvisctlError(f"{path}: not valid json ({err.msg} at line {err.lineno})") from None
+    if not isinstance(payload, dict):
+        raise LvisctlError(f"{path}: a pseudo-label file must be a json object (LVIS format)")
+    return payload
+
+
+def _source_problems(payload: Mapping[str, Any], mode: str, key: str) -> list[str]:
+    """The file says which ``pseudolabel --mode`` made it (``info.pseudo_label_source``); check it fits."""
+    info = payload.get("info")
+    source = info.get("pseudo_label_source") if isinstance(info, dict) else None
+    if source is not None and source != mode:
+        return [f"made with --mode {source}, but {key} needs --mode {mode}"]
+    return []
+
+
+def _list(payload: Mapping[str, Any], key: str, problems: list[str]) -> list[Any]:
+    value = payload.get(key)
+    if not isinstance(value, list):
+        problems.append(f"top-level '{key}' must be a list")
+        return []
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _image_problem(img: Any, problems: list[str]) -> bool:
+    if not isinstance(img, dict) or not all(k in img for k in ("id", "width", "height")):
+        name = f"image {img.get('id', '?')}" if isinstance(img, dict) else f"image record {str(img)[:40]}"
+        problems.append(f"{name}: needs id, width and height")
+        return True
+    if not (_is_int(img["id"]) and _is_int(img["width"]) and _is_int(img["height"])):
+        problems.append(f"image {img['id']!r}: id, width and height must be integers")
+        return True
+    if img["width"] <= 0 or img["height"] <= 0:
+        problems.append(f"image {img['id']}: width/height must be positive")
+        return True
+    if not img.get("coco_url") and not img.get("file_name"):
+        problems.append(f"image {img['id']}: needs coco_url or file_name to locate the file")
+        return True
+    return False
+
+
+def _annotation_problem(ann: Any, problems: list[str], *, need_segmentation: bool) -> bool:
+    keys = ("image_id", "category_id", "bbox") + (("segmentation",) if need_segmentation else ())
+    if not isinstance(ann, dict):
+        problems.append(f"annotation record {str(ann)[:40]}: not an object")
+        return True
+    name = f"annotation {ann.get('id', '?')}"
+    if not all(k in ann for k in keys):
+        problems.append(f"{name}: needs {', '.join(keys)}")
+        return True
+    if not (_is_int(ann["image_id"]) and _is_int(ann["category_id"])):
+        problems.append(f"{name}: image_id and category_id must be integers")
+        return True
+    box = ann["bbox"]
+    if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+        problems.append(f"{name}: bbox must be 4 numbers [x, y, w, h]")
+        return True
+    if not (all(math.isfinite(v) for v in box) and box[2] > 0 and box[3] > 0):
+        problems.append(f"{name}: degenerate bbox {box} (width and height must be > 0)")
+        return True
+    if need_segmentation and not _segmentation_ok(ann["segmentation"]):
+        problems.append(f"{name}: segmentation must be an RLE dict (size, counts) or a polygon list")
+        return True
+    return False
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _segmentation_ok(seg: Any) -> bool:
+    if isinstance(seg, dict):
+        size = seg.get("size")
+        return "counts" in seg and isinstance(size, list) and len(size) == 2
+    return (
+        isinstance(seg, list)
+        and bool(seg)
+        and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in seg)
+    )
+
+
+def _raise_if_any(path: Path, problems: list[str]) -> None:
+    if not problems:
+        return
+    shown = "; ".join(problems[:MAX_LISTED_PROBLEMS])
+    extra = len(problems) - MAX_LISTED_PROBLEMS
+    more = f"; ... and {extra} more" if extra > 0 else ""
+    noun = "problem" if len(problems) == 1 else "problems"
+    raise LvisctlError(f"{path}: {len(problems)} {noun}: {shown}{more}")

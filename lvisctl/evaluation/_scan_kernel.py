@@ -1,0 +1,375 @@
+"""The numba kernel of :mod:`lvisctl.evaluation.results_scan` (imported only when a file is screened).
+
+A tiny json walker for the LVIS results layout (a list of flat objects whose ``segmentation`` is an object)
+that decodes compressed RLE strings as pycocotools' ``rleFrString`` does. Functions return -1 when the
+block ends before the value does (the caller carries the rest over) and -2 for layouts it does not vouch
+for.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# Per-detection flags (mirrored in results_scan).
+HAS_BBOX = 1
+HAS_SEGMENTATION = 2
+BAD_RLE = 4
+SEG_NOT_RLE = 8
+NO_IMAGE_ID = 16
+# Status codes.
+OK = 0
+DISTRUST = 1
+# A single run longer than this is garbage (LVIS images have < 2^25 pixels); it also keeps sums exact.
+MAX_RUN = 1 << 40
+
+
+@njit(cache=True, nogil=True)
+def skip_ws(buf, i):
+    n = len(buf)
+    while i < n and (buf[i] == 32 or buf[i] == 10 or buf[i] == 13 or buf[i] == 9):
+        i += 1
+    return i
+
+
+@njit(cache=True, nogil=True)
+def key_is(buf, start, end, key):
+    if end - start != len(key):
+        return False
+    for j in range(len(key)):
+        if buf[start + j] != key[j]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def skip_string(buf, i):
+    """``buf[i]`` is the opening quote; index after the closing quote, -1 if the block ends first."""
+    n = len(buf)
+    i += 1
+    while i < n:
+        c = buf[i]
+        if c == 92:  # backslash: skip the escaped character
+            i += 2
+            continue
+        if c == 34:
+            return i + 1
+        i += 1
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def skip_value(buf, i):
+    """Index after the json value at ``i``; -1 if the block ends first, -2 if it is malformed."""
+    n = len(buf)
+    if i >= n:
+        return -1
+    c = buf[i]
+    if c == 34:
+        return skip_string(buf, i)
+    if c == 123 or c == 91:  # object / array: match brackets, skipping strings
+        depth = 0
+        while i < n:
+            c = buf[i]
+            if c == 34:
+                i = skip_string(buf, i)
+                if i < 0:
+                    return -1
+                continue
+            if c == 123 or c == 91:
+                depth += 1
+            elif c == 125 or c == 93:
+                depth -= 1
+                if depth == 0:
+                    return i + 1
+            i += 1
+        return -1
+    # number / true / false / null: up to the next delimiter
+    start = i
+    while i < n:
+        c = buf[i]
+        if c == 44 or c == 125 or c == 93 or c == 32 or c == 10 or c == 13 or c == 9:
+            return i if i > start else -2
+        i += 1
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def parse_int(buf, i):
+    """(value, index after, ok); ok = 0 not an integer, -1 block ended."""
+    n = len(buf)
+    neg = False
+    if i < n and buf[i] == 45:
+        neg = True
+        i += 1
+    start = i
+    v = 0
+    while i < n and 48 <= buf[i] <= 57:
+        v = v * 10 + (buf[i] - 48)
+        i += 1
+    if i >= n:
+        return 0, i, -1
+    if i == start or i - start > 18:
+        return 0, i, 0
+    c = buf[i]
+    if c == 46 or c == 101 or c == 69:  # '.', 'e', 'E': a float
+        return 0, i, 0
+    return (-v if neg else v), i, 1
+
+
+@njit(cache=True, nogil=True)
+def decode_counts(buf, i):
+    """Decode a compressed RLE string at ``buf[i]`` (the opening quote) as pycocotools does.
+
+    Returns (index after the string, run total, bad, status) with status 1 ok, -1 block ended,
+    -2 an escape other than a backslash (distrust).
+    """
+    n = len(buf)
+    i += 1
+    total = 0
+    bad = False
+    m = 0
+    prev1 = 0  # cnts[m-1]
+    prev2 = 0  # cnts[m-2]
+    x = 0
+    k = 0
+    more = False
+    while i < n:
+        c = buf[i]
+        if c == 34:
+            if more:
+                bad = True  # the last number says "continued"
+            return i + 1, total, bad, 1
+        if c == 92:
+            if i + 1 >= n:
+                return i, total, bad, -1
+            if buf[i + 1] != 92:
+                return i, total, bad, -2
+            i += 1  # "\\\\" is one backslash, a legal RLE character
+            c = 92
+        i += 1
+        if c < 48 or c > 111:
+            bad = True
+            continue
+        if bad:
+            continue
+        v = np.int64(c - 48)
+        if k > 11:  # more than 60 bits: garbage, not a count
+            bad = True
+            continue
+        x |= (v & 0x1F) << (5 * k)
+        more = (v & 0x20) != 0
+        k += 1
+        if not more:
+            if v & 0x10:
+                x |= np.int64(-1) << (5 * k)
+            if m > 2:
+                x += prev2
+            if x < 0 or x > MAX_RUN:
+                bad = True
+                continue
+            total += x
+            prev2 = prev1
+            prev1 = x
+            m += 1
+            x = 0
+            k = 0
+    return i, total, bad, -1
+
+
+@njit(cache=True, nogil=True)
+def parse_segmentation(buf, i, key_size, key_counts):
+    """(index after, h, w, run total, flags, status) for the value at ``buf[i]``."""
+    h = -1
+    w = -1
+    total = -1
+    flags = 0
+    if buf[i] != 123:  # polygons or anything else: not compressed RLE
+        j = skip_value(buf, i)
+        return j, h, w, total, SEG_NOT_RLE, (1 if j >= 0 else j)
+    i += 1
+    n = len(buf)
+    have_counts = False
+    while True:
+        i = skip_ws(buf, i)
+        if i >= n:
+            return i, h, w, total, flags, -1
+        if buf[i] == 125:
+            i += 1
+            break
+        if buf[i] == 44:
+            i += 1
+            continue
+        if buf[i] != 34:
+            return i, h, w, total, flags, -2
+        kstart = i + 1
+        j = skip_string(buf, i)
+        if j < 0:
+            return i, h, w, total, flags, -1
+        kend = j - 1
+        i = skip_ws(buf, j)
+        if i >= n:
+            return i, h, w, total, flags, -1
+        if buf[i] != 58:
+            return i, h, w, total, flags, -2
+        i = skip_ws(buf, i + 1)
+        if i >= n:
+            return i, h, w, total, flags, -1
+        if key_is(buf, kstart, kend, key_counts):
+            if buf[i] != 34:
+                flags |= SEG_NOT_RLE
+                i = skip_value(buf, i)
+                if i < 0:
+                    return 0, h, w, total, flags, i
+                continue
+            i, t, bad, st = decode_counts(buf, i)
+            if st != 1:
+                return i, h, w, total, flags, st
+            have_counts = True
+            total = t
+            if bad:
+                flags |= BAD_RLE
+        elif key_is(buf, kstart, kend, key_size):
+            ok = False
+            if buf[i] == 91:
+                a, i2, st1 = parse_int(buf, skip_ws(buf, i + 1))
+                if st1 == -1:
+                    return i2, h, w, total, flags, -1
+                i2 = skip_ws(buf, i2)
+                if st1 == 1 and i2 < n and buf[i2] == 44:
+                    b, i3, st2 = parse_int(buf, skip_ws(buf, i2 + 1))
+                    if st2 == -1:
+                        return i3, h, w, total, flags, -1
+                    i3 = skip_ws(buf, i3)
+                    if st2 == 1 and i3 < n and buf[i3] == 93:
+                        h = a
+                        w = b
+                        i = i3 + 1
+                        ok = True
+            if not ok:
+                flags |= SEG_NOT_RLE
+                i = skip_value(buf, i)
+                if i < 0:
+                    return 0, h, w, total, flags, i
+        else:
+            i = skip_value(buf, i)
+            if i < 0:
+                return 0, h, w, total, flags, i
+    if not have_counts or h < 0:
+        flags |= SEG_NOT_RLE
+    elif total > h * w:
+        flags |= BAD_RLE
+    return i, h, w, total, flags, 1
+
+
+@njit(cache=True, nogil=True)
+def scan_block(buf, first, ids, hs, ws, flags_out, keys):
+    """Scan the complete detections in ``buf``.
+
+    ``first``: the block starts the file (expects ``[``). Returns (detections found, bytes consumed,
+    status, list closed). Stops before a detection the block cuts off; the caller carries the rest.
+    """
+    key_image_id, key_bbox, key_seg, key_size, key_counts = keys
+    n = len(buf)
+    i = 0
+    count = 0
+    consumed = 0
+    closed = False
+    if first:
+        i = skip_ws(buf, 0)
+        if i >= n:
+            return 0, 0, OK, False
+        if buf[i] != 91:
+            return 0, 0, DISTRUST, False
+        i += 1
+        consumed = i
+    while True:
+        i = skip_ws(buf, i)
+        if i >= n:
+            return count, consumed, OK, closed
+        c = buf[i]
+        if closed:
+            return count, consumed, DISTRUST, closed  # bytes after the closing bracket
+        if c == 44:
+            i += 1
+            continue
+        if c == 93:
+            closed = True
+            i += 1
+            consumed = i
+            continue
+        if c != 123:
+            return count, consumed, DISTRUST, closed
+        # One detection object.
+        i += 1
+        img = 0
+        fl = NO_IMAGE_ID
+        h = -1
+        w = -1
+        incomplete = False
+        while True:
+            i = skip_ws(buf, i)
+            if i >= n:
+                incomplete = True
+                break
+            if buf[i] == 125:
+                i += 1
+                break
+            if buf[i] == 44:
+                i += 1
+                continue
+            if buf[i] != 34:
+                return count, consumed, DISTRUST, closed
+            kstart = i + 1
+            j = skip_string(buf, i)
+            if j < 0:
+                incomplete = True
+                break
+            kend = j - 1
+            i = skip_ws(buf, j)
+            if i >= n:
+                incomplete = True
+                break
+            if buf[i] != 58:
+                return count, consumed, DISTRUST, closed
+            i = skip_ws(buf, i + 1)
+            if i >= n:
+                incomplete = True
+                break
+            if key_is(buf, kstart, kend, key_image_id):
+                v, i, st = parse_int(buf, i)
+                if st == -1:
+                    incomplete = True
+                    break
+                if st == 0:
+                    return count, consumed, DISTRUST, closed
+                img = v
+                fl &= ~NO_IMAGE_ID
+            elif key_is(buf, kstart, kend, key_seg):
+                fl |= HAS_SEGMENTATION
+                i, h, w, _, sfl, st = parse_segmentation(buf, i, key_size, key_counts)
+                if st == -1:
+                    incomplete = True
+                    break
+                if st == -2:
+                    return count, consumed, DISTRUST, closed
+                fl |= sfl
+            else:
+                if key_is(buf, kstart, kend, key_bbox):
+                    fl |= HAS_BBOX
+                i = skip_value(buf, i)
+                if i == -1:
+                    incomplete = True
+                    break
+                if i == -2:
+                    return count, consumed, DISTRUST, closed
+        if incomplete:
+            return count, consumed, OK, closed
+        if count >= len(ids):
+            return count, consumed, OK, closed  # output full: the caller grows it and goes on
+        ids[count] = img
+        hs[count] = h
+        ws[count] = w
+        flags_out[count] = fl
+        count += 1
+        consumed = i

@@ -1,0 +1,229 @@
+"""A one-pass, compiled screen of an LVIS results file, run beside the evaluator.
+
+``evaluate`` parses the results once, in Rust (hotcoco), and hotcoco accepts what lvis-api would choke on
+or silently mis-score: RLE strings with foreign characters, truncated strings, runs that add up to more
+than ``h * w``, masks whose ``size`` is not their image's. Parsing 1.5 M detections a second time into
+Python objects costs more than the evaluation, so this module reads the raw bytes with a small numba
+kernel instead (about 1 ns per byte): it walks the json structure, decodes every compressed RLE exactly as
+pycocotools' ``rleFrString`` does (5-bit groups, continuation bit 0x20, sign bit 0x10, counts after the
+third stored as differences to the count two places back) and keeps, per detection, its image id, RLE
+size, run total and a few flags. What it cannot vouch for (escapes other than ``\\\\``, a non-integer
+image id, a file that is not a list of objects) marks the file *distrusted*; the caller then runs the
+full Python validator, which names the problem.
+
+The scan reads fixed-size blocks cut after a complete detection, so its memory is bounded, and
+:func:`start_scan` runs it in a forked process so that it overlaps hotcoco's single-threaded json parse
+(which holds the GIL) instead of adding to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Per-detection flags.
+HAS_BBOX = 1
+HAS_SEGMENTATION = 2
+BAD_RLE = 4  # characters outside '0'..'o', a truncated number, a negative run, or runs beyond h*w
+SEG_NOT_RLE = 8  # segmentation is not {"size": [h, w], "counts": str}
+NO_IMAGE_ID = 16
+
+_OK = 0  # kernel status: the block was fine
+
+_KEY_IMAGE_ID = np.frombuffer(b"image_id", np.uint8)
+_KEY_BBOX = np.frombuffer(b"bbox", np.uint8)
+_KEY_SEGMENTATION = np.frombuffer(b"segmentation", np.uint8)
+_KEY_SIZE = np.frombuffer(b"size", np.uint8)
+_KEY_COUNTS = np.frombuffer(b"counts", np.uint8)
+
+BLOCK_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class ScanSummary:
+    """What the screen found; every count is over the whole file."""
+
+    num_dets: int
+    num_bbox: int
+    num_segmentation: int
+    num_bad_rle: int  # BAD_RLE or SEG_NOT_RLE
+    num_without_image_id: int
+    distrusted: bool
+    # Distinct (image_id, h, w) of the detections with an RLE; the caller checks them against the GT.
+    image_sizes: np.ndarray  # (k, 3) int64
+    image_ids: np.ndarray  # distinct image ids of all detections
+    sha256: str = ""  # of the whole file (the run dir's integrity check, without a second read)
+
+
+# ------------------------------------------------------------------------------------------ kernel
+_KERNEL = None
+
+
+def _kernel():
+    """The compiled kernel (numba caches the machine code on disk after the first compile)."""
+    global _KERNEL
+    if _KERNEL is None:
+        from lvisctl.evaluation._scan_kernel import scan_block
+
+        _KERNEL = scan_block
+    return _KERNEL
+
+
+# ------------------------------------------------------------------------------------------ driver
+def scan_results(path: str | os.PathLike[str], block_bytes: int = BLOCK_BYTES) -> ScanSummary:
+    """Screen the results file at ``path`` block by block (memory: one block plus per-detection ints)."""
+    kernel = _kernel()
+    keys = (_KEY_IMAGE_ID, _KEY_BBOX, _KEY_SEGMENTATION, _KEY_SIZE, _KEY_COUNTS)
+    parts: list[tuple[np.ndarray, ...]] = []
+    distrusted = False
+    closed = False
+    first = True
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        rest, eof = b"", False
+        while True:
+            if not eof:
+                block = fh.read(block_bytes)
+                digest.update(block)
+                eof = not block
+                data = rest + block
+            else:
+                data = rest
+            if not data:
+                break
+            buf = np.frombuffer(data, dtype=np.uint8)
+            cap = max(16, len(data) // 64)  # most detections take more; a full output is carried over
+            ids, hs, ws, fl = (np.empty(cap, np.int64) for _ in range(4))
+            count, consumed, status, ended = kernel(buf, first, ids, hs, ws, fl, keys)
+            parts.append((ids[:count], hs[:count], ws[:count], fl[:count]))
+            closed = closed or ended
+            if status != _OK:
+                distrusted = True
+                digest.update(fh.read())  # the hash still covers the whole file
+                break
+            first = first and consumed == 0
+            rest = data[consumed:]
+            if eof and consumed == 0:
+                distrusted = distrusted or bool(rest.strip())  # a detection the file cuts off
+                break
+    return _summarize(parts, distrusted or not closed, digest.hexdigest())
+
+
+def _summarize(parts, distrusted: bool, sha256: str = "") -> ScanSummary:
+    if parts:
+        ids, hs, ws, fl = (np.concatenate(col) for col in zip(*parts, strict=True))
+    else:
+        ids = hs = ws = fl = np.zeros(0, np.int64)
+    seg = (fl & HAS_SEGMENTATION) != 0
+    rle = seg & ((fl & SEG_NOT_RLE) == 0)
+    return ScanSummary(
+        num_dets=len(ids),
+        num_bbox=int(((fl & HAS_BBOX) != 0).sum()),
+        num_segmentation=int(seg.sum()),
+        num_bad_rle=int(((fl & (BAD_RLE | SEG_NOT_RLE)) != 0).sum()),
+        num_without_image_id=int(((fl & NO_IMAGE_ID) != 0).sum()),
+        distrusted=distrusted,
+        image_sizes=_distinct_rows(np.stack([ids[rle], hs[rle], ws[rle]], axis=1)),
+        image_ids=_distinct_rows(ids[(fl & NO_IMAGE_ID) == 0][:, None])[:, 0],
+        sha256=sha256,
+    )
+
+
+def _distinct_rows(rows: np.ndarray) -> np.ndarray:
+    """``np.unique(rows, axis=0)``, after dropping repeats of the previous row: results files list an
+    image's detections together, so this leaves ~one row per image and the sort is cheap."""
+    if len(rows) == 0:
+        return rows.reshape(0, rows.shape[1])
+    keep = np.ones(len(rows), dtype=bool)
+    keep[1:] = (rows[1:] != rows[:-1]).any(axis=1)
+    return np.unique(rows[keep], axis=0)
+
+
+# ------------------------------------------------------------------------------- in a side process
+class ScanJob:
+    """A :func:`scan_results` running in a forked process; :meth:`result` waits for it.
+
+    A failed side process (numba missing, a crash) gives ``None``: the caller then validates in Python.
+    """
+
+    def __init__(self, path: Path, *, fork: bool = True) -> None:
+        self._value: ScanSummary | None = None
+        self._pid = 0
+        self._fd = -1
+        if not fork:
+            self._value = _scan_or_none(path)
+            return
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: scan, send the summary, leave without running the parent's cleanup
+            code = 1
+            try:
+                os.close(read_fd)
+                payload = pickle.dumps(_scan_or_none(path), protocol=pickle.HIGHEST_PROTOCOL)
+                with os.fdopen(write_fd, "wb") as out:
+                    out.write(payload)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        self._pid, self._fd = pid, read_fd
+
+    def result(self) -> ScanSummary | None:
+        if self._fd < 0:
+            return self._value
+        with os.fdopen(self._fd, "rb") as fh:
+            payload = fh.read()
+        self._fd = -1
+        _, status = os.waitpid(self._pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0 or not payload:
+            return None
+        self._value = pickle.loads(payload)
+        return self._value
+
+    def cancel(self) -> None:
+        """Stop waiting for the side process (an error elsewhere ended the command)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            os.waitpid(self._pid, 0)
+
+
+def _scan_or_none(path: Path) -> ScanSummary | None:
+    try:
+        return scan_results(path)
+    except ImportError:  # numba missing: the caller falls back to the Python validator
+        return None
+
+
+def start_scan(path: str | os.PathLike[str], *, fork_above_bytes: int = 16 << 20) -> ScanJob:
+    """Start screening ``path``: in a forked process for big files, inline for small ones (fork costs)."""
+    p = Path(path)
+    big = p.stat().st_size > fork_above_bytes
+    return ScanJob(p, fork=big and hasattr(os, "fork"))
+
+
+def scan_problems(scan: ScanSummary, num_dets: int, sizes: dict[int, tuple[int, int]]) -> list[str]:
+    """Why the screen distrusts the file (empty when it vouches for it); ``sizes`` are the GT's."""
+    reasons = []
+    if scan.distrusted:
+        reasons.append("unusual json layout")
+    if scan.num_dets != num_dets:
+        reasons.append("detection count differs from the evaluator's")
+    if scan.num_without_image_id:
+        reasons.append("detections without image_id")
+    if scan.num_bbox not in (0, scan.num_dets):
+        reasons.append("bbox on some detections only")
+    if scan.num_segmentation not in (0, scan.num_dets):
+        reasons.append("segmentation on some detections only")
+    if scan.num_bad_rle:
+        reasons.append("invalid RLE")
+    if any(int(i) not in sizes for i in scan.image_ids):
+        reasons.append("unknown image ids")
+    elif any(sizes[int(i)] != (int(h), int(w)) for i, h, w in scan.image_sizes):
+        reasons.append("RLE size differs from image size")
+    return reasons
