@@ -9,7 +9,9 @@ import typer
 
 def evaluate(
     results: Path | None = typer.Argument(
-        None, help="LVIS results json; default: newest predictions in --run-dir."
+        None,
+        help="LVIS results json; default: from --run-dir, segm on the newest segm predictions and bbox on "
+        "the bbox file of the same tta-infer run.",
     ),
     gt: Path | None = typer.Option(
         None, "--gt", help="LVIS v1 annotation file; default: the predictions' meta gt."

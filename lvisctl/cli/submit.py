@@ -9,7 +9,7 @@ import typer
 
 def submit(
     results: Path | None = typer.Argument(
-        None, help="LVIS results json; default: newest predictions in --run-dir."
+        None, help="LVIS results json; default: newest segm predictions in --run-dir."
     ),
     image_info: Path = typer.Option(
         ..., "--image-info", help="lvis_v1_image_info_test_dev.json (or a GT file)."

@@ -1,4 +1,7 @@
-"""``lvisctl tta-infer``: predictions of a checkpoint on an LVIS split, as an LVIS results file.
+"""``lvisctl tta-infer``: predictions of a checkpoint on an LVIS split, as LVIS results files.
+
+Two files per run: ``<stem>.segm.json`` (masks, no boxes, so lvis-api uses mask areas for the mask
+metrics; what ``submit`` uploads) and ``<stem>.bbox.json`` (boxes).
 
 Several GPUs / nodes: ``torchrun --nproc_per_node 8 -m lvisctl tta-infer --run-dir DIR --images val.json``.
 """
@@ -35,9 +38,12 @@ def tta_infer_command(
         None, "--image-root", help="Folder the image paths are relative to (default: the json's folder)."
     ),
     out: Path | None = typer.Option(
-        None, "--out", help="Results file (default DIR/predictions/<images>_<checkpoint>_s<scales>.json)."
+        None,
+        "--out",
+        help="Results path X.json: writes X.segm.json and X.bbox.json "
+        "(default DIR/predictions/<images>_<checkpoint>_s<scales>.json).",
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing results file."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files."),
     max_chunks: int | None = typer.Option(
         None,
         "--max-chunks",
@@ -50,7 +56,7 @@ def tta_infer_command(
         help="Overrides key.sub=value of the checkpoint's config (e.g. inference.batch_size=4).",
     ),
 ) -> None:
-    """Run a checkpoint on every image and write an LVIS results file (top 300 per image, RLE masks).
+    """Run a checkpoint on every image and write LVIS results files (top 300 per image, RLE masks).
 
     Resumable: finished chunks are kept in DIR/.partial/ and a rerun continues from them.
     """
@@ -77,7 +83,7 @@ def tta_infer_command(
             cleanup_distributed()
     if not outcome.is_main:
         return
-    if outcome.artifact is not None:
+    if outcome.artifacts:
         _print_summary(outcome)
     else:
         s = outcome.summary
@@ -117,8 +123,12 @@ def _print_summary(outcome) -> None:
     )
     console = Console()
     console.print(table)
+    paths = outcome.paths
     console.print(
-        f"predictions: {outcome.out_path}  (scales {outcome.scales}, checkpoint {outcome.checkpoint})"
+        f"predictions: {paths['segm']} (segm, no boxes: mask areas) and {paths['bbox']} (bbox)  "
+        f"(scales {outcome.scales}, checkpoint {outcome.checkpoint})",
+        highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -111,6 +111,13 @@ def build_submission(
     )
 
 
+def latest_segm_predictions(run: Any) -> Any:
+    """The newest segm predictions (tta-infer's ``<stem>.segm.json``); without any, the newest predictions
+    (a combined file registered by hand)."""
+    segm = run.find("predictions", iou_type="segm")
+    return segm[-1] if segm else run.latest("predictions")
+
+
 def run_submit(
     results: Path | None,
     image_info: Path,
@@ -120,7 +127,7 @@ def run_submit(
     run_dir: Path | None = None,
     overwrite: bool = False,
 ) -> SubmissionSummary:
-    """``lvisctl submit``: resolve inputs (newest predictions in the run dir), build, register."""
+    """``lvisctl submit``: resolve inputs (newest segm predictions in the run dir), build, register."""
     from lvisctl.rundir import RunDir
 
     run = RunDir(run_dir, create=False) if run_dir is not None else None
@@ -128,12 +135,13 @@ def run_submit(
     if results is None:
         if run is None:
             raise LvisctlError("submit: give a RESULTS file or --run-dir with a predictions artifact")
-        artifact = run.latest("predictions")
+        artifact = latest_segm_predictions(run)
         results = run.resolve(artifact)
     if out is None:
         if run is None:
             raise LvisctlError("submit: give --out (or --run-dir to write submission/<results>.zip)")
-        out = run.root / "submission" / f"{Path(results).stem}_test-dev.zip"
+        stem = artifact.meta.get("group") if artifact is not None else None
+        out = run.root / "submission" / f"{stem or Path(results).stem}_test-dev.zip"
     elif run is not None and not out.is_absolute():
         out = run.root / out
     if out.exists() and not overwrite:

@@ -7,10 +7,10 @@ format, readable by lvis-api, hotcoco, detectron2 and the evaluation server.
 Mask areas. lvis-api (and pycocotools, and hotcoco) set a result's ``area`` to its *box* area ``w * h``
 whenever the file has ``bbox``, and that area picks the small/medium/large bucket of the *mask* metrics
 too (APs/APm/APl), while the ground truth uses mask areas. A stored ``area`` field does not help: all
-three overwrite it (checked). So the file keeps ``bbox`` (the box metrics need it) and the evaluation
-drops it before the mask evaluation, which then takes each area from the RLE, as detectron2 does
-(``lvisctl.evaluation.results_io.drop_boxes_for_mask_eval``). Everything that writes a results file
-calls :func:`write_results`, so format decisions live in one place.
+three overwrite it (checked). So a run's predictions are written as two files (:func:`write_split_results`):
+``<stem>.segm.json`` without ``bbox`` (every evaluator then takes mask areas; the file ``submit`` uploads)
+and ``<stem>.bbox.json`` without ``segmentation`` (the box metrics, on the model's predicted boxes).
+Everything that writes a results file goes through this module, so format decisions live in one place.
 """
 
 from __future__ import annotations
@@ -76,20 +76,75 @@ def detections_to_records(
     return records
 
 
+def json_piece(i: int, record: Mapping[str, Any]) -> str:
+    """Record ``i`` of a results file as compact json, with the comma that separates it from the previous."""
+    return ("," if i else "") + json.dumps(record, separators=(",", ":"))
+
+
 def iter_json_records(records: Iterable[Mapping[str, Any]]) -> Iterable[str]:
     """Compact json text of ``records`` as a list, piece by piece (so huge files never sit in memory)."""
     yield "["
     for i, record in enumerate(records):
-        yield ("," if i else "") + json.dumps(record, separators=(",", ":"))
+        yield json_piece(i, record)
     yield "]\n"
 
 
 def write_results(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Write an LVIS results file atomically (compact json list). ``records`` may be a generator.
 
-    The single writer of results files: keep format decisions (fields, rounding) here.
+    The single writer of results files (with :func:`write_split_results`): keep format decisions here.
     """
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for piece in iter_json_records(records):
             fh.write(piece)
     return Path(path)
+
+
+IOU_TYPE_FIELDS = {"segm": "segmentation", "bbox": "bbox"}  # the field each file keeps (of the two)
+
+
+def split_paths(path: str | os.PathLike[str]) -> dict[str, Path]:
+    """``out/val.json`` -> ``{"segm": out/val.segm.json, "bbox": out/val.bbox.json}``."""
+    p = Path(path)
+    stem = p.name[: -len(".json")] if p.name.endswith(".json") else p.name
+    return {t: p.with_name(f"{stem}.{t}.json") for t in IOU_TYPE_FIELDS}
+
+
+def split_record(record: Mapping[str, Any], iou_type: str) -> dict[str, Any]:
+    """The record for the ``iou_type`` file: without the other type's field (``bbox`` / ``segmentation``)."""
+    drop = IOU_TYPE_FIELDS["bbox" if iou_type == "segm" else "segm"]
+    return {k: v for k, v in record.items() if k != drop}
+
+
+def write_split_results(
+    records: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]
+) -> dict[str, Path]:
+    """Write full records as the two files of :func:`split_paths` in one streaming pass, both atomically
+    (neither appears unless both were written)."""
+    paths = split_paths(path)
+    with (
+        atomic_output(paths["segm"]) as segm_tmp,
+        atomic_output(paths["bbox"]) as bbox_tmp,
+        open(segm_tmp, "w", encoding="utf-8") as segm_fh,
+        open(bbox_tmp, "w", encoding="utf-8") as bbox_fh,
+    ):
+        files = {"segm": segm_fh, "bbox": bbox_fh}
+        for fh in files.values():
+            fh.write("[")
+        for i, record in enumerate(records):
+            for iou_type, fh in files.items():
+                fh.write(json_piece(i, split_record(record, iou_type)))
+        for fh in files.values():
+            fh.write("]\n")
+    return paths
+
+
+def read_split_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The full records of a :func:`write_split_results` pair (the two files hold the same detections in
+    the same order), for consumers that need boxes and masks together (pseudo-labelling)."""
+    paths = split_paths(path)
+    segm = json.loads(paths["segm"].read_text())
+    bbox = json.loads(paths["bbox"].read_text())
+    if len(segm) != len(bbox):
+        raise ValueError(f"{paths['segm']} and {paths['bbox']} hold different numbers of detections")
+    return [{**b, **s} for s, b in zip(segm, bbox, strict=True)]

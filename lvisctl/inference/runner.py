@@ -1,4 +1,4 @@
-"""Sharded, resumable inference over an image list, writing one LVIS results file.
+"""Sharded, resumable inference over an image list, writing a run's LVIS results files.
 
 Large image sets take hours, so the work is cut into chunks of ``chunk_size`` images (in image-id
 order) and each finished chunk is saved at once to ``<partial_dir>/rank<r>_<k>.json`` (``r`` the process
@@ -9,8 +9,10 @@ discarded instead of being mixed in.
 
 Under ``torchrun`` every process takes a disjoint share of the pending chunks (round robin, so a resumed
 run stays balanced), and the results are gathered through the chunk files: after a barrier, rank 0
-streams them in chunk order into the final file (atomically) and removes the partial folder. The final
-file is therefore the same whatever the number of processes or interruptions.
+streams them in chunk order into the final files (atomically) and removes the partial folder. The chunks
+hold full records; the final assembly splits them into ``<stem>.segm.json`` (no ``bbox``, so mask metrics
+use mask areas) and ``<stem>.bbox.json`` (no ``segmentation``), see ``results.write_split_results``. The
+final files are therefore the same whatever the number of processes or interruptions.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from lvisctl.data.categories import CategoryMap
 from lvisctl.engine.distributed import DistInfo, barrier
 from lvisctl.errors import LvisctlError
 from lvisctl.inference.predictor import Predictor, model_from_checkpoint
-from lvisctl.inference.results import detections_to_records, write_results
+from lvisctl.inference.results import detections_to_records, split_paths, write_split_results
 from lvisctl.rundir import Artifact, RunDir
 from lvisctl.rundir.io import atomic_write_json, sha256_file
 
@@ -49,7 +51,7 @@ class ImageItem:
 
 @dataclass
 class InferenceSummary:
-    """What a run did, as rank 0 sees it. ``images``/``detections`` count the final file and
+    """What a run did, as rank 0 sees it. ``images``/``detections`` count the final files and
     ``images_computed`` the images of this run's new chunks, all processes together (0 when incomplete);
     ``chunks_computed`` is this process's count."""
 
@@ -162,7 +164,8 @@ def iter_final_records(partial_dir: Path, chunks: Sequence[Sequence[ImageItem]])
 
 
 def assemble(partial_dir: Path, chunks: Sequence[Sequence[ImageItem]], out_path: Path) -> int:
-    """Write the final results file from the chunk files, remove them; returns the number of records."""
+    """Write the final segm and bbox files (``split_paths(out_path)``) from the chunk files, remove them;
+    returns the number of records."""
     count = 0
 
     def counted() -> Iterator[dict[str, Any]]:
@@ -171,7 +174,7 @@ def assemble(partial_dir: Path, chunks: Sequence[Sequence[ImageItem]], out_path:
             count += 1
             yield record
 
-    write_results(counted(), out_path)
+    write_split_results(counted(), out_path)
     shutil.rmtree(partial_dir)
     if partial_dir.parent.name == ".partial" and not any(partial_dir.parent.iterdir()):
         partial_dir.parent.rmdir()
@@ -194,7 +197,8 @@ def run_inference(
     on_start: Callable[[int], None] | None = None,
     on_images: Callable[[int], None] | None = None,
 ) -> InferenceSummary:
-    """Run ``predictor`` on ``items`` (all processes call this) and write ``out_path`` on rank 0.
+    """Run ``predictor`` on ``items`` (all processes call this); rank 0 writes the two results files of
+    ``split_paths(out_path)``.
 
     ``max_chunks`` stops each process after that many newly computed chunks (a time-limited job, or a
     test of resumption); the summary then says ``complete=False`` and a rerun continues.
@@ -239,12 +243,21 @@ class PredictionsOutcome:
     """What :func:`predict_to_run_dir` made (``artifact`` is None on ranks > 0 and when incomplete)."""
 
     summary: InferenceSummary
-    out_path: Path
+    out_path: Path  # the group: the files are split_paths(out_path)
     checkpoint: str
     scales: list[int]
     world_size: int
     is_main: bool
-    artifact: Artifact | None = None
+    artifacts: dict[str, Artifact] = field(default_factory=dict)  # iou type -> registered predictions
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        return split_paths(self.out_path)
+
+    @property
+    def artifact(self) -> Artifact | None:
+        """The segm predictions (the run's main results file), as before the split."""
+        return self.artifacts.get("segm")
 
 
 def default_checkpoint(run: RunDir) -> Artifact:
@@ -284,7 +297,8 @@ def parse_scales(text: str) -> list[int]:
 
 
 def default_out_name(images: Path, checkpoint: Path, scales: Sequence[int]) -> str:
-    """``predictions/<images>_<checkpoint>_s<scales>.json``: different inputs never share a file."""
+    """``predictions/<images>_<checkpoint>_s<scales>.json``: different inputs never share a file (the
+    files written are its ``.segm.json`` and ``.bbox.json``)."""
     return f"predictions/{images.stem}_{checkpoint.stem}_s{'-'.join(str(s) for s in scales)}.json"
 
 
@@ -307,9 +321,10 @@ def predict_to_run_dir(
     on_start: Callable[[int], None] | None = None,
     on_images: Callable[[int], None] | None = None,
 ) -> PredictionsOutcome:
-    """``lvisctl tta-infer``: run a checkpoint on every image of an LVIS / image-info file, write an LVIS
-    results file into the run dir and register it (kind ``predictions``). Call it in every process of a
-    ``torchrun`` job; rank 0 writes the file and the manifest.
+    """``lvisctl tta-infer``: run a checkpoint on every image of an LVIS / image-info file, write the LVIS
+    results files ``<stem>.segm.json`` and ``<stem>.bbox.json`` into the run dir and register both (kind
+    ``predictions``, meta ``iou_type`` and ``group`` = stem). Call it in every process of a ``torchrun``
+    job; rank 0 writes the files and the manifest.
 
     The config is the checkpoint's, with ``overrides`` (``inference.batch_size=4``) and ``scales`` on top.
     """
@@ -325,10 +340,14 @@ def predict_to_run_dir(
     if scales is not None:
         cfg.inference.scales = [int(s) for s in scales]
     icfg = cfg.inference
-    out_path = run.output_path(
-        str(out.expanduser().resolve()) if out else default_out_name(images, ckpt_path, icfg.scales),
-        overwrite=overwrite,
+    group_path = (
+        Path(str(out.expanduser().resolve()))
+        if out
+        else run.path_of(default_out_name(images, ckpt_path, icfg.scales))
     )
+    for path in split_paths(group_path).values():
+        run.output_path(run.relative(path), overwrite=overwrite)
+    out_path = group_path
     dist = init_distributed(cfg.device)
     predictor = Predictor(
         model,
@@ -364,11 +383,15 @@ def predict_to_run_dir(
         summary, out_path, run.relative(ckpt_path), list(icfg.scales), dist.world_size, is_main=dist.is_main
     )
     if dist.is_main and summary.complete:
-        outcome.artifact = run.register(
-            "predictions",
-            out_path,
-            inputs=[ckpt_input, images],
-            config=cfg.to_dict(),
-            meta={"gt": str(images), "scales": list(icfg.scales), "checkpoint": outcome.checkpoint},
-        )
+        group = split_paths(out_path)["segm"].name[: -len(".segm.json")]
+        meta = {"gt": str(images), "scales": list(icfg.scales), "checkpoint": outcome.checkpoint}
+        # bbox first: the segm file is then the newest predictions (what submit and evaluate take).
+        for iou_type in ("bbox", "segm"):
+            outcome.artifacts[iou_type] = run.register(
+                "predictions",
+                outcome.paths[iou_type],
+                inputs=[ckpt_input, images],
+                config=cfg.to_dict(),
+                meta={"iou_type": iou_type, "group": group, **meta},
+            )
     return outcome

@@ -2,7 +2,8 @@
 
 * ResNet-18/50/101 from torchvision, optionally with deformable 3x3 convs (DCN, torchvision
   ``DeformConv2d``) in stages 3-5 (``model.backbone.dcn_stages``).
-* ResNeSt-50/101/200/269 from timm (``resnest50d``, ``resnest101e``, ``resnest200e``, ``resnest269e``).
+* ResNeSt-50/101/200/269 from timm (``resnest50d``, ``resnest101e``, ``resnest200e``, ``resnest269e``),
+  optionally with DCN in the split-attention convs of stages 3-5.
 * ``tiny``: a 4-stage BasicBlock ResNet with a configurable base width, for CPU runs trained from scratch.
 
 Nothing is downloaded (``pretrained=False`` everywhere): ImageNet weights come from a local file
@@ -116,6 +117,14 @@ def _torchvision_resnet(depth: int, norm: str, dcn_stages: list[int]) -> nn.Modu
     return model
 
 
+def _resnest_dcn(model: nn.Module, dcn_stages: list[int]) -> None:
+    """DCN in ResNeSt as mmdet does: the split-attention block's grouped 3x3 conv (``conv2.conv``) becomes
+    deformable (paper Table 1: "DCN when using ResNeSt101"); the attention itself is unchanged."""
+    for stage in dcn_stages:
+        for block in getattr(model, f"layer{stage - 1}"):  # stage 3 = res3 = timm layer2
+            block.conv2.conv = DeformConv3x3(block.conv2.conv)
+
+
 def _resnet_trunk(model: nn.Module) -> Trunk:
     stem = nn.Sequential(
         OrderedDict(conv1=model.conv1, bn1=model.bn1, relu=model.relu, maxpool=model.maxpool)
@@ -208,8 +217,10 @@ def build_trunk(bcfg) -> nn.Module:
         raise LvisctlError(f"model.backbone.norm: unknown norm {norm!r} (choose from {', '.join(NORMS)})")
     if any(s not in (3, 4, 5) for s in dcn):
         raise LvisctlError(f"model.backbone.dcn_stages: stages must be among 3, 4, 5, got {dcn}")
-    if dcn and name not in TORCHVISION_RESNETS:
-        raise LvisctlError(f"model.backbone.dcn_stages: DCN is available for resnet18/50/101, not {name}")
+    if dcn and name == "tiny":
+        raise LvisctlError(
+            "model.backbone.dcn_stages: DCN is available for the resnets and resnests, not tiny"
+        )
     if not 0 <= int(bcfg.freeze_at) <= 5:
         raise LvisctlError(f"model.backbone.freeze_at: must be 0..5, got {bcfg.freeze_at}")
 
@@ -229,6 +240,7 @@ def build_trunk(bcfg) -> nn.Module:
             out_indices=(1, 2, 3, 4),
             norm_layer="groupnorm" if norm == "gn" else "batchnorm2d",  # timm's names (32 groups)
         )
+        _resnest_dcn(model, dcn)
         if bcfg.weights:
             load_backbone_weights(model, bcfg.weights, name)
         trunk = TimmTrunk(model)

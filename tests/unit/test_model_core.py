@@ -226,10 +226,7 @@ def test_classifier_width_follows_the_loss():
 @pytest.mark.parametrize(
     ("override", "key"),
     [
-        ("model.roi_heads.cls_loss=bags", "model.roi_heads.cls_loss"),
         ("model.roi_heads.cls_loss=focal", "model.roi_heads.cls_loss"),
-        ("model.mask_head.boundary=true", "model.mask_head.boundary"),
-        ("model.mask_head.mask_iou=true", "model.mask_head.mask_iou"),
         ("model.mask_head.level_assign=eq2", "model.mask_head.level_assign"),
         ("model.backbone.name=vgg", "model.backbone.name"),
         ("model.backbone.dcn_stages=[2]", "model.backbone.dcn_stages"),

@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from lvisctl.data.categories import CategoryMap
-from lvisctl.inference.results import detections_to_records, encode_masks, write_results, xyxy_to_xywh
+from lvisctl.inference.results import (
+    detections_to_records,
+    encode_masks,
+    read_split_results,
+    split_paths,
+    split_record,
+    write_results,
+    write_split_results,
+    xyxy_to_xywh,
+)
 
 
 def test_encode_masks_compressed_rle_by_hand():
@@ -94,3 +103,47 @@ def test_write_results_failure_keeps_previous_file(tmp_path):
         write_results(broken(), path)
     assert json.loads(path.read_text()) == [{"a": 1}]
     assert [p.name for p in tmp_path.iterdir()] == ["res.json"]
+
+
+def full_record(i: int) -> dict:
+    return {
+        "image_id": i,
+        "category_id": 3,
+        "bbox": [1.0, 2.0, 3.0, 4.0],
+        "score": i / 10,
+        "segmentation": {"size": [2, 3], "counts": "222"},
+    }
+
+
+def test_split_paths_and_records():
+    paths = split_paths("run/predictions/val_s800.json")
+    assert {t: str(p) for t, p in paths.items()} == {
+        "segm": "run/predictions/val_s800.segm.json",
+        "bbox": "run/predictions/val_s800.bbox.json",
+    }
+    rec = full_record(1)
+    assert list(split_record(rec, "segm")) == ["image_id", "category_id", "score", "segmentation"]
+    assert list(split_record(rec, "bbox")) == ["image_id", "category_id", "bbox", "score"]
+    assert "bbox" in rec and "segmentation" in rec  # the input is not modified
+
+
+def test_write_split_results_streams_both_files(tmp_path):
+    records = [full_record(i) for i in range(3)]
+    paths = write_split_results((r for r in records), tmp_path / "val.json")
+    segm = json.loads(paths["segm"].read_text())
+    bbox = json.loads(paths["bbox"].read_text())
+    assert segm == [split_record(r, "segm") for r in records]
+    assert bbox == [split_record(r, "bbox") for r in records]
+    assert paths["segm"].read_text().startswith('[{"image_id":0,"category_id":3,"score":0.0,"segmentation"')
+    assert read_split_results(tmp_path / "val.json") == records
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["val.bbox.json", "val.segm.json"]
+
+
+def test_write_split_results_failure_writes_neither(tmp_path):
+    def broken():
+        yield full_record(0)
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_split_results(broken(), tmp_path / "val.json")
+    assert list(tmp_path.iterdir()) == []

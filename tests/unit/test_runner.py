@@ -11,6 +11,7 @@ from torch import nn
 from lvisctl.data.categories import CategoryMap
 from lvisctl.engine.distributed import DistInfo
 from lvisctl.inference.predictor import Predictor
+from lvisctl.inference.results import read_split_results, split_paths
 from lvisctl.inference.runner import ImageItem, finished_chunks, plan_chunks, read_image, run_inference
 
 CMAP = CategoryMap([10, 20])
@@ -69,10 +70,24 @@ def test_read_image_converts_grey_to_rgb(tmp_path):
     assert img.shape == (3, 3, 4) and img.dtype == torch.float32 and img.max().item() == 1.0
 
 
+def files_bytes(out) -> list[bytes]:
+    """The bytes of the segm and bbox files of a run (what 'identical output' compares)."""
+    return [p.read_bytes() for p in split_paths(out).values()]
+
+
 def test_run_writes_all_images_in_order_and_cleans_up(tmp_path):
     items = make_images(tmp_path)
     summary = infer(items, tmp_path / "out.json", tmp_path / ".partial" / "out", batch_size=2)
-    records = json.loads((tmp_path / "out.json").read_text())
+    assert sorted(p.name for p in tmp_path.glob("out*")) == ["out.bbox.json", "out.segm.json"]
+    segm = json.loads((tmp_path / "out.segm.json").read_text())
+    bbox = json.loads((tmp_path / "out.bbox.json").read_text())
+    # The segm file has no boxes (mask areas in the evaluators), the bbox file no masks.
+    assert all(set(r) == {"image_id", "category_id", "score", "segmentation"} for r in segm)
+    assert all(set(r) == {"image_id", "category_id", "score", "bbox"} for r in bbox)
+    assert [(r["image_id"], r["score"]) for r in segm] == [(r["image_id"], r["score"]) for r in bbox]
+    # image 100 is 12x16: the first detection's box is [0, 0, w/2, h/2] -> xywh [0, 0, 8, 6]
+    assert bbox[0]["bbox"] == [0.0, 0.0, 8.0, 6.0]
+    records = read_split_results(tmp_path / "out.json")
     assert summary.complete and summary.images == 5 and summary.detections == 10 == len(records)
     assert [r["image_id"] for r in records] == [i for i in range(100, 105) for _ in range(2)]
     assert {r["category_id"] for r in records} == {10, 20}
@@ -87,13 +102,13 @@ def test_interrupted_run_resumes_to_identical_file(tmp_path):
     ContentModel.calls = 0
     partial = tmp_path / "p_resumed"
     first = infer(items, tmp_path / "resumed.json", partial, max_chunks=1)
-    assert not first.complete and not (tmp_path / "resumed.json").exists()
+    assert not first.complete and not list(tmp_path.glob("resumed*.json"))
     assert sorted(p.name for p in partial.iterdir()) == ["meta.json", "rank0_0.json"]
     assert ContentModel.calls == 2
     second = infer(items, tmp_path / "resumed.json", partial)
     assert second.complete and second.chunks_resumed == 1 and second.chunks_computed == 2
     assert ContentModel.calls == 5  # the finished chunk was not recomputed
-    assert (tmp_path / "resumed.json").read_bytes() == (tmp_path / "full.json").read_bytes()
+    assert files_bytes(tmp_path / "resumed.json") == files_bytes(tmp_path / "full.json")
     assert not partial.exists()
 
 
@@ -138,14 +153,14 @@ def test_two_gloo_processes_match_one_process_and_resume(tmp_path):
     mp.start_processes(_worker, args=(_free_port(), items, out, partial, 1), nprocs=2, start_method="fork")
     computed0, names0 = json.loads((tmp_path / "summary0.json").read_text())
     computed1, _ = json.loads((tmp_path / "summary1.json").read_text())
-    assert (computed0, computed1) == (1, 1) and not out.exists()
+    assert (computed0, computed1) == (1, 1) and not list(tmp_path.glob("multi*.json"))
     assert names0 == ["meta.json", "rank0_0.json", "rank1_1.json"]
     # Resumed: only chunk 2 is pending; rank 0 takes it, rank 1 has nothing to do.
     mp.start_processes(_worker, args=(_free_port(), items, out, partial, None), nprocs=2, start_method="fork")
     computed0, _ = json.loads((tmp_path / "summary0.json").read_text())
     computed1, _ = json.loads((tmp_path / "summary1.json").read_text())
     assert (computed0, computed1) == (1, 0)
-    assert out.read_bytes() == (tmp_path / "single.json").read_bytes()
+    assert files_bytes(out) == files_bytes(tmp_path / "single.json")
     assert not partial.exists() and not partial.parent.exists()
 
 
@@ -163,4 +178,4 @@ def test_worker_processes_decode_in_order(tmp_path, num_workers):
     items = make_images(tmp_path, n=3)
     infer(items, tmp_path / "a.json", tmp_path / "pa")
     infer(items, tmp_path / "b.json", tmp_path / "pb", num_workers=num_workers)
-    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    assert files_bytes(tmp_path / "a.json") == files_bytes(tmp_path / "b.json")
