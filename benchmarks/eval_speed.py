@@ -5,8 +5,12 @@ detections per image with compressed-RLE masks, then runs each evaluator in its 
 RSS is its own) on the segm metrics and prints wall time, peak RSS and the largest difference from
 lvis-api 0.5.3 over the 13 official numbers.
 
-    .venv/bin/python benchmarks/eval_speed.py --images 5000          # full size (lvis-api ~5 min)
-    .venv/bin/python benchmarks/eval_speed.py --images 1000 --skip lvis-api
+    .venv/bin/python benchmarks/eval_speed.py --images 5000 --workdir /tmp/evs   # full size (lvis-api ~5 min)
+    .venv/bin/python benchmarks/eval_speed.py --images 5000 --workdir /tmp/evs --skip lvis-api --repeat 3
+    .venv/bin/python benchmarks/eval_speed.py --images 5000 --workdir /tmp/evs --no-bbox  # segm-only file
+
+The workload is kept in --workdir and reused; lvis-api's metrics are kept there too, so later runs that
+skip it still report the difference. The machine is shared: the load average before each run is printed.
 
 Peers are benchmark-only: ``.venv/bin/pip install --only-binary=:all: faster-coco-eval ultrafast-pycocotools``
 (a missing one is reported, not fatal).
@@ -17,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -209,6 +215,43 @@ def run_one(cmd: list[str]) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1024**2, err
 
 
+def strip_boxes(results: Path, out: Path) -> None:
+    """The segm-only variant of a (compact) results file: what tta-infer's ``<stem>.segm.json`` holds.
+
+    lvis-api and the peers then take mask areas for the segm area ranges (more work for them).
+    """
+    raw = results.read_bytes()
+    tmp = out.with_suffix(".tmp")
+    tmp.write_bytes(re.sub(rb'"bbox":\[[^\]]*\],', b"", raw))
+    tmp.replace(out)
+
+
+def timing_rounds(names, gt, results, work, repeat) -> dict[str, dict[str, Any]]:
+    """Each evaluator ``repeat`` times, interleaved (one round = every evaluator once), each run in its own
+    subprocess; wall times, peak RSS, the load average around each run, and the metrics of the last run."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in range(repeat):
+        for name in names:
+            out = work / f"metrics_{name.split()[0]}_{results.stem}.json"
+            cmd = command_for(name, gt, results, out)
+            if cmd is None:
+                if r == 0:
+                    print(f"{name}: not installed; see the header of this script for the pip command")
+                continue
+            load = os.getloadavg()[0]
+            wall, rss, _ = run_one(cmd)
+            metrics = json.loads(out.read_text())
+            metrics = metrics.get("segm", metrics)
+            metrics = {k: metrics[FCE_NAMES.get(k, k) if "faster" in name else k] for k in KEYS}
+            row = rows.setdefault(name, {"walls": [], "rss": 0.0, "loads": []})
+            row["walls"].append(wall)
+            row["loads"].append(load)
+            row["rss"] = max(row["rss"], rss)
+            row["metrics"] = metrics
+            print(f"  {name:<24} {wall:8.1f} s  {rss:6.2f} GB  (load {load:.2f})", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=5000)
@@ -216,6 +259,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None, help="keep the workload here (default: a temp dir)")
     ap.add_argument("--skip", action="append", default=[], help="runner to skip (repeatable), e.g. lvis-api")
+    ap.add_argument("--only", action="append", default=[], help="run only these runners (repeatable)")
+    ap.add_argument("--repeat", type=int, default=1, help="timing rounds (interleaved)")
+    ap.add_argument("--no-bbox", action="store_true", help="segm-only results (tta-infer's .segm.json)")
     ap.add_argument("--generate-only", action="store_true", help="make the workload in --workdir and stop")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lvis_eval_speed_"))
@@ -230,34 +276,41 @@ def main() -> None:
         tmp.write_text(json.dumps(dets, separators=(",", ":")))
         tmp.replace(results)
         del dataset, dets
+    if args.no_bbox:
+        segm_only = results.with_name(results.stem + "_nobbox.json")
+        if not segm_only.is_file():
+            strip_boxes(results, segm_only)
+        results = segm_only
     size_mb = results.stat().st_size / 1e6
     took = time.perf_counter() - t
     print(
-        f"workload: {args.images} images x {args.dets} dets, {size_mb:.0f} MB results, ready in {took:.0f} s"
+        f"workload: {args.images} images x {args.dets} dets, {size_mb:.0f} MB results "
+        f"({'no bbox' if args.no_bbox else 'with bbox'}), ready in {took:.0f} s; {os.cpu_count()} CPUs"
     )
     if args.generate_only:
         return
-    rows: dict[str, dict[str, Any]] = {}
-    for name in RUNNERS:
-        if any(s in name for s in args.skip):
-            continue
-        out = work / f"metrics_{name.split()[0]}.json"
-        cmd = command_for(name, gt, results, out)
-        if cmd is None:
-            print(f"{name}: not installed; see the header of this script for the pip command")
-            continue
-        wall, rss, _ = run_one(cmd)
-        metrics = json.loads(out.read_text())
-        metrics = metrics.get("segm", metrics)
-        metrics = {k: metrics[FCE_NAMES.get(k, k) if "faster" in name else k] for k in KEYS}
-        rows[name] = {"wall": wall, "rss": rss, "metrics": metrics}
-        print(f"  {name:<24} {wall:8.1f} s  {rss:6.2f} GB", flush=True)
-    ref = rows.get("lvis-api 0.5.3", {}).get("metrics")
-    print(f"\n| evaluator | wall (s) | peak RSS (GB) | max |diff| vs lvis-api | ({args.images} images, segm)")
-    print("|---|---|---|---|")
+    names = [n for n in RUNNERS if not any(s in n for s in args.skip)]
+    names = [n for n in names if not args.only or any(o in n for o in args.only)]
+    rows = timing_rounds(names, gt, results, work, args.repeat)
+    # lvis-api takes minutes: its metrics are kept and reused by later runs that skip it.
+    ref_path = work / f"reference_lvis-api_{results.stem}.json"
+    if "lvis-api 0.5.3" in rows:
+        ref_path.write_text(json.dumps(rows["lvis-api 0.5.3"]))
+    ref_row = json.loads(ref_path.read_text()) if ref_path.is_file() else None
+    ref = ref_row["metrics"] if ref_row else None
+    print(
+        f"\n| evaluator | wall (s), min / median of {args.repeat} | peak RSS (GB) | load avg | "
+        f"max abs diff vs lvis-api | ({args.images} images, segm, {'no bbox' if args.no_bbox else 'bbox'})"
+    )
+    print("|---|---|---|---|---|")
+    if ref_row and "lvis-api 0.5.3" not in rows:
+        rows = {"lvis-api 0.5.3 (earlier run)": ref_row, **rows}
     for name, row in rows.items():
         diff = "n/a" if ref is None else f"{max(abs(row['metrics'][k] - ref[k]) for k in KEYS):.1e}"
-        print(f"| {name} | {row['wall']:.1f} | {row['rss']:.2f} | {diff} |")
+        walls = row["walls"]
+        loads = ", ".join(f"{x:.1f}" for x in row["loads"])
+        wall = f"{min(walls):.1f} / {statistics.median(walls):.1f}"
+        print(f"| {name} | {wall} | {row['rss']:.2f} | {loads} | {diff} |")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,12 @@ def train_command(
         help="Experiment config (e.g. configs/stage1/da_eql_rfs.yaml); default: configs/base.yaml.",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint of this stage."),
+    phase: str | None = typer.Option(
+        None,
+        "--phase",
+        help="Name of this training phase (default stage1/stage2): several stage-2 recipes can share one "
+        "run dir, each with its own checkpoints (checkpoints/<phase>_final.pt).",
+    ),
     overrides: list[str] | None = typer.Argument(
         None, help="Config overrides key.sub=value (e.g. solver.max_iter=100)."
     ),
@@ -31,16 +37,21 @@ def train_command(
     """
     from lvisctl.config import load_config
     from lvisctl.engine.trainer import train
+    from lvisctl.errors import LvisctlError
 
     # Resuming without a config keeps the config saved in the checkpoint.
     cfg = None if (resume and config is None and not overrides) else load_config(config, overrides or [])
-    result = train(cfg, run_dir, stage=stage, resume=resume)
+    if phase is not None and not phase.replace("_", "").replace("-", "").isalnum():
+        raise LvisctlError(f"--phase {phase!r}: use letters, digits, '_' and '-' only")
+    result = train(cfg, run_dir, stage=stage, phase=phase, resume=resume)
     if not result.is_main:  # torchrun: rank 0 reports
         return
     if result.skipped:
-        typer.echo(f"stage {stage} already finished: {result.checkpoint}")
+        typer.echo(f"{phase or f'stage {stage}'} already finished: {result.checkpoint}")
     else:
-        typer.echo(f"stage {stage} done after {result.iteration} iterations: {result.checkpoint}")
+        typer.echo(
+            f"{phase or f'stage {stage}'} done after {result.iteration} iterations: {result.checkpoint}"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -91,12 +91,15 @@ def resolve_pseudo_labels(run: RunDir, data_cfg: Mapping[str, Any], key: str) ->
 
 
 def default_extra_image_root(run: RunDir, source: Artifact | Path) -> Path:
-    """Where the extra images live when ``data.extra_image_root`` is empty: the folder of the image-info
-    json the pseudo labels were made from (the artifact's ``images`` meta), else the file's own folder."""
+    """Where the extra images live when ``data.extra_image_root`` is empty: the ``image_root`` the pseudo
+    labels were made with, else the folder of their image-info json (the artifact's ``image_root`` /
+    ``images`` meta), else the pseudo-label file's own folder."""
     artifact = source if isinstance(source, Artifact) else run.get(run.relative(source))
-    images = artifact.meta.get("images") if artifact is not None else None
-    if images:
-        return Path(images).parent
+    meta = artifact.meta if artifact is not None else {}
+    if meta.get("image_root"):
+        return Path(meta["image_root"])
+    if meta.get("images"):
+        return Path(meta["images"]).parent
     return _path(run, source).parent
 
 

@@ -159,7 +159,7 @@ def _check_sha(source: EvalSource, loaded: LoadedResults, run: RunDir | None) ->
     if source.artifact is None or run is None:
         return
     summary = loaded.scan.result() if loaded.scan is not None else None
-    digest = summary.sha256 if summary is not None else sha256_file(source.path)
+    digest = summary.sha256 if summary is not None and summary.sha256 else sha256_file(source.path)
     if digest != source.artifact.sha256:
         raise LvisctlError(
             f"{source.path}: sha256 no longer matches {run.manifest_path.name} "
@@ -190,7 +190,7 @@ def run_evaluate(
         if not source.path.is_file():
             raise LvisctlError(f"{source.path}: no such file")
     # The screens start first so that they overlap the GT load and hotcoco's parse.
-    scans = [start_scan(source.path) for source in sources]
+    scans = [start_scan(source.path, sha256=source.artifact is not None) for source in sources]
     loaded: list[LoadedResults] = []
     try:
         ground = load_ground_truth(gt_path)

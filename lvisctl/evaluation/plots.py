@@ -44,7 +44,7 @@ def plot_ap_by_frequency(metrics: Mapping[str, Mapping[str, float]], path: str |
     left, top, right, bottom = PLOT_BOX
     labels = list(metrics)
     bars = bar_layout(metrics)
-    y_max = max([10.0] + [h for *_, h, _ in bars]) * 1.15
+    y_max = max([10.0] + [h for *_, h, _ in bars]) * 1.25  # room for the labels and legend
     to_y = lambda v: bottom - (bottom - top) * v / y_max  # noqa: E731
     # y axis with ticks every 10 (or 20) AP points
     step = 10 if y_max <= 60 else 20
@@ -64,11 +64,11 @@ def plot_ap_by_frequency(metrics: Mapping[str, Mapping[str, float]], path: str |
         draw.text((left + group_w * (j + 0.5), bottom + 6), name, fill="black", font=font, anchor="mt")
     draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
     draw.text((SIZE[0] / 2, 12), "LVIS AP by category frequency", fill="black", font=font, anchor="mt")
-    draw.text((8, (top + bottom) / 2), "AP (%)", fill="black", font=font, anchor="lm")
-    for i, label in enumerate(labels):  # legend, top right
+    draw.text((4, (top + bottom) / 2), "AP %", fill="black", font=font, anchor="lm")
+    for i, label in enumerate(labels):  # legend, top left: the rare-category bars are usually lowest
         y = top + 4 + 14 * i
-        draw.rectangle([(right - 70, y), (right - 60, y + 9)], fill=COLORS[i % len(COLORS)])
-        draw.text((right - 55, y + 5), label, fill="black", font=font, anchor="lm")
+        draw.rectangle([(left + 8, y), (left + 18, y + 9)], fill=COLORS[i % len(COLORS)])
+        draw.text((left + 23, y + 5), label, fill="black", font=font, anchor="lm")
     with atomic_output(path) as tmp:
         img.save(tmp, format="PNG")
     return Path(path)

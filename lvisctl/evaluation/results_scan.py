@@ -75,21 +75,25 @@ def _kernel():
 
 
 # ------------------------------------------------------------------------------------------ driver
-def scan_results(path: str | os.PathLike[str], block_bytes: int = BLOCK_BYTES) -> ScanSummary:
-    """Screen the results file at ``path`` block by block (memory: one block plus per-detection ints)."""
+def scan_results(
+    path: str | os.PathLike[str], block_bytes: int = BLOCK_BYTES, *, sha256: bool = False
+) -> ScanSummary:
+    """Screen the results file at ``path`` block by block (memory: one block plus per-detection ints);
+    ``sha256``: also hash the file (for a run dir's integrity check, without reading it twice)."""
     kernel = _kernel()
     keys = (_KEY_IMAGE_ID, _KEY_BBOX, _KEY_SEGMENTATION, _KEY_SIZE, _KEY_COUNTS)
     parts: list[tuple[np.ndarray, ...]] = []
     distrusted = False
     closed = False
     first = True
-    digest = hashlib.sha256()
+    digest = hashlib.sha256() if sha256 else None
     with open(path, "rb") as fh:
         rest, eof = b"", False
         while True:
             if not eof:
                 block = fh.read(block_bytes)
-                digest.update(block)
+                if digest is not None:
+                    digest.update(block)
                 eof = not block
                 data = rest + block
             else:
@@ -104,14 +108,15 @@ def scan_results(path: str | os.PathLike[str], block_bytes: int = BLOCK_BYTES) -
             closed = closed or ended
             if status != _OK:
                 distrusted = True
-                digest.update(fh.read())  # the hash still covers the whole file
+                if digest is not None:
+                    digest.update(fh.read())  # the hash still covers the whole file
                 break
             first = first and consumed == 0
             rest = data[consumed:]
             if eof and consumed == 0:
                 distrusted = distrusted or bool(rest.strip())  # a detection the file cuts off
                 break
-    return _summarize(parts, distrusted or not closed, digest.hexdigest())
+    return _summarize(parts, distrusted or not closed, digest.hexdigest() if digest is not None else "")
 
 
 def _summarize(parts, distrusted: bool, sha256: str = "") -> ScanSummary:
@@ -151,12 +156,12 @@ class ScanJob:
     A failed side process (numba missing, a crash) gives ``None``: the caller then validates in Python.
     """
 
-    def __init__(self, path: Path, *, fork: bool = True) -> None:
+    def __init__(self, path: Path, *, fork: bool = True, sha256: bool = False) -> None:
         self._value: ScanSummary | None = None
         self._pid = 0
         self._fd = -1
         if not fork:
-            self._value = _scan_or_none(path)
+            self._value = _scan_or_none(path, sha256)
             return
         read_fd, write_fd = os.pipe()
         pid = os.fork()
@@ -164,7 +169,7 @@ class ScanJob:
             code = 1
             try:
                 os.close(read_fd)
-                payload = pickle.dumps(_scan_or_none(path), protocol=pickle.HIGHEST_PROTOCOL)
+                payload = pickle.dumps(_scan_or_none(path, sha256), protocol=pickle.HIGHEST_PROTOCOL)
                 with os.fdopen(write_fd, "wb") as out:
                     out.write(payload)
                 code = 0
@@ -193,18 +198,20 @@ class ScanJob:
             os.waitpid(self._pid, 0)
 
 
-def _scan_or_none(path: Path) -> ScanSummary | None:
+def _scan_or_none(path: Path, sha256: bool) -> ScanSummary | None:
     try:
-        return scan_results(path)
+        return scan_results(path, sha256=sha256)
     except ImportError:  # numba missing: the caller falls back to the Python validator
         return None
 
 
-def start_scan(path: str | os.PathLike[str], *, fork_above_bytes: int = 16 << 20) -> ScanJob:
+def start_scan(
+    path: str | os.PathLike[str], *, sha256: bool = False, fork_above_bytes: int = 16 << 20
+) -> ScanJob:
     """Start screening ``path``: in a forked process for big files, inline for small ones (fork costs)."""
     p = Path(path)
     big = p.stat().st_size > fork_above_bytes
-    return ScanJob(p, fork=big and hasattr(os, "fork"))
+    return ScanJob(p, fork=big and hasattr(os, "fork"), sha256=sha256)
 
 
 def scan_problems(scan: ScanSummary, num_dets: int, sizes: dict[int, tuple[int, int]]) -> list[str]:

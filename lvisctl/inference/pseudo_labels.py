@@ -217,5 +217,6 @@ def make_pseudo_labels(
             "score_thresh": score_thresh,
             "num_labels": len(payload["annotations"]),
             "num_images": len(payload["images"]),
+            **({"image_root": str(Path(image_root).expanduser().resolve())} if image_root else {}),
         },
     )

@@ -10,7 +10,7 @@ import pytest
 
 from lvisctl.cli.app import main
 from lvisctl.rundir import RunDir
-from tests.lvis_reference import lvis_api_metrics, write_json
+from tests.lvis_reference import lvis_api_metrics, without_bbox, write_json
 from tests.unit.test_eval_lvis_metrics import edge_case_gt, edge_case_results
 
 
@@ -101,6 +101,11 @@ def _seg(i, **kw):
     return f
 
 
+def _extra_run(dets):
+    dets[2]["segmentation"]["counts"] += "1"  # one more run than the 64x64 image holds
+    return dets
+
+
 BAD_INPUTS = {
     "not a list": (lambda d: {"annotations": d}, "results must be a json list of detections"),
     "unknown image id": (_set(2, "image_id", 77), "1 image ids not in"),
@@ -109,6 +114,16 @@ BAD_INPUTS = {
     "RLE with bad characters": (_seg(2, counts="~~~~"), "segmentation is not valid compressed RLE"),
     "truncated RLE string": (_seg(2, counts="0" + "R" * 40), "segmentation is not valid compressed RLE"),
     "NaN score": (_set(2, "score", float("nan")), "result 2 has score nan (must be a finite number)"),
+    # hotcoco accepts both of these silently; the screen catches them, with or without boxes.
+    "RLE runs beyond h*w": (
+        _extra_run,
+        "result 2: segmentation is not valid compressed RLE (invalid RLE: total",
+    ),
+    "RLE runs beyond h*w, no boxes": (
+        lambda d: without_bbox(_extra_run(d)),
+        "result 2: segmentation is not valid compressed RLE (invalid RLE: total",
+    ),
+    "bbox on some only": (lambda d: d[:3] + without_bbox(d[3:]), "3 of 14 results have 'bbox'"),
     "another split": (
         lambda d: [dict(x, image_id=x["image_id"] + 500) for x in d],
         "results file for another split",
@@ -127,3 +142,29 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, capsys, monkeypa
     assert message in err, err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
     assert not out_dir.exists()
+
+
+def test_segm_file_without_boxes_has_no_note_and_matches_lvis_api(files, capsys, monkeypatch):
+    tmp, gt, _ = files
+    res = write_json(tmp / "res.segm.json", without_bbox(edge_case_results()))
+    code, out, err = run_cli(["evaluate", res, "--gt", gt, "--iou-type", "segm"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "note:" not in out and "AR@300" in out
+    ref = lvis_api_metrics(gt, res, "segm")
+    code, out, err = run_cli(
+        ["evaluate", res, "--gt", gt, "--iou-type", "segm", "--out", tmp / "s.json"], capsys, monkeypatch
+    )
+    assert json.loads((tmp / "s.json").read_text())["segm"] == pytest.approx(ref, abs=1e-9)
+
+
+def test_run_dir_predictions_changed_after_registration(tmp_path, capsys, monkeypatch):
+    run = RunDir(tmp_path / "run")
+    gt = write_json(tmp_path / "gt.json", edge_case_gt())
+    pred = write_json(run.root / "predictions" / "val.json", edge_case_results())
+    run.register("predictions", pred, meta={"gt": gt})
+    dets = edge_case_results()
+    dets[0]["score"] = 0.5  # still a valid file, but not the one recorded
+    write_json(pred, dets)
+    code, _, err = run_cli(["evaluate", "--run-dir", run.root], capsys, monkeypatch)
+    assert code == 2 and "sha256 no longer matches manifest.json" in err, err
+    assert not (run.root / "metrics").exists()

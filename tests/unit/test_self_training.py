@@ -338,6 +338,20 @@ def test_load_self_training_records_inputs_and_default_image_root(tmp_path, extr
     assert st.inputs[0] == missing and st.inputs[1].path == rel
     st = load_self_training({**cfg, "extra_image_root": "/elsewhere"}, run, train_image_ids={1})
     assert st.extra_data.image_root == Path("/elsewhere")
+    # the pseudolabel run's --image-root, when recorded, wins over the image-info json's folder
+    run.register(
+        "pseudo-labels",
+        run.path_of(rel),
+        meta={"mode": "unlabeled", "images": "/a/b.json", "image_root": "/c"},
+    )
+    assert load_self_training(cfg, run, train_image_ids={1}).extra_data.image_root == Path("/c")
+    # an unregistered file: its own folder
+    assert (
+        load_self_training(
+            {**cfg, "extra_images": str(extra_file)}, run, train_image_ids={1}
+        ).extra_data.image_root
+        == extra_file.parent
+    )
     empty = load_self_training({"pseudo_labels": "", "extra_images": ""}, run, train_image_ids={1})
     assert empty.ignore_boxes is None and empty.extra_data is None and empty.inputs == []
 
@@ -455,3 +469,18 @@ def test_ignore_boxes_follow_rotation_and_resize():
     # resize 40x32 -> 80x48: x doubles, y grows by 1.5
     out = resize_sample(_sample_with_ignore(), (48, 80))
     assert out["ignore_boxes"].tolist() == [[0.0, 0.0, 10.0, 9.0], [20.0, 12.0, 40.0, 24.0]]
+
+
+def test_st_config_is_the_best_table1_row_plus_extra_images():
+    from lvisctl.config import CONFIG_ROOT
+
+    st = load_config(CONFIG_ROOT / "stage1" / "s101_da_eql_rfs_tricks_st.yaml")
+    best = load_config(CONFIG_ROOT / "stage1" / "s101_da_eql_rfs_tricks.yaml")
+    assert (st.data.extra_images, st.data.extra_per_epoch, st.data.extra_loss_weight) == (
+        "latest",
+        10000,
+        0.5,
+    )
+    assert st.data.pseudo_labels == ""  # LVIS ignore regions belong to Table 2's dagger row, not "ST"
+    for section in ("model", "augment", "sampler", "solver"):
+        assert st[section] == best[section]
