@@ -6,7 +6,6 @@ Command modules import torch and friends inside their functions, so ``lvisctl --
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 
 import typer
@@ -36,9 +35,7 @@ COMMAND_MODULES = (
 )
 
 for _name in COMMAND_MODULES:
-    # TODO(integration): drop the find_spec guard once every command module exists.
-    if importlib.util.find_spec(f"lvisctl.cli.{_name}") is not None:
-        importlib.import_module(f"lvisctl.cli.{_name}").register(app)
+    importlib.import_module(f"lvisctl.cli.{_name}").register(app)
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 

@@ -1,10 +1,12 @@
 """``lvisctl demo``: the whole pipeline on synthetic LVIS in minutes on a CPU (``make demo``).
 
 Synthetic LVIS (demo preset) -> stage-1 training with EQL + RFS + Mosaic/rotate/scale jitter
-(``configs/demo/stage1.yaml``) -> inference on the synthetic val split -> LVIS evaluation. Each step calls
-the same layer function as its own command (``data synth``, ``train``, ``tta-infer``, ``evaluate``) and is
-skipped when the run directory already holds its result, so re-running the demo continues where it
-stopped. Sizes are config values: ``--preset tiny --iters 20`` is the CI-sized run.
+(``configs/demo/stage1.yaml``) -> stage-2 fine-tuning with Balanced GroupSoftmax and the high-quality-mask
+methods (``configs/demo/stage2.yaml``) -> inference of both on the synthetic val split -> LVIS evaluation
+and a stage 1 vs stage 2 table. Each step calls the same layer function as its own command (``data
+synth``, ``train``, ``tta-infer``, ``evaluate``) and is skipped when the run directory already holds its
+result, so re-running the demo continues where it stopped. Sizes are options: ``--preset tiny --iters 20
+--stage2-iters 10`` is the CI-sized run.
 """
 
 from __future__ import annotations
@@ -13,51 +15,73 @@ from pathlib import Path
 
 import typer
 
+from lvisctl.evaluation.report import comparison_table
+from lvisctl.rundir import RunDir
+
 
 def demo_command(
     run_dir: Path = typer.Option(Path("demo-run"), "--run-dir", help="Run directory (re-run to resume)."),
     preset: str = typer.Option("demo", "--preset", help="Synthetic data size: demo (README) or tiny (CI)."),
-    iters: int | None = typer.Option(None, "--iters", min=1, help="Training iterations (solver.max_iter)."),
+    iters: int | None = typer.Option(None, "--iters", min=1, help="Stage-1 iterations (solver.max_iter)."),
+    stage2_iters: int | None = typer.Option(
+        None, "--stage2-iters", min=1, help="Stage-2 iterations (default: configs/demo/stage2.yaml)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data and of training."),
     config: Path | None = typer.Option(
-        None, "--config", help="Training config (default configs/demo/stage1.yaml)."
+        None, "--config", help="Stage-1 config (default configs/demo/stage1.yaml)."
     ),
-    overrides: list[str] | None = typer.Argument(None, help="Training config overrides key.sub=value."),
+    stage2_config: Path | None = typer.Option(
+        None, "--stage2-config", help="Stage-2 config (default configs/demo/stage2.yaml: GS + HM)."
+    ),
+    overrides: list[str] | None = typer.Argument(None, help="Stage-1 config overrides key.sub=value."),
 ) -> None:
-    """Synthesize LVIS, train stage 1, predict on val and print the LVIS metrics (segm AP, APr/APc/APf)."""
+    """Synthesize LVIS, train stage 1 and stage 2, predict on val, print the LVIS metrics of both."""
     from rich.console import Console
 
     from lvisctl.config import CONFIG_ROOT, load_config
     from lvisctl.engine.trainer import train
-    from lvisctl.rundir import RunDir
 
     console = Console(highlight=False)
     run = RunDir(run_dir)
     items = [*(overrides or []), f"seed={seed}", *([f"solver.max_iter={iters}"] if iters else [])]
-    cfg = load_config(config or CONFIG_ROOT / "demo" / "stage1.yaml", items)  # fail fast on a bad override
+    cfg1 = load_config(config or CONFIG_ROOT / "demo" / "stage1.yaml", items)  # fail fast on bad overrides
+    items2 = [f"seed={seed}", *([f"solver.max_iter={stage2_iters}"] if stage2_iters else [])]
+    cfg2 = load_config(stage2_config or CONFIG_ROOT / "demo" / "stage2.yaml", items2)
 
-    console.rule("[bold]1/4 synthetic LVIS")
+    console.rule("[bold]1/5 synthetic LVIS")
     val_json = ensure_dataset(run, preset, seed)
-    console.rule("[bold]2/4 stage-1 training (EQL + RFS + Mosaic/rotate/scale jitter)")
-    result = train(cfg, run.root, stage=1, resume=has_checkpoints(run, 1))
-    if result.skipped:
-        console.print(f"already trained: {run.relative(result.checkpoint)}")
-    console.rule("[bold]3/4 inference on the synthetic val split")
-    predictions = ensure_predictions(run, val_json)
-    console.rule("[bold]4/4 LVIS evaluation")
-    evaluate_predictions(run, predictions)
+    console.rule("[bold]2/5 stage 1: EQL + RFS + Mosaic/rotate/scale jitter")
+    _report_training(console, run, train(cfg1, run.root, stage=1, resume=has_checkpoints(run, 1)))
+    console.rule("[bold]3/5 stage 2: Balanced GroupSoftmax + high-quality masks (frozen backbone/RPN)")
+    _report_training(console, run, train(cfg2, run.root, stage=2, resume=has_checkpoints(run, 2)))
+    console.rule("[bold]4/5 inference on the synthetic val split")
+    phases = {"stage 1": "stage1", "stage 2 (GS + HM)": "stage2"}
+    for phase in phases.values():
+        ensure_predictions(run, val_json, phase)
+    console.rule("[bold]5/5 LVIS evaluation")
+    rows = {name: evaluate_phase(run, val_json, phase, console) for name, phase in phases.items()}
+    console.print(comparison_table(rows, title="stage 1 vs stage 2 on the synthetic val split (%)"))
+    console.print(
+        "gap = box AP - mask AP; AP thin / rest = mask AP on categories whose median mask/box area ratio "
+        "is below / above 0.25"
+    )
     plots = [a.path for a in run.artifacts("plot")]
     console.print("plots: " + (", ".join(plots) if plots else "none"))
     console.print(f"everything is recorded in {run.manifest_path} (lvisctl runs show {run.root})")
 
 
-def has_checkpoints(run, stage: int) -> bool:
+def _report_training(console, run: RunDir, result) -> None:
+    if result.skipped:
+        console.print(f"already trained: {run.relative(result.checkpoint)}")
+
+
+def has_checkpoints(run: RunDir, stage: int) -> bool:
     from lvisctl.engine.checkpoint import latest_checkpoint
 
     return latest_checkpoint(run, stage) is not None
 
 
-def ensure_dataset(run, preset: str, seed: int) -> Path:
+def ensure_dataset(run: RunDir, preset: str, seed: int) -> Path:
     """The run's registered synthetic val json; generates the data (``lvisctl data synth``) when missing."""
     from lvisctl.data.synth import synthesize_into_run
 
@@ -71,30 +95,40 @@ def ensure_dataset(run, preset: str, seed: int) -> Path:
     return run.resolve(found["val"][-1])
 
 
-def ensure_predictions(run, val_json: Path):
-    """Predictions of the newest final checkpoint on ``val_json`` (``lvisctl tta-infer``), made once."""
-    from lvisctl.inference.runner import default_checkpoint, predict_to_run_dir
+def ensure_predictions(run: RunDir, val_json: Path, phase: str) -> None:
+    """Predictions of ``phase``'s final checkpoint on ``val_json`` (``lvisctl tta-infer``), made once."""
+    from lvisctl.engine.checkpoint import Phase, latest_checkpoint
+    from lvisctl.inference.runner import predict_to_run_dir
 
-    ckpt = default_checkpoint(run)
-    for artifact in reversed(run.find("predictions", gt=str(val_json))):
-        if any(i.get("sha256") == ckpt.sha256 for i in artifact.inputs):
-            typer.echo(f"predictions already in {artifact.path}")
-            return artifact
-    outcome = predict_to_run_dir(run.root, val_json, overwrite=True)
-    return outcome.artifact
+    ckpt = latest_checkpoint(run, Phase(int(phase[-1]), phase), final=True)
+    if any(_made_from(a, ckpt) for a in run.find("predictions", gt=str(val_json), iou_type="segm")):
+        typer.echo(f"predictions of {ckpt.path} already made")
+        return
+    predict_to_run_dir(run.root, val_json, checkpoint=run.resolve(ckpt), overwrite=True)
 
 
-def evaluate_predictions(run, predictions) -> dict:
-    """``lvisctl evaluate`` on the predictions: metrics table (AP, APr/APc/APf), json, csv and plot."""
-    from rich.console import Console
-
-    from lvisctl.cli.evaluate import metrics_table
+def evaluate_phase(run: RunDir, val_json: Path, phase: str, console) -> dict:
+    """``lvisctl evaluate`` on ``phase``'s predictions (segm + bbox); returns its comparison row."""
+    from lvisctl.data.lvis import load_lvis
+    from lvisctl.engine.checkpoint import Phase, latest_checkpoint
     from lvisctl.evaluation.pipeline import run_evaluate
+    from lvisctl.evaluation.report import phase_row
+    from lvisctl.evaluation.thin_objects import thin_categories
 
-    results = run.resolve(predictions)
-    outcome = run_evaluate(results, gt=Path(predictions.meta["gt"]), run_dir=run.root, overwrite=True)
-    Console().print(metrics_table(outcome.metrics))
-    return outcome.metrics
+    ckpt = latest_checkpoint(run, Phase(int(phase[-1]), phase), final=True)
+    segm = next(a for a in reversed(run.find("predictions", iou_type="segm")) if _made_from(a, ckpt))
+    bbox = run.latest("predictions", iou_type="bbox", group=segm.meta["group"])
+    out = run.root / "metrics" / f"demo_{phase}.json"
+    outcome = run_evaluate(None, run_dir=run.root, out=out, overwrite=True, predictions=(segm, bbox))
+    console.print(
+        f"{phase}: segm AP {100 * outcome.metrics['segm']['AP']:.1f}, written to {run.relative(out)}"
+    )
+    thin = thin_categories(load_lvis(val_json).annotations())
+    return phase_row(outcome.metrics, outcome.by_type["segm"].per_category_ap, thin)
+
+
+def _made_from(artifact, checkpoint) -> bool:
+    return any(i.get("sha256") == checkpoint.sha256 for i in artifact.inputs)
 
 
 def register(app: typer.Typer) -> None:

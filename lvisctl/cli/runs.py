@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -19,12 +20,13 @@ def show(
     verify: bool = typer.Option(
         False, "--verify", help="Re-hash every artifact and flag changed or missing files."
     ),
+    full: bool = typer.Option(False, "--full", help="Show whole command lines and input paths."),
 ) -> None:
     """Print the manifest as a table: each artifact, what made it and what it was made from."""
     run = RunDir(run_dir, create=False)
     table = Table(title=f"{run.root}", show_lines=False)
     for col in ("kind", "path", "size", "sha256", "created", "made from", "command"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col in ("kind", "size", "sha256"))
     if verify:
         table.add_column("status")
     for a in run.artifacts():
@@ -32,15 +34,32 @@ def show(
             a.kind,
             a.path,
             _human_size(a.size),
-            a.sha256[:12],
-            a.created[:19].replace("T", " "),
-            "\n".join(i["path"] for i in a.inputs) or "-",
-            a.command,
+            a.sha256[:8],
+            a.created[5:16].replace("T", " "),
+            "\n".join(i["path"] if full else Path(i["path"]).name for i in a.inputs) or "-",
+            a.command if full else _short_command(a.command),
         ]
         if verify:
             row.append(_status(run, a))
         table.add_row(*row)
-    Console().print(table)
+    # Piped output (logs, CI) has no terminal width: use a wide one rather than folding every path.
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def _short_command(command: str) -> str:
+    """``lvisctl train --stage 2 --config ... x=y`` -> ``train --stage 2`` (the subcommand and its stage)."""
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    if len(words) < 2:
+        return command
+    out = [w for w in words[1:3] if not w.startswith("--") or w == "--stage"]
+    if "--stage" in words:
+        out = [words[1], "--stage", words[words.index("--stage") + 1]]
+    return " ".join(out[:3]) if out else command
 
 
 def _status(run: RunDir, artifact) -> str:

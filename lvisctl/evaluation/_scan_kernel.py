@@ -11,12 +11,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# Per-detection flags (mirrored in results_scan).
-HAS_BBOX = 1
-HAS_SEGMENTATION = 2
-BAD_RLE = 4
-SEG_NOT_RLE = 8
-NO_IMAGE_ID = 16
+# The flags live in results_scan, which must not import numba itself (this module is loaded lazily).
+from lvisctl.evaluation.results_scan import (
+    BAD_RLE,
+    HAS_BBOX,
+    HAS_SEGMENTATION,
+    NO_IMAGE_ID,
+    SEG_NOT_RLE,
+)
+
 # Status codes.
 OK = 0
 DISTRUST = 1
@@ -50,6 +53,37 @@ def skip_string(buf, i):
     while i < n:
         c = buf[i]
         if c == 92:  # backslash: skip the escaped character
+            i += 2
+            continue
+        if c == 34:
+            return i + 1
+        i += 1
+    return -1
+
+
+_ONES = np.uint64(0x0101010101010101)
+_HIGHS = np.uint64(0x8080808080808080)
+_QUOTES = np.uint64(0x2222222222222222)
+_BACKSLASHES = np.uint64(0x5C5C5C5C5C5C5C5C)
+
+
+@njit(cache=True, nogil=True)
+def skip_long_string(buf, i):
+    """:func:`skip_string` for long strings (RLE counts): 8 bytes at a time until a quote or a backslash
+    may be among them (the classic "has a zero byte" bit trick on ``word ^ pattern``)."""
+    n = len(buf)
+    i += 1
+    words = buf[: n - n % 8].view(np.uint64)  # buf starts 8-byte aligned (np.empty)
+    while i < n:
+        if i & 7 == 0 and (i >> 3) < len(words):
+            w = words[i >> 3]
+            q = w ^ _QUOTES
+            b = w ^ _BACKSLASHES
+            if (((q - _ONES) & ~q) | ((b - _ONES) & ~b)) & _HIGHS == 0:
+                i += 8
+                continue
+        c = buf[i]
+        if c == 92:
             i += 2
             continue
         if c == 34:
@@ -118,67 +152,69 @@ def parse_int(buf, i):
 
 
 @njit(cache=True, nogil=True)
+def skip_bad_counts(buf, i, total):
+    """After a bad character: the rest of the string (escapes skipped) -> decode_counts' result."""
+    n = len(buf)
+    while i < n:
+        c = buf[i]
+        if c == 34:
+            return i + 1, total, True, 1
+        i += 2 if c == 92 else 1
+    return i, total, True, -1
+
+
+@njit(cache=True, nogil=True)
 def decode_counts(buf, i):
     """Decode a compressed RLE string at ``buf[i]`` (the opening quote) as pycocotools does.
 
     Returns (index after the string, run total, bad, status) with status 1 ok, -1 block ended,
-    -2 an escape other than a backslash (distrust).
+    -2 an escape other than a backslash (distrust). The hot loop of the scan: one pass, few branches.
     """
     n = len(buf)
     i += 1
     total = 0
-    bad = False
     m = 0
     prev1 = 0  # cnts[m-1]
     prev2 = 0  # cnts[m-2]
     x = 0
-    k = 0
-    more = False
+    shift = 0
     while i < n:
-        c = buf[i]
-        if c == 34:
-            if more:
-                bad = True  # the last number says "continued"
-            return i + 1, total, bad, 1
-        if c == 92:
-            if i + 1 >= n:
-                return i, total, bad, -1
-            if buf[i + 1] != 92:
-                return i, total, bad, -2
-            i += 1  # "\\\\" is one backslash, a legal RLE character
-            c = 92
+        c = np.int64(buf[i])
         i += 1
-        if c < 48 or c > 111:
-            bad = True
+        v = c - 48
+        if v < 0 or v > 63:  # outside '0'..'o': the closing quote, or a bad character
+            if c == 34:
+                return i, total, shift != 0, 1  # shift != 0: the last number says "continued"
+            return skip_bad_counts(buf, i, total)
+        if c == 92:  # a backslash is a legal RLE character, escaped as two in json
+            if i >= n:
+                return i, total, False, -1
+            if buf[i] != 92:
+                return i, total, False, -2
+            i += 1
+        x |= (v & 0x1F) << shift
+        shift += 5
+        if v & 0x20:  # continued
+            if shift > 55:  # more than 60 bits: garbage, not a count
+                return skip_bad_counts(buf, i, total)
             continue
-        if bad:
-            continue
-        v = np.int64(c - 48)
-        if k > 11:  # more than 60 bits: garbage, not a count
-            bad = True
-            continue
-        x |= (v & 0x1F) << (5 * k)
-        more = (v & 0x20) != 0
-        k += 1
-        if not more:
-            if v & 0x10:
-                x |= np.int64(-1) << (5 * k)
-            if m > 2:
-                x += prev2
-            if x < 0 or x > MAX_RUN:
-                bad = True
-                continue
-            total += x
-            prev2 = prev1
-            prev1 = x
-            m += 1
-            x = 0
-            k = 0
-    return i, total, bad, -1
+        if v & 0x10:
+            x |= np.int64(-1) << shift
+        if m > 2:
+            x += prev2
+        if x < 0 or x > MAX_RUN:
+            return skip_bad_counts(buf, i, total)
+        total += x
+        prev2 = prev1
+        prev1 = x
+        m += 1
+        x = 0
+        shift = 0
+    return i, total, False, -1
 
 
 @njit(cache=True, nogil=True)
-def parse_segmentation(buf, i, key_size, key_counts):
+def parse_segmentation(buf, i, key_size, key_counts, decode):
     """(index after, h, w, run total, flags, status) for the value at ``buf[i]``."""
     h = -1
     w = -1
@@ -222,7 +258,11 @@ def parse_segmentation(buf, i, key_size, key_counts):
                 if i < 0:
                     return 0, h, w, total, flags, i
                 continue
-            i, t, bad, st = decode_counts(buf, i)
+            if decode:
+                i, t, bad, st = decode_counts(buf, i)
+            else:  # hotcoco decodes this file's RLEs itself (for mask areas) and the caller checks that
+                i, t, bad, st = skip_long_string(buf, i), 0, False, 1
+                st = -1 if i < 0 else 1
             if st != 1:
                 return i, h, w, total, flags, st
             have_counts = True
@@ -263,7 +303,7 @@ def parse_segmentation(buf, i, key_size, key_counts):
 
 
 @njit(cache=True, nogil=True)
-def scan_block(buf, first, ids, hs, ws, flags_out, keys):
+def scan_block(buf, first, ids, hs, ws, flags_out, keys, decode):
     """Scan the complete detections in ``buf``.
 
     ``first``: the block starts the file (expects ``[``). Returns (detections found, bytes consumed,
@@ -347,7 +387,7 @@ def scan_block(buf, first, ids, hs, ws, flags_out, keys):
                 fl &= ~NO_IMAGE_ID
             elif key_is(buf, kstart, kend, key_seg):
                 fl |= HAS_SEGMENTATION
-                i, h, w, _, sfl, st = parse_segmentation(buf, i, key_size, key_counts)
+                i, h, w, _, sfl, st = parse_segmentation(buf, i, key_size, key_counts, decode)
                 if st == -1:
                     incomplete = True
                     break

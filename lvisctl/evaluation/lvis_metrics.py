@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from lvisctl.evaluation.results_io import (
     load_results,
     validate_results,
 )
-from lvisctl.evaluation.results_scan import ScanJob, scan_problems, start_scan
+from lvisctl.evaluation.results_scan import ScanJob, first_detection_keys, scan_problems, start_scan
 
 IOU_TYPES = ("segm", "bbox")
 METRIC_KEYS = (
@@ -131,7 +130,14 @@ class LoadedResults:
         if self.verified:
             return
         summary = self.scan.result() if self.scan is not None else None
-        if summary is None or scan_problems(summary, self.num_dets, self.gt.table.sizes):
+        problems = scan_problems(summary, self.num_dets, self.gt.table.sizes) if summary is not None else None
+        if summary is not None and not summary.rles_decoded and summary.num_segmentation:
+            # hotcoco computed every mask area; it leaves None where an RLE does not decode.
+            with quiet_native_output():
+                decoded = len(self.dets.get_ann_ids(area_rng=[0.0, float("inf")]))
+            if decoded != self.num_dets:
+                problems.append("invalid RLE")
+        if problems is None or problems:
             # Slow but exact: parse in Python and name every problem (raises unless the screen was
             # over-cautious, e.g. about a json layout it does not know).
             validate_results(load_results(self.path), self.gt.table, source=self.path)
@@ -146,25 +152,6 @@ def explain_and_raise(path: Path, gt: LvisGroundTruth, fallback: str) -> None:
     """Parse the file in Python and raise the precise problem list; ``fallback`` if it finds none."""
     validate_results(load_results(path), gt.table, source=path)
     raise LvisctlError(f"{path}: {fallback}")
-
-
-_FIRST_DET_END = re.compile(rb"\}\s*,\s*\{|\}\s*\]")
-
-
-def first_detection_keys(path: Path, head_bytes: int = 1 << 20) -> tuple[bool, bool, bool]:
-    """(is a json list, first detection has 'bbox', has 'segmentation'), from the first bytes only.
-
-    The screen checks later that every detection has the same fields; this is enough to pick the note
-    and the "no segmentation" error before the evaluation starts.
-    """
-    with open(path, "rb") as fh:
-        head = fh.read(head_bytes)
-    stripped = head.lstrip()
-    if not stripped.startswith(b"["):
-        return False, False, False
-    match = _FIRST_DET_END.search(head)
-    first = head[: match.start() + 1] if match else head
-    return True, b'"bbox"' in first, b'"segmentation"' in first
 
 
 def load_results_for_eval(

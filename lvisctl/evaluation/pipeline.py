@@ -23,7 +23,7 @@ from lvisctl.evaluation.lvis_metrics import (
     load_results_for_eval,
 )
 from lvisctl.evaluation.results_scan import start_scan
-from lvisctl.rundir import RunDir, atomic_write_json, atomic_write_text
+from lvisctl.rundir import Artifact, RunDir, atomic_write_json, atomic_write_text
 from lvisctl.rundir.io import sha256_file
 
 EXTRA_METRICS = ("boundary", "fixed")
@@ -58,7 +58,11 @@ class EvalSource:
 
 
 def resolve_inputs(
-    results: Path | None, gt: Path | None, run: RunDir | None, iou_types: Sequence[str] = IOU_TYPES
+    results: Path | None,
+    gt: Path | None,
+    run: RunDir | None,
+    iou_types: Sequence[str] = IOU_TYPES,
+    predictions: Sequence[Artifact] | None = None,
 ) -> tuple[list[EvalSource], Path, str]:
     """(results files with their iou types, gt path, output stem).
 
@@ -72,8 +76,11 @@ def resolve_inputs(
         return [EvalSource(Path(results), tuple(iou_types))], Path(gt), Path(results).stem
     if run is None:
         raise LvisctlError("evaluate: give a RESULTS file or --run-dir with a predictions artifact")
-    newest = run.latest("predictions")
-    if "iou_type" not in newest.meta:
+    newest = predictions[0] if predictions else run.latest("predictions")
+    if predictions:  # chosen by the caller (e.g. the demo evaluating each training phase)
+        by_type = {a.meta.get("iou_type"): a for a in predictions}
+        arts = {t: by_type.get(t, by_type.get(None, newest)) for t in iou_types}
+    elif "iou_type" not in newest.meta:
         arts = {t: newest for t in iou_types}
     else:
         arts = {}
@@ -176,12 +183,13 @@ def run_evaluate(
     out: Path | None = None,
     run_dir: Path | None = None,
     overwrite: bool = False,
+    predictions: Sequence[Artifact] | None = None,
 ) -> EvaluationOutcome:
     """Evaluate, then (only once everything succeeded) write and register the outputs."""
     if "boundary" in extras and "segm" not in iou_types:
         raise LvisctlError("--metrics boundary: Boundary AP is a mask metric; include segm in --iou-type")
     run = RunDir(run_dir, create=False) if run_dir is not None else None
-    sources, gt_path, stem = resolve_inputs(results, gt, run, iou_types)
+    sources, gt_path, stem = resolve_inputs(results, gt, run, iou_types, predictions)
     paths = output_paths(out, stem, run)
     for p in paths or ():
         if p.exists() and not overwrite:

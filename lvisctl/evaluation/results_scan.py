@@ -4,12 +4,14 @@
 or silently mis-score: RLE strings with foreign characters, truncated strings, runs that add up to more
 than ``h * w``, masks whose ``size`` is not their image's. Parsing 1.5 M detections a second time into
 Python objects costs more than the evaluation, so this module reads the raw bytes with a small numba
-kernel instead (about 1 ns per byte): it walks the json structure, decodes every compressed RLE exactly as
-pycocotools' ``rleFrString`` does (5-bit groups, continuation bit 0x20, sign bit 0x10, counts after the
-third stored as differences to the count two places back) and keeps, per detection, its image id, RLE
-size, run total and a few flags. What it cannot vouch for (escapes other than ``\\\\``, a non-integer
-image id, a file that is not a list of objects) marks the file *distrusted*; the caller then runs the
-full Python validator, which names the problem.
+kernel instead (``_scan_kernel``, ~2 ns per byte): it walks the json structure, decodes every compressed
+RLE exactly as pycocotools' ``rleFrString`` does (5-bit groups, continuation bit 0x20, sign bit 0x10,
+counts after the third stored as differences to the count two places back) and keeps, per detection, its
+image id, RLE size and a few flags. In files without ``bbox`` hotcoco decodes every RLE itself (for the
+mask areas) and leaves the area empty where one does not decode, so there the kernel only skips the
+strings and the caller checks hotcoco's areas. What it cannot vouch for (escapes other than ``\\\\``,
+a non-integer image id, a file that is not a list of objects) marks the file *distrusted*; the caller
+then runs the full Python validator, which names the problem.
 
 The scan reads fixed-size blocks cut after a complete detection, so its memory is bounded, and
 :func:`start_scan` runs it in a forked process so that it overlaps hotcoco's single-threaded json parse
@@ -18,9 +20,11 @@ The scan reads fixed-size blocks cut after a complete detection, so its memory i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +37,7 @@ BAD_RLE = 4  # characters outside '0'..'o', a truncated number, a negative run, 
 SEG_NOT_RLE = 8  # segmentation is not {"size": [h, w], "counts": str}
 NO_IMAGE_ID = 16
 
-_OK = 0  # kernel status: the block was fine
+_OK = 0  # kernel status: the block was fine (see _scan_kernel)
 
 _KEY_IMAGE_ID = np.frombuffer(b"image_id", np.uint8)
 _KEY_BBOX = np.frombuffer(b"bbox", np.uint8)
@@ -58,6 +62,7 @@ class ScanSummary:
     image_sizes: np.ndarray  # (k, 3) int64
     image_ids: np.ndarray  # distinct image ids of all detections
     sha256: str = ""  # of the whole file (the run dir's integrity check, without a second read)
+    rles_decoded: bool = True  # False: hotcoco's areas must vouch for the RLEs (see scan_results)
 
 
 # ------------------------------------------------------------------------------------------ kernel
@@ -76,35 +81,40 @@ def _kernel():
 
 # ------------------------------------------------------------------------------------------ driver
 def scan_results(
-    path: str | os.PathLike[str], block_bytes: int = BLOCK_BYTES, *, sha256: bool = False
+    path: str | os.PathLike[str], block_bytes: int = BLOCK_BYTES, *, sha256: bool = False, decode: bool = True
 ) -> ScanSummary:
-    """Screen the results file at ``path`` block by block (memory: one block plus per-detection ints);
-    ``sha256``: also hash the file (for a run dir's integrity check, without reading it twice)."""
+    """Screen the results file at ``path`` block by block (memory: one block plus per-detection ints).
+
+    ``sha256``: also hash the file (a run dir's integrity check, without reading it twice). ``decode``:
+    decode the RLEs; pass False when hotcoco decodes them anyway (files without ``bbox``, whose mask areas
+    it computes) and check its areas instead (``LoadedResults.verify``).
+    """
     kernel = _kernel()
     keys = (_KEY_IMAGE_ID, _KEY_BBOX, _KEY_SEGMENTATION, _KEY_SIZE, _KEY_COUNTS)
     parts: list[tuple[np.ndarray, ...]] = []
-    distrusted = False
-    closed = False
+    distrusted = closed = False
     first = True
     digest = hashlib.sha256() if sha256 else None
-    with open(path, "rb") as fh:
-        rest, eof = b"", False
+    # One buffer for the whole file: a block is read in after the bytes the last scan left (a detection
+    # cut by the block's end), so nothing is copied but that remainder.
+    buf = np.empty(2 * block_bytes + 4096, dtype=np.uint8)
+    cap = max(16, len(buf) // 64)  # most detections take more; a full output is carried over
+    cols = [np.empty(cap, np.int64) for _ in range(4)]
+    filled, eof = 0, False
+    with open(path, "rb", buffering=0) as fh:
         while True:
             if not eof:
-                block = fh.read(block_bytes)
+                if filled > len(buf) - block_bytes:  # a "detection" longer than a block: grow
+                    buf = np.concatenate([buf[:filled], np.empty(block_bytes, np.uint8)])
+                got = fh.readinto(memoryview(buf)[filled : filled + block_bytes])
                 if digest is not None:
-                    digest.update(block)
-                eof = not block
-                data = rest + block
-            else:
-                data = rest
-            if not data:
+                    digest.update(memoryview(buf)[filled : filled + got])
+                eof = got == 0
+                filled += got
+            if filled == 0:
                 break
-            buf = np.frombuffer(data, dtype=np.uint8)
-            cap = max(16, len(data) // 64)  # most detections take more; a full output is carried over
-            ids, hs, ws, fl = (np.empty(cap, np.int64) for _ in range(4))
-            count, consumed, status, ended = kernel(buf, first, ids, hs, ws, fl, keys)
-            parts.append((ids[:count], hs[:count], ws[:count], fl[:count]))
+            count, consumed, status, ended = kernel(buf[:filled], first, *cols, keys, decode)
+            parts.append(tuple(c[:count].copy() for c in cols))
             closed = closed or ended
             if status != _OK:
                 distrusted = True
@@ -112,11 +122,14 @@ def scan_results(
                     digest.update(fh.read())  # the hash still covers the whole file
                 break
             first = first and consumed == 0
-            rest = data[consumed:]
+            rest = filled - consumed
             if eof and consumed == 0:
-                distrusted = distrusted or bool(rest.strip())  # a detection the file cuts off
+                distrusted = distrusted or bool(bytes(buf[:filled]).strip())  # a detection cut off
                 break
-    return _summarize(parts, distrusted or not closed, digest.hexdigest() if digest is not None else "")
+            buf[:rest] = buf[consumed:filled]
+            filled = rest
+    summary = _summarize(parts, distrusted or not closed, digest.hexdigest() if digest is not None else "")
+    return dataclasses.replace(summary, rles_decoded=decode)
 
 
 def _summarize(parts, distrusted: bool, sha256: str = "") -> ScanSummary:
@@ -156,12 +169,12 @@ class ScanJob:
     A failed side process (numba missing, a crash) gives ``None``: the caller then validates in Python.
     """
 
-    def __init__(self, path: Path, *, fork: bool = True, sha256: bool = False) -> None:
+    def __init__(self, path: Path, *, fork: bool = True, sha256: bool = False, decode: bool = True) -> None:
         self._value: ScanSummary | None = None
         self._pid = 0
         self._fd = -1
         if not fork:
-            self._value = _scan_or_none(path, sha256)
+            self._value = _scan_or_none(path, sha256, decode)
             return
         read_fd, write_fd = os.pipe()
         pid = os.fork()
@@ -169,7 +182,7 @@ class ScanJob:
             code = 1
             try:
                 os.close(read_fd)
-                payload = pickle.dumps(_scan_or_none(path, sha256), protocol=pickle.HIGHEST_PROTOCOL)
+                payload = pickle.dumps(_scan_or_none(path, sha256, decode), protocol=pickle.HIGHEST_PROTOCOL)
                 with os.fdopen(write_fd, "wb") as out:
                     out.write(payload)
                 code = 0
@@ -198,9 +211,9 @@ class ScanJob:
             os.waitpid(self._pid, 0)
 
 
-def _scan_or_none(path: Path, sha256: bool) -> ScanSummary | None:
+def _scan_or_none(path: Path, sha256: bool, decode: bool) -> ScanSummary | None:
     try:
-        return scan_results(path, sha256=sha256)
+        return scan_results(path, sha256=sha256, decode=decode)
     except ImportError:  # numba missing: the caller falls back to the Python validator
         return None
 
@@ -208,10 +221,32 @@ def _scan_or_none(path: Path, sha256: bool) -> ScanSummary | None:
 def start_scan(
     path: str | os.PathLike[str], *, sha256: bool = False, fork_above_bytes: int = 16 << 20
 ) -> ScanJob:
-    """Start screening ``path``: in a forked process for big files, inline for small ones (fork costs)."""
+    """Start screening ``path``: in a forked process for big files, inline for small ones (fork costs).
+
+    RLEs are decoded only in files with ``bbox``: in the others hotcoco decodes them for mask areas.
+    """
     p = Path(path)
     big = p.stat().st_size > fork_above_bytes
-    return ScanJob(p, fork=big and hasattr(os, "fork"), sha256=sha256)
+    decode = first_detection_keys(p)[1]
+    return ScanJob(p, fork=big and hasattr(os, "fork"), sha256=sha256, decode=decode)
+
+
+_FIRST_DET_END = re.compile(rb"\}\s*,\s*\{|\}\s*\]")
+
+
+def first_detection_keys(path: str | os.PathLike[str], head_bytes: int = 1 << 20) -> tuple[bool, bool, bool]:
+    """(is a json list, first detection has 'bbox', has 'segmentation'), from the first bytes only.
+
+    The screen checks later that every detection has the same fields; this is enough to pick the note,
+    the "no segmentation" error and whether to decode RLEs before the evaluation starts.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(head_bytes)
+    if not head.lstrip().startswith(b"["):
+        return False, False, False
+    match = _FIRST_DET_END.search(head)  # '}' cannot occur in an RLE string
+    first = head[: match.start() + 1] if match else head
+    return True, b'"bbox"' in first, b'"segmentation"' in first
 
 
 def scan_problems(scan: ScanSummary, num_dets: int, sizes: dict[int, tuple[int, int]]) -> list[str]:

@@ -175,6 +175,9 @@ def make_pseudo_labels(
     run = RunDir(run_dir)
     out_rel = str(out) if out else f"pseudo_labels/{images.stem}_{mode}.json"
     out_path = run.output_path(out_rel, overwrite=overwrite)  # fail before hours of inference
+    gt = load_lvis(images, image_root=image_root)
+    if mode == "unlabeled" and gt.num_annotations:
+        raise LvisctlError(f"{images}: has annotations; --mode unlabeled is for images without labels")
     outcome = predict_to_run_dir(
         Path(run_dir),
         images,
@@ -189,13 +192,10 @@ def make_pseudo_labels(
     )
     if not outcome.is_main or outcome.artifact is None:
         return None
-    import json
+    from lvisctl.inference.results import read_split_results
 
-    predictions = json.loads(outcome.out_path.read_text())
-    gt = load_lvis(images, image_root=image_root)
+    predictions = read_split_results(outcome.out_path)
     gt_boxes = {i: [a["bbox"] for a in anns] for i, anns in gt.anns_by_image.items()}
-    if mode == "unlabeled" and gt.num_annotations():
-        raise LvisctlError(f"{images}: has annotations; --mode unlabeled is for images without labels")
     payload = pseudo_labels_from_predictions(
         predictions,
         gt.images,

@@ -62,6 +62,19 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+    """sha256 of a file; memoised per (path, size, mtime) within the process, since one command often
+    registers several outputs made from the same large input (e.g. a 1 GB annotation file)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = _hash_file(path, chunk_size)
+    return _SHA_CACHE[key]
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _hash_file(path: str | os.PathLike[str], chunk_size: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(chunk_size):

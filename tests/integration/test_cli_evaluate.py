@@ -168,3 +168,21 @@ def test_run_dir_predictions_changed_after_registration(tmp_path, capsys, monkey
     code, _, err = run_cli(["evaluate", "--run-dir", run.root], capsys, monkeypatch)
     assert code == 2 and "sha256 no longer matches manifest.json" in err, err
     assert not (run.root / "metrics").exists()
+
+
+def test_without_numba_the_python_validator_takes_over(files, capsys, monkeypatch):
+    from lvisctl.evaluation import results_scan
+
+    def no_numba():
+        raise ImportError("No module named 'numba'")
+
+    monkeypatch.setattr(results_scan, "_kernel", no_numba)
+    tmp, gt, res = files
+    code, out, err = run_cli(["evaluate", res, "--gt", gt, "--out", tmp / "m.json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert json.loads((tmp / "m.json").read_text())["segm"] == pytest.approx(
+        lvis_api_metrics(gt, res, "segm")
+    )
+    bad = write_json(tmp / "bad.json", _results_with(_extra_run))
+    code, _, err = run_cli(["evaluate", bad, "--gt", gt], capsys, monkeypatch)
+    assert code == 2 and "exceed h*w=4096" in err, err

@@ -100,7 +100,9 @@ def test_load_rejects_garbage_and_foreign_files(tmp_path):
 def test_named_phase_has_its_own_files_and_lookups(tmp_path):
     run = RunDir(tmp_path / "run")
     ck.save_checkpoint(run, {**_state(iteration=5), "stage": 2, "final": True})
-    bags = ck.save_checkpoint(run, {**_state(iteration=7), "stage": 2, "phase": "finetune_bags", "final": True})
+    bags = ck.save_checkpoint(
+        run, {**_state(iteration=7), "stage": 2, "phase": "finetune_bags", "final": True}
+    )
     assert bags.path == "checkpoints/finetune_bags_final.pt"
     assert bags.meta["phase"] == "finetune_bags" and bags.meta["stage"] == 2
     assert ck.latest_checkpoint(run, 2).path == "checkpoints/stage2_final.pt"

@@ -11,6 +11,8 @@ import pytest
 from lvisctl.evaluation.results_scan import ScanJob, scan_problems, scan_results
 from tests.lvis_reference import det_rect
 
+pytest.importorskip("numba")  # a dependency; without it evaluate falls back to the Python validator
+
 # Hand-encoded compressed RLEs (each checked against pycocotools' encoder):
 #   "0532" = runs 0, 5, 3, 7: the 4th count is stored as 7 - 5 = 2 (differences to two places back)
 #            -> 15 pixels: exactly a 3x5 image, 5 too many for 2x5.
@@ -98,21 +100,18 @@ def test_layouts_it_cannot_vouch_for_are_distrusted(tmp_path, text):
     assert s.distrusted and scan_problems(s, 1, SIZES)[0] == "unusual json layout"
 
 
-def test_block_boundaries_and_sha256(tmp_path):
+@pytest.mark.parametrize("decode", [True, False])
+def test_block_boundaries_and_sha256(tmp_path, decode):
     dets = [det_rect(i % 3 + 1, 1 + i % 2, 0.5, 1, 1, 4, 4, 16, 16) for i in range(40)]
+    dets[5]["segmentation"]["counts"] = "\\0" * 9 + "01234567"  # escapes and 8-byte words to skip
     text = json.dumps(dets, indent=1)  # whitespace everywhere
-    whole = scan_of(tmp_path, None, text=text, sha256=True)
+    whole = scan_of(tmp_path, None, text=text, sha256=True, decode=decode)
     assert whole.num_dets == 40 and not whole.distrusted
     assert whole.sha256 == hashlib.sha256(text.encode()).hexdigest()
     for block in (7, 64, 1000):  # cuts inside keys, numbers and RLE strings
-        s = scan_of(tmp_path, None, text=text, block_bytes=block, sha256=True)
-        assert (s.num_dets, s.num_bbox, s.num_bad_rle, s.distrusted, s.sha256) == (
-            40,
-            40,
-            0,
-            False,
-            whole.sha256,
-        )
+        s = scan_of(tmp_path, None, text=text, block_bytes=block, sha256=True, decode=decode)
+        expected = (40, 40, int(decode), False, whole.sha256)  # dets[5]'s runs overflow 16x16
+        assert (s.num_dets, s.num_bbox, s.num_bad_rle, s.distrusted, s.sha256) == expected
         assert np.array_equal(s.image_sizes, whole.image_sizes)
     assert scan_of(tmp_path, [], block_bytes=1).num_dets == 0
 
@@ -129,3 +128,10 @@ def test_forked_job_returns_the_same_summary(tmp_path):
     job = ScanJob(path, fork=True)
     job.cancel()  # an error elsewhere: the side process is reaped, nothing is left waiting
     assert job.result() is None
+
+
+def test_without_decoding_only_the_layout_is_checked(tmp_path):
+    # Files without boxes: hotcoco decodes every RLE for its mask area, so the screen leaves them alone.
+    s = scan_of(tmp_path, [det(4, "0532"), det(1, "0~")], decode=False)
+    assert (s.num_dets, s.num_bad_rle, s.rles_decoded, s.distrusted) == (2, 0, False, False)
+    assert s.image_sizes.tolist() == [[1, 3, 5], [4, 2, 5]]
