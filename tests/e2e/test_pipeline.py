@@ -85,6 +85,30 @@ def test_whole_pipeline_on_tiny_synthetic_lvis(tmp_path):
     ]
     assert sorted(a["meta"]["mode"] for a in labels) == ["missing", "unlabeled"]
 
+    # self-training: a stage-1 phase that ignores proposals on the missing-annotation pseudo labels and
+    # trains jointly on the pseudo-labelled unlabeled images
+    ok(
+        lvisctl(
+            "train",
+            "--stage",
+            "1",
+            "--phase",
+            "stage1_st",
+            "--config",
+            "configs/demo/stage1.yaml",
+            "--run-dir",
+            run,
+            "solver.max_iter=3",
+            "data.pseudo_labels=latest",
+            "data.extra_images=latest",
+            "data.extra_per_epoch=4",
+        )
+    )
+    artifacts = json.loads((run / "manifest.json").read_text())["artifacts"]
+    st_final = next(a for a in artifacts if a["kind"] == "checkpoint" and a["meta"]["phase"] == "stage1_st")
+    assert {i["kind"] for i in st_final["inputs"]} >= {"pseudo-labels"}
+    assert {a["path"] for a in labels} <= {i["path"] for i in st_final["inputs"]}
+
     out = ok(
         lvisctl(
             "finetune-bags",
