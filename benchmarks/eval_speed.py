@@ -35,21 +35,8 @@ import pycocotools.mask as mask_utils
 
 REPO = Path(__file__).resolve().parents[1]
 CATEGORIES_JSON = REPO.parent / "shared" / "data" / "lvis_v1_categories.json"
-KEYS = (
-    "AP",
-    "AP50",
-    "AP75",
-    "APs",
-    "APm",
-    "APl",
-    "APr",
-    "APc",
-    "APf",
-    "AR@300",
-    "ARs@300",
-    "ARm@300",
-    "ARl@300",
-)
+sys.path.insert(0, str(REPO))
+from lvisctl.evaluation.lvis_metrics import METRIC_KEYS as KEYS  # noqa: E402  (the official key names)
 
 # faster-coco-eval's names for the official keys.
 FCE_NAMES = {

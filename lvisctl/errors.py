@@ -15,3 +15,17 @@ class LvisctlError(Exception):
 def file_error(path: object, problem: str) -> LvisctlError:
     """Build the standard ``<file>: <problem>`` error."""
     return LvisctlError(f"{path}: {problem}")
+
+
+def raise_problems(path: object, problems: list[str], *, max_listed: int = 5) -> None:
+    """Raise one error listing the first ``max_listed`` of all ``problems`` found in ``path`` (if any).
+
+    Validators collect every problem of a file first, so a user fixes them in one round.
+    """
+    if not problems:
+        return
+    shown = "; ".join(problems[:max_listed])
+    extra = len(problems) - max_listed
+    more = f"; ... and {extra} more" if extra > 0 else ""
+    noun = "problem" if len(problems) == 1 else "problems"
+    raise LvisctlError(f"{path}: {len(problems)} {noun}: {shown}{more}")

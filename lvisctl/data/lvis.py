@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from lvisctl.data.categories import CategoryStats
-from lvisctl.errors import LvisctlError
+from lvisctl.errors import LvisctlError, raise_problems
 
 ANNOTATION_KEYS = ("id", "image_id", "category_id", "segmentation", "area", "bbox")
 IMAGE_KEYS = ("id", "width", "height")
@@ -173,13 +173,7 @@ def _load_unchecked(path: str | Path, image_root: str | Path | None) -> tuple[Lv
 
 
 def _raise_if_any(path: Path, problems: list[str]) -> None:
-    if not problems:
-        return
-    shown = "; ".join(problems[:MAX_LISTED_PROBLEMS])
-    extra = len(problems) - MAX_LISTED_PROBLEMS
-    more = f"; ... and {extra} more" if extra > 0 else ""
-    noun = "problem" if len(problems) == 1 else "problems"
-    raise LvisctlError(f"{path}: {len(problems)} {noun}: {shown}{more}")
+    raise_problems(path, problems, max_listed=MAX_LISTED_PROBLEMS)
 
 
 def _compact_annotation(ann: Any, problems: list[str]) -> Any:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lvisctl.data.lvis import LvisData
-from lvisctl.errors import LvisctlError
+from lvisctl.errors import LvisctlError, raise_problems
 from lvisctl.rundir import Artifact, RunDir
 
 MAX_LISTED_PROBLEMS = 5
@@ -271,10 +271,4 @@ def _segmentation_ok(seg: Any) -> bool:
 
 
 def _raise_if_any(path: Path, problems: list[str]) -> None:
-    if not problems:
-        return
-    shown = "; ".join(problems[:MAX_LISTED_PROBLEMS])
-    extra = len(problems) - MAX_LISTED_PROBLEMS
-    more = f"; ... and {extra} more" if extra > 0 else ""
-    noun = "problem" if len(problems) == 1 else "problems"
-    raise LvisctlError(f"{path}: {len(problems)} {noun}: {shown}{more}")
+    raise_problems(path, problems, max_listed=MAX_LISTED_PROBLEMS)
