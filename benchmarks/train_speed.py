@@ -60,29 +60,31 @@ HM = [  # Table 2's "HM" switches (configs/stage2/gs_hm.yaml without the GS part
     "model.mask_head.num_convs=7",
     "model.roi_heads.roi_pool=deform",
 ]
+EQL = ["model.roi_heads.cls_loss=eql"]
 MODEL_ROWS: dict[str, tuple[str, list[str] | None]] = {  # key -> (label, core overrides; None = torchvision)
     "torchvision": ("torchvision maskrcnn_resnet50_fpn", None),
     "softmax": ("core + softmax CE (like-for-like)", []),
-    "eql": ("core + EQL", ["model.roi_heads.cls_loss=eql"]),
+    "eql": ("core + EQL", EQL),
     "bags": ("core + BAGS (stage-2 switch)", ["model.roi_heads.cls_loss=bags"]),
     "hm": ("core + HM (stage-2 switch)", HM),
     "ms": ("core + MS: mask IoU head (stage-2 switch)", ["model.mask_head.mask_iou=true"]),
 }
-DATA_ROWS: dict[str, tuple[str, list[str] | None]] = {  # key -> (label, augment overrides; None = no transforms)
+# key -> (label, augment overrides; None = no transforms at all)
+DATA_ROWS: dict[str, tuple[str, list[str] | None]] = {
     "data-none": ("no augmentation", None),
     "data-jitter": ("+ scale jitter, h-flip 0.5", ["augment.mosaic.prob=0", "augment.rotate.prob=0"]),
     "data-rotate": ("+ rotation 0.5 (boxes from masks)", ["augment.mosaic.prob=0"]),
     "data-mosaic": ("+ Mosaic 0.5 (RFS-weighted)", []),
 }
 SAMPLER_ROWS: dict[str, str] = {
-    "sampler-plain": "plain sampler: epoch list",
-    "sampler-rfs": "RFS sampler: epoch list",
-    "sampler-factors": "RFS repeat factors r(I) (once per run)",
+    "sampler-plain": "plain sampler: one epoch's list",
+    "sampler-rfs": "RFS sampler: one epoch's list",
+    "sampler-factors": "RFS repeat factors r(I), once per run",
 }
 E2E_ROWS: dict[str, tuple[str, list[str], bool, int]] = {  # key -> (label, overrides, augment, workers)
     "e2e-base": ("core, plain sampler, no augmentation, 0 workers", ["sampler.type=uniform"], False, 0),
-    "e2e-full0": ("core + EQL + RFS + full augmentation, 0 workers", ["model.roi_heads.cls_loss=eql"], True, 0),
-    "e2e-full2": ("core + EQL + RFS + full augmentation, 2 workers", ["model.roi_heads.cls_loss=eql"], True, 2),
+    "e2e-full0": ("core + EQL + RFS + full augmentation, 0 workers", EQL, True, 0),
+    "e2e-full2": ("core + EQL + RFS + full augmentation, 2 workers", EQL, True, 2),
 }
 SECTIONS: dict[str, list[str]] = {
     "models": list(MODEL_ROWS),
@@ -163,7 +165,9 @@ def long_tail_stats(num_classes: int, num_images: int = LVIS_TRAIN_IMAGES):
     images = np.maximum(np.round(5000.0**exponent), 1).astype(np.int64)
     frequency = tuple("r" if n <= 10 else "c" if n <= 100 else "f" for n in images)
     names = tuple(f"class{i}" for i in range(1, num_classes + 1))
-    return CategoryStats(CategoryMap(range(1, num_classes + 1)), names, images, 3 * images, frequency, num_images)
+    return CategoryStats(
+        CategoryMap(range(1, num_classes + 1)), names, images, 3 * images, frequency, num_images
+    )
 
 
 def build_core(num_classes: int, overrides: Sequence[str] = ()):
@@ -364,12 +368,19 @@ def sampler_rows(keys: Sequence[str], lvis, args: argparse.Namespace) -> list[Ro
         if key in samplers
     }
     if "sampler-factors" in keys:
-        steps["sampler-factors"] = timed(lambda: rfs_factors(lvis_sets, image_frequency_from_sets(lvis_sets), t))
+        steps["sampler-factors"] = timed(
+            lambda: rfs_factors(lvis_sets, image_frequency_from_sets(lvis_sets), t)
+        )
     times = _interleaved(steps, 1, args.rounds)
     unit = {"sampler-factors": "run"}
     return [
-        Row(key, "sampler", f"{SAMPLER_ROWS[key]} ({LVIS_TRAIN_IMAGES:,} images)", statistics.median(times[key]),
-            unit.get(key, "epoch"))
+        Row(
+            key,
+            "sampler",
+            f"{SAMPLER_ROWS[key]} ({LVIS_TRAIN_IMAGES:,} images)",
+            statistics.median(times[key]),
+            unit.get(key, "epoch"),
+        )
         for key in keys
     ]
 
@@ -415,12 +426,18 @@ def e2e_row(key: str, lvis, args: argparse.Namespace) -> Row:
             )
 
     times = []
+    stream = batches()
     last = time.perf_counter()
-    for images, targets in itertools.islice(batches(), args.warmup + args.iters):
-        step([im.to(device, non_blocking=True) for im in images], [_to_device(t, device) for t in targets])
-        now = time.perf_counter()
-        times.append(now - last)  # data wait + step
-        last = now
+    try:
+        for images, targets in itertools.islice(stream, args.warmup + args.iters):
+            step(
+                [im.to(device, non_blocking=True) for im in images], [_to_device(t, device) for t in targets]
+            )
+            now = time.perf_counter()
+            times.append(now - last)  # data wait + step
+            last = now
+    finally:
+        stream.close()  # stops the DataLoader's workers now, not at garbage collection
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
     return Row(key, "e2e", label, statistics.median(times[args.warmup :]), "it", peak)
 
@@ -444,14 +461,19 @@ def render(rows: Sequence[Row], args: argparse.Namespace):
                 table.add_section()
             section, base = row.section, row
         table.add_row(
-            row.section,
+            row.section if row is base else "",
             row.label,
-            f"{row.rate:,.3g} {RATE_UNITS[row.unit]}",
-            f"{row.seconds * 1000:,.4g} ms/{row.unit}",
+            f"{_number(row.rate)} {RATE_UNITS[row.unit]}",
+            f"{_number(row.seconds * 1000)} ms/{row.unit}",
             "-" if row.key == "sampler-factors" else f"{row.rate / base.rate:.1%}",
             "-" if row.peak_mb is None else f"{row.peak_mb:,.0f}",
         )
     return table
+
+
+def _number(x: float) -> str:
+    """Three significant digits without exponents: 1,463 / 139 / 7.18 / 0.611."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
 def target_line(rows: Sequence[Row]) -> str | None:
@@ -489,7 +511,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=2, help="images per iteration")
-    parser.add_argument("--size", type=int, default=320, help="image side in px (random batch and synthetic LVIS)")
+    parser.add_argument(
+        "--size", type=int, default=320, help="image side in px (random batch and synthetic LVIS)"
+    )
     parser.add_argument("--instances", type=int, default=3, help="instances per image of the random batch")
     parser.add_argument("--classes", type=int, default=80, help="classes of the model rows (long-tailed)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per model / e2e row")
@@ -508,6 +532,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     rows = run_benchmark(args)
     console = Console()
+    if not console.is_terminal:  # piped or redirected: rich would wrap the labels at 80 columns
+        console = Console(width=140)
     console.print(render(rows, args))
     if line := target_line(rows):
         console.print(line)
