@@ -75,25 +75,32 @@ def current_command() -> str:
 
 
 class RunDir:
-    """A run directory. Creating the object creates the folder (and an empty manifest) if needed."""
+    """A run directory. The folder and its manifest are created on the first write, so a command that
+    fails on bad input leaves no empty run directory behind."""
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = Path(path).expanduser().resolve()
         if not self.root.exists():
             if not create:
                 raise LvisctlError(f"{self.root}: run directory does not exist")
-            self.root.mkdir(parents=True)
         elif not self.root.is_dir():
             raise LvisctlError(f"{self.root}: is not a directory")
         self.manifest_path = self.root / MANIFEST_NAME
         self._lock = FileLock(str(self.root / ".manifest.lock"), timeout=60)
-        if not self.manifest_path.exists():
-            with self._lock:
-                if not self.manifest_path.exists():
-                    atomic_write_json(self.manifest_path, {"version": MANIFEST_VERSION, "artifacts": []})
+
+    def _ensure(self) -> None:
+        """Create the folder and an empty manifest (first write of a new run directory)."""
+        if self.manifest_path.exists():
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            if not self.manifest_path.exists():
+                atomic_write_json(self.manifest_path, {"version": MANIFEST_VERSION, "artifacts": []})
 
     # ------------------------------------------------------------------ reading
     def _read(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {"version": MANIFEST_VERSION, "artifacts": []}
         try:
             data = json.loads(self.manifest_path.read_text())
         except json.JSONDecodeError as err:
@@ -182,6 +189,7 @@ class RunDir:
         """Record a file the command has finished writing. Re-registering a path replaces its entry."""
         if kind not in ARTIFACT_KINDS:
             raise ValueError(f"unknown artifact kind {kind!r}; expected one of {ARTIFACT_KINDS}")
+        self._ensure()
         abs_path = self.path_of(self.relative(path))
         artifact = Artifact(
             kind=kind,
@@ -203,6 +211,7 @@ class RunDir:
 
     def unregister(self, rel_path: str) -> None:
         """Drop the entry for ``rel_path`` (the caller deletes the file, e.g. pruning old checkpoints)."""
+        self._ensure()
         with self._lock:
             data = self._read()
             data["artifacts"] = [a for a in data["artifacts"] if a["path"] != rel_path]
@@ -220,6 +229,7 @@ class RunDir:
     @contextlib.contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
         """Hold a named lock for a whole command (e.g. ``train``) so two of them cannot share a run dir."""
+        self._ensure()
         lock = FileLock(str(self.root / f".{name}.lock"), timeout=0)
         try:
             lock.acquire()

@@ -266,7 +266,8 @@ def test_refuses_to_overwrite_and_reports_user_errors(setup, tmp_path):
     absent = invoke("--run-dir", tmp_path / "fresh", "--images", images)
     assert isinstance(absent.exception, LvisctlError) and "does not exist" in str(absent.exception)
     assert not (tmp_path / "fresh").exists()
-    empty = invoke("--run-dir", RunDir(tmp_path / "empty").root, "--images", images)
+    (tmp_path / "empty").mkdir()  # a run directory that holds no checkpoint
+    empty = invoke("--run-dir", tmp_path / "empty", "--images", images)
     assert isinstance(empty.exception, LvisctlError) and "no final checkpoint" in str(empty.exception)
 
     (images.parent / "img2.png").unlink()

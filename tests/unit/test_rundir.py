@@ -122,3 +122,11 @@ def test_unregister_drops_only_that_entry(tmp_path):
     run.register("log", atomic_write_json(tmp_path / "b.json", {}))
     run.unregister(a.path)
     assert [x.path for x in run.artifacts()] == ["b.json"]
+
+
+def test_run_dir_is_created_on_first_write_only(tmp_path):
+    run = RunDir(tmp_path / "new")
+    assert not run.root.exists()  # a command that fails on bad input leaves nothing behind
+    assert run.artifacts() == []
+    run.register("log", atomic_write_json(run.root / "a.json", {}))
+    assert (run.root / "manifest.json").exists()
