@@ -40,6 +40,23 @@ for _name in COMMAND_MODULES:
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from lvisctl import __version__
+
+        typer.echo(f"lvisctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the lvisctl version and exit.", callback=_print_version, is_eager=True
+    ),
+) -> None:
+    """Long-tailed, large-vocabulary instance segmentation on LVIS (the lvisTraveler pipeline)."""
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -14,7 +14,9 @@ def evaluate(
         "the bbox file of the same tta-infer run.",
     ),
     gt: Path | None = typer.Option(
-        None, "--gt", help="LVIS v1 annotation file; default: the predictions' meta gt."
+        None,
+        "--gt",
+        help="LVIS v1 annotation file (required with RESULTS; with --run-dir alone: the predictions' gt).",
     ),
     iou_type: str = typer.Option("segm,bbox", "--iou-type", help="Comma-separated: segm, bbox."),
     metrics: str = typer.Option("", "--metrics", help="Extra metrics, comma-separated: boundary, fixed."),

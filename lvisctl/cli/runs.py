@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lvisctl.errors import LvisctlError
 from lvisctl.rundir import RunDir
 
 runs_app = typer.Typer(help="Inspect run directories and their manifests.", no_args_is_help=True)
@@ -24,11 +25,14 @@ def show(
 ) -> None:
     """Print the manifest as a table: each artifact, what made it and what it was made from."""
     run = RunDir(run_dir, create=False)
+    if not run.manifest_path.exists():
+        raise LvisctlError(f"{run.root}: not a run directory (no {run.manifest_path.name})")
     table = Table(title=f"{run.root}", show_lines=False)
     for col in ("kind", "path", "size", "sha256", "created", "made from", "command"):
         table.add_column(col, overflow="fold", no_wrap=col in ("kind", "size", "sha256"))
     if verify:
         table.add_column("status")
+    bad = 0
     for a in run.artifacts():
         row = [
             a.kind,
@@ -40,10 +44,14 @@ def show(
             a.command if full else _short_command(a.command),
         ]
         if verify:
-            row.append(_status(run, a))
+            status = _status(run, a)
+            bad += status != "[green]ok[/]"
+            row.append(status)
         table.add_row(*row)
     # Piped output (logs, CI) has no terminal width: use a wide one rather than folding every path.
     Console(width=None if sys.stdout.isatty() else 160).print(table)
+    if verify and bad:
+        raise LvisctlError(f"{run.root}: {bad} artifact(s) changed or missing since they were recorded")
 
 
 def _short_command(command: str) -> str:

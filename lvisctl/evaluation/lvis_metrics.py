@@ -92,6 +92,10 @@ def load_ground_truth(path: str | os.PathLike[str]) -> LvisGroundTruth:
     imgs, cats = coco.imgs, coco.cats
     if not imgs or not cats:
         raise LvisctlError(f"{p}: has no images or no categories")
+    if not coco.anns:
+        raise LvisctlError(
+            f"{p}: has no annotations (an image-info file?); evaluate against the split's annotation file"
+        )
     bad_freq = [c for c, rec in cats.items() if rec.get("frequency") not in ("r", "c", "f")]
     if bad_freq:
         raise LvisctlError(
@@ -251,4 +255,7 @@ def box_minus_mask_gap(by_type: dict[str, IouTypeMetrics]) -> float | None:
     """AP_bbox - AP_mask (the last column of the paper's Table 2), when both were evaluated."""
     if "segm" not in by_type or "bbox" not in by_type:
         return None
-    return by_type["bbox"].metrics["AP"] - by_type["segm"].metrics["AP"]
+    box, mask = by_type["bbox"].metrics["AP"], by_type["segm"].metrics["AP"]
+    if box < 0 or mask < 0:  # lvis-api's -1: undefined (no ground truth)
+        return None
+    return box - mask

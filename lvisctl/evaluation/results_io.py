@@ -210,6 +210,11 @@ def validate_results(
     seg_count = sum(1 for d in results if isinstance(d, dict) and "segmentation" in d)
     if 0 < seg_count < len(results):
         problem(f"{seg_count} of {len(results)} results have 'segmentation' (all or none)")
+    if for_submission and results and seg_count == 0:
+        raise LvisctlError(
+            f"{source}: has no 'segmentation' fields; the LVIS server scores masks "
+            "(submit the .segm.json of tta-infer, not the .bbox.json)"
+        )
     _check_rles(results, rle_idx, problem)
     if for_submission:
         over = {k: n for k, n in per_image.items() if n > MAX_DETS_PER_IMAGE}
@@ -237,6 +242,8 @@ def _check_bbox(box: Any, i: int, size: tuple[int, int] | None, problem) -> None
 
 
 def _check_rles(results, rle_idx: list[int], problem) -> None:
+    if not rle_idx:
+        return
     counts = [results[i]["segmentation"]["counts"].encode("latin-1", "replace") for i in rle_idx]
     flagged = rle_string_flags(counts)
     for j in np.flatnonzero(flagged):

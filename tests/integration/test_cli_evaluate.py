@@ -186,3 +186,30 @@ def test_without_numba_the_python_validator_takes_over(files, capsys, monkeypatc
     bad = write_json(tmp / "bad.json", _results_with(_extra_run))
     code, _, err = run_cli(["evaluate", bad, "--gt", gt], capsys, monkeypatch)
     assert code == 2 and "exceed h*w=4096" in err, err
+
+
+def test_ground_truth_without_annotations_is_refused(files, capsys, monkeypatch):
+    tmp, gt, res = files
+    info = json.loads(open(gt).read())
+    info["annotations"] = []  # what a test-dev image-info file looks like to the evaluator
+    image_info = write_json(tmp / "image_info.json", info)
+    code, _, err = run_cli(
+        ["evaluate", res, "--gt", image_info, "--out", tmp / "m" / "m.json"], capsys, monkeypatch
+    )
+    assert code == 2 and "has no annotations (an image-info file?)" in err
+    assert not (tmp / "m").exists()
+
+
+def test_runs_show_refuses_a_plain_folder_and_verify_fails_on_changed_files(tmp_path, capsys, monkeypatch):
+    from lvisctl.rundir import atomic_write_json
+
+    code, _, err = run_cli(["runs", "show", tmp_path], capsys, monkeypatch)
+    assert code == 2 and "not a run directory" in err
+    assert not (tmp_path / "manifest.json").exists()
+    run = RunDir(tmp_path / "run")
+    path = atomic_write_json(run.root / "m.json", {"AP": 0.1})
+    run.register("metrics", path)
+    assert run_cli(["runs", "show", run.root, "--verify"], capsys, monkeypatch)[0] == 0
+    path.write_text('{"AP": 0.9}')
+    code, out, err = run_cli(["runs", "show", run.root, "--verify"], capsys, monkeypatch)
+    assert code == 2 and "changed" in out and "1 artifact(s) changed or missing" in err

@@ -101,6 +101,10 @@ BAD = {
         "RLE size [48, 64] differs from image 1",
     ),
     "not a list": (lambda d: {"results": d}, "results must be a json list of detections"),
+    "boxes only (a .bbox.json)": (
+        lambda d: [{k: v for k, v in x.items() if k != "segmentation"} for x in d],
+        "has no 'segmentation' fields; the LVIS server scores masks",
+    ),
 }
 
 
