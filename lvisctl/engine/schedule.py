@@ -91,12 +91,15 @@ def build_schedule(
             )
         max_iter = epochs * iters_per_epoch
         milestones = [math.floor(s * iters_per_epoch) for s in steps]
+    # A warm-up longer than the run (short CPU runs with the default 500) would never reach the lr:
+    # it ends at the first decay at the latest.
+    warmup = min(int(solver["warmup_iters"]), min(milestones, default=max_iter))
     return WarmupStepSchedule(
         lr=scaled_lr(float(solver["base_lr"]), total_batch, int(solver["ref_batch"])),
         max_iter=max_iter,
         milestones=tuple(milestones),
         gamma=float(solver["gamma"]),
-        warmup_iters=int(solver["warmup_iters"]),
+        warmup_iters=warmup,
         warmup_factor=float(solver["warmup_factor"]),
     )
 

@@ -109,3 +109,22 @@ def test_base_config_is_the_paper_recipe():
     assert cfg.solver.base_lr == 0.02 and cfg.solver.ref_batch == 16 and cfg.solver.momentum == 0.9
     assert cfg.solver.epochs == 24 and cfg.solver.steps == [16, 22] and cfg.solver.gamma == 0.1
     assert cfg.solver.weight_decay == 0.0001
+
+
+def test_warmup_ends_at_the_first_decay_in_short_runs():
+    from lvisctl.engine.schedule import build_schedule
+
+    solver = {
+        "epochs": 24,
+        "steps": [16, 22],
+        "max_iter": 12,
+        "step_iters": [],
+        "base_lr": 0.02,
+        "ref_batch": 16,
+        "gamma": 0.1,
+        "warmup_iters": 500,
+        "warmup_factor": 0.001,
+    }
+    sched = build_schedule(solver, iters_per_epoch=1, total_batch=16)
+    assert sched.milestones == (8, 11) and sched.warmup_iters == 8  # round(16/24*12), round(22/24*12)
+    assert sched.lr_at(8) == pytest.approx(0.002)  # warmed up, then the first x0.1
