@@ -104,18 +104,35 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def _validate(schema: Mapping[str, Any], data: Mapping[str, Any], source: str, prefix: str = "") -> None:
+def _leaf_paths(schema: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key, value in schema.items():
+        out += _leaf_paths(value, f"{prefix}{key}.") if isinstance(value, Mapping) else [f"{prefix}{key}"]
+    return out
+
+
+def _validate(
+    schema: Mapping[str, Any],
+    data: Mapping[str, Any],
+    source: str,
+    prefix: str = "",
+    root: Mapping[str, Any] | None = None,
+) -> None:
+    root = schema if root is None else root
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in schema:
             close = difflib.get_close_matches(key, list(schema), n=1)
+            # a leaf given without its section (max_iter=10 for solver.max_iter)
+            elsewhere = [p for p in _leaf_paths(root) if p.rsplit(".", 1)[-1] == key]
             hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            hint = hint or (f" (did you mean {' or '.join(elsewhere[:2])}?)" if elsewhere else "")
             raise LvisctlError(f"{source}: unknown config key {dotted}{hint}")
         ref = schema[key]
         if isinstance(ref, Mapping):
             if not isinstance(value, Mapping):
                 raise LvisctlError(f"{source}: {dotted} must be a mapping")
-            _validate(ref, value, source, dotted + ".")
+            _validate(ref, value, source, dotted + ".", root)
         elif ref is not None and value is not None and not _same_type(ref, value):
             raise LvisctlError(
                 f"{source}: {dotted} must be {type(ref).__name__} (like the default {ref!r}), got {value!r}"

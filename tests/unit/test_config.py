@@ -64,3 +64,8 @@ def test_repository_configs_all_load():
     for path in files:
         cfg = load_config(path)
         assert "seed" in cfg
+
+
+def test_leaf_without_its_section_points_to_it(schema):
+    with pytest.raises(LvisctlError, match=r"unknown config key steps \(did you mean solver.steps\?\)"):
+        load_config(None, ["steps=[1]"], base=schema)
