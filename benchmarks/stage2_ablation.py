@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 LVISCTL = [sys.executable, "-m", "lvisctl"]
@@ -51,12 +50,22 @@ def dataset(run_dir: Path, split: str) -> Path | None:
     return run_dir / found[-1]["path"] if found else None
 
 
+def _finished(run_dir: Path, phase: str) -> bool:
+    return any(
+        a["kind"] == "checkpoint" and a["meta"].get("phase") == phase and a["meta"].get("final")
+        for a in manifest(run_dir)
+    )
+
+
 def has_checkpoint(run_dir: Path, phase: str) -> bool:
     return any(a["kind"] == "checkpoint" and a["meta"].get("phase") == phase for a in manifest(run_dir))
 
 
-def train_phase(run_dir: Path, command: list[str], config: str, phase: str, iters: int) -> float:
+def train_phase(run_dir: Path, command: list[str], config: str, phase: str, iters: int) -> float | None:
+    """Train (or resume) one phase; its wall seconds, None when it had already finished."""
     args = [*command, "--run-dir", str(run_dir)]
+    if _finished(run_dir, phase):
+        return None
     start = time.perf_counter()
     if has_checkpoint(run_dir, phase):
         run(*args, "--resume")
@@ -99,7 +108,8 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     from lvisctl.data.lvis import load_lvis
-    from lvisctl.evaluation.thin_objects import ap_thin_vs_rest, thin_categories
+    from lvisctl.evaluation.report import comparison_table, phase_row
+    from lvisctl.evaluation.thin_objects import thin_categories
 
     if dataset(run_dir, "val") is None:
         run("data", "synth", "--run-dir", str(run_dir), "--preset", "demo", "--overwrite")
@@ -117,23 +127,15 @@ def main() -> None:
             phases[name] = phase
 
     thin = thin_categories(load_lvis(val).annotations())
-    table = Table(title=f"Table 2 on synthetic LVIS ({run_dir.name}; {len(thin)} thin categories in val)")
-    for col in ("row", "AP", "APr", "APc", "APf", "AP bbox", "gap", "AP thin", "AP rest", "train s"):
-        table.add_column(col, justify="right")
+    rows = {}
     for name, phase in phases.items():
         result = evaluate_phase(run_dir, phase, val)
-        segm, bbox = result["metrics"]["segm"], result["metrics"]["bbox"]
-        split = ap_thin_vs_rest(result["per_category"], thin)
-        table.add_row(
-            name,
-            *(f"{100 * segm[k]:.1f}" for k in ("AP", "APr", "APc", "APf")),
-            f"{100 * bbox['AP']:.1f}",
-            f"{100 * (bbox['AP'] - segm['AP']):.1f}",
-            f"{100 * split['AP_thin']:.1f}",
-            f"{100 * split['AP_rest']:.1f}",
-            f"{seconds.get(name, math.nan):.0f}",
-        )
-    Console().print(table)
+        rows[name] = phase_row(result["metrics"], result["per_category"], thin)
+    title = f"Table 2 on synthetic LVIS ({run_dir.name}; {len(thin)} thin categories in val; %)"
+    Console().print(comparison_table(rows, title=title))
+    trained = {k: v for k, v in seconds.items() if v is not None}
+    if trained:
+        print("training seconds (this run): " + ", ".join(f"{k} {v:.0f}" for k, v in trained.items()))
 
 
 if __name__ == "__main__":

@@ -55,11 +55,11 @@ def demo_command(
     console.rule("[bold]3/5 stage 2: Balanced GroupSoftmax + high-quality masks (frozen backbone/RPN)")
     _report_training(console, run, train(cfg2, run.root, stage=2, resume=has_checkpoints(run, 2)))
     console.rule("[bold]4/5 inference on the synthetic val split")
-    phases = {"stage 1": "stage1", "stage 2 (GS + HM)": "stage2"}
-    for phase in phases.values():
-        ensure_predictions(run, val_json, phase)
+    phases = {"stage 1": 1, "stage 2 (GS + HM)": 2}  # table row -> training stage (its default phase)
+    for stage in phases.values():
+        ensure_predictions(run, val_json, stage)
     console.rule("[bold]5/5 LVIS evaluation")
-    rows = {name: evaluate_phase(run, val_json, phase, console) for name, phase in phases.items()}
+    rows = {name: evaluate_phase(run, val_json, stage, console) for name, stage in phases.items()}
     console.print(comparison_table(rows, title="stage 1 vs stage 2 on the synthetic val split (%)"))
     console.print(
         "gap = box AP - mask AP; AP thin / rest = mask AP on categories whose median mask/box area ratio "
@@ -95,33 +95,33 @@ def ensure_dataset(run: RunDir, preset: str, seed: int) -> Path:
     return run.resolve(found["val"][-1])
 
 
-def ensure_predictions(run: RunDir, val_json: Path, phase: str) -> None:
-    """Predictions of ``phase``'s final checkpoint on ``val_json`` (``lvisctl tta-infer``), made once."""
-    from lvisctl.engine.checkpoint import Phase, latest_checkpoint
+def ensure_predictions(run: RunDir, val_json: Path, stage: int) -> None:
+    """Predictions of ``stage``'s final checkpoint on ``val_json`` (``lvisctl tta-infer``), made once."""
+    from lvisctl.engine.checkpoint import latest_checkpoint
     from lvisctl.inference.runner import predict_to_run_dir
 
-    ckpt = latest_checkpoint(run, Phase(int(phase[-1]), phase), final=True)
+    ckpt = latest_checkpoint(run, stage, final=True)
     if any(_made_from(a, ckpt) for a in run.find("predictions", gt=str(val_json), iou_type="segm")):
         typer.echo(f"predictions of {ckpt.path} already made")
         return
     predict_to_run_dir(run.root, val_json, checkpoint=run.resolve(ckpt), overwrite=True)
 
 
-def evaluate_phase(run: RunDir, val_json: Path, phase: str, console) -> dict:
-    """``lvisctl evaluate`` on ``phase``'s predictions (segm + bbox); returns its comparison row."""
+def evaluate_phase(run: RunDir, val_json: Path, stage: int, console) -> dict:
+    """``lvisctl evaluate`` on ``stage``'s predictions (segm + bbox); returns its comparison row."""
     from lvisctl.data.lvis import load_lvis
-    from lvisctl.engine.checkpoint import Phase, latest_checkpoint
+    from lvisctl.engine.checkpoint import latest_checkpoint
     from lvisctl.evaluation.pipeline import run_evaluate
     from lvisctl.evaluation.report import phase_row
     from lvisctl.evaluation.thin_objects import thin_categories
 
-    ckpt = latest_checkpoint(run, Phase(int(phase[-1]), phase), final=True)
+    ckpt = latest_checkpoint(run, stage, final=True)
     segm = next(a for a in reversed(run.find("predictions", iou_type="segm")) if _made_from(a, ckpt))
     bbox = run.latest("predictions", iou_type="bbox", group=segm.meta["group"])
-    out = run.root / "metrics" / f"demo_{phase}.json"
+    out = run.root / "metrics" / f"demo_stage{stage}.json"
     outcome = run_evaluate(None, run_dir=run.root, out=out, overwrite=True, predictions=(segm, bbox))
     console.print(
-        f"{phase}: segm AP {100 * outcome.metrics['segm']['AP']:.1f}, written to {run.relative(out)}"
+        f"stage {stage}: segm AP {100 * outcome.metrics['segm']['AP']:.1f}, written to {run.relative(out)}"
     )
     thin = thin_categories(load_lvis(val_json).annotations())
     return phase_row(outcome.metrics, outcome.by_type["segm"].per_category_ap, thin)
