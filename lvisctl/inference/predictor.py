@@ -176,21 +176,31 @@ def _as_float(image: torch.Tensor) -> torch.Tensor:
     return image.float() / 255 if image.dtype == torch.uint8 else image
 
 
-def model_from_checkpoint(
-    ckpt: dict[str, Any], overrides: Sequence[str] = (), *, source: object = "checkpoint"
-) -> tuple[nn.Module, CategoryStats, Any]:
-    """Rebuild the model of a loaded checkpoint: ``(model in eval mode on the CPU, category stats, config)``.
-
-    The config is the checkpoint's resolved config merged over the current base (keys added since it was
-    written get their defaults), then ``key=value`` ``overrides`` (e.g. ``model.test.score_thresh=0.05``).
-    """
+def checkpoint_config(ckpt: dict[str, Any], overrides: Sequence[str] = ()) -> Any:
+    """The checkpoint's resolved config merged over the current base (keys added since it was written get
+    their defaults), then ``key=value`` ``overrides`` (e.g. ``model.test.score_thresh=0.05``)."""
     from lvisctl.config import Config, load_config
     from lvisctl.config.loader import deep_merge, parse_overrides
-    from lvisctl.modeling.build import build_model
 
     load_config(None, overrides)  # validates the overrides against the schema
     merged = deep_merge(load_config().to_dict(), ckpt["config"])
-    config = Config.wrap(deep_merge(merged, parse_overrides(overrides)))
+    return Config.wrap(deep_merge(merged, parse_overrides(overrides)))
+
+
+def model_from_checkpoint(
+    ckpt: dict[str, Any],
+    overrides: Sequence[str] = (),
+    *,
+    source: object = "checkpoint",
+    config: Any = None,
+) -> tuple[nn.Module, CategoryStats, Any]:
+    """Rebuild the model of a loaded checkpoint: ``(model in eval mode on the CPU, category stats, config)``.
+
+    ``config`` defaults to :func:`checkpoint_config` of ``ckpt`` and ``overrides``.
+    """
+    from lvisctl.modeling.build import build_model
+
+    config = checkpoint_config(ckpt, overrides) if config is None else config
     stats = CategoryStats.from_dict(ckpt["category_stats"])
     model = build_model(config, stats)
     try:

@@ -32,7 +32,7 @@ import torch
 from lvisctl.data.categories import CategoryMap
 from lvisctl.engine.distributed import DistInfo, barrier
 from lvisctl.errors import LvisctlError
-from lvisctl.inference.predictor import Predictor, model_from_checkpoint
+from lvisctl.inference.predictor import Predictor, checkpoint_config, model_from_checkpoint
 from lvisctl.inference.results import detections_to_records, split_paths, write_split_results
 from lvisctl.rundir import Artifact, RunDir
 from lvisctl.rundir.io import atomic_write_json, sha256_file
@@ -335,8 +335,8 @@ def predict_to_run_dir(
     run = RunDir(run_dir, create=checkpoint is not None)  # the default checkpoint needs an existing run
     ckpt_input, ckpt_path, ckpt_sha = resolve_checkpoint(run, checkpoint)
     images = images.expanduser().resolve()
-    data = load_lvis(images, image_root=image_root, check_images=True)
-    model, stats, cfg = model_from_checkpoint(load_checkpoint(ckpt_path), overrides, source=ckpt_path)
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = checkpoint_config(ckpt, overrides)
     if scales is not None:
         cfg.inference.scales = [int(s) for s in scales]
     icfg = cfg.inference
@@ -345,9 +345,11 @@ def predict_to_run_dir(
         if out
         else run.path_of(default_out_name(images, ckpt_path, icfg.scales))
     )
-    for path in split_paths(group_path).values():
+    for path in split_paths(group_path).values():  # refuse before the slow part (images, model)
         run.output_path(run.relative(path), overwrite=overwrite)
     out_path = group_path
+    data = load_lvis(images, image_root=image_root, check_images=True)
+    model, stats, _ = model_from_checkpoint(ckpt, source=ckpt_path, config=cfg)
     dist = init_distributed(cfg.device)
     predictor = Predictor(
         model,

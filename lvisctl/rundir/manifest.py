@@ -166,14 +166,14 @@ class RunDir:
     def output_path(self, rel_path: str, *, overwrite: bool = False) -> Path:
         """Where a command may write ``rel_path``. Refuses to replace an existing file unless ``overwrite``.
 
-        Call this before doing the work, so a refused run fails fast and leaves nothing behind.
+        Call this before doing the work, so a refused run fails fast and leaves nothing behind; it creates
+        nothing (the atomic writers make the folders).
         """
         path = self.path_of(rel_path)
         if path.exists() and not overwrite:
             raise LvisctlError(
                 f"{path}: already exists; pass --overwrite to replace it or choose another --out"
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
     def register(

@@ -18,7 +18,7 @@ from lvisctl.data.samplers import ExtraImagesSampler
 from lvisctl.data.synth import generate_synthetic_lvis
 from lvisctl.engine.distributed import DistInfo
 from lvisctl.engine.trainer import build_train_data, train
-from lvisctl.rundir import RunDir, sha256_file
+from lvisctl.rundir import RunDir, atomic_write_json, sha256_file
 from tests.integration.engine_standins import DEMO_CONFIG, real_tiny_config, register_train_json, tiny_items
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,8 +91,7 @@ def _run_dir(path: Path, files: dict) -> Path:
     """A run dir with the training json and the unlabeled pseudo labels registered as `pseudolabel` would."""
     register_train_json(path, files["train"])
     run = RunDir(path)
-    out = run.output_path("pseudo_labels/unlabeled_unlabeled.json")
-    out.write_text(json.dumps(files["unlabeled"]))
+    out = atomic_write_json(run.output_path("pseudo_labels/unlabeled_unlabeled.json"), files["unlabeled"])
     run.register("pseudo-labels", out, meta={"mode": "unlabeled", "images": str(files["unlabeled_info"])})
     return path
 

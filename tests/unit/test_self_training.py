@@ -27,7 +27,7 @@ from lvisctl.data.transforms.base import make_boxes
 from lvisctl.data.transforms.rotate import rotate_sample
 from lvisctl.data.transforms.scale_jitter import resize_sample
 from lvisctl.errors import LvisctlError
-from lvisctl.rundir import RunDir
+from lvisctl.rundir import RunDir, atomic_write_bytes, atomic_write_json
 
 
 # ------------------------------------------------------------------------------------------ sampler
@@ -289,8 +289,9 @@ def test_extra_file_problems(tmp_path):
 
 # ------------------------------------------------------------------------------------------ resolving
 def _register(run: RunDir, rel: str, mode: str, **meta) -> Path:
-    path = run.output_path(rel)
-    path.write_text(json.dumps({"images": [], "annotations": [], "info": {"pseudo_label_source": mode}}))
+    path = atomic_write_json(
+        run.output_path(rel), {"images": [], "annotations": [], "info": {"pseudo_label_source": mode}}
+    )
     run.register("pseudo-labels", path, meta={"mode": mode, **meta})
     return path
 
@@ -326,7 +327,7 @@ def test_latest_and_explicit_paths(tmp_path):
 def test_load_self_training_records_inputs_and_default_image_root(tmp_path, extra_file):
     run = RunDir(tmp_path / "run")
     rel = "pseudo_labels/extra_unlabeled.json"
-    run.output_path(rel).write_bytes(extra_file.read_bytes())
+    atomic_write_bytes(run.output_path(rel), extra_file.read_bytes())
     # made from an image-info json in extra_file's folder: that folder is where the images are
     run.register("pseudo-labels", run.path_of(rel), meta={"mode": "unlabeled", "images": str(extra_file)})
     missing = _missing_file(tmp_path, [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 2, 3, 4]}])
