@@ -38,11 +38,9 @@ def synth(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset folder."),
 ) -> None:
     """Write a synthetic LVIS v1 dataset: images, train/val jsons, test-dev and unlabeled image-info jsons."""
-    from lvisctl.data.synth import SPLITS, resolve_config, synthesize_into_run
+    from lvisctl.data.synth import SPLITS, synthesize_into_run
     from lvisctl.rundir import RunDir
 
-    if out is None and run_dir is None:
-        raise LvisctlError("data synth: pass --out DIR or --run-dir DIR")
     overrides = {
         "write_images": images,
         "real_categories": real_categories,
@@ -53,7 +51,6 @@ def synth(
         "unlabeled_images": unlabeled_images,
         "image_size": image_size,
     }
-    resolve_config(preset, **overrides)  # fail fast on bad options, before any progress bar
     run = RunDir(run_dir) if run_dir is not None else None
     with _progress() as progress:
         tasks = {}
