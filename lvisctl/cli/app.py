@@ -68,7 +68,9 @@ def main() -> None:
         err_console.print(Text.assemble(("error:", "bold red"), " ", str(err)))
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
-        err_console.print("interrupted; finished artifacts are kept and the command can be resumed")
+        err_console.print(
+            "interrupted; finished artifacts are kept and the command can be resumed", markup=False
+        )
         sys.exit(130)
 
 

@@ -12,23 +12,20 @@ result, so re-running the demo continues where it stopped (the orchestration liv
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
 from rich.text import Text
 
-
-class Preset(str, Enum):
-    demo = "demo"
-    tiny = "tiny"
-    val_scale = "val-scale"
+from lvisctl.cli._options import SynthPreset
 
 
 def demo_command(
     run_dir: Path = typer.Option(Path("demo-run"), "--run-dir", help="Run directory (re-run to resume)."),
-    preset: Preset = typer.Option(
-        Preset.demo, "--preset", help="Synthetic data size: demo (README), tiny (CI) or val-scale."
+    preset: SynthPreset = typer.Option(
+        "demo",
+        "--preset",
+        help="Synthetic data size: demo (README), tiny (CI) or val-scale.",
     ),
     iters: int | None = typer.Option(None, "--iters", min=1, help="Stage-1 iterations (solver.max_iter)."),
     stage2_iters: int | None = typer.Option(
@@ -65,7 +62,7 @@ def demo_command(
     result = run_phases(
         run,
         [stage1, stage2],
-        preset=preset.value,
+        preset=preset,
         seed=seed,
         prefix="demo",
         extra_overrides=extra,
