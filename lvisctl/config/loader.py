@@ -36,6 +36,9 @@ ALIASES = {
     "model.test.nms_thresh": "inference.nms_thresh",
     "model.test.detections_per_img": "inference.detections_per_image",
 }
+# When a config has both: the value the old code effectively used (the model filtered by model.test.*,
+# then inference.* filtered its output again, so the stricter of the two applied).
+_COMBINE = {"inference.score_thresh": max, "inference.detections_per_image": min}
 _noted: set[str] = set()
 
 
@@ -103,7 +106,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def apply_aliases(data: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
-    """Move old keys (``ALIASES``) to their new place (a new key given too wins); a note once per key."""
+    """Move old keys (``ALIASES``) to their new place (given both, as the old code combined them); a note
+    once per key."""
     out = copy.deepcopy(dict(data))
     for old, new in ALIASES.items():
         found, value = _pop_dotted(out, old)
@@ -112,7 +116,10 @@ def apply_aliases(data: Mapping[str, Any], source: str = "config") -> dict[str, 
         if old not in _noted:
             _noted.add(old)
             print(f"note: {source}: {old} is deprecated; it is read as {new}", file=sys.stderr)
-        if not lookup(out, new)[0]:
+        has_new, new_value = lookup(out, new)
+        if has_new and new in _COMBINE and value is not None and new_value is not None:
+            value = _COMBINE[new](value, new_value)
+        if not has_new or new in _COMBINE:
             _set_dotted(out, new, value)
     return out
 
