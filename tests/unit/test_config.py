@@ -110,6 +110,22 @@ def test_choice_tables_match_the_builders():
     assert set(choice_names("model.mask_head.eq1_box_rule")) == set(BOX_RULES)
 
 
+def test_every_sampler_and_device_choice_builds():
+    import numpy as np
+
+    from lvisctl.config.choices import choice_names
+    from lvisctl.data.samplers import build_train_sampler
+    from lvisctl.engine.distributed import pick_device
+
+    for kind in choice_names("sampler.type"):
+        assert build_train_sampler(load_config(None, [f"sampler.type={kind}"]), np.ones(4)) is not None
+    for device in choice_names("device"):
+        try:
+            pick_device(device)
+        except LvisctlError as err:  # cuda on a machine without a GPU: known, not "unknown value"
+            assert "no CUDA GPU" in str(err)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
