@@ -74,8 +74,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "augment.rotate.prob": _fraction(),
     "augment.rotate.max_angle": _at_least(0),
     "sampler.rfs_threshold": _positive(),
-    "data.extra_per_epoch": _at_least(0),
-    "data.extra_loss_weight": _at_least(0),
+    # data.extra_per_epoch / extra_loss_weight: checked by lvisctl.data.self_training, which owns them
     "model.backbone.freeze_at": (lambda v: v in range(6), "0..5"),
     "model.backbone.dcn_stages": _stages(),
     "inference.scales": _sizes(),
