@@ -37,9 +37,15 @@ def show_command(
 
     from lvisctl.config import load_config, resolve_config_path
 
+    class Dumper(yaml.SafeDumper):
+        """Sections as blocks, lists on one line (as the config files write them)."""
+
+    Dumper.add_representer(
+        list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+    )
     cfg = load_config(name, overrides or [])
     typer.echo(f"# {resolve_config_path(name)}")
-    typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None, width=110), nl=False)
+    typer.echo(yaml.dump(cfg.to_dict(), Dumper=Dumper, sort_keys=False, width=110), nl=False)
 
 
 def register(app: typer.Typer) -> None:
