@@ -12,7 +12,7 @@ DEMO_DIR ?= demo-run
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# Wheels only for every dependency (nothing compiles); lvisctl itself is pure Python.

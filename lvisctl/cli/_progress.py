@@ -22,7 +22,7 @@ class ImagesProgress:
                 TextColumn("[bold]inference"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
+                TextColumn("{task.fields[rate]}", markup=False),  # data, never Rich markup
                 TimeRemainingColumn(),
                 console=Console(stderr=True),
             )

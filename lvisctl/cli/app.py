@@ -10,6 +10,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from lvisctl.errors import LvisctlError
 
@@ -31,6 +32,7 @@ COMMAND_MODULES = (
     "evaluate",
     "submit",
     "runs",
+    "configs",
     "demo",
 )
 
@@ -62,10 +64,13 @@ def main() -> None:
     try:
         app()
     except LvisctlError as err:
-        err_console.print(f"[bold red]error:[/] {err}", markup=True)
+        # the message is user text (paths, json keys like res[val].json): never read it as Rich markup
+        err_console.print(Text.assemble(("error:", "bold red"), " ", str(err)))
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
-        err_console.print("interrupted; finished artifacts are kept and the command can be resumed")
+        err_console.print(
+            "interrupted; finished artifacts are kept and the command can be resumed", markup=False
+        )
         sys.exit(130)
 
 

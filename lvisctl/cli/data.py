@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lvisctl.cli._options import SynthPreset
 from lvisctl.errors import LvisctlError
 
 data_app = typer.Typer(help="LVIS datasets: synthesize, inspect, validate.", no_args_is_help=True)
@@ -17,7 +18,11 @@ console = Console()
 @data_app.command("synth")
 def synth(
     out: Path | None = typer.Option(None, "--out", help="Dataset folder to create (default: RUN_DIR/data)."),
-    preset: str = typer.Option("demo", "--preset", help="tiny (tests), demo (README demo) or val-scale."),
+    preset: SynthPreset = typer.Option(
+        "demo",
+        "--preset",
+        help="Dataset size: tiny (tests), demo (README demo) or val-scale (LVIS-like image sizes).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Everything is deterministic given the seed."),
     images: bool | None = typer.Option(None, "--images/--no-images", help="Write image files."),
     real_categories: bool | None = typer.Option(
@@ -26,13 +31,19 @@ def synth(
     categories_file: Path | None = typer.Option(
         None,
         "--categories-file",
-        help="Real category table (default <repo>/../shared/data/...).",
+        help="Real category table json (default: the LVIS v1 table shipped with lvisctl).",
     ),
     num_categories: int | None = typer.Option(None, "--num-categories", help="Override the preset."),
-    train_images: int | None = typer.Option(None, "--train-images"),
-    val_images: int | None = typer.Option(None, "--val-images"),
-    test_images: int | None = typer.Option(None, "--test-images"),
-    unlabeled_images: int | None = typer.Option(None, "--unlabeled-images"),
+    train_images: int | None = typer.Option(
+        None, "--train-images", help="Train images (override the preset)."
+    ),
+    val_images: int | None = typer.Option(None, "--val-images", help="Val images (override the preset)."),
+    test_images: int | None = typer.Option(
+        None, "--test-images", help="Test-dev images (override the preset)."
+    ),
+    unlabeled_images: int | None = typer.Option(
+        None, "--unlabeled-images", help="Unlabeled pool images (override the preset)."
+    ),
     image_size: int | None = typer.Option(None, "--image-size", help="Square image side in px."),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Register the jsons as datasets here."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset folder."),

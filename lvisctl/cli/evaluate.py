@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from lvisctl.cli._options import ExtraMetricList, IouTypeList
+
 
 def evaluate(
     results: Path | None = typer.Argument(
@@ -18,8 +20,12 @@ def evaluate(
         "--gt",
         help="LVIS v1 annotation file (required with RESULTS; with --run-dir alone: the predictions' gt).",
     ),
-    iou_type: str = typer.Option("segm,bbox", "--iou-type", help="Comma-separated: segm, bbox."),
-    metrics: str = typer.Option("", "--metrics", help="Extra metrics, comma-separated: boundary, fixed."),
+    iou_type: IouTypeList = typer.Option("segm,bbox", "--iou-type", help="Comma-separated: segm, bbox."),
+    metrics: ExtraMetricList = typer.Option(
+        "",
+        "--metrics",
+        help="Extra metrics, comma-separated: boundary (Boundary AP), fixed (Fixed AP).",
+    ),
     out: Path | None = typer.Option(None, "--out", help="Metrics json (csv and png are written next to it)."),
     run_dir: Path | None = typer.Option(
         None, "--run-dir", help="Run directory: inputs from and outputs to it."

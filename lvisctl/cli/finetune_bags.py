@@ -16,7 +16,9 @@ PHASE = "finetune_bags"
 def finetune_bags_command(
     run_dir: Path = typer.Option(..., "--run-dir", help="Run directory holding the stage-1 checkpoint."),
     config: Path | None = typer.Option(
-        None, "--config", help="Config (default configs/stage2/finetune_bags.yaml: box head only, BAGS)."
+        None,
+        "--config",
+        help="Config, a path or a packaged name (default stage2/finetune_bags: BAGS tunefc, classifier).",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest finetune-bags checkpoint."),
     overrides: list[str] | None = typer.Argument(

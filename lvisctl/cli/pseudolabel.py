@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from lvisctl.cli._options import PseudoMode
 from lvisctl.cli._progress import ImagesProgress
 
 
@@ -17,7 +18,7 @@ def pseudolabel_command(
     images: Path = typer.Option(
         ..., "--images", help="LVIS train json (--mode missing) or an image-info json of unlabeled images."
     ),
-    mode: str = typer.Option(
+    mode: PseudoMode = typer.Option(
         "missing",
         "--mode",
         help="missing: confident boxes on LVIS train that overlap no ground truth, used as ignore regions; "

@@ -14,7 +14,12 @@ def submit(
     image_info: Path = typer.Option(
         ..., "--image-info", help="lvis_v1_image_info_test_dev.json (or a GT file)."
     ),
-    out: Path | None = typer.Option(None, "--out", help="Submission file (.json, or .zip holding the json)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        resolve_path=True,  # relative to the working directory, not to --run-dir
+        help="Submission file (.json, or .zip holding the json; default RUN_DIR/submission/).",
+    ),
     truncate: bool = typer.Option(
         False, "--truncate", help="Keep the top 300 detections per image by score."
     ),

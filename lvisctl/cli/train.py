@@ -18,7 +18,8 @@ def train_command(
     config: Path | None = typer.Option(
         None,
         "--config",
-        help="Experiment config (e.g. configs/stage1/r50_da_eql_rfs.yaml); default: configs/base.yaml.",
+        help="Experiment config: a yaml path or a packaged name (stage1/r50_da_eql_rfs; see lvisctl "
+        "configs list). Default: configs/base.yaml.",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint of this stage."),
     phase: str | None = typer.Option(

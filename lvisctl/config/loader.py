@@ -4,17 +4,57 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lvisctl.config.checks import check_values, choice_problem, lookup
 from lvisctl.errors import LvisctlError
 
-# configs/ sits next to the package in the repository (editable installs and CI use the repo).
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+
+def _find_config_root() -> Path:
+    """``configs/``: inside the installed package (a wheel: ``lvisctl/configs``, see setup.py), else at the
+    top of the checkout next to the package (a source checkout or an editable install)."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "configs", package.parent / "configs"):
+        if (candidate / "base.yaml").is_file():
+            return candidate
+    return package / "configs"
+
+
+CONFIG_ROOT = _find_config_root()
 BASE_CONFIG = CONFIG_ROOT / "base.yaml"
+
+# Old key -> the key that replaced it. Old configs and checkpoints keep loading, with a note.
+ALIASES = {
+    # test-time settings lived twice (model.test.* and inference.*); inference.* is the one kept
+    "model.test.score_thresh": "inference.score_thresh",
+    "model.test.nms_thresh": "inference.nms_thresh",
+    "model.test.detections_per_img": "inference.detections_per_image",
+}
+# When a config has both: the value the old code effectively used (the model filtered by model.test.*,
+# then inference.* filtered its output again, so the stricter of the two applied).
+_COMBINE = {"inference.score_thresh": max, "inference.detections_per_image": min}
+_noted: set[str] = set()
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML with 1.2 floats: ``1e-3`` is a float (YAML 1.1, PyYAML's default, reads it as a string)."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 class Config(dict):
@@ -50,15 +90,62 @@ def _unwrap(value: Any) -> Any:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise LvisctlError(f"{path}: is a directory, not a config file (lvisctl configs list shows them)")
     if not path.exists():
         raise LvisctlError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise LvisctlError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise LvisctlError(f"{path}: cannot read the config ({err.__class__.__name__})") from None
     if not isinstance(data, dict):
         raise LvisctlError(f"{path}: a config must be a mapping of keys to values")
-    return data
+    return apply_aliases(data, str(path))
+
+
+def apply_aliases(data: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """Move old keys (``ALIASES``) to their new place (given both, as the old code combined them); a note
+    once per key."""
+    out = copy.deepcopy(dict(data))
+    for old, new in ALIASES.items():
+        found, value = _pop_dotted(out, old)
+        if not found:
+            continue
+        if old not in _noted:
+            _noted.add(old)
+            print(f"note: {source}: {old} is deprecated; it is read as {new}", file=sys.stderr)
+        has_new, new_value = lookup(out, new)
+        if has_new and new in _COMBINE and value is not None and new_value is not None:
+            value = _COMBINE[new](value, new_value)
+        if not has_new or new in _COMBINE:
+            _set_dotted(out, new, value)
+    return out
+
+
+def _pop_dotted(data: dict[str, Any], dotted: str) -> tuple[bool, Any]:
+    *parents, leaf = dotted.split(".")
+    chain = [data]
+    for part in parents:
+        if not isinstance(chain[-1].get(part), dict):
+            return False, None
+        chain.append(chain[-1][part])
+    if leaf not in chain[-1]:
+        return False, None
+    value = chain[-1].pop(leaf)
+    for parent, part in zip(reversed(chain[:-1]), reversed(parents), strict=True):  # drop emptied sections
+        if not parent[part]:
+            del parent[part]
+    return True, value
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
 
 
 def _load_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -93,15 +180,17 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             raise LvisctlError(f"override {item!r}: expected key=value, e.g. solver.base_lr=0.01")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = _yaml_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if not isinstance(node.setdefault(part, {}), dict):
+                raise LvisctlError(f"override {item!r}: {part} is set to a value by another override")
+            node = node[part]
         node[parts[-1]] = value
-    return out
+    return apply_aliases(out, "command-line override")
 
 
 def _leaf_paths(schema: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -137,6 +226,8 @@ def _validate(
             raise LvisctlError(
                 f"{source}: {dotted} must be {type(ref).__name__} (like the default {ref!r}), got {value!r}"
             )
+        elif problem := choice_problem(dotted, value):
+            raise LvisctlError(f"{source}: {problem}")
 
 
 def _same_type(ref: Any, value: Any) -> bool:
@@ -149,18 +240,56 @@ def _same_type(ref: Any, value: Any) -> bool:
     return isinstance(value, type(ref))
 
 
+def resolve_config_path(value: str | Path) -> Path:
+    """A config file from a path, or a packaged config's name (``stage1/r50_da_eql_rfs``, ``.yaml`` optional;
+    ``configs/stage1/...`` as the README writes it works from any directory). A file that exists wins."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise LvisctlError(f"{value}: is a directory, not a config file (lvisctl configs list shows them)")
+    if path.is_file() or path.is_absolute():
+        return path
+    name = path.as_posix().removesuffix(".yaml")
+    name = name.removeprefix("./").removeprefix("configs/")
+    packaged = CONFIG_ROOT / f"{name}.yaml"
+    if packaged.is_file():
+        return packaged
+    from lvisctl.config.catalog import config_names
+
+    close = difflib.get_close_matches(name, config_names(), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise LvisctlError(
+        f"{value}: config file not found, and no packaged config of that name{hint} "
+        "(lvisctl configs list shows them)"
+    )
+
+
+def upgrade_saved_config(saved: Mapping[str, Any]) -> Any:
+    """A config saved in a checkpoint, as today's code reads it: old keys moved (``ALIASES``) and keys
+    added since it was written filled with their defaults. Not validated (it was when it was saved)."""
+    schema = _load_with_bases(BASE_CONFIG)
+    return Config.wrap(deep_merge(schema, apply_aliases(saved, "checkpoint config")))
+
+
 def load_config(
     path: str | Path | None = None, overrides: Iterable[str] = (), *, base: Path = BASE_CONFIG
 ) -> Config:
-    """Load ``path`` (or only the base) with its ``_base_`` chain and ``overrides``; validate against base."""
+    """Load ``path`` (a file or a packaged config name; None: only the base) with its ``_base_`` chain and
+    ``overrides``; validate keys and types against the base, then choices and value ranges."""
     schema = _load_with_bases(base)
     merged = schema
+    cfg_source = str(base)
     if path is not None:
-        cfg_path = Path(path)
+        cfg_path = resolve_config_path(path)
         data = _load_with_bases(cfg_path)
         _validate(schema, data, str(cfg_path))
         merged = deep_merge(schema, data)
+        cfg_source = str(cfg_path)
     override_data = parse_overrides(overrides)
     _validate(schema, override_data, "command-line override")
     merged = deep_merge(merged, override_data)
+
+    def source_of(key: str) -> str:
+        return "command-line override" if lookup(override_data, key)[0] else cfg_source
+
+    check_values(merged, source_of)
     return Config.wrap(merged)

@@ -38,8 +38,8 @@ from lvisctl.errors import LvisctlError
 from lvisctl.rundir import RunDir
 from lvisctl.rundir.io import atomic_write_json
 
-# <repo>/../shared/data/: where CI and the team's machines keep the real category table
-REAL_CATEGORIES_FILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "lvis_v1_categories.json"
+# the real LVIS v1 category table ships inside the package (package data, see setup.py)
+REAL_CATEGORIES_FILE = Path(__file__).resolve().parent / "lvis_v1_categories.json"
 LVIS_TRAIN_IMAGES = 100_170  # images in LVIS v1 train, the denominator of the real table's counts
 SPLITS = (  # name, image folder, json file, annotated
     ("train", "train2017", "lvis_v1_train.json", True),

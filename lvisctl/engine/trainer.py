@@ -30,7 +30,7 @@ import yaml
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from lvisctl.config import Config
+from lvisctl.config import Config, upgrade_saved_config
 from lvisctl.data.categories import CategoryStats
 from lvisctl.engine import checkpoint as ckpt_io
 from lvisctl.engine.distributed import (
@@ -546,7 +546,7 @@ def _find_resume_state(
 
 
 def _check_resume_config(cfg: Config | None, state: Mapping[str, Any], run: RunDir) -> Config:
-    saved = Config.wrap(state["config"])
+    saved = upgrade_saved_config(state["config"])
     if cfg is None:
         return saved
     diffs = _config_diff(saved, cfg)

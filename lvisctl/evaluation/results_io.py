@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from lvisctl.errors import LvisctlError
+from lvisctl.errors import LvisctlError, raise_problems
 
 MAX_DETS_PER_IMAGE = 300
 _SHOWN_PROBLEMS = 5
@@ -35,16 +35,6 @@ class ImageTable:
     sizes: Mapping[int, tuple[int, int]]  # image id -> (height, width)
     cat_ids: frozenset[int]
     path: str
-
-
-def raise_problems(source: object, problems: Sequence[str], total: int | None = None) -> None:
-    """Raise one ``LvisctlError`` line listing the first problems and how many there are."""
-    if not problems:
-        return
-    total = len(problems) if total is None else total
-    shown = "; ".join(problems[:_SHOWN_PROBLEMS])
-    more = f" (and {total - _SHOWN_PROBLEMS} more)" if total > _SHOWN_PROBLEMS else ""
-    raise LvisctlError(f"{source}: {total} problem{'s' if total > 1 else ''}: {shown}{more}")
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

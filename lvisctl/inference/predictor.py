@@ -178,12 +178,12 @@ def _as_float(image: torch.Tensor) -> torch.Tensor:
 
 def checkpoint_config(ckpt: dict[str, Any], overrides: Sequence[str] = ()) -> Any:
     """The checkpoint's resolved config merged over the current base (keys added since it was written get
-    their defaults), then ``key=value`` ``overrides`` (e.g. ``model.test.score_thresh=0.05``)."""
-    from lvisctl.config import Config, load_config
+    their defaults), then ``key=value`` ``overrides`` (e.g. ``inference.score_thresh=0.05``)."""
+    from lvisctl.config import Config, load_config, upgrade_saved_config
     from lvisctl.config.loader import deep_merge, parse_overrides
 
     load_config(None, overrides)  # validates the overrides against the schema
-    merged = deep_merge(load_config().to_dict(), ckpt["config"])
+    merged = upgrade_saved_config(ckpt["config"]).to_dict()
     return Config.wrap(deep_merge(merged, parse_overrides(overrides)))
 
 

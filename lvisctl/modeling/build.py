@@ -152,8 +152,8 @@ def build_mask_head(mask_cfg, num_classes: int, channels: int) -> MaskHead | Bou
     return MaskHead(channels, num_classes, convs, dim)
 
 
-def build_roi_heads(mcfg, stats: CategoryStats, channels: int) -> LvisRoIHeads:
-    rcfg, mask_cfg, tcfg = mcfg.roi_heads, mcfg.mask_head, mcfg.test
+def build_roi_heads(mcfg, stats: CategoryStats, channels: int, tcfg) -> LvisRoIHeads:
+    rcfg, mask_cfg = mcfg.roi_heads, mcfg.mask_head  # tcfg: test-time settings, cfg.inference
     k = stats.num_classes
     cls_loss = build_cls_loss(rcfg, stats)
     mask_res, ratio, aligned = int(mask_cfg.pooler_resolution), int(rcfg.sampling_ratio), bool(rcfg.aligned)
@@ -191,7 +191,7 @@ def build_roi_heads(mcfg, stats: CategoryStats, channels: int) -> LvisRoIHeads:
         ignore_iou=float(rcfg.ignore_iou),
         score_thresh=float(tcfg.score_thresh),
         nms_thresh=float(tcfg.nms_thresh),
-        detections_per_img=int(tcfg.detections_per_img),
+        detections_per_img=int(tcfg.detections_per_image),
     )
 
 
@@ -203,7 +203,7 @@ def build_model(cfg, stats: CategoryStats) -> LvisMaskRCNN:
     return LvisMaskRCNN(
         backbone,
         build_rpn(mcfg.rpn, channels),
-        build_roi_heads(mcfg, stats, channels),
+        build_roi_heads(mcfg, stats, channels, cfg.inference),
         stats,
         pixel_mean=[float(v) for v in mcfg.pixel_mean],
         pixel_std=[float(v) for v in mcfg.pixel_std],

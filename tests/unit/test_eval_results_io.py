@@ -70,7 +70,7 @@ def test_problems_are_counted_and_listed_briefly():
         validate_results(results, TABLE, source="res.json")
     assert str(err.value).startswith(
         "res.json: 8 problems: result 0 has score inf"
-    ) and "(and 3 more)" in str(err.value)
+    ) and "; ... and 3 more" in str(err.value)
 
 
 def test_submission_rules():

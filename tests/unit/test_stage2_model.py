@@ -283,9 +283,9 @@ def test_stage2_configs_build_and_freeze_backbone_neck_rpn():
         model = build_model(cfg, make_stats())
         assert isinstance(model.roi_heads.cls_loss, BalancedGroupSoftmax) == name.startswith("gs")
         assert (model.roi_heads.mask_iou_head is not None) == name.endswith("ms")
-    # gs_hm_ms: 7 mask convs ("three more"), Eq. 1, balanced loss, boundary, deformable RoI pooling
+    # gs_hm_ms: Eq. 1, balanced loss, boundary; gs_hm_head adds 7 mask convs + deformable pooling
     assert len(model.roi_heads.mask_head.convs) == 2 * 2  # TINY's num_convs=2 overrides the file's 7
-    assert load_config("configs/stage2/gs_hm.yaml").model.mask_head.num_convs == 7
+    assert load_config("configs/stage2/gs_hm_head.yaml").model.mask_head.num_convs == 7
     # trunk, neck and RPN are separate submodules: freezing [backbone, rpn] leaves only the RoI heads
     tops = {
         n.split(".")[0] if not n.startswith("backbone.") else ".".join(n.split(".")[:2])

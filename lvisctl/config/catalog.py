@@ -1,0 +1,46 @@
+"""The packaged configs: names and one-line purposes (``lvisctl configs list``).
+
+A config's name is its path under ``configs/`` without ``.yaml`` (``stage1/r50_da_eql_rfs``); ``--config``
+takes it from any directory. Its purpose is the first comment line of the file, which says which row of
+the paper's Table 1 / Table 2 it reproduces. ``configs/base.yaml`` and ``configs/_base_/`` are the schema,
+and files whose name starts with ``_`` are pieces other configs include; neither is listed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lvisctl.config.loader import CONFIG_ROOT
+
+
+@dataclass(frozen=True)
+class ConfigEntry:
+    name: str
+    path: Path
+    purpose: str
+
+
+def _listed(path: Path, root: Path) -> bool:
+    rel = path.relative_to(root)
+    return rel.parts[0] != "_base_" and rel.as_posix() != "base.yaml" and not path.name.startswith("_")
+
+
+def purpose_of(path: Path) -> str:
+    """The first comment line at the top of a config ('' when it has none)."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        return stripped.lstrip("#").strip() if stripped.startswith("#") else ""
+    return ""
+
+
+def list_configs(root: Path = CONFIG_ROOT) -> list[ConfigEntry]:
+    """Every packaged experiment config, sorted by name."""
+    paths = sorted(p for p in root.rglob("*.yaml") if _listed(p, root))
+    return [ConfigEntry(p.relative_to(root).with_suffix("").as_posix(), p, purpose_of(p)) for p in paths]
+
+
+def config_names(root: Path = CONFIG_ROOT) -> list[str]:
+    return [entry.name for entry in list_configs(root)]

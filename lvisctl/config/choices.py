@@ -1,0 +1,69 @@
+"""The allowed values of every config key that picks one of a fixed set of things.
+
+One table, ``CHOICES``: dotted key -> {value: one-line description}. ``load_config`` checks every config
+against it before anything is loaded (a typo fails in milliseconds, not after the training data has
+loaded), with a "did you mean"; the builders (``modeling/build.py``, ``data/samplers.py``, ...) assert that
+their factories cover exactly these names, so the table and the code cannot drift apart. ``lvisctl configs
+show`` and the ``_base_`` yaml comments describe the same values.
+"""
+
+from __future__ import annotations
+
+CHOICES: dict[str, dict[str, str]] = {
+    "device": {
+        "auto": "CUDA when present, else CPU",
+        "cpu": "always the CPU",
+        "cuda": "the GPU of this process (LOCAL_RANK under torchrun)",
+    },
+    "model.backbone.name": {
+        "resnet18": "torchvision ResNet-18",
+        "resnet50": "torchvision ResNet-50 (Table 1's R50)",
+        "resnet101": "torchvision ResNet-101",
+        "resnest50": "timm ResNeSt-50",
+        "resnest101": "timm ResNeSt-101 (Table 1's S101)",
+        "resnest200": "timm ResNeSt-200 (Table 2's S200)",
+        "resnest269": "timm ResNeSt-269 (Table 2's S269)",
+        "tiny": "small ResNet-like trunk of the CPU demo",
+    },
+    "model.backbone.norm": {
+        "frozen_bn": "BatchNorm with frozen ImageNet statistics (pretrained trunks)",
+        "bn": "trainable BatchNorm (training from scratch)",
+        "gn": "GroupNorm, 32 groups",
+    },
+    "model.roi_heads.type": {
+        "standard": "Mask R-CNN: one box stage, one mask head",
+        "cascade": "Cascade Mask R-CNN: three box stages with rising IoU thresholds",
+        "htc": "Hybrid Task Cascade without the semantic branch (Table 1's HTC)",
+    },
+    "model.roi_heads.cls_loss": {
+        "softmax": "softmax cross-entropy",
+        "sigmoid": "per-class sigmoid binary cross-entropy",
+        "eql": "Equalization Loss (Table 1's EQL)",
+        "bags": "Balanced GroupSoftmax (Table 2's GS)",
+    },
+    "model.roi_heads.roi_pool": {
+        "align": "RoIAlign",
+        "deform": "deformable RoI pooling of the box branch (more computation on head)",
+    },
+    "model.mask_head.level_assign": {
+        "box": "FPN rule on the box area (224 px -> P4)",
+        "eq1": "the paper's Eq. 1: box and mask area (two passes at test time)",
+    },
+    "model.mask_head.eq1_box_rule": {
+        "log2": "Eq. 1's box term as the FPN mapping with finest scale 56",
+        "paper": "Eq. 1's box term as printed, floor(S_bbox / 56^2)",
+    },
+    "model.mask_head.loss": {
+        "bce": "per-pixel binary cross-entropy",
+        "balanced": "the paper's balanced mask loss, Dice + area-weighted BCE (Eq. 2-5)",
+    },
+    "sampler.type": {
+        "rfs": "Repeat Factor Sampling",
+        "uniform": "every image once per epoch",
+    },
+}
+
+
+def choice_names(key: str) -> tuple[str, ...]:
+    """The allowed values of ``key`` in table order (``KeyError`` for a key that is not a choice)."""
+    return tuple(CHOICES[key])

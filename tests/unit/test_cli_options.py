@@ -1,0 +1,127 @@
+"""Command-line declarations: help text on every option, fixed value sets as choices, unmarked errors,
+``lvisctl configs``, and paths relative to the working directory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from lvisctl.cli.app import app
+
+REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+WIDE = {"COLUMNS": "400", "TERMINAL_WIDTH": "400"}  # no wrapped help lines
+
+
+def _commands(group: click.Group, prefix: str = ""):
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if isinstance(command, click.Group):
+            yield from _commands(command, f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}", command
+
+
+def test_every_option_and_argument_has_help():
+    missing = []
+    for name, command in _commands(typer.main.get_command(app)):
+        for param in command.params:
+            if param.name == "help":
+                continue
+            if not (getattr(param, "help", None) or "").strip():
+                missing.append(f"{name} {param.name}")
+    assert not missing, missing
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "listed"),
+    [
+        ("data synth", "--preset", "tiny|demo|val-scale"),
+        ("demo", "--preset", "tiny|demo|val-scale"),
+        ("pseudolabel", "--mode", "missing|unlabeled"),
+        ("evaluate", "--iou-type", "segm|bbox|segm,bbox|bbox,segm"),
+        ("evaluate", "--metrics", "|boundary|fixed|boundary,fixed|fixed,boundary"),
+    ],
+)
+def test_fixed_value_options_are_choices_listed_in_help(command, option, listed):
+    result = runner.invoke(app, [*command.split(), "--help"], env=WIDE)
+    assert result.exit_code == 0 and listed in result.output, result.output
+    bad = runner.invoke(app, [*command.split(), option, "nonsense"], env=WIDE)
+    assert bad.exit_code == 2 and "'nonsense' is not one of" in bad.output, bad.output
+
+
+def test_choice_sets_match_the_layers():
+    from lvisctl.cli import _options
+    from lvisctl.data.synth import PRESETS
+    from lvisctl.evaluation.lvis_metrics import IOU_TYPES
+    from lvisctl.evaluation.pipeline import EXTRA_METRICS
+
+    assert set(_options.SYNTH_PRESETS) == set(PRESETS)
+    assert set(_options.IOU_TYPES) == set(IOU_TYPES)
+    assert set(_options.EXTRA_METRICS) == set(EXTRA_METRICS)
+
+
+def test_a_bad_choice_is_refused_by_the_parser(tmp_path):
+    result = runner.invoke(app, ["data", "synth", "--preset", "huge", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 2 and not (tmp_path / "d").exists()
+
+
+def test_error_messages_keep_their_square_brackets(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lvisctl",
+            "train",
+            "--run-dir",
+            str(tmp_path / "r"),
+            "--config",
+            "res[val].yaml",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: res[val].yaml: config file not found"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_configs_list_and_show():
+    listed = runner.invoke(app, ["configs", "list"], env=WIDE)
+    assert listed.exit_code == 0, listed.output
+    assert "stage1/r50_da_eql_rfs" in listed.output and "Table 1, row 4" in listed.output
+    assert "stage2/gs_hm_head" in listed.output and "large/_schedule" not in listed.output
+    shown = runner.invoke(app, ["configs", "show", "stage2/gs_hm", "solver.max_iter=7"])
+    assert shown.exit_code == 0, shown.output
+    import yaml
+
+    cfg = yaml.safe_load(shown.output)
+    assert cfg["model"]["mask_head"]["level_assign"] == "eq1" and cfg["solver"]["max_iter"] == 7
+    assert cfg["model"]["roi_heads"]["cls_loss"] == "bags"
+    bad = runner.invoke(app, ["configs", "show", "stage2/nope"])
+    assert bad.exit_code != 0
+
+
+def test_submit_out_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    import lvisctl.evaluation.submission as submission
+
+    seen = {}
+
+    def fake_run_submit(results, image_info, out, **kwargs):
+        seen["out"] = out
+        raise SystemExit(0)
+
+    monkeypatch.setattr(submission, "run_submit", fake_run_submit)
+    monkeypatch.chdir(tmp_path)
+    args = ["submit", "r.json", "--image-info", "i.json", "--run-dir", "run1", "--out", "sub.zip"]
+    runner.invoke(app, args)
+    assert seen["out"] == tmp_path.resolve() / "sub.zip"
