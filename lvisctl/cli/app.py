@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "tta_infer",
     "evaluate",
     "submit",
+    "analyze",
     "runs",
     "configs",
     "demo",

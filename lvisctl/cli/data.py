@@ -117,8 +117,15 @@ def stats(
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Find the dataset; register plots."),
     out: Path | None = typer.Option(None, "--out", help="Plot folder (RUN_DIR/plots or GT_DIR/stats)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing plots."),
+    level_scale: float = typer.Option(
+        1.0,
+        "--level-scale",
+        min=0.01,
+        help="Image resize factor for the mask-RoI level table (test/train scale over the native size).",
+    ),
 ) -> None:
-    """Print the category-frequency and mask/box-area-ratio distributions and save them as PNG plots."""
+    """Print the category-frequency and mask/box-area-ratio distributions and save them as PNG plots;
+    also how many instances Eq. 1 pools from another FPN level than the box rule."""
     from lvisctl.data.lvis import load_lvis
     from lvisctl.data.stats import dataset_stats, save_plots, stats_tables
     from lvisctl.rundir import RunDir
@@ -141,6 +148,7 @@ def stats(
     result = dataset_stats(data)
     for table in stats_tables(result):
         console.print(table)
+    console.print(levels_table(data, level_scale))
     written = save_plots(result, out, prefix=prefix)
     if run is not None:
         for path in written:
@@ -148,6 +156,25 @@ def stats(
                 "plot", path, inputs=[gt], meta={"plot": path.stem[len(prefix) :], "source": gt.name}
             )
     console.print("plots: " + ", ".join(str(p) for p in written))
+
+
+def levels_table(data, scale: float):
+    """GT instances per FPN level under the box rule and under Eq. 1, and the fraction Eq. 1 moves."""
+    from rich.table import Table
+
+    from lvisctl.analysis.levels import LEVEL_NAMES, level_disagreement
+
+    d = level_disagreement(data.annotations(), scale=scale)
+    table = Table(
+        title=f"Mask RoI levels of GT instances (scale {scale:g}): Eq. 1 moves "
+        f"{d['moved']} of {d['instances']} ({100 * d['fraction_moved']:.1f}%)"
+    )
+    table.add_column("rule")
+    for name in LEVEL_NAMES:
+        table.add_column(name, justify="right")
+    table.add_row("box (FPN)", *[str(d["box_rule"][n]) for n in LEVEL_NAMES])
+    table.add_row("Eq. 1", *[str(d["eq1"][n]) for n in LEVEL_NAMES])
+    return table
 
 
 @data_app.command("validate")

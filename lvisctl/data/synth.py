@@ -71,6 +71,9 @@ class SynthConfig:
     max_neg: int = 8
     occlusion: bool = True  # False: objects never overlap (faster: no visible-region tracing)
     more_instances: tuple[float, float, float] = (0.5, 0.3, 0.2)  # f, c, r: chance of one more instance
+    # Thin shapes' stroke width is at least this fraction of the object's extent (0: the default strokes).
+    # The hm preset uses it so that a thin object stays several cells wide on the 28 x 28 mask grid.
+    min_stroke: float = 0.0
 
 
 PRESETS: dict[str, SynthConfig] = {
@@ -92,6 +95,10 @@ PRESETS: dict[str, SynthConfig] = {
         occlusion=False,  # ~250k objects: json-only speed matters more than occlusion here
         more_instances=(0.7, 0.5, 0.3),  # ~12 annotations per image, as in LVIS val
     ),
+    # Where the paper's HM techniques can matter: 320 px images whose thin objects have boxes of 100-290 px
+    # (the FPN box rule pools them from P3/P4, Eq. 1 from P2) and strokes >= 10% of their extent
+    # (several cells of the 28 x 28 mask grid); mask/box ratios span ~0.1 (sticks, L's) to ~0.9 (squares).
+    "hm": SynthConfig(30, 1200, 200, 50, 100, 320, 5, (28, 0.5), (100, 0.9), 2, min_stroke=0.1),
 }
 
 # Shape families, interleaved so even 8 categories include thin ones.
@@ -292,10 +299,16 @@ def _annulus(r: float, t: float, start: float, stop: float, n: int = 14) -> np.n
     return np.concatenate([_circle(r, n, start, stop), _circle(r - t, n, start, stop)[::-1]])
 
 
-def _shape_polys(shape: str, s: float, rng: np.random.Generator) -> tuple[list[np.ndarray], bool]:
-    """Polygons centred on 0 for a shape of extent ``s``; the flag says whether to rotate randomly."""
+def _shape_polys(
+    shape: str, s: float, rng: np.random.Generator, min_stroke: float = 0.0
+) -> tuple[list[np.ndarray], bool]:
+    """Polygons centred on 0 for a shape of extent ``s``; the flag says whether to rotate randomly.
+
+    Thin shapes' strokes are at least ``min_stroke * s`` wide.
+    """
     r = s / 2
-    thin_w = max(2.0, 0.09 * s)
+    floor = min_stroke * s
+    thin_w = max(2.0, 0.09 * s, floor)
     if shape == "disc":
         return [_circle(r)], False
     if shape == "square":
@@ -321,12 +334,12 @@ def _shape_polys(shape: str, s: float, rng: np.random.Generator) -> tuple[list[n
         return [_rotate(_rect(s, thin_w), angle)], False
     if shape == "diagonal_line":
         angle = rng.uniform(35, 55) * rng.choice([1, -1])
-        return [_rotate(_rect(1.15 * s, 2.0), angle)], False
+        return [_rotate(_rect(1.15 * s, max(2.0, floor)), angle)], False
     if shape == "ring":  # two half annuli: COCO polygons cannot have holes
-        t = max(1.5, 0.1 * r)
+        t = max(1.5, 0.1 * r, floor)
         return [_annulus(r, t, 0, math.pi), _annulus(r, t, math.pi, 2 * math.pi)], False
     if shape == "arc":
-        return [_annulus(r, max(1.5, 0.12 * r), 0, math.pi)], True
+        return [_annulus(r, max(1.5, 0.12 * r, floor), 0, math.pi)], True
     if shape == "l_shape":
         w = thin_w
         pts = [(0, 0), (w, 0), (w, s - w), (s, s - w), (s, s), (0, s)]
@@ -432,7 +445,7 @@ def _place(
     for attempt in range(40):
         hi = max(lo, hi_frac * side) * (0.97**attempt)  # shrink a little when space is tight
         s = math.exp(rng.uniform(math.log(min(lo, hi)), math.log(hi)))
-        polys, rotate = _shape_polys(shape, s, rng)
+        polys, rotate = _shape_polys(shape, s, rng, cfg.min_stroke)
         if rotate:
             angle = rng.uniform(0, 360)
             polys = [_rotate(p, angle) for p in polys]

@@ -1,0 +1,1 @@
+"""Analyses of trained models: where masks fail although the boxes are right."""

@@ -1,0 +1,142 @@
+"""``lvisctl analyze masks``: mask quality with oracle boxes (is it the box or the mask?)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+analyze_app = typer.Typer(
+    help="Analyses that separate what the detector got wrong from what the mask head got wrong.",
+    no_args_is_help=True,
+)
+
+
+@analyze_app.command("masks")
+def masks(
+    run_dir: Path = typer.Option(..., "--run-dir", help="Run directory: checkpoints from and outputs to it."),
+    checkpoint: list[Path] = typer.Option(
+        [],
+        "--checkpoint",
+        help="Checkpoint file (repeat to compare, e.g. stage 1 then stage 2); default: the run's newest "
+        "final one.",
+    ),
+    images: Path | None = typer.Option(
+        None,
+        "--images",
+        help="LVIS annotation file whose GT boxes are given to the mask head; default: the run's "
+        "synthetic val split.",
+    ),
+    image_root: Path | None = typer.Option(
+        None, "--image-root", help="Folder the image paths are relative to (default: the json's folder)."
+    ),
+    scale: int | None = typer.Option(
+        None,
+        "--scale",
+        min=1,
+        help="Test scale (short side, px); default: the checkpoint's first inference.scales entry.",
+    ),
+    max_size: int | None = typer.Option(
+        None, "--max-size", min=1, help="Cap on the long side at test time; default: inference.max_size."
+    ),
+    max_images: int | None = typer.Option(
+        None, "--max-images", min=1, help="Analyse only the first N annotated images."
+    ),
+    out_stem: str = typer.Option(
+        "mask_quality", "--name", help="Output name: RUN/analysis/<name>.json and .png."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+) -> None:
+    """Run the mask head on the ground-truth boxes and categories (no detection involved) and report
+    mean mask IoU and Boundary IoU per frequency group and mask/box area-ratio bin, plus the oracle-box
+    mask AP (each GT box as a detection with score 1)."""
+    from rich.console import Console
+
+    from lvisctl.analysis.analyze_masks import run_analyze_masks
+    from lvisctl.cli._progress import ImagesProgress
+    from lvisctl.errors import LvisctlError
+    from lvisctl.inference.runner import resolve_checkpoint
+    from lvisctl.rundir import RunDir
+
+    run = RunDir(run_dir)
+    ckpts = [resolve_checkpoint(run, c)[:2] for c in (checkpoint or [None])]
+    if images is None:
+        found = run.find("dataset", split="val")
+        if not found:
+            raise LvisctlError(f"{run.manifest_path}: no val dataset recorded; pass --images FILE")
+        images = run.resolve(found[-1])
+    with ImagesProgress() as progress:
+        analyses = run_analyze_masks(
+            run,
+            ckpts,
+            images,
+            image_root=image_root,
+            scale=scale,
+            max_size=max_size,
+            max_images=max_images,
+            out_stem=out_stem,
+            overwrite=overwrite,
+            on_start=progress.start,
+            on_image=lambda: progress.advance(1),
+        )
+    console = Console()
+    console.print(quality_table(analyses))
+    console.print(
+        f"scored {images} with {', '.join(str(p) for _, p in ckpts)}", highlight=False, markup=False
+    )
+    console.print(
+        f"wrote {run.root / 'analysis' / (out_stem + '.json')} and .png", highlight=False, markup=False
+    )
+
+
+def quality_table(analyses):
+    """Rows: frequency group x area-ratio bin; columns: mean mask IoU / Boundary IoU per checkpoint and,
+    with two or more checkpoints, the last minus the first (the stage-2 gain)."""
+    from rich.table import Table
+
+    from lvisctl.analysis.mask_quality import GROUPS, RATIO_BINS
+
+    table = Table(title="Mask quality with oracle boxes (mean IoU, %)")
+    table.add_column("group")
+    table.add_column("mask/box")
+    table.add_column("n", justify="right")
+    for a in analyses:
+        table.add_column(f"{a.label} mask", justify="right")
+        table.add_column(f"{a.label} bdry", justify="right")
+    if len(analyses) > 1:
+        table.add_column("delta mask", justify="right")
+        table.add_column("delta bdry", justify="right")
+    for group in GROUPS:
+        for label in ("all", *(b[0] for b in RATIO_BINS)):
+            cells = [a.table[group][label] for a in analyses]
+            row = [group, label, str(cells[0]["count"])]
+            for c in cells:
+                row += [_pct(c["mask_iou"]), _pct(c["boundary_iou"])]
+            if len(analyses) > 1:
+                row += [
+                    _delta(cells[-1]["mask_iou"], cells[0]["mask_iou"]),
+                    _delta(cells[-1]["boundary_iou"], cells[0]["boundary_iou"]),
+                ]
+            table.add_row(*row)
+        table.add_section()
+    ap_row = ["oracle-box mask AP", "", ""]
+    for a in analyses:
+        ap_row += [_pct(a.oracle_ap.get("AP")), ""]
+    if len(analyses) > 1:
+        ap_row += [_delta(analyses[-1].oracle_ap.get("AP"), analyses[0].oracle_ap.get("AP")), ""]
+    table.add_row(*ap_row)
+    return table
+
+
+def _pct(value) -> str:
+    return "-" if value is None or value < 0 else f"{100 * value:.1f}"
+
+
+def _delta(new, old) -> str:
+    if new is None or old is None or new < 0 or old < 0:
+        return "-"
+    return f"{100 * (new - old):+.1f}"
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(analyze_app, name="analyze")
