@@ -10,7 +10,7 @@ from __future__ import annotations
 from itertools import permutations
 from typing import Literal
 
-SYNTH_PRESETS = ("tiny", "demo", "val-scale")  # lvisctl.data.synth.PRESETS
+SYNTH_PRESETS = ("tiny", "demo", "val-scale", "hm")  # lvisctl.data.synth.PRESETS
 PSEUDO_MODES = ("missing", "unlabeled")  # lvisctl.inference.pseudo_labels
 IOU_TYPES = ("segm", "bbox")  # lvisctl.evaluation.lvis_metrics.IOU_TYPES
 EXTRA_METRICS = ("boundary", "fixed")  # lvisctl.evaluation.pipeline.EXTRA_METRICS

@@ -21,7 +21,8 @@ def synth(
     preset: SynthPreset = typer.Option(
         "demo",
         "--preset",
-        help="Dataset size: tiny (tests), demo (README demo) or val-scale (LVIS-like image sizes).",
+        help="Dataset size: tiny (tests), demo (README demo), val-scale (LVIS-like image sizes) or "
+        "hm (320 px, large thin objects: where Eq. 1 moves RoIs).",
     ),
     seed: int = typer.Option(0, "--seed", help="Everything is deterministic given the seed."),
     images: bool | None = typer.Option(None, "--images/--no-images", help="Write image files."),
