@@ -1,4 +1,4 @@
-"""``import_checkpoint``: a torchvision / mmdet / detectron2 Mask R-CNN file -> a final stage-1 lvisctl checkpoint.
+"""``import_checkpoint``: a torchvision / mmdet / detectron2 Mask R-CNN file -> a final stage-1 checkpoint.
 
 Order of work (nothing is written before the last step):
 
@@ -227,8 +227,8 @@ def fill_state(
     if missing or wrong:
         detail = (wrong + missing)[:2]
         raise LvisctlError(
-            f"{path}: does not fit the lvisctl model ({len(missing)} weights missing, {len(wrong)} of another "
-            f"shape, e.g. {'; '.join(detail)}); check --config / overrides"
+            f"{path}: does not fit the lvisctl model ({len(missing)} weights missing, {len(wrong)} of "
+            f"another shape, e.g. {'; '.join(detail)}); check --config / overrides"
         )
     unused = sorted(set(k for k in mapped.tensors if k not in own))
     for key in unused:
@@ -259,7 +259,7 @@ def import_checkpoint(
     mapped = _map(tensors, meta, framework, path, input_format=input_format, stride_in_1x1=stride_in_1x1)
     cfg, derived = build_config(config, mapped, overrides)
     run = RunDir(run_dir)
-    ckpt_path = run.output_path(checkpoint_relpath(1, 0, True), overwrite=overwrite)
+    run.output_path(checkpoint_relpath(1, 0, True), overwrite=overwrite)
     report_path = run.output_path(REPORT_REL, overwrite=overwrite)
     stats, target_desc = target_categories(cfg, run)
     keep = classes_match(mapped.classes, stats)
@@ -268,15 +268,10 @@ def import_checkpoint(
     state, groups, unused_mapped = fill_state(model.state_dict(), mapped, keep, path)
     model.load_state_dict(state)  # strict: every key of the model is in ``state``
     unused_source = sorted(k for k in tensors if k.removeprefix("module.") not in mapped.used)
-    for key in unused_source:
+    for _key in unused_source:
         groups.setdefault("other", {"loaded": 0, "re-initialised": 0, "unused": 0})["unused"] += 1
-    classifier = (
-        "kept"
-        if keep
-        else (
-            f"re-initialised ({mapped.classes.description or mapped.classes.count} -> {stats.num_classes} target classes)"
-        )
-    )
+    source_desc = mapped.classes.description or mapped.classes.count
+    classifier = "kept" if keep else f"re-initialised ({source_desc} -> {stats.num_classes} target classes)"
     report = ImportReport(
         source=str(path.resolve()),
         sha256=sha256_file(path),

@@ -58,7 +58,7 @@ Rule = tuple[str, str]
 
 
 def _rename(keys: list[str], rules: list[Rule]) -> dict[str, str]:
-    """source key -> lvisctl key by the first matching ``(regex, replacement)``; unmatched keys are left out."""
+    """source key -> lvisctl key by the first matching ``(regex, replacement)``; unmatched keys left out."""
     out = {}
     compiled = [(re.compile(p), r) for p, r in rules]
     for key in keys:
@@ -81,8 +81,8 @@ def bg_last_to_first(t: Tensor) -> Tensor:
 
 
 def with_bg_slot(t: Tensor, group: int, num_classes: int) -> Tensor:
-    """Class-specific rows without a background slot ([K * group, ...]) -> [(K + 1) * group, ...] with a zero
-    slot first; a class-agnostic [group, ...] is repeated for the K + 1 slots (same output for every class)."""
+    """Class-specific rows without a background slot ([K * group, ...]) -> [(K + 1) * group, ...] with a
+    zero slot first; a class-agnostic [group, ...] is repeated for the K + 1 slots (same output per class)."""
     if t.shape[0] == group:
         return t.repeat(num_classes + 1, *([1] * (t.dim() - 1)))
     return torch.cat([torch.zeros_like(t[:group]), t])
@@ -226,8 +226,8 @@ def map_mmdet(state: dict[str, Tensor], meta: dict[str, Any] | None = None, **_:
     """mmdet 3.x Mask R-CNN (``state_dict`` + ``meta``): R-50/R-101/X-101 FPN, pytorch or caffe style."""
     if any(k.startswith("roi_head.bbox_head.0.") or k.startswith("roi_head.semantic_head.") for k in state):
         raise LvisctlError(
-            "mmdet HTC / cascade checkpoints need lvisctl's HTC heads (model.roi_heads.type: htc), which this "
-            "build does not have yet"
+            "mmdet HTC / cascade checkpoints need lvisctl's HTC heads (model.roi_heads.type: htc), "
+            "which this build does not have yet"
         )
     tensors, used = _apply(state, _MM_RULES)
     cls_w, cls_b = state["roi_head.bbox_head.fc_cls.weight"], state["roi_head.bbox_head.fc_cls.bias"]

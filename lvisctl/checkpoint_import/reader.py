@@ -13,6 +13,7 @@ array reconstruction, ``collections.OrderedDict`` and a few builtin containers.
 
 from __future__ import annotations
 
+import codecs
 import io
 import pickle
 import zipfile
@@ -106,6 +107,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _NUMPY_GLOBALS:
             return super().find_class(module, name)
+        if module == "_codecs" and name == "encode":  # protocol-2 pickles spell bytes as encode(str, latin1)
+            return codecs.encode
         if module == "collections" and name == "OrderedDict":
             return OrderedDict
         if module in ("builtins", "__builtin__") and name in _BUILTINS:

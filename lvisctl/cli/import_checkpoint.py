@@ -1,4 +1,4 @@
-"""``lvisctl import-checkpoint``: a torchvision / mmdet / detectron2 Mask R-CNN file as the run's stage-1 model."""
+"""``lvisctl import-checkpoint``: a torchvision / mmdet / detectron2 Mask R-CNN file as a stage-1 model."""
 
 from __future__ import annotations
 

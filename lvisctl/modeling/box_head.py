@@ -36,7 +36,9 @@ class ConvFCHead(nn.Module):
     def __init__(self, in_channels: int, resolution: int, num_convs: int, conv_dim: int, fc_dim: int) -> None:
         super().__init__()
         chans = [in_channels] + [conv_dim] * num_convs
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans[:-1], chans[1:]))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans[:-1], chans[1:], strict=True)
+        )
         self.fc = nn.Linear(chans[-1] * resolution**2, fc_dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -46,7 +48,8 @@ class ConvFCHead(nn.Module):
 
 
 class BoxHead(nn.Module):
-    """``TwoMLPHead`` (fc-relu-fc-relu, torchvision), or with ``num_convs`` > 0 a ``ConvFCHead``, + ``BoxPredictor``."""
+    """``TwoMLPHead`` (fc-relu-fc-relu, torchvision) or, with ``num_convs`` > 0, ``ConvFCHead``; then
+    ``BoxPredictor``."""
 
     def __init__(
         self,

@@ -164,3 +164,28 @@ def test_tta_infer_equals_torchvision(imported):
         torch.testing.assert_close(scores, ref["scores"], atol=1e-5, rtol=1e-4)
         assert torch.equal(labels, ref["labels"])
         torch.testing.assert_close(boxes, ref_boxes, atol=0.02, rtol=0)
+
+
+def test_v2_imports_with_folded_batchnorm_and_conv_box_head(tmp_path):
+    """``maskrcnn_resnet50_fpn_v2``: BatchNorm of FPN / box-head / mask-head convs folded, 4conv1fc box head;
+    the model gives torchvision's detections (boxes to rounding amplified by the exp of large deltas)."""
+    from lvisctl.checkpoint_import import import_checkpoint
+    from lvisctl.inference.predictor import load_checkpoint_model
+
+    tv = _torchvision_model(v2=True)
+    with torch.no_grad():  # non-trivial statistics, so folding is really exercised
+        for m in tv.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+    torch.save(tv.state_dict(), tmp_path / "v2.pth")
+    data = _coco_lvis_json(tmp_path)
+    result = import_checkpoint(tmp_path / "v2.pth", tmp_path / "run", overrides=[f"data.train={data}"])
+    assert result.report.classifier == "kept" and result.report.overrides["model.roi_heads.box_convs"] == 4
+    model, _, _ = load_checkpoint_model(tmp_path / "run" / "checkpoints" / "stage1_final.pt")
+    ref, mine = _reference(tv, tmp_path)[0], _reference(model, tmp_path)[0]
+    assert len(mine["scores"]) == len(ref["scores"]) > 0
+    torch.testing.assert_close(mine["scores"], ref["scores"], atol=1e-5, rtol=1e-4)
+    assert torch.equal(mine["labels"], ref["labels"])
+    torch.testing.assert_close(mine["boxes"], ref["boxes"], atol=0.25, rtol=0)
