@@ -186,8 +186,10 @@ class LvisctlLVISMetric(BaseMetric):
             pred = sample["pred_instances"]
             masks = pred.get("masks") if "segm" in self.metrics else None
             cats = [self.cat_ids[int(c)] for c in pred["labels"]]
-            self.results.extend(image_records(sample["img_id"], pred["bboxes"], pred["scores"], cats, masks))
+            # one entry per image: mmengine cuts the collected results to the dataset size
+            self.results.append(image_records(sample["img_id"], pred["bboxes"], pred["scores"], cats, masks))
 
     def compute_metrics(self, results: list) -> dict[str, float]:
-        metrics = evaluate_records(list(results), self.ann_file, self.metrics)
+        records = [rec for per_image in results for rec in per_image]
+        metrics = evaluate_records(records, self.ann_file, self.metrics)
         return {f"{t}_{k}": v for t, values in metrics.items() for k, v in values.items()}
