@@ -27,12 +27,13 @@ from torch import Tensor
 
 from lvisctl.checkpoint_import.categories import classes_match, lvis_v1_stats
 from lvisctl.checkpoint_import.layouts import (
-    CLASS_KEYS,
     FRAMEWORKS,
     MAPPERS,
     REQUIRED,
     MappedModel,
+    _first_stage,
     detect_framework,
+    is_class_key,
     key_prefixes,
 )
 from lvisctl.checkpoint_import.reader import LoadedFile, as_tensor_dict, read_checkpoint_file
@@ -110,7 +111,8 @@ def _map(
             f"{path}: not a {framework} Mask R-CNN layout (key prefixes: {key_prefixes(keys)})"
         )
     stripped = {k.removeprefix("module."): v for k, v in tensors.items()}
-    missing = [k for k in REQUIRED[framework] if k not in stripped]
+    normalised = {_first_stage(k) for k in stripped}
+    missing = [k for k in REQUIRED[framework] if k not in normalised]
     if missing:
         raise LvisctlError(f"{path}: {framework} checkpoint without a Mask R-CNN head (no {missing[0]})")
     try:
@@ -215,7 +217,7 @@ def fill_state(
     state, missing, wrong = dict(own), [], []
     for key, value in own.items():
         src = mapped.tensors.get(key)
-        if key in CLASS_KEYS and not keep_classifier:
+        if is_class_key(key, value) and not keep_classifier:
             count(key, "re-initialised")
         elif src is None:
             missing.append(key)

@@ -26,17 +26,17 @@ import torch
 from torch import Tensor
 
 from lvisctl.checkpoint_import.categories import SourceClasses, default_source_classes
-from lvisctl.errors import LvisctlError
 
-# lvisctl keys whose shape depends on the classes (re-initialised when the classes differ)
-CLASS_KEYS = (
-    "roi_heads.box_head.predictor.cls_score.weight",
-    "roi_heads.box_head.predictor.cls_score.bias",
-    "roi_heads.box_head.predictor.bbox_pred.weight",
-    "roi_heads.box_head.predictor.bbox_pred.bias",
-    "roi_heads.mask_head.predictor.weight",
-    "roi_heads.mask_head.predictor.bias",
-)
+_CLASS_KEY = re.compile(r".*(box_head\.predictor\.(cls_score|bbox_pred)|mask_head\.predictor)\.(weight|bias)")
+
+
+def is_class_key(key: str, own: Tensor) -> bool:
+    """A weight whose shape depends on the classes (class-agnostic box outputs, 4 rows, do not)."""
+    if not _CLASS_KEY.fullmatch(key):
+        return False
+    return not (".bbox_pred." in key and own.shape[0] == 4)
+
+
 FRAMEWORKS = ("torchvision", "mmdet", "detectron2")
 # ImageNet statistics in 0..255 (torchvision / mmdet pytorch style) and detectron2's MSRA BGR mean
 RGB_MEAN_255 = (123.675, 116.28, 103.53)
@@ -224,11 +224,8 @@ _MM_RULES: list[Rule] = [
 
 def map_mmdet(state: dict[str, Tensor], meta: dict[str, Any] | None = None, **_: Any) -> MappedModel:
     """mmdet 3.x Mask R-CNN (``state_dict`` + ``meta``): R-50/R-101/X-101 FPN, pytorch or caffe style."""
-    if any(k.startswith("roi_head.bbox_head.0.") or k.startswith("roi_head.semantic_head.") for k in state):
-        raise LvisctlError(
-            "mmdet HTC / cascade checkpoints need lvisctl's HTC heads (model.roi_heads.type: htc), "
-            "which this build does not have yet"
-        )
+    if "roi_head.bbox_head.0.fc_cls.weight" in state:
+        return _map_mmdet_htc(state, meta)
     tensors, used = _apply(state, _MM_RULES)
     cls_w, cls_b = state["roi_head.bbox_head.fc_cls.weight"], state["roi_head.bbox_head.fc_cls.bias"]
     k = cls_w.shape[0] - 1
@@ -241,15 +238,21 @@ def map_mmdet(state: dict[str, Tensor], meta: dict[str, Any] | None = None, **_:
         tensors[f"roi_heads.mask_head.predictor.{name}"] = with_bg_slot(logits, 1, k)
     used |= {f"roi_head.bbox_head.{n}.{p}" for n in ("fc_cls", "fc_reg") for p in ("weight", "bias")}
     used |= {f"roi_head.mask_head.conv_logits.{p}" for p in ("weight", "bias")}
-    meta = meta or {}
+    notes, overrides = _mmdet_conventions(tensors, meta or {})
+    names = _mmdet_class_names(meta or {})
+    classes = default_source_classes(k, names if names and len(names) == k else None)
+    return MappedModel("mmdet", tensors, used, overrides, classes, notes)
+
+
+def _mmdet_conventions(tensors: dict[str, Tensor], meta: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """Pixel statistics / channel order / block style from ``meta['cfg']``; mmdet's RoIAlign and anchors."""
     cfg_text = meta.get("cfg") if isinstance(meta.get("cfg"), str) else ""
     mean, std, bgr_to_rgb = _mmdet_preprocess(cfg_text)
     notes = []
     caffe = "style='caffe'" in cfg_text or 'style="caffe"' in cfg_text
     if not bgr_to_rgb:  # the weights expect BGR (caffe style): flip the first conv, statistics to RGB
-        tensors["backbone.body.stem.conv1.weight"] = flip_input_channels(
-            tensors["backbone.body.stem.conv1.weight"]
-        )
+        stem = "backbone.body.stem.conv1.weight"
+        tensors[stem] = flip_input_channels(tensors[stem])
         notes.append("mmdet data_preprocessor bgr_to_rgb=False: first conv flipped to RGB input")
     overrides: dict[str, Any] = {
         **pixel_overrides(mean, std, bgr=not bgr_to_rgb),
@@ -258,7 +261,54 @@ def map_mmdet(state: dict[str, Tensor], meta: dict[str, Any] | None = None, **_:
         "model.roi_heads.sampling_ratio": 0,
         "model.backbone.stride_in_1x1": caffe,
     }
-    names = _mmdet_class_names(meta)
+    return notes, overrides
+
+
+_HTC_RULES: list[Rule] = [
+    (r"roi_head\.bbox_head\.(\d+)\.shared_fcs\.0\.(.*)", r"roi_heads.stages.\1.box_head.mlp.fc6.\2"),
+    (r"roi_head\.bbox_head\.(\d+)\.shared_fcs\.1\.(.*)", r"roi_heads.stages.\1.box_head.mlp.fc7.\2"),
+    (
+        r"roi_head\.mask_head\.(\d+)\.convs\.(\d+)\.conv\.(.*)",
+        lambda m: f"roi_heads.stages.{m[1]}.mask_head.convs.{2 * int(m[2])}.{m[3]}",
+    ),  # type: ignore[list-item]
+    (r"roi_head\.mask_head\.(\d+)\.upsample\.(.*)", r"roi_heads.stages.\1.mask_head.deconv.\2"),
+    (r"roi_head\.mask_head\.(\d+)\.conv_res\.conv\.(.*)", r"roi_heads.stages.\1.mask_head.conv_res.0.\2"),
+]
+
+
+def _map_mmdet_htc(state: dict[str, Tensor], meta: dict[str, Any] | None) -> MappedModel:
+    """mmdet HTC (``roi_head.bbox_head.<stage>`` / ``mask_head.<stage>``) -> lvisctl's ``roi_heads.type: htc``
+    (``roi_heads.stages.<stage>``). lvisctl's HTC has no semantic branch: a checkpoint with one loads
+    everything else, reports the semantic weights unused and says that its outputs will differ."""
+    tensors, used = _apply(state, _MM_RULES[:8] + _HTC_RULES)
+    stages = sorted(
+        {int(k.split(".")[2]) for k in state if re.fullmatch(r"roi_head\.bbox_head\.\d+\.fc_cls\.weight", k)}
+    )
+    k = state["roi_head.bbox_head.0.fc_cls.weight"].shape[0] - 1
+    agnostic = state["roi_head.bbox_head.0.fc_reg.weight"].shape[0] == 4
+    for s in stages:
+        box, mask, out = f"roi_head.bbox_head.{s}", f"roi_head.mask_head.{s}", f"roi_heads.stages.{s}"
+        for name in ("weight", "bias"):
+            tensors[f"{out}.box_head.predictor.cls_score.{name}"] = bg_last_to_first(
+                state[f"{box}.fc_cls.{name}"]
+            )
+            reg = state[f"{box}.fc_reg.{name}"]
+            tensors[f"{out}.box_head.predictor.bbox_pred.{name}"] = (
+                reg if agnostic else with_bg_slot(reg, 4, k)
+            )
+            tensors[f"{out}.mask_head.predictor.{name}"] = with_bg_slot(
+                state[f"{mask}.conv_logits.{name}"], 1, k
+            )
+            used |= {f"{box}.fc_cls.{name}", f"{box}.fc_reg.{name}", f"{mask}.conv_logits.{name}"}
+    notes, overrides = _mmdet_conventions(tensors, meta or {})
+    overrides.update({"model.roi_heads.type": "htc", "model.roi_heads.cascade.class_agnostic": agnostic})
+    if len(stages) != 3:
+        overrides["model.roi_heads.cascade.iou_thresholds"] = [0.5, 0.6, 0.7][: len(stages)]
+    if any(key.startswith("roi_head.semantic_head.") for key in state):
+        notes.append(
+            "HTC semantic branch: lvisctl's HTC has none; its weights are unused and outputs will differ"
+        )
+    names = _mmdet_class_names(meta or {})
     classes = default_source_classes(k, names if names and len(names) == k else None)
     return MappedModel("mmdet", tensors, used, overrides, classes, notes)
 
@@ -406,9 +456,14 @@ REQUIRED = {
 }
 
 
+def _first_stage(key: str) -> str:
+    """mmdet cascade / HTC heads (``roi_head.bbox_head.0.*``) are recognised by their first stage."""
+    return re.sub(r"^roi_head\.(bbox_head|mask_head)\.0\.", r"roi_head.\1.", key)
+
+
 def detect_framework(keys: set[str]) -> str | None:
     """The framework whose Mask R-CNN signature keys are all present (module./model. prefixes ignored)."""
-    stripped = {k.removeprefix("module.") for k in keys}
+    stripped = {_first_stage(k.removeprefix("module.")) for k in keys}
     for name, signature in _SIGNATURES.items():
         if all(s in stripped for s in signature):
             return name

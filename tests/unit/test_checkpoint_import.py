@@ -369,3 +369,25 @@ def test_zip_without_data_pkl_is_refused(tmp_path):
         zf.writestr("archive/other.txt", "hello")
     with pytest.raises(LvisctlError, match="not a readable torch checkpoint"):
         read_checkpoint_file(path)
+
+
+def test_mmdet_htc_maps_onto_lvisctls_htc(tmp_path):
+    if "type" not in load_config(None, []).model.roi_heads:
+        pytest.skip("lvisctl's HTC (model.roi_heads.type: htc) is not in this build")
+    path, state = _mmdet_file(tmp_path, "htc/htc-without-semantic_r50_fpn_1x_coco.py")
+    r = import_checkpoint(path, tmp_path / "run").report
+    assert (
+        r.overrides["model.roi_heads.type"] == "htc" and r.overrides["model.roi_heads.cascade.class_agnostic"]
+    )
+    assert r.classifier.startswith("re-initialised (COCO (80 classes)")
+    assert sum(g["unused"] for g in r.groups.values()) == 53  # num_batches_tracked only
+    w = load_checkpoint(tmp_path / "run" / "checkpoints" / "stage1_final.pt")["model"]
+    for s in range(3):  # class-agnostic box regression (4 outputs) loads whatever the classes
+        assert torch.equal(
+            w[f"roi_heads.stages.{s}.box_head.predictor.bbox_pred.weight"],
+            state[f"roi_head.bbox_head.{s}.fc_reg.weight"],
+        )
+    assert torch.equal(
+        w["roi_heads.stages.2.mask_head.conv_res.0.weight"],
+        state["roi_head.mask_head.2.conv_res.conv.weight"],
+    )
