@@ -246,7 +246,8 @@ def map_mmdet(state: dict[str, Tensor], meta: dict[str, Any] | None = None, **_:
 
 def _mmdet_conventions(tensors: dict[str, Tensor], meta: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     """Pixel statistics / channel order / block style from ``meta['cfg']``; mmdet's RoIAlign and anchors."""
-    cfg_text = meta.get("cfg") if isinstance(meta.get("cfg"), str) else ""
+    # mmdet 3.x keeps the config text in meta["cfg"], 2.x (whose zoo files 3.x still serves) in meta["config"]
+    cfg_text = next((meta[k] for k in ("cfg", "config") if isinstance(meta.get(k), str)), "")
     mean, std, bgr_to_rgb = _mmdet_preprocess(cfg_text)
     notes = []
     caffe = "style='caffe'" in cfg_text or 'style="caffe"' in cfg_text
@@ -329,13 +330,15 @@ def _mmdet_preprocess(cfg_text: str) -> tuple[tuple[float, ...], tuple[float, ..
     (never executed); mmdet's defaults for Mask R-CNN when the checkpoint has no config."""
     mean = _floats(cfg_text, "mean") or RGB_MEAN_255
     std = _floats(cfg_text, "std") or RGB_STD_255
-    m = re.search(r"\bbgr_to_rgb\s*=\s*(True|False)", cfg_text)
+    m = re.search(r"\b(?:bgr_)?to_rgb\s*=\s*(True|False)", cfg_text)  # 3.x bgr_to_rgb, 2.x to_rgb
     return mean, std, (m is None or m[1] == "True")
 
 
 def _mmdet_class_names(meta: dict[str, Any]) -> tuple[str, ...] | None:
     dataset_meta = meta.get("dataset_meta")
-    classes = dataset_meta.get("classes") if isinstance(dataset_meta, dict) else None
+    classes = (
+        dataset_meta.get("classes") if isinstance(dataset_meta, dict) else meta.get("CLASSES")
+    )  # 3.x / 2.x
     if isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes):
         return tuple(classes)
     return None

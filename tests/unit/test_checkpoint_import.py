@@ -391,3 +391,13 @@ def test_mmdet_htc_maps_onto_lvisctls_htc(tmp_path):
         w["roi_heads.stages.2.mask_head.conv_res.0.weight"],
         state["roi_head.mask_head.2.conv_res.conv.weight"],
     )
+
+
+def test_mmdet_2x_zoo_meta_classes_and_config_text(tmp_path):
+    names = [f"cat{i}" for i in range(1203)]
+    cfg_text = "img_norm_cfg = dict(mean=[103.53, 116.28, 123.675], std=[1.0, 1.0, 1.0], to_rgb=False)"
+    meta = {"CLASSES": names, "config": cfg_text}
+    path, _ = _mmdet_file(tmp_path, "lvis/mask-rcnn_r101_fpn_sample1e-3_ms-1x_lvis-v1.py", meta=meta)
+    r = import_checkpoint(path, tmp_path / "run").report
+    assert r.overrides["model.pixel_std"] == pytest.approx([1 / 255] * 3)  # caffe-style BGR weights
+    assert r.classifier.startswith("re-initialised")  # class names differ from the LVIS v1 table's
