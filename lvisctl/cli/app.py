@@ -26,6 +26,7 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "data",
     "pseudolabel",
+    "import_checkpoint",
     "train",
     "finetune_bags",
     "tta_infer",

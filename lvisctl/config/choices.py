@@ -19,6 +19,8 @@ CHOICES: dict[str, dict[str, str]] = {
         "resnet18": "torchvision ResNet-18",
         "resnet50": "torchvision ResNet-50 (Table 1's R50)",
         "resnet101": "torchvision ResNet-101",
+        "resnext101_32x4d": "torchvision-layout ResNeXt-101 32x4d (imported mmdet/detectron2 X-101 weights)",
+        "resnext101_64x4d": "torchvision-layout ResNeXt-101 64x4d (imported mmdet X-101 weights)",
         "resnest50": "timm ResNeSt-50",
         "resnest101": "timm ResNeSt-101 (Table 1's S101)",
         "resnest200": "timm ResNeSt-200 (Table 2's S200)",

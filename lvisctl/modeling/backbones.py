@@ -26,13 +26,15 @@ from torchvision.ops import DeformConv2d, FrozenBatchNorm2d
 from lvisctl.errors import LvisctlError
 
 TORCHVISION_RESNETS = {"resnet18": 18, "resnet50": 50, "resnet101": 101}
+# ResNeXt-101 as mmdet's X-101-32x4d / 64x4d (torchvision's Bottleneck with groups and width per group)
+RESNEXTS = {"resnext101_32x4d": (32, 4), "resnext101_64x4d": (64, 4)}
 TIMM_RESNESTS = {
     "resnest50": "resnest50d",
     "resnest101": "resnest101e",
     "resnest200": "resnest200e",
     "resnest269": "resnest269e",
 }
-BACKBONE_NAMES = (*TORCHVISION_RESNETS, *TIMM_RESNESTS, "tiny")
+BACKBONE_NAMES = (*TORCHVISION_RESNETS, *RESNEXTS, *TIMM_RESNESTS, "tiny")
 NORMS = ("frozen_bn", "bn", "gn")
 
 
@@ -107,9 +109,20 @@ def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
     return nn.BatchNorm2d  # frozen_bn: converted after the weights are loaded
 
 
-def _torchvision_resnet(depth: int, norm: str, dcn_stages: list[int]) -> nn.Module:
-    ctor = getattr(torchvision.models, f"resnet{depth}")
-    model = ctor(weights=None, norm_layer=_norm_layer(norm))
+def _torchvision_resnet(
+    name: str, norm: str, dcn_stages: list[int], stride_in_1x1: bool = False
+) -> nn.Module:
+    if name in RESNEXTS:
+        groups, width = RESNEXTS[name]
+        model = torchvision.models.resnet101(
+            weights=None, norm_layer=_norm_layer(norm), groups=groups, width_per_group=width
+        )
+    else:
+        ctor = getattr(torchvision.models, f"resnet{TORCHVISION_RESNETS[name]}")
+        model = ctor(weights=None, norm_layer=_norm_layer(norm))
+    if stride_in_1x1:  # MSRA / caffe-style weights (detectron2's R-50.pkl): stride 2 in the 1x1 conv
+        for layer in (model.layer2, model.layer3, model.layer4):
+            layer[0].conv1.stride, layer[0].conv2.stride = (2, 2), (1, 1)
     for stage in dcn_stages:
         layer = getattr(model, f"layer{stage - 1}")  # stage 3 = res3 = torchvision layer2
         for block in layer:
@@ -224,8 +237,10 @@ def build_trunk(bcfg) -> nn.Module:
     if not 0 <= int(bcfg.freeze_at) <= 5:
         raise LvisctlError(f"model.backbone.freeze_at: must be 0..5, got {bcfg.freeze_at}")
 
-    if name in TORCHVISION_RESNETS:
-        model = _torchvision_resnet(TORCHVISION_RESNETS[name], norm, dcn)
+    if bcfg.get("stride_in_1x1", False) and name not in (*TORCHVISION_RESNETS, *RESNEXTS):
+        raise LvisctlError("model.backbone.stride_in_1x1: only the resnet / resnext backbones have it")
+    if name in TORCHVISION_RESNETS or name in RESNEXTS:
+        model = _torchvision_resnet(name, norm, dcn, bool(bcfg.get("stride_in_1x1", False)))
         if bcfg.weights:
             load_backbone_weights(model, bcfg.weights, name)
         trunk = _resnet_trunk(model)

@@ -8,6 +8,7 @@ K + 1 slots (torchvision layout) so ``labels`` index them directly whatever the 
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 
@@ -28,14 +29,43 @@ class BoxPredictor(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
 
+class ConvFCHead(nn.Module):
+    """``num_convs`` 3x3 conv-relu layers, then one fc-relu: torchvision v2's / detectron2's "4conv1fc" box
+    head (their BatchNorm folded into the conv biases, which is exact in eval mode)."""
+
+    def __init__(self, in_channels: int, resolution: int, num_convs: int, conv_dim: int, fc_dim: int) -> None:
+        super().__init__()
+        chans = [in_channels] + [conv_dim] * num_convs
+        self.convs = nn.ModuleList(
+            nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans[:-1], chans[1:], strict=True)
+        )
+        self.fc = nn.Linear(chans[-1] * resolution**2, fc_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        return F.relu(self.fc(x.flatten(1)))
+
+
 class BoxHead(nn.Module):
-    """``TwoMLPHead`` (fc-relu-fc-relu, torchvision) + ``BoxPredictor``."""
+    """``TwoMLPHead`` (fc-relu-fc-relu, torchvision) or, with ``num_convs`` > 0, ``ConvFCHead``; then
+    ``BoxPredictor``."""
 
     def __init__(
-        self, in_channels: int, resolution: int, fc_dim: int, num_classes: int, cls_loss: ClassificationLoss
+        self,
+        in_channels: int,
+        resolution: int,
+        fc_dim: int,
+        num_classes: int,
+        cls_loss: ClassificationLoss,
+        num_convs: int = 0,
     ) -> None:
         super().__init__()
-        self.mlp = TwoMLPHead(in_channels * resolution**2, fc_dim)
+        self.mlp = (
+            ConvFCHead(in_channels, resolution, num_convs, in_channels, fc_dim)
+            if num_convs
+            else TwoMLPHead(in_channels * resolution**2, fc_dim)
+        )
         self.predictor = BoxPredictor(fc_dim, num_classes, cls_loss)
 
     def forward(self, roi_features: Tensor) -> tuple[Tensor, Tensor]:

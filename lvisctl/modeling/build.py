@@ -9,6 +9,7 @@ An unknown value raises an ``LvisctlError`` naming the key.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.rpn import RPNHead
@@ -117,12 +118,24 @@ def build_box_extractor(rcfg, channels: int) -> nn.Module:
     )
 
 
+class UnroundedAnchorGenerator(AnchorGenerator):
+    """Cell anchors without torchvision's rounding to whole pixels (mmdet's and detectron2's layout)."""
+
+    def generate_anchors(self, scales, aspect_ratios, dtype=torch.float32, device=torch.device("cpu")):
+        scales = torch.as_tensor(scales, dtype=dtype, device=device)
+        h_ratios = torch.sqrt(torch.as_tensor(aspect_ratios, dtype=dtype, device=device))
+        ws = ((1 / h_ratios)[:, None] * scales[None, :]).view(-1)
+        hs = (h_ratios[:, None] * scales[None, :]).view(-1)
+        return torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+
+
 def build_rpn(rpn_cfg, channels: int) -> WeightedRPN:
     sizes = tuple((int(s),) for s in rpn_cfg.anchor_sizes)
     if len(sizes) != 5:
         raise LvisctlError(f"model.rpn.anchor_sizes: need 5 sizes (P2..P6), got {len(sizes)}")
     ratios = (tuple(float(r) for r in rpn_cfg.aspect_ratios),) * len(sizes)
-    anchors = AnchorGenerator(sizes, ratios)
+    round_anchors = bool(rpn_cfg.get("anchor_round", True))
+    anchors = AnchorGenerator(sizes, ratios) if round_anchors else UnroundedAnchorGenerator(sizes, ratios)
     head = RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=int(rpn_cfg.head_convs))
     return WeightedRPN(
         anchors,
@@ -169,7 +182,14 @@ def build_roi_heads(mcfg, stats: CategoryStats, channels: int, tcfg) -> LvisRoIH
     return LvisRoIHeads(
         num_classes=k,
         box_extractor=build_box_extractor(rcfg, channels),
-        box_head=BoxHead(channels, int(rcfg.pooler_resolution), int(rcfg.fc_dim), k, cls_loss),
+        box_head=BoxHead(
+            channels,
+            int(rcfg.pooler_resolution),
+            int(rcfg.fc_dim),
+            k,
+            cls_loss,
+            num_convs=int(rcfg.get("box_convs", 0)),
+        ),
         cls_loss=cls_loss,
         mask_extractor=RoIAlignExtractor(mask_res, ratio, aligned),
         mask_head=build_mask_head(mask_cfg, k, channels),

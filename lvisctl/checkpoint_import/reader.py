@@ -1,0 +1,203 @@
+"""Read a foreign checkpoint without executing any code from it.
+
+* torch files (``.pth`` / ``.pt``, zip format): ``torch.load(..., weights_only=True)`` first. mmdet /
+  mmengine checkpoints often carry objects in ``meta`` / ``message_hub`` that the weights-only loader
+  refuses; those files are read again by :class:`RestrictedUnpickler` over the zip records, which
+  rebuilds tensors itself and replaces every other class by a :class:`Skipped` record (never called).
+* pickles (detectron2 ``.pkl``: ``{"model": {name: numpy array}}``): the same unpickler, accepting numpy
+  arrays and plain containers.
+
+Only these are ever resolved: the tensor / storage rebuild functions (mapped to our own code), numpy's
+array reconstruction, ``collections.OrderedDict`` and a few builtin containers.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import pickle
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lvisctl.errors import LvisctlError
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32,
+    "DoubleStorage": torch.float64,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+}
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+}
+_BUILTINS = {"set": set, "frozenset": frozenset, "slice": slice, "complex": complex, "tuple": tuple}
+
+
+@dataclass
+class Skipped:
+    """Stand-in for an object of a class the reader does not trust: only its name is kept."""
+
+    name: str
+    args: tuple = ()
+    state: Any = None
+
+    def __setstate__(self, state: Any) -> None:  # pickle's BUILD: record, never apply
+        self.state = None
+
+
+@dataclass
+class LoadedFile:
+    """What was read: the top-level object and the names of the classes that were skipped."""
+
+    obj: Any
+    kind: str  # "torch" | "torch-restricted" | "pickle"
+    skipped: list[str] = field(default_factory=list)
+
+
+class _StorageRef:
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+
+def _skipped_class(name: str, seen: list[str]) -> type:
+    def make(*args: Any, **_kwargs: Any) -> Skipped:
+        if name not in seen:
+            seen.append(name)
+        return Skipped(name, ())
+
+    # a class so that pickle's NEWOBJ (cls.__new__(cls, *args)) also works; __new__ returns a Skipped
+    return type("SkippedClass", (), {"__new__": lambda _cls, *a, **k: make(*a, **k)})
+
+
+def _rebuild_tensor(storage: torch.Tensor, offset: int, size: Any, stride: Any, *_rest: Any) -> torch.Tensor:
+    if not isinstance(storage, torch.Tensor):
+        raise pickle.UnpicklingError("tensor without storage")
+    return torch.as_strided(storage, tuple(size), tuple(stride), int(offset)).clone()
+
+
+def _rebuild_parameter(data: Any, *_rest: Any) -> Any:
+    return data
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only data constructors; everything else becomes a :class:`Skipped` record."""
+
+    def __init__(self, file: io.BufferedIOBase, records: dict[str, bytes] | None = None, **kwargs: Any):
+        super().__init__(file, **kwargs)
+        self.records = records or {}
+        self.skipped: list[str] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _NUMPY_GLOBALS:
+            return super().find_class(module, name)
+        if module == "_codecs" and name == "encode":  # protocol-2 pickles spell bytes as encode(str, latin1)
+            return codecs.encode
+        if module == "collections" and name == "OrderedDict":
+            return OrderedDict
+        if module in ("builtins", "__builtin__") and name in _BUILTINS:
+            return _BUILTINS[name]
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+            return _rebuild_tensor
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return _rebuild_parameter
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageRef(_STORAGE_DTYPES[name])
+        if module == "torch" and name == "device":
+            return lambda *a: str(a[0]) if a else "cpu"
+        return _skipped_class(f"{module}.{name}", self.skipped)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.60}")
+        storage_type, key = pid[1], str(pid[2])
+        dtype = storage_type.dtype if isinstance(storage_type, _StorageRef) else torch.uint8
+        data = self.records.get(key)
+        if data is None:
+            raise pickle.UnpicklingError(f"storage record {key} missing")
+        return torch.frombuffer(bytearray(data), dtype=dtype) if data else torch.empty(0, dtype=dtype)
+
+
+def _zip_records(path: Path) -> tuple[bytes, dict[str, bytes]]:
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        pkl = next((n for n in names if n.endswith("/data.pkl") or n == "data.pkl"), None)
+        if pkl is None:
+            raise pickle.UnpicklingError("no data.pkl in the zip")
+        prefix = pkl[: -len("data.pkl")]
+        records = {
+            n[len(prefix) + len("data/") :]: zf.read(n)
+            for n in names
+            if n.startswith(prefix + "data/") and not n.endswith("/")
+        }
+        return zf.read(pkl), records
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:160]
+
+
+def read_checkpoint_file(path: str | Path) -> LoadedFile:
+    """Read ``path`` safely (see the module docstring); a file that is neither is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise LvisctlError(f"{path}: file not found")
+    if zipfile.is_zipfile(path):
+        try:
+            return LoadedFile(torch.load(path, map_location="cpu", weights_only=True), "torch")
+        except Exception:  # noqa: BLE001 - mmengine meta objects: read again restricted below
+            pass
+        try:
+            data, records = _zip_records(path)
+            unpickler = RestrictedUnpickler(io.BytesIO(data), records)
+            obj = unpickler.load()
+        except Exception as err:  # noqa: BLE001 - truncated / foreign: the user's to fix
+            raise LvisctlError(f"{path}: not a readable torch checkpoint ({_first_line(err)})") from None
+        return LoadedFile(obj, "torch-restricted", unpickler.skipped)
+    with path.open("rb") as fh:
+        head = fh.read(2)
+        fh.seek(0)
+        if head[:1] != b"\x80":  # every pickle of protocol >= 2 starts with PROTO
+            try:  # legacy (pre-1.6) torch files are pickles too; weights_only handles them
+                return LoadedFile(torch.load(path, map_location="cpu", weights_only=True), "torch")
+            except Exception:  # noqa: BLE001
+                raise LvisctlError(
+                    f"{path}: not a checkpoint (neither a torch zip file nor a pickle)"
+                ) from None
+        unpickler = RestrictedUnpickler(fh, encoding="latin1")
+        try:
+            obj = unpickler.load()
+        except Exception as err:  # noqa: BLE001
+            try:  # a legacy torch file (protocol 2 pickle with storages): weights_only reads it
+                return LoadedFile(torch.load(path, map_location="cpu", weights_only=True), "torch")
+            except Exception:  # noqa: BLE001
+                raise LvisctlError(f"{path}: not a readable checkpoint ({_first_line(err)})") from None
+    return LoadedFile(obj, "pickle", unpickler.skipped)
+
+
+def as_tensor_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """Entries of a state dict that are tensors or numeric numpy arrays, as tensors (others dropped)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if isinstance(value, torch.Tensor):
+            out[str(key)] = value
+        elif isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
+            out[str(key)] = torch.from_numpy(np.ascontiguousarray(value))
+    return out
