@@ -1,24 +1,31 @@
 """Self-training pseudo labels (paper section 2.1, "Self-training").
 
-Two uses, one selection step each:
+Two sources, one selection step each (``lvisctl pseudolabel SOURCE``):
 
-* **Missing annotations on LVIS train.** LVIS is federated: an object of a category that was not
-  exhaustively annotated on an image can be present without a label, and the detector is then punished
-  for finding it. The model is run on the training images; confident detections whose box does not
-  overlap any ground-truth box are kept as *pseudo labels* and treated as missing annotations: in the
-  next training run, proposals with a large IoU to one of them are ignored by the box classifier
-  (``target["ignore_boxes"]``, see ``model.roi_heads.ignore_iou``).
-* **Extra unlabeled images (Open Images in the paper).** Confident detections become the annotations of
-  those images; they are trained jointly with LVIS, a random subset (10k in the paper) per epoch, with a
-  loss weight lambda (``target["loss_weight"]``).
+* **``lvis``: missing annotations on LVIS train** (file mode ``missing``). LVIS is federated: an object of
+  a category that was not exhaustively annotated on an image can be present without a label, and the
+  detector is then punished for finding it. The model is run on the training images; confident
+  detections whose box overlaps no ground-truth box, of a category that can be missing there (listed in
+  the image's ``not_exhaustive_category_ids``, or not verified at all: neither annotated nor in
+  ``neg_category_ids``), are kept as *pseudo labels* and treated as missing annotations: in the next
+  training run, anchors and proposals with a large IoU to one of them are ignored
+  (``target["ignore_boxes"]``, see ``model.roi_heads.ignore_iou`` and :mod:`lvisctl.modeling.rpn`).
+* **``openimages`` / ``images``: extra unlabeled images** (file mode ``unlabeled``; Open Images in the
+  paper). Confident detections become the annotations of those images; they are trained jointly with
+  LVIS, a random subset (10k in the paper) per epoch, with a loss weight lambda (``target["loss_weight"]``).
+  The images come from a folder, an image list or an image-info json (:mod:`lvisctl.data.image_sources`).
 
-Both are written as LVIS-format json (images, annotations with ``bbox``, ``category_id``, ``score`` and,
-for unlabeled images, an RLE ``segmentation``), so the data layer reads them like any LVIS file.
+Both are written as LVIS v1 json (images, annotations with ``bbox``, RLE ``segmentation``, ``area``,
+``score``; the checkpoint's categories), so ``lvisctl data validate`` accepts them, lvis-api loads them
+and the data layer reads them like any LVIS file. The predictions made on the way are registered with
+meta ``purpose: "pseudolabel"``: they are not predictions for evaluation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,20 +33,81 @@ from torchvision.ops import box_iou
 
 from lvisctl.errors import LvisctlError
 
+SOURCES = {"lvis": "missing", "openimages": "unlabeled", "images": "unlabeled"}  # SOURCE -> file mode
+MODES = {"missing": "lvis", "unlabeled": "images"}  # the old --mode -> SOURCE
+PURPOSE = "pseudolabel"  # predictions meta: evaluate --run-dir never takes these
+HANDFUL = 10  # fewer kept labels than this: show the score distribution
+QUANTILES = (0.5, 0.9, 0.99)
+DEFAULT_SCORE_THRESH = 0.5
 
+
+# ------------------------------------------------------------------------------------ thresholds
+@dataclass(frozen=True)
+class ScoreThresholds:
+    """A score threshold per frequency group (``r``, ``c``, ``f``)."""
+
+    r: float = DEFAULT_SCORE_THRESH
+    c: float = DEFAULT_SCORE_THRESH
+    f: float = DEFAULT_SCORE_THRESH
+
+    @classmethod
+    def parse(cls, text: str) -> ScoreThresholds:
+        """``"0.5"`` (every group), ``"r=0.3,c=0.4,f=0.5"`` or a mix (``"0.5,r=0.3"``: r 0.3, others 0.5)."""
+        values: dict[str, float] = {}
+        default = DEFAULT_SCORE_THRESH
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            key, _, value = part.rpartition("=")
+            try:
+                number = float(value)
+            except ValueError:
+                number = -1.0
+            if key.strip() not in ("", "r", "c", "f") or not 0.0 <= number <= 1.0:
+                raise LvisctlError(
+                    f"--score-thresh {text!r}: expected a number in [0, 1] or per group r=0.3,c=0.4,f=0.5"
+                )
+            if key.strip():
+                values[key.strip()] = number
+            else:
+                default = number
+        if not text.strip():
+            raise LvisctlError("--score-thresh: empty")
+        return cls(**{g: values.get(g, default) for g in "rcf"})
+
+    def for_category(self, frequency: str | None) -> float:
+        return (
+            float(getattr(self, frequency)) if frequency in ("r", "c", "f") else max(self.r, self.c, self.f)
+        )
+
+    def by_category(self, categories: Iterable[Mapping[str, Any]]) -> dict[int, float]:
+        return {int(c["id"]): self.for_category(c.get("frequency")) for c in categories}
+
+    def __str__(self) -> str:
+        if self.r == self.c == self.f:
+            return f"{self.r:g}"
+        return f"r={self.r:g},c={self.c:g},f={self.f:g}"
+
+
+def _thresholds(score_thresh: float | Mapping[int, float], category_ids: Sequence[int]) -> torch.Tensor:
+    if isinstance(score_thresh, Mapping):
+        default = max(score_thresh.values(), default=DEFAULT_SCORE_THRESH)
+        return torch.tensor([float(score_thresh.get(c, default)) for c in category_ids])
+    return torch.full((len(category_ids),), float(score_thresh))
+
+
+# ------------------------------------------------------------------------------------ selection
 def select_missing_annotations(
     boxes: torch.Tensor,
     scores: torch.Tensor,
     gt_boxes: torch.Tensor,
     *,
-    score_thresh: float = 0.5,
+    score_thresh: float | torch.Tensor = DEFAULT_SCORE_THRESH,
     max_gt_iou: float = 0.0,
 ) -> torch.Tensor:
     """Indices of detections to keep as missing-annotation pseudo labels.
 
-    Keeps detections with ``score >= score_thresh`` whose IoU with every ground-truth box (any category)
-    is ``<= max_gt_iou``; the paper keeps boxes that "do not have overlap with ground truth", i.e. the
-    default ``max_gt_iou = 0``. Boxes are xyxy.
+    Keeps detections with ``score >= score_thresh`` (a number or one per detection) whose IoU with every
+    ground-truth box (any category) is ``<= max_gt_iou``; the paper keeps boxes that "do not have overlap
+    with ground truth", i.e. the default ``max_gt_iou = 0``. Boxes are xyxy.
     """
     keep = scores >= score_thresh
     if gt_boxes.numel() and boxes.numel():
@@ -48,12 +116,35 @@ def select_missing_annotations(
 
 
 def select_unlabeled_pseudo_labels(
-    scores: torch.Tensor, *, score_thresh: float = 0.5, max_per_image: int = 50
+    scores: torch.Tensor,
+    *,
+    score_thresh: float | torch.Tensor = DEFAULT_SCORE_THRESH,
+    max_per_image: int = 50,
 ) -> torch.Tensor:
     """Indices of the confident detections (highest score first) that become an unlabeled image's labels."""
     order = torch.argsort(scores, descending=True)
-    order = order[scores[order] >= score_thresh]
+    thresh = score_thresh[order] if isinstance(score_thresh, torch.Tensor) else score_thresh
+    order = order[scores[order] >= thresh]
     return order[:max_per_image]
+
+
+def can_be_missing(image: Mapping[str, Any], category_id: int, annotated: set[int]) -> bool:
+    """Federated labels: a category can have unannotated instances on an image only if it is listed as
+    not exhaustively annotated there, or was never verified (neither annotated nor negative). An image
+    record without the label lists tells nothing, so everything can be missing."""
+    if category_id in image.get("not_exhaustive_category_ids", ()):
+        return True
+    return category_id not in annotated and category_id not in image.get("neg_category_ids", ())
+
+
+def _area(rec: Mapping[str, Any]) -> float:
+    seg = rec.get("segmentation")
+    if isinstance(seg, dict) and "counts" in seg:
+        from pycocotools import mask as mask_utils
+
+        counts = seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]
+        return float(mask_utils.area({"size": list(seg["size"]), "counts": counts}))
+    return float(rec["bbox"][2] * rec["bbox"][3])
 
 
 def pseudo_label_file(
@@ -64,7 +155,8 @@ def pseudo_label_file(
     source: str,
 ) -> dict[str, Any]:
     """Assemble an LVIS-format json from LVIS results records (``image_id``, ``category_id``, ``bbox``,
-    ``score``, optional ``segmentation``). ``source`` is ``"missing"`` or ``"unlabeled"``."""
+    ``score``, optional ``segmentation``; ``area`` is the mask's, else the box's). ``source`` is
+    ``"missing"`` or ``"unlabeled"``."""
     annotations = []
     for ann_id, rec in enumerate(records, start=1):
         ann = {
@@ -72,7 +164,7 @@ def pseudo_label_file(
             "image_id": int(rec["image_id"]),
             "category_id": int(rec["category_id"]),
             "bbox": [float(v) for v in rec["bbox"]],
-            "area": float(rec["bbox"][2] * rec["bbox"][3]),
+            "area": _area(rec),
             "score": float(rec["score"]),
         }
         if "segmentation" in rec:
@@ -102,14 +194,17 @@ def pseudo_labels_from_predictions(
     categories: Sequence[Mapping[str, Any]],
     *,
     mode: str,
-    score_thresh: float,
+    score_thresh: float | Mapping[int, float],
     max_gt_iou: float = 0.0,
     max_per_image: int = 50,
+    gt_categories: Mapping[int, set[int]] | None = None,
 ) -> dict[str, Any]:
     """Select pseudo labels from an LVIS results list and return the LVIS-format pseudo-label file.
 
-    ``mode="missing"`` keeps confident detections away from every ground-truth box (LVIS train);
-    ``mode="unlabeled"`` keeps the confident detections of images without annotations, masks included.
+    ``mode="missing"`` keeps confident detections away from every ground-truth box (LVIS train), of
+    categories that can be missing on the image (:func:`can_be_missing`; ``gt_categories``: the annotated
+    category ids per image); ``mode="unlabeled"`` keeps the confident detections of images without
+    annotations. Masks are kept in both. ``score_thresh``: one number, or one per category id.
     """
     if mode not in ("missing", "unlabeled"):
         raise ValueError(f"mode must be 'missing' or 'unlabeled', got {mode!r}")
@@ -119,22 +214,23 @@ def pseudo_labels_from_predictions(
     kept: list[Mapping[str, Any]] = []
     for image_id in sorted(by_image):
         recs = by_image[image_id]
+        if mode == "missing":
+            annotated = (gt_categories or {}).get(image_id, set())
+            image = images.get(image_id, {})
+            recs = [r for r in recs if can_be_missing(image, int(r["category_id"]), annotated)]
+        if not recs:
+            continue
         scores = torch.tensor([float(r["score"]) for r in recs])
+        thresh = _thresholds(score_thresh, [int(r["category_id"]) for r in recs])
         if mode == "missing":
             boxes = _xywh_to_xyxy(torch.tensor([r["bbox"] for r in recs], dtype=torch.float32))
             gt = _xywh_to_xyxy(
                 torch.tensor(gt_boxes_xywh.get(image_id, []), dtype=torch.float32).reshape(-1, 4)
             )
-            idx = select_missing_annotations(
-                boxes, scores, gt, score_thresh=score_thresh, max_gt_iou=max_gt_iou
-            )
-            chosen = [{k: v for k, v in recs[i].items() if k != "segmentation"} for i in idx.tolist()]
+            idx = select_missing_annotations(boxes, scores, gt, score_thresh=thresh, max_gt_iou=max_gt_iou)
         else:
-            idx = select_unlabeled_pseudo_labels(
-                scores, score_thresh=score_thresh, max_per_image=max_per_image
-            )
-            chosen = [recs[i] for i in idx.tolist()]
-        kept.extend(chosen)
+            idx = select_unlabeled_pseudo_labels(scores, score_thresh=thresh, max_per_image=max_per_image)
+        kept.extend(recs[i] for i in idx.tolist())
     used_images = [images[i] for i in sorted(images) if mode == "unlabeled" or i in by_image]
     return pseudo_label_file(used_images, kept, categories, source=mode)
 
@@ -145,78 +241,229 @@ def _xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def score_distribution(predictions: Sequence[Mapping[str, Any]], frequency: Mapping[int, str]) -> list[str]:
+    """Quantiles of the predicted scores, overall and per frequency group (why few labels survived)."""
+    if not predictions:
+        return ["the model predicted nothing on these images"]
+    scores = torch.tensor([float(r["score"]) for r in predictions])
+    groups = torch.tensor([ord(frequency.get(int(r["category_id"]), "?")) for r in predictions])
+    lines = ["predicted scores: " + _quantile_text(scores)]
+    for g in "rcf":
+        part = scores[groups == ord(g)]
+        if part.numel():
+            lines.append(f"  {g}: " + _quantile_text(part))
+    return lines
+
+
+def _quantile_text(scores: torch.Tensor) -> str:
+    qs = torch.quantile(scores.double(), torch.tensor(QUANTILES, dtype=torch.float64)).tolist()
+    parts = [f"p{round(q * 100)} {v:.3f}" for q, v in zip(QUANTILES, qs, strict=True)]
+    return f"{scores.numel()} detections, " + ", ".join(parts) + f", max {scores.max().item():.3f}"
+
+
+def missing_recall(
+    pseudo_labels: Sequence[Mapping[str, Any]], hidden: Sequence[Mapping[str, Any]], *, iou: float = 0.5
+) -> float:
+    """Fraction of known unannotated instances (``hidden``: LVIS annotations) covered by a pseudo label of
+    the same image with box IoU >= ``iou`` (any category: an ignore region ignores every class)."""
+    if not hidden:
+        return float("nan")
+    by_image: dict[int, list[list[float]]] = {}
+    for ann in pseudo_labels:
+        by_image.setdefault(int(ann["image_id"]), []).append(list(ann["bbox"]))
+    found = 0
+    for ann in hidden:
+        boxes = by_image.get(int(ann["image_id"]))
+        if boxes:
+            ious = box_iou(
+                _xywh_to_xyxy(torch.tensor([ann["bbox"]], dtype=torch.float32)),
+                _xywh_to_xyxy(torch.tensor(boxes, dtype=torch.float32)),
+            )
+            found += int(ious.max().item() >= iou)
+    return found / len(hidden)
+
+
+# ------------------------------------------------------------------------------------ the command
+@dataclass
+class PseudoLabelOutcome:
+    """What :func:`make_pseudo_labels` made (``artifact`` None on ranks > 0)."""
+
+    artifact: Any
+    checkpoint: str  # the checkpoint used, as the run dir records it
+    checkpoint_note: str  # e.g. "stage 1, final, iteration 600 (newest stage-1 final)"
+    skipped: Any  # image_sources.SkipReport
+    score_lines: list[str] = field(default_factory=list)  # the score distribution when few survived
+
+
+def default_pseudolabel_checkpoint(run: Any) -> Any:
+    """The newest final stage-1 checkpoint (pseudo labels feed stage 1), whatever ran last."""
+    finals = run.find("checkpoint", stage=1, final=True)
+    if not finals:
+        raise LvisctlError(
+            f"{run.manifest_path}: no final stage-1 checkpoint recorded; train --stage 1 first or pass "
+            "--checkpoint PATH"
+        )
+    return finals[-1]
+
+
+def training_json_of(run: Any, checkpoint: Any) -> Path:
+    """The LVIS train json a checkpoint was trained on (its manifest lineage), else the run's train
+    dataset."""
+    inputs = list(getattr(checkpoint, "inputs", None) or [])
+    for rec in inputs:
+        if rec.get("kind") == "dataset":
+            return run.path_of(rec["path"])
+    for rec in inputs:
+        if rec.get("kind") == "external" and str(rec["path"]).endswith(".json"):
+            return run.path_of(rec["path"])
+    found = run.find("dataset", split="train")
+    if found:
+        return run.resolve(found[-1])
+    raise LvisctlError(
+        f"{run.manifest_path}: cannot tell which LVIS train json the checkpoint was trained on; pass --images"
+    )
+
+
+def _source_name(source: Path) -> str:
+    return source.stem if source.suffix == ".json" else source.name
+
+
 def make_pseudo_labels(
     run_dir: Any,
-    images: Any,
+    source: str,
     *,
-    mode: str,
+    images: Any = None,
+    image_root: Any = None,
+    image_list: Any = None,
     checkpoint: Any = None,
     scales: Sequence[int] | None = None,
-    image_root: Any = None,
-    score_thresh: float = 0.5,
+    score_thresh: ScoreThresholds | float = DEFAULT_SCORE_THRESH,
     max_gt_iou: float = 0.0,
     max_per_image: int = 50,
     out: Any = None,
     overwrite: bool = False,
     overrides: Sequence[str] = (),
-    on_start: Any = None,
-    on_images: Any = None,
-) -> Any:
-    """``lvisctl pseudolabel``: predict on ``images`` (sharded, resumable, through the shared runner), select
-    pseudo labels and write them as an LVIS json registered as ``pseudo-labels``. Returns the artifact
-    (``None`` on non-main ranks)."""
-    from pathlib import Path
+    workers: int = 8,
+    on_start: Callable[[int], None] | None = None,
+    on_images: Callable[[int], None] | None = None,
+) -> PseudoLabelOutcome:
+    """``lvisctl pseudolabel SOURCE``: resolve the images, predict on them (sharded, resumable, through the
+    shared runner), select pseudo labels and write them as an LVIS json registered as ``pseudo-labels``.
+    """
+    from lvisctl.data.image_sources import SkipReport, categories_from_stats, image_info_for
+    from lvisctl.engine.checkpoint import load_checkpoint
+    from lvisctl.inference.runner import predict_to_run_dir, resolve_checkpoint
+    from lvisctl.rundir import Artifact, RunDir, atomic_write_json
 
-    from lvisctl.data.lvis import load_lvis
-    from lvisctl.inference.runner import predict_to_run_dir
-    from lvisctl.rundir import RunDir, atomic_write_json
+    if source not in SOURCES:
+        raise LvisctlError(f"pseudolabel: SOURCE must be one of {', '.join(SOURCES)}, got {source!r}")
+    mode = SOURCES[source]
+    thresholds = (
+        score_thresh
+        if isinstance(score_thresh, ScoreThresholds)
+        else ScoreThresholds.parse(str(score_thresh))
+    )
+    run = RunDir(run_dir, create=checkpoint is not None)
+    if checkpoint is None:
+        ckpt_art = default_pseudolabel_checkpoint(run)
+        ckpt_path, note = run.resolve(ckpt_art), "newest stage-1 final"
+    else:
+        ckpt_art, ckpt_path, _ = resolve_checkpoint(run, Path(checkpoint))
+        note = "--checkpoint"
+    ckpt = load_checkpoint(ckpt_path)
+    categories = categories_from_stats(ckpt["category_stats"])
+    checkpoint_note = (
+        f"stage {ckpt.get('stage')}, iteration {ckpt.get('iteration')}"
+        + (", final" if ckpt.get("final") else "")
+        + f" ({note})"
+    )
 
-    images = Path(images).expanduser().resolve()
-    run = RunDir(run_dir)
-    out_rel = str(out) if out else f"pseudo_labels/{images.stem}_{mode}.json"
+    src = _images_of(source, run, ckpt_art, images, image_root)
+    out_rel = str(out) if out else f"pseudo_labels/{_source_name(src)}_{mode}.json"
     out_path = run.output_path(out_rel, overwrite=overwrite)  # fail before hours of inference
-    gt = load_lvis(images, image_root=image_root)
-    if mode == "unlabeled" and gt.num_annotations:
-        raise LvisctlError(f"{images}: has annotations; --mode unlabeled is for images without labels")
-    outcome = predict_to_run_dir(
-        Path(run_dir),
-        images,
-        checkpoint=checkpoint,
-        scales=scales,
+    info = image_info_for(
+        src,
+        out_dir=run.root / "predictions",
+        categories=lambda: categories,
         image_root=image_root,
-        out=Path(run.root / "predictions" / f"{images.stem}_for_{mode}_pseudo_labels.json"),
+        image_list=image_list,
+        workers=workers,
+    )
+    outcome = PseudoLabelOutcome(None, run.relative(ckpt_path), checkpoint_note, info.skipped or SkipReport())
+    gt = _load_images(info, mode)
+    pred = predict_to_run_dir(
+        Path(run_dir),
+        info.path,
+        checkpoint=Path(ckpt_path),
+        scales=scales,
+        image_root=info.image_root,
+        out=Path(run.root / "predictions" / f"{info.path.stem}_for_{mode}_pseudo_labels.json"),
         overwrite=True,  # an intermediate of this command, re-made with the current checkpoint
         overrides=overrides,
+        extra_meta={"purpose": PURPOSE},
         on_start=on_start,
         on_images=on_images,
     )
-    if not outcome.is_main or outcome.artifact is None:
-        return None
+    if not pred.is_main or pred.artifact is None:
+        return outcome
     from lvisctl.inference.results import read_split_results
 
-    predictions = read_split_results(outcome.out_path)
-    gt_boxes = {i: [a["bbox"] for a in anns] for i, anns in gt.anns_by_image.items()}
+    predictions = read_split_results(pred.out_path)
     payload = pseudo_labels_from_predictions(
         predictions,
         gt.images,
-        gt_boxes,
-        [gt.categories[c] for c in sorted(gt.categories)],
+        {i: [a["bbox"] for a in anns] for i, anns in gt.anns_by_image.items()},
+        categories,
         mode=mode,
-        score_thresh=score_thresh,
+        score_thresh=thresholds.by_category(categories),
         max_gt_iou=max_gt_iou,
         max_per_image=max_per_image,
+        gt_categories={i: {a["category_id"] for a in anns} for i, anns in gt.anns_by_image.items()},
     )
+    if len(payload["annotations"]) < HANDFUL:
+        outcome.score_lines = score_distribution(predictions, {c["id"]: c["frequency"] for c in categories})
     atomic_write_json(out_path, payload, indent=None)
-    return run.register(
+    outcome.artifact = run.register(
         "pseudo-labels",
         out_path,
-        inputs=[outcome.artifact, images],
+        inputs=[pred.artifact, ckpt_art if isinstance(ckpt_art, Artifact) else ckpt_path, info.path],
         meta={
             "mode": mode,
-            "images": str(images),
-            "score_thresh": score_thresh,
+            "source": source,
+            "images": str(info.path),
+            "checkpoint": outcome.checkpoint,
+            "score_thresh": str(thresholds),
             "num_labels": len(payload["annotations"]),
             "num_images": len(payload["images"]),
-            **({"image_root": str(Path(image_root).expanduser().resolve())} if image_root else {}),
+            "skipped_images": outcome.skipped.count,
+            **({"image_root": str(info.image_root)} if info.image_root else {}),
         },
     )
+    return outcome
+
+
+def _images_of(source: str, run: Any, ckpt_art: Any, images: Any, image_root: Any) -> Path:
+    """What to read: ``--images`` (json or folder), else for ``lvis`` the checkpoint's training json and
+    for the others the ``--image-root`` folder."""
+    if images is not None:
+        return Path(images).expanduser()
+    if source == "lvis":
+        return training_json_of(run, ckpt_art)
+    if image_root is None:
+        raise LvisctlError(
+            f"pseudolabel {source}: give --image-root DIR (a folder of images) or --images FILE"
+        )
+    return Path(image_root).expanduser()
+
+
+def _load_images(info: Any, mode: str) -> Any:
+    from lvisctl.data.lvis import load_lvis
+
+    gt = load_lvis(info.path, image_root=info.image_root)
+    if mode == "missing" and not gt.has_annotations:
+        raise LvisctlError(f"{info.path}: has no annotations; pseudolabel lvis needs the LVIS train json")
+    if mode == "unlabeled" and gt.num_annotations:
+        raise LvisctlError(
+            f"{info.path}: has annotations; pseudolabel openimages/images is for unlabeled images"
+        )
+    return gt
