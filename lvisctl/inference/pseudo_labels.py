@@ -350,7 +350,7 @@ def make_pseudo_labels(
     """``lvisctl pseudolabel SOURCE``: resolve the images, predict on them (sharded, resumable, through the
     shared runner), select pseudo labels and write them as an LVIS json registered as ``pseudo-labels``.
     """
-    from lvisctl.data.image_sources import SkipReport, categories_from_stats, image_info_for
+    from lvisctl.data.image_sources import ImageSource, SkipReport, categories_from_stats, image_info_for
     from lvisctl.engine.checkpoint import load_checkpoint
     from lvisctl.inference.runner import predict_to_run_dir, resolve_checkpoint
     from lvisctl.rundir import Artifact, RunDir, atomic_write_json
@@ -381,15 +381,19 @@ def make_pseudo_labels(
     src = _images_of(source, run, ckpt_art, images, image_root)
     out_rel = str(out) if out else f"pseudo_labels/{_source_name(src)}_{mode}.json"
     out_path = run.output_path(out_rel, overwrite=overwrite)  # fail before hours of inference
-    info = image_info_for(
-        src,
-        out_dir=run.root / "predictions",
-        categories=lambda: categories,
-        image_root=image_root,
-        image_list=image_list,
-        workers=workers,
-    )
-    outcome = PseudoLabelOutcome(None, run.relative(ckpt_path), checkpoint_note, info.skipped or SkipReport())
+    if source == "lvis":  # the LVIS train json as it is (loaded and checked below)
+        root = Path(image_root).expanduser() if image_root is not None else None
+        info = ImageSource(src.resolve(), root, 0, SkipReport(), converted=False)
+    else:
+        info = image_info_for(
+            src,
+            out_dir=run.root / "predictions",
+            categories=lambda: categories,
+            image_root=image_root,
+            image_list=image_list,
+            workers=workers,
+        )
+    outcome = PseudoLabelOutcome(None, run.relative(ckpt_path), checkpoint_note, info.skipped)
     gt = _load_images(info, mode)
     pred = predict_to_run_dir(
         Path(run_dir),
@@ -467,3 +471,52 @@ def _load_images(info: Any, mode: str) -> Any:
             f"{info.path}: has annotations; pseudolabel openimages/images is for unlabeled images"
         )
     return gt
+
+
+# ------------------------------------------------------------------------------------ tta-infer
+def images_for_run(
+    run_dir: Any,
+    images: Any,
+    image_root: Any = None,
+    image_list: Any = None,
+    checkpoint: Any = None,
+    *,
+    workers: int = 8,
+) -> tuple[Path, Path | None]:
+    """``tta-infer --images DIR [--image-list FILE]``: an image folder (or a json without sizes) becomes an
+    image-info json in ``DIR/predictions/`` (next to the results; evaluate, submit and lvis-api read it),
+    with stable image ids and the categories of the checkpoint that will predict. An LVIS / complete
+    image-info json is returned as is (not even read: LVIS val is 200 MB). Returns
+    ``(images json, image root)``; skipped images are reported on stderr."""
+    import sys
+
+    from lvisctl.data.image_sources import categories_from_stats, image_info_for
+    from lvisctl.engine.checkpoint import load_checkpoint
+    from lvisctl.inference.runner import default_checkpoint, resolve_checkpoint
+    from lvisctl.rundir import RunDir
+
+    if Path(images).is_file() and image_list is None:
+        return Path(images), Path(image_root) if image_root is not None else None  # an LVIS / image-info json
+
+    def categories() -> list[dict[str, Any]]:
+        run = RunDir(run_dir, create=checkpoint is not None)
+        path = (
+            resolve_checkpoint(run, Path(checkpoint))[1]
+            if checkpoint
+            else run.resolve(default_checkpoint(run))
+        )
+        return categories_from_stats(load_checkpoint(path)["category_stats"])
+
+    source = image_info_for(
+        images,
+        out_dir=Path(run_dir) / "predictions",
+        categories=categories,
+        image_root=image_root,
+        image_list=image_list,
+        workers=workers,
+    )
+    for line in source.skipped.lines():
+        print(line, file=sys.stderr)
+    if source.converted:
+        print(f"images: {source.num_images} from {images} -> {source.path}", file=sys.stderr)
+    return source.path, source.image_root

@@ -54,8 +54,9 @@ def test_openimages_folder_skips_unreadable_and_validates(run, tmp_path):
     folder = make_folder(tmp_path / "oi")
     result = invoke("openimages", "--run-dir", run.root, "--image-root", folder, "--score-thresh", "0")
     assert result.exit_code == 0, result.output
-    assert "checkpoint: checkpoints/stage1_final.pt (stage 1, iteration 11, final (newest stage-1 final))" in (
-        result.output
+    assert (
+        "checkpoint: checkpoints/stage1_final.pt (stage 1, iteration 11, final (newest stage-1 final))"
+        in (result.output)
     )
     assert "skipped 2 unreadable or missing image(s):" in result.output
     assert "a/corrupt.jpg" in result.output and "cut.jpg: truncated JPEG (no end marker)" in result.output
@@ -79,7 +80,9 @@ def test_openimages_folder_skips_unreadable_and_validates(run, tmp_path):
     preds = run.artifacts("predictions")
     assert preds and all(p.meta["purpose"] == "pseudolabel" for p in preds)
     # stable ids: a second run over the same folder gives the same ids
-    again = invoke("images", "--run-dir", run.root, "--images", folder, "--score-thresh", "0", "--out", "x.json")
+    again = invoke(
+        "images", "--run-dir", run.root, "--images", folder, "--score-thresh", "0", "--out", "x.json"
+    )
     assert again.exit_code == 0, again.output
     ids = {i["id"] for i in json.loads((run.root / "x.json").read_text())["images"]}
     assert ids == set(data.images)
@@ -111,9 +114,161 @@ def test_no_readable_image_is_an_error(run, tmp_path):
 
 
 def test_mode_alias_and_bad_thresholds(run, tmp_path):
-    bad = invoke("--run-dir", run.root, "--mode", "unlabeled", "--image-root", tmp_path, "--score-thresh", "r=2")
+    bad = invoke(
+        "--run-dir", run.root, "--mode", "unlabeled", "--image-root", tmp_path, "--score-thresh", "r=2"
+    )
     assert isinstance(bad.exception, LvisctlError) and "--score-thresh 'r=2'" in str(bad.exception)
     wrong = invoke("coco", "--run-dir", run.root)
     assert isinstance(wrong.exception, LvisctlError) and "SOURCE must be one of lvis, openimages" in str(
         wrong.exception
     )
+
+
+# ------------------------------------------------------------------------------------ pseudolabel lvis
+HIDE_EVERY = 3  # every 3rd annotation of a category with >= 2 instances on an image is hidden
+
+
+@pytest.fixture(scope="module")
+def hidden_lvis(tmp_path_factory):
+    """Tiny synthetic LVIS with known unannotated instances: annotations removed from the json, their
+    category marked not exhaustively annotated on that image (as LVIS does)."""
+    from lvisctl.data.synth import generate_synthetic_lvis
+
+    root = tmp_path_factory.mktemp("lvis")
+    data = generate_synthetic_lvis(root / "tiny", preset="tiny", seed=0)
+    train = json.loads(data["train"].read_text())
+    per_image_cat: dict[tuple[int, int], list[dict]] = {}
+    for ann in train["annotations"]:
+        per_image_cat.setdefault((ann["image_id"], ann["category_id"]), []).append(ann)
+    hidden = [anns[-1] for anns in per_image_cat.values() if len(anns) >= 2]
+    hidden = hidden[::HIDE_EVERY] or hidden
+    hidden_ids = {a["id"] for a in hidden}
+    images = {img["id"]: img for img in train["images"]}
+    for ann in hidden:
+        img = images[ann["image_id"]]
+        img["not_exhaustive_category_ids"] = sorted({*img["not_exhaustive_category_ids"], ann["category_id"]})
+    train["annotations"] = [a for a in train["annotations"] if a["id"] not in hidden_ids]
+    path = data["root"] / "lvis_v1_train_hidden.json"  # next to train2017/, so images resolve
+    path.write_text(json.dumps(train))
+    return {"train": path, "hidden": hidden, "full": json.loads(data["train"].read_text())}
+
+
+def _lvis_checkpoint(run: RunDir, train_json: Path) -> None:
+    """A tiny untrained model over the synthetic categories, whose lineage names its training json."""
+    import torch
+
+    from lvisctl.config import load_config
+    from lvisctl.engine.checkpoint import save_checkpoint
+    from lvisctl.modeling.build import build_model
+    from tests.integration.test_cli_tta_infer import TINY
+
+    cfg = load_config(None, TINY)
+    stats = load_lvis(train_json).category_stats()
+    torch.manual_seed(0)
+    dataset = run.register("dataset", train_json, meta={"split": "train"})
+    state = {
+        "model": build_model(cfg, stats).state_dict(),
+        "config": cfg.to_dict(),
+        "category_stats": stats.to_dict(),
+        "stage": 1,
+        "iteration": 5,
+        "epoch": 1,
+        "final": True,
+    }
+    save_checkpoint(run, state, inputs=[dataset])
+
+
+def _oracle_run_chunk(lvis_json: dict, hidden: list[dict]):
+    """A stand-in for the model: detects every annotated and hidden instance (score 0.95 / 0.9), plus on
+    each image with a hidden instance a confident detection of a category verified absent there (which
+    cannot be a missing annotation), and a low-score copy of each hidden instance."""
+    from lvisctl.data.lvis import ann_to_rle
+
+    images = {img["id"]: img for img in lvis_json["images"]}
+    by_image: dict[int, list[tuple[dict, float]]] = {}
+    for ann in lvis_json["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append((ann, 0.95))
+    for ann in hidden:
+        by_image.setdefault(ann["image_id"], []).append((ann, 0.9))
+        img = images[ann["image_id"]]
+        if img["neg_category_ids"]:
+            by_image[ann["image_id"]].append(({**ann, "category_id": img["neg_category_ids"][0]}, 0.97))
+        by_image[ann["image_id"]].append((ann, 0.2))
+
+    def run_chunk(predictor, items, category_map, *, batch_size, num_workers, on_images=None):
+        records = []
+        for item in items:
+            img = images[item.image_id]
+            for ann, score in by_image.get(item.image_id, []):
+                rle = ann_to_rle(ann, img["height"], img["width"])
+                seg = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()}
+                records.append(
+                    {
+                        "image_id": item.image_id,
+                        "category_id": ann["category_id"],
+                        "bbox": ann["bbox"],
+                        "score": score,
+                        "segmentation": seg,
+                    }
+                )
+        return records
+
+    return run_chunk
+
+
+def test_lvis_missing_annotations_recall_of_known_hidden_instances(hidden_lvis, tmp_path, monkeypatch):
+    import torch
+    from torchvision.ops import box_iou
+
+    from lvisctl.inference import runner
+    from lvisctl.inference.pseudo_labels import missing_recall
+
+    run = RunDir(tmp_path / "run")
+    _lvis_checkpoint(run, hidden_lvis["train"])
+    train = json.loads(hidden_lvis["train"].read_text())
+    hidden = hidden_lvis["hidden"]
+    monkeypatch.setattr(runner, "run_chunk", _oracle_run_chunk(train, hidden))
+    result = invoke("lvis", "--run-dir", run.root)  # default images: the checkpoint's training json
+    assert result.exit_code == 0, result.output
+    art = run.latest("pseudo-labels")
+    assert art.meta["mode"] == "missing" and art.meta["score_thresh"] == "0.5"
+    payload = json.loads(run.resolve(art).read_text())
+
+    # expected: the hidden instances whose box touches no annotated box (the paper's "no overlap with GT")
+    def xyxy(b):
+        return [b[0], b[1], b[0] + b[2], b[1] + b[3]]
+
+    gt = {}
+    for a in train["annotations"]:
+        gt.setdefault(a["image_id"], []).append(xyxy(a["bbox"]))
+    expected = [
+        h
+        for h in hidden
+        if not gt.get(h["image_id"])
+        or box_iou(torch.tensor([xyxy(h["bbox"])]), torch.tensor(gt[h["image_id"]])).max() == 0
+    ]
+    got = sorted((a["image_id"], a["category_id"], tuple(a["bbox"])) for a in payload["annotations"])
+    assert got == sorted((h["image_id"], h["category_id"], tuple(h["bbox"])) for h in expected)
+    recall = missing_recall(payload["annotations"], hidden)
+    assert recall == pytest.approx(len(expected) / len(hidden))
+    print(
+        f"\nrecall of {len(hidden)} known unannotated instances at score 0.5 (oracle detector): {recall:.3f}"
+    )
+    root = str(hidden_lvis["train"].parent)
+    check = CliRunner().invoke(app, ["data", "validate", str(run.resolve(art)), "--image-root", root])
+    assert check.exit_code == 0, check.output
+
+
+def test_lvis_with_the_real_model_validates(hidden_lvis, tmp_path):
+    run = RunDir(tmp_path / "run")
+    _lvis_checkpoint(run, hidden_lvis["train"])
+    args = ("--score-thresh", "0.0", "inference.detections_per_image=10", "inference.num_workers=0")
+    result = invoke("lvis", "--run-dir", run.root, "--images", hidden_lvis["train"], *args)
+    assert result.exit_code == 0, result.output
+    art = run.latest("pseudo-labels")
+    payload = json.loads(run.resolve(art).read_text())
+    assert payload["annotations"] and all("segmentation" in a for a in payload["annotations"])
+    assert {a["category_id"] for a in payload["annotations"]} <= {c["id"] for c in payload["categories"]}
+    root = str(hidden_lvis["train"].parent)
+    check = CliRunner().invoke(app, ["data", "validate", str(run.resolve(art)), "--image-root", root])
+    assert check.exit_code == 0, check.output

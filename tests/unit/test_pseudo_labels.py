@@ -1,5 +1,7 @@
+import pytest
 import torch
 
+from lvisctl.errors import LvisctlError
 from lvisctl.inference.pseudo_labels import (
     pseudo_label_file,
     select_missing_annotations,
@@ -58,8 +60,80 @@ def test_pseudo_labels_from_predictions_missing_and_unlabeled():
     cats = [{"id": 4, "name": "a"}, {"id": 5, "name": "b"}]
     missing = pseudo_labels_from_predictions(preds, images, gt, cats, mode="missing", score_thresh=0.5)
     assert [(a["image_id"], a["bbox"]) for a in missing["annotations"]] == [(1, [30.0, 30.0, 10.0, 10.0])]
-    assert "segmentation" not in missing["annotations"][0]
+    # masks are kept: LVIS annotations need a segmentation (`data validate`, lvis-api)
+    assert missing["annotations"][0]["segmentation"] == seg
     unl = pseudo_labels_from_predictions(preds, images, {}, cats, mode="unlabeled", score_thresh=0.3)
     assert [a["image_id"] for a in unl["annotations"]] == [1, 1, 2]
     assert unl["annotations"][0]["segmentation"] == seg
     assert [i["id"] for i in unl["images"]] == [1, 2]
+
+
+def test_score_thresholds_global_and_per_group():
+    from lvisctl.inference.pseudo_labels import ScoreThresholds
+
+    assert ScoreThresholds.parse("0.3") == ScoreThresholds(0.3, 0.3, 0.3)
+    assert ScoreThresholds.parse("r=0.3,c=0.4,f=0.5") == ScoreThresholds(0.3, 0.4, 0.5)
+    both = ScoreThresholds.parse("0.6, r=0.2")
+    assert both == ScoreThresholds(0.2, 0.6, 0.6) and str(both) == "r=0.2,c=0.6,f=0.6"
+    cats = [{"id": 4, "frequency": "r"}, {"id": 5, "frequency": "f"}, {"id": 6}]
+    assert both.by_category(cats) == {4: 0.2, 5: 0.6, 6: 0.6}  # unknown group: the strictest
+    for bad in ("x=0.3", "r=1.5", "abc", "", "r=0.1,,q"):
+        with pytest.raises(LvisctlError, match="--score-thresh"):
+            ScoreThresholds.parse(bad)
+
+
+def test_per_category_thresholds_in_both_modes():
+    from lvisctl.inference.pseudo_labels import pseudo_labels_from_predictions
+
+    images = {1: {"id": 1, "width": 50, "height": 50}}
+    preds = [
+        {"image_id": 1, "category_id": 4, "bbox": [0, 0, 5, 5], "score": 0.35},  # rare, thresh 0.3: keep
+        {"image_id": 1, "category_id": 5, "bbox": [20, 20, 5, 5], "score": 0.45},  # frequent, 0.5: drop
+        {"image_id": 1, "category_id": 5, "bbox": [30, 30, 5, 5], "score": 0.55},  # keep
+    ]
+    cats = [{"id": 4, "name": "a"}, {"id": 5, "name": "b"}]
+    for mode in ("missing", "unlabeled"):
+        out = pseudo_labels_from_predictions(
+            preds, images, {}, cats, mode=mode, score_thresh={4: 0.3, 5: 0.5}
+        )
+        assert sorted(a["score"] for a in out["annotations"]) == [0.35, 0.55]
+
+
+def test_missing_mode_follows_federated_labels():
+    from lvisctl.inference.pseudo_labels import can_be_missing, pseudo_labels_from_predictions
+
+    image = {"id": 1, "width": 50, "height": 50, "neg_category_ids": [7], "not_exhaustive_category_ids": [4]}
+    assert can_be_missing(image, 4, annotated={4, 5})  # annotated but not exhaustively: yes
+    assert not can_be_missing(image, 5, annotated={4, 5})  # exhaustively annotated: all are labelled
+    assert not can_be_missing(image, 7, annotated={4, 5})  # verified absent
+    assert can_be_missing(image, 9, annotated={4, 5})  # never verified
+    assert can_be_missing({"id": 2}, 5, annotated={5}) is False and can_be_missing({"id": 2}, 6, set())
+    preds = [{"image_id": 1, "category_id": c, "bbox": [30, 30, 5, 5], "score": 0.9} for c in (4, 5, 7, 9)]
+    gt_cats = {1: {4, 5}}
+    out = pseudo_labels_from_predictions(
+        preds, {1: image}, {1: [[0, 0, 5, 5]]}, [], mode="missing", score_thresh=0.5, gt_categories=gt_cats
+    )
+    assert [a["category_id"] for a in out["annotations"]] == [4, 9]
+
+
+def test_score_distribution_and_missing_recall():
+    from lvisctl.inference.pseudo_labels import missing_recall, score_distribution
+
+    preds = [{"category_id": 1 + (i % 2), "score": s} for i, s in enumerate([0.01, 0.02, 0.03, 0.04, 0.1])]
+    lines = score_distribution(preds, {1: "r", 2: "f"})
+    # linear interpolation at position q * 4: p50 = .03, p90 = .04 + .6 * .06, p99 = .04 + .96 * .06
+    assert lines[0] == "predicted scores: 5 detections, p50 0.030, p90 0.076, p99 0.098, max 0.100"
+    assert lines[1].startswith("  r: 3 detections") and lines[2].startswith("  f: 2 detections")
+    assert score_distribution([], {}) == ["the model predicted nothing on these images"]
+    hidden = [
+        {"image_id": 1, "bbox": [0, 0, 10, 10]},
+        {"image_id": 1, "bbox": [50, 50, 10, 10]},
+        {"image_id": 2, "bbox": [0, 0, 10, 10]},
+        {"image_id": 3, "bbox": [0, 0, 10, 10]},
+    ]
+    labels = [
+        {"image_id": 1, "bbox": [0, 0, 10, 12]},  # IoU 100/120 = 0.83 with the first: found
+        {"image_id": 1, "bbox": [55, 50, 10, 10]},  # IoU 50/150 = 0.33 with the second: not found
+        {"image_id": 3, "bbox": [0, 0, 5, 10]},  # IoU 0.5 exactly: found
+    ]
+    assert missing_recall(labels, hidden) == 0.5
