@@ -240,6 +240,8 @@ def _records(results: Iterable[tuple[PlannedImage, Any]], skips: SkipReport) -> 
             continue
         base = dict(planned.record or {})
         yield {
+            "neg_category_ids": [],  # nothing verified: every category may be present
+            "not_exhaustive_category_ids": [],
             **base,
             "id": planned.image_id,
             "width": size[0],
@@ -256,7 +258,7 @@ def write_image_info(
     name: str,
     info: dict[str, Any],
 ) -> tuple[Path, int]:
-    """Stream an LVIS image-info json (``info``, ``categories``, ``images``) to
+    """Stream an LVIS image-info json (``info``, ``categories``, empty ``annotations``, ``images``) to
     ``out_dir/<name>-<content hash>.images.json``; returns ``(path, number of images)``. The same
     content always gets the same name (a resumed run finds its file), other content another one."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -270,7 +272,8 @@ def write_image_info(
                 fh.write(text)
                 digest.update(text.encode("utf-8"))
 
-            head = {"info": info, "licenses": [], "categories": list(categories)}
+            # "annotations": [] (none) makes lvis-api, which needs the key, load the file
+            head = {"info": info, "licenses": [], "categories": list(categories), "annotations": []}
             put(json.dumps(head, separators=(",", ":"))[:-1] + ',"images":[')
             for record in records:
                 put(("," if count else "") + json.dumps(record, separators=(",", ":")))

@@ -272,3 +272,33 @@ def test_lvis_with_the_real_model_validates(hidden_lvis, tmp_path):
     root = str(hidden_lvis["train"].parent)
     check = CliRunner().invoke(app, ["data", "validate", str(run.resolve(art)), "--image-root", root])
     assert check.exit_code == 0, check.output
+
+
+# ------------------------------------------------------------------------------------ tta-infer on folders
+def test_tta_infer_on_a_folder_and_an_image_list(run, tmp_path):
+    from tests.lvis_reference import LVIS, LVISResults
+
+    folder = make_folder(tmp_path / "imgs")
+    args = ("--run-dir", run.root, "--images", folder, "inference.detections_per_image=5")
+    result = CliRunner().invoke(app, ["tta-infer", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    segm = run.latest("predictions", iou_type="segm")
+    info_path = Path(segm.meta["gt"])
+    assert info_path.parent == run.root / "predictions" and info_path.name.startswith("imgs-")
+    assert info_path.name.endswith(".images.json") and segm.path.startswith("predictions/imgs-")
+    info = json.loads(info_path.read_text())
+    assert sorted(i["file_name"] for i in info["images"]) == ["0003.jpg", "a/0002.png", "a/b/0001.jpg"]
+    assert [c["id"] for c in info["categories"]] == [3, 9, 40]  # the stage-2 checkpoint's
+    records = json.loads(run.resolve(segm).read_text())
+    assert {r["image_id"] for r in records} <= {i["id"] for i in info["images"]}
+    gt = LVIS(str(info_path))
+    assert len(LVISResults(gt, str(run.resolve(segm))).get_ann_ids()) == len(records)
+
+    listed = tmp_path / "list.txt"
+    listed.write_text("a/b/0001.jpg\n0003\n")
+    args = ("--run-dir", run.root, "--images", folder, "--image-list", listed, "--out", run.root / "l.json")
+    result = CliRunner().invoke(app, ["tta-infer", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    sub = json.loads(Path(run.latest("predictions", iou_type="segm").meta["gt"]).read_text())
+    ids = {i["file_name"]: i["id"] for i in info["images"]}
+    assert {i["file_name"]: i["id"] for i in sub["images"]} == {k: ids[k] for k in ("a/b/0001.jpg", "0003.jpg")}
