@@ -40,7 +40,7 @@ from lvisctl.errors import LvisctlError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MAX_LISTED_SKIPS = 5
 ID_BITS = 53  # ids stay exact as float64 (JavaScript, some json readers)
-TAIL_BYTES = 2048  # where a complete JPEG / PNG keeps its end marker
+TAIL_BYTES = 4096  # where a complete JPEG / PNG keeps its end marker (encoders may pad after it)
 _WINDOW_PER_WORKER = 64  # header reads in flight per thread: bounded memory, enough to hide latency
 
 
@@ -190,13 +190,26 @@ def _is_complete(payload: dict[str, Any], images: Sequence[dict]) -> bool:
 
 # ------------------------------------------------------------------------------------------ headers
 def read_image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the file header; raises ``OSError`` for a file that cannot be decoded
-    (missing, not an image, or a JPEG/PNG cut short: its end marker is missing)."""
+    """Upright ``(width, height)`` from the file header (EXIF rotations by 90 degrees swap them, as the
+    image reader applies them); raises for a file that cannot be used (missing, not an image, a JPEG/PNG
+    cut short: its end marker is missing)."""
+    try:  # the one image reader's header probe (lvisctl/data/image_io.py), when this tree has it
+        from lvisctl.data.image_io import probe_image
+    except ImportError:
+        return _header_size(path)
+    height, width = probe_image(path)
+    return width, height
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """What ``image_io.probe_image`` checks, for a tree without it."""
     from PIL import Image
 
     with Image.open(path) as img:  # lazy: parses the header only
         width, height = img.size
         fmt = img.format
+        if img.getexif().get(0x0112) in (5, 6, 7, 8):
+            width, height = height, width
     marker = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}.get(fmt or "")
     if marker is not None:
         with open(path, "rb") as fh:
@@ -209,12 +222,14 @@ def read_image_size(path: Path) -> tuple[int, int]:
 
 
 def _sized(root: Path, planned: PlannedImage) -> tuple[PlannedImage, tuple[int, int] | str]:
+    path = root / planned.file_name
     try:
-        return planned, read_image_size(root / planned.file_name)
+        return planned, read_image_size(path)
     except FileNotFoundError:
         return planned, "file not found"
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        return planned, (str(err).splitlines() or [type(err).__name__])[0][:120]
+    except Exception as err:  # PIL: OSError, SyntaxError, ValueError, DecompressionBombError; LvisctlError
+        text = (str(err).splitlines() or [type(err).__name__])[0]
+        return planned, text.removeprefix(f"{path}: ")[:120]
 
 
 def iter_image_records(
