@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "tta_infer",
     "evaluate",
     "submit",
+    "visualize",
     "runs",
     "demo",
 )
