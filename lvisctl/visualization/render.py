@@ -21,6 +21,7 @@ from lvisctl.errors import LvisctlError
 from lvisctl.visualization.draw import Instances, contact_sheet, draw_instances, side_by_side, titled
 
 PSEUDOLABEL = "pseudolabel"  # predictions meta purpose that is not for looking at / evaluating
+MIN_DISPLAY_SIDE = 256  # smaller images are drawn enlarged
 
 
 @dataclass
@@ -168,6 +169,20 @@ def instances_of(
     return Instances(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), cats, texts, mask_tensor)
 
 
+def display_factor(h: int, w: int) -> int:
+    """Small images are enlarged (integer factor, nearest) so names and scores stay legible."""
+    return max(1, -(-MIN_DISPLAY_SIDE // max(h, w)))
+
+
+def _enlarged(instances: Instances, k: int) -> Instances:
+    if k == 1:
+        return instances
+    masks = instances.masks
+    if masks is not None:
+        masks = masks.repeat_interleave(k, dim=1).repeat_interleave(k, dim=2)
+    return Instances(instances.boxes * k, instances.category_ids, instances.texts, masks)
+
+
 def render_image(
     image: torch.Tensor,
     gt: Sequence[Mapping[str, Any]] | None,
@@ -175,15 +190,17 @@ def render_image(
     names: Mapping[int, str],
     score_thresh: float,
 ) -> torch.Tensor:
-    """One PNG's pixels: the ground truth and / or predictions panels of an image."""
+    """One PNG's pixels: the ground truth and / or predictions panels of an image (small images
+    enlarged by :func:`display_factor`)."""
     _, h, w = image.shape
+    k = display_factor(h, w)
+    big = image.repeat_interleave(k, dim=1).repeat_interleave(k, dim=2) if k > 1 else image
     panels = []
     if gt is not None:
-        panels.append(
-            titled(draw_instances(image, instances_of(gt, names, h, w, scores=False)), "ground truth")
-        )
+        drawn = draw_instances(big, _enlarged(instances_of(gt, names, h, w, scores=False), k))
+        panels.append(titled(drawn, "ground truth"))
     if preds is not None:
-        drawn = draw_instances(image, instances_of(preds, names, h, w, scores=True))
+        drawn = draw_instances(big, _enlarged(instances_of(preds, names, h, w, scores=True), k))
         panels.append(titled(drawn, f"predictions (score >= {score_thresh:g})"))
     return side_by_side(panels)
 

@@ -14,6 +14,7 @@ from lvisctl.cli.app import app
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import RunDir, atomic_write_json
 from lvisctl.visualization.draw import GAP, TITLE_HEIGHT, category_color
+from lvisctl.visualization.render import display_factor
 from tests.integration.test_cli_tta_infer import SIZES, make_lvis
 
 
@@ -65,19 +66,26 @@ def test_pngs_differ_from_the_source_under_drawn_masks(tmp_path, inputs):
     src = np.asarray(Image.open(data / "img1.png").convert("RGB")).astype(int)
     png = np.asarray(Image.open(out / "1.png").convert("RGB")).astype(int)
     h, w = SIZES[0]
-    assert png.shape == (TITLE_HEIGHT + h, 2 * w + GAP, 3)  # ground truth | predictions
-    gt_panel = png[TITLE_HEIGHT:, :w]
-    pred_panel = png[TITLE_HEIGHT:, w + GAP :]
+    k = display_factor(h, w)  # 64 x 80 is drawn 4x (nearest), so names stay legible
+    assert k == 4 and png.shape == (TITLE_HEIGHT + k * h, 2 * k * w + GAP, 3)  # ground truth | predictions
+    gt_panel = png[TITLE_HEIGHT:, : k * w]
+    pred_panel = png[TITLE_HEIGHT:, k * w + GAP :]
+
+    def at(panel, y, x):  # the panel pixel showing source pixel (y, x)
+        return panel[y * k + k // 2, x * k + k // 2]
+
     # inside the GT mask [10:30, 10:30], below its label: blended with category 3's colour
     y, x = 25, 25
-    color = np.array(category_color(3))
-    assert np.abs(gt_panel[y, x] - src[y, x]).sum() > 30
-    assert np.allclose(gt_panel[y, x], 0.55 * src[y, x] + 0.45 * color, atol=2)
+    assert np.abs(at(gt_panel, y, x) - src[y, x]).sum() > 30
+    assert np.allclose(at(gt_panel, y, x), 0.55 * src[y, x] + 0.45 * np.array(category_color(3)), atol=2)
     # the prediction's mask [34:60, 30:70] in category 9's colour (below its label); the 0.1 one is not drawn
-    assert np.allclose(pred_panel[55, 60], 0.55 * src[55, 60] + 0.45 * np.array(category_color(9)), atol=2)
-    assert np.array_equal(pred_panel[2, 2], src[2, 2]) and np.array_equal(pred_panel[25, 25], src[25, 25])
+    color9 = np.array(category_color(9))
+    assert np.allclose(at(pred_panel, 55, 60), 0.55 * src[55, 60] + 0.45 * color9, atol=2)
+    assert np.array_equal(at(pred_panel, 2, 2), src[2, 2]) and np.array_equal(
+        at(pred_panel, 25, 25), src[25, 25]
+    )
     # far from everything, pixels are the source's
-    assert np.array_equal(gt_panel[h - 3, w - 3], src[h - 3, w - 3])
+    assert np.array_equal(at(gt_panel, h - 3, w - 3), src[h - 3, w - 3])
     sheet = RunDir(tmp_path / "run").latest("plot")
     assert sheet.meta["purpose"] == "visualize" and sheet.meta["images"] == 3
     again = invoke("--run-dir", tmp_path / "run", "--gt", gt, "--predictions", preds, "--out", out)
