@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lvisctl.errors import LvisctlError
 
@@ -70,9 +70,9 @@ class SkipReport:
         return {"count": self.count, "first": [list(p) for p in self.first]}
 
 
-@dataclass(frozen=True)
-class PlannedImage:
-    """An image before its header is read: id, path relative to the root, and any known fields."""
+class PlannedImage(NamedTuple):
+    """An image before its header is read: id, path relative to the root, and any known fields (a tuple:
+    1.7 M of them are made in a few seconds)."""
 
     image_id: int
     file_name: str
@@ -146,10 +146,11 @@ def iter_image_list(path: Path) -> Iterator[str]:
         columns = [c.strip().strip('"') for c in next(csv.reader([first]))] if first.strip() else []
         if "ImageID" in columns or "file_name" in columns or "path" in columns:
             key = next(c for c in ("ImageID", "file_name", "path") if c in columns)
-            for row in csv.DictReader(fh, fieldnames=columns):
-                value = (row.get(key) or "").strip()
+            col, suffix = columns.index(key), key == "ImageID"
+            for row in csv.reader(fh):
+                value = row[col].strip() if len(row) > col else ""
                 if value:
-                    yield _with_suffix(value) if key == "ImageID" else value
+                    yield _with_suffix(value) if suffix else value
             return
         if "," in first:
             raise LvisctlError(f"{path}: CSV without an ImageID, file_name or path column")
@@ -160,7 +161,9 @@ def iter_image_list(path: Path) -> Iterator[str]:
 
 
 def _with_suffix(value: str) -> str:
-    return value if value.lower().endswith(IMAGE_SUFFIXES) else f"{value}.jpg"
+    return (
+        value if value.endswith(IMAGE_SUFFIXES) or value.lower().endswith(IMAGE_SUFFIXES) else value + ".jpg"
+    )
 
 
 def _json_entries(path: Path) -> tuple[dict[str, Any], list[dict]]:
