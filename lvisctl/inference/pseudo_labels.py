@@ -295,15 +295,31 @@ class PseudoLabelOutcome:
     score_lines: list[str] = field(default_factory=list)  # the score distribution when few survived
 
 
-def default_pseudolabel_checkpoint(run: Any) -> Any:
-    """The newest final stage-1 checkpoint (pseudo labels feed stage 1), whatever ran last."""
-    finals = run.find("checkpoint", stage=1, final=True)
-    if not finals:
-        raise LvisctlError(
-            f"{run.manifest_path}: no final stage-1 checkpoint recorded; train --stage 1 first or pass "
-            "--checkpoint PATH"
-        )
-    return finals[-1]
+def pseudolabel_checkpoint(run: Any, checkpoint: Any = None) -> tuple[Any, Path, str]:
+    """``(manifest input, file, note)`` of ``--checkpoint`` (a path, or with the engine's resolver also
+    ``best`` / a phase name), by default the newest final stage-1 checkpoint (pseudo labels feed stage 1),
+    whatever ran last."""
+    try:  # the one checkpoint resolver (engine/checkpoint.py), when this tree has it
+        from lvisctl.engine.checkpoint import resolve_checkpoint as resolve
+    except ImportError:
+        resolve = None
+    note = "--checkpoint" if checkpoint is not None else "newest stage-1 final"
+    if resolve is not None:
+        found = resolve(run, checkpoint, stage=1 if checkpoint is None else None)
+    elif checkpoint is None:
+        finals = run.find("checkpoint", stage=1, final=True)
+        if not finals:
+            raise LvisctlError(
+                f"{run.manifest_path}: no final stage-1 checkpoint recorded; train --stage 1 first or pass "
+                "--checkpoint PATH"
+            )
+        found = finals[-1]
+    else:
+        from lvisctl.inference.runner import resolve_checkpoint
+
+        found = resolve_checkpoint(run, Path(checkpoint))[0]
+    path = run.resolve(found) if hasattr(found, "sha256") else Path(found).expanduser().resolve()
+    return found, path, note
 
 
 def training_json_of(run: Any, checkpoint: Any) -> Path:
@@ -352,7 +368,7 @@ def make_pseudo_labels(
     """
     from lvisctl.data.image_sources import ImageSource, SkipReport, categories_from_stats, image_info_for
     from lvisctl.engine.checkpoint import load_checkpoint
-    from lvisctl.inference.runner import predict_to_run_dir, resolve_checkpoint
+    from lvisctl.inference.runner import predict_to_run_dir
     from lvisctl.rundir import Artifact, RunDir, atomic_write_json
 
     if source not in SOURCES:
@@ -364,12 +380,7 @@ def make_pseudo_labels(
         else ScoreThresholds.parse(str(score_thresh))
     )
     run = RunDir(run_dir, create=checkpoint is not None)
-    if checkpoint is None:
-        ckpt_art = default_pseudolabel_checkpoint(run)
-        ckpt_path, note = run.resolve(ckpt_art), "newest stage-1 final"
-    else:
-        ckpt_art, ckpt_path, _ = resolve_checkpoint(run, Path(checkpoint))
-        note = "--checkpoint"
+    ckpt_art, ckpt_path, note = pseudolabel_checkpoint(run, checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     categories = categories_from_stats(ckpt["category_stats"])
     checkpoint_note = (
