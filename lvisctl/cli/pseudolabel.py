@@ -95,13 +95,13 @@ def pseudolabel_command(
                 workers=workers,
                 on_start=progress.start,
                 on_images=progress.advance,
+                on_note=_note,
             )
         finally:
             cleanup_distributed()
     if outcome.artifact is None:
         return
     console = Console(highlight=False, soft_wrap=True)
-    console.print(f"checkpoint: {outcome.checkpoint} ({outcome.checkpoint_note})", markup=False)
     for line in outcome.skipped.lines():
         console.print(line, markup=False)
     for line in outcome.score_lines:
@@ -112,6 +112,13 @@ def pseudolabel_command(
         f"{m['num_images']} images -> {outcome.artifact.path}",
         markup=False,
     )
+
+
+def _note(line: str) -> None:
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:  # once under torchrun
+        typer.echo(line)
 
 
 def _source(source: str | None, mode: str | None) -> tuple[str, list[str]]:

@@ -362,9 +362,11 @@ def make_pseudo_labels(
     workers: int = 8,
     on_start: Callable[[int], None] | None = None,
     on_images: Callable[[int], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> PseudoLabelOutcome:
     """``lvisctl pseudolabel SOURCE``: resolve the images, predict on them (sharded, resumable, through the
     shared runner), select pseudo labels and write them as an LVIS json registered as ``pseudo-labels``.
+    ``on_note`` hears which checkpoint is used before the images are read.
     """
     from lvisctl.data.image_sources import ImageSource, SkipReport, categories_from_stats, image_info_for
     from lvisctl.engine.checkpoint import load_checkpoint
@@ -389,6 +391,8 @@ def make_pseudo_labels(
         + f" ({note})"
     )
 
+    if on_note is not None:  # before the slow part: which model makes the labels
+        on_note(f"checkpoint: {run.relative(ckpt_path)} ({checkpoint_note})")
     src = _images_of(source, run, ckpt_art, images, image_root)
     out_rel = str(out) if out else f"pseudo_labels/{_source_name(src)}_{mode}.json"
     out_path = run.output_path(out_rel, overwrite=overwrite)  # fail before hours of inference

@@ -301,4 +301,50 @@ def test_tta_infer_on_a_folder_and_an_image_list(run, tmp_path):
     assert result.exit_code == 0, result.output
     sub = json.loads(Path(run.latest("predictions", iou_type="segm").meta["gt"]).read_text())
     ids = {i["file_name"]: i["id"] for i in info["images"]}
-    assert {i["file_name"]: i["id"] for i in sub["images"]} == {k: ids[k] for k in ("a/b/0001.jpg", "0003.jpg")}
+    assert {i["file_name"]: i["id"] for i in sub["images"]} == {
+        k: ids[k] for k in ("a/b/0001.jpg", "0003.jpg")
+    }
+
+
+# ------------------------------------------------------------------------------------ training with them
+def test_training_consumes_both_pseudolabel_outputs(hidden_lvis, tmp_path, capsys):
+    """pseudolabel lvis + pseudolabel images (a folder) with the real tiny model, then a 2-iteration
+    self-training run with data.pseudo_labels=latest data.extra_images=latest: it prints the counts."""
+    from lvisctl.engine.trainer import train
+    from tests.integration.engine_standins import real_tiny_config
+
+    run = RunDir(tmp_path / "run")
+    _lvis_checkpoint(run, hidden_lvis["train"])
+    low = ("--score-thresh", "0", "inference.detections_per_image=3", "inference.num_workers=0")
+    missing = invoke("lvis", "--run-dir", run.root, *low)
+    assert missing.exit_code == 0, missing.output
+    folder = hidden_lvis["train"].parent / "unlabeled2017"
+    extra = invoke("images", "--run-dir", run.root, "--images", folder, *low)
+    assert extra.exit_code == 0, extra.output
+    made = {a.meta["mode"]: a for a in run.artifacts("pseudo-labels")}
+    assert made["missing"].meta["source"] == "lvis" and made["unlabeled"].meta["source"] == "images"
+    capsys.readouterr()
+    cfg = real_tiny_config(
+        **{
+            "data.train": str(hidden_lvis["train"]),
+            "data.pseudo_labels": "latest",
+            "data.extra_images": "latest",
+            "data.extra_per_epoch": 2,
+            "solver.max_iter": 2,
+        }
+    )
+    result = train(cfg, run.root, stage=1, phase="stage1_st")
+    assert result.iteration == 2
+    out = capsys.readouterr().out
+    boxes = made["missing"].meta["num_labels"]
+    ignored = len(
+        {a["image_id"] for a in json.loads(run.resolve(made["missing"]).read_text())["annotations"]}
+    )
+    assert (
+        f"self-training: data.pseudo_labels = {run.resolve(made['missing'])}: {boxes} ignore boxes on "
+        f"{ignored} training images"
+    ) in out
+    n_extra, n_labels = made["unlabeled"].meta["num_images"], made["unlabeled"].meta["num_labels"]
+    assert f"{n_extra} extra images with {n_labels} pseudo labels (images under {folder.resolve()})" in out
+    ckpt = run.latest("checkpoint", phase="stage1_st", final=True)
+    assert {i["path"] for i in ckpt.inputs} >= {made["missing"].path, made["unlabeled"].path}
