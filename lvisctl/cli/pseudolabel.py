@@ -19,6 +19,7 @@ def pseudolabel_command(
         "training json); openimages: unlabeled Open Images (--image-root DIR [--image-list CSV]) for joint "
         "training; images: any image folder or image-info json (same, without Open Images naming).",
         show_default=False,
+        metavar="lvis|openimages|images",
     ),
     run_dir: Path = typer.Option(..., "--run-dir", help="Run directory holding the checkpoint."),
     images: Path | None = typer.Option(

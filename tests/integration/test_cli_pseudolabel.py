@@ -348,3 +348,18 @@ def test_training_consumes_both_pseudolabel_outputs(hidden_lvis, tmp_path, capsy
     assert f"{n_extra} extra images with {n_labels} pseudo labels (images under {folder.resolve()})" in out
     ckpt = run.latest("checkpoint", phase="stage1_st", final=True)
     assert {i["path"] for i in ckpt.inputs} >= {made["missing"].path, made["unlabeled"].path}
+
+
+def test_visualize_predictions_on_a_folder(run, tmp_path):
+    """tta-infer on a folder, then visualize with every default: the image-info json next to the results
+    says where the images are; pseudo-labelling's predictions are never the default."""
+    folder = make_folder(tmp_path / "imgs")
+    args = ("--run-dir", run.root, "--images", folder, "inference.detections_per_image=2")
+    assert CliRunner().invoke(app, ["tta-infer", *map(str, args)]).exit_code == 0
+    segm = run.latest("predictions", iou_type="segm")
+    assert invoke("images", "--run-dir", run.root, "--images", folder, "--score-thresh", "0").exit_code == 0
+    result = CliRunner().invoke(app, ["visualize", "--run-dir", str(run.root), "--score-thresh", "0"])
+    assert result.exit_code == 0, result.output
+    assert f"from {run.resolve(segm)}" in result.output and "on 3 images" in result.output
+    out = run.root / "visualize" / segm.path[len("predictions/") : -len(".segm.json")]
+    assert len(list(out.glob("*.png"))) == 4  # 3 images + the contact sheet
