@@ -23,7 +23,10 @@ meta ``purpose: "pseudolabel"``: they are not predictions for evaluation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import itertools
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ PURPOSE = "pseudolabel"  # predictions meta: evaluate --run-dir never takes thes
 HANDFUL = 10  # fewer kept labels than this: show the score distribution
 QUANTILES = (0.5, 0.9, 0.99)
 DEFAULT_SCORE_THRESH = 0.5
+_SPACE = re.compile(r"[ \t\n\r]*")
 
 
 # ------------------------------------------------------------------------------------ thresholds
@@ -147,6 +151,33 @@ def _area(rec: Mapping[str, Any]) -> float:
     return float(rec["bbox"][2] * rec["bbox"][3])
 
 
+def _annotation(ann_id: int, rec: Mapping[str, Any]) -> dict[str, Any]:
+    ann = {
+        "id": ann_id,
+        "image_id": int(rec["image_id"]),
+        "category_id": int(rec["category_id"]),
+        "bbox": [float(v) for v in rec["bbox"]],
+        "area": _area(rec),
+        "score": float(rec["score"]),
+    }
+    if "segmentation" in rec:
+        ann["segmentation"] = rec["segmentation"]
+    return ann
+
+
+def _image_record(img: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        **{k: img[k] for k in ("id", "width", "height") if k in img},
+        **{k: img[k] for k in ("coco_url", "file_name") if k in img},
+        "neg_category_ids": [],
+        "not_exhaustive_category_ids": [],
+    }
+
+
+def _info(source: str) -> dict[str, Any]:
+    return {"description": f"lvisctl pseudo labels ({source})", "pseudo_label_source": source}
+
+
 def pseudo_label_file(
     images: Sequence[Mapping[str, Any]],
     records: Iterable[Mapping[str, Any]],
@@ -157,34 +188,57 @@ def pseudo_label_file(
     """Assemble an LVIS-format json from LVIS results records (``image_id``, ``category_id``, ``bbox``,
     ``score``, optional ``segmentation``; ``area`` is the mask's, else the box's). ``source`` is
     ``"missing"`` or ``"unlabeled"``."""
-    annotations = []
-    for ann_id, rec in enumerate(records, start=1):
-        ann = {
-            "id": ann_id,
-            "image_id": int(rec["image_id"]),
-            "category_id": int(rec["category_id"]),
-            "bbox": [float(v) for v in rec["bbox"]],
-            "area": _area(rec),
-            "score": float(rec["score"]),
-        }
-        if "segmentation" in rec:
-            ann["segmentation"] = rec["segmentation"]
-        annotations.append(ann)
-    image_records = [
-        {
-            **{k: img[k] for k in ("id", "width", "height") if k in img},
-            **{k: img[k] for k in ("coco_url", "file_name") if k in img},
-            "neg_category_ids": [],
-            "not_exhaustive_category_ids": [],
-        }
-        for img in images
-    ]
     return {
-        "info": {"description": f"lvisctl pseudo labels ({source})", "pseudo_label_source": source},
-        "images": image_records,
-        "annotations": annotations,
+        "info": _info(source),
+        "images": [_image_record(img) for img in images],
+        "annotations": [_annotation(i, rec) for i, rec in enumerate(records, start=1)],
         "categories": [dict(c) for c in categories],
     }
+
+
+@dataclass
+class Selector:
+    """The selection rule of one ``pseudolabel`` run, applied image by image (:meth:`select`)."""
+
+    mode: str
+    score_thresh: float | Mapping[int, float]
+    images: Mapping[int, Mapping[str, Any]]
+    gt_boxes_xywh: Mapping[int, Sequence[Sequence[float]]] = field(default_factory=dict)
+    gt_categories: Mapping[int, set[int]] | None = None
+    max_gt_iou: float = 0.0
+    max_per_image: int = 50
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("missing", "unlabeled"):
+            raise ValueError(f"mode must be 'missing' or 'unlabeled', got {self.mode!r}")
+
+    def select(self, image_id: int, recs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The records of one image that become pseudo labels (module docstring)."""
+        if self.mode == "missing":
+            annotated = (self.gt_categories or {}).get(image_id, set())
+            image = self.images.get(image_id, {})
+            recs = [r for r in recs if can_be_missing(image, int(r["category_id"]), annotated)]
+        if not recs:
+            return []
+        scores = torch.tensor([float(r["score"]) for r in recs])
+        thresh = _thresholds(self.score_thresh, [int(r["category_id"]) for r in recs])
+        if self.mode == "missing":
+            boxes = _xywh_to_xyxy(torch.tensor([r["bbox"] for r in recs], dtype=torch.float32))
+            gt = torch.tensor(self.gt_boxes_xywh.get(image_id, []), dtype=torch.float32).reshape(-1, 4)
+            idx = select_missing_annotations(
+                boxes, scores, _xywh_to_xyxy(gt), score_thresh=thresh, max_gt_iou=self.max_gt_iou
+            )
+        else:
+            idx = select_unlabeled_pseudo_labels(
+                scores, score_thresh=thresh, max_per_image=self.max_per_image
+            )
+        return [recs[i] for i in idx.tolist()]
+
+
+def group_by_image(records: Iterable[Mapping[str, Any]]) -> Iterator[tuple[int, list[Mapping[str, Any]]]]:
+    """Consecutive records of the same image (results files list each image's detections together)."""
+    for image_id, group in itertools.groupby(records, key=lambda r: int(r["image_id"])):
+        yield image_id, list(group)
 
 
 def pseudo_labels_from_predictions(
@@ -199,40 +253,155 @@ def pseudo_labels_from_predictions(
     max_per_image: int = 50,
     gt_categories: Mapping[int, set[int]] | None = None,
 ) -> dict[str, Any]:
-    """Select pseudo labels from an LVIS results list and return the LVIS-format pseudo-label file.
+    """Select pseudo labels from an LVIS results list and return the LVIS-format pseudo-label file (in
+    memory; ``make_pseudo_labels`` streams the same selection, :func:`write_pseudo_labels`).
 
     ``mode="missing"`` keeps confident detections away from every ground-truth box (LVIS train), of
     categories that can be missing on the image (:func:`can_be_missing`; ``gt_categories``: the annotated
     category ids per image); ``mode="unlabeled"`` keeps the confident detections of images without
     annotations. Masks are kept in both. ``score_thresh``: one number, or one per category id.
     """
-    if mode not in ("missing", "unlabeled"):
-        raise ValueError(f"mode must be 'missing' or 'unlabeled', got {mode!r}")
+    selector = Selector(mode, score_thresh, images, gt_boxes_xywh, gt_categories, max_gt_iou, max_per_image)
     by_image: dict[int, list[Mapping[str, Any]]] = {}
     for rec in predictions:
         by_image.setdefault(int(rec["image_id"]), []).append(rec)
-    kept: list[Mapping[str, Any]] = []
-    for image_id in sorted(by_image):
-        recs = by_image[image_id]
-        if mode == "missing":
-            annotated = (gt_categories or {}).get(image_id, set())
-            image = images.get(image_id, {})
-            recs = [r for r in recs if can_be_missing(image, int(r["category_id"]), annotated)]
-        if not recs:
-            continue
-        scores = torch.tensor([float(r["score"]) for r in recs])
-        thresh = _thresholds(score_thresh, [int(r["category_id"]) for r in recs])
-        if mode == "missing":
-            boxes = _xywh_to_xyxy(torch.tensor([r["bbox"] for r in recs], dtype=torch.float32))
-            gt = _xywh_to_xyxy(
-                torch.tensor(gt_boxes_xywh.get(image_id, []), dtype=torch.float32).reshape(-1, 4)
-            )
-            idx = select_missing_annotations(boxes, scores, gt, score_thresh=thresh, max_gt_iou=max_gt_iou)
-        else:
-            idx = select_unlabeled_pseudo_labels(scores, score_thresh=thresh, max_per_image=max_per_image)
-        kept.extend(recs[i] for i in idx.tolist())
+    kept = [rec for image_id in sorted(by_image) for rec in selector.select(image_id, by_image[image_id])]
     used_images = [images[i] for i in sorted(images) if mode == "unlabeled" or i in by_image]
     return pseudo_label_file(used_images, kept, categories, source=mode)
+
+
+def write_pseudo_labels(
+    path: Path,
+    records: Iterable[Mapping[str, Any]],
+    selector: Selector,
+    categories: Sequence[Mapping[str, Any]],
+    *,
+    scores: ScoreSample | None = None,
+) -> tuple[int, int]:
+    """Stream the selection into the LVIS json at ``path`` (atomically), one image's records at a time:
+    memory does not grow with the number of images. ``scores`` sees every predicted score. Returns
+    ``(labels, images)``; the images are all of ``selector.images`` for unlabeled images, those with a
+    prediction for LVIS."""
+    from lvisctl.rundir import atomic_output
+
+    seen: set[int] = set()
+    count = 0
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        head = {"info": _info(selector.mode), "categories": [dict(c) for c in categories]}
+        fh.write(json.dumps(head, separators=(",", ":"))[:-1] + ',"annotations":[')
+        for image_id, recs in group_by_image(records):
+            seen.add(image_id)
+            if scores is not None:
+                scores.add(recs)
+            for rec in selector.select(image_id, recs):
+                count += 1
+                fh.write(
+                    ("," if count > 1 else "") + json.dumps(_annotation(count, rec), separators=(",", ":"))
+                )
+        fh.write('],"images":[')
+        ids = (
+            sorted(selector.images) if selector.mode == "unlabeled" else sorted(seen & selector.images.keys())
+        )
+        for k, image_id in enumerate(ids):
+            fh.write(
+                ("," if k else "")
+                + json.dumps(_image_record(selector.images[image_id]), separators=(",", ":"))
+            )
+        fh.write("]}\n")
+    return count, len(ids)
+
+
+def iter_json_list(path: Path, read_size: int = 1 << 20) -> Iterator[Any]:
+    """The elements of a json list file, one at a time (a results file of 1.7 M images is never loaded
+    whole)."""
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8") as fh:
+        buf, pos, started, eof = "", 0, False, False
+        while True:
+            pos = _SPACE.match(buf, pos).end()
+            if pos < len(buf) and not started:
+                if buf[pos] != "[":
+                    raise LvisctlError(f"{path}: not a json list")
+                started, pos = True, pos + 1
+                continue
+            if pos < len(buf) and buf[pos] == "]":
+                return
+            if pos < len(buf) and buf[pos] == ",":
+                pos += 1
+                continue
+            if pos < len(buf):
+                try:
+                    item, end = decoder.raw_decode(buf, pos)
+                except json.JSONDecodeError:
+                    item = end = None
+                if end is not None and (end < len(buf) or eof):
+                    yield item
+                    pos = end
+                    continue
+            if eof:
+                raise LvisctlError(f"{path}: truncated json list")
+            more = fh.read(read_size)
+            eof = not more
+            buf, pos = buf[pos:] + more, 0
+
+
+def iter_split_results(group_path: Path) -> Iterator[dict[str, Any]]:
+    """The full records of a ``tta-infer`` / runner results pair (``X.segm.json`` + ``X.bbox.json``,
+    same detections in the same order), streamed."""
+    from lvisctl.inference.results import split_paths
+
+    paths = split_paths(group_path)
+    for segm, bbox in itertools.zip_longest(iter_json_list(paths["segm"]), iter_json_list(paths["bbox"])):
+        if segm is None or bbox is None:
+            raise LvisctlError(f"{paths['segm']} and {paths['bbox']} hold different numbers of detections")
+        yield {**bbox, **segm}
+
+
+class ScoreSample:
+    """Predicted scores, overall and per frequency group, in bounded memory: exact counts and maxima, and
+    a uniform sample (reservoir, seeded) of up to ``capacity`` scores per group for the quantiles (exact
+    below that)."""
+
+    def __init__(self, frequency: Mapping[int, str], capacity: int = 200_000) -> None:
+        import numpy as np
+
+        self.frequency, self.capacity = frequency, capacity
+        self.rng = np.random.default_rng(0)
+        self.samples: dict[str, list[float]] = {}
+        self.counts: dict[str, int] = {}
+        self.maxima: dict[str, float] = {}
+
+    def add(self, recs: Iterable[Mapping[str, Any]]) -> None:
+        for rec in recs:
+            score = float(rec["score"])
+            for key in ("all", self.frequency.get(int(rec["category_id"]), "?")):
+                self._add(key, score)
+
+    def _add(self, key: str, score: float) -> None:
+        n = self.counts.get(key, 0) + 1
+        self.counts[key] = n
+        self.maxima[key] = max(self.maxima.get(key, score), score)
+        sample = self.samples.setdefault(key, [])
+        if len(sample) < self.capacity:
+            sample.append(score)
+        else:
+            j = int(self.rng.integers(n))
+            if j < self.capacity:
+                sample[j] = score
+
+    def lines(self) -> list[str]:
+        """The distribution, as :func:`score_distribution` prints it."""
+        if not self.counts.get("all"):
+            return ["the model predicted nothing on these images"]
+        lines = ["predicted scores: " + self._text("all")]
+        lines += [f"  {g}: " + self._text(g) for g in "rcf" if self.counts.get(g)]
+        return lines
+
+    def _text(self, key: str) -> str:
+        scores = torch.tensor(self.samples[key], dtype=torch.float64)
+        qs = torch.quantile(scores, torch.tensor(QUANTILES, dtype=torch.float64)).tolist()
+        parts = [f"p{round(q * 100)} {v:.3f}" for q, v in zip(QUANTILES, qs, strict=True)]
+        return f"{self.counts[key]} detections, " + ", ".join(parts) + f", max {self.maxima[key]:.3f}"
 
 
 def _xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
@@ -241,24 +410,11 @@ def _xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def score_distribution(predictions: Sequence[Mapping[str, Any]], frequency: Mapping[int, str]) -> list[str]:
+def score_distribution(predictions: Iterable[Mapping[str, Any]], frequency: Mapping[int, str]) -> list[str]:
     """Quantiles of the predicted scores, overall and per frequency group (why few labels survived)."""
-    if not predictions:
-        return ["the model predicted nothing on these images"]
-    scores = torch.tensor([float(r["score"]) for r in predictions])
-    groups = torch.tensor([ord(frequency.get(int(r["category_id"]), "?")) for r in predictions])
-    lines = ["predicted scores: " + _quantile_text(scores)]
-    for g in "rcf":
-        part = scores[groups == ord(g)]
-        if part.numel():
-            lines.append(f"  {g}: " + _quantile_text(part))
-    return lines
-
-
-def _quantile_text(scores: torch.Tensor) -> str:
-    qs = torch.quantile(scores.double(), torch.tensor(QUANTILES, dtype=torch.float64)).tolist()
-    parts = [f"p{round(q * 100)} {v:.3f}" for q, v in zip(QUANTILES, qs, strict=True)]
-    return f"{scores.numel()} detections, " + ", ".join(parts) + f", max {scores.max().item():.3f}"
+    sample = ScoreSample(frequency)
+    sample.add(predictions)
+    return sample.lines()
 
 
 def missing_recall(
@@ -371,7 +527,7 @@ def make_pseudo_labels(
     from lvisctl.data.image_sources import ImageSource, SkipReport, categories_from_stats, image_info_for
     from lvisctl.engine.checkpoint import load_checkpoint
     from lvisctl.inference.runner import predict_to_run_dir
-    from lvisctl.rundir import Artifact, RunDir, atomic_write_json
+    from lvisctl.rundir import Artifact, RunDir
 
     if source not in SOURCES:
         raise LvisctlError(f"pseudolabel: SOURCE must be one of {', '.join(SOURCES)}, got {source!r}")
@@ -418,30 +574,33 @@ def make_pseudo_labels(
         image_root=info.image_root,
         out=Path(run.root / "predictions" / f"{info.path.stem}_for_{mode}_pseudo_labels.json"),
         overwrite=True,  # an intermediate of this command, re-made with the current checkpoint
-        overrides=overrides,
+        # unlabeled images keep the top max_per_image anyway: the intermediate file need not hold 300
+        overrides=[
+            *([f"inference.detections_per_image={max_per_image}"] if mode == "unlabeled" else []),
+            *overrides,
+        ],
         extra_meta={"purpose": PURPOSE},
         on_start=on_start,
         on_images=on_images,
     )
     if not pred.is_main or pred.artifact is None:
         return outcome
-    from lvisctl.inference.results import read_split_results
-
-    predictions = read_split_results(pred.out_path)
-    payload = pseudo_labels_from_predictions(
-        predictions,
+    anns = gt.anns_by_image if mode == "missing" else {}
+    selector = Selector(
+        mode,
+        thresholds.by_category(categories),
         gt.images,
-        {i: [a["bbox"] for a in anns] for i, anns in gt.anns_by_image.items()},
-        categories,
-        mode=mode,
-        score_thresh=thresholds.by_category(categories),
-        max_gt_iou=max_gt_iou,
-        max_per_image=max_per_image,
-        gt_categories={i: {a["category_id"] for a in anns} for i, anns in gt.anns_by_image.items()},
+        {i: [a["bbox"] for a in a_list] for i, a_list in anns.items()},
+        {i: {a["category_id"] for a in a_list} for i, a_list in anns.items()},
+        max_gt_iou,
+        max_per_image,
     )
-    if len(payload["annotations"]) < HANDFUL:
-        outcome.score_lines = score_distribution(predictions, {c["id"]: c["frequency"] for c in categories})
-    atomic_write_json(out_path, payload, indent=None)
+    scores = ScoreSample({c["id"]: c["frequency"] for c in categories})
+    num_labels, num_images = write_pseudo_labels(
+        out_path, iter_split_results(pred.out_path), selector, categories, scores=scores
+    )
+    if num_labels < HANDFUL:
+        outcome.score_lines = scores.lines()
     outcome.artifact = run.register(
         "pseudo-labels",
         out_path,
@@ -452,8 +611,8 @@ def make_pseudo_labels(
             "images": str(info.path),
             "checkpoint": outcome.checkpoint,
             "score_thresh": str(thresholds),
-            "num_labels": len(payload["annotations"]),
-            "num_images": len(payload["images"]),
+            "num_labels": num_labels,
+            "num_images": num_images,
             "skipped_images": outcome.skipped.count,
             **({"image_root": str(info.image_root)} if info.image_root else {}),
         },

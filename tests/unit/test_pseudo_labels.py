@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -137,3 +139,54 @@ def test_score_distribution_and_missing_recall():
         {"image_id": 3, "bbox": [0, 0, 5, 10]},  # IoU 0.5 exactly: found
     ]
     assert missing_recall(labels, hidden) == 0.5
+
+
+def test_streamed_json_list_across_read_boundaries(tmp_path):
+    from lvisctl.inference.pseudo_labels import iter_json_list
+
+    items = [{"a": i, "s": "x]," * i, "n": [1.5, {"b": None}]} for i in range(7)] + [12345]
+    path = tmp_path / "r.json"
+    path.write_text(" [" + ",".join(json.dumps(x) for x in items) + "] \n")
+    for read_size in (1, 3, 7, 64, 1 << 20):  # objects and a trailing number cut anywhere
+        assert list(iter_json_list(path, read_size=read_size)) == items
+    (tmp_path / "e.json").write_text("[]")
+    assert list(iter_json_list(tmp_path / "e.json")) == []
+    (tmp_path / "t.json").write_text('[{"a": 1}, {"a": ')
+    with pytest.raises(LvisctlError, match="t.json: truncated json list"):
+        list(iter_json_list(tmp_path / "t.json", read_size=4))
+
+
+def test_streamed_file_equals_the_in_memory_selection(tmp_path):
+    from lvisctl.inference.pseudo_labels import Selector, pseudo_labels_from_predictions, write_pseudo_labels
+
+    images = {i: {"id": i, "width": 50, "height": 40, "file_name": f"{i}.jpg"} for i in (1, 2, 3)}
+    preds = [
+        {"image_id": i, "category_id": 4 + (k % 2), "bbox": [k, k, 5, 5], "score": 0.1 * k}
+        for i in (1, 2)
+        for k in range(1, 9)
+    ]
+    cats = [{"id": 4, "name": "a", "frequency": "r"}, {"id": 5, "name": "b", "frequency": "f"}]
+    for mode in ("missing", "unlabeled"):
+        kwargs = dict(score_thresh={4: 0.3, 5: 0.6}, max_per_image=3)
+        expected = pseudo_labels_from_predictions(
+            preds, images, {1: [[0, 0, 2, 2]]}, cats, mode=mode, **kwargs
+        )
+        selector = Selector(mode, kwargs["score_thresh"], images, {1: [[0, 0, 2, 2]]}, max_per_image=3)
+        n_labels, n_images = write_pseudo_labels(tmp_path / f"{mode}.json", iter(preds), selector, cats)
+        got = json.loads((tmp_path / f"{mode}.json").read_text())
+        assert got == expected and (n_labels, n_images) == (len(got["annotations"]), len(got["images"]))
+    assert [i["id"] for i in got["images"]] == [1, 2, 3]  # unlabeled: every image, even without labels
+
+
+def test_score_sample_is_bounded():
+    from lvisctl.inference.pseudo_labels import ScoreSample
+
+    sample = ScoreSample({1: "r"}, capacity=100)
+    sample.add({"category_id": 1, "score": i / 10_000} for i in range(10_000))
+    assert sample.counts == {"all": 10_000, "r": 10_000} and len(sample.samples["all"]) == 100
+    lines = sample.lines()
+    assert lines[0].startswith("predicted scores: 10000 detections, p50 0.") and lines[0].endswith(
+        "max 1.000"
+    )
+    median = float(lines[0].split("p50 ")[1].split(",")[0])
+    assert 0.35 < median < 0.65  # a uniform sample of a uniform distribution
