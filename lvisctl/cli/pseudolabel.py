@@ -11,6 +11,8 @@ import typer
 
 from lvisctl.cli._progress import ImagesProgress
 
+EXIT_INCOMPLETE = 75  # as tta-infer: nothing failed, run the command again (EX_TEMPFAIL)
+
 
 def pseudolabel_command(
     source: str | None = typer.Argument(
@@ -57,6 +59,13 @@ def pseudolabel_command(
     ),
     scales: str | None = typer.Option(None, "--scales", help="Test scale(s), e.g. 800 or 600,800."),
     workers: int = typer.Option(8, "--workers", min=1, help="Threads reading image headers (sizes)."),
+    max_chunks: int | None = typer.Option(
+        None,
+        "--max-chunks",
+        min=0,
+        help="Stop each process after this many new chunks of inference.chunk_size images (time-limited "
+        "jobs); rerun the same command to continue.",
+    ),
     out: Path | None = typer.Option(None, "--out", help="Default DIR/pseudo_labels/<images>_<mode>.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing pseudo-label file."),
     overrides: list[str] | None = typer.Argument(
@@ -97,9 +106,16 @@ def pseudolabel_command(
                 on_start=progress.start,
                 on_images=progress.advance,
                 on_note=_note,
+                max_chunks=max_chunks,
             )
         finally:
             cleanup_distributed()
+    if outcome.incomplete:
+        typer.echo(
+            "stopped by --max-chunks before all images were done; rerun the same command to continue",
+            err=True,
+        )
+        raise typer.Exit(EXIT_INCOMPLETE)
     if outcome.artifact is None:
         return
     console = Console(highlight=False, soft_wrap=True)

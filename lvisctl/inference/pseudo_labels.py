@@ -449,6 +449,7 @@ class PseudoLabelOutcome:
     checkpoint_note: str  # e.g. "stage 1, final, iteration 600 (newest stage-1 final)"
     skipped: Any  # image_sources.SkipReport
     score_lines: list[str] = field(default_factory=list)  # the score distribution when few survived
+    incomplete: bool = False  # stopped by max_chunks on rank 0: rerun to continue
 
 
 def pseudolabel_checkpoint(run: Any, checkpoint: Any = None) -> tuple[Any, Path, str]:
@@ -519,10 +520,12 @@ def make_pseudo_labels(
     on_start: Callable[[int], None] | None = None,
     on_images: Callable[[int], None] | None = None,
     on_note: Callable[[str], None] | None = None,
+    max_chunks: int | None = None,
 ) -> PseudoLabelOutcome:
     """``lvisctl pseudolabel SOURCE``: resolve the images, predict on them (sharded, resumable, through the
     shared runner), select pseudo labels and write them as an LVIS json registered as ``pseudo-labels``.
-    ``on_note`` hears which checkpoint is used before the images are read.
+    ``on_note`` hears which checkpoint is used before the images are read. ``max_chunks`` stops each
+    process after that many new chunks of inference (time-limited jobs); a rerun continues.
     """
     from lvisctl.data.image_sources import ImageSource, SkipReport, categories_from_stats, image_info_for
     from lvisctl.engine.checkpoint import load_checkpoint
@@ -580,10 +583,12 @@ def make_pseudo_labels(
             *overrides,
         ],
         extra_meta={"purpose": PURPOSE},
+        max_chunks=max_chunks,
         on_start=on_start,
         on_images=on_images,
     )
     if not pred.is_main or pred.artifact is None:
+        outcome.incomplete = pred.is_main  # rank 0 without predictions: max_chunks stopped it
         return outcome
     anns = gt.anns_by_image if mode == "missing" else {}
     selector = Selector(

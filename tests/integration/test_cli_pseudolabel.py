@@ -363,3 +363,23 @@ def test_visualize_predictions_on_a_folder(run, tmp_path):
     assert f"from {run.resolve(segm)}" in result.output and "on 3 images" in result.output
     out = run.root / "visualize" / segm.path[len("predictions/") : -len(".segm.json")]
     assert len(list(out.glob("*.png"))) == 4  # 3 images + the contact sheet
+
+
+def test_interrupted_pseudolabel_resumes(run, tmp_path):
+    """A time-limited job (--max-chunks) stops with exit 75 and no pseudo-label file; the same command
+    continues from the finished chunks (the image-info json has the same name: same content)."""
+    folder = make_folder(tmp_path / "oi")
+    args = ("openimages", "--run-dir", run.root, "--image-root", folder, "--score-thresh", "0")
+    chunked = ("inference.chunk_size=1", "inference.num_workers=0")
+    first = invoke(*args, "--max-chunks", "1", *chunked)
+    assert first.exit_code == 75, first.output
+    assert not (run.root / "pseudo_labels").exists() and not run.artifacts("pseudo-labels")
+    partial = list((run.root / ".partial").rglob("rank0_*.json"))
+    assert len(partial) == 1
+    done = invoke(*args, *chunked)
+    assert done.exit_code == 0, done.output
+    resumed = run.latest("pseudo-labels")
+    assert resumed.meta["num_images"] == 3
+    resumed_anns = json.loads(run.resolve(resumed).read_text())["annotations"]
+    assert invoke(*args, *chunked, "--out", "again.json").exit_code == 0  # in one go
+    assert json.loads((run.root / "again.json").read_text())["annotations"] == resumed_anns
