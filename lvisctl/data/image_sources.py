@@ -336,9 +336,10 @@ def categories_from_stats(stats: dict[str, Any]) -> list[dict[str, Any]]:
 def plan_source(
     source: Path, *, image_root: Path | None = None, image_list: Path | None = None
 ) -> tuple[Iterator[PlannedImage], Path, str]:
-    """``(planned images, image root, name)`` of a folder / folder + list / image-info json, streamed."""
+    """``(planned images, image root, name)`` of a folder / folder + list / image-info json, streamed.
+    ``image_root`` only applies to a json (a folder is its own root)."""
     if source.is_dir():
-        root = (image_root or source).expanduser().resolve()
+        root = source.expanduser().resolve()  # the folder is the root its paths and ids are relative to
         rels: Iterable[str] = iter_image_list(image_list) if image_list else iter_folder(root)
         return _unique_ids((rel, None) for rel in rels), root, _name(image_list or source)
     if image_list is not None:
@@ -365,8 +366,8 @@ def image_info_for(
 ) -> ImageSource:
     """Turn ``source`` (a folder, a json) into an LVIS-format image-info file under ``out_dir``.
 
-    ``image_root`` is the folder the listed files are relative to (default: the folder itself, or the
-    json's folder). ``categories()`` is called only when a file is written (the predicting model's).
+    ``image_root`` is the folder a json's files are relative to (default: the json's folder); a folder
+    source is its own root. ``categories()`` is called only when a file is written (the predicting model's).
     A complete LVIS / image-info json is returned as is.
     """
     source = Path(source).expanduser()
