@@ -119,14 +119,13 @@ def pseudolabel_command(
     if outcome.artifact is None:
         return
     console = Console(highlight=False, soft_wrap=True)
-    for line in outcome.skipped.lines():
-        console.print(line, markup=False)
     for line in outcome.score_lines:
         console.print(line, markup=False)
     m = outcome.artifact.meta
     console.print(
         f"{m['num_labels']} pseudo labels ({source}, score >= {m['score_thresh']}) on "
-        f"{m['num_images']} images -> {outcome.artifact.path}",
+        f"{m['num_images']} images -> {outcome.artifact.path}"
+        + (f" ({outcome.skipped.count} unreadable images skipped)" if outcome.skipped.count else ""),
         markup=False,
     )
 

@@ -568,6 +568,9 @@ def make_pseudo_labels(
             workers=workers,
         )
     outcome = PseudoLabelOutcome(None, run.relative(ckpt_path), checkpoint_note, info.skipped)
+    if on_note is not None:  # before the slow part too: what was left out
+        for line in info.skipped.lines():
+            on_note(line)
     gt = _load_images(info, mode)
     pred = predict_to_run_dir(
         Path(run_dir),
