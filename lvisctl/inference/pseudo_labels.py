@@ -547,7 +547,7 @@ def make_pseudo_labels(
     checkpoint_note = (
         f"stage {ckpt.get('stage')}, iteration {ckpt.get('iteration')}"
         + (", final" if ckpt.get("final") else "")
-        + f" ({note})"
+        + f"; {note}"
     )
 
     if on_note is not None:  # before the slow part: which model makes the labels

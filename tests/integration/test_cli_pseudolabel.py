@@ -54,9 +54,8 @@ def test_openimages_folder_skips_unreadable_and_validates(run, tmp_path):
     folder = make_folder(tmp_path / "oi")
     result = invoke("openimages", "--run-dir", run.root, "--image-root", folder, "--score-thresh", "0")
     assert result.exit_code == 0, result.output
-    assert (
-        "checkpoint: checkpoints/stage1_final.pt (stage 1, iteration 11, final (newest stage-1 final))"
-        in (result.output)
+    assert "checkpoint: checkpoints/stage1_final.pt (stage 1, iteration 11, final; newest stage-1 final)" in (
+        result.output
     )
     assert "skipped 2 unreadable or missing image(s):" in result.output
     assert "a/corrupt.jpg: " in result.output and "cut.jpg: " in result.output
