@@ -212,6 +212,16 @@ class Selector:
         if self.mode not in ("missing", "unlabeled"):
             raise ValueError(f"mode must be 'missing' or 'unlabeled', got {self.mode!r}")
 
+    @classmethod
+    def for_data(
+        cls, data: Any, mode: str, score_thresh: Mapping[int, float], max_gt_iou: float, max_per_image: int
+    ) -> Selector:
+        """The rule for the images of ``data`` (an ``LvisData``; its annotations count for LVIS)."""
+        anns = data.anns_by_image if mode == "missing" else {}
+        boxes = {i: [a["bbox"] for a in group] for i, group in anns.items()}
+        cats = {i: {a["category_id"] for a in group} for i, group in anns.items()}
+        return cls(mode, score_thresh, data.images, boxes, cats, max_gt_iou, max_per_image)
+
     def select(self, image_id: int, recs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         """The records of one image that become pseudo labels (module docstring)."""
         if self.mode == "missing":
@@ -527,51 +537,33 @@ def make_pseudo_labels(
     ``on_note`` hears which checkpoint is used before the images are read. ``max_chunks`` stops each
     process after that many new chunks of inference (time-limited jobs); a rerun continues.
     """
-    from lvisctl.data.image_sources import ImageSource, SkipReport, categories_from_stats, image_info_for
+    from lvisctl.data.image_sources import categories_from_stats
     from lvisctl.engine.checkpoint import load_checkpoint
     from lvisctl.inference.runner import predict_to_run_dir
-    from lvisctl.rundir import Artifact, RunDir
+    from lvisctl.rundir import RunDir
 
     if source not in SOURCES:
         raise LvisctlError(f"pseudolabel: SOURCE must be one of {', '.join(SOURCES)}, got {source!r}")
     mode = SOURCES[source]
-    thresholds = (
-        score_thresh
-        if isinstance(score_thresh, ScoreThresholds)
-        else ScoreThresholds.parse(str(score_thresh))
-    )
+    if not isinstance(score_thresh, ScoreThresholds):
+        score_thresh = ScoreThresholds.parse(str(score_thresh))
     run = RunDir(run_dir, create=checkpoint is not None)
     ckpt_art, ckpt_path, note = pseudolabel_checkpoint(run, checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     categories = categories_from_stats(ckpt["category_stats"])
-    checkpoint_note = (
-        f"stage {ckpt.get('stage')}, iteration {ckpt.get('iteration')}"
-        + (", final" if ckpt.get("final") else "")
-        + f"; {note}"
+    note = f"stage {ckpt.get('stage')}, iteration {ckpt.get('iteration')}" + (
+        f", final; {note}" if ckpt.get("final") else f"; {note}"
     )
-
-    if on_note is not None:  # before the slow part: which model makes the labels
-        on_note(f"checkpoint: {run.relative(ckpt_path)} ({checkpoint_note})")
+    _tell(on_note, [f"checkpoint: {run.relative(ckpt_path)} ({note})"])  # before the slow part
     src = _images_of(source, run, ckpt_art, images, image_root)
     out_rel = str(out) if out else f"pseudo_labels/{_source_name(src)}_{mode}.json"
     out_path = run.output_path(out_rel, overwrite=overwrite)  # fail before hours of inference
-    if source == "lvis":  # the LVIS train json as it is (loaded and checked below)
-        root = Path(image_root).expanduser() if image_root is not None else None
-        info = ImageSource(src.resolve(), root, 0, SkipReport(), converted=False)
-    else:
-        info = image_info_for(
-            src,
-            out_dir=run.root / "predictions",
-            categories=lambda: categories,
-            image_root=image_root,
-            image_list=image_list,
-            workers=workers,
-        )
-    outcome = PseudoLabelOutcome(None, run.relative(ckpt_path), checkpoint_note, info.skipped)
-    if on_note is not None:  # before the slow part too: what was left out
-        for line in info.skipped.lines():
-            on_note(line)
+    info = _image_source(source, src, run, categories, image_root, image_list, workers)
+    outcome = PseudoLabelOutcome(None, run.relative(ckpt_path), note, info.skipped)
+    _tell(on_note, info.skipped.lines())
     gt = _load_images(info, mode)
+    # unlabeled images keep the top max_per_image anyway: the intermediate file need not hold 300
+    cap = [f"inference.detections_per_image={max_per_image}"] if mode == "unlabeled" else []
     pred = predict_to_run_dir(
         Path(run_dir),
         info.path,
@@ -580,11 +572,7 @@ def make_pseudo_labels(
         image_root=info.image_root,
         out=Path(run.root / "predictions" / f"{info.path.stem}_for_{mode}_pseudo_labels.json"),
         overwrite=True,  # an intermediate of this command, re-made with the current checkpoint
-        # unlabeled images keep the top max_per_image anyway: the intermediate file need not hold 300
-        overrides=[
-            *([f"inference.detections_per_image={max_per_image}"] if mode == "unlabeled" else []),
-            *overrides,
-        ],
+        overrides=[*cap, *overrides],
         extra_meta={"purpose": PURPOSE},
         max_chunks=max_chunks,
         on_start=on_start,
@@ -593,39 +581,51 @@ def make_pseudo_labels(
     if not pred.is_main or pred.artifact is None:
         outcome.incomplete = pred.is_main  # rank 0 without predictions: max_chunks stopped it
         return outcome
-    anns = gt.anns_by_image if mode == "missing" else {}
-    selector = Selector(
-        mode,
-        thresholds.by_category(categories),
-        gt.images,
-        {i: [a["bbox"] for a in a_list] for i, a_list in anns.items()},
-        {i: {a["category_id"] for a in a_list} for i, a_list in anns.items()},
-        max_gt_iou,
-        max_per_image,
-    )
+    selector = Selector.for_data(gt, mode, score_thresh.by_category(categories), max_gt_iou, max_per_image)
     scores = ScoreSample({c["id"]: c["frequency"] for c in categories})
     num_labels, num_images = write_pseudo_labels(
         out_path, iter_split_results(pred.out_path), selector, categories, scores=scores
     )
     if num_labels < HANDFUL:
         outcome.score_lines = scores.lines()
-    outcome.artifact = run.register(
-        "pseudo-labels",
-        out_path,
-        inputs=[pred.artifact, ckpt_art if isinstance(ckpt_art, Artifact) else ckpt_path, info.path],
-        meta={
-            "mode": mode,
-            "source": source,
-            "images": str(info.path),
-            "checkpoint": outcome.checkpoint,
-            "score_thresh": str(thresholds),
-            "num_labels": num_labels,
-            "num_images": num_images,
-            "skipped_images": outcome.skipped.count,
-            **({"image_root": str(info.image_root)} if info.image_root else {}),
-        },
-    )
+    meta = {
+        "mode": mode,
+        "source": source,
+        "images": str(info.path),
+        "checkpoint": outcome.checkpoint,
+        "score_thresh": str(score_thresh),
+        "num_labels": num_labels,
+        "num_images": num_images,
+        "skipped_images": outcome.skipped.count,
+        **({"image_root": str(info.image_root)} if info.image_root else {}),
+    }
+    inputs = [pred.artifact, ckpt_art if hasattr(ckpt_art, "sha256") else ckpt_path, info.path]
+    outcome.artifact = run.register("pseudo-labels", out_path, inputs=inputs, meta=meta)
     return outcome
+
+
+def _tell(on_note: Callable[[str], None] | None, lines: Iterable[str]) -> None:
+    for line in lines if on_note is not None else ():
+        on_note(line)
+
+
+def _image_source(
+    source: str, src: Path, run: Any, categories: list[dict], image_root: Any, image_list: Any, workers: int
+) -> Any:
+    """The LVIS train json as it is (``lvis``), else an image-info json made from the folder / list."""
+    from lvisctl.data.image_sources import ImageSource, SkipReport, image_info_for
+
+    if source == "lvis":
+        root = Path(image_root).expanduser() if image_root is not None else None
+        return ImageSource(src.resolve(), root, 0, SkipReport(), converted=False)
+    return image_info_for(
+        src,
+        out_dir=run.root / "predictions",
+        categories=lambda: categories,
+        image_root=image_root,
+        image_list=image_list,
+        workers=workers,
+    )
 
 
 def _images_of(source: str, run: Any, ckpt_art: Any, images: Any, image_root: Any) -> Path:
