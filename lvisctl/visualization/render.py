@@ -8,9 +8,8 @@ sheet is registered (kind ``plot``) with the files it was drawn from.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,6 @@ class VisualizeResult:
     instances: int  # drawn, ground truth and predictions together
     predictions: Path | None
     gt: Path | None
-    notes: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -49,23 +47,22 @@ def newest_predictions(run: Any) -> Any | None:
     return found[-1] if found else None
 
 
-def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """An LVIS results file; a ``X.segm.json`` whose ``X.bbox.json`` sibling exists is joined with it
-    (tta-infer writes masks and boxes apart)."""
-    from lvisctl.inference.results import read_split_results
+def iter_predictions(path: Path) -> Iterator[dict[str, Any]]:
+    """An LVIS results file, streamed; a ``X.segm.json`` whose ``X.bbox.json`` sibling exists is joined
+    with it (tta-infer writes masks and boxes apart)."""
+    from lvisctl.inference.pseudo_labels import iter_json_list, iter_split_results
 
-    if (
-        path.name.endswith(".segm.json")
-        and path.with_name(path.name[: -len(".segm.json")] + ".bbox.json").is_file()
-    ):
-        return read_split_results(path.with_name(path.name[: -len(".segm.json")] + ".json"))
-    try:
-        records = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise LvisctlError(f"{path}: cannot read predictions ({err})") from None
-    if not isinstance(records, list):
-        raise LvisctlError(f"{path}: an LVIS results file is a json list of detections")
-    return records
+    path = Path(path)
+    if not path.is_file():
+        raise LvisctlError(f"{path}: predictions file not found")
+    stem = path.name[: -len(".segm.json")] if path.name.endswith(".segm.json") else None
+    if stem is not None and (path.parent / f"{stem}.bbox.json").is_file():
+        yield from iter_split_results(path.parent / f"{stem}.json")
+        return
+    for rec in iter_json_list(path):
+        if not isinstance(rec, dict) or "image_id" not in rec or "category_id" not in rec:
+            raise LvisctlError(f"{path}: not an LVIS results file (a json list of detections)")
+        yield rec
 
 
 def category_filter(spec: str | None, categories: Mapping[int, Mapping[str, Any]]) -> set[int] | None:
@@ -216,6 +213,37 @@ def save_png(pixels: torch.Tensor, path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ command
+@dataclass
+class _Inputs:
+    predictions: Path | None
+    pred_input: Any  # the manifest entry (or path) of the predictions
+    gt: Any  # LvisData with annotations, or None
+    info_json: Path | None  # the json the predictions were made on (image-info for a folder)
+
+
+def _resolve_inputs(run: Any, predictions: Path | None, gt: Path | None, image_root: Path | None) -> _Inputs:
+    """Predictions: given, else the run's newest for evaluation. Ground truth: given, else the json the
+    predictions were made on when it has annotations."""
+    from lvisctl.data.lvis import load_lvis
+
+    art = newest_predictions(run) if predictions is None else run.get(run.relative(predictions))
+    if predictions is None and art is not None:
+        predictions = run.resolve(art)
+    info_json = Path(art.meta["gt"]) if art is not None and art.meta.get("gt") else None
+    if gt is not None:
+        gt_data = load_lvis(gt, image_root=image_root)
+    elif info_json is not None and info_json.is_file():
+        candidate = load_lvis(info_json, image_root=image_root)
+        gt_data = candidate if candidate.num_annotations else None
+    else:
+        gt_data = None
+    if predictions is None and gt_data is None:
+        raise LvisctlError(
+            f"{run.root}: nothing to draw: no predictions recorded; give --predictions or --gt"
+        )
+    return _Inputs(predictions, art or predictions, gt_data, info_json)
+
+
 def visualize(
     run_dir: Path,
     *,
@@ -228,86 +256,52 @@ def visualize(
     out: Path | None = None,
     max_images: int = 16,
     overwrite: bool = False,
-    on_image: Callable[[Path], None] | None = None,
 ) -> VisualizeResult:
     """Draw up to ``max_images`` images (those with something to draw first, by id) and a contact sheet."""
-    from lvisctl.data.lvis import load_lvis
     from lvisctl.rundir import RunDir
 
     run = RunDir(run_dir)
-    notes: list[str] = []
-    pred_art = None
-    if predictions is None:
-        pred_art = newest_predictions(run)
-        predictions = run.resolve(pred_art) if pred_art is not None else None
-    info_json = Path(pred_art.meta["gt"]) if pred_art is not None and pred_art.meta.get("gt") else None
-    if gt is None and info_json is not None and info_json.is_file():
-        candidate = load_lvis(info_json, image_root=image_root)
-        gt_data = candidate if candidate.num_annotations else None
-    else:
-        gt_data = load_lvis(gt, image_root=image_root) if gt is not None else None
-    if predictions is None and gt_data is None:
-        raise LvisctlError(
-            f"{run.root}: nothing to draw: no predictions recorded; give --predictions or --gt"
-        )
-    records = read_predictions(predictions) if predictions is not None else None
-    refs = _image_refs(images, gt_data, info_json, image_root)
-    cats = dict(gt_data.categories) if gt_data is not None else _categories_of(info_json, run)
+    src = _resolve_inputs(run, predictions, gt, image_root)
+    refs = _image_refs(images, src.gt, src.info_json, image_root)
+    cats = dict(src.gt.categories) if src.gt is not None else _categories_of(src.info_json)
     names = {i: str(c.get("name", i)) for i, c in cats.items()}
     keep = category_filter(categories, cats)
 
     def wanted(rec: Mapping[str, Any]) -> bool:
         return keep is None or int(rec["category_id"]) in keep
 
-    preds_by_image: dict[int, list] = {}
-    for rec in records or []:
-        if float(rec.get("score", 1.0)) >= score_thresh and wanted(rec):
-            preds_by_image.setdefault(int(rec["image_id"]), []).append(rec)
-    gt_by_image = (
-        {i: [a for a in anns if wanted(a)] for i, anns in gt_data.anns_by_image.items()} if gt_data else {}
-    )
-    chosen = _choose(refs, preds_by_image, gt_by_image, max_images)
-    out_dir = Path(out).expanduser().resolve() if out else run.root / "visualize" / _stem(predictions or gt)
+    preds: dict[int, list] | None = None
+    if src.predictions is not None:  # streamed: only what will be drawn is kept
+        preds = {}
+        for rec in iter_predictions(src.predictions):
+            if float(rec.get("score", 1.0)) >= score_thresh and wanted(rec):
+                preds.setdefault(int(rec["image_id"]), []).append(rec)
+    gts = {i: [a for a in anns if wanted(a)] for i, anns in src.gt.anns_by_image.items()} if src.gt else None
+    chosen = _choose(refs, preds or {}, gts or {}, max_images)
+    name = _stem(src.predictions or src.gt.path)
+    out_dir = Path(out).expanduser().resolve() if out else run.root / "visualize" / name
     _refuse_existing(out_dir, [f"{i}.png" for i in chosen] + ["contact_sheet.png"], overwrite)
-
     pngs, tiles, drawn = [], [], 0
     for image_id in chosen:
-        ref = refs[image_id]
-        image = read_rgb(ref.path)
-        gt_recs = gt_by_image.get(image_id, []) if gt_data is not None else None
-        pred_recs = (
-            sorted(preds_by_image.get(image_id, []), key=lambda r: -float(r["score"]))
-            if records is not None
-            else None
-        )
-        pixels = render_image(image, gt_recs, pred_recs, names, score_thresh)
+        gt_recs = gts.get(image_id, []) if gts is not None else None
+        pred_recs = None
+        if preds is not None:
+            pred_recs = sorted(preds.get(image_id, []), key=lambda r: -float(r["score"]))
+        pixels = render_image(read_rgb(refs[image_id].path), gt_recs, pred_recs, names, score_thresh)
         drawn += len(gt_recs or []) + len(pred_recs or [])
         pngs.append(save_png(pixels, out_dir / f"{image_id}.png"))
-        tiles.append(titled(pixels, f"{image_id} {ref.file_name}"))
-        if on_image is not None:
-            on_image(pngs[-1])
+        tiles.append(titled(pixels, f"{image_id} {refs[image_id].file_name}"))
     if not pngs:
         raise LvisctlError(f"{run.root}: no image to draw (none of the predictions' images is listed)")
-    sheet = save_png(
-        contact_sheet(tiles, columns=4 if gt_data is None or records is None else 2),
-        out_dir / "contact_sheet.png",
-    )
-    inputs = [p for p in (pred_art or predictions, gt) if p is not None]
-    run.register(
-        "plot",
-        sheet,
-        inputs=inputs,
-        meta={
-            "purpose": "visualize",
-            "images": len(pngs),
-            "score_thresh": score_thresh,
-            "categories": categories or "all",
-        },
-    )
-    return VisualizeResult(out_dir, pngs, sheet, drawn, predictions, gt_data.path if gt_data else None, notes)
+    columns = 2 if gts is not None and preds is not None else 4
+    sheet = save_png(contact_sheet(tiles, columns=columns), out_dir / "contact_sheet.png")
+    meta = {"purpose": "visualize", "images": len(pngs), "score_thresh": score_thresh}
+    inputs = [p for p in (src.pred_input, src.gt.path if src.gt else None) if p is not None]
+    run.register("plot", sheet, inputs=inputs, meta={**meta, "categories": categories or "all"})
+    return VisualizeResult(out_dir, pngs, sheet, drawn, src.predictions, src.gt.path if src.gt else None)
 
 
-def _categories_of(info_json: Path | None, run: Any) -> dict[int, dict]:
+def _categories_of(info_json: Path | None) -> dict[int, dict]:
     if info_json is not None and info_json.is_file():
         from lvisctl.data.lvis import load_lvis
 
