@@ -11,7 +11,12 @@ from itertools import permutations
 from typing import Literal
 
 SYNTH_PRESETS = ("tiny", "demo", "val-scale", "hm")  # lvisctl.data.synth.PRESETS
-PSEUDO_MODES = ("missing", "unlabeled")  # lvisctl.inference.pseudo_labels
+PSEUDO_SOURCES = (
+    "lvis",
+    "openimages",
+    "images",
+)  # pseudolabel SOURCE (a plain argument: key=value may stand there)
+PSEUDO_MODES = ("missing", "unlabeled")  # lvisctl.inference.pseudo_labels.MODES (the old --mode)
 IOU_TYPES = ("segm", "bbox")  # lvisctl.evaluation.lvis_metrics.IOU_TYPES
 EXTRA_METRICS = ("boundary", "fixed")  # lvisctl.evaluation.pipeline.EXTRA_METRICS
 

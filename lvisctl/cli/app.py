@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "evaluate",
     "submit",
     "analyze",
+    "visualize",
     "runs",
     "configs",
     "demo",

@@ -37,6 +37,9 @@ def tta_infer_command(
     image_root: Path | None = typer.Option(
         None, "--image-root", help="Folder the image paths are relative to (default: the json's folder)."
     ),
+    image_list: Path | None = typer.Option(
+        None, "--image-list", help="With --images DIR: only these (CSV ImageID / paths)."
+    ),
     out: Path | None = typer.Option(
         None,
         "--out",
@@ -64,6 +67,9 @@ def tta_infer_command(
     from lvisctl.inference.runner import parse_scales, predict_to_run_dir
 
     scale_list = parse_scales(scales) if scales is not None else None
+    from lvisctl.inference.pseudo_labels import images_for_run  # --images DIR: an image-info json, stable ids
+
+    images, image_root = images_for_run(run_dir, images, image_root, image_list, checkpoint)
     with ImagesProgress() as progress:
         try:
             outcome = predict_to_run_dir(

@@ -12,7 +12,9 @@ training in two ways:
   with loss weight ``data.extra_loss_weight`` (lambda). See ``build_train_data`` in
   :mod:`lvisctl.data.dataset` and :class:`~lvisctl.data.samplers.ExtraImagesSampler`.
 
-Each key is a path or ``latest``: the newest ``pseudo-labels`` artifact of that mode in the run directory.
+Each key is a path or ``latest``: the newest ``pseudo-labels`` artifact of that mode in the run directory;
+the training run prints what each file holds, and ``SelfTrainingData.resolved_config`` gives the config to
+save with ``latest`` replaced by the files used.
 The files are read with ``json`` rather than :func:`~lvisctl.data.lvis.load_lvis`: missing-mode
 annotations have no ``segmentation``, and their categories need not carry LVIS frequencies.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,23 +46,62 @@ class SelfTrainingData:
     ignore_boxes: dict[int, list[list[float]]] | None = None  # XYXY per LVIS image id
     extra_data: LvisData | None = None  # the pseudo-labelled extra images
     inputs: list[Artifact | Path] = field(default_factory=list)  # manifest lineage of the checkpoints
+    files: dict[str, Path] = field(default_factory=dict)  # data.<key> -> the resolved file
+    resolved: dict[str, str] = field(default_factory=dict)  # data.<key> given as `latest` -> its file
+
+    def resolved_config(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of the full config ``cfg`` with ``latest`` replaced by the files used (what to save)."""
+        out = json.loads(json.dumps(cfg))
+        out.setdefault("data", {}).update(self.resolved)
+        return out
+
+    def summary_lines(self) -> list[str]:
+        """What the training run uses, one line per file (printed at the start of training)."""
+        lines = []
+        if self.ignore_boxes is not None:
+            boxes = sum(len(b) for b in self.ignore_boxes.values())
+            lines.append(
+                f"self-training: data.pseudo_labels = {self.files['pseudo_labels']}: {boxes} ignore boxes "
+                f"on {len(self.ignore_boxes)} training images"
+            )
+        if self.extra_data is not None:
+            anns = self.extra_data.num_annotations
+            lines.append(
+                f"self-training: data.extra_images = {self.files['extra_images']}: "
+                f"{len(self.extra_data.images)} extra images with {anns} pseudo labels "
+                f"(images under {self.extra_data.image_root})"
+            )
+        return lines
 
 
 def load_self_training(
     data_cfg: Mapping[str, Any], run: RunDir, *, train_image_ids: Collection[int]
 ) -> SelfTrainingData:
-    """Resolve and load ``data.pseudo_labels`` and ``data.extra_images`` (``data.extra_image_root``)."""
+    """Resolve and load ``data.pseudo_labels`` and ``data.extra_images`` (``data.extra_image_root``).
+
+    ``SelfTrainingData.resolved`` maps each key given as ``latest`` to the file it resolved to: the trainer
+    writes these into the config it saves (so the run records files, not ``latest``; ``data_cfg`` itself
+    is left alone, a caller may reuse it for another run). Rank 0 prints :meth:`summary_lines`.
+    """
     out = SelfTrainingData()
     missing = resolve_pseudo_labels(run, data_cfg, "pseudo_labels")
     if missing is not None:
-        out.ignore_boxes = load_missing_annotations(_path(run, missing), train_image_ids=train_image_ids)
+        out.files["pseudo_labels"] = _path(run, missing).resolve()
+        out.ignore_boxes = load_missing_annotations(
+            out.files["pseudo_labels"], train_image_ids=train_image_ids
+        )
         out.inputs.append(missing)
     extra = resolve_pseudo_labels(run, data_cfg, "extra_images")
     if extra is not None:
         root = str(data_cfg.get("extra_image_root", "") or "")
         image_root = Path(root).expanduser() if root else default_extra_image_root(run, extra)
-        out.extra_data = load_extra_images(_path(run, extra), image_root=image_root)
+        out.files["extra_images"] = _path(run, extra).resolve()
+        out.extra_data = load_extra_images(out.files["extra_images"], image_root=image_root)
         out.inputs.append(extra)
+    out.resolved = {k: str(p) for k, p in out.files.items() if str(data_cfg.get(k)) == LATEST}
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun's rank; the data layer has no process group
+        for line in out.summary_lines():
+            print(line, flush=True)
     return out
 
 

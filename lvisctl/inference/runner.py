@@ -320,6 +320,7 @@ def predict_to_run_dir(
     max_chunks: int | None = None,
     on_start: Callable[[int], None] | None = None,
     on_images: Callable[[int], None] | None = None,
+    extra_meta: dict[str, Any] | None = None,
 ) -> PredictionsOutcome:
     """``lvisctl tta-infer``: run a checkpoint on every image of an LVIS / image-info file, write the LVIS
     results files ``<stem>.segm.json`` and ``<stem>.bbox.json`` into the run dir and register both (kind
@@ -327,6 +328,7 @@ def predict_to_run_dir(
     job; rank 0 writes the files and the manifest.
 
     The config is the checkpoint's, with ``overrides`` (``inference.batch_size=4``) and ``scales`` on top.
+    ``extra_meta`` joins the artifacts' meta (``pseudolabel``: ``purpose``, so ``evaluate`` skips them).
     """
     from lvisctl.data.lvis import load_lvis
     from lvisctl.engine.checkpoint import load_checkpoint
@@ -387,6 +389,7 @@ def predict_to_run_dir(
     if dist.is_main and summary.complete:
         group = split_paths(out_path)["segm"].name[: -len(".segm.json")]
         meta = {"gt": str(images), "scales": list(icfg.scales), "checkpoint": outcome.checkpoint}
+        meta.update(extra_meta or {})
         # bbox first: the segm file is then the newest predictions (what submit and evaluate take).
         for iou_type in ("bbox", "segm"):
             outcome.artifacts[iou_type] = run.register(

@@ -1,8 +1,14 @@
-"""torchvision's RPN with per-image loss weights (``target["loss_weight"]``, self-training's lambda).
+"""torchvision's RPN with self-training's two additions (paper 2.1).
 
-Only the loss changes: each sampled anchor's objectness and box terms are scaled by its image's weight,
-normalised exactly as torchvision does (by the number of sampled anchors), so with all weights 1 the
-losses equal torchvision's.
+* Per-image loss weights (``target["loss_weight"]``, lambda of pseudo-labelled extra images): each
+  sampled anchor's objectness and box terms are scaled by its image's weight, normalised exactly as
+  torchvision does (by the number of sampled anchors), so with all weights 1 the losses equal torchvision's.
+* Ignore regions (``target["ignore_boxes"]``, missing-annotation pseudo labels), with mmdet's
+  ``gt_bboxes_ignore`` semantics (``MaxIoUAssigner``, ``ignore_iof_thr``, ``ignore_wrt_candidates``): an
+  anchor whose intersection with an ignore box covers at least ``ignore_iof_thresh`` of the *anchor's*
+  area is neither positive nor negative (label -1, never sampled). Intersection over the anchor, not IoU:
+  a small anchor on a part of a large unannotated object would otherwise be taught "background".
+  Without ignore boxes the labels equal torchvision's.
 """
 
 from __future__ import annotations
@@ -12,10 +18,41 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.ops import box_area
+
+IGNORED = -1.0  # torchvision's label for anchors between the thresholds: not sampled
+
+
+def intersection_over_anchor(anchors: Tensor, boxes: Tensor) -> Tensor:
+    """``[A, B]``: area of (anchor i & box j) / area of anchor i (mmdet's ``iof`` mode); xyxy boxes."""
+    lt = torch.max(anchors[:, None, :2], boxes[None, :, :2])
+    rb = torch.min(anchors[:, None, 2:], boxes[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=2)
+    return inter / box_area(anchors).clamp(min=1e-6)[:, None]
+
+
+def ignore_anchor_labels(labels: Tensor, anchors: Tensor, ignore_boxes: Tensor, thresh: float) -> Tensor:
+    """``labels`` (1 positive, 0 negative, -1 ignored) with every anchor that lies at least ``thresh``
+    inside an ignore box set to -1."""
+    if ignore_boxes.numel() == 0 or anchors.numel() == 0:
+        return labels
+    covered = intersection_over_anchor(anchors, ignore_boxes.to(anchors)).max(dim=1).values >= thresh
+    return torch.where(covered, torch.full_like(labels, IGNORED), labels)
 
 
 class WeightedRPN(RegionProposalNetwork):
     _image_weights: list[float] | None = None
+    ignore_iof_thresh: float = 0.5  # mmdet's ignore_iof_thr in its configs that use ignore regions
+
+    def assign_targets_to_anchors(
+        self, anchors: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        labels, matched = super().assign_targets_to_anchors(anchors, targets)
+        for i, (anchors_i, target) in enumerate(zip(anchors, targets, strict=True)):
+            ignore = target.get("ignore_boxes")
+            if ignore is not None and ignore.numel() > 0:
+                labels[i] = ignore_anchor_labels(labels[i], anchors_i, ignore, self.ignore_iof_thresh)
+        return labels, matched
 
     def forward(
         self, images: ImageList, features: dict[str, Tensor], targets: list[dict[str, Tensor]] | None = None

@@ -132,6 +132,15 @@ def test_train_with_pseudo_labels_records_both_files(tmp_path, files):
     assert {i["path"] for i in config.inputs} >= {missing, "pseudo_labels/unlabeled_unlabeled.json"}
     state = torch.load(run.resolve(final), weights_only=True)
     assert state["config"]["data"]["extra_images"] == "latest" and state["iteration"] == 3
+    n = files["num_extra"]
+    extra_file = str((run.root / "pseudo_labels" / "unlabeled_unlabeled.json").resolve())
+    assert (
+        f"self-training: data.pseudo_labels = {missing}: 2 ignore boxes on 2 training images" in proc.stdout
+    )
+    assert (
+        f"self-training: data.extra_images = {extra_file}: {n} extra images with {2 * n} pseudo labels"
+        in (proc.stdout)
+    )
 
     # what that run trained on: 6 LVIS images + 3 of the extra images per epoch, ignore boxes, lambda
     data = build_train_data(real_tiny_config(**_items(files)), run, DistInfo())

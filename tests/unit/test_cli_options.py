@@ -45,7 +45,6 @@ def test_every_option_and_argument_has_help():
     [
         ("data synth", "--preset", "tiny|demo|val-scale"),
         ("demo", "--preset", "tiny|demo|val-scale"),
-        ("pseudolabel", "--mode", "missing|unlabeled"),
         ("evaluate", "--iou-type", "segm|bbox|segm,bbox|bbox,segm"),
         ("evaluate", "--metrics", "|boundary|fixed|boundary,fixed|fixed,boundary"),
     ],
@@ -62,10 +61,20 @@ def test_choice_sets_match_the_layers():
     from lvisctl.data.synth import PRESETS
     from lvisctl.evaluation.lvis_metrics import IOU_TYPES
     from lvisctl.evaluation.pipeline import EXTRA_METRICS
+    from lvisctl.inference.pseudo_labels import MODES, SOURCES
 
     assert set(_options.SYNTH_PRESETS) == set(PRESETS)
     assert set(_options.IOU_TYPES) == set(IOU_TYPES)
     assert set(_options.EXTRA_METRICS) == set(EXTRA_METRICS)
+    assert set(_options.PSEUDO_SOURCES) == set(SOURCES) and set(_options.PSEUDO_MODES) == set(MODES)
+
+
+def test_pseudolabel_source_is_a_choice():
+    result = runner.invoke(app, ["pseudolabel", "--help"], env=WIDE)
+    assert result.exit_code == 0 and "lvis|openimages|images" in result.output, result.output
+    from lvisctl.cli._options import PSEUDO_SOURCES
+
+    assert "|".join(PSEUDO_SOURCES) in result.output
 
 
 def test_a_bad_choice_is_refused_by_the_parser(tmp_path):

@@ -1,5 +1,9 @@
+import json
+
+import pytest
 import torch
 
+from lvisctl.errors import LvisctlError
 from lvisctl.inference.pseudo_labels import (
     pseudo_label_file,
     select_missing_annotations,
@@ -58,8 +62,131 @@ def test_pseudo_labels_from_predictions_missing_and_unlabeled():
     cats = [{"id": 4, "name": "a"}, {"id": 5, "name": "b"}]
     missing = pseudo_labels_from_predictions(preds, images, gt, cats, mode="missing", score_thresh=0.5)
     assert [(a["image_id"], a["bbox"]) for a in missing["annotations"]] == [(1, [30.0, 30.0, 10.0, 10.0])]
-    assert "segmentation" not in missing["annotations"][0]
+    # masks are kept: LVIS annotations need a segmentation (`data validate`, lvis-api)
+    assert missing["annotations"][0]["segmentation"] == seg
     unl = pseudo_labels_from_predictions(preds, images, {}, cats, mode="unlabeled", score_thresh=0.3)
     assert [a["image_id"] for a in unl["annotations"]] == [1, 1, 2]
     assert unl["annotations"][0]["segmentation"] == seg
     assert [i["id"] for i in unl["images"]] == [1, 2]
+
+
+def test_score_thresholds_global_and_per_group():
+    from lvisctl.inference.pseudo_labels import ScoreThresholds
+
+    assert ScoreThresholds.parse("0.3") == ScoreThresholds(0.3, 0.3, 0.3)
+    assert ScoreThresholds.parse("r=0.3,c=0.4,f=0.5") == ScoreThresholds(0.3, 0.4, 0.5)
+    both = ScoreThresholds.parse("0.6, r=0.2")
+    assert both == ScoreThresholds(0.2, 0.6, 0.6) and str(both) == "r=0.2,c=0.6,f=0.6"
+    cats = [{"id": 4, "frequency": "r"}, {"id": 5, "frequency": "f"}, {"id": 6}]
+    assert both.by_category(cats) == {4: 0.2, 5: 0.6, 6: 0.6}  # unknown group: the strictest
+    for bad in ("x=0.3", "r=1.5", "abc", "", "r=0.1,,q"):
+        with pytest.raises(LvisctlError, match="--score-thresh"):
+            ScoreThresholds.parse(bad)
+
+
+def test_per_category_thresholds_in_both_modes():
+    from lvisctl.inference.pseudo_labels import pseudo_labels_from_predictions
+
+    images = {1: {"id": 1, "width": 50, "height": 50}}
+    preds = [
+        {"image_id": 1, "category_id": 4, "bbox": [0, 0, 5, 5], "score": 0.35},  # rare, thresh 0.3: keep
+        {"image_id": 1, "category_id": 5, "bbox": [20, 20, 5, 5], "score": 0.45},  # frequent, 0.5: drop
+        {"image_id": 1, "category_id": 5, "bbox": [30, 30, 5, 5], "score": 0.55},  # keep
+    ]
+    cats = [{"id": 4, "name": "a"}, {"id": 5, "name": "b"}]
+    for mode in ("missing", "unlabeled"):
+        out = pseudo_labels_from_predictions(
+            preds, images, {}, cats, mode=mode, score_thresh={4: 0.3, 5: 0.5}
+        )
+        assert sorted(a["score"] for a in out["annotations"]) == [0.35, 0.55]
+
+
+def test_missing_mode_follows_federated_labels():
+    from lvisctl.inference.pseudo_labels import can_be_missing, pseudo_labels_from_predictions
+
+    image = {"id": 1, "width": 50, "height": 50, "neg_category_ids": [7], "not_exhaustive_category_ids": [4]}
+    assert can_be_missing(image, 4, annotated={4, 5})  # annotated but not exhaustively: yes
+    assert not can_be_missing(image, 5, annotated={4, 5})  # exhaustively annotated: all are labelled
+    assert not can_be_missing(image, 7, annotated={4, 5})  # verified absent
+    assert can_be_missing(image, 9, annotated={4, 5})  # never verified
+    assert can_be_missing({"id": 2}, 5, annotated={5}) is False and can_be_missing({"id": 2}, 6, set())
+    preds = [{"image_id": 1, "category_id": c, "bbox": [30, 30, 5, 5], "score": 0.9} for c in (4, 5, 7, 9)]
+    gt_cats = {1: {4, 5}}
+    out = pseudo_labels_from_predictions(
+        preds, {1: image}, {1: [[0, 0, 5, 5]]}, [], mode="missing", score_thresh=0.5, gt_categories=gt_cats
+    )
+    assert [a["category_id"] for a in out["annotations"]] == [4, 9]
+
+
+def test_score_distribution_and_missing_recall():
+    from lvisctl.inference.pseudo_labels import missing_recall, score_distribution
+
+    preds = [{"category_id": 1 + (i % 2), "score": s} for i, s in enumerate([0.01, 0.02, 0.03, 0.04, 0.1])]
+    lines = score_distribution(preds, {1: "r", 2: "f"})
+    # linear interpolation at position q * 4: p50 = .03, p90 = .04 + .6 * .06, p99 = .04 + .96 * .06
+    assert lines[0] == "predicted scores: 5 detections, p50 0.030, p90 0.076, p99 0.098, max 0.100"
+    assert lines[1].startswith("  r: 3 detections") and lines[2].startswith("  f: 2 detections")
+    assert score_distribution([], {}) == ["the model predicted nothing on these images"]
+    hidden = [
+        {"image_id": 1, "bbox": [0, 0, 10, 10]},
+        {"image_id": 1, "bbox": [50, 50, 10, 10]},
+        {"image_id": 2, "bbox": [0, 0, 10, 10]},
+        {"image_id": 3, "bbox": [0, 0, 10, 10]},
+    ]
+    labels = [
+        {"image_id": 1, "bbox": [0, 0, 10, 12]},  # IoU 100/120 = 0.83 with the first: found
+        {"image_id": 1, "bbox": [55, 50, 10, 10]},  # IoU 50/150 = 0.33 with the second: not found
+        {"image_id": 3, "bbox": [0, 0, 5, 10]},  # IoU 0.5 exactly: found
+    ]
+    assert missing_recall(labels, hidden) == 0.5
+
+
+def test_streamed_json_list_across_read_boundaries(tmp_path):
+    from lvisctl.inference.pseudo_labels import iter_json_list
+
+    items = [{"a": i, "s": "x]," * i, "n": [1.5, {"b": None}]} for i in range(7)] + [12345]
+    path = tmp_path / "r.json"
+    path.write_text(" [" + ",".join(json.dumps(x) for x in items) + "] \n")
+    for read_size in (1, 3, 7, 64, 1 << 20):  # objects and a trailing number cut anywhere
+        assert list(iter_json_list(path, read_size=read_size)) == items
+    (tmp_path / "e.json").write_text("[]")
+    assert list(iter_json_list(tmp_path / "e.json")) == []
+    (tmp_path / "t.json").write_text('[{"a": 1}, {"a": ')
+    with pytest.raises(LvisctlError, match="t.json: truncated json list"):
+        list(iter_json_list(tmp_path / "t.json", read_size=4))
+
+
+def test_streamed_file_equals_the_in_memory_selection(tmp_path):
+    from lvisctl.inference.pseudo_labels import Selector, pseudo_labels_from_predictions, write_pseudo_labels
+
+    images = {i: {"id": i, "width": 50, "height": 40, "file_name": f"{i}.jpg"} for i in (1, 2, 3)}
+    preds = [
+        {"image_id": i, "category_id": 4 + (k % 2), "bbox": [k, k, 5, 5], "score": 0.1 * k}
+        for i in (1, 2)
+        for k in range(1, 9)
+    ]
+    cats = [{"id": 4, "name": "a", "frequency": "r"}, {"id": 5, "name": "b", "frequency": "f"}]
+    for mode in ("missing", "unlabeled"):
+        kwargs = dict(score_thresh={4: 0.3, 5: 0.6}, max_per_image=3)
+        expected = pseudo_labels_from_predictions(
+            preds, images, {1: [[0, 0, 2, 2]]}, cats, mode=mode, **kwargs
+        )
+        selector = Selector(mode, kwargs["score_thresh"], images, {1: [[0, 0, 2, 2]]}, max_per_image=3)
+        n_labels, n_images = write_pseudo_labels(tmp_path / f"{mode}.json", iter(preds), selector, cats)
+        got = json.loads((tmp_path / f"{mode}.json").read_text())
+        assert got == expected and (n_labels, n_images) == (len(got["annotations"]), len(got["images"]))
+    assert [i["id"] for i in got["images"]] == [1, 2, 3]  # unlabeled: every image, even without labels
+
+
+def test_score_sample_is_bounded():
+    from lvisctl.inference.pseudo_labels import ScoreSample
+
+    sample = ScoreSample({1: "r"}, capacity=100)
+    sample.add({"category_id": 1, "score": i / 10_000} for i in range(10_000))
+    assert sample.counts == {"all": 10_000, "r": 10_000} and len(sample.samples["all"]) == 100
+    lines = sample.lines()
+    assert lines[0].startswith("predicted scores: 10000 detections, p50 0.") and lines[0].endswith(
+        "max 1.000"
+    )
+    median = float(lines[0].split("p50 ")[1].split(",")[0])
+    assert 0.35 < median < 0.65  # a uniform sample of a uniform distribution

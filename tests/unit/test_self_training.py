@@ -485,3 +485,41 @@ def test_st_config_is_the_best_table1_row_plus_extra_images():
     assert st.data.pseudo_labels == ""  # LVIS ignore regions belong to Table 2's dagger row, not "ST"
     for section in ("model", "augment", "sampler", "solver"):
         assert st[section] == best[section]
+
+
+def test_summary_lines_and_resolved_config(tmp_path, extra_file, capsys):
+    run = RunDir(tmp_path / "run")
+    rel = "pseudo_labels/extra_unlabeled.json"
+    atomic_write_bytes(run.output_path(rel), extra_file.read_bytes())
+    run.register("pseudo-labels", run.path_of(rel), meta={"mode": "unlabeled", "images": str(extra_file)})
+    missing = _missing_file(
+        tmp_path,
+        [
+            {"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 2, 3, 4]},
+            {"id": 2, "image_id": 1, "category_id": 3, "bbox": [5, 5, 3, 4]},
+            {"id": 3, "image_id": 2, "category_id": 3, "bbox": [1, 2, 3, 4]},
+            {"id": 4, "image_id": 9, "category_id": 3, "bbox": [1, 2, 3, 4]},  # not a training image
+        ],
+    )
+    data_cfg = {"pseudo_labels": str(missing), "extra_images": "latest", "extra_image_root": ""}
+    st = load_self_training(data_cfg, run, train_image_ids={1, 2})
+    extra_path = str((run.root / rel).resolve())
+    assert st.summary_lines() == [
+        f"self-training: data.pseudo_labels = {missing.resolve()}: 3 ignore boxes on 2 training images",
+        f"self-training: data.extra_images = {extra_path}: 3 extra images with 4 pseudo labels "
+        f"(images under {extra_file.parent})",
+    ]
+    assert capsys.readouterr().out.splitlines() == st.summary_lines()  # printed by rank 0
+    assert data_cfg["extra_images"] == "latest"  # the caller's config is left alone
+    full = {"seed": 1, "data": dict(data_cfg)}
+    assert st.resolved_config(full) == {
+        "seed": 1,
+        "data": {"pseudo_labels": str(missing), "extra_images": extra_path, "extra_image_root": ""},
+    }
+    assert full["data"]["extra_images"] == "latest"
+    assert (
+        load_self_training(
+            {"pseudo_labels": "", "extra_images": ""}, run, train_image_ids={1}
+        ).summary_lines()
+        == []
+    )

@@ -1,0 +1,392 @@
+"""Image sources that are not LVIS files: folders, Open Images image lists, hand-made image-info jsons.
+
+Inference (``tta-infer``, ``pseudolabel``) reads LVIS-format image lists. :func:`image_info_for` turns
+what users have into one:
+
+* a folder (searched recursively for ``.jpg``/``.jpeg``/``.png``, in sorted order),
+* a folder restricted by an image list: Open Images' CSV (column ``ImageID``; ``<root>/<ImageID>.jpg``),
+  a CSV with a ``file_name`` or ``path`` column, or a text file with one id or relative path per line,
+* an image-info json whose records lack ``width``/``height`` (or ``id``).
+
+An LVIS annotation file or a complete image-info json passes through untouched.
+
+Scale (the paper's 1.7 M Open Images): the source is *streamed*. Planning (listing, ids) keeps a few
+dozen bytes per image (the id set that guards against hash collisions) and never opens a file; sizes
+come from the file headers (PIL's lazy ``Image.open`` reads the header, not the pixels), read by a
+thread pool over a bounded window; the image-info json is written as the records come. Ids are stable:
+a hash of the image's path relative to the root (53 bits, exact in every json reader), so the same file
+gets the same id in every run, whatever else the folder holds.
+
+Unreadable images (no file, no image header, a JPEG without its end marker, i.e. a truncated download)
+are skipped and reported (:class:`SkipReport`); a source without one readable image is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from lvisctl.errors import LvisctlError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MAX_LISTED_SKIPS = 5
+ID_BITS = 53  # ids stay exact as float64 (JavaScript, some json readers)
+TAIL_BYTES = 4096  # where a complete JPEG / PNG keeps its end marker (encoders may pad after it)
+_WINDOW_PER_WORKER = 64  # header reads in flight per thread: bounded memory, enough to hide latency
+
+
+@dataclass
+class SkipReport:
+    """Images left out: how many, and the first few with the reason."""
+
+    count: int = 0
+    first: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, path: str, reason: str) -> None:
+        self.count += 1
+        if len(self.first) < MAX_LISTED_SKIPS:
+            self.first.append((path, reason))
+
+    def lines(self) -> list[str]:
+        """Human-readable report (empty when nothing was skipped)."""
+        if not self.count:
+            return []
+        out = [f"skipped {self.count} unreadable or missing image(s):"]
+        out += [f"  {path}: {reason}" for path, reason in self.first]
+        if self.count > len(self.first):
+            out.append(f"  ... and {self.count - len(self.first)} more")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "first": [list(p) for p in self.first]}
+
+
+class PlannedImage(NamedTuple):
+    """An image before its header is read: id, path relative to the root, and any known fields (a tuple:
+    1.7 M of them are made in a few seconds)."""
+
+    image_id: int
+    file_name: str
+    record: dict[str, Any] | None = None  # the source json's record (image-info input), else None
+
+
+@dataclass
+class ImageSource:
+    """What :func:`image_info_for` made: the LVIS-format file to run on and where its images live."""
+
+    path: Path
+    image_root: Path | None
+    num_images: int
+    skipped: SkipReport
+    converted: bool  # False: the input was already a complete LVIS / image-info file
+
+
+# ---------------------------------------------------------------------------------------------- ids
+def stable_image_id(rel_path: str, salt: int = 0) -> int:
+    """A positive 53-bit id from the image's relative path (``salt`` > 0 only after a collision)."""
+    key = rel_path if not salt else f"{rel_path}#{salt}"
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") >> (64 - ID_BITS)) or 1
+
+
+def _unique_ids(entries: Iterable[tuple[str, dict | None]]) -> Iterator[PlannedImage]:
+    """Assign stable ids; a (rare) hash collision takes the next salt, deterministically in source order."""
+    seen: set[int] = set()
+    for rel, record in entries:
+        given = record.get("id") if record else None
+        if isinstance(given, int) and not isinstance(given, bool):
+            image_id = given
+            if image_id in seen:
+                raise LvisctlError(f"{rel}: duplicate image id {image_id}")
+        else:
+            salt, image_id = 0, stable_image_id(rel)
+            while image_id in seen:
+                salt += 1
+                image_id = stable_image_id(rel, salt)
+        seen.add(image_id)
+        yield PlannedImage(image_id, rel, record)
+
+
+# ----------------------------------------------------------------------------------------- listing
+def iter_folder(root: Path) -> Iterator[str]:
+    """Image files under ``root`` (recursive, sorted, symlinked folders not followed), as posix paths
+    relative to ``root``."""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            with os.scandir(root / rel_dir if rel_dir else root) as it:
+                entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it)
+        except OSError:
+            continue  # an unreadable sub-folder: its images cannot be read anyway
+        subdirs = []
+        for name, is_dir in entries:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if is_dir:
+                subdirs.append(rel)
+            elif name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
+                yield rel
+        stack.extend(reversed(subdirs))  # depth-first, in sorted order
+
+
+def iter_image_list(path: Path) -> Iterator[str]:
+    """Relative image paths from an image list: Open Images' CSV (``ImageID`` -> ``<ImageID>.jpg``), a
+    CSV with a ``file_name`` or ``path`` column, or one id / relative path per line."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        first = fh.readline()
+        columns = [c.strip().strip('"') for c in next(csv.reader([first]))] if first.strip() else []
+        if "ImageID" in columns or "file_name" in columns or "path" in columns:
+            key = next(c for c in ("ImageID", "file_name", "path") if c in columns)
+            col, suffix = columns.index(key), key == "ImageID"
+            for row in csv.reader(fh):
+                value = row[col].strip() if len(row) > col else ""
+                if value:
+                    yield _with_suffix(value) if suffix else value
+            return
+        if "," in first:
+            raise LvisctlError(f"{path}: CSV without an ImageID, file_name or path column")
+        for line in (first, *fh):
+            value = line.strip()
+            if value:
+                yield _with_suffix(value)
+
+
+def _with_suffix(value: str) -> str:
+    return (
+        value if value.endswith(IMAGE_SUFFIXES) or value.lower().endswith(IMAGE_SUFFIXES) else value + ".jpg"
+    )
+
+
+def _json_entries(path: Path) -> tuple[dict[str, Any], list[dict]]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            payload = json.load(fh)
+    except json.JSONDecodeError as err:
+        raise LvisctlError(f"{path}: not valid json ({err.msg} at line {err.lineno})") from None
+    images = payload.get("images") if isinstance(payload, dict) else None
+    if not isinstance(images, list):
+        raise LvisctlError(f"{path}: an image-info json needs a top-level 'images' list")
+    bad = [r for r in images if not isinstance(r, dict) or not (r.get("file_name") or r.get("coco_url"))]
+    if bad:
+        raise LvisctlError(
+            f"{path}: {len(bad)} image record(s) without file_name or coco_url, e.g. {str(bad[0])[:60]}"
+        )
+    return payload, images
+
+
+def _is_complete(payload: dict[str, Any], images: Sequence[dict]) -> bool:
+    """Already an LVIS file or a usable image-info file: nothing to fill in."""
+    if "annotations" in payload:
+        return True
+    need = ("id", "width", "height")
+    return bool(payload.get("categories")) and all(all(k in r for k in need) for r in images)
+
+
+# ------------------------------------------------------------------------------------------ headers
+def read_image_size(path: Path) -> tuple[int, int]:
+    """Upright ``(width, height)`` from the file header (EXIF rotations by 90 degrees swap them, as the
+    image reader applies them); raises for a file that cannot be used (missing, not an image, a JPEG/PNG
+    cut short: its end marker is missing)."""
+    try:  # the one image reader's header probe (lvisctl/data/image_io.py), when this tree has it
+        from lvisctl.data.image_io import probe_image
+    except ImportError:
+        return _header_size(path)
+    height, width = probe_image(path)
+    return width, height
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """What ``image_io.probe_image`` checks, for a tree without it."""
+    from PIL import Image
+
+    with Image.open(path) as img:  # lazy: parses the header only
+        width, height = img.size
+        fmt = img.format
+        if img.getexif().get(0x0112) in (5, 6, 7, 8):
+            width, height = height, width
+    marker = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}.get(fmt or "")
+    if marker is not None:
+        with open(path, "rb") as fh:
+            fh.seek(max(path.stat().st_size - TAIL_BYTES, 0))
+            if marker not in fh.read():
+                raise OSError(f"truncated {fmt} (no end marker)")
+    if width <= 0 or height <= 0:
+        raise OSError(f"image size {width}x{height}")
+    return width, height
+
+
+def _sized(root: Path, planned: PlannedImage) -> tuple[PlannedImage, tuple[int, int] | str]:
+    path = root / planned.file_name
+    try:
+        return planned, read_image_size(path)
+    except FileNotFoundError:
+        return planned, "file not found"
+    except Exception as err:  # PIL: OSError, SyntaxError, ValueError, DecompressionBombError; LvisctlError
+        text = (str(err).splitlines() or [type(err).__name__])[0]
+        return planned, text.removeprefix(f"{path}: ")[:120]
+
+
+def iter_image_records(
+    planned: Iterable[PlannedImage], root: Path, skips: SkipReport, *, workers: int = 8
+) -> Iterator[dict[str, Any]]:
+    """LVIS image records (``id``, ``width``, ``height``, ``file_name``) in source order; sizes read from
+    headers by ``workers`` threads, a bounded window at a time; unreadable images go to ``skips``."""
+    window = max(workers, 1) * _WINDOW_PER_WORKER
+    with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
+        batch: list[PlannedImage] = []
+        for item in planned:
+            batch.append(item)
+            if len(batch) >= window:
+                yield from _records(pool.map(lambda p: _sized(root, p), batch), skips)
+                batch = []
+        yield from _records(pool.map(lambda p: _sized(root, p), batch), skips)
+
+
+def _records(results: Iterable[tuple[PlannedImage, Any]], skips: SkipReport) -> Iterator[dict[str, Any]]:
+    for planned, size in results:
+        if isinstance(size, str):
+            skips.add(planned.file_name, size)
+            continue
+        base = dict(planned.record or {})
+        yield {
+            "neg_category_ids": [],  # nothing verified: every category may be present
+            "not_exhaustive_category_ids": [],
+            **base,
+            "id": planned.image_id,
+            "width": size[0],
+            "height": size[1],
+            "file_name": planned.file_name,
+        }
+
+
+# ------------------------------------------------------------------------------------------ writing
+def write_image_info(
+    records: Iterable[dict[str, Any]],
+    categories: Sequence[dict[str, Any]],
+    out_dir: Path,
+    name: str,
+    info: dict[str, Any],
+) -> tuple[Path, int]:
+    """Stream an LVIS image-info json (``info``, ``categories``, empty ``annotations``, ``images``) to
+    ``out_dir/<name>-<content hash>.images.json``; returns ``(path, number of images)``. The same
+    content always gets the same name (a resumed run finds its file), other content another one."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
+    count = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+
+            def put(text: str) -> None:
+                fh.write(text)
+                digest.update(text.encode("utf-8"))
+
+            # "annotations": [] (none) makes lvis-api, which needs the key, load the file
+            head = {"info": info, "licenses": [], "categories": list(categories), "annotations": []}
+            put(json.dumps(head, separators=(",", ":"))[:-1] + ',"images":[')
+            for record in records:
+                put(("," if count else "") + json.dumps(record, separators=(",", ":")))
+                count += 1
+            put("]}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        path = out_dir / f"{name}-{digest.hexdigest()[:8]}.images.json"
+        if count:
+            os.chmod(tmp_name, 0o644)
+            os.replace(tmp_name, path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return path, count
+
+
+def categories_from_stats(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """LVIS category records from a checkpoint's ``category_stats`` (what the model predicts), so files
+    made from its predictions validate and load in lvis-api."""
+    return [
+        {
+            "id": int(cid),
+            "name": str(name),
+            "frequency": str(freq),
+            "image_count": int(ic),
+            "instance_count": int(nc),
+            "synonyms": [str(name)],
+        }
+        for cid, name, freq, ic, nc in zip(
+            stats["cat_ids"],
+            stats["names"],
+            stats["frequency"],
+            stats["image_count"],
+            stats["instance_count"],
+            strict=True,
+        )
+    ]
+
+
+# ------------------------------------------------------------------------------------------ entry
+def plan_source(
+    source: Path, *, image_root: Path | None = None, image_list: Path | None = None
+) -> tuple[Iterator[PlannedImage], Path, str]:
+    """``(planned images, image root, name)`` of a folder / folder + list / image-info json, streamed.
+    ``image_root`` only applies to a json (a folder is its own root)."""
+    if source.is_dir():
+        root = source.expanduser().resolve()  # the folder is the root its paths and ids are relative to
+        rels: Iterable[str] = iter_image_list(image_list) if image_list else iter_folder(root)
+        return _unique_ids((rel, None) for rel in rels), root, _name(image_list or source)
+    if image_list is not None:
+        raise LvisctlError(f"{image_list}: --image-list goes with a folder of images, not with {source}")
+    _, images = _json_entries(source)
+    from lvisctl.data.lvis import image_relpath
+
+    root = (image_root or source.parent).expanduser().resolve()
+    return _unique_ids((image_relpath(r), r) for r in images), root, _name(source)
+
+
+def _name(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem if path.is_file() else path.name) or "images"
+
+
+def image_info_for(
+    source: str | os.PathLike[str],
+    *,
+    out_dir: str | os.PathLike[str],
+    categories: Callable[[], Sequence[dict[str, Any]]],
+    image_root: str | os.PathLike[str] | None = None,
+    image_list: str | os.PathLike[str] | None = None,
+    workers: int = 8,
+) -> ImageSource:
+    """Turn ``source`` (a folder, a json) into an LVIS-format image-info file under ``out_dir``.
+
+    ``image_root`` is the folder a json's files are relative to (default: the json's folder); a folder
+    source is its own root. ``categories()`` is called only when a file is written (the predicting model's).
+    A complete LVIS / image-info json is returned as is.
+    """
+    source = Path(source).expanduser()
+    root_arg = Path(image_root).expanduser() if image_root is not None else None
+    list_arg = Path(image_list).expanduser() if image_list is not None else None
+    if not source.exists():
+        raise LvisctlError(f"{source}: not found (expected an image folder or an LVIS / image-info json)")
+    if list_arg is not None and not list_arg.is_file():
+        raise LvisctlError(f"{list_arg}: image list not found")
+    if source.is_file():
+        payload, images = _json_entries(source)
+        if _is_complete(payload, images):
+            return ImageSource(source.resolve(), root_arg, len(images), SkipReport(), converted=False)
+    planned, root, name = plan_source(source, image_root=root_arg, image_list=list_arg)
+    skips = SkipReport()
+    records = iter_image_records(planned, root, skips, workers=workers)
+    info = {"description": f"lvisctl image info of {source.resolve()}", "image_root": str(root)}
+    path, count = write_image_info(records, categories(), Path(out_dir), name, info)
+    if count == 0:
+        detail = "; ".join(f"{p}: {r}" for p, r in skips.first) or "no .jpg/.jpeg/.png files"
+        raise LvisctlError(f"{source}: no readable image ({skips.count} skipped: {detail})")
+    return ImageSource(path.resolve(), root, count, skips, converted=True)

@@ -1,0 +1,1 @@
+"""Looking at results: ground truth and predictions drawn on images (``lvisctl visualize``)."""

@@ -1,0 +1,118 @@
+"""``lvisctl visualize``: PNGs with ground truth and predictions drawn, a contact sheet, stable colours."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from lvisctl.cli.app import app
+from lvisctl.errors import LvisctlError
+from lvisctl.rundir import RunDir, atomic_write_json
+from lvisctl.visualization.draw import GAP, TITLE_HEIGHT, category_color
+from lvisctl.visualization.render import display_factor
+from tests.integration.test_cli_tta_infer import SIZES, make_lvis
+
+
+def _rle(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> dict:
+    mask = np.zeros((h, w), np.uint8, order="F")
+    mask[y0:y1, x0:x1] = 1
+    rle = mask_utils.encode(mask)
+    return {"size": [h, w], "counts": rle["counts"].decode()}
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    gt = make_lvis(data)  # img1..3, one GT square [10:30, 10:30] each, categories 3, 9, 40
+    h, w = SIZES[0]
+    preds = [
+        {
+            "image_id": 1,
+            "category_id": 9,
+            "bbox": [30, 34, 40, 26],
+            "score": 0.9,
+            "segmentation": _rle(h, w, 34, 60, 30, 70),
+        },
+        {
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [0, 0, 5, 5],
+            "score": 0.1,
+            "segmentation": _rle(h, w, 0, 5, 0, 5),
+        },
+    ]
+    path = tmp_path / "preds.json"
+    path.write_text(json.dumps(preds))
+    return gt, path, data
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, ["visualize", *map(str, args)])
+
+
+def test_pngs_differ_from_the_source_under_drawn_masks(tmp_path, inputs):
+    gt, preds, data = inputs
+    out = tmp_path / "vis"
+    result = invoke("--run-dir", tmp_path / "run", "--gt", gt, "--predictions", preds, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["1.png", "2.png", "3.png", "contact_sheet.png"]
+    assert "drew 4 instances on 3 images" in result.output  # 3 GT + 1 prediction >= 0.3
+    src = np.asarray(Image.open(data / "img1.png").convert("RGB")).astype(int)
+    png = np.asarray(Image.open(out / "1.png").convert("RGB")).astype(int)
+    h, w = SIZES[0]
+    k = display_factor(h, w)  # 64 x 80 is drawn 4x (nearest), so names stay legible
+    assert k == 4 and png.shape == (TITLE_HEIGHT + k * h, 2 * k * w + GAP, 3)  # ground truth | predictions
+    gt_panel = png[TITLE_HEIGHT:, : k * w]
+    pred_panel = png[TITLE_HEIGHT:, k * w + GAP :]
+
+    def at(panel, y, x):  # the panel pixel showing source pixel (y, x)
+        return panel[y * k + k // 2, x * k + k // 2]
+
+    # inside the GT mask [10:30, 10:30], below its label: blended with category 3's colour
+    y, x = 25, 25
+    assert np.abs(at(gt_panel, y, x) - src[y, x]).sum() > 30
+    assert np.allclose(at(gt_panel, y, x), 0.55 * src[y, x] + 0.45 * np.array(category_color(3)), atol=2)
+    # the prediction's mask [34:60, 30:70] in category 9's colour (below its label); the 0.1 one is not drawn
+    color9 = np.array(category_color(9))
+    assert np.allclose(at(pred_panel, 55, 60), 0.55 * src[55, 60] + 0.45 * color9, atol=2)
+    assert np.array_equal(at(pred_panel, 2, 2), src[2, 2]) and np.array_equal(
+        at(pred_panel, 25, 25), src[25, 25]
+    )
+    # far from everything, pixels are the source's
+    assert np.array_equal(at(gt_panel, h - 3, w - 3), src[h - 3, w - 3])
+    sheet = RunDir(tmp_path / "run").latest("plot")
+    assert sheet.meta["purpose"] == "visualize" and sheet.meta["images"] == 3
+    again = invoke("--run-dir", tmp_path / "run", "--gt", gt, "--predictions", preds, "--out", out)
+    assert isinstance(again.exception, LvisctlError) and "already exists" in str(again.exception)
+
+
+def test_defaults_from_the_run_and_category_filters(tmp_path, inputs):
+    gt, preds, data = inputs
+    run = RunDir(tmp_path / "run")
+    segm = atomic_write_json(run.root / "predictions" / "val.segm.json", json.loads(preds.read_text()))
+    run.register("predictions", segm, meta={"iou_type": "segm", "group": "val", "gt": str(gt)})
+    # newer, but pseudo-labelling's: never the default
+    other = atomic_write_json(run.root / "predictions" / "train.segm.json", [])
+    run.register("predictions", other, meta={"iou_type": "segm", "gt": str(gt), "purpose": "pseudolabel"})
+    result = invoke("--run-dir", run.root, "--max-images", "1", "--categories", "c9")
+    assert result.exit_code == 0, result.output
+    assert f"from {segm}, {gt}" in result.output and "drew 1 instances on 1 images" in result.output
+    assert (run.root / "visualize" / "val" / "1.png").is_file()
+    groups = invoke("--run-dir", run.root, "--categories", "r", "--out", tmp_path / "r")
+    assert groups.exit_code == 0 and "drew 0 instances on 3 images" in groups.output  # all categories are f
+    bad = invoke("--run-dir", run.root, "--categories", "c4O,c99")
+    assert isinstance(bad.exception, LvisctlError) and "unknown c4O, c99 (did you mean 'c40'?)" in str(
+        bad.exception
+    )
+
+
+def test_colours_are_stable_and_distinct():
+    colors = [category_color(i) for i in range(1, 1204)]
+    assert colors == [category_color(i) for i in range(1, 1204)]
+    assert len(set(colors[:60])) == 60 and category_color(3) != category_color(4)
