@@ -1,0 +1,134 @@
+"""The real model on tiny synthetic LVIS: a from-scratch trunk, evaluation during training (TensorBoard,
+metrics.jsonl, best checkpoint) and the stage-1 -> stage-2 hand-off of the frozen parts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lvisctl.config import CONFIG_ROOT, load_config
+from lvisctl.data.synth import generate_synthetic_lvis
+from lvisctl.engine.trainer import train
+from lvisctl.errors import LvisctlError
+from lvisctl.rundir import RunDir
+from tests.integration.engine_standins import real_tiny_config, register_train_json, tiny_items
+
+FROZEN_BAGS = ("backbone.", "rpn.", "roi_heads.mask_head.")
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    """A 2-iteration stage 1 trained as `train --stage 1` with the base trunk settings (frozen_bn,
+    freeze_at 2, no ImageNet weights), evaluated at iteration 1 and 2 on 3 val images."""
+    root = tmp_path_factory.mktemp("handoff")
+    data = generate_synthetic_lvis(root / "data", preset="tiny", seed=0)
+    run_dir = root / "run"
+    register_train_json(run_dir, data["train"])
+    cfg = real_tiny_config(
+        **{
+            "solver.max_iter": 2,
+            "train.checkpoint_period": 2,
+            "model.backbone.norm": "frozen_bn",
+            "model.backbone.freeze_at": 2,
+            "data.val": str(data["val"]),
+            "train.eval_period": 1,
+            "train.eval_images": 3,
+            "train.save_best": "segm_AP",
+            "log.image_period": 2,
+            "log.num_images": 2,
+            "inference.scales": [64],
+            "inference.max_size": 96,
+            "inference.score_thresh": 0.0,
+        }
+    )
+    result = train(cfg, run_dir)
+    return {"run_dir": run_dir, "result": result, "data": data}
+
+
+def _state(run_dir, rel):
+    return torch.load(run_dir / rel, weights_only=True)
+
+
+def test_random_init_trunk_trains_its_batchnorm(stage1):
+    from torchvision.ops import FrozenBatchNorm2d
+
+    model = stage1["result"].model
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    assert all(p.requires_grad for p in model.backbone.body.parameters())
+    saved = _state(stage1["run_dir"], "checkpoints/stage1_final.pt")["config"]["model"]["backbone"]
+    assert saved["norm"] == "bn" and saved["freeze_at"] == 0
+
+
+def test_eval_metrics_reach_tensorboard_jsonl_and_manifest(stage1):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = stage1["run_dir"]
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for tag in (
+        "val/segm_AP",
+        "val/segm_APr",
+        "val/bbox_AP",
+        "stage1/loss",
+        "stage1/lr",
+        "stage1/max_mem_mb",
+    ):
+        assert tag in tags["scalars"], tag
+    assert [e.step for e in acc.Scalars("val/segm_AP")] == [1, 2]
+    assert all(0.0 <= e.value <= 1.0 for e in acc.Scalars("val/segm_AP"))
+    assert len([t for t in tags["images"] if t.startswith("val_images/")]) == 2
+
+    lines = [json.loads(x) for x in (run_dir / "logs/metrics_stage1.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in lines if "stage1/loss" in x] == [1, 2]
+    assert [x["iteration"] for x in lines if "val/segm_AP" in x] == [1, 2]
+    step = next(x for x in lines if "stage1/loss" in x)
+    assert step["stage1/data_time"] >= 0 and step["stage1/iters_per_s"] > 0 and step["stage1/grad_norm"] > 0
+
+    run = RunDir(run_dir)
+    evals = json.loads(run.resolve(run.latest("metrics", what="train_eval")).read_text())
+    assert evals["images"] == 3 and [h["iteration"] for h in evals["history"]] == [1, 2]
+    best = [a for a in run.artifacts("checkpoint") if a.meta.get("best")]
+    assert [a.path for a in best] == ["checkpoints/stage1_best.pt"]
+    assert best[0].meta["value"] == max(h["metrics"]["segm_AP"] for h in evals["history"])
+
+
+def test_stage2_config_contradicting_a_frozen_part_stops_with_the_key(stage1, tmp_path):
+    cfg = real_tiny_config(
+        **{"solver.max_iter": 1, "model.fpn.out_channels": 32, "train.freeze": "[backbone,rpn]"}
+    )
+    with pytest.raises(LvisctlError) as err:
+        train(cfg, stage1["run_dir"], stage=2, phase="wrong_fpn")
+    msg = str(err.value)
+    assert "\n" not in msg and "model.fpn.out_channels=32 contradicts the checkpoint (16)" in msg
+    assert not RunDir(stage1["run_dir"]).find("checkpoint", phase="wrong_fpn")
+
+
+def test_finetune_bags_default_config_on_a_small_stage1_loads_every_frozen_tensor(stage1, capsys):
+    """The default finetune_bags.yaml says resnet50 / fpn 256 / mask convs 256; stage 1 is the tiny net."""
+    items = [
+        i
+        for i in tiny_items(**{"solver.max_iter": 1, "train.init_from": "best"})
+        if not i.startswith(("model.", "augment.mosaic"))  # the stage-2 config states no architecture
+    ]
+    cfg = load_config(CONFIG_ROOT / "stage2" / "finetune_bags.yaml", items)
+    assert cfg.model.backbone.name == "resnet50" and cfg.model.fpn.out_channels == 256
+    capsys.readouterr()
+    result = train(cfg, stage1["run_dir"], stage=2, phase="finetune_bags")
+    out = capsys.readouterr().out
+    assert "model.backbone.name='tiny'" in out and "model.fpn.out_channels=16" in out
+    assert "initialised fresh: roi_heads.box_head" in out
+    run = RunDir(stage1["run_dir"])
+    final = run.latest("checkpoint", phase="finetune_bags", final=True)
+    assert final.inputs[-1]["path"] == "checkpoints/stage1_best.pt"
+    s1, s2 = (
+        _state(stage1["run_dir"], "checkpoints/stage1_best.pt"),
+        torch.load(result.checkpoint, weights_only=True),
+    )
+    frozen = [k for k in s1["model"] if k.startswith(FROZEN_BAGS)]
+    assert len(frozen) > 50 and all(k in s2["model"] for k in frozen)
+    for key in frozen:
+        assert torch.equal(s1["model"][key], s2["model"][key]), key
+    assert s2["config"]["model"]["backbone"]["name"] == "tiny"
