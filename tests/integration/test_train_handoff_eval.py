@@ -132,3 +132,64 @@ def test_finetune_bags_default_config_on_a_small_stage1_loads_every_frozen_tenso
     for key in frozen:
         assert torch.equal(s1["model"][key], s2["model"][key]), key
     assert s2["config"]["model"]["backbone"]["name"] == "tiny"
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def _cli(*args, **popen):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "lvisctl", *map(str, args)]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_train_reads_images_from_data_root_and_image_root(tmp_path):
+    """detectron2's layout: datasets/lvis/*.json, datasets/coco/{train,val}2017/ (the README command)."""
+    import shutil
+
+    data = generate_synthetic_lvis(tmp_path / "synth", preset="tiny", seed=0)
+    datasets = tmp_path / "datasets"
+    (datasets / "lvis").mkdir(parents=True)
+    for split in ("train", "val"):
+        shutil.copy(data[split], datasets / "lvis" / data[split].name)
+        shutil.move(str(data["root"] / f"{split}2017"), datasets / "coco" / f"{split}2017")
+    items = tiny_items(
+        **{
+            "solver.max_iter": 1,
+            "data.root": datasets,
+            "data.train": "lvis/lvis_v1_train.json",
+            "data.val": "lvis/lvis_v1_val.json",
+            "data.image_root": "coco",
+            "train.eval_period": 1,
+            "train.eval_images": 2,
+            "inference.scales": [64],
+        }
+    )
+    config = CONFIG_ROOT / "demo" / "stage1.yaml"
+    proc = _cli("train", "--config", config, "--run-dir", tmp_path / "run", *items)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out + err
+    assert "eval at iteration 1 on 2 images" in out
+
+
+def test_ctrl_c_exits_130_and_says_where_to_resume(tmp_path):
+    import signal
+    import time
+
+    data = generate_synthetic_lvis(tmp_path / "data", preset="tiny", seed=0)
+    run_dir = tmp_path / "run"
+    register_train_json(run_dir, data["train"])
+    items = tiny_items(**{"solver.max_iter": 500, "train.checkpoint_period": 1})
+    proc = _cli("train", "--config", CONFIG_ROOT / "demo" / "stage1.yaml", "--run-dir", run_dir, *items)
+    deadline = time.time() + 300
+    while not list(run_dir.glob("checkpoints/stage1_iter*.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    last = err.strip().splitlines()[-1]
+    assert "interrupted at iteration" in last and "resume from checkpoints/stage1_iter" in last
+    assert f"lvisctl train --run-dir {run_dir} --stage 1 --resume" in last
