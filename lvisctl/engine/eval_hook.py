@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lvisctl.engine import checkpoint as ckpt_io
-from lvisctl.engine.distributed import broadcast_object
+from lvisctl.engine.distributed import broadcast_buffers, broadcast_object
 from lvisctl.engine.hooks import Hook
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import Artifact, atomic_write_json
@@ -196,6 +196,8 @@ class EvalHook(Hook):
         it = trainer.loop.iteration
         if self.history and self.history[-1]["iteration"] == it:
             return self.history[-1]["metrics"]  # after_epoch on the step that already evaluated
+        # BatchNorm statistics drift apart per rank between DDP forwards: evaluate rank 0's everywhere
+        broadcast_buffers(trainer.model, trainer.info)
         with _Quiet(trainer):
             records = self._predict(trainer)
         metrics = self._score(records) if trainer.info.is_main else None

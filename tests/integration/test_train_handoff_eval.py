@@ -193,3 +193,57 @@ def test_ctrl_c_exits_130_and_says_where_to_resume(tmp_path):
     last = err.strip().splitlines()[-1]
     assert "interrupted at iteration" in last and "resume from checkpoints/stage1_iter" in last
     assert f"lvisctl train --run-dir {run_dir} --stage 1 --resume" in last
+
+
+def _ddp_eval_worker(rank: int, world_size: int, port: int, run_dir: str, val: str) -> None:
+    import os
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    cfg = real_tiny_config(**{"solver.max_iter": 2, "data.val": val, "train.eval_period": 2, **EVAL_ITEMS})
+    train(cfg, run_dir)
+
+
+EVAL_ITEMS = {"train.eval_images": 4, "inference.scales": [64], "inference.score_thresh": 0.0}
+
+
+@pytest.mark.slow
+def test_eval_under_two_gloo_processes_scores_all_images_once(tmp_path):
+    """Each rank predicts its shard; rank 0 scores the gathered records: the same AP as one process."""
+    import socket
+    from types import SimpleNamespace
+
+    import torch.multiprocessing as mp
+
+    from lvisctl.engine.distributed import DistInfo
+    from lvisctl.engine.eval_hook import EvalHook, load_val_set
+    from lvisctl.inference.predictor import load_checkpoint_model
+
+    data = generate_synthetic_lvis(tmp_path / "data", preset="tiny", seed=0)
+    run_dir = tmp_path / "run"
+    register_train_json(run_dir, data["train"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_eval_worker, args=(2, port, str(run_dir), str(data["val"])), nprocs=2, join=True)
+    run = RunDir(run_dir)
+    evals = json.loads(run.resolve(run.latest("metrics", what="train_eval")).read_text())
+    assert evals["images"] == 4 and [h["iteration"] for h in evals["history"]] == [2]
+
+    # one process, the final weights, the same 4 images
+    model, stats, cfg = load_checkpoint_model(run_dir / "checkpoints/stage1_final.pt")
+    hook = EvalHook(2, per_epoch=False, images=4)
+    hook.val = load_val_set(cfg, run, 4)
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    fake = SimpleNamespace(
+        model=model, info=info, cfg=cfg, amp=False, data=SimpleNamespace(category_stats=stats)
+    )
+    single = hook._score(hook._predict(fake))
+    for key, value in single.items():
+        assert evals["history"][0]["metrics"][key] == pytest.approx(value, abs=1e-9), key
