@@ -348,25 +348,34 @@ def draw_detections(
     names: Sequence[str],
     score_thresh: float,
     limit: int = 20,
+    min_side: int = 256,
 ) -> torch.Tensor:
-    """uint8 ``[3, H, W]``: masks (alpha 0.5) and labelled boxes of detections scoring >= ``score_thresh``."""
+    """uint8 ``[3, H, W]``: masks (alpha 0.5) and labelled boxes of detections scoring >= ``score_thresh``.
+
+    Images smaller than ``min_side`` are enlarged by an integer factor first, so the labels stay readable.
+    """
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+    factor = max(1, min_side // max(image.shape[-2:]))
     canvas = (image.clamp(0, 1) * 255).to(torch.uint8)
+    canvas = canvas.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
     keep = (dets["scores"] >= score_thresh).nonzero().flatten()[:limit]
     if len(keep) == 0:
         return canvas
-    labels = dets["labels"][keep].tolist()
+    labels = [int(x) for x in dets["labels"][keep].tolist()]
     colors = [_color(lab) for lab in labels]
     masks = dets["masks"][keep].bool()
     if masks.ndim == 4:
         masks = masks[:, 0]
+    masks = masks.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
     canvas = draw_segmentation_masks(canvas, masks, alpha=0.5, colors=colors)
+    scores = dets["scores"][keep].tolist()
     text = [
         f"{names[lab - 1] if 0 < lab <= len(names) else lab} {s:.2f}"
-        for lab, s in zip(labels, dets["scores"][keep].tolist(), strict=True)
+        for lab, s in zip(labels, scores, strict=True)
     ]
-    return draw_bounding_boxes(canvas, dets["boxes"][keep].float(), labels=text, colors=colors, width=1)
+    boxes = dets["boxes"][keep].float() * factor
+    return draw_bounding_boxes(canvas, boxes, labels=text, colors=colors, width=1)
 
 
 def _color(label: int) -> tuple[int, int, int]:

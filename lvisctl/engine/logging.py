@@ -203,7 +203,7 @@ def plot_loss_curves(
         lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
         labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
         # outside the plot area (right of the lr axis): curves are never hidden behind it
-        ax.legend(lines, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.10, 1.0), borderaxespad=0)
+        ax.legend(lines, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.14, 1.0), borderaxespad=0)
     ax.set_title(title or "training losses")
     fig.tight_layout()
     with atomic_output(path) as tmp:

@@ -242,7 +242,7 @@ def test_overwrite_starts_the_phase_again(tmp_path):
 
 
 class Wider(torch.nn.Module):
-    """Another trunk; only the rpn conv, the classifier and a BN counter match TinyDetector's tensors (5 of 13)."""
+    """Another trunk: only the rpn conv, the classifier and a BN counter match TinyDetector (5 of 13)."""
 
     def __init__(self, num_classes: int = 3) -> None:
         super().__init__()
