@@ -842,12 +842,13 @@ def _finish(
         return None
     inputs = [final_ckpt] if final_ckpt else []
     meta = {"stage": phase.stage, "phase": phase.name}
-    log_path = run.output_path(f"logs/train_{phase.name}.json", overwrite=True)
-    atomic_write_json(log_path, {"stage": phase.stage, "phase": phase.name, "history": loop.history})
-    run.register("log", log_path, inputs=inputs, meta=meta)
     metrics = run.root / "logs" / f"metrics_{phase.name}.jsonl"
     if metrics.is_file():
         run.register("log", metrics, inputs=inputs, meta={**meta, "what": "metrics"})
+    # registered after metrics.jsonl: run.latest("log", phase=...) stays the history json
+    log_path = run.output_path(f"logs/train_{phase.name}.json", overwrite=True)
+    atomic_write_json(log_path, {"stage": phase.stage, "phase": phase.name, "history": loop.history})
+    run.register("log", log_path, inputs=inputs, meta=meta)
     plot_path = run.output_path(f"plots/loss_{phase.name}.png", overwrite=True)
     log_scale = str(cfg.get("log", {}).get("loss_plot_scale", "log")) != "linear"
     plot_loss_curves(loop.history, plot_path, title=f"{phase} training losses", log_scale=log_scale)

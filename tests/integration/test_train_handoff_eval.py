@@ -174,14 +174,16 @@ def test_train_reads_images_from_data_root_and_image_root(tmp_path):
     assert "eval at iteration 1 on 2 images" in out
 
 
-def test_ctrl_c_exits_130_and_says_where_to_resume(tmp_path):
+def test_ctrl_c_exits_130_and_resume_refuses_changed_data(tmp_path):
+    import shutil
     import signal
     import time
 
     data = generate_synthetic_lvis(tmp_path / "data", preset="tiny", seed=0)
+    train_json = tmp_path / "data" / "my_train.json"
+    shutil.copy(data["train"], train_json)
     run_dir = tmp_path / "run"
-    register_train_json(run_dir, data["train"])
-    items = tiny_items(**{"solver.max_iter": 500, "train.checkpoint_period": 1})
+    items = tiny_items(**{"solver.max_iter": 500, "train.checkpoint_period": 1, "data.train": train_json})
     proc = _cli("train", "--config", CONFIG_ROOT / "demo" / "stage1.yaml", "--run-dir", run_dir, *items)
     deadline = time.time() + 300
     while not list(run_dir.glob("checkpoints/stage1_iter*.pt")) and time.time() < deadline:
@@ -193,6 +195,31 @@ def test_ctrl_c_exits_130_and_says_where_to_resume(tmp_path):
     last = err.strip().splitlines()[-1]
     assert "interrupted at iteration" in last and "resume from checkpoints/stage1_iter" in last
     assert f"lvisctl train --run-dir {run_dir} --stage 1 --resume" in last
+
+    train_json.write_text(train_json.read_text() + " ")  # same content for json, another file
+    proc = _cli("train", "--run-dir", run_dir, "--resume")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(train_json) in lines[0] and "sha256" in lines[0]
+    assert "--allow-changed-inputs" in lines[0]
+
+
+def test_finetune_bags_phase_and_overwrite_through_the_cli(stage1):
+    items = [
+        i for i in tiny_items(**{"solver.max_iter": 1}) if not i.startswith(("model.", "augment.mosaic"))
+    ]
+    run_dir = stage1["run_dir"]
+    args = ("finetune-bags", "--run-dir", run_dir, "--phase", "bags_b", *items)
+    out, err = _cli(*args).communicate(timeout=600)
+    assert "bags_b done after 1 iterations" in out, out + err
+    assert RunDir(run_dir).find("checkpoint", phase="bags_b", final=True)
+    proc = _cli(*args)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and "--overwrite" in err, out + err
+    proc = _cli(*args, "--overwrite")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and "bags_b done after 1 iterations" in out, out + err
 
 
 def _ddp_eval_worker(rank: int, world_size: int, port: int, run_dir: str, val: str) -> None:
