@@ -250,7 +250,8 @@ class EvalHook(Hook):
             by_type = {}
             for iou in IOU_TYPES:
                 by_type.update(evaluate_lvis(load_results_for_eval(paths[iou], self._gt), self._gt, (iou,)))
-        out = {f"{t}_{k}": float(v) for t, m in by_type.items() for k, v in m.metrics.items()}
+        # lvis-api's -1 = undefined (e.g. no rare category among the evaluated images): left out
+        out = {f"{t}_{k}": float(v) for t, m in by_type.items() for k, v in m.metrics.items() if v >= 0}
         gap = box_minus_mask_gap(by_type)
         if gap is not None:
             out["bbox_minus_segm_AP"] = float(gap)
@@ -261,13 +262,15 @@ class EvalHook(Hook):
             return
         assert self.val is not None and trainer.logger is not None
         trainer.logger.scalars(it, metrics, prefix="val")
-        m = metrics
-        gap = f", box-mask gap {m['bbox_minus_segm_AP']:.3f}" if "bbox_minus_segm_AP" in m else ""
+
+        def show(key: str) -> str:
+            return f"{metrics[key]:.3f}" if key in metrics else "n/a"
+
+        gap = f", box-mask gap {show('bbox_minus_segm_AP')}" if "bbox_minus_segm_AP" in metrics else ""
         trainer.logger.message(
             f"{trainer.phase} eval at iteration {it} on {len(self.val.image_ids)} images of {self.val.path}: "
-            f"segm AP {m['segm_AP']:.3f} (r {m['segm_APr']:.3f} c {m['segm_APc']:.3f} "
-            f"f {m['segm_APf']:.3f}), "
-            f"bbox AP {m['bbox_AP']:.3f}{gap}"
+            f"segm AP {show('segm_AP')} (r {show('segm_APr')} c {show('segm_APc')} f {show('segm_APf')}), "
+            f"bbox AP {show('bbox_AP')}{gap}"
         )
         self._write_manifest(trainer)
 

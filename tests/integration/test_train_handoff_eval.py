@@ -70,7 +70,7 @@ def test_eval_metrics_reach_tensorboard_jsonl_and_manifest(stage1):
     tags = acc.Tags()
     for tag in (
         "val/segm_AP",
-        "val/segm_APr",
+        "val/segm_AP50",
         "val/bbox_AP",
         "stage1/loss",
         "stage1/lr",
