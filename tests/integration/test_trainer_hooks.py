@@ -165,6 +165,10 @@ def test_evaluation_changes_nothing_and_resume_evaluates_at_the_same_iterations(
     assert ref["hooks"]["FakeEval"] == got["hooks"]["FakeEval"]
     assert [h["iteration"] for h in got["hooks"]["FakeEval"]["history"]] == [3, 6, 9, 10]
     assert got["hooks"]["FakeEval"]["best"]["iteration"] == 6
+    # metrics.jsonl: the replayed stretch after the checkpoint at 4 is not recorded twice
+    lines = [json.loads(x) for x in (tmp_path / "killed/logs/metrics_stage1.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in lines if "val/segm_AP" in x] == [3, 6, 9, 10]
+    assert [x["iteration"] for x in lines if "stage1/loss" in x] == [2, 4, 6, 8, 10]
 
 
 def _file_data_builder(path: Path):
