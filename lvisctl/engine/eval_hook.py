@@ -150,6 +150,7 @@ class EvalHook(Hook):
         self.best: dict[str, Any] | None = None
         self.val: ValSet | None = None
         self._gt: Any = None
+        self._written: Path | None = None  # metrics/train_eval_<phase>.json once written
 
     @classmethod
     def from_config(cls, cfg: Any) -> EvalHook | None:
@@ -183,6 +184,11 @@ class EvalHook(Hook):
     def after_train(self, trainer: Trainer) -> None:
         if self.val is not None and self.val.tmp is not None:
             self.val.tmp.cleanup()
+
+    def discard(self, trainer: Trainer) -> None:
+        if self._written is not None:
+            trainer.run.unregister(trainer.run.relative(self._written))
+            self._written.unlink(missing_ok=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": [dict(h) for h in self.history], "best": dict(self.best) if self.best else {}}
@@ -296,6 +302,7 @@ class EvalHook(Hook):
             "iteration": trainer.loop.iteration,
         }
         run.register("metrics", path, inputs=[self.val.source], meta=meta)
+        self._written = path
 
     def _maybe_save_best(self, trainer: Trainer, it: int, metrics: Mapping[str, float]) -> None:
         value = metrics.get(self.save_best)

@@ -9,7 +9,8 @@ order of the trainer's hook list:
                   so a NaN step is never applied);
 ``after_step``    after the optimizer step (``trainer.loop.iteration`` counts it);
 ``after_epoch``   when the data of an epoch ran out (not after the last, partial epoch);
-``after_train``   once, after the last step (not when the run failed).
+``after_train``   once, after the last step (not when the run failed);
+``discard``       instead, when a run fails before its first checkpoint (remove what the hook wrote).
 
 A hook with state that must survive a resume (the evaluation history, the best metric) returns it from
 ``state_dict`` (plain values only: checkpoints load weights-only) and gets it back in
@@ -58,6 +59,9 @@ class Hook:
     def after_epoch(self, trainer: Trainer) -> None: ...
 
     def after_train(self, trainer: Trainer) -> None: ...
+
+    def discard(self, trainer: Trainer) -> None:
+        """The run failed before its first checkpoint: remove what this hook wrote (nothing is kept)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -447,8 +447,13 @@ class Trainer:
 
     def _failed(self, start: int) -> None:
         """A fresh run that stopped before its first checkpoint leaves nothing behind."""
-        if self.logger is not None and not self._kept(start):
+        if self._kept(start):
+            return
+        if self.logger is not None:
             self.logger.discard()
+        if self.info.is_main:
+            for hook in self.hooks:
+                hook.discard(self)
 
 
 def _grad_norm(params: Sequence[torch.Tensor], scaler: torch.amp.GradScaler) -> torch.Tensor | None:

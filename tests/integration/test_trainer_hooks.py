@@ -217,9 +217,11 @@ def test_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path, capsys)
 def test_a_run_failing_before_its_first_checkpoint_leaves_nothing(tmp_path):
     run_dir = tmp_path / "run"
     cfg = tiny_config(**{"solver.max_iter": 10, "train.checkpoint_period": 4})
+    fake = FakeEval([0.1, 0.2], period=2, save_best="")  # evaluates (and registers its metrics) at 2
     with pytest.raises(RuntimeError):
-        train(cfg, run_dir, hooks=[*default_hooks(cfg), FailAt(3, RuntimeError("x"))], **KW)
-    assert RunDir(run_dir).artifacts() == []
+        train(cfg, run_dir, hooks=[*_hooks(cfg, fake), FailAt(3, RuntimeError("x"))], **KW)
+    assert fake.calls == [2] and RunDir(run_dir).artifacts() == []
+    assert not (run_dir / "metrics/train_eval_stage1.json").exists()
     assert not (run_dir / "tensorboard").exists() and not (run_dir / "config_stage1.yaml").exists()
     assert not (run_dir / "logs/metrics_stage1.jsonl").exists()
     train(cfg, run_dir, **KW)  # and a plain new run is not refused
