@@ -70,10 +70,9 @@ class ValSet:
     tmp: tempfile.TemporaryDirectory | None = None
 
 
-def load_val_set(cfg: Any, run: Any, limit: int, *, write_gt: bool = True) -> ValSet:
-    """The validation split of ``cfg`` (its first ``limit`` images by id; 0 = all)."""
-    from lvisctl.data.lvis import annotation_to_json, load_lvis
-    from lvisctl.data.train_data import resolve_val_annotations, train_image_root
+def require_val_source(cfg: Any, run: Any) -> Artifact | Path:
+    """``data.val`` or the run's val ``dataset`` artifact; a one-line error when there is neither."""
+    from lvisctl.data.train_data import resolve_val_annotations
 
     source = resolve_val_annotations(cfg, run)
     if source is None:
@@ -81,6 +80,15 @@ def load_val_set(cfg: Any, run: Any, limit: int, *, write_gt: bool = True) -> Va
             "config: train.eval_period / log.image_period need validation data: set data.val=FILE "
             "(or register a dataset of split val in the run directory)"
         )
+    return source
+
+
+def load_val_set(cfg: Any, run: Any, limit: int, *, write_gt: bool = True) -> ValSet:
+    """The validation split of ``cfg`` (its first ``limit`` images by id; 0 = all)."""
+    from lvisctl.data.lvis import annotation_to_json, load_lvis
+    from lvisctl.data.train_data import train_image_root
+
+    source = require_val_source(cfg, run)
     path = run.path_of(source.path) if isinstance(source, Artifact) else Path(source)
     lvis = load_lvis(path, image_root=train_image_root(cfg))
     if not lvis.has_annotations:

@@ -192,9 +192,10 @@ class CheckpointHook(Hook):
                 ckpt_io.prune_checkpoints(trainer.run, trainer.phase, self.keep)
 
 
-def default_hooks(cfg: Any) -> list[Hook]:
-    """The standard list, in calling order (see the module docstring)."""
-    from lvisctl.engine.eval_hook import EvalHook, ImageLogHook
+def default_hooks(cfg: Any, run: Any = None) -> list[Hook]:
+    """The standard list, in calling order (see the module docstring). With ``run``, the validation
+    data that evaluation or image logging needs is checked now, before any data or model is loaded."""
+    from lvisctl.engine.eval_hook import EvalHook, ImageLogHook, require_val_source
 
     hooks: list[Hook] = [LRScheduleHook(), NonFiniteCheckHook(), LoggingHook(int(cfg.train.log_period))]
     eval_hook = EvalHook.from_config(cfg)
@@ -203,5 +204,7 @@ def default_hooks(cfg: Any) -> list[Hook]:
     image_hook = ImageLogHook.from_config(cfg)
     if image_hook is not None:
         hooks.append(image_hook)
+    if run is not None and (eval_hook is not None or image_hook is not None):
+        require_val_source(cfg, run)
     hooks.append(CheckpointHook(int(cfg.train.checkpoint_period), int(cfg.train.keep_checkpoints)))
     return hooks

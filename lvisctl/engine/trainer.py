@@ -156,9 +156,7 @@ class _Init:
 def _train(
     cfg: Config | None, run: RunDir, info: DistInfo, phase: ckpt_io.Phase, opts: _Options
 ) -> TrainResult:
-    if opts.overwrite:
-        _clear_phase(run, phase, info)
-    found = _find_resume_state(run, phase, opts.resume, info)
+    found = _find_resume_state(run, phase, opts.resume, info, overwrite=opts.overwrite)
     state, state_art = found if found is not None else (None, None)
     notes: list[str] = []
     init: _Init | None = None
@@ -181,6 +179,7 @@ def _train(
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=info.device.type == "cuda")
     _seed_everything(int(cfg.seed))
+    hooks = list(opts.hooks) if opts.hooks is not None else default_hooks(cfg, run)
 
     data = (opts.build_data or build_train_data)(cfg, run, info)
     init_source = init.source if init is not None else _init_source(cfg, run, phase)
@@ -202,11 +201,11 @@ def _train(
     )
     amp = bool(cfg.amp) and info.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    hooks = list(opts.hooks) if opts.hooks is not None else default_hooks(cfg)
-
     loop = LoopState()
     if state is not None:
         loop = _restore(state, model, optimizer, scaler, info, hooks)
+    if opts.overwrite:  # only now: a run refused above keeps the earlier phase intact
+        _clear_phase(run, phase, info)
     trainer = Trainer(
         model=model,
         ddp_model=ddp_model,
@@ -311,7 +310,7 @@ class Trainer:
         self.logger = TrainLogger(
             total=self.max_iter,
             start=start,
-            tensorboard_dir=self.run.root / "tensorboard",
+            tensorboard_dir=tensorboard_dir(self.run, self.phase),
             stage=self.phase,
             enabled=info.is_main,
             metrics_path=self.run.root / "logs" / f"metrics_{self.phase.name}.jsonl",
@@ -454,6 +453,13 @@ class Trainer:
         if self.info.is_main:
             for hook in self.hooks:
                 hook.discard(self)
+
+
+def tensorboard_dir(run: RunDir, phase: ckpt_io.Phase) -> Path:
+    """``tensorboard/`` for stage 1, ``tensorboard/<phase>/`` for the others: a resumed phase purges its
+    own replayed steps (``purge_step``), which would hide another phase's events in a shared folder."""
+    root = run.root / "tensorboard"
+    return root if phase.name == "stage1" else root / phase.name
 
 
 def _grad_norm(params: Sequence[torch.Tensor], scaler: torch.amp.GradScaler) -> torch.Tensor | None:
@@ -666,7 +672,8 @@ def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[s
 
 # ------------------------------------------------------------------------------------------ checkpoints
 def _clear_phase(run: RunDir, phase: ckpt_io.Phase, info: DistInfo) -> None:
-    """``--overwrite``: unregister and delete what this phase wrote (checkpoints, config, logs, plot)."""
+    """``--overwrite``: unregister and delete what this phase wrote (checkpoints, config, logs, plot,
+    TensorBoard events of its own folder)."""
     if info.is_main:
         for art in run.artifacts():
             if (
@@ -676,15 +683,17 @@ def _clear_phase(run: RunDir, phase: ckpt_io.Phase, info: DistInfo) -> None:
                 run.unregister(art.path)
                 run.path_of(art.path).unlink(missing_ok=True)
         (run.root / "logs" / f"metrics_{phase.name}.jsonl").unlink(missing_ok=True)
+        for events in tensorboard_dir(run, phase).glob("events.out.tfevents.*"):
+            events.unlink()
     barrier(info)
 
 
 def _find_resume_state(
-    run: RunDir, phase: ckpt_io.Phase, resume: bool, info: DistInfo
+    run: RunDir, phase: ckpt_io.Phase, resume: bool, info: DistInfo, *, overwrite: bool = False
 ) -> tuple[dict[str, Any], Artifact] | None:
     existing = ckpt_io.latest_checkpoint(run, phase) if info.is_main else None
     rel = broadcast_object(existing.path if existing else None, info)
-    if rel is None:
+    if rel is None or overwrite:
         if resume:
             raise LvisctlError(f"{run.manifest_path}: --resume given but no {phase} checkpoint is recorded")
         return None

@@ -242,6 +242,9 @@ def test_overwrite_starts_the_phase_again(tmp_path):
     train(cfg, tmp_path, **KW)
     with pytest.raises(LvisctlError, match="--overwrite"):
         train(cfg, tmp_path, **KW)
+    with pytest.raises(LvisctlError, match="train.freeze"):  # refused before anything is removed
+        train(tiny_config(**{"train.freeze": "[nope]"}), tmp_path, overwrite=True, **KW)
+    assert (tmp_path / "checkpoints/stage1_final.pt").exists()
     result = train(tiny_config(**{"solver.max_iter": 6}), tmp_path, overwrite=True, **KW)
     assert result.iteration == 6
     assert sorted(a.meta["iteration"] for a in RunDir(tmp_path).artifacts("checkpoint")) == [4, 6]
