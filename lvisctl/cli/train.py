@@ -32,7 +32,8 @@ def run_training(
             msg = f"{where}, before its first checkpoint: nothing was kept"
         else:
             msg = f"{where}; resume from {stop.checkpoint} with: {resume_cmd}"
-        print(msg, file=sys.stderr)
+        if stop.is_main:
+            print(msg, file=sys.stderr)
         raise typer.Exit(130) from None
     if not result.is_main:  # torchrun: rank 0 reports
         return

@@ -80,9 +80,10 @@ __all__ = [
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: where the run can be resumed from (``checkpoint`` None: nowhere)."""
 
-    def __init__(self, iteration: int, checkpoint: str | None, run_dir: Path) -> None:
+    def __init__(self, iteration: int, checkpoint: str | None, run_dir: Path, is_main: bool = True) -> None:
         super().__init__(f"interrupted at iteration {iteration}")
         self.iteration, self.checkpoint, self.run_dir = iteration, checkpoint, run_dir
+        self.is_main = is_main  # torchrun: only rank 0 reports
 
 
 @dataclass
@@ -327,7 +328,7 @@ class Trainer:
         except KeyboardInterrupt:
             self._failed(start)
             where = self.last_good.path if (self.last_good is not None and self._kept(start)) else None
-            raise TrainingInterrupted(loop.iteration, where, self.run.root) from None
+            raise TrainingInterrupted(loop.iteration, where, self.run.root, info.is_main) from None
         except BaseException:
             self._failed(start)
             raise
