@@ -11,6 +11,10 @@ Three rules:
   is refused unless ``train.init_allow_partial=true`` (:func:`load_init_weights`).
 * A trunk with no pretrained weights does not keep frozen (random) BatchNorm statistics or frozen random
   stages (:func:`scratch_backbone`).
+
+:func:`prepare_config` applies the first and the last rule to a run's config and finds its starting
+checkpoint (``train.init_from``: a path, ``best``, ``final`` or a phase name; stage 2: the stage-1 final
+checkpoint); :func:`load_starting_weights` applies the second.
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from lvisctl.config import Config
+from lvisctl.data.categories import CategoryStats
+from lvisctl.engine import checkpoint as ckpt_io
 from lvisctl.errors import LvisctlError
+from lvisctl.rundir import Artifact, RunDir
 
 # Below this fraction of the model's tensors, an init_from checkpoint is "a different model".
 MIN_LOADED_FRACTION = 0.5
@@ -230,7 +238,87 @@ def load_init_weights(
             f"(a different architecture?); {hint}"
         )
     model.load_state_dict(matching, strict=False)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    fresh = [k for k in missing if k in trainable or not any(_under(k, p) for p in frozen)]
+    fresh = missing  # none of them frozen (checked above): they train from their initialisation
     unused = sum(1 for k in state if k not in matching)
     return InitReport(len(matching), len(own), _modules(fresh), unused)
+
+
+# ------------------------------------------------------------------------------------------ a run's start
+@dataclass
+class StartingPoint:
+    """The checkpoint a run starts from (not a resume): its manifest entry or path, and its contents."""
+
+    source: Artifact | Path
+    path: Path
+    state: dict[str, Any]
+
+
+def model_build_config(cfg: Config, from_checkpoint: bool) -> Config:
+    """The config the model is built from: a model whose weights all come from a checkpoint does not
+    read the ImageNet trunk file (it may not even exist where stage 2 runs)."""
+    if not from_checkpoint or not str(cfg.model.backbone.weights or ""):
+        return cfg
+    out = cfg.to_dict()
+    out["model"]["backbone"]["weights"] = ""
+    return Config.wrap(out)
+
+
+def init_source(cfg: Config, run: RunDir, phase: ckpt_io.Phase) -> Artifact | Path | None:
+    """``train.init_from`` (a path, or ``best`` / ``final`` / a phase name of this run), or for stage > 1
+    the previous stage's final checkpoint from the manifest."""
+    spec = str(cfg.train.init_from or "")
+    if spec:
+        previous = phase.stage - 1 if phase.stage > 1 and spec in ("best", "final") else None
+        return ckpt_io.resolve_checkpoint(run, spec, stage=previous)
+    if phase.stage == 1:
+        return None
+    source = ckpt_io.latest_checkpoint(run, phase.stage - 1, final=True)
+    if source is None:
+        raise LvisctlError(
+            f"{run.manifest_path}: {phase} starts from the stage-{phase.stage - 1} final checkpoint, "
+            "but none is recorded (train stage 1 first, or set train.init_from)"
+        )
+    return source
+
+
+def prepare_config(
+    cfg: Config, run: RunDir, phase: ckpt_io.Phase
+) -> tuple[Config, list[str], StartingPoint | None]:
+    """The config a run trains with, the lines to print once, and the checkpoint it starts from.
+
+    Frozen parts take their architecture from the starting checkpoint's config; a trunk with neither
+    ImageNet weights nor a starting checkpoint trains with plain BatchNorm and no frozen stages.
+    """
+    notes: list[str] = []
+    source = init_source(cfg, run, phase)
+    init = None
+    if source is not None:
+        path = run.resolve(source) if isinstance(source, Artifact) else source
+        init = StartingPoint(source, path, ckpt_io.load_checkpoint(path))
+        freeze = list(cfg.train.freeze)
+        if freeze:
+            where = source.path if isinstance(source, Artifact) else str(path)
+            cfg, taken = inherit_frozen_architecture(cfg, init.state["config"], freeze, source=where)
+            if taken:
+                notes.append(f"frozen parts ({', '.join(freeze)}) built as in {where}: {', '.join(taken)}")
+    cfg, note = scratch_backbone(cfg, has_init=init is not None)
+    if note:
+        notes.append(note)
+    return cfg, notes, init
+
+
+def load_starting_weights(
+    model: nn.Module, init: StartingPoint, cfg: Config, stats: CategoryStats
+) -> list[str]:
+    """:func:`load_init_weights` of the starting checkpoint into ``model``; the lines to print once."""
+    where = init.source.path if isinstance(init.source, Artifact) else str(init.path)
+    theirs = list(init.state.get("category_stats", {}).get("cat_ids", []))
+    report = load_init_weights(
+        model,
+        init.state["model"],
+        source=where,
+        frozen=list(cfg.train.freeze),
+        allow_partial=bool(cfg.train.init_allow_partial),
+        same_classes=theirs == list(stats.to_dict()["cat_ids"]),
+    )
+    return report.lines(where)

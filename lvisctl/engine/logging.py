@@ -30,6 +30,18 @@ from rich.progress import (
 from lvisctl.rundir import atomic_output
 
 
+def tensorboard_dir(run_root: Path, phase: str) -> Path:
+    """``tensorboard/`` for stage 1, ``tensorboard/<phase>/`` for the others: a resumed phase purges its
+    own replayed steps (``purge_step``), which would hide another phase's events in a shared folder."""
+    root = Path(run_root) / "tensorboard"
+    return root if phase == "stage1" else root / phase
+
+
+def print_line(text: str) -> None:
+    """One plain line on stdout (no rich markup: paths and keys may hold brackets)."""
+    Console(highlight=False).print(text, markup=False, soft_wrap=True)
+
+
 def format_losses(losses: Mapping[str, float]) -> str:
     return " ".join(f"{k.removeprefix('loss_')}={v:.4f}" for k, v in losses.items())
 

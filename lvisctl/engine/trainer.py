@@ -48,17 +48,23 @@ from lvisctl.engine.distributed import (
     DistInfo,
     barrier,
     broadcast_buffers,
-    broadcast_object,
     cleanup_distributed,
     init_distributed,
     pick_device,
 )
 from lvisctl.engine.hooks import Hook, NonFiniteLossError, default_hooks
-from lvisctl.engine.init_weights import inherit_frozen_architecture, load_init_weights, scratch_backbone
-from lvisctl.engine.logging import TrainLogger, plot_loss_curves
+from lvisctl.engine.init_weights import (
+    StartingPoint,
+    init_source,
+    load_starting_weights,
+    model_build_config,
+    prepare_config,
+)
+from lvisctl.engine.logging import TrainLogger, plot_loss_curves, print_line, tensorboard_dir
+from lvisctl.engine.resume import check_inputs_unchanged, check_resume_config, clear_phase, find_resume_state
 from lvisctl.engine.schedule import WarmupStepSchedule, build_schedule
 from lvisctl.errors import LvisctlError
-from lvisctl.rundir import Artifact, RunDir, atomic_write_json, atomic_write_text, sha256_file
+from lvisctl.rundir import Artifact, RunDir, atomic_write_json, atomic_write_text
 
 __all__ = [
     "LoopState",
@@ -145,26 +151,17 @@ class _Options:
     hooks: Sequence[Hook] | None
 
 
-@dataclass
-class _Init:
-    """The checkpoint a run starts from (not a resume): its manifest entry or path, and its contents."""
-
-    source: Artifact | Path
-    path: Path
-    state: dict[str, Any]
-
-
 def _train(
     cfg: Config | None, run: RunDir, info: DistInfo, phase: ckpt_io.Phase, opts: _Options
 ) -> TrainResult:
-    found = _find_resume_state(run, phase, opts.resume, info, overwrite=opts.overwrite)
+    found = find_resume_state(run, phase, opts.resume, info, overwrite=opts.overwrite)
     state, state_art = found if found is not None else (None, None)
     notes: list[str] = []
-    init: _Init | None = None
+    init: StartingPoint | None = None
     if state is not None:
         if cfg is not None:  # the same resolution as the fresh run, so an unchanged config compares equal
             cfg, notes, _ = prepare_config(cfg, run, phase)
-        cfg = _check_resume_config(cfg, state, run)
+        cfg = check_resume_config(cfg, state, run)
         if state.get("final"):  # nothing left to do (e.g. a re-run demo)
             final = ckpt_io.latest_checkpoint(run, phase, final=True)
             history = list(state.get("history", []))
@@ -183,15 +180,15 @@ def _train(
     hooks = list(opts.hooks) if opts.hooks is not None else default_hooks(cfg, run)
 
     data = (opts.build_data or build_train_data)(cfg, run, info)
-    init_source = init.source if init is not None else _init_source(cfg, run, phase)
-    inputs = [*data.inputs, *([init_source] if init_source is not None else [])]
+    source = init.source if init is not None else init_source(cfg, run, phase)
+    inputs = [*data.inputs, *([source] if source is not None else [])]
     if state_art is not None and not opts.allow_changed_inputs:
-        _check_inputs_unchanged(run, state_art, inputs)
+        check_inputs_unchanged(run, state_art, inputs)
     model = (opts.build_model or _default_model_builder)(
-        _build_config(cfg, state is not None or init is not None), data.category_stats
+        model_build_config(cfg, state is not None or init is not None), data.category_stats
     )
     if init is not None:  # a resume loads its own weights below
-        notes += _load_init(model, init, cfg, data.category_stats, run)
+        notes += load_starting_weights(model, init, cfg, data.category_stats)
     frozen = freeze_modules(model, list(cfg.train.freeze))
     model.to(info.device)
     ddp_model = _wrap_ddp(model, cfg, info)
@@ -206,7 +203,7 @@ def _train(
     if state is not None:
         loop = _restore(state, model, optimizer, scaler, info, hooks)
     if opts.overwrite:  # only now: a run refused above keeps the earlier phase intact
-        _clear_phase(run, phase, info)
+        clear_phase(run, phase, info)
     trainer = Trainer(
         model=model,
         ddp_model=ddp_model,
@@ -227,7 +224,7 @@ def _train(
     )
     if info.is_main and loop.iteration == 0:
         for note in notes:
-            _print(note)
+            print_line(note)
         _announce(cfg, schedule, info, frozen)
     return trainer.train()
 
@@ -311,7 +308,7 @@ class Trainer:
         self.logger = TrainLogger(
             total=self.max_iter,
             start=start,
-            tensorboard_dir=tensorboard_dir(self.run, self.phase),
+            tensorboard_dir=tensorboard_dir(self.run.root, self.phase.name),
             stage=self.phase,
             enabled=info.is_main,
             metrics_path=self.run.root / "logs" / f"metrics_{self.phase.name}.jsonl",
@@ -456,13 +453,6 @@ class Trainer:
                 hook.discard(self)
 
 
-def tensorboard_dir(run: RunDir, phase: ckpt_io.Phase) -> Path:
-    """``tensorboard/`` for stage 1, ``tensorboard/<phase>/`` for the others: a resumed phase purges its
-    own replayed steps (``purge_step``), which would hide another phase's events in a shared folder."""
-    root = run.root / "tensorboard"
-    return root if phase.name == "stage1" else root / phase.name
-
-
 def _grad_norm(params: Sequence[torch.Tensor], scaler: torch.amp.GradScaler) -> torch.Tensor | None:
     grads = [p.grad.detach() for p in params if p.grad is not None]
     if not grads:
@@ -473,12 +463,6 @@ def _grad_norm(params: Sequence[torch.Tensor], scaler: torch.amp.GradScaler) -> 
 
 def _to_device(target: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in target.items()}
-
-
-def _print(text: str) -> None:
-    from rich.console import Console
-
-    Console(highlight=False).print(text, markup=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------------ data stream
@@ -532,16 +516,6 @@ def _default_model_builder(cfg: Config, stats: CategoryStats) -> nn.Module:
     from lvisctl.modeling.build import build_model
 
     return build_model(cfg, stats)
-
-
-def _build_config(cfg: Config, from_checkpoint: bool) -> Config:
-    """The config the model is built from: a model whose weights all come from a checkpoint does not
-    read the ImageNet trunk file (it may not even exist where stage 2 runs)."""
-    if not from_checkpoint or not str(cfg.model.backbone.weights or ""):
-        return cfg
-    out = cfg.to_dict()
-    out["model"]["backbone"]["weights"] = ""
-    return Config.wrap(out)
 
 
 def freeze_modules(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
@@ -600,63 +574,6 @@ def _wrap_ddp(model: nn.Module, cfg: Config, info: DistInfo) -> nn.Module:
     )
 
 
-# ------------------------------------------------------------------------------------------ init weights
-def _init_source(cfg: Config, run: RunDir, phase: ckpt_io.Phase) -> Artifact | Path | None:
-    """``train.init_from`` (a path, or ``best`` / ``final`` / a phase name of this run), or for stage > 1
-    the previous stage's final checkpoint from the manifest."""
-    spec = str(cfg.train.init_from or "")
-    if spec:
-        previous = phase.stage - 1 if phase.stage > 1 and spec in ("best", "final") else None
-        return ckpt_io.resolve_checkpoint(run, spec, stage=previous)
-    if phase.stage == 1:
-        return None
-    source = ckpt_io.latest_checkpoint(run, phase.stage - 1, final=True)
-    if source is None:
-        raise LvisctlError(
-            f"{run.manifest_path}: {phase} starts from the stage-{phase.stage - 1} final checkpoint, "
-            "but none is recorded (train stage 1 first, or set train.init_from)"
-        )
-    return source
-
-
-def prepare_config(cfg: Config, run: RunDir, phase: ckpt_io.Phase) -> tuple[Config, list[str], _Init | None]:
-    """The config a run trains with, the lines to print once, and the checkpoint it starts from.
-
-    Frozen parts take their architecture from the starting checkpoint's config; a trunk with neither
-    ImageNet weights nor a starting checkpoint trains with plain BatchNorm and no frozen stages.
-    """
-    notes: list[str] = []
-    source = _init_source(cfg, run, phase)
-    init = None
-    if source is not None:
-        path = run.resolve(source) if isinstance(source, Artifact) else source
-        init = _Init(source, path, ckpt_io.load_checkpoint(path))
-        freeze = list(cfg.train.freeze)
-        if freeze:
-            where = source.path if isinstance(source, Artifact) else str(path)
-            cfg, taken = inherit_frozen_architecture(cfg, init.state["config"], freeze, source=where)
-            if taken:
-                notes.append(f"frozen parts ({', '.join(freeze)}) built as in {where}: {', '.join(taken)}")
-    cfg, note = scratch_backbone(cfg, has_init=init is not None)
-    if note:
-        notes.append(note)
-    return cfg, notes, init
-
-
-def _load_init(model: nn.Module, init: _Init, cfg: Config, stats: CategoryStats, run: RunDir) -> list[str]:
-    where = init.source.path if isinstance(init.source, Artifact) else str(init.path)
-    theirs = list(init.state.get("category_stats", {}).get("cat_ids", []))
-    report = load_init_weights(
-        model,
-        init.state["model"],
-        source=where,
-        frozen=list(cfg.train.freeze),
-        allow_partial=bool(cfg.train.init_allow_partial),
-        same_classes=theirs == list(stats.to_dict()["cat_ids"]),
-    )
-    return report.lines(where)
-
-
 def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
     """Load the entries whose name and shape match; return the names of the model's that were not loaded.
 
@@ -672,117 +589,6 @@ def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[s
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-def _clear_phase(run: RunDir, phase: ckpt_io.Phase, info: DistInfo) -> None:
-    """``--overwrite``: unregister and delete what this phase wrote (checkpoints, config, logs, plot,
-    TensorBoard events of its own folder)."""
-    if info.is_main:
-        for art in run.artifacts():
-            if (
-                art.kind in ("checkpoint", "config", "log", "plot", "metrics")
-                and art.meta.get("phase") == phase.name
-            ):
-                run.unregister(art.path)
-                run.path_of(art.path).unlink(missing_ok=True)
-        (run.root / "logs" / f"metrics_{phase.name}.jsonl").unlink(missing_ok=True)
-        for events in tensorboard_dir(run, phase).glob("events.out.tfevents.*"):
-            events.unlink()
-    barrier(info)
-
-
-def _find_resume_state(
-    run: RunDir, phase: ckpt_io.Phase, resume: bool, info: DistInfo, *, overwrite: bool = False
-) -> tuple[dict[str, Any], Artifact] | None:
-    existing = ckpt_io.latest_checkpoint(run, phase) if info.is_main else None
-    rel = broadcast_object(existing.path if existing else None, info)
-    if rel is None or overwrite:
-        if resume:
-            raise LvisctlError(f"{run.manifest_path}: --resume given but no {phase} checkpoint is recorded")
-        return None
-    if not resume:
-        raise LvisctlError(
-            f"{run.root}: already holds {phase} checkpoints ({rel}); pass --resume to continue, "
-            "--overwrite to start the phase again, or use a new --run-dir"
-        )
-    chosen: tuple[dict[str, Any], Artifact] | None = None
-    if info.is_main:
-        chosen = _newest_intact(run, phase)
-    rel = broadcast_object(chosen[1].path if chosen else None, info)
-    if not info.is_main:
-        art = run.get(rel)
-        assert art is not None
-        chosen = (ckpt_io.load_checkpoint(run.path_of(rel)), art)
-    barrier(info)
-    return chosen
-
-
-def _newest_intact(run: RunDir, phase: ckpt_io.Phase) -> tuple[dict[str, Any], Artifact]:
-    """The newest checkpoint that still matches its sha256 and loads; a damaged newer one is named."""
-    candidates = list(reversed(ckpt_io.stage_checkpoints(run, phase)))
-    problems: list[str] = []
-    for art in candidates:
-        try:
-            state = ckpt_io.load_checkpoint(run.resolve(art))
-        except LvisctlError as err:
-            problems.append(str(err))
-            continue
-        if problems:
-            _print(
-                f"warning: {len(problems)} newer checkpoint(s) cannot be used ({problems[0]}); "
-                f"resuming from the older {art.path} (iteration {art.meta.get('iteration')})"
-            )
-        return state, art
-    raise LvisctlError(
-        problems[0] if len(problems) == 1 else f"{problems[0]} (and {len(problems) - 1} older ones)"
-    )
-
-
-def _input_hash(run: RunDir, item: Artifact | str | Path) -> tuple[str, str]:
-    """(path as the manifest records it, current sha256 of the file)."""
-    if isinstance(item, Artifact):
-        return item.path, sha256_file(run.path_of(item.path))
-    rel = run.relative(item)
-    return rel, sha256_file(run.path_of(rel))
-
-
-def _check_inputs_unchanged(run: RunDir, ckpt: Artifact, inputs: Sequence[Artifact | str | Path]) -> None:
-    """A resume trains on the files the checkpoint was trained on (sha256 recorded in the manifest)."""
-    recorded = {i["path"]: i["sha256"] for i in ckpt.inputs if "path" in i and "sha256" in i}
-    for item in inputs:
-        path, now = _input_hash(run, item)
-        old = recorded.get(path)
-        if old is not None and old != now:
-            raise LvisctlError(
-                f"{run.path_of(path)}: changed since {ckpt.path} was trained on it (sha256 {old} -> {now}); "
-                "resume with --allow-changed-inputs to continue on the new file, or train in a new --run-dir"
-            )
-
-
-def _check_resume_config(cfg: Config | None, state: Mapping[str, Any], run: RunDir) -> Config:
-    saved = Config.wrap(state["config"])
-    if cfg is None:  # keys added to the schema since the checkpoint was written get their defaults
-        from lvisctl.config import load_config
-        from lvisctl.config.loader import deep_merge
-
-        return Config.wrap(deep_merge(load_config().to_dict(), saved))
-    diffs = _config_diff(saved, cfg)
-    if diffs:
-        shown = "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "")
-        raise LvisctlError(
-            f"{run.root}: config differs from the checkpoint it would resume ({shown}); resume without "
-            "--config/overrides to keep the saved config, or train in a new --run-dir"
-        )
-    return cfg
-
-
-def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += _config_diff(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
-
-
 def _restore(
     state: Mapping[str, Any],
     model: nn.Module,
@@ -842,7 +648,7 @@ def _save_config(
 def _announce(cfg: Config, schedule: WarmupStepSchedule, info: DistInfo, frozen: Sequence[str]) -> None:
     steps = ", ".join(str(m) for m in schedule.milestones) or "none"
     total = int(cfg.train.batch_size) * info.world_size
-    _print(
+    print_line(
         f"training {schedule.max_iter} iterations on {info.world_size} x {info.device.type}, batch {total}, "
         f"lr {schedule.lr:.4g} (x{schedule.gamma} at {steps}), warm-up {schedule.warmup_iters}"
         + (f", frozen: {', '.join(frozen)}" if frozen else "")
