@@ -137,6 +137,9 @@ class LoggingHook(Hook):
         self._times: list[tuple[float, float]] = []  # (data wait, step) seconds since the last log
         self._t_log = time.perf_counter()
 
+    def before_train(self, trainer: Trainer) -> None:
+        self._t_log = time.perf_counter()  # it/s counts steps, not the set-up before them
+
     def after_step(self, trainer: Trainer) -> None:
         loop = trainer.loop
         loop.accumulate(trainer.step_losses)
