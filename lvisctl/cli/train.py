@@ -5,9 +5,42 @@ Multi-GPU / multi-node: ``torchrun --nproc_per_node 8 -m lvisctl train --stage 1
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
+
+
+def check_phase_name(phase: str | None) -> None:
+    from lvisctl.errors import LvisctlError
+
+    if phase is not None and not phase.replace("_", "").replace("-", "").isalnum():
+        raise LvisctlError(f"--phase {phase!r}: use letters, digits, '_' and '-' only")
+
+
+def run_training(
+    cfg, run_dir: Path, *, stage: int, phase: str | None, label: str, resume_cmd: str, **kw
+) -> None:
+    """Train and report (rank 0); Ctrl-C prints where to resume and exits 130."""
+    from lvisctl.engine.trainer import TrainingInterrupted, train
+
+    try:
+        result = train(cfg, run_dir, stage=stage, phase=phase, **kw)
+    except TrainingInterrupted as stop:
+        where = f"{label} interrupted at iteration {stop.iteration}"
+        if stop.checkpoint is None:
+            msg = f"{where}, before its first checkpoint: nothing was kept"
+        else:
+            msg = f"{where}; resume from {stop.checkpoint} with: {resume_cmd}"
+        if stop.is_main:
+            print(msg, file=sys.stderr)
+        raise typer.Exit(130) from None
+    if not result.is_main:  # torchrun: rank 0 reports
+        return
+    if result.skipped:
+        typer.echo(f"{label} already finished: {result.checkpoint}")
+    else:
+        typer.echo(f"{label} done after {result.iteration} iterations: {result.checkpoint}")
 
 
 def train_command(
@@ -22,6 +55,17 @@ def train_command(
         "configs list). Default: configs/base.yaml.",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint of this stage."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Start this phase again: its earlier checkpoints, config and logs are replaced.",
+    ),
+    allow_changed_inputs: bool = typer.Option(
+        False,
+        "--allow-changed-inputs",
+        help="With --resume: continue even though a training input (annotations, pseudo labels, the "
+        "stage-1 checkpoint) changed since the checkpoint was written.",
+    ),
     phase: str | None = typer.Option(
         None,
         "--phase",
@@ -35,24 +79,27 @@ def train_command(
     """Train a model: checkpoints, resolved config, TensorBoard scalars and loss curve go to the run dir.
 
     Training data: data.train from the config, else the newest training dataset artifact of the run dir.
+    Stage 2 starts from the stage-1 final checkpoint (or train.init_from: a path, best, final or a phase
+    name) and builds the frozen parts exactly as that checkpoint was built.
     """
     from lvisctl.config import load_config
-    from lvisctl.engine.trainer import train
-    from lvisctl.errors import LvisctlError
 
+    check_phase_name(phase)
     # Resuming without a config keeps the config saved in the checkpoint.
     cfg = None if (resume and config is None and not overrides) else load_config(config, overrides or [])
-    if phase is not None and not phase.replace("_", "").replace("-", "").isalnum():
-        raise LvisctlError(f"--phase {phase!r}: use letters, digits, '_' and '-' only")
-    result = train(cfg, run_dir, stage=stage, phase=phase, resume=resume)
-    if not result.is_main:  # torchrun: rank 0 reports
-        return
-    if result.skipped:
-        typer.echo(f"{phase or f'stage {stage}'} already finished: {result.checkpoint}")
-    else:
-        typer.echo(
-            f"{phase or f'stage {stage}'} done after {result.iteration} iterations: {result.checkpoint}"
-        )
+    label = phase or f"stage {stage}"
+    resume_cmd = f"lvisctl train --run-dir {run_dir} --stage {stage}" + (f" --phase {phase}" if phase else "")
+    run_training(
+        cfg,
+        run_dir,
+        stage=stage,
+        phase=phase,
+        label=label,
+        resume_cmd=resume_cmd + " --resume",
+        resume=resume,
+        overwrite=overwrite,
+        allow_changed_inputs=allow_changed_inputs,
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -10,9 +10,13 @@ states as tensors), ``history`` (logged losses, for the loss curve), ``config`` 
 ``category_stats`` (``CategoryStats.to_dict()``, to rebuild the model without the training file),
 ``stage`` and ``final``.
 
-Files are ``checkpoints/<phase>_iter<NNNNNNN>.pt`` and ``checkpoints/<phase>_final.pt`` (phase
-``stage1``, ``stage2`` or ``finetune_bags``), registered as kind ``checkpoint`` with meta
-``{"stage", "phase", "iteration", "epoch", "final"}``.
+Files are ``checkpoints/<phase>_iter<NNNNNNN>.pt``, ``checkpoints/<phase>_final.pt`` and, with
+``train.save_best``, ``checkpoints/<phase>_best.pt`` (phase ``stage1``, ``stage2``, ``finetune_bags`` or a
+``--phase`` name), registered as kind ``checkpoint`` with meta ``{"stage", "phase", "iteration", "epoch",
+"final"}`` (+ ``"best": true, "metric", "value"`` for the best one).
+
+:func:`resolve_checkpoint` is the one place that turns what a user types (``best``, ``final``, a phase
+name, ``<phase>_best``, a path) into a checkpoint; ``tta-infer --checkpoint`` and stage 2 use it.
 """
 
 from __future__ import annotations
@@ -55,8 +59,10 @@ def as_phase(phase: Phase | int) -> Phase:
     return phase if isinstance(phase, Phase) else Phase(int(phase))
 
 
-def checkpoint_relpath(phase: Phase | int, iteration: int, final: bool) -> str:
+def checkpoint_relpath(phase: Phase | int, iteration: int, final: bool, *, best: bool = False) -> str:
     name = as_phase(phase).name
+    if best:
+        return f"checkpoints/{name}_best.pt"
     return f"checkpoints/{name}_final.pt" if final else f"checkpoints/{name}_iter{iteration:07d}.pt"
 
 
@@ -101,11 +107,15 @@ def save_checkpoint(
     state: dict[str, Any],
     *,
     inputs: Sequence[Artifact | str | Path] = (),
+    best: Mapping[str, Any] | None = None,
 ) -> Artifact:
-    """Write ``state`` atomically (a kill mid-write leaves the previous file intact) and register it."""
+    """Write ``state`` atomically (a kill mid-write leaves the previous file intact) and register it.
+
+    ``best`` (``{"metric", "value"}``) writes ``<phase>_best.pt`` instead, registered with ``best: true``.
+    """
     stage, iteration, final = int(state["stage"]), int(state["iteration"]), bool(state["final"])
     phase = Phase(stage, str(state.get("phase", "")))
-    rel = checkpoint_relpath(phase, iteration, final)
+    rel = checkpoint_relpath(phase, iteration, final, best=best is not None)
     # A checkpoint written just before a kill may exist unregistered; the replayed run rewrites it.
     path = run.output_path(rel, overwrite=True)
     with atomic_output(path) as tmp:
@@ -117,6 +127,8 @@ def save_checkpoint(
         "epoch": int(state["epoch"]),
         "final": final,
     }
+    if best is not None:
+        meta.update(best=True, metric=str(best["metric"]), value=float(best["value"]))
     return run.register("checkpoint", path, inputs=inputs, config=state.get("config"), meta=meta)
 
 
@@ -139,11 +151,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def stage_checkpoints(run: RunDir, phase: Phase | int, *, final: bool | None = None) -> list[Artifact]:
-    """Registered checkpoints of ``phase`` (a stage number means that stage's default phase), oldest first."""
+    """Registered checkpoints of ``phase`` (a stage number means that stage's default phase), oldest first.
+
+    The best checkpoint (``<phase>_best.pt``) is not part of the sequence (resume and pruning ignore it).
+    """
     meta: dict[str, Any] = {"phase": as_phase(phase).name}
     if final is not None:
         meta["final"] = final
-    found = run.find("checkpoint", **meta)
+    found = [a for a in run.find("checkpoint", **meta) if not a.meta.get("best")]
     return sorted(found, key=lambda a: (int(a.meta.get("iteration", 0)), bool(a.meta.get("final"))))
 
 
@@ -165,3 +180,84 @@ def prune_checkpoints(run: RunDir, phase: Phase | int, keep: int) -> list[str]:
         run.path_of(artifact.path).unlink(missing_ok=True)
         removed.append(artifact.path)
     return removed
+
+
+def best_checkpoint(run: RunDir, phase: Phase | int | None = None) -> Artifact | None:
+    """The registered ``<phase>_best.pt`` (newest of any phase when ``phase`` is None)."""
+    meta = {} if phase is None else {"phase": as_phase(phase).name}
+    found = [a for a in run.find("checkpoint", **meta) if a.meta.get("best")]
+    return found[-1] if found else None
+
+
+def _highest_stage_final(run: RunDir, stage: int | None) -> Artifact | None:
+    finals = [a for a in run.find("checkpoint", final=True) if not a.meta.get("best")]
+    if stage is not None:
+        finals = [a for a in finals if int(a.meta.get("stage", 0)) == stage]
+    if not finals:
+        return None
+    top = max(int(a.meta.get("stage", 0)) for a in finals)
+    return [a for a in finals if int(a.meta.get("stage", 0)) == top][-1]
+
+
+def resolve_checkpoint(
+    run: RunDir, spec: str | Path | None = None, *, stage: int | None = None
+) -> Artifact | Path:
+    """The checkpoint ``spec`` names in ``run``: a registered :class:`Artifact`, or a :class:`Path` to a
+    file outside the manifest. Callers ``run.resolve(artifact)`` to check its sha256.
+
+    ``spec``: None / ``""`` / ``final`` = the newest final checkpoint of the highest stage (of ``stage``
+    when given); ``best`` = the newest ``<phase>_best.pt`` (of a phase of ``stage`` when given);
+    a phase name (``stage1``, ``finetune_bags``, a ``--phase`` name) = that phase's final checkpoint;
+    ``<phase>_best`` / ``<phase>_final`` = that file; anything else is a path (a registered one returns
+    its artifact). A name that matches nothing is a one-line error listing what the run holds.
+    """
+    text = "" if spec is None else str(spec)
+    if text in ("", "final"):
+        found = _highest_stage_final(run, stage)
+        if found is None:
+            where = f"stage-{stage} " if stage is not None else ""
+            raise LvisctlError(
+                f"{run.manifest_path}: no {where}final checkpoint recorded; "
+                "train first or pass --checkpoint PATH"
+            )
+        return found
+    if text == "best":
+        bests = [
+            a
+            for a in run.find("checkpoint")
+            if a.meta.get("best") and (stage is None or int(a.meta.get("stage", 0)) == stage)
+        ]
+        if not bests:
+            raise LvisctlError(
+                f"{run.manifest_path}: no best checkpoint recorded (train with train.save_best=segm_AP "
+                "and train.eval_period)"
+            )
+        return bests[-1]
+    if "/" not in text and not text.endswith(".pt"):
+        named = _named_checkpoint(run, text)
+        if named is not None:
+            return named
+    path = Path(text).expanduser()
+    known = run.get(run.relative(path)) if path.exists() or not path.is_absolute() else None
+    if known is not None and known.kind == "checkpoint":
+        return known
+    if path.is_file():
+        return path
+    phases = sorted({str(a.meta.get("phase")) for a in run.find("checkpoint")})
+    hint = f" (this run has phases: {', '.join(phases)}; or use best / final)" if phases else ""
+    raise LvisctlError(f"{text}: checkpoint not found{hint}")
+
+
+def _named_checkpoint(run: RunDir, text: str) -> Artifact | None:
+    """``<phase>``, ``<phase>_final`` or ``<phase>_best`` of a registered phase."""
+    for suffix, want_best in (("_best", True), ("_final", False), ("", False)):
+        if suffix and not text.endswith(suffix):
+            continue
+        name = text[: len(text) - len(suffix)] if suffix else text
+        if want_best:
+            found = best_checkpoint(run, Phase(0, name)) if name else None
+        else:
+            found = latest_checkpoint(run, Phase(0, name), final=True) if name else None
+        if found is not None:
+            return found
+    return None

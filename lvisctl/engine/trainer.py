@@ -2,23 +2,33 @@
 
 One loop for both stages; a stage differs only by its config: ``train.init_from`` (stage 2 defaults to
 the stage-1 final checkpoint from the manifest) and ``train.freeze`` (module prefixes, applied in
-:func:`freeze_modules`, the one place freezing happens).
+:func:`freeze_modules`, the one place freezing happens). What a run starts from and what loaded is
+decided in :mod:`lvisctl.engine.init_weights` (frozen parts take the checkpoint's architecture).
+
+:class:`Trainer` owns the loop state (model, optimizer, scaler, schedule, data, run dir, iteration) and
+calls its hooks (:mod:`lvisctl.engine.hooks`): lr schedule, non-finite checks, logging, evaluation,
+checkpointing are hooks. Data set-up lives in :mod:`lvisctl.data.train_data`, model set-up in
+:mod:`lvisctl.modeling`.
 
 Exact resume. The run is a function of (seed, config, data): a checkpoint stores the model, optimizer,
-AMP scaler, the iteration, the data position (epoch and batches consumed in it) and every global RNG
-state (per rank). On resume the sampler restarts the same epoch and skips the consumed batches, and the
-DataLoader's worker base seed comes from a generator seeded by (seed, epoch) rather than from the global
-RNG (the DataLoader draws it when an iterator is created, which would otherwise differ between a resumed
-and an uninterrupted run). The data pipeline derives its own randomness from (seed, epoch, position).
-So a run killed at any moment and resumed ends with bit-identical weights.
+AMP scaler, the iteration, the data position (epoch and batches consumed in it), every global RNG
+state (per rank) and the hooks' state. On resume the sampler restarts the same epoch and skips the
+consumed batches, and the DataLoader's worker base seed comes from a generator seeded by (seed, epoch)
+rather than from the global RNG (the DataLoader draws it when an iterator is created, which would
+otherwise differ between a resumed and an uninterrupted run). The data pipeline derives its own
+randomness from (seed, epoch, position). So a run killed at any moment and resumed ends with
+bit-identical weights. A resume refuses training inputs whose sha256 changed since the checkpoint
+(unless ``allow_changed_inputs``), and falls back to the older checkpoint when the newest is damaged.
 
 Safety. A non-finite loss stops the run before the backward pass, with the iteration and the loss name,
-so the weights in memory and on disk stay those of the last good step; nothing is saved after it.
+so the weights in memory and on disk stay those of the last good step; nothing is saved after it. A run
+that fails before its first checkpoint leaves nothing behind (no config, events or manifest entry).
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,46 +38,58 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
-from lvisctl.config import Config, upgrade_saved_config
+from lvisctl.config import Config
 from lvisctl.data.categories import CategoryStats
+from lvisctl.data.train_data import TrainData, build_train_data, resolve_train_annotations
 from lvisctl.engine import checkpoint as ckpt_io
 from lvisctl.engine.distributed import (
     DistInfo,
-    all_reduce_mean,
-    any_rank,
     barrier,
     broadcast_buffers,
-    broadcast_object,
     cleanup_distributed,
     init_distributed,
     pick_device,
 )
-from lvisctl.engine.logging import TrainLogger, plot_loss_curves
-from lvisctl.engine.schedule import WarmupStepSchedule, build_schedule, set_lr
+from lvisctl.engine.hooks import Hook, NonFiniteLossError, default_hooks
+from lvisctl.engine.init_weights import (
+    StartingPoint,
+    init_source,
+    load_starting_weights,
+    model_build_config,
+    prepare_config,
+)
+from lvisctl.engine.logging import TrainLogger, plot_loss_curves, print_line, tensorboard_dir
+from lvisctl.engine.resume import check_inputs_unchanged, check_resume_config, clear_phase, find_resume_state
+from lvisctl.engine.schedule import WarmupStepSchedule, build_schedule
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import Artifact, RunDir, atomic_write_json, atomic_write_text
 
+__all__ = [
+    "LoopState",
+    "NonFiniteLossError",
+    "TrainData",
+    "TrainResult",
+    "Trainer",
+    "TrainingInterrupted",
+    "build_optimizer",
+    "build_train_data",
+    "freeze_modules",
+    "load_matching",
+    "resolve_train_annotations",
+    "set_frozen_eval",
+    "train",
+]
 
-class NonFiniteLossError(LvisctlError):
-    """A loss became NaN/inf; the run stopped without saving the step's weights."""
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: where the run can be resumed from (``checkpoint`` None: nowhere)."""
 
-@dataclass
-class TrainData:
-    """What the loop needs from the data layer.
-
-    ``sampler`` yields this process's shard of one epoch (its own rank/world size), deterministically
-    for a given ``set_epoch(e)``; ``dataset`` may also have ``set_epoch``. ``inputs`` are the files the
-    data came from (manifest lineage).
-    """
-
-    dataset: Dataset
-    sampler: Sampler
-    collate_fn: Callable[[list], Any]
-    category_stats: CategoryStats
-    inputs: list[Artifact | str | Path] = field(default_factory=list)
+    def __init__(self, iteration: int, checkpoint: str | None, run_dir: Path, is_main: bool = True) -> None:
+        super().__init__(f"interrupted at iteration {iteration}")
+        self.iteration, self.checkpoint, self.run_dir = iteration, checkpoint, run_dir
+        self.is_main = is_main  # torchrun: only rank 0 reports
 
 
 @dataclass
@@ -93,54 +115,80 @@ def train(
     stage: int = 1,
     phase: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
+    allow_changed_inputs: bool = False,
     build_model: ModelBuilder | None = None,
     build_data: DataBuilder | None = None,
+    hooks: Sequence[Hook] | None = None,
 ) -> TrainResult:
     """Train one stage in ``run_dir``; with ``resume`` continue from its newest checkpoint of ``stage``.
 
-    ``cfg`` may be None only with ``resume`` (the checkpoint's config is used). ``build_model`` and
-    ``build_data`` default to the model and data layers; tests pass small stand-ins.
+    ``cfg`` may be None only with ``resume`` (the checkpoint's config is used). ``overwrite`` replaces
+    this phase's earlier checkpoints (and its config, logs, plot) instead of refusing them.
+    ``build_model`` / ``build_data`` default to the model and data layers and ``hooks`` to
+    :func:`~lvisctl.engine.hooks.default_hooks`; tests pass small stand-ins.
     """
     if cfg is None and not resume:
         raise LvisctlError("train: a config is required unless resuming (--resume)")
+    if overwrite and resume:
+        raise LvisctlError("train: --overwrite starts the phase again; it cannot be combined with --resume")
     info = init_distributed(cfg.device if cfg is not None else "auto")
     try:
         phase_ = ckpt_io.Phase(stage, phase or "")
-        return _train(cfg, RunDir(run_dir), info, phase_, resume, build_model, build_data)
+        opts = _Options(resume, overwrite, allow_changed_inputs, build_model, build_data, hooks)
+        return _train(cfg, RunDir(run_dir), info, phase_, opts)
     finally:
         cleanup_distributed()
 
 
+@dataclass
+class _Options:
+    resume: bool
+    overwrite: bool
+    allow_changed_inputs: bool
+    build_model: ModelBuilder | None
+    build_data: DataBuilder | None
+    hooks: Sequence[Hook] | None
+
+
 def _train(
-    cfg: Config | None,
-    run: RunDir,
-    info: DistInfo,
-    stage: ckpt_io.Phase,
-    resume: bool,
-    build_model: ModelBuilder | None,
-    build_data: DataBuilder | None,
+    cfg: Config | None, run: RunDir, info: DistInfo, phase: ckpt_io.Phase, opts: _Options
 ) -> TrainResult:
-    state = _find_resume_state(run, stage, resume, info)
+    found = find_resume_state(run, phase, opts.resume, info, overwrite=opts.overwrite)
+    state, state_art = found if found is not None else (None, None)
+    notes: list[str] = []
+    init: StartingPoint | None = None
     if state is not None:
-        cfg = _check_resume_config(cfg, state, run)
+        if cfg is not None:  # the same resolution as the fresh run, so an unchanged config compares equal
+            cfg, notes, _ = prepare_config(cfg, run, phase)
+        cfg = check_resume_config(cfg, state, run)
         if state.get("final"):  # nothing left to do (e.g. a re-run demo)
-            final = ckpt_io.latest_checkpoint(run, stage, final=True)
+            final = ckpt_io.latest_checkpoint(run, phase, final=True)
             history = list(state.get("history", []))
             ckpt = run.path_of(final.path)
             return TrainResult(ckpt, int(state["iteration"]), history, skipped=True, is_main=info.is_main)
         info = replace(info, device=pick_device(cfg.device, info.local_rank))  # the saved config's device
+    else:
+        assert cfg is not None
+        cfg, notes, init = prepare_config(cfg, run, phase)
     assert cfg is not None
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=info.device.type == "cuda")
     _seed_everything(int(cfg.seed))
+    hooks = list(opts.hooks) if opts.hooks is not None else default_hooks(cfg, run)
 
-    data = (build_data or build_train_data)(cfg, run, info)
-    model = (build_model or _default_model_builder)(cfg, data.category_stats)
-    init_source = _init_source(cfg, run, stage)
-    if init_source is not None and state is None:  # a resume loads its own weights below
-        _load_init_weights(model, init_source, run)
+    data = (opts.build_data or build_train_data)(cfg, run, info)
+    source = init.source if init is not None else init_source(cfg, run, phase)
+    inputs = [*data.inputs, *([source] if source is not None else [])]
+    if state_art is not None and not opts.allow_changed_inputs:
+        check_inputs_unchanged(run, state_art, inputs)
+    model = (opts.build_model or _default_model_builder)(
+        model_build_config(cfg, state is not None or init is not None), data.category_stats
+    )
+    if init is not None:  # a resume loads its own weights below
+        notes += load_starting_weights(model, init, cfg, data.category_stats)
     frozen = freeze_modules(model, list(cfg.train.freeze))
     model.to(info.device)
     ddp_model = _wrap_ddp(model, cfg, info)
@@ -151,18 +199,34 @@ def _train(
     )
     amp = bool(cfg.amp) and info.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-
     loop = LoopState()
     if state is not None:
-        loop = _restore(state, model, optimizer, scaler, info)
-    elif info.is_main:
-        _save_config(run, cfg, stage, data.inputs)
-    inputs = [*data.inputs, *([init_source] if init_source is not None else [])]
-    if info.is_main and loop.iteration == 0:
-        _announce(cfg, schedule, info, frozen)
-    return _run_loop(
-        ddp_model, model, data, optimizer, scaler, schedule, cfg, run, info, stage, loop, frozen, inputs, amp
+        loop = _restore(state, model, optimizer, scaler, info, hooks)
+    if opts.overwrite:  # only now: a run refused above keeps the earlier phase intact
+        clear_phase(run, phase, info)
+    trainer = Trainer(
+        model=model,
+        ddp_model=ddp_model,
+        optimizer=optimizer,
+        scaler=scaler,
+        schedule=schedule,
+        data=data,
+        cfg=cfg,
+        run=run,
+        info=info,
+        phase=phase,
+        frozen=frozen,
+        inputs=inputs,
+        amp=amp,
+        hooks=hooks,
+        loop=loop,
+        config_saved=state is not None,
     )
+    if info.is_main and loop.iteration == 0:
+        for note in notes:
+            print_line(note)
+        _announce(cfg, schedule, info, frozen)
+    return trainer.train()
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -187,149 +251,214 @@ class LoopState:
         return mean
 
 
-def _run_loop(
-    ddp_model: nn.Module,
-    model: nn.Module,
-    data: TrainData,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    schedule: WarmupStepSchedule,
-    cfg: Config,
-    run: RunDir,
-    info: DistInfo,
-    stage: ckpt_io.Phase,
-    loop: LoopState,
-    frozen: Sequence[str],
-    inputs: Sequence[Artifact | str | Path],
-    amp: bool,
-) -> TrainResult:
-    batch, period = int(cfg.train.batch_size), max(int(cfg.train.checkpoint_period), 1)
-    log_period = max(int(cfg.train.log_period), 1)
-    logger = TrainLogger(
-        total=schedule.max_iter,
-        start=loop.iteration,
-        tensorboard_dir=run.root / "tensorboard",
-        stage=stage,
-        enabled=info.is_main,
-    )
-    ddp_model.train()
-    set_frozen_eval(model, frozen)
-    if loop.rng is not None:
-        ckpt_io.restore_rng_state(loop.rng)
-    last_good: Artifact | None = ckpt_io.latest_checkpoint(run, stage) if info.is_main else None
-    try:
-        while loop.iteration < schedule.max_iter:
-            for images, targets in _epoch_loader(data, cfg, info, loop.epoch, loop.epoch_position * batch):
-                lr = schedule.lr_at(loop.iteration)
-                set_lr(optimizer.param_groups, lr)
-                losses = _train_step(
-                    ddp_model, optimizer, scaler, images, targets, info, amp, cfg, loop, run, last_good, stage
-                )
+class Trainer:
+    """The loop and its state; everything periodic is a hook (see :mod:`lvisctl.engine.hooks`).
+
+    Attributes hooks read: ``model`` (unwrapped), ``ddp_model``, ``optimizer``, ``scaler``, ``schedule``,
+    ``data``, ``cfg``, ``run``, ``info``, ``phase``, ``loop`` (iteration, epoch, history), ``max_iter``,
+    ``lr``, ``losses`` (the step's loss tensors, before backward), ``step_losses`` (detached, with the
+    total ``loss``), ``grad_norm`` (on log steps), ``data_time`` / ``step_time`` (seconds), ``logger``
+    (:class:`~lvisctl.engine.logging.TrainLogger`), ``last_good`` (newest checkpoint artifact, rank 0).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        ddp_model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        schedule: WarmupStepSchedule,
+        data: TrainData,
+        cfg: Config,
+        run: RunDir,
+        info: DistInfo,
+        phase: ckpt_io.Phase,
+        frozen: Sequence[str],
+        inputs: Sequence[Artifact | str | Path],
+        amp: bool,
+        hooks: Sequence[Hook],
+        loop: LoopState,
+        config_saved: bool = False,
+    ) -> None:
+        self.model, self.ddp_model, self.optimizer, self.scaler = model, ddp_model, optimizer, scaler
+        self.schedule, self.data, self.cfg, self.run, self.info = schedule, data, cfg, run, info
+        self.phase, self.frozen, self.inputs, self.amp = phase, list(frozen), list(inputs), amp
+        self.hooks, self.loop = list(hooks), loop
+        self.max_iter = schedule.max_iter
+        self.lr = 0.0
+        self.losses: dict[str, torch.Tensor] = {}
+        self.step_losses: dict[str, torch.Tensor] = {}
+        self.grad_norm: torch.Tensor | None = None
+        self.data_time = self.step_time = 0.0
+        self.last_good: Artifact | None = None
+        self.logger: TrainLogger | None = None
+        self.plot: Path | None = None
+        self._config_saved = config_saved
+        self._saved_any = False
+
+    # -------------------------------------------------------------------------------------- running
+    def call(self, event: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self)
+
+    def train(self) -> TrainResult:
+        loop, info = self.loop, self.info
+        start = loop.iteration
+        self.logger = TrainLogger(
+            total=self.max_iter,
+            start=start,
+            tensorboard_dir=tensorboard_dir(self.run.root, self.phase.name),
+            stage=self.phase,
+            enabled=info.is_main,
+            metrics_path=self.run.root / "logs" / f"metrics_{self.phase.name}.jsonl",
+        )
+        self.last_good = ckpt_io.latest_checkpoint(self.run, self.phase) if info.is_main else None
+        try:
+            self.set_train_mode()
+            self.call("before_train")
+            if loop.rng is not None:
+                ckpt_io.restore_rng_state(loop.rng)
+            self._loop()
+            broadcast_buffers(self.model, info)
+            self.call("after_train")
+        except KeyboardInterrupt:
+            self._failed(start)
+            where = self.last_good.path if (self.last_good is not None and self._kept(start)) else None
+            raise TrainingInterrupted(loop.iteration, where, self.run.root, info.is_main) from None
+        except BaseException:
+            self._failed(start)
+            raise
+        finally:
+            self.logger.close()
+        barrier(info)
+        # every rank knows where rank 0 put the final checkpoint
+        ckpt = self.run.path_of(ckpt_io.checkpoint_relpath(self.phase, loop.iteration, final=True))
+        return TrainResult(
+            ckpt, loop.iteration, loop.history, self.plot, model=self.model, is_main=info.is_main
+        )
+
+    def _loop(self) -> None:
+        loop, batch = self.loop, int(self.cfg.train.batch_size)
+        while loop.iteration < self.max_iter:
+            tick = time.perf_counter()
+            for images, targets in _epoch_loader(
+                self.data, self.cfg, self.info, loop.epoch, loop.epoch_position * batch
+            ):
+                self.data_time = time.perf_counter() - tick
+                self.call("before_step")
+                self.run_step(images, targets)
                 loop.iteration += 1
                 loop.epoch_position += 1
-                loop.accumulate(losses)
-                logged = None
-                if loop.iteration % log_period == 0 or loop.iteration == schedule.max_iter:
-                    logged = _log_values(loop.window_mean(), info)  # mean over the log period
-                    loop.history.append({"iteration": loop.iteration, "lr": lr, **logged})
-                logger.step(loop.iteration, logged, lr)
-                final = loop.iteration == schedule.max_iter
-                if final or loop.iteration % period == 0:
-                    saved = _checkpoint(
-                        model, optimizer, scaler, schedule, cfg, run, info, stage, loop, data, final, inputs
-                    )
-                    last_good = saved or last_good
-                if final:
+                self.step_time = time.perf_counter() - tick - self.data_time
+                self.call("after_step")
+                if loop.iteration >= self.max_iter:
                     break
+                tick = time.perf_counter()
             else:  # the epoch ran out before max_iter: next epoch from its start
                 loop.epoch += 1
                 loop.epoch_position = 0
-    finally:
-        logger.close()
-    broadcast_buffers(model, info)
-    plot = _finish(run, info, stage, loop, last_good)
-    barrier(info)
-    # every rank knows where rank 0 put the final checkpoint
-    ckpt = run.path_of(ckpt_io.checkpoint_relpath(stage, loop.iteration, final=True))
-    return TrainResult(ckpt, loop.iteration, loop.history, plot, model=model, is_main=info.is_main)
+                self.call("after_epoch")
+
+    def run_step(self, images: list[torch.Tensor], targets: list[dict[str, Any]]) -> None:
+        """Forward, the ``before_backward`` hooks (non-finite check), backward, optional clipping, step."""
+        device = self.info.device
+        images = [img.to(device, non_blocking=True) for img in images]
+        targets = [_to_device(t, device) for t in targets]
+        with torch.autocast(device_type=device.type, enabled=self.amp):
+            loss_dict = self.ddp_model(images, targets)
+        self.losses = {k: v.float() for k, v in loss_dict.items()}
+        total = sum(self.losses.values())
+        self.call("before_backward")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        clip = float(self.cfg.solver.clip_grad_norm)
+        self.grad_norm = None
+        if clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self._params(), clip)
+        elif self._log_step_next():
+            self.grad_norm = _grad_norm(self._params(), self.scaler)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step_losses = {"loss": total.detach(), **{k: v.detach() for k, v in self.losses.items()}}
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def _log_step_next(self) -> bool:
+        it = self.loop.iteration + 1
+        return it % max(int(self.cfg.train.log_period), 1) == 0 or it == self.max_iter
+
+    def set_train_mode(self) -> None:
+        """Training mode, with the normalisation layers of frozen modules kept in eval mode."""
+        self.ddp_model.train()
+        set_frozen_eval(self.model, self.frozen)
+
+    # -------------------------------------------------------------------------------------- saving
+    def save_checkpoint(self, *, final: bool, best: Mapping[str, Any] | None = None) -> Artifact | None:
+        """Save the full state (a collective: every rank joins the RNG gather, rank 0 writes).
+
+        The resolved config is written and registered with the first checkpoint of a run, so a run that
+        fails before it leaves no config behind. ``best`` = ``{"metric", "value"}``: ``<phase>_best.pt``.
+        """
+        rng = _gather_rng(self.info)
+        if not self.info.is_main:
+            return None
+        if not self._config_saved:
+            _save_config(self.run, self.cfg, self.phase, self.data.inputs)
+            self._config_saved = True
+        loop = self.loop
+        state = {
+            "stage": self.phase.stage,
+            "phase": self.phase.name,
+            "final": final,
+            "iteration": loop.iteration,
+            "epoch": loop.epoch,
+            "epoch_position": loop.epoch_position,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "rng": rng,
+            "history": [dict(h) for h in loop.history],
+            "log_window": {k: v.detach().cpu() for k, v in loop.window.items()},
+            "log_window_count": loop.window_count,
+            "world_size": self.info.world_size,
+            "config": self.cfg.to_dict(),
+            "category_stats": self.data.category_stats.to_dict(),
+            "hooks": {type(h).__name__: h.state_dict() for h in self.hooks if h.state_dict()},
+        }
+        saved = ckpt_io.save_checkpoint(self.run, state, inputs=self.inputs, best=best)
+        self._saved_any = True
+        return saved
+
+    def finish_logs(self) -> None:
+        """Loss curve (kind ``plot``), the logged history (kind ``log``) and metrics.jsonl, from rank 0."""
+        if self.info.is_main:
+            self.plot = _finish(self.run, self.phase, self.loop, self.last_good, self.cfg)
+
+    # -------------------------------------------------------------------------------------- failure
+    def _kept(self, start: int) -> bool:
+        return start > 0 or self._saved_any
+
+    def _failed(self, start: int) -> None:
+        """A fresh run that stopped before its first checkpoint leaves nothing behind."""
+        if self._kept(start):
+            return
+        if self.logger is not None:
+            self.logger.discard()
+        if self.info.is_main:
+            for hook in self.hooks:
+                hook.discard(self)
 
 
-def _train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    images: list[torch.Tensor],
-    targets: list[dict[str, Any]],
-    info: DistInfo,
-    amp: bool,
-    cfg: Config,
-    loop: LoopState,
-    run: RunDir,
-    last_good: Artifact | None,
-    stage: ckpt_io.Phase,
-) -> dict[str, torch.Tensor]:
-    images = [img.to(info.device, non_blocking=True) for img in images]
-    targets = [_to_device(t, info.device) for t in targets]
-    with torch.autocast(device_type=info.device.type, enabled=amp):
-        loss_dict = model(images, targets)
-    losses = {k: v.float() for k, v in loss_dict.items()}
-    total = sum(losses.values())
-    _check_finite(losses, info, loop.iteration + 1, run, last_good, stage)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(total).backward()
-    clip = float(cfg.solver.clip_grad_norm)
-    if clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return {"loss": total.detach(), **{k: v.detach() for k, v in losses.items()}}
-
-
-def _check_finite(
-    losses: Mapping[str, torch.Tensor],
-    info: DistInfo,
-    iteration: int,
-    run: RunDir,
-    last_good: Artifact | None,
-    stage: ckpt_io.Phase,
-) -> None:
-    values = torch.stack([v.detach() for v in losses.values()]) if losses else torch.zeros(1)
-    finite = torch.isfinite(values)
-    local_bad = not bool(finite.all())
-    if not any_rank(local_bad, info):
-        return
-    if local_bad:
-        idx = int((~finite).nonzero()[0])
-        name, value = list(losses)[idx], float(values[idx])
-        what = f"{name} is {value}" + (f" on rank {info.rank}" if info.distributed else "")
-    else:
-        what = "a loss is not finite on another rank"
-    kept = f"last good checkpoint: {last_good.path}" if last_good else "no checkpoint was saved before it"
-    raise NonFiniteLossError(
-        f"{run.root}: {stage} stopped at iteration {iteration}: {what}; the step was not applied ({kept})"
-    )
-
-
-def _check_finite_weights(model: nn.Module, run: RunDir, stage: ckpt_io.Phase, iteration: int) -> None:
-    """A finite loss can still overflow a gradient (fp32 has no GradScaler): never save such weights.
-
-    DDP keeps the weights identical on every rank, so all ranks stop together.
-    """
-    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
-    if bad:
-        last = ckpt_io.latest_checkpoint(run, stage)
-        kept = f"last good checkpoint: {last.path}" if last else "no checkpoint was saved before it"
-        raise NonFiniteLossError(
-            f"{run.root}: {stage} stopped at iteration {iteration}: weights {bad[0]} are not finite "
-            f"(a gradient overflowed); not saved ({kept})"
-        )
-
-
-def _log_values(losses: Mapping[str, torch.Tensor], info: DistInfo) -> dict[str, float]:
-    names = list(losses)
-    mean = all_reduce_mean(torch.stack([losses[n] for n in names]), info).tolist()
-    return dict(zip(names, (float(v) for v in mean), strict=True))
+def _grad_norm(params: Sequence[torch.Tensor], scaler: torch.amp.GradScaler) -> torch.Tensor | None:
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads:
+        return None
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    return norm / scaler.get_scale() if scaler.is_enabled() else norm
 
 
 def _to_device(target: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -380,53 +509,6 @@ def _epoch_loader(data: TrainData, cfg: Config, info: DistInfo, epoch: int, star
         generator=torch.Generator().manual_seed(int(cfg.seed) * 100_003 + epoch),
         persistent_workers=False,  # forked per epoch: the sampler/dataset epoch is set before the fork
     )
-
-
-def build_train_data(cfg: Config, run: RunDir, info: DistInfo) -> TrainData:
-    """The data layer's dataset, RFS/plain sampler (sharded by rank) and collate for ``cfg``.
-
-    Self-training (``data.pseudo_labels`` / ``data.extra_images``) adds ignore boxes and extra images;
-    its pseudo-label files join the training data's inputs, so the checkpoints record them.
-    """
-    from lvisctl.data.dataset import build_train_data as build_dataset_and_sampler
-    from lvisctl.data.dataset import collate_detection
-    from lvisctl.data.lvis import load_lvis
-    from lvisctl.data.self_training import load_self_training
-
-    source = resolve_train_annotations(cfg, run)
-    lvis = load_lvis(run.path_of(source.path) if isinstance(source, Artifact) else source)
-    stats = lvis.category_stats()
-    extra = load_self_training(cfg.data, run, train_image_ids=lvis.images)
-    dataset, sampler = build_dataset_and_sampler(
-        cfg,
-        lvis,
-        stats.category_map,
-        rank=info.rank,
-        world_size=info.world_size,
-        ignore_boxes=extra.ignore_boxes,
-        extra_data=extra.extra_data,
-    )
-    return TrainData(dataset, sampler, collate_detection, stats, inputs=[source, *extra.inputs])
-
-
-def resolve_train_annotations(cfg: Config, run: RunDir) -> Artifact | Path:
-    """``data.train`` when set, else the newest training ``dataset`` artifact of the run directory."""
-    configured = str(cfg.get("data", {}).get("train", "") or "")
-    if configured:
-        path = Path(configured).expanduser()
-        if not path.is_file():
-            raise LvisctlError(f"{path}: training annotations (data.train) not found")
-        return path
-    datasets = run.find("dataset", split="train") or [
-        a for a in run.artifacts("dataset") if "train" in Path(a.path).name
-    ]
-    if not datasets:
-        raise LvisctlError(
-            f"{run.manifest_path}: no training data: set data.train=FILE or register a dataset "
-            "(lvisctl data synth --run-dir DIR)"
-        )
-    run.resolve(datasets[-1])
-    return datasets[-1]
 
 
 # ------------------------------------------------------------------------------------------ model set-up
@@ -492,30 +574,11 @@ def _wrap_ddp(model: nn.Module, cfg: Config, info: DistInfo) -> nn.Module:
     )
 
 
-def _init_source(cfg: Config, run: RunDir, stage: ckpt_io.Phase) -> Artifact | Path | None:
-    """``train.init_from``, or for stage > 1 the previous stage's final checkpoint from the manifest."""
-    if cfg.train.init_from:
-        return Path(cfg.train.init_from).expanduser()
-    if stage.stage == 1:
-        return None
-    source = ckpt_io.latest_checkpoint(run, stage.stage - 1, final=True)
-    if source is None:
-        raise LvisctlError(
-            f"{run.manifest_path}: {stage} starts from the stage-{stage.stage - 1} final checkpoint, "
-            "but none is recorded (train stage 1 first, or set train.init_from)"
-        )
-    return source
-
-
-def _load_init_weights(model: nn.Module, source: Artifact | Path, run: RunDir) -> None:
-    path = run.resolve(source) if isinstance(source, Artifact) else source
-    load_matching(model, ckpt_io.load_checkpoint(path)["model"])
-
-
 def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
     """Load the entries whose name and shape match; return the names of the model's that were not loaded.
 
-    Stage 2 swaps the classifier (e.g. Balanced GroupSoftmax adds "others" logits), so its shape changes.
+    The bare mechanism; runs go through :func:`~lvisctl.engine.init_weights.load_init_weights`, which
+    also refuses frozen tensors that do not load and reports what loaded.
     """
     own = model.state_dict()
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -526,59 +589,22 @@ def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[s
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-def _find_resume_state(
-    run: RunDir, stage: ckpt_io.Phase, resume: bool, info: DistInfo
-) -> dict[str, Any] | None:
-    existing = ckpt_io.latest_checkpoint(run, stage) if info.is_main else None
-    rel = broadcast_object(existing.path if existing else None, info)
-    if rel is None:
-        if resume:
-            raise LvisctlError(f"{run.manifest_path}: --resume given but no {stage} checkpoint is recorded")
-        return None
-    if not resume:
-        raise LvisctlError(
-            f"{run.root}: already holds {stage} checkpoints ({rel}); pass --resume to continue "
-            "or use a new --run-dir"
-        )
-    path = run.resolve(ckpt_io.latest_checkpoint(run, stage)) if info.is_main else run.path_of(rel)
-    barrier(info)
-    return ckpt_io.load_checkpoint(path)
-
-
-def _check_resume_config(cfg: Config | None, state: Mapping[str, Any], run: RunDir) -> Config:
-    saved = upgrade_saved_config(state["config"])
-    if cfg is None:
-        return saved
-    diffs = _config_diff(saved, cfg)
-    if diffs:
-        shown = "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "")
-        raise LvisctlError(
-            f"{run.root}: config differs from the checkpoint it would resume ({shown}); resume without "
-            "--config/overrides to keep the saved config, or train in a new --run-dir"
-        )
-    return cfg
-
-
-def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += _config_diff(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
-
-
 def _restore(
     state: Mapping[str, Any],
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     info: DistInfo,
+    hooks: Sequence[Hook],
 ) -> LoopState:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
+    saved_hooks = state.get("hooks", {}) or {}
+    for hook in hooks:
+        if type(hook).__name__ in saved_hooks:
+            hook.load_state_dict(saved_hooks[type(hook).__name__])
     rngs = state["rng"]
     rng = rngs[info.rank] if len(rngs) == info.world_size else rngs[0]
     return LoopState(
@@ -590,49 +616,6 @@ def _restore(
         window_count=int(state.get("log_window_count", 0)),
         rng=rng,
     )
-
-
-def _checkpoint(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    schedule: WarmupStepSchedule,
-    cfg: Config,
-    run: RunDir,
-    info: DistInfo,
-    stage: ckpt_io.Phase,
-    loop: LoopState,
-    data: TrainData,
-    final: bool,
-    inputs: Sequence[Artifact | str | Path],
-) -> Artifact | None:
-    _check_finite_weights(model, run, stage, loop.iteration)
-    rng = _gather_rng(info)  # a collective: every rank takes part, rank 0 writes
-    if not info.is_main:
-        return None
-    state = {
-        "stage": stage.stage,
-        "phase": stage.name,
-        "final": final,
-        "iteration": loop.iteration,
-        "epoch": loop.epoch,
-        "epoch_position": loop.epoch_position,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": schedule.state_dict(),
-        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-        "rng": rng,
-        "history": [dict(h) for h in loop.history],
-        "log_window": {k: v.detach().cpu() for k, v in loop.window.items()},
-        "log_window_count": loop.window_count,
-        "world_size": info.world_size,
-        "config": cfg.to_dict(),
-        "category_stats": data.category_stats.to_dict(),
-    }
-    saved = ckpt_io.save_checkpoint(run, state, inputs=inputs)
-    if not final:
-        ckpt_io.prune_checkpoints(run, stage, int(cfg.train.keep_checkpoints))
-    return saved
 
 
 def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
@@ -654,20 +637,18 @@ def _seed_everything(seed: int) -> None:
 
 
 def _save_config(
-    run: RunDir, cfg: Config, stage: ckpt_io.Phase, inputs: Sequence[Artifact | str | Path]
+    run: RunDir, cfg: Config, phase: ckpt_io.Phase, inputs: Sequence[Artifact | str | Path]
 ) -> None:
-    path = run.output_path(f"config_{stage.name}.yaml", overwrite=True)
+    path = run.output_path(f"config_{phase.name}.yaml", overwrite=True)
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    meta = {"stage": stage.stage, "phase": stage.name}
+    meta = {"stage": phase.stage, "phase": phase.name}
     run.register("config", path, inputs=inputs, config=cfg.to_dict(), meta=meta)
 
 
 def _announce(cfg: Config, schedule: WarmupStepSchedule, info: DistInfo, frozen: Sequence[str]) -> None:
-    from rich.console import Console
-
     steps = ", ".join(str(m) for m in schedule.milestones) or "none"
     total = int(cfg.train.batch_size) * info.world_size
-    Console(highlight=False).print(
+    print_line(
         f"training {schedule.max_iter} iterations on {info.world_size} x {info.device.type}, batch {total}, "
         f"lr {schedule.lr:.4g} (x{schedule.gamma} at {steps}), warm-up {schedule.warmup_iters}"
         + (f", frozen: {', '.join(frozen)}" if frozen else "")
@@ -675,17 +656,22 @@ def _announce(cfg: Config, schedule: WarmupStepSchedule, info: DistInfo, frozen:
 
 
 def _finish(
-    run: RunDir, info: DistInfo, stage: ckpt_io.Phase, loop: LoopState, final_ckpt: Artifact | None
+    run: RunDir, phase: ckpt_io.Phase, loop: LoopState, final_ckpt: Artifact | None, cfg: Config
 ) -> Path | None:
-    """Loss curve (kind ``plot``) and the logged history (kind ``log``) from rank 0."""
-    if not info.is_main or not loop.history:
+    """Loss curve (kind ``plot``), the logged history and metrics.jsonl (kind ``log``) from rank 0."""
+    if not loop.history:
         return None
     inputs = [final_ckpt] if final_ckpt else []
-    log_path = run.output_path(f"logs/train_{stage.name}.json", overwrite=True)
-    atomic_write_json(log_path, {"stage": stage.stage, "phase": stage.name, "history": loop.history})
-    run.register("log", log_path, inputs=inputs, meta={"stage": stage.stage, "phase": stage.name})
-    plot_path = run.output_path(f"plots/loss_{stage.name}.png", overwrite=True)
-    plot_loss_curves(loop.history, plot_path, title=f"{stage} training losses")
-    meta = {"stage": stage.stage, "phase": stage.name, "what": "loss"}
-    run.register("plot", plot_path, inputs=inputs, meta=meta)
+    meta = {"stage": phase.stage, "phase": phase.name}
+    metrics = run.root / "logs" / f"metrics_{phase.name}.jsonl"
+    if metrics.is_file():
+        run.register("log", metrics, inputs=inputs, meta={**meta, "what": "metrics"})
+    # registered after metrics.jsonl: run.latest("log", phase=...) stays the history json
+    log_path = run.output_path(f"logs/train_{phase.name}.json", overwrite=True)
+    atomic_write_json(log_path, {"stage": phase.stage, "phase": phase.name, "history": loop.history})
+    run.register("log", log_path, inputs=inputs, meta=meta)
+    plot_path = run.output_path(f"plots/loss_{phase.name}.png", overwrite=True)
+    log_scale = str(cfg.get("log", {}).get("loss_plot_scale", "log")) != "linear"
+    plot_loss_curves(loop.history, plot_path, title=f"{phase} training losses", log_scale=log_scale)
+    run.register("plot", plot_path, inputs=inputs, meta={**meta, "what": "loss"})
     return plot_path

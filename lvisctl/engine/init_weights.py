@@ -1,0 +1,327 @@
+"""Where a model's starting weights come from, and a loud account of what loaded (never silently partial).
+
+Three rules:
+
+* A run that starts from a checkpoint and freezes part of the model (stage 2: ``backbone``, ``rpn``, ...)
+  takes the architecture of every frozen part from the checkpoint's saved config
+  (:func:`inherit_frozen_architecture`): the stage-2 config only states what stage 2 changes. A stage-2
+  value that contradicts the checkpoint on a frozen part stops the run with the key named.
+* Every frozen tensor must load; tensors trained from scratch are listed once ("initialised fresh: ...");
+  a partial ``train.init_from`` (below :data:`MIN_LOADED_FRACTION` of the model, or another class set)
+  is refused unless ``train.init_allow_partial=true`` (:func:`load_init_weights`).
+* A trunk with no pretrained weights does not keep frozen (random) BatchNorm statistics or frozen random
+  stages (:func:`scratch_backbone`).
+
+:func:`prepare_config` applies the first and the last rule to a run's config and finds its starting
+checkpoint (``train.init_from``: a path, ``best``, ``final`` or a phase name; stage 2: the stage-1 final
+checkpoint); :func:`load_starting_weights` applies the second.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lvisctl.config import Config
+from lvisctl.config.loader import apply_aliases
+from lvisctl.data.categories import CategoryStats
+from lvisctl.engine import checkpoint as ckpt_io
+from lvisctl.errors import LvisctlError
+from lvisctl.rundir import Artifact, RunDir
+
+# Below this fraction of the model's tensors, an init_from checkpoint is "a different model".
+MIN_LOADED_FRACTION = 0.5
+
+# The config keys that shape each freezable part (a freeze prefix covers its own entry and every entry
+# below it: ``backbone`` covers ``backbone.body`` and ``backbone.fpn``). Sections are whole subtrees.
+_ROI_POOL = ("model.roi_heads.sampling_ratio", "model.roi_heads.aligned")
+FROZEN_ARCHITECTURE: dict[str, tuple[str, ...]] = {
+    "backbone.body": ("model.pixel_mean", "model.pixel_std", "model.size_divisible", "model.backbone"),
+    "backbone.fpn": ("model.fpn",),
+    "rpn": ("model.rpn",),
+    "roi_heads.box_extractor": (
+        "model.roi_heads.roi_pool",
+        "model.roi_heads.pooler_resolution",
+        "model.roi_heads.deform_gamma",
+        "model.roi_heads.deform_hidden_channels",
+        *_ROI_POOL,
+    ),
+    "roi_heads.box_head": ("model.roi_heads.fc_dim", "model.roi_heads.pooler_resolution"),
+    "roi_heads.mask_head": (
+        "model.mask_head.num_convs",
+        "model.mask_head.conv_dim",
+        "model.mask_head.pooler_resolution",
+        "model.mask_head.boundary",
+        *_ROI_POOL,
+    ),
+}
+# Not architecture: the file the trunk was first initialised from (the checkpoint supersedes it).
+_NOT_ARCHITECTURE = ("model.backbone.weights",)
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def frozen_config_keys(freeze: Sequence[str]) -> list[str]:
+    """The config keys (sections or leaves) that shape the parts named by ``train.freeze``; a frozen
+    sub-module (``roi_heads.box_head.mlp``) counts for the part it belongs to."""
+    keys: list[str] = []
+    for part, part_keys in FROZEN_ARCHITECTURE.items():
+        if any(_under(part, p) or _under(p, part) for p in freeze):
+            keys += [k for k in part_keys if k not in keys]
+    return keys
+
+
+def _get(tree: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = copy.deepcopy(value)
+
+
+def _leaves(tree: Mapping[str, Any], dotted: str) -> list[str]:
+    value = _get(tree, dotted)
+    if isinstance(value, Mapping):
+        return [x for k in value for x in _leaves(tree, f"{dotted}.{k}")]
+    return [dotted]
+
+
+def inherit_frozen_architecture(
+    cfg: Config, saved: Mapping[str, Any], freeze: Sequence[str], *, source: str
+) -> tuple[Config, list[str]]:
+    """``cfg`` with every key shaping a frozen part taken from ``saved`` (the checkpoint's config).
+
+    A key the stage-2 config leaves at its schema default is taken from the checkpoint (and listed in
+    the returned ``taken`` as ``key=value`` when it differs); a key it sets to another value than the
+    checkpoint's is a contradiction: one-line error naming the key. Keys the checkpoint predates keep
+    their value.
+    """
+    from lvisctl.config import load_config
+
+    schema = load_config().to_dict()
+    out = cfg.to_dict()
+    taken: list[str] = []
+    for section in frozen_config_keys(freeze):
+        for key in _leaves(schema, section):
+            if key in _NOT_ARCHITECTURE:
+                continue
+            theirs = _get(saved, key)
+            if theirs is None:
+                continue
+            ours, default = _get(out, key), _get(schema, key)
+            if _same(ours, theirs):
+                continue
+            if not _same(ours, default):
+                part = next(p for p in freeze if any(_under(x, p) or _under(p, x) for x in _parts_of(key)))
+                raise LvisctlError(
+                    f"{source}: {key}={ours!r} contradicts the checkpoint ({theirs!r}) on the frozen "
+                    f"'{part}'; frozen parts take their architecture from the checkpoint, so drop the key "
+                    "from the config or train that part"
+                )
+            _set(out, key, theirs)
+            taken.append(f"{key}={theirs!r}")
+    return Config.wrap(out), taken
+
+
+def _parts_of(key: str) -> list[str]:
+    return [part for part, keys in FROZEN_ARCHITECTURE.items() if any(_under(key, k) for k in keys)]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def scratch_backbone(cfg: Config, *, has_init: bool) -> tuple[Config, str | None]:
+    """A trunk trained from scratch (no ``model.backbone.weights``, no checkpoint to start from) gets
+    trainable norms and no frozen stages: frozen BatchNorm would freeze random statistics, and
+    ``freeze_at`` would freeze random convolutions. Returns the config and the one line to print."""
+    backbone = cfg.model.backbone
+    if has_init or str(backbone.weights or ""):
+        return cfg, None
+    changes = []
+    out = cfg.to_dict()
+    if backbone.norm == "frozen_bn":
+        out["model"]["backbone"]["norm"] = "bn"
+        changes.append("model.backbone.norm=bn instead of frozen_bn")
+    if int(backbone.freeze_at) > 0:
+        out["model"]["backbone"]["freeze_at"] = 0
+        changes.append(f"model.backbone.freeze_at=0 instead of {int(backbone.freeze_at)}")
+    note = "no pretrained weights (model.backbone.weights is empty): the trunk trains from scratch"
+    return Config.wrap(out), note + (f" ({'; '.join(changes)})" if changes else "")
+
+
+@dataclass
+class InitReport:
+    """What :func:`load_init_weights` did, for the one-time log lines."""
+
+    loaded: int
+    total: int
+    fresh: list[str] = field(default_factory=list)  # trainable modules initialised fresh
+    unused: int = 0  # checkpoint tensors the model has no place for
+
+    def lines(self, source: str) -> list[str]:
+        out = [f"loaded {self.loaded} of {self.total} tensors from {source}"]
+        if self.fresh:
+            out.append(f"initialised fresh: {', '.join(self.fresh)}")
+        if self.unused:
+            out.append(f"{self.unused} checkpoint tensors have no place in this model (not used)")
+        return out
+
+
+def _modules(names: Sequence[str]) -> list[str]:
+    """Tensor names -> their module names, in order, once each (``a.b.weight`` -> ``a.b``)."""
+    seen: dict[str, None] = {}
+    for name in names:
+        seen.setdefault(name.rsplit(".", 1)[0] if "." in name else name, None)
+    return list(seen)
+
+
+def load_init_weights(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    frozen: Sequence[str] = (),
+    allow_partial: bool = False,
+    same_classes: bool = True,
+) -> InitReport:
+    """Load the tensors of ``state`` whose name and shape match ``model``, loudly.
+
+    Refuses (one line) when a frozen tensor does not load (never), when the class sets differ or fewer
+    than :data:`MIN_LOADED_FRACTION` of the model's tensors load (unless ``allow_partial``).
+    """
+    own = model.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in matching]
+    bad_frozen = [k for k in missing if any(_under(k, p) for p in frozen)]
+    if bad_frozen:
+        key = bad_frozen[0]
+        why = (
+            f"shape {tuple(state[key].shape)} in the checkpoint, {tuple(own[key].shape)} in the model"
+            if key in state
+            else "not in the checkpoint"
+        )
+        raise LvisctlError(
+            f"{source}: {len(bad_frozen)} frozen tensors do not load (e.g. {key}: {why}); a frozen part "
+            "must come from the checkpoint (same architecture), or it would stay random"
+        )
+    hint = "set train.init_allow_partial=true to train the rest from scratch"
+    if not same_classes and not allow_partial:
+        raise LvisctlError(
+            f"{source}: the checkpoint was trained on another category set than the training data, so "
+            f"its class-dependent heads cannot carry over; {hint}"
+        )
+    if not matching:
+        raise LvisctlError(f"{source}: the checkpoint shares no weights with this model")
+    if len(matching) < MIN_LOADED_FRACTION * len(own) and not allow_partial:
+        raise LvisctlError(
+            f"{source}: only {len(matching)} of {len(own)} model tensors match the checkpoint "
+            f"(a different architecture?); {hint}"
+        )
+    model.load_state_dict(matching, strict=False)
+    fresh = missing  # none of them frozen (checked above): they train from their initialisation
+    unused = sum(1 for k in state if k not in matching)
+    return InitReport(len(matching), len(own), _modules(fresh), unused)
+
+
+# ------------------------------------------------------------------------------------------ a run's start
+@dataclass
+class StartingPoint:
+    """The checkpoint a run starts from (not a resume): its manifest entry or path, and its contents."""
+
+    source: Artifact | Path
+    path: Path
+    state: dict[str, Any]
+
+
+def model_build_config(cfg: Config, from_checkpoint: bool) -> Config:
+    """The config the model is built from: a model whose weights all come from a checkpoint does not
+    read the ImageNet trunk file (it may not even exist where stage 2 runs)."""
+    if not from_checkpoint or not str(cfg.model.backbone.weights or ""):
+        return cfg
+    out = cfg.to_dict()
+    out["model"]["backbone"]["weights"] = ""
+    return Config.wrap(out)
+
+
+def init_source(cfg: Config, run: RunDir, phase: ckpt_io.Phase) -> Artifact | Path | None:
+    """``train.init_from`` (a path, or ``best`` / ``final`` / a phase name of this run), or for stage > 1
+    the previous stage's final checkpoint from the manifest."""
+    spec = str(cfg.train.init_from or "")
+    if spec:
+        previous = phase.stage - 1 if phase.stage > 1 and spec in ("best", "final") else None
+        return ckpt_io.resolve_checkpoint(run, spec, stage=previous)
+    if phase.stage == 1:
+        return None
+    source = ckpt_io.latest_checkpoint(run, phase.stage - 1, final=True)
+    if source is None:
+        raise LvisctlError(
+            f"{run.manifest_path}: {phase} starts from the stage-{phase.stage - 1} final checkpoint, "
+            "but none is recorded (train stage 1 first, or set train.init_from)"
+        )
+    return source
+
+
+def prepare_config(
+    cfg: Config, run: RunDir, phase: ckpt_io.Phase
+) -> tuple[Config, list[str], StartingPoint | None]:
+    """The config a run trains with, the lines to print once, and the checkpoint it starts from.
+
+    Frozen parts take their architecture from the starting checkpoint's config; a trunk with neither
+    ImageNet weights nor a starting checkpoint trains with plain BatchNorm and no frozen stages.
+    """
+    notes: list[str] = []
+    source = init_source(cfg, run, phase)
+    init = None
+    if source is not None:
+        path = run.resolve(source) if isinstance(source, Artifact) else source
+        init = StartingPoint(source, path, ckpt_io.load_checkpoint(path))
+        freeze = list(cfg.train.freeze)
+        if freeze:
+            where = source.path if isinstance(source, Artifact) else str(path)
+            saved = apply_aliases(init.state["config"], f"{where} config")  # old key names moved
+            cfg, taken = inherit_frozen_architecture(cfg, saved, freeze, source=where)
+            if taken:
+                notes.append(f"frozen parts ({', '.join(freeze)}) built as in {where}: {', '.join(taken)}")
+    cfg, note = scratch_backbone(cfg, has_init=init is not None)
+    if note:
+        notes.append(note)
+    return cfg, notes, init
+
+
+def load_starting_weights(
+    model: nn.Module, init: StartingPoint, cfg: Config, stats: CategoryStats
+) -> list[str]:
+    """:func:`load_init_weights` of the starting checkpoint into ``model``; the lines to print once."""
+    where = init.source.path if isinstance(init.source, Artifact) else str(init.path)
+    theirs = list(init.state.get("category_stats", {}).get("cat_ids", []))
+    report = load_init_weights(
+        model,
+        init.state["model"],
+        source=where,
+        frozen=list(cfg.train.freeze),
+        allow_partial=bool(cfg.train.init_allow_partial),
+        same_classes=theirs == list(stats.to_dict()["cat_ids"]),
+    )
+    return report.lines(where)
