@@ -5,17 +5,21 @@ from lvisctl.rundir.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    read_json,
     sha256_file,
 )
+from lvisctl.rundir.lock import PhaseLockedError
 from lvisctl.rundir.manifest import ARTIFACT_KINDS, Artifact, RunDir
 
 __all__ = [
     "ARTIFACT_KINDS",
     "Artifact",
+    "PhaseLockedError",
     "RunDir",
     "atomic_output",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "read_json",
     "sha256_file",
 ]
