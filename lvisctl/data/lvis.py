@@ -376,8 +376,8 @@ class _StreamParser:
         first = self._peek()
         if first == "[":
             raise LvisctlError(
-                f"{self.path}: valid json, but the top level is a list; an LVIS file must be a json object with "
-                "'images', 'categories' and 'annotations' (a list is a results file: use it with evaluate/submit)"
+                f"{self.path}: valid json, but the top level is a list; an LVIS file must be a json object "
+                "with 'images', 'categories' and 'annotations' (a list is a results file)"
             )
         if first != "{":
             raise self._error("an LVIS file must be a json object")
