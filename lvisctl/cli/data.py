@@ -158,20 +158,12 @@ def validate(
     ),
 ) -> None:
     """Validate an LVIS file (and its images); print a summary, or every problem's count and the first few."""
-    from lvisctl.data.lvis import load_lvis, lvis_problems
-    from lvisctl.errors import raise_problems
+    from lvisctl.data.lvis import images_reachable, validate_lvis
 
     with console.status(f"validating {escape(str(file))}"):
-        data = load_lvis(file, image_root=image_root)
-        check = images_reachable(data) if check_images is None else check_images
-        raise_problems(data.path, lvis_problems(data, check_images=check or decode, decode=decode))
-    console.print(_validate_table(file, data, check or decode, decode))
-
-
-def images_reachable(data) -> bool:
-    """Whether ``data validate`` checks images by default: some of the first images exist on disk."""
-    first = sorted(data.images)[:20]
-    return any(data.image_path(i).is_file() for i in first)
+        data = validate_lvis(file, image_root=image_root, check_images=check_images, decode_images=decode)
+    checked = decode or (images_reachable(data) if check_images is None else check_images)
+    console.print(_validate_table(file, data, checked, decode))
 
 
 def _validate_table(file: Path, data, checked: bool, decoded: bool) -> Table:

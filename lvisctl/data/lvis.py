@@ -218,30 +218,39 @@ def load_lvis(
     path: str | Path,
     *,
     image_root: str | Path | ImageRoot | None = None,
-    check_images: bool = False,
+    check_images: bool | None = False,
     decode_images: bool = False,
 ) -> LvisData:
     """Load and validate an LVIS v1 annotation file or a test-dev style image-info file.
 
     ``image_root`` defaults to the json's folder (:func:`resolve_image_root` gives the one every
     command uses). With ``check_images`` every image file must exist, be a readable image (header and
-    end marker; ``decode_images`` decodes the pixels too) and have the json's size.
+    end marker; ``decode_images`` decodes the pixels too) and have the json's size; ``None`` checks
+    them when they are reachable (:func:`images_reachable`).
     Raises one ``LvisctlError`` listing the problems found.
     """
     data, problems = _load_unchecked(path, image_root)
-    problems.extend(lvis_problems(data, check_images=check_images, decode=decode_images))
+    if check_images is None:
+        check_images = images_reachable(data)
+    problems.extend(lvis_problems(data, check_images=check_images or decode_images, decode=decode_images))
     _raise_if_any(data.path, problems)
     return data
+
+
+def images_reachable(data: LvisData) -> bool:
+    """Whether the images can be checked: some of the first images exist under the image root."""
+    return any(data.image_path(i).is_file() for i in sorted(data.images)[:20])
 
 
 def validate_lvis(
     path: str | Path,
     *,
     image_root: str | Path | ImageRoot | None = None,
-    check_images: bool = True,
+    check_images: bool | None = True,
     decode_images: bool = False,
 ) -> LvisData:
-    """``load_lvis`` with the image check on by default (``lvisctl data validate``)."""
+    """``load_lvis`` with the image check on by default (``lvisctl data validate``; None = when the
+    images are reachable)."""
     return load_lvis(path, image_root=image_root, check_images=check_images, decode_images=decode_images)
 
 
