@@ -36,7 +36,7 @@ import numpy as np
 
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import RunDir
-from lvisctl.rundir.io import atomic_write_json
+from lvisctl.rundir.io import atomic_write_json, read_json
 
 # <repo>/../shared/data/: where CI and the team's machines keep the real category table
 REAL_CATEGORIES_FILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "lvis_v1_categories.json"
@@ -192,10 +192,7 @@ def load_category_table(path: str | Path | None = None) -> list[dict]:
     path = Path(path) if path is not None else REAL_CATEGORIES_FILE
     if not path.is_file():
         raise LvisctlError(f"{path}: LVIS category table not found (pass its path explicitly)")
-    try:
-        table = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise LvisctlError(f"{path}: not valid json ({err.msg} at line {err.lineno})") from None
+    table = read_json(path)
     if not isinstance(table, list) or not all(
         isinstance(c, dict) and {"id", "name"} <= c.keys() for c in table
     ):
