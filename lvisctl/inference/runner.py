@@ -44,7 +44,7 @@ from lvisctl.errors import LvisctlError
 from lvisctl.inference.predictor import Predictor, checkpoint_config, model_from_checkpoint
 from lvisctl.inference.results import detections_to_records, split_paths, write_split_results
 from lvisctl.rundir import Artifact, RunDir
-from lvisctl.rundir.io import atomic_write_json, sha256_file
+from lvisctl.rundir.io import atomic_group, atomic_write_json, sha256_file
 
 CHUNK_NAME = re.compile(r"rank(\d+)_(\d+)\.json")
 META_NAME = "meta.json"
@@ -247,7 +247,8 @@ def assemble(
             count += 1
             yield record
 
-    write_split_results(counted(), out_path)
+    with atomic_group():  # the segm and bbox files appear together or not at all (e.g. a full disk)
+        write_split_results(counted(), out_path)
     shutil.rmtree(partial_dir)
     if partial_dir.parent.name == ".partial" and not any(partial_dir.parent.iterdir()):
         partial_dir.parent.rmdir()

@@ -62,7 +62,11 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:  # make the bytes durable before the rename publishes them
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        if _GROUPS:  # inside atomic_group(): published with the group's other files, or not at all
+            _GROUPS[-1].append((tmp, target))
+            tmp = None
+        else:
+            os.replace(tmp, target)
     except OSError as err:
         user = write_error(target, err)
         if user is None:
@@ -71,6 +75,35 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp is not None and tmp.exists():
             tmp.unlink()
+
+
+# Open atomic_group() blocks of this process: each holds (temporary file, target) pairs to publish.
+_GROUPS: list[list[tuple[Path, Path]]] = []
+
+
+@contextlib.contextmanager
+def atomic_group() -> Iterator[None]:
+    """Publish every file written with :func:`atomic_output` inside the block together at its end, or
+    none of them: a command that writes several outputs (metrics json + csv + plot, a segm + bbox pair)
+    and fails on the third (a full disk) leaves none of them, not two of three.
+    """
+    pending: list[tuple[Path, Path]] = []
+    _GROUPS.append(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _GROUPS.remove(pending)
+    for tmp, target in pending:
+        try:
+            os.replace(tmp, target)
+        except OSError as err:
+            for rest, _ in pending:
+                rest.unlink(missing_ok=True)
+            raise (write_error(target, err) or err) from None
 
 
 def _umask() -> int:

@@ -195,3 +195,20 @@ def test_manifest_paths_that_leave_the_run_dir_are_refused(tmp_path):
     with pytest.raises(LvisctlError, match=r"path '../secret.txt' leaves the run directory"):
         run.resolve(art)
     assert run.path_of("sub/../a.json") == run.root / "sub/../a.json"  # inside: fine
+
+
+def test_atomic_group_publishes_all_outputs_or_none(tmp_path):
+    from lvisctl.rundir import atomic_group, atomic_write_text
+
+    with pytest.raises(LvisctlError, match="no space left on device"):
+        with atomic_group():
+            atomic_write_text(tmp_path / "metrics.json", "{}")
+            atomic_write_text(tmp_path / "per_category.csv", "a,b")
+            with atomic_output(tmp_path / "plot.png"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []  # not two of three
+    with atomic_group():
+        atomic_write_text(tmp_path / "a.json", "1")
+        assert not (tmp_path / "a.json").exists()  # published at the end of the group
+        atomic_write_text(tmp_path / "b.json", "2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
