@@ -236,9 +236,11 @@ def assemble(
     chunks: Sequence[Sequence[ImageItem]],
     out_path: Path,
     skipped: dict[int, str] | None = None,
+    *,
+    keep_partial: bool = False,
 ) -> int:
-    """Write the final segm and bbox files (``split_paths(out_path)``) from the chunk files, remove them;
-    returns the number of records."""
+    """Write the final segm and bbox files (``split_paths(out_path)``) from the chunk files and (unless
+    ``keep_partial``) remove them; returns the number of records."""
     count = 0
 
     def counted() -> Iterator[dict[str, Any]]:
@@ -249,10 +251,17 @@ def assemble(
 
     with atomic_group():  # the segm and bbox files appear together or not at all (e.g. a full disk)
         write_split_results(counted(), out_path)
-    shutil.rmtree(partial_dir)
-    if partial_dir.parent.name == ".partial" and not any(partial_dir.parent.iterdir()):
-        partial_dir.parent.rmdir()
+    if not keep_partial:
+        remove_partial(partial_dir)
     return count
+
+
+def remove_partial(partial_dir: Path) -> None:
+    """Delete a finished run's chunk folder (and ``.partial/`` when it is then empty)."""
+    shutil.rmtree(partial_dir, ignore_errors=True)
+    parent = partial_dir.parent
+    if parent.name == ".partial" and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
 
 
 def run_inference(
@@ -271,9 +280,11 @@ def run_inference(
     on_start: Callable[[int], None] | None = None,
     on_images: Callable[[int], None] | None = None,
     notify: Callable[[str], None] | None = None,
+    keep_partial: bool = False,
 ) -> InferenceSummary:
     """Run ``predictor`` on ``items`` (all processes call this); rank 0 writes the two results files of
-    ``split_paths(out_path)``.
+    ``split_paths(out_path)``. ``keep_partial``: leave the chunk folder for the caller to remove once
+    the files are registered (a kill in between then reruns cleanly, see ``predict_to_run_dir``).
 
     ``max_chunks`` stops each process after that many newly computed chunks (a time-limited job, or a
     test of resumption); the summary then says ``complete=False`` and a rerun continues.
@@ -313,7 +324,9 @@ def run_inference(
     summary = InferenceSummary(0, 0, 0.0, len(chunks), len(done), len(mine), complete=False)
     summary.chunks_damaged = damaged
     if dist.is_main and len(finished_chunks(partial_dir)) == len(chunks):
-        summary.detections = assemble(partial_dir, chunks, out_path, summary.skipped)
+        summary.detections = assemble(
+            partial_dir, chunks, out_path, summary.skipped, keep_partial=keep_partial
+        )
         summary.images = len(items)
         summary.images_computed = sum(len(chunks[k]) for k in pending)
         summary.complete = True
@@ -433,11 +446,20 @@ def predict_to_run_dir(
         if out
         else run.path_of(default_out_name(images, ckpt_path, cfg.inference.scales))
     )
+    partial_dir = run.root / ".partial" / group_path.stem
     for path in split_paths(group_path).values():  # refuse before the slow part (images, model)
-        run.output_path(run.relative(path), overwrite=overwrite)
+        if not finished_unregistered(run, path, partial_dir):
+            run.output_path(run.relative(path), overwrite=overwrite)
     job = _PredictJob(run, images, image_root, ckpt, ckpt_input, ckpt_path, ckpt_sha, cfg, group_path)
     with run.phase_lock(f"predictions-{group_path.stem}"):
         return _predict_locked(job, max_chunks, strict, on_start, on_images, notify)
+
+
+def finished_unregistered(run: RunDir, path: Path, partial_dir: Path) -> bool:
+    """``path`` is this command's own output from a run killed after writing it but before recording it:
+    it is not in the manifest and the chunk folder it was assembled from is still there (removed only
+    after registration). A rerun re-assembles and registers it instead of refusing to overwrite it."""
+    return path.exists() and run.get(run.relative(path)) is None and (partial_dir / META_NAME).is_file()
 
 
 @dataclass
@@ -508,6 +530,7 @@ def _predict_locked(
         on_start=on_start,
         on_images=on_images,
         notify=notify,
+        keep_partial=True,
     )
     outcome = PredictionsOutcome(
         summary,
@@ -519,6 +542,7 @@ def _predict_locked(
     )
     if dist.is_main and summary.complete:
         _register_predictions(job, outcome, icfg)
+        remove_partial(run.root / ".partial" / job.out_path.stem)  # after registering: see assemble
         if summary.skipped and set(summary.skipped) != set(unreadable):
             notify(f"warning: {job.images}: {_skip_line(summary.skipped)}; no predictions for them")
     return outcome

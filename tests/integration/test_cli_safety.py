@@ -280,3 +280,27 @@ def test_brackets_in_file_names_are_printed_as_they_are(tiny, capsys, monkeypatc
     code, out, err = run_cli(["data", "validate", named], capsys, monkeypatch)
     assert code == 0, err
     assert "res[val].json" in out and "res.json" not in out
+
+
+def test_tta_infer_killed_between_writing_and_recording_reruns(tiny, capsys, monkeypatch):
+    """Found by benchmarks/fault_injection.py: a kill after the results files were written but before
+    the manifest recorded them made every rerun refuse with 'already exists'."""
+    from lvisctl.inference import runner
+
+    run, images = tiny
+    real_register = runner._register_predictions
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands in for SIGKILL at this point
+
+    monkeypatch.setattr(runner, "_register_predictions", killed)
+    code, _, _ = run_cli(["tta-infer", "--run-dir", run.root, "--images", images], capsys, monkeypatch)
+    assert code == 130 and (run.root / "predictions" / f"{GROUP}.segm.json").exists()
+    assert not run.find("predictions")
+    monkeypatch.setattr(runner, "_register_predictions", real_register)
+    code, _, err = run_cli(["tta-infer", "--run-dir", run.root, "--images", images], capsys, monkeypatch)
+    assert code == 0, err
+    assert run.latest("predictions").path == f"predictions/{GROUP}.segm.json"
+    assert not (run.root / ".partial").exists()
+    code, _, err = run_cli(["tta-infer", "--run-dir", run.root, "--images", images], capsys, monkeypatch)
+    assert "already exists" in _one_line_error(code, err)  # a recorded result is still protected
