@@ -319,8 +319,8 @@ def scenario_disk_full(b: Bench, row: Row, images: Path, ckpt: Path, ref_run: Pa
                 and sum(x.startswith("error: ") for x in lines) == 1
             )
             left = [p.name for p in full.iterdir() if p.name != "filler"] if full.exists() else []
-            if filler is not None:
-                filler.unlink()
+            for p in full.iterdir():  # the next case starts from an empty disk again
+                p.unlink()
             # with room again (another folder), the same command must succeed
             room = b.work / "room"
             room.mkdir(exist_ok=True)
@@ -342,9 +342,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one attempt per scenario (a few minutes)")
     parser.add_argument("--attempts", type=int, default=None, help="kills per scenario (default 10, quick 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--only",
+        default="train,tta,pseudo,chunk,disk",
+        help="comma-separated scenarios to run (references are always made): train, tta, pseudo, chunk, disk",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="keep the runs here (default: a temp dir)")
     args = parser.parse_args()
     n = args.attempts or (1 if args.quick else 10)
+    only = set(args.only.split(","))
     iters = 6 if args.quick else 12
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lvisctl_faults_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -355,7 +361,7 @@ def main() -> int:
     train_json, val_json = work / "data" / "lvis_v1_train.json", work / "data" / "lvis_v1_val.json"
     rows = [Row("train kill (SIGKILL, resume)")]
     print("train ...", flush=True)
-    ckpt = scenario_train(b, rows[0], n, train_json, iters)
+    ckpt = scenario_train(b, rows[0], n if "train" in only else 0, train_json, iters)
 
     print("tta-infer ...", flush=True)
     rows.append(Row("tta-infer kill (SIGKILL, rerun)"))
@@ -364,12 +370,28 @@ def main() -> int:
     check(out, "reference tta-infer")
     ref = digest(*predictions(ref_run))
     rows[-1].note = f"reference {seconds:.0f} s"
+    tta_n = n if "tta" in only else 0
     scenario_kill_rerun(
-        b, rows[-1], n, "tta", lambda r: tta_args(r, val_json, ckpt), predictions, seconds, ref
+        b, rows[-1], tta_n, "tta", lambda r: tta_args(r, val_json, ckpt), predictions, seconds, ref
     )
 
-    print("pseudolabel ...", flush=True)
-    rows.append(Row("pseudolabel kill (SIGKILL, rerun)"))
+    if "pseudo" in only:
+        print("pseudolabel ...", flush=True)
+        rows.append(Row("pseudolabel kill (SIGKILL, rerun)"))
+        scenario_pseudolabel(b, rows[-1], n, train_json, ckpt)
+    if "chunk" in only:
+        print("damaged chunks ...", flush=True)
+        rows.append(Row("damaged chunk in .partial/ (rerun)"))
+        scenario_chunks(b, rows[-1], max(1, n // 2), val_json, ckpt, ref)
+    if "disk" in only:
+        print("disk full ...", flush=True)
+        rows.append(Row("disk full (tta-infer, evaluate, submit)"))
+        scenario_disk_full(b, rows[-1], val_json, ckpt, ref_run)
+    return report(rows, start, work, keep=args.workdir is not None)
+
+
+def scenario_pseudolabel(b: Bench, row: Row, n: int, train_json: Path, ckpt: Path) -> None:
+    work = b.work
 
     def pseudo_args(run: Path) -> list[object]:
         return ["pseudolabel", "--run-dir", run, "--images", train_json, "--mode", "missing", "--checkpoint",
@@ -380,18 +402,12 @@ def main() -> int:
 
     out, seconds = b.timed(*pseudo_args(work / "pseudo_ref"))
     check(out, "reference pseudolabel")
-    rows[-1].note = f"reference {seconds:.0f} s"
+    row.note = f"reference {seconds:.0f} s"
     ref_pseudo = digest(*pseudo_out(work / "pseudo_ref"))
-    scenario_kill_rerun(b, rows[-1], n, "pseudo", pseudo_args, pseudo_out, seconds, ref_pseudo)
+    scenario_kill_rerun(b, row, n, "pseudo", pseudo_args, pseudo_out, seconds, ref_pseudo)
 
-    print("damaged chunks ...", flush=True)
-    rows.append(Row("damaged chunk in .partial/ (rerun)"))
-    scenario_chunks(b, rows[-1], max(1, n // 2), val_json, ckpt, ref)
 
-    print("disk full ...", flush=True)
-    rows.append(Row("disk full (tta-infer, evaluate, submit)"))
-    scenario_disk_full(b, rows[-1], val_json, ckpt, ref_run)
-
+def report(rows: list[Row], start: float, work: Path, *, keep: bool) -> int:
     print()
     print(f"{'scenario':40} {'attempts':>8} {'recovered':>9} {'lost':>5}  note")
     for r in rows:
@@ -399,7 +415,7 @@ def main() -> int:
     total_lost = sum(r.lost for r in rows)
     elapsed = time.perf_counter() - start
     print(f"\n{sum(r.attempts for r in rows)} attempts, {total_lost} lost, {elapsed:.0f} s (work dir {work})")
-    if args.workdir is None:
+    if not keep:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if total_lost else 0
 
