@@ -221,19 +221,26 @@ def registered(run: Path, paths: list[Path]) -> bool:
 def scenario_kill_rerun(
     b: Bench, row: Row, n: int, name: str, make_args, outputs, reference_seconds: float, ref: str
 ) -> None:
+    def complete(run: Path) -> str:
+        """'' when the run's outputs are whole, recorded and equal to the reference; else what is not."""
+        files = outputs(run)
+        if not files or digest(*files) != ref:
+            return "output missing or different from the uninterrupted run"
+        if (run / ".partial").exists() or not registered(run, files) or leftovers(run):
+            return f"leftovers or unregistered output ({leftovers(run)})"
+        return ""
+
     for i in range(n):
         run = b.work / f"{name}_{i}"
         b.run_killed(make_args(run), after=b.rng.uniform(0.3, 1.0) * reference_seconds)
-        res = b.run(*make_args(run))
-        files = outputs(run)
-        if res.returncode != 0:
-            row.add(False, (res.stderr.strip().splitlines() or ["?"])[-1])
-        elif digest(*files) != ref:
-            row.add(False, "output differs from the uninterrupted run")
-        elif (run / ".partial").exists() or not registered(run, files) or leftovers(run):
-            row.add(False, f"leftovers or unregistered output ({leftovers(run)})")
-        else:
+        if not complete(run):  # killed after it had finished everything: nothing to redo
             row.add(True)
+            continue
+        res = b.run(*make_args(run))  # what a user does: the same command again
+        problem = complete(run)
+        if res.returncode != 0:
+            problem = (res.stderr.strip().splitlines() or ["?"])[-1]
+        row.add(not problem, problem)
 
 
 def scenario_chunks(b: Bench, row: Row, n: int, images: Path, ckpt: Path, ref: str) -> None:
