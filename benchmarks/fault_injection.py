@@ -183,7 +183,7 @@ def scenario_train(b: Bench, row: Row, n: int, train_json: Path, iters: int) -> 
     row.note = f"reference {seconds:.0f} s, {iters} iterations"
     for i in range(n):
         run = b.work / f"train_{i}"
-        b.run_killed(train_args(run, train_json, iters), after=b.rng.uniform(0.3, 1.0) * seconds)
+        b.run_killed(train_args(run, train_json, iters), after=b.rng.uniform(0.2, 0.9) * seconds)
         ok, why = False, "did not finish after 3 reruns"
         for _ in range(3):
             args = train_args(run, train_json, iters)
@@ -232,7 +232,7 @@ def scenario_kill_rerun(
 
     for i in range(n):
         run = b.work / f"{name}_{i}"
-        b.run_killed(make_args(run), after=b.rng.uniform(0.3, 1.0) * reference_seconds)
+        b.run_killed(make_args(run), after=b.rng.uniform(0.2, 0.9) * reference_seconds)
         if not complete(run):  # killed after it had finished everything: nothing to redo
             row.add(True)
             continue
