@@ -124,6 +124,10 @@ class RunDir:
         """
         return phase_lock(self.root, phase, notify=notify)
 
+    def exclusive(self, name: str) -> contextlib.AbstractContextManager[Path | None]:
+        """The earlier name of :meth:`phase_lock` (kept so callers written against it keep working)."""
+        return self.phase_lock(name)
+
     # ------------------------------------------------------------------ reading
     def _read(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
