@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lvisctl.cli._options import SynthPreset
@@ -100,7 +101,7 @@ def _progress():
 def _print_summary(paths: dict[str, Path], splits: list[str]) -> None:
     from lvisctl.data.lvis import load_lvis
 
-    table = Table(title=f"synthetic LVIS in {paths['root']}")
+    table = Table(title=f"synthetic LVIS in {escape(str(paths['root']))}")
     for col in ("split", "file", "images", "annotations", "categories r/c/f"):
         table.add_column(col)
     for name in splits:
@@ -108,7 +109,7 @@ def _print_summary(paths: dict[str, Path], splits: list[str]) -> None:
         tags = [c.get("frequency") for c in data.categories.values()]
         rcf = "/".join(str(tags.count(t)) for t in "rcf")
         anns = str(data.num_annotations) if data.has_annotations else "-"
-        table.add_row(name, paths[name].name, str(len(data.images)), anns, rcf)
+        table.add_row(name, escape(paths[name].name), str(len(data.images)), anns, rcf)
     console.print(table)
 
 
@@ -144,7 +145,7 @@ def stats(
             raise LvisctlError(
                 f"{target}: already exists; pass --overwrite to replace it or choose another --out"
             )
-    with console.status(f"loading {gt}"):
+    with console.status(f"loading {escape(str(gt))}"):
         data = load_lvis(gt)
     result = dataset_stats(data)
     for table in stats_tables(result):
@@ -156,7 +157,7 @@ def stats(
             run.register(
                 "plot", path, inputs=[gt], meta={"plot": path.stem[len(prefix) :], "source": gt.name}
             )
-    console.print("plots: " + ", ".join(str(p) for p in written))
+    console.print("plots: " + ", ".join(str(p) for p in written), markup=False, highlight=False)
 
 
 def levels_table(data, scale: float):
@@ -184,17 +185,29 @@ def validate(
     image_root: Path | None = typer.Option(
         None, "--image-root", help="Image root (default: the json's folder)."
     ),
-    check_images: bool = typer.Option(
-        True, "--check-images/--no-check-images", help="Check the image files."
+    check_images: bool | None = typer.Option(
+        None,
+        "--images/--no-images",
+        "--check-images/--no-check-images",
+        help="Check the image files: exist, readable header and end marker, size as in the json. "
+        "Default: on when the images are reachable (some are found under the image root).",
+    ),
+    decode: bool = typer.Option(
+        False, "--decode", help="Also decode every image's pixels (slow; finds any damaged file)."
     ),
 ) -> None:
     """Validate an LVIS file (and its images); print a summary, or every problem's count and the first few."""
-    from lvisctl.data.lvis import validate_lvis
+    from lvisctl.data.lvis import images_reachable, validate_lvis
 
-    with console.status(f"validating {file}"):
-        data = validate_lvis(file, image_root=image_root, check_images=check_images)
+    with console.status(f"validating {escape(str(file))}"):
+        data = validate_lvis(file, image_root=image_root, check_images=check_images, decode_images=decode)
+    checked = decode or (images_reachable(data) if check_images is None else check_images)
+    console.print(_validate_table(file, data, checked, decode))
+
+
+def _validate_table(file: Path, data, checked: bool, decoded: bool) -> Table:
     tags = [c.get("frequency") for c in data.categories.values()]
-    table = Table(title=f"{file}: valid")
+    table = Table(title=f"{escape(str(file))}: valid")
     table.add_column("field")
     table.add_column("value", justify="right")
     table.add_row("kind", "annotations" if data.has_annotations else "image info (no annotations)")
@@ -204,8 +217,14 @@ def validate(
     neg = sum(len(i.get("neg_category_ids", [])) for i in data.images.values())
     not_ex = sum(len(i.get("not_exhaustive_category_ids", [])) for i in data.images.values())
     table.add_row("neg / not-exhaustive labels", f"{neg} / {not_ex}")
-    table.add_row("image files", f"all found under {data.image_root}" if check_images else "not checked")
-    console.print(table)
+    root = escape(str(data.image_root))
+    if checked:
+        how = "decoded" if decoded else "headers, end markers and sizes checked"
+        status = f"all found under {root} ({how})"
+    else:
+        status = f"not checked (none found under {root}; --images requires them)"
+    table.add_row("image files", status)
+    return table
 
 
 def register(app: typer.Typer) -> None:

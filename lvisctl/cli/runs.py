@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lvisctl.errors import LvisctlError
@@ -27,21 +28,21 @@ def show(
     run = RunDir(run_dir, create=False)
     if not run.manifest_path.exists():
         raise LvisctlError(f"{run.root}: not a run directory (no {run.manifest_path.name})")
-    table = Table(title=f"{run.root}", show_lines=False)
+    table = Table(title=escape(str(run.root)), show_lines=False)
     for col in ("kind", "path", "size", "sha256", "created", "made from", "command"):
         table.add_column(col, overflow="fold", no_wrap=col in ("kind", "size", "sha256"))
     if verify:
         table.add_column("status")
     bad = 0
     for a in run.artifacts():
-        row = [
-            a.kind,
-            a.path,
+        row = [  # paths and command lines are user text: escaped, never read as rich markup
+            escape(a.kind),
+            escape(a.path),
             _human_size(a.size),
-            a.sha256[:8],
-            a.created[5:16].replace("T", " "),
-            "\n".join(i["path"] if full else Path(i["path"]).name for i in a.inputs) or "-",
-            a.command if full else _short_command(a.command),
+            escape(a.sha256[:8]),
+            escape(a.created[5:16].replace("T", " ")),
+            escape("\n".join(i["path"] if full else Path(i["path"]).name for i in a.inputs) or "-"),
+            escape(a.command if full else _short_command(a.command)),
         ]
         if verify:
             status = _status(run, a)
@@ -76,7 +77,9 @@ def _status(run: RunDir, artifact) -> str:
     try:
         run.resolve(artifact)
     except LvisctlError as err:
-        return "[red]missing[/]" if "missing" in str(err) else "[red]changed[/]"
+        if "leaves the run directory" in str(err):
+            return "[red]refused: path leaves the run dir[/]"
+        return "[red]missing[/]" if "missing on disk" in str(err) else "[red]changed[/]"
     return "[green]ok[/]"
 
 

@@ -33,14 +33,17 @@ def submit(
 
     from lvisctl.evaluation.submission import run_submit
 
+    # Relative paths are relative to the working directory, as everywhere in Unix (not to --run-dir).
+    out = out.expanduser().resolve() if out is not None else None
     summary = run_submit(results, image_info, out, truncate=truncate, run_dir=run_dir, overwrite=overwrite)
     Console().print(summary_table(summary))
 
 
 def summary_table(summary):
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"submission {summary.out}")
+    table = Table(title=f"submission {escape(str(summary.out))}")
     table.add_column("item")
     table.add_column("value", justify="right")
     table.add_row("images covered", f"{summary.images_covered} / {summary.images}")

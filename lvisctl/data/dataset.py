@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 
 from lvisctl.data.categories import CategoryMap
+from lvisctl.data.image_io import read_image_tensor
+from lvisctl.data.lvis import ann_to_rle
 from lvisctl.data.samplers import (
     EpochSampler,
     ExtraImagesSampler,
@@ -101,7 +102,7 @@ class LvisTrainDataset(torch.utils.data.Dataset):
         """The un-augmented sample of image ``index``: decoded image, masks and federated fields."""
         image_id = self.image_ids[index]
         record = self.lvis.images[image_id]
-        image = _read_image(Path(self.lvis.image_path(image_id)), record)
+        image = _read_image(self.lvis, image_id, record)
         h, w = image.shape[-2:]
         cmap = self.category_map
         anns = [a for a in self.lvis.anns_by_image.get(image_id, ()) if a["category_id"] in cmap]
@@ -242,48 +243,29 @@ def build_train_data(
     return ConcatTrainDataset([dataset, extra]), ExtraImagesSampler(sampler, len(extra), per_epoch)
 
 
-def _read_image(path: Path, record: Mapping[str, Any]) -> torch.Tensor:
+def _read_image(lvis: Any, image_id: int, record: Mapping[str, Any]) -> torch.Tensor:
+    """The image through the one reader (lvisctl/data/image_io.py), checked against the json's size."""
+    path = Path(lvis.image_path(image_id))
     if not path.is_file():
-        raise LvisctlError(f"{path}: image file not found (check --image-root)")
-    try:
-        with Image.open(path) as img:
-            array = np.array(img.convert("RGB"))  # writable copy
-    except OSError as err:
-        raise LvisctlError(f"{path}: cannot decode image ({str(err).splitlines()[0]})") from None
-    image = torch.from_numpy(array).permute(2, 0, 1).contiguous()
-    h, w = image.shape[-2:]
-    if "height" in record and (int(record["height"]), int(record["width"])) != (h, w):
+        root, source = getattr(lvis, "image_root", "?"), getattr(lvis, "image_root_source", "")
+        hint = "; set data.image_root (train) or --image-root" if source in ("", "the json's folder") else ""
         raise LvisctlError(
-            f"{path}: image is {w}x{h} but the annotation file says {record['width']}x{record['height']}"
+            f"{path}: image file not found (image {image_id}; image root {root}"
+            f"{f' from {source}' if source else ''}{hint})"
         )
-    return image
+    hw = (int(record["height"]), int(record["width"])) if "height" in record else None
+    return read_image_tensor(path, expected_hw=hw)
 
 
 def _decode_masks(anns: Sequence[Mapping[str, Any]], h: int, w: int) -> np.ndarray:
     """``[N,H,W]`` uint8 masks of polygon / RLE segmentations, decoded by pycocotools in one call."""
     if not anns:
         return np.zeros((0, h, w), dtype=np.uint8)
-    rles = []
-    for ann in anns:
-        seg = ann["segmentation"]
-        if isinstance(seg, list):  # polygons (lists or float32 arrays): one RLE per part, merged
-            parts = [np.asarray(p, dtype=np.float64) for p in seg if len(p) >= 6]  # < 3 points: no pixels
-            rles.append(mask_utils.merge(mask_utils.frPyObjects(parts, h, w)) if parts else _empty_rle(h, w))
-        elif isinstance(seg.get("counts"), list):  # uncompressed RLE
-            rles.append(mask_utils.frPyObjects(seg, h, w))
-        else:
-            counts = seg["counts"]
-            rles.append(
-                {"size": list(seg["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
-            )
+    rles = [ann_to_rle(ann, h, w) for ann in anns]  # the one segmentation decoder (data/lvis.py)
     with warnings.catch_warnings():  # pycocotools' numpy-2 "copy keyword" deprecation, not ours
         warnings.simplefilter("ignore", DeprecationWarning)
         decoded = mask_utils.decode(rles)  # [H,W,N], Fortran order
     return np.ascontiguousarray(decoded.transpose(2, 0, 1))
-
-
-def _empty_rle(h: int, w: int) -> dict:
-    return mask_utils.encode(np.zeros((h, w), dtype=np.uint8, order="F"))
 
 
 def _index_tensor(cmap: CategoryMap, cat_ids: Sequence[int]) -> torch.Tensor:

@@ -40,7 +40,6 @@ from lvisctl.errors import LvisctlError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MAX_LISTED_SKIPS = 5
 ID_BITS = 53  # ids stay exact as float64 (JavaScript, some json readers)
-TAIL_BYTES = 4096  # where a complete JPEG / PNG keeps its end marker (encoders may pad after it)
 _WINDOW_PER_WORKER = 64  # header reads in flight per thread: bounded memory, enough to hide latency
 
 
@@ -195,32 +194,10 @@ def _is_complete(payload: dict[str, Any], images: Sequence[dict]) -> bool:
 def read_image_size(path: Path) -> tuple[int, int]:
     """Upright ``(width, height)`` from the file header (EXIF rotations by 90 degrees swap them, as the
     image reader applies them); raises for a file that cannot be used (missing, not an image, a JPEG/PNG
-    cut short: its end marker is missing)."""
-    try:  # the one image reader's header probe (lvisctl/data/image_io.py), when this tree has it
-        from lvisctl.data.image_io import probe_image
-    except ImportError:
-        return _header_size(path)
+    cut short: its end marker is missing). The one image reader's header probe does the work."""
+    from lvisctl.data.image_io import probe_image
+
     height, width = probe_image(path)
-    return width, height
-
-
-def _header_size(path: Path) -> tuple[int, int]:
-    """What ``image_io.probe_image`` checks, for a tree without it."""
-    from PIL import Image
-
-    with Image.open(path) as img:  # lazy: parses the header only
-        width, height = img.size
-        fmt = img.format
-        if img.getexif().get(0x0112) in (5, 6, 7, 8):
-            width, height = height, width
-    marker = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}.get(fmt or "")
-    if marker is not None:
-        with open(path, "rb") as fh:
-            fh.seek(max(path.stat().st_size - TAIL_BYTES, 0))
-            if marker not in fh.read():
-                raise OSError(f"truncated {fmt} (no end marker)")
-    if width <= 0 or height <= 0:
-        raise OSError(f"image size {width}x{height}")
     return width, height
 
 

@@ -52,10 +52,16 @@ class LvisData:
     has_annotations: bool = True
     info: dict = field(default_factory=dict)
     licenses: list = field(default_factory=list)
+    image_root_source: str = "the json's folder"  # what set image_root, for "image not found" messages
 
     def image_path(self, image_id: int) -> Path:
         """Where the image file lives, resolved as detectron2 does."""
         return self.image_root / image_relpath(self.images[image_id])
+
+    def image_hw(self, image_id: int) -> tuple[int, int]:
+        """The json's ``(height, width)`` of an image (what its file must decode to)."""
+        record = self.images[image_id]
+        return int(record["height"]), int(record["width"])
 
     def category_stats(self) -> CategoryStats:
         """Per-class image/instance counts counted from this file's annotations (r/c/f from the records)."""
@@ -68,6 +74,38 @@ class LvisData:
     @property
     def num_annotations(self) -> int:
         return sum(len(a) for a in self.anns_by_image.values())
+
+
+@dataclass(frozen=True)
+class ImageRoot:
+    """Where image files are looked up, and which setting said so (named in "not found" messages)."""
+
+    path: Path
+    source: str
+
+
+def resolve_image_root(data_cfg: Any = None, *, option: str | Path | None = None) -> ImageRoot | None:
+    """The image root every command uses, in one order: the command's ``--image-root`` option, else the
+    config's ``data.image_root`` (relative to ``data.root``), else None = each json's own folder.
+
+    ``data_cfg`` is the ``data`` section of a config (a mapping; None when the command has none). The
+    README's detectron2 layout sets ``data.image_root=datasets/coco`` once, and training, ``tta-infer``
+    and ``pseudolabel`` (whose configs come from the checkpoint) all find ``datasets/coco/val2017/...``.
+    """
+    if option is not None and str(option) != "":
+        return ImageRoot(Path(option).expanduser(), "--image-root")
+    if data_cfg is None:
+        return None
+    path = configured_path(data_cfg, "image_root")
+    if path is None:
+        return None
+    root = str(data_cfg.get("root", "") or "")
+    source = (
+        "data.root + data.image_root"
+        if root and not Path(str(data_cfg.get("image_root"))).is_absolute()
+        else "data.image_root"
+    )
+    return ImageRoot(path, source)
 
 
 def image_relpath(image: dict) -> str:
@@ -90,13 +128,78 @@ def ann_to_rle(ann: dict, height: int, width: int) -> dict:
     from pycocotools import mask as mask_utils
 
     seg = ann["segmentation"]
-    if isinstance(seg, list):  # polygons: rasterise each and take the union
-        polys = [np.asarray(p, dtype=np.float64) for p in seg]
+    if isinstance(seg, list):  # polygons: rasterise each and take the union (< 3 points: no pixels)
+        polys = [np.asarray(p, dtype=np.float64) for p in seg if len(p) >= 6]
+        if not polys:
+            return mask_utils.encode(np.zeros((height, width), dtype=np.uint8, order="F"))
         return mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
     if isinstance(seg["counts"], list):  # uncompressed RLE
         return mask_utils.frPyObjects(seg, height, width)
     counts = seg["counts"]
     return {"size": list(seg["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
+
+
+def rle_string_counts(counts: str | bytes) -> list[int]:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``), checked.
+
+    Each run is a little-endian base-32 number, 5 bits per character ('0' + value, bit 0x20 = "more
+    follows", bit 0x10 of the last character = sign), runs after the second stored as the difference
+    to the run two before. Raises ``ValueError`` for a character outside '0'..'o' or a string that ends
+    inside a number.
+    """
+    data = counts.encode() if isinstance(counts, str) else bytes(counts)
+    runs: list[int] = []
+    pos = 0
+    while pos < len(data):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(data):
+                raise ValueError("the counts string ends in the middle of a number")
+            c = data[pos] - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"character {chr(data[pos])!r} is not an RLE counts character")
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            pos += 1
+            shift += 5
+            if not more and c & 0x10:
+                value |= -1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
+def rle_problem(seg: dict, height: int, width: int) -> str | None:
+    """What is wrong with an RLE segmentation on an image of ``height x width`` (None if nothing).
+
+    The runs must be non-negative integers that add up to exactly ``h * w``: a short RLE decodes to
+    uninitialised memory in pycocotools (a random mask, then a negative or NaN mask loss), a long one
+    writes past the mask.
+    """
+    size = seg.get("size")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+        return f"RLE size {size!r} is not [height, width]"
+    if list(size) != [height, width]:
+        return f"RLE size {size} != image size [{height}, {width}]"
+    counts = seg["counts"]
+    if isinstance(counts, list):
+        if not all(_is_int(v) and v >= 0 for v in counts):
+            return "RLE counts must be non-negative integers"
+        runs = counts
+    elif isinstance(counts, (str, bytes)):
+        try:
+            runs = rle_string_counts(counts)
+        except ValueError as err:
+            return f"RLE counts string is damaged ({err})"
+        if any(r < 0 for r in runs):
+            return "RLE counts string decodes to a negative run"
+    else:
+        return "RLE counts must be a string or a list of integers"
+    total = sum(runs)
+    if total != height * width:
+        return f"RLE runs cover {total} pixels, not height x width = {height * width}"
+    return None
 
 
 def segmentation_to_json(seg: Any) -> Any:
@@ -114,32 +217,49 @@ def annotation_to_json(ann: dict) -> dict:
 def load_lvis(
     path: str | Path,
     *,
-    image_root: str | Path | None = None,
-    check_images: bool = False,
+    image_root: str | Path | ImageRoot | None = None,
+    check_images: bool | None = False,
+    decode_images: bool = False,
 ) -> LvisData:
     """Load and validate an LVIS v1 annotation file or a test-dev style image-info file.
 
-    ``image_root`` defaults to the json's folder. With ``check_images`` every image file must exist.
+    ``image_root`` defaults to the json's folder (:func:`resolve_image_root` gives the one every
+    command uses). With ``check_images`` every image file must exist, be a readable image (header and
+    end marker; ``decode_images`` decodes the pixels too) and have the json's size; ``None`` checks
+    them when they are reachable (:func:`images_reachable`).
     Raises one ``LvisctlError`` listing the problems found.
     """
     data, problems = _load_unchecked(path, image_root)
-    problems.extend(lvis_problems(data, check_images=check_images))
+    if check_images is None:
+        check_images = images_reachable(data)
+    problems.extend(lvis_problems(data, check_images=check_images or decode_images, decode=decode_images))
     _raise_if_any(data.path, problems)
     return data
+
+
+def images_reachable(data: LvisData) -> bool:
+    """Whether the images can be checked: some of the first images exist under the image root."""
+    return any(data.image_path(i).is_file() for i in sorted(data.images)[:20])
 
 
 def validate_lvis(
     path: str | Path,
     *,
-    image_root: str | Path | None = None,
-    check_images: bool = True,
+    image_root: str | Path | ImageRoot | None = None,
+    check_images: bool | None = True,
+    decode_images: bool = False,
 ) -> LvisData:
-    """``load_lvis`` with the image check on by default (``lvisctl data validate``)."""
-    return load_lvis(path, image_root=image_root, check_images=check_images)
+    """``load_lvis`` with the image check on by default (``lvisctl data validate``; None = when the
+    images are reachable)."""
+    return load_lvis(path, image_root=image_root, check_images=check_images, decode_images=decode_images)
 
 
-def _load_unchecked(path: str | Path, image_root: str | Path | None) -> tuple[LvisData, list[str]]:
+def _load_unchecked(
+    path: str | Path, image_root: str | Path | ImageRoot | None
+) -> tuple[LvisData, list[str]]:
     path = Path(path)
+    if path.is_dir():
+        raise LvisctlError(f"{path}: is a directory, not an LVIS json file")
     if not path.is_file():
         raise LvisctlError(f"{path}: file not found")
     problems: list[str] = []
@@ -151,16 +271,23 @@ def _load_unchecked(path: str | Path, image_root: str | Path | None) -> tuple[Lv
         "categories": categories.append,
         "annotations": lambda ann: annotations.append(_compact_annotation(ann, problems)),
     }
-    with open(path, encoding="utf-8") as fh:
+    # utf-8-sig: a byte-order mark (some Windows editors write one) is accepted, as json.load does not
+    with open(path, encoding="utf-8-sig") as fh:
         other = _StreamParser(fh, path).parse_object(handlers)
     has_annotations = "annotations" in other["_seen"]
     for key in ("images", "categories"):
         if key not in other["_seen"]:
             problems.append(f"missing top-level key '{key}'")
-    root = Path(image_root) if image_root is not None else path.parent
+    if isinstance(image_root, ImageRoot):
+        root, root_source = image_root.path, image_root.source
+    elif image_root is not None:
+        root, root_source = Path(image_root).expanduser(), "--image-root"
+    else:
+        root, root_source = path.parent, "the json's folder"
     data = LvisData(
         path=path,
         image_root=root,
+        image_root_source=root_source,
         images={},
         categories={},
         anns_by_image={},
@@ -200,7 +327,15 @@ class _StreamParser:
 
     def _fill(self) -> None:
         self.lines_before += self.buf.count("\n", 0, self.pos)
-        chunk = self.fh.read(_CHUNK_CHARS)
+        try:
+            chunk = self.fh.read(_CHUNK_CHARS)
+        except UnicodeDecodeError as err:
+            bad = err.object[err.start : err.start + 1].hex()
+            line = self.lines_before + self.buf.count("\n", self.pos) + 1
+            raise LvisctlError(
+                f"{self.path}: not UTF-8 text (byte 0x{bad} on or after line {line}); "
+                "LVIS json files must be UTF-8"
+            ) from None
         self.buf, self.pos = self.buf[self.pos :] + chunk, 0
         self.eof = not chunk
 
@@ -247,7 +382,13 @@ class _StreamParser:
 
     def parse_object(self, handlers: dict[str, Callable[[Any], None]]) -> dict[str, Any]:
         """Top-level keys with a handler and an array value are streamed; others are returned."""
-        if self._peek() != "{":
+        first = self._peek()
+        if first == "[":
+            raise LvisctlError(
+                f"{self.path}: valid json, but the top level is a list; an LVIS file must be a json object "
+                "with 'images', 'categories' and 'annotations' (a list is a results file)"
+            )
+        if first != "{":
             raise self._error("an LVIS file must be a json object")
         self.pos += 1
         other: dict[str, Any] = {"_seen": set()}
@@ -386,6 +527,8 @@ def _segmentation_problem(seg: Any) -> str | None:
                 return "segmentation is not a list of number lists"
             if poly.size < 6 or poly.size % 2:
                 return f"degenerate polygon with {poly.size} coordinates (needs an even number >= 6)"
+            if not np.isfinite(poly).all():
+                return "polygon has a coordinate that is not a finite number"
         return None
     if isinstance(seg, dict) and "size" in seg and "counts" in seg:
         return None
@@ -405,21 +548,75 @@ def _label_problems(data: LvisData) -> list[str]:
         if both:
             problems.append(f"image {img_id}: categories {both[:5]} annotated but in neg_category_ids")
         for ann in anns:
-            seg = ann["segmentation"]
-            if isinstance(seg, dict) and list(seg["size"]) != [img["height"], img["width"]]:
-                problems.append(f"annotation {ann['id']}: RLE size {seg['size']} != image size")
+            problems.extend(_annotation_on_image_problems(ann, img))
     return problems
 
 
-def lvis_problems(data: LvisData, *, check_images: bool = False) -> list[str]:
-    """Problems that need the file system: image files that do not exist under ``image_root``."""
+def _annotation_on_image_problems(ann: dict, img: dict) -> list[str]:
+    """Checks of an annotation against its image's size: RLE runs, a box entirely outside the image."""
+    out: list[str] = []
+    seg = ann["segmentation"]
+    if isinstance(seg, dict):
+        problem = rle_problem(seg, img["height"], img["width"])
+        if problem:
+            out.append(f"annotation {ann['id']}: {problem}")
+    box = ann["bbox"]
+    if isinstance(box, list) and len(box) == 4 and all(_is_number(v) and math.isfinite(v) for v in box):
+        x, y, w, h = box
+        if w > 0 and h > 0 and (x >= img["width"] or y >= img["height"] or x + w <= 0 or y + h <= 0):
+            out.append(
+                f"annotation {ann['id']}: bbox {box} lies entirely outside its "
+                f"{img['width']}x{img['height']} image"
+            )
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def lvis_problems(data: LvisData, *, check_images: bool = False, decode: bool = False) -> list[str]:
+    """Problems that need the file system: each image file must exist under ``image_root``, be a
+    readable image (header and end marker; with ``decode`` the pixels) and have the json's size."""
     if not check_images:
         return []
-    return [
-        f"image {img_id}: file {data.image_path(img_id)} not found"
-        for img_id in data.images
-        if not data.image_path(img_id).is_file()
-    ]
+    report = image_report(data, decode=decode)
+    return report.problems(data)
+
+
+@dataclass
+class ImageReport:
+    """The image files of an LVIS file, checked: which are missing, unreadable or of another size."""
+
+    missing: dict[int, str] = field(default_factory=dict)
+    unreadable: dict[int, str] = field(default_factory=dict)
+    wrong_size: dict[int, str] = field(default_factory=dict)
+
+    def problems(self, data: LvisData) -> list[str]:
+        where = f"image root {data.image_root} ({data.image_root_source})"
+        out = [f"image {i}: file {p} not found under {where}" for i, p in self.missing.items()]
+        out += [f"image {i}: {m}" for i, m in self.unreadable.items()]
+        out += [f"image {i}: {m}" for i, m in self.wrong_size.items()]
+        return out
+
+
+def image_report(data: LvisData, image_ids: Any = None, *, decode: bool = False) -> ImageReport:
+    """Check the image files of ``image_ids`` (default all) with the one reader's header probe."""
+    from lvisctl.data.image_io import ImageReadError, ImageSizeError, probe_image
+
+    report = ImageReport()
+    for img_id in sorted(data.images) if image_ids is None else image_ids:
+        path = data.image_path(img_id)
+        if not path.is_file():
+            report.missing[img_id] = str(path)
+            continue
+        try:
+            probe_image(path, expected_hw=data.image_hw(img_id), decode=decode)
+        except ImageSizeError as err:
+            report.wrong_size[img_id] = str(err)
+        except ImageReadError as err:
+            report.unreadable[img_id] = str(err)
+    return report
 
 
 def configured_path(data_cfg: Any, key: str) -> Path | None:

@@ -222,16 +222,9 @@ def _path(run: RunDir, source: Artifact | Path) -> Path:
 
 
 def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise LvisctlError(f"{path}: file not found")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            payload = json.load(fh)
-    except json.JSONDecodeError as err:
-        raise LvisctlError(f"{path}: not valid json ({err.msg} at line {err.lineno})") from None
-    if not isinstance(payload, dict):
-        raise LvisctlError(f"{path}: a pseudo-label file must be a json object (LVIS format)")
-    return payload
+    from lvisctl.rundir.io import read_json
+
+    return read_json(path, expect=dict, what="a pseudo-label file in LVIS format")
 
 
 def _source_problems(payload: Mapping[str, Any], mode: str, key: str) -> list[str]:

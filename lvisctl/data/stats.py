@@ -85,15 +85,16 @@ def dataset_stats(data: LvisData) -> DatasetStats:
 
 def stats_tables(stats: DatasetStats) -> list:
     """Rich tables: r/c/f groups, the mask/box ratio histogram (all and per group), the longest tail."""
+    from rich.markup import escape  # a file name is user text, never markup ("res[val].json")
     from rich.table import Table
 
-    groups = Table(title=f"{stats.name}: categories by frequency ({stats.num_images} images)")
+    groups = Table(title=f"{escape(stats.name)}: categories by frequency ({stats.num_images} images)")
     for col in ("group", "categories", "category-images", "instances", "instances / category"):
         groups.add_column(col, justify="right")
     for tag, n_cat, n_img, n_inst in stats.group_table():
         groups.add_row(tag, str(n_cat), str(n_img), str(n_inst), f"{n_inst / n_cat:.1f}" if n_cat else "-")
 
-    ratio = Table(title=f"{stats.name}: mask/box area ratio ({len(stats.ratios)} annotations)")
+    ratio = Table(title=f"{escape(stats.name)}: mask/box area ratio ({len(stats.ratios)} annotations)")
     ratio.add_column("ratio", justify="right")
     for col in ("all", *FREQUENCIES):
         ratio.add_column(col, justify="right")

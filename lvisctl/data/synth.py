@@ -36,11 +36,12 @@ import numpy as np
 
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import RunDir
-from lvisctl.rundir.io import atomic_write_json
+from lvisctl.rundir.io import atomic_write_json, read_json
 
 # the real LVIS v1 category table ships inside the package (package data, see setup.py)
 REAL_CATEGORIES_FILE = Path(__file__).resolve().parent / "lvis_v1_categories.json"
 LVIS_TRAIN_IMAGES = 100_170  # images in LVIS v1 train, the denominator of the real table's counts
+SYNTH_MARKER = ".lvisctl-synth.json"  # lists what data synth wrote (what --overwrite may remove)
 SPLITS = (  # name, image folder, json file, annotated
     ("train", "train2017", "lvis_v1_train.json", True),
     ("val", "val2017", "lvis_v1_val.json", True),
@@ -198,10 +199,7 @@ def load_category_table(path: str | Path | None = None) -> list[dict]:
     path = Path(path) if path is not None else REAL_CATEGORIES_FILE
     if not path.is_file():
         raise LvisctlError(f"{path}: LVIS category table not found (pass its path explicitly)")
-    try:
-        table = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise LvisctlError(f"{path}: not valid json ({err.msg} at line {err.lineno})") from None
+    table = read_json(path)
     if not isinstance(table, list) or not all(
         isinstance(c, dict) and {"id", "name"} <= c.keys() for c in table
     ):
@@ -713,8 +711,10 @@ def generate_synthetic_lvis(
     """
     cfg = resolve_config(preset, **overrides)
     out = Path(out_dir).expanduser().resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise LvisctlError(f"{out}: already exists and is not empty; pass --overwrite to replace it")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise LvisctlError(f"{out}: already exists and is not empty; pass --overwrite to replace it")
+        check_replaceable(out)
     table = load_category_table(categories_file) if cfg.real_categories or categories_file else None
     if table is not None and cfg.num_categories > len(table):
         raise LvisctlError(f"--num-categories {cfg.num_categories}: the category table has only {len(table)}")
@@ -723,12 +723,50 @@ def generate_synthetic_lvis(
     tmp.mkdir(parents=True)
     try:
         _write_dataset(tmp, cfg, seed, table, progress, preset)
+        _write_marker(tmp, preset, seed)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"root": out, **{name: out / fname for name, _, fname, _ in SPLITS}}
+
+
+def _write_marker(folder: Path, preset: str, seed: int) -> None:
+    """Record every file this command wrote, so ``--overwrite`` can later prove the folder is ours."""
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    marker = {"written_by": "lvisctl data synth", "preset": preset, "seed": seed, "files": files}
+    atomic_write_json(folder / SYNTH_MARKER, marker, indent=None)
+
+
+def check_replaceable(out: Path) -> None:
+    """``--overwrite`` replaces only a dataset folder ``data synth`` wrote, holding nothing else.
+
+    The folder must carry the marker this command writes, and every file in it must be one the marker
+    lists: a folder of the user's (notes, a real COCO tree, a run directory, ``--out .``) is refused
+    with one line, whatever it holds.
+    """
+    if not out.is_dir():
+        raise LvisctlError(f"{out}: is a file; --overwrite only replaces a dataset folder made by data synth")
+    marker = out / SYNTH_MARKER
+    try:
+        listed = set(json.loads(marker.read_bytes())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise LvisctlError(
+            f"{out}: not a dataset folder written by 'lvisctl data synth' (no valid {SYNTH_MARKER}); "
+            "--overwrite only replaces those: choose another --out or empty the folder yourself"
+        ) from None
+    extra = [
+        p.relative_to(out).as_posix()
+        for p in sorted(out.rglob("*"))
+        if p != marker and (not p.is_dir() or p.is_symlink()) and p.relative_to(out).as_posix() not in listed
+    ]
+    if extra:
+        shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+        raise LvisctlError(
+            f"{out}: holds files 'lvisctl data synth' did not write ({shown}); --overwrite would delete "
+            "them, so it refuses: move them away or choose another --out"
+        )
 
 
 def _write_dataset(

@@ -48,23 +48,17 @@ class TrainData:
 
 def data_path(cfg: Mapping[str, Any], key: str) -> Path | None:
     """``data.<key>`` as a path (relative to ``data.root`` when set); None when the key is empty."""
-    data = cfg.get("data", {}) or {}
-    value = str(data.get(key, "") or "")
-    if not value:
-        return None
-    path = Path(value).expanduser()
-    root = str(data.get("root", "") or "")
-    if root and not path.is_absolute():
-        path = Path(root).expanduser() / path
-    return path
+    from lvisctl.data.lvis import configured_path
+
+    return configured_path(cfg.get("data", {}) or {}, key)
 
 
-def train_image_root(cfg: Mapping[str, Any]) -> Path | None:
-    """``data.image_root`` (relative to ``data.root``); None = the annotation file's folder."""
-    root = data_path(cfg, "image_root")
-    if root is not None and not root.is_dir():
-        raise LvisctlError(f"{root}: image folder (data.image_root) not found")
-    return root
+def train_image_root(cfg: Mapping[str, Any]) -> Any:
+    """The image root of the config's data (``data.image_root`` relative to ``data.root``), as every
+    command resolves it (:func:`lvisctl.data.lvis.resolve_image_root`); None = the json's folder."""
+    from lvisctl.data.lvis import resolve_image_root
+
+    return resolve_image_root(cfg.get("data", {}) or {})
 
 
 def resolve_train_annotations(cfg: Mapping[str, Any], run: RunDir) -> Artifact | Path:

@@ -136,7 +136,9 @@ def train(
     try:
         phase_ = ckpt_io.Phase(stage, phase or "")
         opts = _Options(resume, overwrite, allow_changed_inputs, build_model, build_data, hooks)
-        return _train(cfg, RunDir(run_dir), info, phase_, opts)
+        run = RunDir(run_dir)
+        with run.phase_lock(phase_.name):  # one writer per phase for the command's whole life
+            return _train(cfg, run, info, phase_, opts)
     finally:
         cleanup_distributed()
 

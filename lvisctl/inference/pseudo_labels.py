@@ -463,28 +463,13 @@ class PseudoLabelOutcome:
 
 
 def pseudolabel_checkpoint(run: Any, checkpoint: Any = None) -> tuple[Any, Path, str]:
-    """``(manifest input, file, note)`` of ``--checkpoint`` (a path, or with the engine's resolver also
-    ``best`` / a phase name), by default the newest final stage-1 checkpoint (pseudo labels feed stage 1),
+    """``(manifest input, file, note)`` of ``--checkpoint`` (a path, ``best`` or a phase name, through the
+    engine's one resolver), by default the newest final stage-1 checkpoint (pseudo labels feed stage 1),
     whatever ran last."""
-    try:  # the one checkpoint resolver (engine/checkpoint.py), when this tree has it
-        from lvisctl.engine.checkpoint import resolve_checkpoint as resolve
-    except ImportError:
-        resolve = None
-    note = "--checkpoint" if checkpoint is not None else "newest stage-1 final"
-    if resolve is not None:
-        found = resolve(run, checkpoint, stage=1 if checkpoint is None else None)
-    elif checkpoint is None:
-        finals = run.find("checkpoint", stage=1, final=True)
-        if not finals:
-            raise LvisctlError(
-                f"{run.manifest_path}: no final stage-1 checkpoint recorded; train --stage 1 first or pass "
-                "--checkpoint PATH"
-            )
-        found = finals[-1]
-    else:
-        from lvisctl.inference.runner import resolve_checkpoint
+    from lvisctl.engine.checkpoint import resolve_checkpoint
 
-        found = resolve_checkpoint(run, Path(checkpoint))[0]
+    note = "--checkpoint" if checkpoint is not None else "newest stage-1 final"
+    found = resolve_checkpoint(run, checkpoint, stage=1 if checkpoint is None else None)
     path = run.resolve(found) if hasattr(found, "sha256") else Path(found).expanduser().resolve()
     return found, path, note
 
@@ -557,51 +542,55 @@ def make_pseudo_labels(
     _tell(on_note, [f"checkpoint: {run.relative(ckpt_path)} ({note})"])  # before the slow part
     src = _images_of(source, run, ckpt_art, images, image_root)
     out_rel = str(out) if out else f"pseudo_labels/{_source_name(src)}_{mode}.json"
-    out_path = run.output_path(out_rel, overwrite=overwrite)  # fail before hours of inference
-    info = _image_source(source, src, run, categories, image_root, image_list, workers)
-    outcome = PseudoLabelOutcome(None, run.relative(ckpt_path), note, info.skipped)
-    _tell(on_note, info.skipped.lines())
-    gt = _load_images(info, mode)
-    # unlabeled images keep the top max_per_image anyway: the intermediate file need not hold 300
-    cap = [f"inference.detections_per_image={max_per_image}"] if mode == "unlabeled" else []
-    pred = predict_to_run_dir(
-        Path(run_dir),
-        info.path,
-        checkpoint=Path(ckpt_path),
-        scales=scales,
-        image_root=info.image_root,
-        out=Path(run.root / "predictions" / f"{info.path.stem}_for_{mode}_pseudo_labels.json"),
-        overwrite=True,  # an intermediate of this command, re-made with the current checkpoint
-        overrides=[*cap, *overrides],
-        extra_meta={"purpose": PURPOSE},
-        max_chunks=max_chunks,
-        on_start=on_start,
-        on_images=on_images,
-    )
-    if not pred.is_main or pred.artifact is None:
-        outcome.incomplete = pred.is_main  # rank 0 without predictions: max_chunks stopped it
+    # one writer of this pseudo-label file at a time (its inference is locked again by the runner)
+    with run.phase_lock(f"pseudolabel-{Path(out_rel).stem}"):
+        out_path = run.output_path(out_rel, overwrite=overwrite)  # fail before hours of inference
+        info = _image_source(source, src, run, categories, image_root, image_list, workers)
+        outcome = PseudoLabelOutcome(None, run.relative(ckpt_path), note, info.skipped)
+        _tell(on_note, info.skipped.lines())
+        gt = _load_images(info, mode)
+        # unlabeled images keep the top max_per_image anyway: the intermediate file need not hold 300
+        cap = [f"inference.detections_per_image={max_per_image}"] if mode == "unlabeled" else []
+        pred = predict_to_run_dir(
+            Path(run_dir),
+            info.path,
+            checkpoint=Path(ckpt_path),
+            scales=scales,
+            image_root=info.image_root,
+            out=Path(run.root / "predictions" / f"{info.path.stem}_for_{mode}_pseudo_labels.json"),
+            overwrite=True,  # an intermediate of this command, re-made with the current checkpoint
+            overrides=[*cap, *overrides],
+            extra_meta={"purpose": PURPOSE},
+            max_chunks=max_chunks,
+            on_start=on_start,
+            on_images=on_images,
+        )
+        if not pred.is_main or pred.artifact is None:
+            outcome.incomplete = pred.is_main  # rank 0 without predictions: max_chunks stopped it
+            return outcome
+        selector = Selector.for_data(
+            gt, mode, score_thresh.by_category(categories), max_gt_iou, max_per_image
+        )
+        scores = ScoreSample({c["id"]: c["frequency"] for c in categories})
+        num_labels, num_images = write_pseudo_labels(
+            out_path, iter_split_results(pred.out_path), selector, categories, scores=scores
+        )
+        if num_labels < HANDFUL:
+            outcome.score_lines = scores.lines()
+        meta = {
+            "mode": mode,
+            "source": source,
+            "images": str(info.path),
+            "checkpoint": outcome.checkpoint,
+            "score_thresh": str(score_thresh),
+            "num_labels": num_labels,
+            "num_images": num_images,
+            "skipped_images": outcome.skipped.count,
+            **({"image_root": str(info.image_root)} if info.image_root else {}),
+        }
+        inputs = [pred.artifact, ckpt_art if hasattr(ckpt_art, "sha256") else ckpt_path, info.path]
+        outcome.artifact = run.register("pseudo-labels", out_path, inputs=inputs, meta=meta)
         return outcome
-    selector = Selector.for_data(gt, mode, score_thresh.by_category(categories), max_gt_iou, max_per_image)
-    scores = ScoreSample({c["id"]: c["frequency"] for c in categories})
-    num_labels, num_images = write_pseudo_labels(
-        out_path, iter_split_results(pred.out_path), selector, categories, scores=scores
-    )
-    if num_labels < HANDFUL:
-        outcome.score_lines = scores.lines()
-    meta = {
-        "mode": mode,
-        "source": source,
-        "images": str(info.path),
-        "checkpoint": outcome.checkpoint,
-        "score_thresh": str(score_thresh),
-        "num_labels": num_labels,
-        "num_images": num_images,
-        "skipped_images": outcome.skipped.count,
-        **({"image_root": str(info.image_root)} if info.image_root else {}),
-    }
-    inputs = [pred.artifact, ckpt_art if hasattr(ckpt_art, "sha256") else ckpt_path, info.path]
-    outcome.artifact = run.register("pseudo-labels", out_path, inputs=inputs, meta=meta)
-    return outcome
 
 
 def _tell(on_note: Callable[[str], None] | None, lines: Iterable[str]) -> None:

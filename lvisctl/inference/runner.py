@@ -13,6 +13,13 @@ streams them in chunk order into the final files (atomically) and removes the pa
 hold full records; the final assembly splits them into ``<stem>.segm.json`` (no ``bbox``, so mask metrics
 use mask areas) and ``<stem>.bbox.json`` (no ``segmentation``), see ``results.write_split_results``. The
 final files are therefore the same whatever the number of processes or interruptions.
+
+Damage and bad images. A chunk file that does not parse or holds other images than its chunk (a disk
+error, a hand edit) is deleted and recomputed, with a note. An image that cannot be read (empty,
+truncated, not an image) is skipped and listed: the chunk records it under ``skipped``, the final
+summary and the manifest entry list it. ``strict=True`` refuses such images up front instead, and an
+image whose size differs from the json's is always refused before anything is written (its masks would
+be encoded at the wrong size).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import hashlib
 import json
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,12 +38,13 @@ from typing import Any
 import torch
 
 from lvisctl.data.categories import CategoryMap
+from lvisctl.data.image_io import ImageReadError, ImageSizeError, read_image_tensor
 from lvisctl.engine.distributed import DistInfo, barrier
 from lvisctl.errors import LvisctlError
 from lvisctl.inference.predictor import Predictor, checkpoint_config, model_from_checkpoint
 from lvisctl.inference.results import detections_to_records, split_paths, write_split_results
 from lvisctl.rundir import Artifact, RunDir
-from lvisctl.rundir.io import atomic_write_json, sha256_file
+from lvisctl.rundir.io import atomic_group, atomic_write_json, sha256_file
 
 CHUNK_NAME = re.compile(r"rank(\d+)_(\d+)\.json")
 META_NAME = "meta.json"
@@ -43,10 +52,11 @@ META_NAME = "meta.json"
 
 @dataclass(frozen=True)
 class ImageItem:
-    """One image to run on: its LVIS id and file."""
+    """One image to run on: its LVIS id, file and the json's ``(height, width)`` (checked when read)."""
 
     image_id: int
     path: Path
+    hw: tuple[int, int] | None = None
 
 
 @dataclass
@@ -63,6 +73,8 @@ class InferenceSummary:
     chunks_computed: int
     complete: bool
     images_computed: int = 0
+    skipped: dict[int, str] = field(default_factory=dict)  # unreadable images (id -> why), no predictions
+    chunks_damaged: int = 0  # chunk files found damaged and recomputed
 
 
 def plan_chunks(items: Sequence[ImageItem], chunk_size: int) -> list[list[ImageItem]]:
@@ -83,39 +95,79 @@ def finished_chunks(partial_dir: Path) -> dict[int, Path]:
     return found
 
 
+def read_chunk(path: Path, chunk: Sequence[ImageItem]) -> dict[str, Any] | None:
+    """A chunk file's payload, or None when it is damaged: not json, or not the records of ``chunk``."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):  # ValueError: JSONDecodeError and UnicodeDecodeError
+        return None
+    ok = (
+        isinstance(data, dict)
+        and data.get("image_ids") == [item.image_id for item in chunk]
+        and isinstance(data.get("records"), list)
+        and isinstance(data.get("skipped", {}), dict)
+    )
+    return data if ok else None
+
+
+def drop_damaged_chunks(
+    partial_dir: Path, chunks: Sequence[Sequence[ImageItem]], notify: Callable[[str], None]
+) -> int:
+    """Delete chunk files that are damaged or belong to no chunk of this plan (rank 0, before the
+    work is divided), so they are recomputed; returns how many."""
+    dropped = []
+    for k, path in finished_chunks(partial_dir).items():
+        if k >= len(chunks) or read_chunk(path, chunks[k]) is None:
+            path.unlink()
+            dropped.append(path.name)
+    if dropped:
+        notify(
+            f"note: {partial_dir}: {len(dropped)} damaged chunk file(s) deleted and recomputed: "
+            + ", ".join(dropped[:5])
+            + (" ..." if len(dropped) > 5 else "")
+        )
+    return len(dropped)
+
+
 def prepare_partial_dir(partial_dir: Path, fingerprint: str) -> None:
     """Keep the chunks of an earlier run with the same fingerprint; clear anything else (rank 0 only)."""
     meta_path = partial_dir / META_NAME
     if meta_path.exists():
         try:
-            same = json.loads(meta_path.read_text()).get("fingerprint") == fingerprint
-        except (json.JSONDecodeError, AttributeError):
+            same = json.loads(meta_path.read_bytes()).get("fingerprint") == fingerprint
+        except (ValueError, AttributeError):  # damaged meta.json: start over
             same = False
         if same:
             return
+    if partial_dir.exists():
         shutil.rmtree(partial_dir)
     partial_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(meta_path, {"fingerprint": fingerprint})
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """An image file -> float ``[3, H, W]`` in [0, 1] (RGB; grey and RGBA files are converted)."""
-    from PIL import Image
-    from torchvision.transforms.functional import pil_to_tensor
-
-    with Image.open(path) as img:
-        return pil_to_tensor(img.convert("RGB")).float().div_(255)
+def read_image(path: Path, expected_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """An image file -> float ``[3, H, W]`` in [0, 1], through the one reader (``data/image_io.py``)."""
+    return read_image_tensor(path, expected_hw=expected_hw).float().div_(255)
 
 
 class _ChunkImages(torch.utils.data.Dataset):
+    """Decoded images, or the reason an image cannot be used (raised in a worker, an exception would
+    reach the user as a multi-line DataLoader traceback)."""
+
     def __init__(self, items: Sequence[ImageItem]) -> None:
         self.items = items
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
-        return self.items[i].image_id, read_image(self.items[i].path)
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None, bool]:
+        item = self.items[i]
+        try:
+            return item.image_id, read_image(item.path, item.hw), None, False
+        except ImageSizeError as err:
+            return item.image_id, None, str(err), True
+        except ImageReadError as err:
+            return item.image_id, None, str(err), False
 
 
 def _as_list(batch: list[Any]) -> list[Any]:
@@ -124,8 +176,9 @@ def _as_list(batch: list[Any]) -> list[Any]:
 
 def iter_batches(
     items: Sequence[ImageItem], batch_size: int, num_workers: int
-) -> Iterator[list[tuple[int, torch.Tensor]]]:
-    """Decoded images in order, ``batch_size`` at a time, decoded by ``num_workers`` worker processes."""
+) -> Iterator[list[tuple[int, torch.Tensor | None, str | None, bool]]]:
+    """Decoded images in order, ``batch_size`` at a time, decoded by ``num_workers`` worker processes:
+    ``(image_id, image or None, problem or None, problem is a size mismatch)``."""
     loader = torch.utils.data.DataLoader(
         _ChunkImages(items), batch_size=batch_size, num_workers=num_workers, collate_fn=_as_list
     )
@@ -140,45 +193,75 @@ def run_chunk(
     batch_size: int,
     num_workers: int,
     on_images: Callable[[int], None] | None = None,
+    skipped: dict[int, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Predict one chunk and turn it into results records (image order, best score first per image)."""
+    """Predict one chunk and turn it into results records (image order, best score first per image).
+
+    Unreadable images are left out and added to ``skipped``; an image of another size than the json
+    says stops the run (its masks would be encoded at the wrong size)."""
     records: list[dict[str, Any]] = []
     for batch in iter_batches(items, batch_size, num_workers):
-        ids = [image_id for image_id, _ in batch]
-        detections = predictor.predict_batch([image for _, image in batch])
-        for image_id, dets in zip(ids, detections, strict=True):
+        for image_id, _, problem, wrong_size in batch:
+            if wrong_size:
+                raise LvisctlError(f"{problem} (image {image_id})")
+            if problem is not None and skipped is not None:
+                skipped[image_id] = problem
+        good = [(image_id, image) for image_id, image, problem, _ in batch if problem is None]
+        detections = predictor.predict_batch([image for _, image in good]) if good else []
+        for (image_id, _), dets in zip(good, detections, strict=True):
             records.extend(detections_to_records(image_id, dets, category_map))
         if on_images is not None:
             on_images(len(batch))
     return records
 
 
-def iter_final_records(partial_dir: Path, chunks: Sequence[Sequence[ImageItem]]) -> Iterator[dict[str, Any]]:
-    """Every chunk's records in chunk order, one chunk file in memory at a time."""
+def iter_final_records(
+    partial_dir: Path, chunks: Sequence[Sequence[ImageItem]], skipped: dict[int, str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every chunk's records in chunk order, one chunk file in memory at a time (``skipped`` collects
+    the unreadable images the chunks list)."""
     files = finished_chunks(partial_dir)
     for k, chunk in enumerate(chunks):
-        data = json.loads(files[k].read_text())
-        if data["image_ids"] != [item.image_id for item in chunk]:
-            raise RuntimeError(f"{files[k]}: holds other images than chunk {k}")  # a bug, not a user error
+        data = read_chunk(files[k], chunk)
+        if data is None:  # damaged after the start-of-run check: a rerun recomputes it
+            files[k].unlink()
+            raise LvisctlError(f"{files[k]}: chunk file damaged during the run; deleted, rerun to redo it")
+        if skipped is not None:
+            skipped.update({int(i): str(why) for i, why in data.get("skipped", {}).items()})
         yield from data["records"]
 
 
-def assemble(partial_dir: Path, chunks: Sequence[Sequence[ImageItem]], out_path: Path) -> int:
-    """Write the final segm and bbox files (``split_paths(out_path)``) from the chunk files, remove them;
-    returns the number of records."""
+def assemble(
+    partial_dir: Path,
+    chunks: Sequence[Sequence[ImageItem]],
+    out_path: Path,
+    skipped: dict[int, str] | None = None,
+    *,
+    keep_partial: bool = False,
+) -> int:
+    """Write the final segm and bbox files (``split_paths(out_path)``) from the chunk files and (unless
+    ``keep_partial``) remove them; returns the number of records."""
     count = 0
 
     def counted() -> Iterator[dict[str, Any]]:
         nonlocal count
-        for record in iter_final_records(partial_dir, chunks):
+        for record in iter_final_records(partial_dir, chunks, skipped):
             count += 1
             yield record
 
-    write_split_results(counted(), out_path)
-    shutil.rmtree(partial_dir)
-    if partial_dir.parent.name == ".partial" and not any(partial_dir.parent.iterdir()):
-        partial_dir.parent.rmdir()
+    with atomic_group():  # the segm and bbox files appear together or not at all (e.g. a full disk)
+        write_split_results(counted(), out_path)
+    if not keep_partial:
+        remove_partial(partial_dir)
     return count
+
+
+def remove_partial(partial_dir: Path) -> None:
+    """Delete a finished run's chunk folder (and ``.partial/`` when it is then empty)."""
+    shutil.rmtree(partial_dir, ignore_errors=True)
+    parent = partial_dir.parent
+    if parent.name == ".partial" and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
 
 
 def run_inference(
@@ -196,19 +279,26 @@ def run_inference(
     max_chunks: int | None = None,
     on_start: Callable[[int], None] | None = None,
     on_images: Callable[[int], None] | None = None,
+    notify: Callable[[str], None] | None = None,
+    keep_partial: bool = False,
 ) -> InferenceSummary:
     """Run ``predictor`` on ``items`` (all processes call this); rank 0 writes the two results files of
-    ``split_paths(out_path)``.
+    ``split_paths(out_path)``. ``keep_partial``: leave the chunk folder for the caller to remove once
+    the files are registered (a kill in between then reruns cleanly, see ``predict_to_run_dir``).
 
     ``max_chunks`` stops each process after that many newly computed chunks (a time-limited job, or a
     test of resumption); the summary then says ``complete=False`` and a rerun continues.
-    ``on_start(n_images)`` / ``on_images(n)`` report this process's progress.
+    ``on_start(n_images)`` / ``on_images(n)`` report this process's progress; ``notify`` gets one-line
+    notes (damaged chunks recomputed; default: stderr).
     """
     dist = dist or DistInfo()
+    notify = notify or _to_stderr
     start = time.perf_counter()
     chunks = plan_chunks(items, chunk_size)
+    damaged = 0
     if dist.is_main:
         prepare_partial_dir(partial_dir, fingerprint)
+        damaged = drop_damaged_chunks(partial_dir, chunks, notify)
     barrier(dist)  # every process sees the same finished chunks before dividing the rest
     done = finished_chunks(partial_dir)
     pending = [k for k in range(len(chunks)) if k not in done]
@@ -216,6 +306,7 @@ def run_inference(
     if on_start is not None:
         on_start(sum(len(chunks[k]) for k in mine))
     for k in mine:
+        skipped: dict[int, str] = {}
         records = run_chunk(
             predictor,
             chunks[k],
@@ -223,13 +314,19 @@ def run_inference(
             batch_size=batch_size,
             num_workers=num_workers,
             on_images=on_images,
+            skipped=skipped,
         )
         payload = {"image_ids": [item.image_id for item in chunks[k]], "records": records}
+        if skipped:
+            payload["skipped"] = {str(i): why for i, why in skipped.items()}
         atomic_write_json(partial_dir / f"rank{dist.rank}_{k}.json", payload, indent=None)
     barrier(dist)  # all chunk files written
     summary = InferenceSummary(0, 0, 0.0, len(chunks), len(done), len(mine), complete=False)
+    summary.chunks_damaged = damaged
     if dist.is_main and len(finished_chunks(partial_dir)) == len(chunks):
-        summary.detections = assemble(partial_dir, chunks, out_path)
+        summary.detections = assemble(
+            partial_dir, chunks, out_path, summary.skipped, keep_partial=keep_partial
+        )
         summary.images = len(items)
         summary.images_computed = sum(len(chunks[k]) for k in pending)
         summary.complete = True
@@ -318,9 +415,11 @@ def predict_to_run_dir(
     overwrite: bool = False,
     overrides: Sequence[str] = (),
     max_chunks: int | None = None,
+    strict: bool = False,
     on_start: Callable[[int], None] | None = None,
     on_images: Callable[[int], None] | None = None,
     extra_meta: dict[str, Any] | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> PredictionsOutcome:
     """``lvisctl tta-infer``: run a checkpoint on every image of an LVIS / image-info file, write the LVIS
     results files ``<stem>.segm.json`` and ``<stem>.bbox.json`` into the run dir and register both (kind
@@ -329,11 +428,14 @@ def predict_to_run_dir(
 
     The config is the checkpoint's, with ``overrides`` (``inference.batch_size=4``) and ``scales`` on top.
     ``extra_meta`` joins the artifacts' meta (``pseudolabel``: ``purpose``, so ``evaluate`` skips them).
+    Images are found under ``--image-root``, else the config's ``data.image_root`` (``data.root``), else
+    the json's folder (:func:`lvisctl.data.lvis.resolve_image_root`). The output group is locked for the
+    whole command (a second writer of the same predictions stops at once). Unreadable images are skipped
+    and listed (``strict``: refused up front); a size that differs from the json's is refused up front.
     """
-    from lvisctl.data.lvis import load_lvis
     from lvisctl.engine.checkpoint import load_checkpoint
-    from lvisctl.engine.distributed import init_distributed
 
+    notify = notify or _to_stderr
     run = RunDir(run_dir, create=checkpoint is not None)  # the default checkpoint needs an existing run
     ckpt_input, ckpt_path, ckpt_sha = resolve_checkpoint(run, checkpoint)
     images = images.expanduser().resolve()
@@ -341,17 +443,72 @@ def predict_to_run_dir(
     cfg = checkpoint_config(ckpt, overrides)
     if scales is not None:
         cfg.inference.scales = [int(s) for s in scales]
-    icfg = cfg.inference
     group_path = (
         Path(str(out.expanduser().resolve()))
         if out
-        else run.path_of(default_out_name(images, ckpt_path, icfg.scales))
+        else run.path_of(default_out_name(images, ckpt_path, cfg.inference.scales))
     )
+    partial_dir = run.root / ".partial" / group_path.stem
     for path in split_paths(group_path).values():  # refuse before the slow part (images, model)
-        run.output_path(run.relative(path), overwrite=overwrite)
-    out_path = group_path
-    data = load_lvis(images, image_root=image_root, check_images=True)
-    model, stats, _ = model_from_checkpoint(ckpt, source=ckpt_path, config=cfg)
+        if not finished_unregistered(run, path, partial_dir):
+            run.output_path(run.relative(path), overwrite=overwrite)
+    job = _PredictJob(
+        run,
+        images,
+        image_root,
+        ckpt,
+        ckpt_input,
+        ckpt_path,
+        ckpt_sha,
+        cfg,
+        group_path,
+        dict(extra_meta or {}),
+    )
+    with run.phase_lock(f"predictions-{group_path.stem}"):
+        return _predict_locked(job, max_chunks, strict, on_start, on_images, notify)
+
+
+def finished_unregistered(run: RunDir, path: Path, partial_dir: Path) -> bool:
+    """``path`` is this command's own output from a run killed after writing it but before recording it:
+    it is not in the manifest and the chunk folder it was assembled from is still there (removed only
+    after registration). A rerun re-assembles and registers it instead of refusing to overwrite it."""
+    return path.exists() and run.get(run.relative(path)) is None and (partial_dir / META_NAME).is_file()
+
+
+@dataclass
+class _PredictJob:
+    run: RunDir
+    images: Path
+    image_root: Path | None
+    ckpt: dict[str, Any]
+    ckpt_input: Artifact | Path
+    ckpt_path: Path
+    ckpt_sha: str
+    cfg: Any
+    out_path: Path
+    extra_meta: dict[str, Any] = field(default_factory=dict)  # e.g. pseudolabel's purpose
+
+
+def _predict_locked(
+    job: _PredictJob,
+    max_chunks: int | None,
+    strict: bool,
+    on_start: Callable[[int], None] | None,
+    on_images: Callable[[int], None] | None,
+    notify: Callable[[str], None],
+) -> PredictionsOutcome:
+    from lvisctl.data.lvis import load_lvis, resolve_image_root
+    from lvisctl.engine.distributed import init_distributed
+
+    run, cfg, icfg = job.run, job.cfg, job.cfg.inference
+    root = resolve_image_root(cfg.get("data"), option=job.image_root)
+    data = load_lvis(job.images, image_root=root)
+    items = [
+        ImageItem(image_id, data.image_path(image_id), data.image_hw(image_id))
+        for image_id in sorted(data.images)
+    ]
+    unreadable = check_images_up_front(data, strict=strict)
+    model, stats, _ = model_from_checkpoint(job.ckpt, source=job.ckpt_path, config=cfg)
     dist = init_distributed(cfg.device)
     predictor = Predictor(
         model,
@@ -364,16 +521,20 @@ def predict_to_run_dir(
         amp=cfg.amp,
         merge_iou=icfg.merge_iou,
     )
-    items = [ImageItem(image_id, data.image_path(image_id)) for image_id in sorted(data.images)]
     fingerprint = fingerprint_of(
-        checkpoint=ckpt_sha, images=sha256_file(images), image_root=data.image_root, config=cfg.to_dict()
+        checkpoint=job.ckpt_sha,
+        images=sha256_file(job.images),
+        image_root=data.image_root,
+        config=cfg.to_dict(),
     )
+    if unreadable and dist.is_main:
+        notify(f"warning: {job.images}: {_skip_line(unreadable)}; they are skipped (--strict refuses)")
     summary = run_inference(
         predictor,
         items,
         stats.category_map,
-        out_path,
-        run.root / ".partial" / out_path.stem,
+        job.out_path,
+        run.root / ".partial" / job.out_path.stem,
         fingerprint=fingerprint,
         chunk_size=icfg.chunk_size,
         batch_size=icfg.batch_size,
@@ -382,21 +543,73 @@ def predict_to_run_dir(
         max_chunks=max_chunks,
         on_start=on_start,
         on_images=on_images,
+        notify=notify,
+        keep_partial=True,
     )
     outcome = PredictionsOutcome(
-        summary, out_path, run.relative(ckpt_path), list(icfg.scales), dist.world_size, is_main=dist.is_main
+        summary,
+        job.out_path,
+        run.relative(job.ckpt_path),
+        list(icfg.scales),
+        dist.world_size,
+        is_main=dist.is_main,
     )
     if dist.is_main and summary.complete:
-        group = split_paths(out_path)["segm"].name[: -len(".segm.json")]
-        meta = {"gt": str(images), "scales": list(icfg.scales), "checkpoint": outcome.checkpoint}
-        meta.update(extra_meta or {})
-        # bbox first: the segm file is then the newest predictions (what submit and evaluate take).
-        for iou_type in ("bbox", "segm"):
-            outcome.artifacts[iou_type] = run.register(
-                "predictions",
-                outcome.paths[iou_type],
-                inputs=[ckpt_input, images],
-                config=cfg.to_dict(),
-                meta={"iou_type": iou_type, "group": group, **meta},
-            )
+        _register_predictions(job, outcome, icfg)
+        remove_partial(run.root / ".partial" / job.out_path.stem)  # after registering: see assemble
+        if summary.skipped and set(summary.skipped) != set(unreadable):
+            notify(f"warning: {job.images}: {_skip_line(summary.skipped)}; no predictions for them")
     return outcome
+
+
+def check_images_up_front(data: Any, *, strict: bool) -> dict[int, str]:
+    """Probe every image's header before any work: a size that differs from the json's is refused (one
+    line naming the image); unreadable images are refused with ``strict``, else returned (skipped)."""
+    from lvisctl.data.lvis import image_report
+
+    report = image_report(data)
+    if report.missing:
+        image_id, path = next(iter(report.missing.items()))
+        raise LvisctlError(
+            f"{data.path}: image {image_id}: file {path} not found under image root {data.image_root} "
+            f"({data.image_root_source}; {len(report.missing)} of {len(data.images)} images missing)"
+        )
+    if report.wrong_size:
+        image_id, why = next(iter(report.wrong_size.items()))
+        more = f"; {len(report.wrong_size) - 1} more images differ" if len(report.wrong_size) > 1 else ""
+        raise LvisctlError(f"{why} (image {image_id}{more}); nothing was written")
+    if report.unreadable and strict:
+        raise LvisctlError(f"{data.path}: --strict: {_skip_line(report.unreadable)}")
+    return report.unreadable
+
+
+def _skip_line(problems: dict[int, str]) -> str:
+    shown = "; ".join(f"image {i}: {why}" for i, why in list(problems.items())[:3])
+    more = f"; ... and {len(problems) - 3} more" if len(problems) > 3 else ""
+    return f"{len(problems)} unreadable image(s): {shown}{more}"
+
+
+def _register_predictions(job: _PredictJob, outcome: PredictionsOutcome, icfg: Any) -> None:
+    s = outcome.summary
+    group = split_paths(job.out_path)["segm"].name[: -len(".segm.json")]
+    meta: dict[str, Any] = {
+        "gt": str(job.images),
+        "scales": list(icfg.scales),
+        "checkpoint": outcome.checkpoint,
+        **job.extra_meta,
+    }
+    if s.skipped:
+        meta["skipped_images"] = {str(i): why for i, why in sorted(s.skipped.items())}
+    # bbox first: the segm file is then the newest predictions (what submit and evaluate take).
+    for iou_type in ("bbox", "segm"):
+        outcome.artifacts[iou_type] = job.run.register(
+            "predictions",
+            outcome.paths[iou_type],
+            inputs=[job.ckpt_input, job.images],
+            config=job.cfg.to_dict(),
+            meta={"iou_type": iou_type, "group": group, **meta},
+        )
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

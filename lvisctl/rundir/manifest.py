@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import shlex
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from lvisctl.errors import LvisctlError
-from lvisctl.rundir.io import atomic_write_json, sha256_file
+from lvisctl.rundir.io import atomic_write_json, read_json, sha256_file, write_error
+from lvisctl.rundir.lock import phase_lock
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -83,6 +83,7 @@ class RunDir:
         if not self.root.exists():
             if not create:
                 raise LvisctlError(f"{self.root}: run directory does not exist")
+            _check_creatable(self.root)
         elif not self.root.is_dir():
             raise LvisctlError(f"{self.root}: is not a directory")
         self.manifest_path = self.root / MANIFEST_NAME
@@ -92,29 +93,71 @@ class RunDir:
         """Create the folder and an empty manifest (first write of a new run directory)."""
         if self.manifest_path.exists():
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        with self._lock:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise (write_error(self.root, err) or err) from None
+        with self._manifest_locked():
             if not self.manifest_path.exists():
                 atomic_write_json(self.manifest_path, {"version": MANIFEST_VERSION, "artifacts": []})
+
+    @contextlib.contextmanager
+    def _manifest_locked(self) -> Iterator[None]:
+        """The short lock around a manifest rewrite (a read-only run dir is one line, not a traceback)."""
+        try:
+            self._lock.acquire()
+        except OSError as err:
+            raise (write_error(self._lock.lock_file, err) or err) from None
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def phase_lock(
+        self, phase: str, *, notify: Callable[[str], None] | None = None
+    ) -> contextlib.AbstractContextManager[Path | None]:
+        """Hold the write lock of ``phase`` (e.g. ``stage1``, ``predictions-val``) for a whole command.
+
+        Take it before the command writes anything of the phase; a second writer of the same phase stops
+        at once with one line naming the holder; a lock left by a killed process is taken over with a
+        note. Readers never take it. See :mod:`lvisctl.rundir.lock`.
+        """
+        return phase_lock(self.root, phase, notify=notify)
+
+    def exclusive(self, name: str) -> contextlib.AbstractContextManager[Path | None]:
+        """The earlier name of :meth:`phase_lock` (kept so callers written against it keep working)."""
+        return self.phase_lock(name)
 
     # ------------------------------------------------------------------ reading
     def _read(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
             return {"version": MANIFEST_VERSION, "artifacts": []}
-        try:
-            data = json.loads(self.manifest_path.read_text())
-        except json.JSONDecodeError as err:
-            raise LvisctlError(
-                f"{self.manifest_path}: not valid json ({err.msg} at line {err.lineno})"
-            ) from None
+        data = read_json(self.manifest_path)
         if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
             raise LvisctlError(f"{self.manifest_path}: not an lvisctl manifest (no 'artifacts' list)")
         return data
 
     def artifacts(self, kind: str | None = None) -> list[Artifact]:
         """All artifacts (oldest first), optionally of one kind."""
-        items = [Artifact(**a) for a in self._read()["artifacts"]]
+        items = [self._artifact(i, a) for i, a in enumerate(self._read()["artifacts"])]
         return [a for a in items if kind is None or a.kind == kind]
+
+    def _artifact(self, index: int, entry: Any) -> Artifact:
+        """One manifest entry, checked: a hand-edited or damaged entry is one line, not a traceback."""
+        where = f"{self.manifest_path}: artifact entry {index}"
+        if not isinstance(entry, dict):
+            raise LvisctlError(f"{where} is not an object; the manifest was edited or damaged")
+        where += f" ({entry.get('path', '?')})"
+        missing = [k for k in _REQUIRED_ENTRY_KEYS if not isinstance(entry.get(k), _REQUIRED_ENTRY_KEYS[k])]
+        if missing:
+            raise LvisctlError(
+                f"{where} lacks a valid {', '.join(repr(k) for k in missing)}; the manifest was edited or "
+                "damaged (restore it, or remove that entry)"
+            )
+        unknown = sorted(set(entry) - _ARTIFACT_FIELDS)
+        if unknown:
+            raise LvisctlError(f"{where} has unknown field(s) {unknown}; written by a newer lvisctl?")
+        return Artifact(**entry)
 
     def find(self, kind: str, **meta: Any) -> list[Artifact]:
         """Artifacts of ``kind`` whose ``meta`` contains every given key/value, oldest first."""
@@ -151,8 +194,18 @@ class RunDir:
         return path
 
     def path_of(self, rel_path: str) -> Path:
+        """Absolute path of a manifest path. A relative path must stay inside the run directory
+        (``../../etc/hostname`` in an edited manifest is refused, not followed); absolute paths are
+        outputs lvisctl wrote outside it on request (``--out``) and external inputs."""
         p = Path(rel_path)
-        return p if p.is_absolute() else self.root / p
+        if p.is_absolute():
+            return p
+        joined = self.root / p
+        if ".." in p.parts and not _inside(joined, self.root):
+            raise LvisctlError(
+                f"{self.manifest_path}: path {rel_path!r} leaves the run directory; refusing to follow it"
+            )
+        return joined
 
     def relative(self, path: str | os.PathLike[str]) -> str:
         """Path relative to the run dir when inside it, else absolute (external inputs)."""
@@ -202,7 +255,7 @@ class RunDir:
             inputs=[self._input_record(i) for i in inputs],
             meta=dict(meta or {}),
         )
-        with self._lock:
+        with self._manifest_locked():
             data = self._read()
             data["artifacts"] = [a for a in data["artifacts"] if a["path"] != artifact.path]
             data["artifacts"].append(asdict(artifact))
@@ -212,7 +265,7 @@ class RunDir:
     def unregister(self, rel_path: str) -> None:
         """Drop the entry for ``rel_path`` (the caller deletes the file, e.g. pruning old checkpoints)."""
         self._ensure()
-        with self._lock:
+        with self._manifest_locked():
             data = self._read()
             data["artifacts"] = [a for a in data["artifacts"] if a["path"] != rel_path]
             atomic_write_json(self.manifest_path, data)
@@ -226,18 +279,29 @@ class RunDir:
             return {"path": known.path, "sha256": known.sha256, "kind": known.kind}
         return {"path": rel, "sha256": sha256_file(self.path_of(rel)), "kind": "external"}
 
-    @contextlib.contextmanager
-    def exclusive(self, name: str) -> Iterator[None]:
-        """Hold a named lock for a whole command (e.g. ``train``) so two of them cannot share a run dir."""
-        self._ensure()
-        lock = FileLock(str(self.root / f".{name}.lock"), timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise LvisctlError(
-                f"{self.root}: another 'lvisctl {name}' is running in this run directory"
-            ) from None
-        try:
-            yield
-        finally:
-            lock.release()
+
+_REQUIRED_ENTRY_KEYS: dict[str, type | tuple[type, ...]] = {
+    "kind": str,
+    "path": str,
+    "sha256": str,
+    "size": int,
+    "created": str,
+}
+_ARTIFACT_FIELDS = set(Artifact.__dataclass_fields__)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        Path(os.path.normpath(path)).relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_creatable(root: Path) -> None:
+    """``--run-dir afile/sub`` where ``afile`` is a file: say so now, before any work is done."""
+    for parent in root.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise LvisctlError(f"{root}: cannot be created: {parent} is a file, not a folder")
+            return

@@ -123,15 +123,9 @@ def _recorded_root(data: Any) -> Path | None:
 
 # ------------------------------------------------------------------------------------------ drawing
 def read_rgb(path: Path) -> torch.Tensor:
-    """``uint8 [3, H, W]`` through the one image reader (``data/image_io.py``) when this tree has it."""
-    try:
-        from lvisctl.data.image_io import read_image_tensor
-    except ImportError:
-        from PIL import Image, ImageOps
+    """``uint8 [3, H, W]`` through the one image reader (``data/image_io.py``)."""
+    from lvisctl.data.image_io import read_image_tensor
 
-        with Image.open(path) as img:
-            rgb = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
-        return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
     return read_image_tensor(path)
 
 

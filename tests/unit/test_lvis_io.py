@@ -178,9 +178,10 @@ def test_validation_reports_every_problem_in_one_line(tmp_path):
 def test_missing_images_are_all_reported(tmp_path):
     path = _write(tmp_path, _lvis_dict())
     (tmp_path / "train2017").mkdir()
-    (tmp_path / "train2017" / "000000000002.jpg").write_bytes(b"")
+    (tmp_path / "train2017" / "000000000002.jpg").write_bytes(b"")  # exists, but empty: not an image
     with pytest.raises(
-        LvisctlError, match=r"2 problems: image 1: file .*000000000001.jpg not found; image 3"
+        LvisctlError,
+        match=r"3 problems: image 1: file .*000000000001.jpg not found .*; image 3: .*; image 2: .*empty file",
     ):
         validate_lvis(path)
     load_lvis(path)  # not checked by default

@@ -93,14 +93,6 @@ def test_concurrent_registrations_are_all_kept(tmp_path):
     assert sorted(a.path for a in run.artifacts()) == sorted(p.name for p in paths)
 
 
-def test_exclusive_lock_refuses_second_holder(tmp_path):
-    run = RunDir(tmp_path)
-    with run.exclusive("train"):
-        with pytest.raises(LvisctlError, match="another 'lvisctl train' is running"):
-            with RunDir(tmp_path).exclusive("train"):
-                pass
-
-
 def test_corrupt_manifest_is_a_clear_error(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(LvisctlError, match="manifest.json: not valid json"):

@@ -66,7 +66,7 @@ def test_plan_chunks():
 
 def test_read_image_converts_grey_to_rgb(tmp_path):
     Image.fromarray(np.full((3, 4), 255, np.uint8)).save(tmp_path / "g.png")
-    img = read_image(tmp_path / "g.png")
+    img = read_image(tmp_path / "g.png")  # the runner's float view of the one reader (data/image_io.py)
     assert img.shape == (3, 3, 4) and img.dtype == torch.float32 and img.max().item() == 1.0
 
 

@@ -160,6 +160,7 @@ def test_thin_shapes_have_small_mask_box_ratio():
 def test_layout_and_exact_lvis_v1_records(tiny):
     root = tiny["root"]
     assert sorted(p.name for p in root.iterdir()) == [
+        ".lvisctl-synth.json",  # what it wrote: the files --overwrite may replace
         "lvis_v1_image_info_test_dev.json",
         "lvis_v1_image_info_unlabeled.json",
         "lvis_v1_train.json",
