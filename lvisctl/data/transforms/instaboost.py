@@ -7,8 +7,8 @@ configs use (``action_prob=(1, 0, 0)``, ``scale=(0.8, 1.2)``, ``dx = dy = 15``, 
 ``aug_ratio=0.5``, ``heatmap_flag=False``):
 
 * with probability ``prob`` per sample; otherwise the sample is unchanged;
-* background: the pixels of all instances are filled by normalised convolution from the nearest known
-  pixels (coarse-to-fine box filters; ``instaboostfast`` calls OpenCV's ``inpaint``);
+* background: the pixels of all instances are filled from the surrounding pixels by push-pull
+  interpolation (``instaboostfast`` calls OpenCV's ``inpaint``);
 * each instance, in the order of decreasing area (small ones end on top): scale ``s`` uniform in
   ``scale``, rotation uniform in ``[-max_angle, max_angle]`` degrees about its box centre, shift uniform up
   to +-width / ``shift`` and +-height / ``shift`` pixels; its pixels and mask are pasted, and they occlude
@@ -33,36 +33,39 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as TF
+import torch.nn.functional as F_nn
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from lvisctl.data.transforms.base import Sample, SampleSource, boxes_and_nonempty, finish_geometry, uniform
 
-# box-filter sizes of the hole filling, finest first: a hole pixel takes the mean of the known pixels in
-# the smallest window that has any
-_FILL_KERNELS = (3, 7, 15, 31, 63, 127)
+
+def _push_pull(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Fill the pixels of ``values`` [C, H, W] with ``weight`` [H, W] == 0 from the known ones: average
+    the known pixels 2x2 down to a level without gaps ("pull"), then interpolate back up into the gaps
+    ("push"). O(H W) in all."""
+    if bool((weight > 0).all()) or min(weight.shape) <= 1:
+        if bool((weight > 0).any()):
+            mean = (values * weight).sum(dim=(1, 2)) / weight.sum()
+            return torch.where(weight > 0, values, mean[:, None, None])
+        return values
+    w_down = F_nn.avg_pool2d(weight[None, None], 2, ceil_mode=True)[0, 0]
+    v_down = F_nn.avg_pool2d((values * weight)[None], 2, ceil_mode=True)[0]
+    coarse = torch.where(w_down > 0, v_down / w_down.clamp_min(1e-12), torch.zeros_like(v_down))
+    filled = _push_pull(coarse, (w_down > 0).to(weight.dtype))
+    up = F_nn.interpolate(filled[None], size=values.shape[-2:], mode="bilinear", align_corners=False)[0]
+    return torch.where(weight > 0, values, up)
 
 
 def fill_holes(image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
-    """uint8 [3, H, W] image with the ``hole`` [H, W] pixels replaced by nearby known pixels' means."""
+    """uint8 [3, H, W] image with the ``hole`` [H, W] pixels filled from the surrounding known pixels
+    (push-pull interpolation; ``instaboostfast`` uses OpenCV's inpainting)."""
     if not bool(hole.any()):
         return image
-    known = (~hole).to(torch.float32)[None, None]
-    img = image.to(torch.float32)[None] * known
-    out = image.to(torch.float32).clone()
-    todo = hole.clone()
-    for k in _FILL_KERNELS:
-        weight = TF.avg_pool2d(known, k, stride=1, padding=k // 2, count_include_pad=False)[0, 0]
-        total = TF.avg_pool2d(img, k, stride=1, padding=k // 2, count_include_pad=False)[0]
-        ready = todo & (weight > 0)
-        out[:, ready] = total[:, ready] / weight[ready]
-        todo &= ~ready
-        if not bool(todo.any()):
-            break
-    if bool(todo.any()):  # the instances cover (almost) everything: the mean of what is left
-        mean = img[0].sum(dim=(1, 2)) / known.sum().clamp_min(1)
-        out[:, todo] = mean[:, None]
+    known = (~hole).to(torch.float32)
+    if not bool(known.any()):  # the instances cover everything: nothing to fill from
+        return image
+    out = _push_pull(image.to(torch.float32), known)
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
