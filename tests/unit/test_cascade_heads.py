@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from lvisctl.errors import LvisctlError
-from lvisctl.modeling.build import CHOICE_TABLES
+from lvisctl.modeling.build import CHOICE_TABLES, build_model
 from lvisctl.modeling.roi_heads import CascadeRoIHeads, StandardRoIHeads, state_dict_layout
-from tests.unit.test_model_core import IMAGES, K, target, tiny_model
+from tests.unit.test_model_core import IMAGES, TINY, K, make_stats, target, tiny_model
 
 HTC = ["model.roi_heads.type=htc"]
 CASCADE = ["model.roi_heads.type=cascade"]
@@ -226,3 +226,25 @@ def test_eql_classifier_starts_at_prior_0_001():
     assert float(loss.loss(bias.detach()[None].expand(1, K), torch.tensor([0]))) == pytest.approx(
         -K * math.log(0.999), rel=1e-3
     )
+
+
+def test_htc_configs_load_and_the_stage2_ones_build():
+    from lvisctl.config import CONFIG_ROOT, load_config
+    from lvisctl.engine.trainer import freeze_modules
+
+    names = [p.relative_to(CONFIG_ROOT) for p in sorted(CONFIG_ROOT.glob("*/*htc*.yaml"))]
+    assert len(names) >= 11
+    for name in names:
+        cfg = load_config(CONFIG_ROOT / name)
+        assert cfg.model.roi_heads.type == "htc", name
+    tiny = [*TINY, "model.roi_heads.deform_hidden_channels=16"]
+    for name in ("htc_gs", "htc_gs_hm", "htc_ms", "htc_finetune_bags"):
+        cfg = load_config(CONFIG_ROOT / "stage2" / f"{name}.yaml", tiny)
+        model = build_model(cfg, make_stats())
+        freeze_modules(model, list(cfg.train.freeze))
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable and all(n.startswith("roi_heads.stages.") for n in trainable), name
+        if name == "htc_finetune_bags":  # only the three classifiers train
+            assert {n.rsplit(".", 1)[0] for n in trainable} == {
+                f"roi_heads.stages.{i}.box_head.predictor.cls_score" for i in range(3)
+            }
