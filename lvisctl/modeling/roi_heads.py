@@ -91,6 +91,20 @@ class RoIHeads(nn.Module):
     """What every RoI-head type shares: mask prediction for given boxes, results, layout checks."""
 
     layout = "standard"
+    post: DetectionPostprocess
+
+    # the test-time settings, read from the post-processing step (``model.test`` / ``inference``)
+    @property
+    def score_thresh(self) -> float:
+        return self.post.score_thresh
+
+    @property
+    def nms_thresh(self) -> float:
+        return self.post.nms_thresh
+
+    @property
+    def detections_per_img(self) -> int:
+        return self.post.detections_per_img
 
     @property
     def mask_size(self) -> int:
