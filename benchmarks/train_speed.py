@@ -6,14 +6,16 @@ Four sections, one rich table (each row relative to its section's baseline row):
   same ResNet-50 FPN with trainable BatchNorm (torchvision's setting without pretrained weights) and no
   resizing (torchvision's resize step disabled; the core never resizes). Rows: torchvision
   ``maskrcnn_resnet50_fpn`` (baseline), the core with softmax CE (like-for-like; target >= 95%), core +
-  EQL, and for reference the stage-2 switches BAGS, HM and MS, all with every weight trainable (stage 2
+  EQL, the HTC RoI heads (``model.roi_heads.type=htc``, Table 1's "+ HTC"), and for reference the
+  stage-2 switches BAGS, HM and MS, all with every weight trainable (stage 2
   itself freezes the backbone, so its iterations are cheaper). Peak memory comes from a spawned process
   per model (CUDA: max allocated; CPU: the process's max RSS, torch's own ~0.4 GB included, two steps);
   it/s from the median step time with all models' steps interleaved in one process, so the load of a
   shared machine hits them alike. fp32 throughout (the trainer uses AMP on CUDA).
 * data: samples/s of the real ``LvisTrainDataset`` (single process) on a synthetic LVIS (``demo`` preset
   at ``--size`` px, ``--data-images`` training images): no augmentation (baseline), then cumulatively +
-  scale jitter and h-flip, + rotation (boxes from masks), + Mosaic with RFS-weighted partners; the
+  scale jitter and h-flip, + rotation (boxes from masks), + Mosaic with RFS-weighted partners,
+  + InstaBoost 0.5; the
   probabilities are the config defaults, the scales are ``--size`` +-12.5% (as the demo config around its
   128 px) and the Mosaic canvas is 1.25 x ``--size``. Configs interleaved, median of ``--rounds`` passes.
 * sampler: building one epoch's index list at LVIS v1 train scale (100,170 images, the synthetic set's
@@ -68,6 +70,10 @@ MODEL_ROWS: dict[str, tuple[str, list[str] | None]] = {  # key -> (label, core o
     "bags": ("core + BAGS (stage-2 switch)", ["model.roi_heads.cls_loss=bags"]),
     "hm": ("core + HM (stage-2 switch)", HM),
     "ms": ("core + MS: mask IoU head (stage-2 switch)", ["model.mask_head.mask_iou=true"]),
+    "htc": (
+        "core + HTC heads (3 stages, softmax CE; vs the like-for-like row)",
+        ["model.roi_heads.type=htc"],
+    ),
 }
 # key -> (label, augment overrides; None = no transforms at all)
 DATA_ROWS: dict[str, tuple[str, list[str] | None]] = {
@@ -75,6 +81,7 @@ DATA_ROWS: dict[str, tuple[str, list[str] | None]] = {
     "data-jitter": ("+ scale jitter, h-flip 0.5", ["augment.mosaic.prob=0", "augment.rotate.prob=0"]),
     "data-rotate": ("+ rotation 0.5 (boxes from masks)", ["augment.mosaic.prob=0"]),
     "data-mosaic": ("+ Mosaic 0.5 (RFS-weighted)", []),
+    "data-instaboost": ("+ InstaBoost 0.5 (Table 2's dagger rows)", ["augment.instaboost.prob=0.5"]),
 }
 SAMPLER_ROWS: dict[str, str] = {
     "sampler-plain": "plain sampler: one epoch's list",

@@ -283,6 +283,19 @@ def init_source(cfg: Config, run: RunDir, phase: ckpt_io.Phase) -> Artifact | Pa
     return source
 
 
+def check_head_type(cfg: Config, saved: Mapping[str, Any], where: str) -> None:
+    """A stage-1 HTC model fine-tuned with a Mask R-CNN config (or the reverse) would train every RoI head
+    from scratch: refuse it, unless the user allows a partial start."""
+    theirs = str(_get(saved, "model.roi_heads.type") or "standard")
+    ours = str(cfg.model.roi_heads.get("type", "standard"))
+    if theirs != ours and not bool(cfg.train.init_allow_partial):
+        raise LvisctlError(
+            f"{where}: model.roi_heads.type is {theirs!r} there but {ours!r} in this config, so no RoI head "
+            f"would load; use a {theirs} config (e.g. configs/stage2/htc_*.yaml for htc) or set "
+            "train.init_allow_partial=true to train new heads"
+        )
+
+
 def prepare_config(
     cfg: Config, run: RunDir, phase: ckpt_io.Phase
 ) -> tuple[Config, list[str], StartingPoint | None]:
@@ -298,9 +311,10 @@ def prepare_config(
         path = run.resolve(source) if isinstance(source, Artifact) else source
         init = StartingPoint(source, path, ckpt_io.load_checkpoint(path))
         freeze = list(cfg.train.freeze)
+        where = source.path if isinstance(source, Artifact) else str(path)
+        saved = apply_aliases(init.state["config"], f"{where} config")  # old key names moved
+        check_head_type(cfg, saved, where)
         if freeze:
-            where = source.path if isinstance(source, Artifact) else str(path)
-            saved = apply_aliases(init.state["config"], f"{where} config")  # old key names moved
             cfg, taken = inherit_frozen_architecture(cfg, saved, freeze, source=where)
             if taken:
                 notes.append(f"frozen parts ({', '.join(freeze)}) built as in {where}: {', '.join(taken)}")

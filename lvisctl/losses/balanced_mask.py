@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 # S_mask is clamped to this fraction of S_bbox only to avoid a division by zero; a RoI whose ratio is 0 has
 # no foreground pixel in a consistent target, so the foreground weight is never used there.
@@ -74,3 +74,15 @@ def balanced_mask_loss(
     weights = torch.where(flat_targets > 0.5, fg_weight, torch.ones_like(fg_weight))
     wbce = (weights * bce).mean(dim=1)
     return (dice + lam * wbce).mean()
+
+
+class BalancedMaskLoss(nn.Module):
+    """The mask-loss interface (``loss(logits, targets, area_ratio)``) around ``balanced_mask_loss``."""
+
+    def __init__(self, lam: float = 1.0, eps: float = 1.0) -> None:
+        super().__init__()
+        self.lam, self.eps = lam, eps
+
+    def loss(self, logits: Tensor, targets: Tensor, area_ratio: Tensor) -> Tensor:
+        binary = (targets >= 0.5).to(logits.dtype)
+        return balanced_mask_loss(logits, binary, area_ratio, lam=self.lam, eps=self.eps)

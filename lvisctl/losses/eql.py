@@ -16,6 +16,10 @@ Frequency source: f_j is the **image frequency** of class j in the training set,
 lambda = 1.76e-3 is the paper's value for LVIS (it makes roughly the rare + common classes "tail"; the
 eqlv2 repo's ``eql.py`` uses 0.00177). The loss is summed over classes and divided by the number of
 (non-ignored) proposals, as in that code.
+
+Classifier bias: every class starts at probability 0.001 ("roughly 1 / num_classes", eql.detectron2's
+``EQLFastRCNNOutputLayers``), not the RetinaNet 0.01 of the plain sigmoid baseline: with 1,203 classes a
+background proposal's first loss is then 1203 * -log(0.999) = 1.2 instead of 12.1.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ EQL_LAMBDA = 1.76e-3
 
 
 class EqualizationLoss(SigmoidBCELoss):
+    prior_prob = 1e-3  # eql.detectron2's initial class probability (see the module docstring)
+
     def __init__(self, image_frequency: np.ndarray | Tensor, lambda_: float = EQL_LAMBDA) -> None:
         freq = torch.as_tensor(np.asarray(image_frequency, dtype=np.float64), dtype=torch.float32)
         super().__init__(num_classes=int(freq.numel()))

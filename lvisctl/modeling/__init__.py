@@ -1,4 +1,5 @@
-"""The Mask R-CNN model core (see ARCHITECTURE.md, "Model"): ``build_model(cfg, stats) -> LvisMaskRCNN``."""
+"""The model core (see ARCHITECTURE.md, "Model"): ``build_model(cfg, stats) -> LvisMaskRCNN``, with Mask
+R-CNN, Cascade Mask R-CNN or HTC RoI heads (``model.roi_heads.type``)."""
 
 from lvisctl.modeling.build import build_model
 from lvisctl.modeling.detector import LvisMaskRCNN

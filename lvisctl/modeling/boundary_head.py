@@ -29,6 +29,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lvisctl.modeling.mask_head import MaskHeadOutput, add_flow, flow_conv
+
 
 def _conv_relu(in_ch: int, out_ch: int, kernel: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
@@ -46,6 +48,7 @@ class BoundaryPreservingMaskHead(nn.Module):
         conv_dim: int = 256,
         num_convs: int = 4,
         num_boundary_convs: int = 2,
+        flow_in: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -67,6 +70,7 @@ class BoundaryPreservingMaskHead(nn.Module):
         self.predictor = nn.Conv2d(conv_dim, num_classes, 1)
         self.boundary_deconv = nn.ConvTranspose2d(conv_dim, conv_dim, 2, stride=2)
         self.boundary_predictor = nn.Conv2d(conv_dim, num_classes, 1)
+        self.conv_res = flow_conv(conv_dim, in_channels, flow_in)  # HTC information flow (mask path)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -78,18 +82,33 @@ class BoundaryPreservingMaskHead(nn.Module):
             nn.init.normal_(predictor.weight, std=0.001)
             nn.init.zeros_(predictor.bias)
 
-    def forward(
-        self, mask_features: Tensor, boundary_features: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """``mask_features`` N x C x S x S; ``boundary_features`` N x C x 2S x 2S or None (upsampled mask
-        features). Returns mask and boundary logits, both N x num_classes x 2S x 2S."""
+    def run(
+        self,
+        mask_features: Tensor,
+        boundary_features: Tensor | None = None,
+        residual: Tensor | None = None,
+        with_logits: bool = True,
+    ) -> MaskHeadOutput:
+        """The mask-head call of every head type (``lvisctl.modeling.mask_head``); ``features`` are the
+        fused mask features that go into the deconv."""
         if boundary_features is None:
             size = (mask_features.shape[-2] * 2, mask_features.shape[-1] * 2)
             boundary_features = F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
-        mask_feat = self.convs(mask_features)
+        mask_feat = self.convs(add_flow(self.conv_res, mask_features, residual))
         boundary_feat = self.boundary_downsample(boundary_features) + self.mask_to_boundary(mask_feat)
         boundary_feat = self.boundary_convs(boundary_feat)
         mask_feat = self.mask_final_fusion(mask_feat + self.boundary_to_mask(boundary_feat))
+        if not with_logits:
+            return MaskHeadOutput(None, None, mask_feat)
         mask_logits = self.predictor(F.relu(self.deconv(mask_feat)))
         boundary_logits = self.boundary_predictor(F.relu(self.boundary_deconv(boundary_feat)))
-        return mask_logits, boundary_logits
+        return MaskHeadOutput(mask_logits, boundary_logits, mask_feat)
+
+    def forward(
+        self, mask_features: Tensor, boundary_features: Tensor | None = None, residual: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``mask_features`` N x C x S x S; ``boundary_features`` N x C x 2S x 2S or None (upsampled mask
+        features). Returns mask and boundary logits, both N x num_classes x 2S x 2S."""
+        out = self.run(mask_features, boundary_features, residual)
+        assert out.logits is not None and out.boundary_logits is not None
+        return out.logits, out.boundary_logits

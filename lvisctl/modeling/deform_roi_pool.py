@@ -37,15 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from lvisctl.modeling.mask_assign import box_levels
-
-
-def boxes_to_rois(boxes: Sequence[Tensor] | Tensor) -> Tensor:
-    """Per-image xyxy boxes -> N x 5 ``(batch_index, x1, y1, x2, y2)``; an N x 5 tensor passes through."""
-    if isinstance(boxes, Tensor):
-        return boxes
-    rois = [torch.cat([b.new_full((b.shape[0], 1), float(i)), b], dim=1) for i, b in enumerate(boxes)]
-    return torch.cat(rois, dim=0)
+from lvisctl.modeling.mask_assign import box_areas, box_levels
+from lvisctl.modeling.poolers import boxes_to_rois
 
 
 def _bin_sample_points(
@@ -198,8 +191,7 @@ class DeformRoIPool(nn.Module):
             raise ValueError(f"got {len(feats)} feature maps for {len(self.strides)} strides")
         rois = boxes_to_rois(boxes).to(device=feats[0].device, dtype=torch.float32)
         if levels is None:
-            areas = (rois[:, 3] - rois[:, 1]).clamp_min(0) * (rois[:, 4] - rois[:, 2]).clamp_min(0)
-            levels = box_levels(areas, max_level=len(self.strides) - 1)
+            levels = box_levels(box_areas(rois[:, 1:]), max_level=len(self.strides) - 1)
         elif levels.numel() and (int(levels.min()) < 0 or int(levels.max()) >= len(self.strides)):
             raise ValueError(f"levels must lie in 0..{len(self.strides) - 1}")
         k = self.output_size

@@ -1,8 +1,10 @@
 """``LvisMaskRCNN``: backbone + FPN, RPN, RoI heads, with torchvision's detection calling convention.
 
 ``model(images, targets)``: ``images`` is a list of FloatTensor[3, H, W] in 0..1. Training returns a dict
-of losses; eval returns per-image dicts ``boxes`` (xyxy, input-tensor coordinates), ``scores``,
-``labels`` (contiguous 1..K) and ``masks`` FloatTensor[N, 1, H, W] (probabilities pasted at input size).
+of losses; eval returns per-image dicts ``boxes`` (xyxy, input-tensor coordinates), ``scores`` (the
+classification score), ``labels`` (contiguous 1..K) and ``masks`` FloatTensor[N, 1, H, W] (probabilities
+pasted at input size); with Mask Scoring (``model.mask_head.mask_iou``) also ``mask_scores`` = cls score x
+predicted mask IoU, the score of the masks only (boxes keep ``scores``, as MS R-CNN and mmdet).
 
 The model never resizes: scales are chosen by augmentation and the predictor (TTA needs explicit scales).
 Its only preprocessing is per-channel normalisation and zero padding of the batch to a multiple of 32,
@@ -13,8 +15,10 @@ Submodules (parameter-name prefixes, e.g. for ``train.freeze``; stage 2 freezes 
 * ``backbone``: ``BackboneWithFPN`` = ``backbone.body`` (the trunk, C2-C5) + ``backbone.fpn`` (the neck,
   P2-P6), so ``backbone`` alone covers trunk + neck, and ``backbone.body`` / ``backbone.fpn`` each part;
 * ``rpn``: the region proposal network (anchor generator + ``rpn.head``);
-* ``roi_heads``: box branch (``roi_heads.box_extractor``, ``roi_heads.box_head``), mask branch
-  (``roi_heads.mask_head``), and the optional ``roi_heads.mask_iou_head``.
+* ``roi_heads`` (``lvisctl/modeling/roi_heads.py``, ``model.roi_heads.type``): for ``standard`` the box
+  branch (``roi_heads.box_extractor``, ``roi_heads.box_head``), mask branch (``roi_heads.mask_head``) and
+  the optional ``roi_heads.mask_iou_head``; for ``cascade`` / ``htc`` the same names per stage,
+  ``roi_heads.stages.{i}.box_head`` etc.
 
 Stage 2 of the paper is therefore ``train.freeze: [backbone, rpn]``. The trunk and the neck stay under
 ``backbone`` (torchvision's layout) so stage-1 checkpoints keep their parameter names.
@@ -30,8 +34,9 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from lvisctl.data.categories import CategoryStats
-from lvisctl.modeling.fpn import BackboneWithFPN
-from lvisctl.modeling.roi_heads import LvisRoIHeads
+from lvisctl.modeling.fpn import BackboneWithFPN, roi_feature_maps
+from lvisctl.modeling.mask_iou_head import rescore_with_mask_iou
+from lvisctl.modeling.roi_heads import RoIHeads
 from lvisctl.modeling.rpn import WeightedRPN
 
 
@@ -40,7 +45,7 @@ class LvisMaskRCNN(nn.Module):
         self,
         backbone: BackboneWithFPN,
         rpn: WeightedRPN,
-        roi_heads: LvisRoIHeads,
+        roi_heads: RoIHeads,
         category_stats: CategoryStats,
         pixel_mean: list[float],
         pixel_std: list[float],
@@ -90,6 +95,21 @@ class LvisMaskRCNN(nn.Module):
             return {**rpn_losses, **roi_losses}
         return results
 
+    def predict_masks_and_scores(
+        self,
+        features: dict[str, Tensor],
+        boxes: list[Tensor],
+        labels: list[Tensor],
+        scores: list[Tensor],
+    ) -> tuple[list[Tensor], list[Tensor] | None]:
+        """RoI-level mask probabilities [N_i, 1, M, M] for given boxes and labels, and with Mask Scoring
+        each mask's score (the given classification ``scores`` x predicted mask IoU; None without it)."""
+        probs, ious = self.roi_heads.predict_masks_and_iou(roi_feature_maps(features), boxes, labels)
+        masks = [p[:, None] for p in probs]
+        if ious is None:
+            return masks, None
+        return masks, [rescore_with_mask_iou(s, iou) for s, iou in zip(scores, ious, strict=True)]
+
     def predict_masks(
         self,
         features: dict[str, Tensor],
@@ -98,13 +118,13 @@ class LvisMaskRCNN(nn.Module):
         image_sizes: list[tuple[int, int]],
         paste: bool = True,
     ) -> list[Tensor]:
-        """Run the mask head for given boxes (input coordinates) and contiguous labels.
+        """Run the mask head for given boxes (input coordinates) and contiguous labels (any RoI-head type;
+        HTC: the last stage, after the earlier heads' information flow).
 
         Returns per image FloatTensor[N, 1, H, W] probabilities pasted at ``image_sizes`` (or, with
         ``paste=False``, the RoI-level [N, 1, M, M] probabilities, e.g. to average TTA scales before pasting).
         """
-        feats = [features[k] for k in ("0", "1", "2", "3")]
-        probs = self.roi_heads.predict_masks(feats, boxes, labels)
+        probs = self.roi_heads.predict_masks(roi_feature_maps(features), boxes, labels)
         if not paste:
             return probs
         return [

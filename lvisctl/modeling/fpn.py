@@ -26,3 +26,8 @@ class BackboneWithFPN(nn.Module):
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         feats = self.body(x)
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+
+
+def roi_feature_maps(features: dict[str, Tensor]) -> list[Tensor]:
+    """The FPN maps RoIs are pooled from: P2..P5 (P6, ``"pool"``, is RPN-only)."""
+    return [features[k] for k in ("0", "1", "2", "3")]

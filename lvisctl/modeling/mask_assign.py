@@ -1,4 +1,5 @@
-"""Mask proposal assignment (lvisTraveler, LVIS Challenge 2020 report, Eq. 1).
+"""FPN level assignment of RoIs: the box rule (every branch) and mask proposal assignment (lvisTraveler,
+LVIS Challenge 2020 report, Eq. 1). The one place where a RoI's pooling level is decided.
 
     level = min(box_level(S_bbox), floor(S_mask / (0.25 * S_bbox)), 3)      level 0 = P2 ... 3 = P5
 
@@ -18,10 +19,12 @@ the mask from the box-level features, estimates S_mask from that prediction (for
 M x M mask times S_bbox), reassigns with Eq. 1 and re-runs the mask head on the RoIs whose level changed.
 Eq. 1 never picks a coarser level than the box rule, so the second pass only moves RoIs to finer levels.
 
-How it plugs in: the model core's mask-RoI level-assignment hook gets ``assign_mask_levels(S_bbox, S_mask)``
-(training) and ``two_pass_mask_predict`` (inference, with a callable that pools features at the given
-levels and runs the mask head). Config switch: ``model.mask_head.level_assign: box | eq1``; keys
-``model.mask_head.eq1_box_rule: log2 | paper`` and ``model.mask_head.eq1_single_pass`` (false).
+How it plugs in: ``fpn_levels(boxes)`` is the box rule every RoI head uses for its box branch (FPN paper
+Eq. 1, canonical 224 px box -> P4, as torchvision's ``LevelMapper``). The mask branch of every RoI head
+type holds a ``MaskLevelAssigner``: ``train_levels(boxes, mask_areas)`` in training and ``predict(mask_fn,
+boxes)`` at test time (``two_pass_mask_predict`` for Eq. 1). Config switch:
+``model.mask_head.level_assign: box | eq1``; keys ``model.mask_head.eq1_box_rule: log2 | paper`` and
+``model.mask_head.eq1_single_pass`` (false).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from torch import Tensor
 FINEST_SCALE = 56.0  # sqrt(area) of a RoI mapped exactly to the P2/P3 border (mmdet finest_scale)
 MAX_LEVEL = 3  # index of P5, the coarsest level RoIs are pooled from
 BOX_RULES = ("log2", "paper")
+LEVEL_ASSIGNS = ("box", "eq1")
 
 
 def box_levels(bbox_areas: Tensor, box_rule: str = "log2", max_level: int = MAX_LEVEL) -> Tensor:
@@ -68,6 +72,11 @@ def assign_mask_levels(bbox_areas: Tensor, mask_areas: Tensor, box_rule: str = "
 def box_areas(boxes: Tensor) -> Tensor:
     """Areas of xyxy boxes (N x 4), as in mmdet's level mapping: (x2 - x1) * (y2 - y1)."""
     return (boxes[:, 2] - boxes[:, 0]).clamp_min(0) * (boxes[:, 3] - boxes[:, 1]).clamp_min(0)
+
+
+def fpn_levels(boxes: Tensor) -> Tensor:
+    """Box-rule level (0 = P2 .. 3 = P5) of xyxy boxes [N, 4]: the FPN rule with canonical 224 px at P4."""
+    return box_levels(box_areas(boxes), "log2")
 
 
 def mask_areas_in_boxes(gt_masks: Tensor, boxes: Tensor, gt_index: Tensor) -> Tensor:
@@ -145,3 +154,31 @@ def two_pass_mask_predict(
         part[changed] = new_part
         merged_parts.append(part)
     return tuple(merged_parts), new_levels
+
+
+class MaskLevelAssigner:
+    """The mask branch's level rule: ``box`` (FPN rule) or ``eq1`` (paper Eq. 1), training and test."""
+
+    def __init__(self, mode: str = "box", box_rule: str = "log2", single_pass: bool = False) -> None:
+        if mode not in LEVEL_ASSIGNS:
+            raise ValueError(f"mask level assignment must be one of {LEVEL_ASSIGNS}, got {mode!r}")
+        if box_rule not in BOX_RULES:
+            raise ValueError(f"box_rule must be one of {BOX_RULES}, got {box_rule!r}")
+        self.mode, self.box_rule, self.single_pass = mode, box_rule, single_pass
+
+    def train_levels(self, boxes: Tensor, mask_areas: Tensor | None) -> Tensor:
+        """Levels of training RoIs from their boxes and their matched GT mask areas (S_mask)."""
+        if self.mode == "box":
+            return fpn_levels(boxes)
+        if mask_areas is None:
+            return box_levels(box_areas(boxes), self.box_rule)
+        return assign_mask_levels(box_areas(boxes), mask_areas, self.box_rule)
+
+    def predict(self, mask_fn: MaskFn, boxes: Tensor) -> Tensor | tuple[Tensor, ...]:
+        """Run ``mask_fn(roi_indices, levels)`` over all RoIs at test time (two passes for Eq. 1)."""
+        if self.mode == "eq1":
+            out, _levels = two_pass_mask_predict(
+                mask_fn, box_areas(boxes), box_rule=self.box_rule, single_pass=self.single_pass
+            )
+            return out
+        return mask_fn(torch.arange(boxes.shape[0], device=boxes.device), fpn_levels(boxes))

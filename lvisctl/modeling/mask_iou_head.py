@@ -11,7 +11,9 @@ Following MS R-CNN (and mmdet's ``MaskIoUHead``):
    to get the same, omit it for the in-RoI IoU;
  * loss: L2 (MSE) on the ground-truth-class output of positive RoIs whose target is > 0, loss weight 0.5
    (mmdet's ``MSELoss(loss_weight=0.5)``); with no such RoI, a zero connected to the graph;
- * test: ``mask_scores(cls_scores, iou_pred, labels) = cls_score * iou_pred[label]``.
+ * test: ``mask_scores(cls_scores, iou_pred, labels) = cls_score * iou_pred[label]``; only the masks are
+   rescored (the boxes keep the classification score).
+ * targets and loss live in ``lvisctl.losses.mask_scoring``.
 
 How it plugs in: build it with ``num_classes`` = the mask predictor's channel count (K + 1 in the
 torchvision convention, so contiguous labels 1..K index the columns directly). It is an optional extra
@@ -19,9 +21,10 @@ output of the mask branch (``model.mask_head.mask_iou``, default false; weight
 ``model.mask_head.mask_iou_loss_weight`` 0.5; the core sizes ``conv_channels`` / ``fc_channels`` as
 ``model.mask_head.conv_dim`` / ``model.roi_heads.fc_dim``). In training the core runs
 ``MaskIoUHead(mask_roi_features, mask_logits_of_gt_class)`` for the positives and adds ``loss_mask_iou``; at
-inference it runs the head on the detections' mask logits of the predicted class and replaces each
-detection's score by cls score x predicted IoU (clamped to [0, 1]). The predicted mask is not detached (as
-in mmdet), so the IoU loss also trains the mask head.
+inference it runs the head on the detections' mask logits of the predicted class and gives each
+detection a ``mask_scores`` entry = cls score x predicted IoU (clamped to [0, 1]); ``scores`` (used for
+the boxes) stay the classification scores, as in MS R-CNN and mmdet. The predicted mask is not detached
+(as in mmdet), so the IoU loss also trains the mask head.
 """
 
 from __future__ import annotations
@@ -79,38 +82,18 @@ class MaskIoUHead(nn.Module):
         return self.fc_iou(self.fcs(x.flatten(1)))
 
 
-@torch.no_grad()
-def mask_iou_targets(
-    mask_probs: Tensor, mask_targets: Tensor, inside_ratio: Tensor | None = None, threshold: float = 0.5
-) -> Tensor:
-    """IoU of the binarised predicted masks and binarised targets (both N x M x M); N values in [0, 1].
+def rescore_with_mask_iou(cls_scores: Tensor, mask_iou: Tensor) -> Tensor:
+    """Mask score = classification score x predicted mask IoU (of the detection's class), for the masks
+    only: the boxes keep the classification score (MS R-CNN, mmdet).
 
-    ``inside_ratio`` (fraction of each ground-truth instance inside its RoI) scales the ground-truth area up
-    to the whole instance as mmdet does. An empty prediction and an empty target give 0.
+    The regressed IoU is clamped to [0, 1] (its range by definition) so a slightly negative prediction
+    cannot produce a negative score that downstream score thresholds would silently drop.
     """
-    pred = (mask_probs > threshold).flatten(1).float()
-    gt = (mask_targets >= 0.5).flatten(1).float()
-    overlap = (pred * gt).sum(dim=1)
-    gt_area = gt.sum(dim=1)
-    if inside_ratio is not None:
-        gt_area = gt_area / (inside_ratio.to(gt_area) + 1e-7)
-    union = pred.sum(dim=1) + gt_area - overlap
-    return torch.where(union > 0, overlap / union.clamp_min(1e-7), torch.zeros_like(union))
-
-
-def mask_iou_loss(iou_pred: Tensor, labels: Tensor, iou_targets: Tensor, loss_weight: float = 0.5) -> Tensor:
-    """MSE between the ground-truth-class predictions (N x K; ``labels`` index the columns directly) and
-    the targets, over RoIs with target > 0; scaled by ``loss_weight``."""
-    rows = torch.arange(iou_pred.shape[0], device=iou_pred.device)
-    pred = iou_pred[rows, labels]
-    positive = iou_targets > 0
-    if not bool(positive.any()):
-        return iou_pred.sum() * 0.0
-    return loss_weight * F.mse_loss(pred[positive], iou_targets[positive].to(pred.dtype))
+    return cls_scores * mask_iou.clamp(0.0, 1.0).to(cls_scores.dtype)
 
 
 def mask_scores(cls_scores: Tensor, iou_pred: Tensor, labels: Tensor) -> Tensor:
-    """Mask score of each detection: classification score x predicted IoU of its class (``labels`` index
-    the columns of ``iou_pred`` directly)."""
+    """``rescore_with_mask_iou`` with the IoU of each detection's class picked from ``iou_pred`` [N, K + 1]
+    (``labels`` index the columns directly)."""
     rows = torch.arange(iou_pred.shape[0], device=iou_pred.device)
-    return cls_scores * iou_pred[rows, labels]
+    return rescore_with_mask_iou(cls_scores, iou_pred[rows, labels])

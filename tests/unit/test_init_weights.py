@@ -68,3 +68,17 @@ def test_frozen_tensors_must_load_and_fresh_ones_are_listed():
         load_init_weights(_net(5), src.state_dict(), source="a.pt", frozen=["head"], allow_partial=True)
     with pytest.raises(LvisctlError, match="another category set"):
         load_init_weights(_net(3), src.state_dict(), source="a.pt", same_classes=False)
+
+
+def test_a_stage1_of_another_head_type_is_refused_unless_partial_is_allowed():
+    from lvisctl.config import load_config
+    from lvisctl.engine.init_weights import check_head_type
+    from lvisctl.errors import LvisctlError
+
+    saved = {"model": {"roi_heads": {"type": "htc"}}}
+    standard = load_config(None)
+    with pytest.raises(LvisctlError, match="model.roi_heads.type is 'htc' there but 'standard'"):
+        check_head_type(standard, saved, "checkpoints/stage1_final.pt")
+    check_head_type(load_config(None, ["train.init_allow_partial=true"]), saved, "x.pt")
+    check_head_type(load_config(None, ["model.roi_heads.type=htc"]), saved, "x.pt")
+    check_head_type(standard, {"model": {"roi_heads": {}}}, "old.pt")  # before the key existed: standard

@@ -181,7 +181,8 @@ def test_missing_images_are_all_reported(tmp_path):
     (tmp_path / "train2017" / "000000000002.jpg").write_bytes(b"")  # exists, but empty: not an image
     with pytest.raises(
         LvisctlError,
-        match=r"3 problems: image 1: file .*000000000001.jpg not found .*; image 3: .*; image 2: .*empty file",
+        match=r"3 problems: image 1: file .*000000000001.jpg not found .*; "
+        r"image 3: .*; image 2: .*empty file",
     ):
         validate_lvis(path)
     load_lvis(path)  # not checked by default

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from lvisctl.modeling.mask_iou_head import MaskIoUHead, mask_iou_loss, mask_iou_targets, mask_scores
+from lvisctl.losses.mask_scoring import mask_iou_loss, mask_iou_targets
+from lvisctl.modeling.mask_iou_head import MaskIoUHead, mask_scores
 
 
 def test_head_shapes_and_gradients():

@@ -10,9 +10,10 @@ from lvisctl.data.categories import CategoryMap, CategoryStats
 from lvisctl.errors import LvisctlError
 from lvisctl.losses.eql import EqualizationLoss
 from lvisctl.modeling.backbones import DeformConv3x3, build_trunk
-from lvisctl.modeling.build import build_mask_level_fn, build_model
-from lvisctl.modeling.roi_heads import box_levels, ignore_overlaps, proposal_weights
+from lvisctl.modeling.build import build_mask_levels, build_model
+from lvisctl.modeling.mask_assign import fpn_levels
 from lvisctl.modeling.rpn import WeightedRPN
+from lvisctl.modeling.sampling import ignore_overlaps, proposal_weights
 
 K = 4
 TINY = [
@@ -129,11 +130,13 @@ def test_box_levels_fpn_rule():
     # floor(4 + log2(sqrt(area) / 224)) clamped to 2..5, minus 2
     sides = [20.0, 56.0, 111.0, 112.0, 224.0, 448.0, 1000.0]
     boxes = torch.tensor([[0.0, 0.0, s, s] for s in sides])
-    assert box_levels(boxes).tolist() == [0, 0, 0, 1, 2, 3, 3]
+    assert fpn_levels(boxes).tolist() == [0, 0, 0, 1, 2, 3, 3]
 
 
 def test_eq1_level_assignment_is_wired():
-    fn = build_mask_level_fn(load_config(None, ["model.mask_head.level_assign=eq1"]).model.mask_head)
+    fn = build_mask_levels(
+        load_config(None, ["model.mask_head.level_assign=eq1"]).model.mask_head
+    ).train_levels
     boxes = torch.tensor([[0.0, 0.0, 224.0, 224.0]] * 3)
     area = 224.0 * 224.0
     # Eq. 1: min(box level 2, floor(S_mask / (0.25 S_bbox)), 3)
@@ -162,11 +165,12 @@ def test_ignored_proposals_are_not_sampled():
     ignore = torch.tensor([[0.0, 40, 12, 62]])  # background area away from both GT boxes
     tgt["ignore_boxes"] = ignore
     proposals = [torch.cat([ignore, ignore + 0.5, torch.tensor([[55.0, 0, 69, 10]])])]
-    _, labels = heads._match(torch.cat([proposals[0], tgt["boxes"]]), tgt)
+    _, labels = heads.sampler.match(torch.cat([proposals[0], tgt["boxes"]]), tgt)
     assert labels.tolist() == [-1, -1, 0, 1, 3]
-    props, _, sampled_labels, _ = heads.select_training_samples(proposals, [tgt])
-    assert not any(torch.equal(p, ignore[0]) for p in props[0])
-    assert sorted(sampled_labels[0].tolist()) == [0, 1, 3]
+    samples = heads.sampler.sample(proposals, [tgt])
+    assert not any(torch.equal(p, ignore[0]) for p in samples.boxes[0])
+    assert sorted(samples.labels[0].tolist()) == [0, 1, 3]
+    assert samples.is_gt[0].sum() == 2  # the two GT boxes joined the proposals
 
 
 def test_loss_weight_scales_every_loss():

@@ -6,12 +6,15 @@ import torch
 
 from lvisctl.config import load_config
 from lvisctl.errors import LvisctlError
+from lvisctl.losses.balanced_mask import BalancedMaskLoss
 from lvisctl.losses.group_softmax import BalancedGroupSoftmax
 from lvisctl.modeling import LvisMaskRCNN, build_model
 from lvisctl.modeling.boundary_head import BoundaryPreservingMaskHead
-from lvisctl.modeling.build import BalancedMaskLoss, build_mask_level_fn
+from lvisctl.modeling.build import build_mask_levels
 from lvisctl.modeling.deform_roi_pool import DeformRoIPool
-from lvisctl.modeling.roi_heads import gt_inside_ratio, image_weighted, rescore_with_mask_iou
+from lvisctl.modeling.mask_branch import gt_inside_ratio
+from lvisctl.modeling.mask_iou_head import rescore_with_mask_iou
+from lvisctl.modeling.sampling import image_weighted
 from tests.unit.test_model_core import IMAGES, TINY, make_stats, target, tiny_model
 
 BASE_LOSSES = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
@@ -149,8 +152,8 @@ def test_eq1_training_levels_follow_the_configured_box_rule():
     # log2 rule: box level floor(log2(224 / 56)) = 2; paper rule: floor(224^2 / 56^2) = 16 -> 3.
     # area term floor(S_mask / (0.25 S_bbox)) = 0, 2, 4 -> min with the box level (and 3)
     log2 = load_config(None, ["model.mask_head.level_assign=eq1"])
-    assert build_mask_level_fn(log2.model.mask_head)(boxes, mask_areas).tolist() == [0, 2, 2]
-    assert build_mask_level_fn(paper.model.mask_head)(boxes, mask_areas).tolist() == [0, 2, 3]
+    assert build_mask_levels(log2.model.mask_head).train_levels(boxes, mask_areas).tolist() == [0, 2, 2]
+    assert build_mask_levels(paper.model.mask_head).train_levels(boxes, mask_areas).tolist() == [0, 2, 3]
     with pytest.raises(LvisctlError, match="model.mask_head.eq1_box_rule"):
         tiny_model("model.mask_head.eq1_box_rule=sqrt")
 
@@ -199,22 +202,25 @@ def test_mask_scoring_trains_its_head():
     assert float(double["loss_mask_iou"]) == pytest.approx(2 * float(losses["loss_mask_iou"]), rel=1e-5)
 
 
-def test_mask_scoring_score_is_cls_score_times_predicted_iou():
-    model = tiny_model("model.mask_head.mask_iou=true").eval()
+def test_mask_scoring_rescores_masks_only_boxes_keep_the_cls_score():
+    torch.manual_seed(0)
+    scored = tiny_model("model.mask_head.mask_iou=true").eval()
+    plain = tiny_model().eval()  # same seed: identical weights except the MaskIoU head
+    plain.load_state_dict({k: v for k, v in scored.state_dict().items() if "mask_iou_head" not in k})
     captured = []
-    model.roi_heads.mask_iou_head.register_forward_hook(lambda m, i, out: captured.append(out))
+    scored.roi_heads.mask_iou_head.register_forward_hook(lambda m, i, out: captured.append(out))
     with torch.no_grad():
-        rescored = model(IMAGES)
-        head = model.roi_heads.mask_iou_head
-        model.roi_heads.mask_iou_head = None  # same boxes and masks, plain classification scores
-        plain = model(IMAGES)
-        model.roi_heads.mask_iou_head = head
+        with_ms = scored(IMAGES)
+        without = plain(IMAGES)
     assert len(captured) == 1  # one pass for all detections of both images (box-rule levels)
-    labels = torch.cat([r["labels"] for r in plain])
+    labels = torch.cat([r["labels"] for r in without])
     iou = captured[0][torch.arange(labels.numel()), labels]
-    expected = torch.cat([r["scores"] for r in plain]) * iou.clamp(0, 1)
-    assert torch.allclose(torch.cat([r["scores"] for r in rescored]), expected)
-    for a, b in zip(rescored, plain, strict=True):
+    cls_scores = torch.cat([r["scores"] for r in without])
+    # boxes keep the classification score; masks get cls score x predicted IoU
+    assert torch.equal(torch.cat([r["scores"] for r in with_ms]), cls_scores)
+    assert torch.allclose(torch.cat([r["mask_scores"] for r in with_ms]), cls_scores * iou.clamp(0, 1))
+    assert all("mask_scores" not in r for r in without)
+    for a, b in zip(with_ms, without, strict=True):
         assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["masks"], b["masks"])
 
 

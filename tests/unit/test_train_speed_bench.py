@@ -32,7 +32,7 @@ def test_select_rows_adds_section_baselines(bench):
         "e2e-full2",
     ]
     assert bench.select_rows(["sampler"]) == ["sampler-plain", "sampler-rfs", "sampler-factors"]
-    assert len(bench.select_rows([])) == 6 + 4 + 3 + 3
+    assert len(bench.select_rows([])) == 7 + 5 + 3 + 3
     with pytest.raises(SystemExit, match="unknown rows"):
         bench.select_rows(["mosaic"])
 

@@ -1,6 +1,7 @@
 """The training augmentation pipeline, built from the ``augment:`` config section.
 
-Order: Mosaic -> rotate -> scale jitter -> horizontal flip. Rotation runs before resizing so it works on
+Order: InstaBoost -> Mosaic -> rotate -> scale jitter -> horizontal flip (InstaBoost works on the source
+image, as in mmdet). Rotation runs before resizing so it works on
 the (usually smaller) source resolution; scale jitter comes last among the resizes because it sets the
 final training scale (the model does not resize).
 """
@@ -15,6 +16,7 @@ import torch
 
 from lvisctl.data.transforms.base import Sample, SampleSource, Transform
 from lvisctl.data.transforms.flip import RandomHorizontalFlip
+from lvisctl.data.transforms.instaboost import InstaBoost
 from lvisctl.data.transforms.mosaic import Mosaic
 from lvisctl.data.transforms.rotate import RandomRotate
 from lvisctl.data.transforms.scale_jitter import ScaleJitter
@@ -44,6 +46,9 @@ def build_train_transforms(cfg: Mapping[str, Any], *, repeat_factors: np.ndarray
     aug = cfg["augment"]
     aligned = bool(aug["box_from_mask"])
     transforms: list[Transform] = []
+    boost = aug.get("instaboost")
+    if boost is not None and boost["prob"] > 0:
+        transforms.append(InstaBoost(boost["prob"], boost["scale"], boost["shift"], boost["max_angle"]))
     mosaic = aug["mosaic"]
     if mosaic["prob"] > 0:
         weights = repeat_factors if mosaic["rfs_weighted"] else None
