@@ -32,7 +32,7 @@ import torch
 from lvisctl.data.categories import CategoryMap
 from lvisctl.engine.distributed import DistInfo, barrier
 from lvisctl.errors import LvisctlError
-from lvisctl.inference.predictor import Predictor, checkpoint_config, model_from_checkpoint
+from lvisctl.inference.predictor import Predictor, checkpoint_config
 from lvisctl.inference.results import detections_to_records, split_paths, write_split_results
 from lvisctl.rundir import Artifact, RunDir
 from lvisctl.rundir.io import atomic_write_json, sha256_file
@@ -296,10 +296,14 @@ def parse_scales(text: str) -> list[int]:
     return scales
 
 
-def default_out_name(images: Path, checkpoint: Path, scales: Sequence[int]) -> str:
-    """``predictions/<images>_<checkpoint>_s<scales>.json``: different inputs never share a file (the
-    files written are its ``.segm.json`` and ``.bbox.json``)."""
-    return f"predictions/{images.stem}_{checkpoint.stem}_s{'-'.join(str(s) for s in scales)}.json"
+def default_out_name(
+    images: Path, checkpoint: Path, scales: Sequence[int], n_checkpoints: int = 1, tta: str = "plain"
+) -> str:
+    """``predictions/<images>_<checkpoint>[+N]_s<scales>[_<tta>].json``: different inputs never share a
+    file (the files written are its ``.segm.json`` and ``.bbox.json``)."""
+    models = checkpoint.stem + (f"+{n_checkpoints - 1}" if n_checkpoints > 1 else "")
+    suffix = "" if tta == "plain" else f"_{tta}"
+    return f"predictions/{images.stem}_{models}_s{'-'.join(str(s) for s in scales)}{suffix}.json"
 
 
 def fingerprint_of(**parts: Any) -> str:
@@ -311,8 +315,9 @@ def predict_to_run_dir(
     run_dir: Path,
     images: Path,
     *,
-    checkpoint: Path | None = None,
+    checkpoint: Path | Sequence[Path] | None = None,
     scales: Sequence[int] | None = None,
+    tta: str | None = None,
     image_root: Path | None = None,
     out: Path | None = None,
     overwrite: bool = False,
@@ -327,44 +332,43 @@ def predict_to_run_dir(
     job; rank 0 writes the files and the manifest.
 
     The config is the checkpoint's, with ``overrides`` (``inference.batch_size=4``) and ``scales`` on top.
+    ``tta`` sets ``inference.tta.mode`` (``paper``: section 3.3, ``lvisctl.inference.tta``); several
+    checkpoints are run in one pass and fused per image (``inference.ensemble``), with the first one's config.
     """
     from lvisctl.data.lvis import load_lvis
     from lvisctl.engine.checkpoint import load_checkpoint
     from lvisctl.engine.distributed import init_distributed
+    from lvisctl.inference.tta import predictor_from_checkpoints, resolve_scales
 
-    run = RunDir(run_dir, create=checkpoint is not None)  # the default checkpoint needs an existing run
-    ckpt_input, ckpt_path, ckpt_sha = resolve_checkpoint(run, checkpoint)
+    given = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint or [])
+    run = RunDir(run_dir, create=bool(given))  # the default checkpoint needs an existing run
+    resolved = [resolve_checkpoint(run, c) for c in given] or [resolve_checkpoint(run, None)]
+    ckpt_input, ckpt_path, ckpt_sha = resolved[0]
     images = images.expanduser().resolve()
     ckpt = load_checkpoint(ckpt_path)
     cfg = checkpoint_config(ckpt, overrides)
-    if scales is not None:
-        cfg.inference.scales = [int(s) for s in scales]
+    if tta is not None:
+        cfg.inference.tta.mode = tta
+    used_scales = resolve_scales(cfg, scales)
     icfg = cfg.inference
     group_path = (
         Path(str(out.expanduser().resolve()))
         if out
-        else run.path_of(default_out_name(images, ckpt_path, icfg.scales))
+        else run.path_of(default_out_name(images, ckpt_path, used_scales, len(resolved), icfg.tta.mode))
     )
     for path in split_paths(group_path).values():  # refuse before the slow part (images, model)
         run.output_path(run.relative(path), overwrite=overwrite)
     out_path = group_path
     data = load_lvis(images, image_root=image_root, check_images=True)
-    model, stats, _ = model_from_checkpoint(ckpt, source=ckpt_path, config=cfg)
     dist = init_distributed(cfg.device)
-    predictor = Predictor(
-        model,
-        dist.device,
-        icfg.scales,
-        icfg.max_size,
-        detections_per_image=icfg.detections_per_image,
-        score_thresh=icfg.score_thresh,
-        mask_thresh=icfg.mask_thresh,
-        amp=cfg.amp,
-        merge_iou=icfg.merge_iou,
-    )
+    loaded = [(ckpt, ckpt_path)] + [(load_checkpoint(path), path) for _, path, _ in resolved[1:]]
+    predictor, stats = predictor_from_checkpoints(loaded, cfg, dist.device, overrides)
     items = [ImageItem(image_id, data.image_path(image_id)) for image_id in sorted(data.images)]
     fingerprint = fingerprint_of(
-        checkpoint=ckpt_sha, images=sha256_file(images), image_root=data.image_root, config=cfg.to_dict()
+        checkpoint=ckpt_sha if len(resolved) == 1 else [sha for _, _, sha in resolved],
+        images=sha256_file(images),
+        image_root=data.image_root,
+        config=cfg.to_dict(),
     )
     summary = run_inference(
         predictor,
@@ -382,17 +386,21 @@ def predict_to_run_dir(
         on_images=on_images,
     )
     outcome = PredictionsOutcome(
-        summary, out_path, run.relative(ckpt_path), list(icfg.scales), dist.world_size, is_main=dist.is_main
+        summary, out_path, run.relative(ckpt_path), used_scales, dist.world_size, is_main=dist.is_main
     )
     if dist.is_main and summary.complete:
         group = split_paths(out_path)["segm"].name[: -len(".segm.json")]
-        meta = {"gt": str(images), "scales": list(icfg.scales), "checkpoint": outcome.checkpoint}
+        meta = {"gt": str(images), "scales": used_scales, "checkpoint": outcome.checkpoint}
+        if icfg.tta.mode != "plain":
+            meta["tta"] = icfg.tta.mode
+        if len(resolved) > 1:
+            meta["checkpoints"] = [run.relative(path) for _, path, _ in resolved]
         # bbox first: the segm file is then the newest predictions (what submit and evaluate take).
         for iou_type in ("bbox", "segm"):
             outcome.artifacts[iou_type] = run.register(
                 "predictions",
                 outcome.paths[iou_type],
-                inputs=[ckpt_input, images],
+                inputs=[*(c for c, _, _ in resolved), images],
                 config=cfg.to_dict(),
                 meta={"iou_type": iou_type, "group": group, **meta},
             )
