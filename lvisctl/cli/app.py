@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "train",
     "finetune_bags",
     "tta_infer",
+    "ensemble",
     "evaluate",
     "submit",
     "runs",

@@ -3,6 +3,9 @@
 Two files per run: ``<stem>.segm.json`` (masks, no boxes, so lvis-api uses mask areas for the mask
 metrics; what ``submit`` uploads) and ``<stem>.bbox.json`` (boxes).
 
+``--tta paper`` runs the paper's test-time augmentation (``lvisctl.inference.tta``); repeating
+``--checkpoint`` fuses several models' outputs per image (``lvisctl.inference.ensemble``).
+
 Several GPUs / nodes: ``torchrun --nproc_per_node 8 -m lvisctl tta-infer --run-dir DIR --images val.json``.
 """
 
@@ -26,13 +29,23 @@ def tta_infer_command(
     images: Path = typer.Option(
         ..., "--images", help="LVIS annotation file or test-dev image-info json listing the images."
     ),
-    checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", help="Checkpoint file; default: the run's newest final one (stage 2 before 1)."
+    checkpoint: list[Path] | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="Checkpoint file; default: the run's newest final one (stage 2 before 1). Repeat it to ensemble "
+        "several models in one pass (each model's output fused per image, inference.ensemble.*).",
+    ),
+    tta: str | None = typer.Option(
+        None,
+        "--tta",
+        help="plain: the scales merged by NMS (default); paper: section 3.3 (flip, valid box range per "
+        "scale, rare boost, NMS 0.7 + Soft-NMS, mask from the right scale; keys inference.tta.*).",
     ),
     scales: str | None = typer.Option(
         None,
         "--scales",
-        help="Test scale(s), short side in pixels: 800 or 600,800,1000 (default inference.scales).",
+        help="Test scale(s), short side in pixels: 800 or 600,800,1000 (default inference.scales, or "
+        "inference.tta.scales with --tta paper).",
     ),
     image_root: Path | None = typer.Option(
         None, "--image-root", help="Folder the image paths are relative to (default: the json's folder)."
@@ -61,9 +74,12 @@ def tta_infer_command(
     Resumable: finished chunks are kept in DIR/.partial/ and a rerun continues from them.
     """
     from lvisctl.engine.distributed import cleanup_distributed
+    from lvisctl.errors import LvisctlError
     from lvisctl.inference.runner import parse_scales, predict_to_run_dir
 
     scale_list = parse_scales(scales) if scales is not None else None
+    if tta is not None and tta not in ("plain", "paper"):
+        raise LvisctlError(f"--tta {tta!r}: expected plain or paper")
     with ImagesProgress() as progress:
         try:
             outcome = predict_to_run_dir(
@@ -71,6 +87,7 @@ def tta_infer_command(
                 images,
                 checkpoint=checkpoint,
                 scales=scale_list,
+                tta=tta,
                 image_root=image_root,
                 out=out,
                 overwrite=overwrite,
@@ -126,10 +143,16 @@ def _print_summary(outcome) -> None:
     paths = outcome.paths
     console.print(
         f"predictions: {paths['segm']} (segm, no boxes: mask areas) and {paths['bbox']} (bbox)  "
-        f"(scales {outcome.scales}, checkpoint {outcome.checkpoint})",
+        f"(scales {outcome.scales}, checkpoint {_models(outcome.artifact.meta)}, "
+        f"tta {outcome.artifact.meta.get('tta', 'plain')})",
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _models(meta: dict) -> str:
+    fused = meta.get("checkpoints")
+    return " + ".join(fused) + " (fused)" if fused else str(meta["checkpoint"])
 
 
 def register(app: typer.Typer) -> None:

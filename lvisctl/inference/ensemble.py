@@ -15,14 +15,19 @@ files, sharded over ``torchrun`` ranks and resumable by chunks like ``tta-infer`
 
 from __future__ import annotations
 
+import json
+import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pycocotools.mask as mask_utils
 import torch
 
+from lvisctl.data.categories import CategoryMap
 from lvisctl.errors import LvisctlError
 from lvisctl.inference.predictor import Detections, top_k
 
@@ -242,3 +247,288 @@ class EnsemblePredictor:
             )
             for i, image in enumerate(images)
         ]
+
+
+# ------------------------------------------------------------------------------ results files
+@dataclass
+class ResultsInput:
+    """One ``lvisctl ensemble`` input: full records (box and mask) grouped by image."""
+
+    path: Path  # as given
+    files: list[Path]  # the files read (a tta-infer .segm.json / .bbox.json pair, or one full file)
+    by_image: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    sizes: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+
+def _pair_of(path: Path) -> dict[str, Path] | None:
+    """The tta-infer pair a path names (``X.segm.json``, ``X.bbox.json`` or ``X.json``), if both exist."""
+    from lvisctl.inference.results import split_paths
+
+    name = path.name
+    for suffix in (".segm.json", ".bbox.json"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)] + ".json"
+    pair = split_paths(path.with_name(name))
+    return pair if all(p.is_file() for p in pair.values()) else None
+
+
+def _load_json_list(path: Path) -> list[Any]:
+    if not path.is_file():
+        raise LvisctlError(f"{path}: results file not found")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LvisctlError(f"{path}: not valid json ({err})") from None
+    if not isinstance(data, list):
+        raise LvisctlError(f"{path}: results must be a json list of detections, got {type(data).__name__}")
+    return data
+
+
+def read_results_input(path: Path) -> ResultsInput:
+    """Read and check one input. A ``tta-infer`` pair is joined: box and box score from the bbox file,
+    mask and mask score (``mask_score``) from the segm file; a single file needs ``segmentation`` (its
+    box, when absent, is the mask's bounding box)."""
+    pair = _pair_of(path)
+    if pair is not None:
+        segm, bbox = _load_json_list(pair["segm"]), _load_json_list(pair["bbox"])
+        if len(segm) != len(bbox):
+            raise LvisctlError(f"{pair['segm']}: holds {len(segm)} detections, {pair['bbox']} {len(bbox)}")
+        records = [{**s, **b, "mask_score": s.get("score")} for s, b in zip(segm, bbox, strict=True)]
+        result = ResultsInput(path, [pair["segm"], pair["bbox"]])
+    else:
+        records = _load_json_list(path)
+        result = ResultsInput(path, [path])
+    for i, rec in enumerate(records):
+        problem = _record_problem(rec)
+        if problem:
+            raise LvisctlError(f"{result.files[0]}: result {i} {problem}")
+        image_id = int(rec["image_id"])
+        size = (int(rec["segmentation"]["size"][0]), int(rec["segmentation"]["size"][1]))
+        if result.sizes.setdefault(image_id, size) != size:
+            raise LvisctlError(f"{result.files[0]}: image {image_id} has masks of two sizes")
+        result.by_image.setdefault(image_id, []).append(rec)
+    return result
+
+
+def _record_problem(rec: Any) -> str | None:
+    if not isinstance(rec, dict):
+        return "is not an object"
+    for key in ("image_id", "category_id"):
+        if not isinstance(rec.get(key), int) or isinstance(rec.get(key), bool):
+            return f"has {key} {rec.get(key)!r} (must be an integer)"
+    score = rec.get("score")
+    if not isinstance(score, (int, float)) or not math.isfinite(score):
+        return f"has score {score!r} (must be a finite number)"
+    seg = rec.get("segmentation")
+    if not isinstance(seg, dict) or "counts" not in seg or len(seg.get("size", ())) != 2:
+        return "has no RLE 'segmentation' ({size, counts}); ensemble fuses masks (give a segm results file)"
+    box = rec.get("bbox")
+    if box is not None and (not isinstance(box, list) or len(box) != 4):
+        return f"has bbox {box!r} (must be [x, y, w, h])"
+    return None
+
+
+def check_image_sets(inputs: Sequence[ResultsInput], images: Mapping[int, Mapping[str, Any]] | None, source):
+    """Different image sets, unknown ids, mismatched sizes -> one ``LvisctlError`` line."""
+    first = inputs[0]
+    for inp in inputs:
+        if images is not None:
+            unknown = sorted(set(inp.by_image) - set(images))
+            if unknown:
+                raise LvisctlError(
+                    f"{inp.path}: {len(unknown)} image ids not in {source} (e.g. {unknown[0]}): unknown ids"
+                )
+            for image_id, (h, w) in inp.sizes.items():
+                rec = images[image_id]
+                if (int(rec["height"]), int(rec["width"])) != (h, w):
+                    raise LvisctlError(
+                        f"{inp.path}: image {image_id} masks are {h}x{w}, {source} says "
+                        f"{rec['height']}x{rec['width']}: results for a different image set"
+                    )
+        elif set(inp.by_image) != set(first.by_image):
+            extra = sorted(set(inp.by_image) ^ set(first.by_image))
+            raise LvisctlError(
+                f"{inp.path}: covers other images than {first.path} (e.g. image id {extra[0]}): results for "
+                "different image sets (pass --images FILE if some model found nothing on some images)"
+            )
+        for image_id, size in inp.sizes.items():
+            other = first.sizes.get(image_id)
+            if other is not None and other != size:
+                raise LvisctlError(
+                    f"{inp.path}: image {image_id} is {size[0]}x{size[1]} here and {other[0]}x{other[1]} in "
+                    f"{first.path}: results for different image sets"
+                )
+
+
+def records_to_detections(records: Sequence[Mapping[str, Any]], size: tuple[int, int], cmap: CategoryMap):
+    """One image's full records -> detections (labels contiguous in ``cmap``, masks decoded)."""
+    n = len(records)
+    if n == 0:
+        return {
+            "boxes": torch.zeros((0, 4)),
+            "scores": torch.zeros(0),
+            "labels": torch.zeros(0, dtype=torch.int64),
+            "masks": torch.zeros((0, *size), dtype=torch.bool),
+        }
+    rles = [{"size": list(r["segmentation"]["size"]), "counts": r["segmentation"]["counts"]} for r in records]
+    rles = [
+        {**r, "counts": r["counts"].encode() if isinstance(r["counts"], str) else r["counts"]} for r in rles
+    ]
+    masks = torch.from_numpy(mask_utils.decode(rles)).permute(2, 0, 1).bool()
+    boxes = []
+    for rec, rle in zip(records, rles, strict=True):
+        x, y, w, h = rec["bbox"] if rec.get("bbox") is not None else mask_utils.toBbox(rle).tolist()
+        boxes.append([x, y, x + w, y + h])
+    out = {
+        "boxes": torch.tensor(boxes, dtype=torch.float32),
+        "scores": torch.tensor([float(r["score"]) for r in records]),
+        "labels": torch.tensor([cmap.index(r["category_id"]) for r in records], dtype=torch.int64),
+        "masks": masks,
+    }
+    if all(r.get("mask_score") is not None for r in records):
+        out["mask_scores"] = torch.tensor([float(r["mask_score"]) for r in records])
+    return out
+
+
+@dataclass
+class EnsembleOutcome:
+    """What :func:`ensemble_to_run_dir` made; ``paths`` empty when stopped by ``max_chunks``."""
+
+    images: int
+    detections: int
+    seconds: float
+    chunks_total: int
+    chunks_resumed: int
+    complete: bool
+    paths: dict[str, Path] = field(default_factory=dict)
+    is_main: bool = True
+
+
+def ensemble_to_run_dir(
+    inputs: Sequence[Path],
+    out: Path,
+    *,
+    weights: Sequence[float] | None = None,
+    method: str = "wbf",
+    iou_thr: float = 0.55,
+    skip_box_thr: float = 0.0,
+    detections_per_image: int = 300,
+    images: Path | None = None,
+    run_dir: Path | None = None,
+    overwrite: bool = False,
+    chunk_size: int = 500,
+    max_chunks: int | None = None,
+    on_images: Callable[[int], None] | None = None,
+) -> EnsembleOutcome:
+    """``lvisctl ensemble``: fuse results files of the same images into ``split_paths(out)`` (the
+    ``.segm.json`` / ``.bbox.json`` pair ``tta-infer`` writes), registered in ``run_dir`` with its inputs.
+
+    Everything is checked before anything is written; chunks of ``chunk_size`` images are saved to a
+    partial folder as they finish (a rerun resumes), shared round robin by ``torchrun`` ranks.
+    """
+    import time
+
+    from lvisctl.engine.distributed import barrier, init_distributed
+    from lvisctl.inference.results import detections_to_records, split_paths
+    from lvisctl.inference.runner import (
+        ImageItem,
+        assemble,
+        fingerprint_of,
+        finished_chunks,
+        plan_chunks,
+        prepare_partial_dir,
+    )
+    from lvisctl.rundir import RunDir
+    from lvisctl.rundir.io import atomic_write_json, sha256_file
+
+    start = time.perf_counter()
+    if len(inputs) < 1:
+        raise LvisctlError("ensemble: give at least one results file")
+    if weights is not None and len(weights) != len(inputs):
+        raise LvisctlError(f"--weights: {len(weights)} weights for {len(inputs)} results files")
+    if weights is not None and (min(weights) < 0 or sum(weights) <= 0):
+        raise LvisctlError(f"--weights {','.join(map(str, weights))}: must be >= 0 with a positive sum")
+    if method not in METHODS:
+        raise LvisctlError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    run = RunDir(run_dir) if run_dir is not None else None
+    out = Path(out).expanduser().resolve()
+    paths = split_paths(out)
+    for path in paths.values():  # refuse before the slow part
+        if run is not None:
+            run.output_path(run.relative(path), overwrite=overwrite)
+        elif path.exists() and not overwrite:
+            raise LvisctlError(f"{path}: already exists (pass --overwrite to replace it)")
+    image_table = None
+    if images is not None:
+        from lvisctl.data.lvis import load_lvis
+
+        image_table = load_lvis(images).images
+    read = [read_results_input(Path(p).expanduser().resolve()) for p in inputs]
+    check_image_sets(read, image_table, images)
+    cat_ids = sorted({int(r["category_id"]) for inp in read for recs in inp.by_image.values() for r in recs})
+    cmap = CategoryMap(cat_ids)
+    image_ids = sorted(set(image_table) if image_table is not None else set(read[0].by_image))
+    sizes = {i: s for inp in reversed(read) for i, s in inp.sizes.items()}
+    if image_table is not None:
+        sizes.update({i: (int(r["height"]), int(r["width"])) for i, r in image_table.items()})
+    settings = {"weights": list(weights or []), "method": method, "iou": iou_thr, "skip": skip_box_thr}
+    fingerprint = fingerprint_of(
+        inputs=[sha256_file(f) for inp in read for f in inp.files], k=detections_per_image, **settings
+    )
+    partial_dir = (
+        (run.root if run is not None else out.parent)
+        / ".partial"
+        / (paths["segm"].name[: -len(".segm.json")] + "_ensemble")
+    )
+    chunks = plan_chunks([ImageItem(i, Path()) for i in image_ids], chunk_size)
+    dist = init_distributed("cpu")
+    if dist.is_main:
+        prepare_partial_dir(partial_dir, fingerprint)
+    barrier(dist)
+    done = finished_chunks(partial_dir)
+    pending = [k for k in range(len(chunks)) if k not in done]
+    for k in pending[dist.rank :: dist.world_size][:max_chunks]:
+        records = []
+        for item in chunks[k]:
+            size = sizes.get(item.image_id, (1, 1))
+            members = [records_to_detections(inp.by_image.get(item.image_id, []), size, cmap) for inp in read]
+            fused = fuse_detections(
+                members,
+                size,
+                weights=weights,
+                method=method,
+                iou_thr=iou_thr,
+                skip_box_thr=skip_box_thr,
+                k=detections_per_image,
+            )
+            records.extend(detections_to_records(item.image_id, fused, cmap))
+        payload = {"image_ids": [item.image_id for item in chunks[k]], "records": records}
+        atomic_write_json(partial_dir / f"rank{dist.rank}_{k}.json", payload, indent=None)
+        if on_images is not None:
+            on_images(len(chunks[k]))
+    barrier(dist)
+    outcome = EnsembleOutcome(len(image_ids), 0, 0.0, len(chunks), len(done), False, is_main=dist.is_main)
+    if dist.is_main and len(finished_chunks(partial_dir)) == len(chunks):
+        outcome.detections = assemble(partial_dir, chunks, out)
+        outcome.complete, outcome.paths = True, paths
+        if run is not None:
+            _register(run, read, paths, images, settings)
+    outcome.seconds = time.perf_counter() - start
+    return outcome
+
+
+def _register(run, read: Sequence[ResultsInput], paths: Mapping[str, Path], images, settings) -> None:
+    group = paths["segm"].name[: -len(".segm.json")]
+    inputs: list[Any] = []
+    gt = str(Path(images).expanduser().resolve()) if images is not None else None
+    for inp in read:
+        for f in inp.files:
+            artifact = run.get(run.relative(f))
+            inputs.append(artifact if artifact is not None else f)
+            if gt is None and artifact is not None and artifact.meta.get("gt"):
+                gt = artifact.meta["gt"]
+    if images is not None:
+        inputs.append(Path(images).expanduser().resolve())
+    meta = {"group": group, "ensemble": settings, **({"gt": gt} if gt else {})}
+    for iou_type in ("bbox", "segm"):  # segm last: the newest predictions, what evaluate / submit take
+        run.register("predictions", paths[iou_type], inputs=inputs, meta={"iou_type": iou_type, **meta})
