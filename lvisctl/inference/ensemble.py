@@ -99,15 +99,46 @@ def vote_masks(
     members: Sequence[Sequence[tuple[int, int, float]]],
     masks: Sequence[torch.Tensor],
     image_size: tuple[int, int],
+    regions: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Pixel-wise weighted vote: fused mask = (sum of weight x member mask) / (sum of weights) >= 0.5."""
-    out = torch.zeros((len(members), *image_size), dtype=torch.bool)
+    """Pixel-wise weighted vote: fused mask = (sum of weight x member mask) / (sum of weights) >= 0.5.
+
+    A lone member's mask is copied; otherwise the vote runs inside the bounding box of the members' pixels
+    (``regions``: each member's mask boxes ``[N, 4]`` xywh, e.g. RLE ``toBbox``; computed when absent).
+    The result is column-major in memory (like RLE), so encoding it needs no transposing copy.
+    """
+    height, width = image_size
+    out = torch.zeros((len(members), width, height), dtype=torch.bool).transpose(1, 2)
+    if regions is None:
+        regions = [_mask_boxes(m) for m in masks]
     for i, cluster in enumerate(members):
-        total = sum(w for _, _, w in cluster)
-        acc = torch.zeros(image_size, dtype=torch.float64)
-        for t, j, w in cluster:
-            acc += w * masks[t][j].to(torch.float64)
-        out[i] = acc >= 0.5 * total if total > 0 else masks[cluster[0][0]][cluster[0][1]]
+        if len(cluster) == 1:
+            out[i] = masks[cluster[0][0]][cluster[0][1]]
+            continue
+        boxes = torch.stack([regions[t][j] for t, j, _ in cluster]).float()
+        boxes = boxes[(boxes[:, 2] > 0) & (boxes[:, 3] > 0)]
+        if boxes.numel() == 0:
+            continue
+        x0, y0 = int(boxes[:, 0].min()), int(boxes[:, 1].min())
+        x1, y1 = (
+            int(math.ceil((boxes[:, 0] + boxes[:, 2]).max())),
+            int(math.ceil((boxes[:, 1] + boxes[:, 3]).max())),
+        )
+        stack = torch.stack([masks[t][j, y0:y1, x0:x1] for t, j, _ in cluster])
+        weights = torch.tensor([w for _, _, w in cluster], dtype=torch.float64)
+        votes = torch.einsum("m,mhw->hw", weights, stack.to(torch.float64))
+        out[i, y0:y1, x0:x1] = votes >= 0.5 * weights.sum()
+    return out
+
+
+def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """xywh boxes of the pixels of bool masks [N, H, W] (0 x 0 for an empty mask)."""
+    rows, cols = masks.any(dim=2), masks.any(dim=1)
+    out = torch.zeros((masks.shape[0], 4))
+    for j in range(masks.shape[0]):
+        ys, xs = torch.nonzero(rows[j]).flatten(), torch.nonzero(cols[j]).flatten()
+        if ys.numel():
+            out[j] = torch.tensor([xs[0], ys[0], xs[-1] + 1 - xs[0], ys[-1] + 1 - ys[0]], dtype=torch.float32)
     return out
 
 
@@ -129,13 +160,13 @@ def fuse_detections(
     height, width = image_size
     scale = torch.tensor([width, height, width, height], dtype=torch.float64)
     if method == "wbf":
-        fused = _fuse_wbf(members, weights, scale, image_size, iou_thr, skip_box_thr)
+        fused = _fuse_wbf(members, weights, scale, image_size, iou_thr, skip_box_thr, k)
     else:
         fused = _fuse_suppress(members, weights, method, iou_thr)
     return top_k(fused, k)
 
 
-def _fuse_wbf(members, weights, scale, image_size, iou_thr, skip_box_thr) -> Detections:
+def _fuse_wbf(members, weights, scale, image_size, iou_thr, skip_box_thr, k) -> Detections:
     norm = [(m["boxes"].double() / scale).numpy() for m in members]
     boxes, scores, labels, clusters = wbf_clusters(
         norm,
@@ -145,11 +176,13 @@ def _fuse_wbf(members, weights, scale, image_size, iou_thr, skip_box_thr) -> Det
         iou_thr,
         skip_box_thr,
     )
+    boxes, scores, labels, clusters = boxes[:k], scores[:k], labels[:k], clusters[:k]  # best first: vote k
+    regions = [m["mask_boxes"] for m in members] if all("mask_boxes" in m for m in members) else None
     out = {
         "boxes": torch.from_numpy(boxes.copy()).float() * scale.float(),
         "scores": torch.from_numpy(scores.copy()).float(),
         "labels": torch.from_numpy(labels.copy()).long(),
-        "masks": vote_masks(clusters, [m["masks"] for m in members], image_size),
+        "masks": vote_masks(clusters, [m["masks"] for m in members], image_size, regions),
     }
     if all("mask_scores" in m for m in members):  # the mask-IoU ratio, averaged like the scores
         ratio = []
@@ -369,12 +402,14 @@ def records_to_detections(records: Sequence[Mapping[str, Any]], size: tuple[int,
             "scores": torch.zeros(0),
             "labels": torch.zeros(0, dtype=torch.int64),
             "masks": torch.zeros((0, *size), dtype=torch.bool),
+            "mask_boxes": torch.zeros((0, 4)),
         }
     rles = [{"size": list(r["segmentation"]["size"]), "counts": r["segmentation"]["counts"]} for r in records]
     rles = [
         {**r, "counts": r["counts"].encode() if isinstance(r["counts"], str) else r["counts"]} for r in rles
     ]
-    masks = torch.from_numpy(mask_utils.decode(rles)).permute(2, 0, 1).bool()
+    # decode gives 0/1 uint8 [H, W, N] in column-major order: viewed as bool [N, H, W] without a copy
+    masks = torch.from_numpy(mask_utils.decode(rles).transpose(2, 1, 0)).transpose(1, 2).view(torch.bool)
     boxes = []
     for rec, rle in zip(records, rles, strict=True):
         x, y, w, h = rec["bbox"] if rec.get("bbox") is not None else mask_utils.toBbox(rle).tolist()
@@ -384,6 +419,7 @@ def records_to_detections(records: Sequence[Mapping[str, Any]], size: tuple[int,
         "scores": torch.tensor([float(r["score"]) for r in records]),
         "labels": torch.tensor([cmap.index(r["category_id"]) for r in records], dtype=torch.int64),
         "masks": masks,
+        "mask_boxes": torch.from_numpy(mask_utils.toBbox(rles)).float(),  # where each mask's pixels are
     }
     if all(r.get("mask_score") is not None for r in records):
         out["mask_scores"] = torch.tensor([float(r["mask_score"]) for r in records])

@@ -123,38 +123,53 @@ def _soft_nms_padded(
     """Soft-NMS of C classes at once. ``index`` [C, W] holds each class's box indices (-1 = padding).
     Returns [C, W] each box's score when it was taken (-inf for padding / boxes never taken)."""
     valid = index >= 0
-    safe = index.clamp(min=0)
-    b = boxes[safe]  # [C, W, 4]
-    area = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    current = torch.where(valid, scores[safe], torch.full_like(area, -math.inf))
+    b = boxes[index.clamp(min=0)]  # [C, W, 4]
+    current = torch.where(valid, scores[index.clamp(min=0)], torch.full_like(b[..., 0], -math.inf))
     taken = torch.full_like(current, -math.inf)
+    # The decay factors of every pair, computed once, when they fit in memory; else row by row.
+    decay_all = (
+        _decay(b[:, :, None], b[:, None], method, sigma, iou_thresh)
+        if b.shape[0] * b.shape[1] ** 2 <= _PAIRS_IN_MEMORY
+        else None
+    )
     rows = torch.arange(index.shape[0], device=index.device)
     for _ in range(index.shape[1]):
         best, arg = current.max(dim=1)
         active = best > score_thresh  # once a class's best is below the threshold, so is everything left
-        if not bool(active.any()):
-            break
-        r, a = rows[active], arg[active]
-        taken[r, a] = best[active]
-        current[r, a] = -math.inf
-        chosen = b[r, a][:, None, :]  # [A, 1, 4]
-        others = b[r]  # [A, W, 4]
-        w = (
-            torch.minimum(chosen[..., 2], others[..., 2]) - torch.maximum(chosen[..., 0], others[..., 0])
-        ).clamp(min=0)
-        h = (
-            torch.minimum(chosen[..., 3], others[..., 3]) - torch.maximum(chosen[..., 1], others[..., 1])
-        ).clamp(min=0)
-        inter = w * h
-        union = area[r, a][:, None] + area[r] - inter
-        iou = torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0)
-        if method == "gaussian":
-            decay = torch.exp(-(iou * iou) / sigma)
+        if bool(active.all()):
+            r, a = rows, arg
+        elif bool(active.any()):
+            r, a = rows[active], arg[active]
         else:
-            decay = torch.where(iou > iou_thresh, 1 - iou, torch.ones_like(iou))
+            break
+        taken[r, a] = best[r]
+        current[r, a] = -math.inf
+        decay = (
+            decay_all[r, a]
+            if decay_all is not None
+            else _decay(b[r, a][:, None], b[r], method, sigma, iou_thresh)
+        )
         rest = current[r]
         current[r] = torch.where(torch.isfinite(rest), rest * decay, rest)  # -inf * 0 would be nan
     return taken
+
+
+# Pairs (classes x boxes x boxes) up to which a Soft-NMS batch precomputes all decay factors.
+_PAIRS_IN_MEMORY = 1 << 22
+
+
+def _decay(a: torch.Tensor, b: torch.Tensor, method: str, sigma: float, iou_thresh: float) -> torch.Tensor:
+    """Soft-NMS score factor of boxes ``b`` given the taken boxes ``a`` (broadcast, [..., 4])."""
+    w = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
+    h = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
+    inter = w * h
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0)
+    if method == "gaussian":
+        return torch.exp(-(iou * iou) / sigma)
+    return torch.where(iou > iou_thresh, 1 - iou, torch.ones_like(iou))
 
 
 # ------------------------------------------------------------------------------ settings
