@@ -40,8 +40,8 @@ SETTINGS = {
         56,
         448,
     ),
-    # quick: 64 px images, trained at 56-72 px
-    "quick": (64, [48, 56, 64, 80, 96, 112], "[[16,null],[8,null],[0,null],[0,48],[0,32],[0,24]]", 32, 224),
+    # quick: 64 px images, trained at 56-72 px; 3 scales to keep it short
+    "quick": (64, [48, 64, 96], "[[16,null],[0,null],[0,32]]", 32, 192),
 }
 SWITCHES = ["range_filter", "rare_boost", "soft_nms", "mask_from_best_scale"]
 ROWS = [
@@ -91,6 +91,20 @@ def train_quick(run_dir: Path, iters: int) -> None:
             "inference.scales=[64]", "inference.max_size=128")  # fmt: skip
 
 
+def val_subset(val: Path, n: int | None) -> Path:
+    """The first ``n`` images of ``val`` (by id) with their annotations, next to it (same image root)."""
+    if not n:
+        return val
+    path = val.with_name(f"{val.stem}_first{n}.json")
+    if not path.exists():
+        data = json.loads(val.read_text())
+        data["images"] = sorted(data["images"], key=lambda im: im["id"])[:n]
+        ids = {im["id"] for im in data["images"]}
+        data["annotations"] = [a for a in data.get("annotations", []) if a["image_id"] in ids]
+        path.write_text(json.dumps(data))
+    return path
+
+
 def row_args(index: int, settings: tuple) -> list[str]:
     single, scales, ranges, mask_box_size, max_size = settings
     if index == 0:
@@ -113,7 +127,7 @@ def row_args(index: int, settings: tuple) -> list[str]:
 
 
 def evaluate_row(run_dir: Path, val: Path, ckpt: Path, index: int, settings: tuple) -> tuple[dict, float]:
-    stem = f"tta_ablation_{index}"
+    stem = f"tta_ablation_{val.stem}_{index}"
     out = run_dir / "metrics" / f"{stem}.json"
     seconds = math.nan
     if not out.exists():
@@ -136,6 +150,9 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, help="a `lvisctl demo` run directory (its stage-2 model)")
     parser.add_argument("--quick", action="store_true", help="train a tiny model here (~2 min) and use it")
     parser.add_argument("--quick-iters", type=int, default=300)
+    parser.add_argument(
+        "--max-images", type=int, help="use the first N val images (default: all; 16 with --quick)"
+    )
     args = parser.parse_args()
     if args.quick == (args.run_dir is not None) and not args.quick:
         parser.error("give --run-dir DIR (a demo run) or --quick")
@@ -146,6 +163,7 @@ def main() -> None:
     val, ckpt = dataset(run_dir, "val"), final_checkpoint(run_dir)
     if val is None or ckpt is None:
         sys.exit(f"error: {run_dir}: needs a val dataset and a final checkpoint (run `lvisctl demo` first)")
+    val = val_subset(val, args.max_images if args.max_images is not None else (16 if args.quick else None))
 
     sys.path.insert(0, str(REPO))
     from lvisctl.data.lvis import load_lvis
