@@ -54,8 +54,6 @@ from lvisctl.inference.predictor import Detections, Predictor
 
 # Side of the per-detection RoI masks each pass keeps for modification 4 (twice the model's 28).
 ROI_MASK_SIZE = 56
-# Soft-NMS runs classes of similar sizes together in one padded batch; classes are grouped by
-# ceil(log2(count)), so padding at most doubles the work.
 _SOFT_NMS_METHODS = ("gaussian", "linear")
 
 
@@ -79,7 +77,8 @@ def soft_nms(
     decayed scores ``new_scores``.
 
     Vectorised over classes: all classes advance one step together, so the loop runs as many times as
-    the largest class has boxes (classes of similar size are batched to bound the padding).
+    the largest class has boxes. Classes are batched by ceil(log2(count)), so padding at most doubles the
+    work, and a batch's pairwise decay factors are computed once when they fit in memory.
     """
     if method not in _SOFT_NMS_METHODS:
         raise ValueError(f"soft_nms method must be one of {_SOFT_NMS_METHODS}, got {method!r}")
