@@ -92,13 +92,19 @@ def train_quick(run_dir: Path, iters: int) -> None:
 
 
 def val_subset(val: Path, n: int | None) -> Path:
-    """The first ``n`` images of ``val`` (by id) with their annotations, next to it (same image root)."""
+    """``n`` images of ``val`` with their annotations, next to it (same image root): for each category the
+    first image (by id) that has it, so r/c/f are all scored, then the first other images up to ``n``."""
     if not n:
         return val
-    path = val.with_name(f"{val.stem}_first{n}.json")
+    path = val.with_name(f"{val.stem}_subset{n}.json")
     if not path.exists():
         data = json.loads(val.read_text())
-        data["images"] = sorted(data["images"], key=lambda im: im["id"])[:n]
+        order = sorted(im["id"] for im in data["images"])
+        first: dict[int, int] = {}
+        for ann in sorted(data.get("annotations", []), key=lambda a: a["image_id"]):
+            first.setdefault(ann["category_id"], ann["image_id"])
+        ids = list(dict.fromkeys([*sorted(set(first.values())), *order]))[: max(n, len(set(first.values())))]
+        data["images"] = [im for im in data["images"] if im["id"] in set(ids)]
         ids = {im["id"] for im in data["images"]}
         data["annotations"] = [a for a in data.get("annotations", []) if a["image_id"] in ids]
         path.write_text(json.dumps(data))
