@@ -1,6 +1,7 @@
 """The paper's test-time augmentation (section 3.3), one modification at a time, on synthetic LVIS.
 
-Rows: single scale; plain multi-scale (concatenate + NMS 0.5); + horizontal flip; + (1) valid box range
+Rows: single scale; plain multi-scale (concatenate + NMS 0.5); the same through the paper merge with
+every switch off (only the RoI-mask round trip differs); + horizontal flip; + (1) valid box range
 per scale; + (2) rare boost; + (3) NMS 0.7 then Soft-NMS; + (4) mask from the right scale (= the full
 ``tta-infer --tta paper``). Columns: mask AP, APr/APc/APf, box AP, the gap, mask AP on thin categories
 (median mask/box area ratio < 0.25) and on the rest. Each row is the real ``tta-infer`` + ``evaluate``.
@@ -47,6 +48,7 @@ SWITCHES = ["range_filter", "rare_boost", "soft_nms", "mask_from_best_scale"]
 ROWS = [
     ("single scale", None),
     ("multi-scale, NMS 0.5", None),
+    ("same, through the paper merge, all off", -1),  # isolates the RoI-mask round trip of paper mode
     ("+ flip", 0),
     ("+ (1) valid box range per scale", 1),
     ("+ (2) rare boost", 2),
@@ -120,6 +122,7 @@ def row_args(index: int, settings: tuple) -> list[str]:
         return ["--scales", scale_text]
     on = ROWS[index][1]
     switches = [f"inference.tta.{name}={'true' if i < on else 'false'}" for i, name in enumerate(SWITCHES)]
+    switches.append(f"inference.tta.flip={'true' if on >= 0 else 'false'}")
     return [
         "--tta",
         "paper",
@@ -133,7 +136,8 @@ def row_args(index: int, settings: tuple) -> list[str]:
 
 
 def evaluate_row(run_dir: Path, val: Path, ckpt: Path, index: int, settings: tuple) -> tuple[dict, float]:
-    stem = f"tta_ablation_{val.stem}_{index}"
+    slug = "".join(c if c.isalnum() else "_" for c in ROWS[index][0].lower()).strip("_")
+    stem = f"tta_ablation_{val.stem}_{slug}"
     out = run_dir / "metrics" / f"{stem}.json"
     seconds = math.nan
     if not out.exists():
