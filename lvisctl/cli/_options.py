@@ -18,6 +18,7 @@ PSEUDO_SOURCES = (
 )  # pseudolabel SOURCE (a plain argument: key=value may stand there)
 PSEUDO_MODES = ("missing", "unlabeled")  # lvisctl.inference.pseudo_labels.MODES (the old --mode)
 IOU_TYPES = ("segm", "bbox")  # lvisctl.evaluation.lvis_metrics.IOU_TYPES
+TTA_MODES = ("plain", "paper")  # lvisctl.inference.tta (inference.tta.mode)
 EXTRA_METRICS = ("boundary", "fixed")  # lvisctl.evaluation.pipeline.EXTRA_METRICS
 
 
@@ -31,3 +32,4 @@ SynthPreset = Literal[SYNTH_PRESETS]  # type: ignore[valid-type]
 PseudoMode = Literal[PSEUDO_MODES]  # type: ignore[valid-type]
 IouTypeList = Literal[comma_lists(IOU_TYPES)]  # type: ignore[valid-type]
 ExtraMetricList = Literal[comma_lists(EXTRA_METRICS, allow_empty=True)]  # type: ignore[valid-type]
+TtaMode = Literal[TTA_MODES]  # type: ignore[valid-type]

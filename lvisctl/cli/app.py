@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "train",
     "finetune_bags",
     "tta_infer",
+    "ensemble",
     "evaluate",
     "submit",
     "analyze",

@@ -3,6 +3,9 @@
 Two files per run: ``<stem>.segm.json`` (masks, no boxes, so lvis-api uses mask areas for the mask
 metrics; what ``submit`` uploads) and ``<stem>.bbox.json`` (boxes).
 
+``--tta paper`` runs the paper's test-time augmentation (``lvisctl.inference.tta``); repeating
+``--checkpoint`` fuses several models' outputs per image (``lvisctl.inference.ensemble``).
+
 Several GPUs / nodes: ``torchrun --nproc_per_node 8 -m lvisctl tta-infer --run-dir DIR --images val.json``.
 """
 
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import typer
 
+from lvisctl.cli._options import TtaMode
 from lvisctl.cli._progress import ImagesProgress
 
 # Exit status of a run stopped by --max-chunks: nothing failed, the command is meant to be run again
@@ -24,21 +28,37 @@ def tta_infer_command(
         ..., "--run-dir", help="Run directory (predictions are written and recorded here)."
     ),
     images: Path = typer.Option(
-        ..., "--images", help="LVIS annotation file or test-dev image-info json listing the images."
+        ...,
+        "--images",
+        help="LVIS annotation file, test-dev image-info json, or a folder of images (jpg/png, recursive; "
+        "an image-info json with stable ids is written next to the results).",
     ),
-    checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", help="Checkpoint file; default: the run's newest final one (stage 2 before 1)."
+    checkpoint: list[Path] | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="Checkpoint file; default: the run's newest final one (stage 2 before 1). Repeat it to ensemble "
+        "several models in one pass (each model's output fused per image, inference.ensemble.*).",
+    ),
+    tta: TtaMode | None = typer.Option(
+        None,
+        "--tta",
+        help="plain: the scales merged by NMS (default); paper: section 3.3 (flip, valid box range per "
+        "scale, rare boost, NMS 0.7 + Soft-NMS, mask from the right scale; keys inference.tta.*).",
     ),
     scales: str | None = typer.Option(
         None,
         "--scales",
-        help="Test scale(s), short side in pixels: 800 or 600,800,1000 (default inference.scales).",
+        help="Test scale(s), short side in pixels: 800 or 600,800,1000 (default inference.scales, or "
+        "inference.tta.scales with --tta paper).",
     ),
     image_root: Path | None = typer.Option(
         None, "--image-root", help="Folder the image paths are relative to (default: the json's folder)."
     ),
     image_list: Path | None = typer.Option(
         None, "--image-list", help="With --images DIR: only these (CSV ImageID / paths)."
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Refuse unreadable images up front instead of skipping and listing them."
     ),
     out: Path | None = typer.Option(
         None,
@@ -64,11 +84,10 @@ def tta_infer_command(
     Resumable: finished chunks are kept in DIR/.partial/ and a rerun continues from them.
     """
     from lvisctl.engine.distributed import cleanup_distributed
+    from lvisctl.inference.pseudo_labels import images_for_run  # --images DIR: an image-info json
     from lvisctl.inference.runner import parse_scales, predict_to_run_dir
 
     scale_list = parse_scales(scales) if scales is not None else None
-    from lvisctl.inference.pseudo_labels import images_for_run  # --images DIR: an image-info json, stable ids
-
     images, image_root = images_for_run(run_dir, images, image_root, image_list, checkpoint)
     with ImagesProgress() as progress:
         try:
@@ -77,11 +96,13 @@ def tta_infer_command(
                 images,
                 checkpoint=checkpoint,
                 scales=scale_list,
+                tta=tta,
                 image_root=image_root,
                 out=out,
                 overwrite=overwrite,
                 overrides=overrides or [],
                 max_chunks=max_chunks,
+                strict=strict,
                 on_start=progress.start,
                 on_images=progress.advance,
             )
@@ -132,10 +153,16 @@ def _print_summary(outcome) -> None:
     paths = outcome.paths
     console.print(
         f"predictions: {paths['segm']} (segm, no boxes: mask areas) and {paths['bbox']} (bbox)  "
-        f"(scales {outcome.scales}, checkpoint {outcome.checkpoint})",
+        f"(scales {outcome.scales}, checkpoint {_models(outcome.artifact.meta)}, "
+        f"tta {outcome.artifact.meta.get('tta', 'plain')})",
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _models(meta: dict) -> str:
+    fused = meta.get("checkpoints")
+    return " + ".join(fused) + " (fused)" if fused else str(meta["checkpoint"])
 
 
 def register(app: typer.Typer) -> None:

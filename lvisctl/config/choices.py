@@ -63,6 +63,19 @@ CHOICES: dict[str, dict[str, str]] = {
         "rfs": "Repeat Factor Sampling",
         "uniform": "every image once per epoch",
     },
+    "inference.tta.mode": {
+        "plain": "the test scales merged by class-wise NMS",
+        "paper": "section 3.3: flip, box range per scale, rare boost, NMS + Soft-NMS, mask from best scale",
+    },
+    "inference.tta.soft_nms_method": {
+        "gaussian": "score * exp(-iou^2 / sigma) for every overlapping box (Bodla et al. 2017)",
+        "linear": "score * (1 - iou) above soft_nms_iou",
+    },
+    "inference.ensemble.method": {
+        "wbf": "weighted boxes fusion (ensemble-boxes)",
+        "nms": "class-wise NMS over the members' detections",
+        "soft-nms": "class-wise Soft-NMS over the members' detections",
+    },
 }
 
 

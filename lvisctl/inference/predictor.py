@@ -9,7 +9,8 @@ are mapped back to the original resolution, where masks are binarised at ``mask_
 The output is per-image tensors, so test-time augmentation and pseudo-labelling reuse it:
 :meth:`Predictor.predict_scale` gives one scale's detections at original resolution, and
 :meth:`Predictor.predict_batch` merges the scales with ``merge`` (by default concatenation followed by
-class-wise NMS, the plain multi-scale test of mmdetection; the paper's TTA plugs in its own merge).
+class-wise NMS, the plain multi-scale test of mmdetection). The paper's test (section 3.3: flips, valid
+box ranges, rare boost, NMS + Soft-NMS, mask from the right scale) is ``lvisctl.inference.tta``.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class Predictor:
     ``predict`` / ``predict_batch`` take float images ``[3, H, W]`` in [0, 1] (any device) and return,
     per image and on the CPU: ``boxes`` float[N, 4] xyxy in original pixels, ``scores`` float[N]
     (descending), ``labels`` int64[N] (contiguous 1..K) and ``masks`` bool[N, H, W], with
-    N <= ``detections_per_image``.
+    N <= ``detections_per_image``; plus ``mask_scores`` float[N] when the model gives them (Mask
+    Scoring). :class:`lvisctl.inference.tta.TTAPredictor` is the paper's multi-scale + flip test.
     """
 
     def __init__(
@@ -127,36 +129,52 @@ class Predictor:
     @torch.no_grad()
     def predict_scale(self, images: Sequence[torch.Tensor], scale: int) -> list[Detections]:
         """One test scale: resize, run the model, map back; thresholded and top-k, at original size."""
-        inputs = [resize_image(_as_float(img).to(self.device), scale, self.max_size) for img in images]
+        inputs = [self.prepare(img, scale) for img in images]
+        outputs = self.run_model(inputs)
+        return [
+            self._to_original(out, tuple(inp.shape[-2:]), tuple(img.shape[-2:]))
+            for out, inp, img in zip(outputs, inputs, images, strict=True)
+        ]
+
+    def prepare(self, image: torch.Tensor, scale: int) -> torch.Tensor:
+        """An image as the model's input at ``scale``: float in [0, 1] on the device, resized."""
+        return resize_image(_as_float(image).to(self.device), scale, self.max_size)
+
+    def run_model(self, inputs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """The model on prepared inputs (float16 autocast on CUDA); its outputs in input coordinates."""
         autocast = (
             torch.autocast(device_type="cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
         )
         with autocast:
-            outputs = self.model(inputs)
-        return [
-            self._to_original(out, tuple(inp.shape[-2:]), tuple(img.shape[-2:]))
-            for out, inp, img in zip(outputs, inputs, images, strict=True)
+            return self.model(inputs)
+
+    def kept_order(self, scores: torch.Tensor) -> torch.Tensor:
+        """Indices of the detections above ``score_thresh``, best first, at most ``detections_per_image``."""
+        scores = scores.float()
+        kept = torch.nonzero(scores >= self.score_thresh).flatten()
+        return kept[
+            torch.sort(scores[kept], descending=True, stable=True).indices[: self.detections_per_image]
         ]
 
     def _to_original(
         self, output: dict[str, torch.Tensor], input_hw: tuple[int, int], original_hw: tuple[int, int]
     ) -> Detections:
         scores = output["scores"].float()
-        kept = torch.nonzero(scores >= self.score_thresh).flatten()
-        order = kept[
-            torch.sort(scores[kept], descending=True, stable=True).indices[: self.detections_per_image]
-        ]
+        order = self.kept_order(scores)
         (in_h, in_w), (height, width) = input_hw, original_hw
         ratio = torch.tensor([width / in_w, height / in_h, width / in_w, height / in_h], device=scores.device)
         boxes = output["boxes"][order].float() * ratio
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        return {
+        out = {
             "boxes": boxes.cpu(),
             "scores": scores[order].cpu(),
             "labels": output["labels"][order].long().cpu(),
             "masks": self._paste_masks(output["masks"], order, (height, width)),
         }
+        if "mask_scores" in output:  # Mask Scoring: the segm file's score (boxes keep the cls score)
+            out["mask_scores"] = output["mask_scores"][order].float().cpu()
+        return out
 
     def _paste_masks(self, masks: torch.Tensor, order: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Probabilities ``masks[order]`` ``[N, 1, h, w]`` at input size -> bool ``[N, H, W]`` at original

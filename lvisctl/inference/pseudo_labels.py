@@ -663,19 +663,18 @@ def images_for_run(
 
     from lvisctl.data.image_sources import categories_from_stats, image_info_for
     from lvisctl.engine.checkpoint import load_checkpoint
-    from lvisctl.inference.runner import default_checkpoint, resolve_checkpoint
+    from lvisctl.inference.runner import resolve_checkpoint
     from lvisctl.rundir import RunDir
 
     if Path(images).is_file() and image_list is None:
         return Path(images), Path(image_root) if image_root is not None else None  # an LVIS / image-info json
 
+    # several checkpoints (an ensemble) predict the same categories: the first one's
+    first = checkpoint[0] if isinstance(checkpoint, (list, tuple)) and checkpoint else checkpoint
+
     def categories() -> list[dict[str, Any]]:
-        run = RunDir(run_dir, create=checkpoint is not None)
-        path = (
-            resolve_checkpoint(run, Path(checkpoint))[1]
-            if checkpoint
-            else run.resolve(default_checkpoint(run))
-        )
+        run = RunDir(run_dir, create=bool(first))
+        path = resolve_checkpoint(run, first or None)[1]
         return categories_from_stats(load_checkpoint(path)["category_stats"])
 
     source = image_info_for(

@@ -41,7 +41,7 @@ from lvisctl.data.categories import CategoryMap
 from lvisctl.data.image_io import ImageReadError, ImageSizeError, read_image_tensor
 from lvisctl.engine.distributed import DistInfo, barrier
 from lvisctl.errors import LvisctlError
-from lvisctl.inference.predictor import Predictor, checkpoint_config, model_from_checkpoint
+from lvisctl.inference.predictor import Predictor, checkpoint_config
 from lvisctl.inference.results import detections_to_records, split_paths, write_split_results
 from lvisctl.rundir import Artifact, RunDir
 from lvisctl.rundir.io import atomic_group, atomic_write_json, sha256_file
@@ -357,28 +357,15 @@ class PredictionsOutcome:
         return self.artifacts.get("segm")
 
 
-def default_checkpoint(run: RunDir) -> Artifact:
-    """The newest final checkpoint of the highest stage (stage 2 fine-tuning beats stage 1)."""
-    finals = run.find("checkpoint", final=True)
-    if not finals:
-        raise LvisctlError(
-            f"{run.manifest_path}: no final checkpoint recorded; train first or pass --checkpoint PATH"
-        )
-    best_stage = max(int(a.meta.get("stage", 0)) for a in finals)
-    return [a for a in finals if int(a.meta.get("stage", 0)) == best_stage][-1]
+def resolve_checkpoint(run: RunDir, checkpoint: str | Path | None) -> tuple[Artifact | Path, Path, str]:
+    """``(manifest input, file, sha256)`` of ``--checkpoint`` (a path, ``best``, ``final`` or a phase
+    name: the engine's one resolver), by default the newest final checkpoint of the highest stage."""
+    from lvisctl.engine.checkpoint import resolve_checkpoint as resolve
 
-
-def resolve_checkpoint(run: RunDir, checkpoint: Path | None) -> tuple[Artifact | Path, Path, str]:
-    """``(manifest input, file, sha256)`` of ``--checkpoint`` or the default one of the run dir."""
-    if checkpoint is None:
-        artifact = default_checkpoint(run)
-        return artifact, run.resolve(artifact), artifact.sha256
-    artifact = run.get(run.relative(checkpoint))
-    if artifact is not None and artifact.kind == "checkpoint":
-        return artifact, run.resolve(artifact), artifact.sha256
-    path = Path(checkpoint).expanduser().resolve()
-    if not path.is_file():
-        raise LvisctlError(f"{checkpoint}: checkpoint not found")
+    found = resolve(run, checkpoint)
+    if isinstance(found, Artifact):
+        return found, run.resolve(found), found.sha256
+    path = Path(found).expanduser().resolve()
     return path, path, sha256_file(path)
 
 
@@ -393,10 +380,14 @@ def parse_scales(text: str) -> list[int]:
     return scales
 
 
-def default_out_name(images: Path, checkpoint: Path, scales: Sequence[int]) -> str:
-    """``predictions/<images>_<checkpoint>_s<scales>.json``: different inputs never share a file (the
-    files written are its ``.segm.json`` and ``.bbox.json``)."""
-    return f"predictions/{images.stem}_{checkpoint.stem}_s{'-'.join(str(s) for s in scales)}.json"
+def default_out_name(
+    images: Path, checkpoint: Path, scales: Sequence[int], n_checkpoints: int = 1, tta: str = "plain"
+) -> str:
+    """``predictions/<images>_<checkpoint>[+N]_s<scales>[_<tta>].json``: different inputs never share a
+    file (the files written are its ``.segm.json`` and ``.bbox.json``)."""
+    models = checkpoint.stem + (f"+{n_checkpoints - 1}" if n_checkpoints > 1 else "")
+    suffix = "" if tta == "plain" else f"_{tta}"
+    return f"predictions/{images.stem}_{models}_s{'-'.join(str(s) for s in scales)}{suffix}.json"
 
 
 def fingerprint_of(**parts: Any) -> str:
@@ -408,8 +399,9 @@ def predict_to_run_dir(
     run_dir: Path,
     images: Path,
     *,
-    checkpoint: Path | None = None,
+    checkpoint: Path | Sequence[Path] | None = None,
     scales: Sequence[int] | None = None,
+    tta: str | None = None,
     image_root: Path | None = None,
     out: Path | None = None,
     overwrite: bool = False,
@@ -432,21 +424,29 @@ def predict_to_run_dir(
     the json's folder (:func:`lvisctl.data.lvis.resolve_image_root`). The output group is locked for the
     whole command (a second writer of the same predictions stops at once). Unreadable images are skipped
     and listed (``strict``: refused up front); a size that differs from the json's is refused up front.
+    ``tta`` sets ``inference.tta.mode`` (``paper``: section 3.3, ``lvisctl.inference.tta``); several
+    checkpoints are run in one pass and fused per image (``inference.ensemble``), with the first one's config.
     """
     from lvisctl.engine.checkpoint import load_checkpoint
+    from lvisctl.inference.tta import resolve_scales
 
     notify = notify or _to_stderr
-    run = RunDir(run_dir, create=checkpoint is not None)  # the default checkpoint needs an existing run
-    ckpt_input, ckpt_path, ckpt_sha = resolve_checkpoint(run, checkpoint)
+    given = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint or [])
+    run = RunDir(run_dir, create=bool(given))  # the default checkpoint needs an existing run
+    resolved = [resolve_checkpoint(run, c) for c in given] or [resolve_checkpoint(run, None)]
+    ckpt_input, ckpt_path, ckpt_sha = resolved[0]
     images = images.expanduser().resolve()
     ckpt = load_checkpoint(ckpt_path)
     cfg = checkpoint_config(ckpt, overrides)
-    if scales is not None:
-        cfg.inference.scales = [int(s) for s in scales]
+    if tta is not None:
+        cfg.inference.tta.mode = tta
+    used_scales = resolve_scales(cfg, scales)
     group_path = (
         Path(str(out.expanduser().resolve()))
         if out
-        else run.path_of(default_out_name(images, ckpt_path, cfg.inference.scales))
+        else run.path_of(
+            default_out_name(images, ckpt_path, used_scales, len(resolved), cfg.inference.tta.mode)
+        )
     )
     partial_dir = run.root / ".partial" / group_path.stem
     for path in split_paths(group_path).values():  # refuse before the slow part (images, model)
@@ -462,6 +462,9 @@ def predict_to_run_dir(
         ckpt_sha,
         cfg,
         group_path,
+        resolved,
+        used_scales,
+        list(overrides),
         dict(extra_meta or {}),
     )
     with run.phase_lock(f"predictions-{group_path.stem}"):
@@ -486,6 +489,9 @@ class _PredictJob:
     ckpt_sha: str
     cfg: Any
     out_path: Path
+    resolved: list[tuple[Artifact | Path, Path, str]]  # every checkpoint: (manifest input, file, sha256)
+    scales: list[int]
+    overrides: list[str]
     extra_meta: dict[str, Any] = field(default_factory=dict)  # e.g. pseudolabel's purpose
 
 
@@ -498,7 +504,9 @@ def _predict_locked(
     notify: Callable[[str], None],
 ) -> PredictionsOutcome:
     from lvisctl.data.lvis import load_lvis, resolve_image_root
+    from lvisctl.engine.checkpoint import load_checkpoint
     from lvisctl.engine.distributed import init_distributed
+    from lvisctl.inference.tta import predictor_from_checkpoints
 
     run, cfg, icfg = job.run, job.cfg, job.cfg.inference
     root = resolve_image_root(cfg.get("data"), option=job.image_root)
@@ -508,21 +516,11 @@ def _predict_locked(
         for image_id in sorted(data.images)
     ]
     unreadable = check_images_up_front(data, strict=strict)
-    model, stats, _ = model_from_checkpoint(job.ckpt, source=job.ckpt_path, config=cfg)
     dist = init_distributed(cfg.device)
-    predictor = Predictor(
-        model,
-        dist.device,
-        icfg.scales,
-        icfg.max_size,
-        detections_per_image=icfg.detections_per_image,
-        score_thresh=icfg.score_thresh,
-        mask_thresh=icfg.mask_thresh,
-        amp=cfg.amp,
-        merge_iou=icfg.merge_iou,
-    )
+    loaded = [(job.ckpt, job.ckpt_path)] + [(load_checkpoint(p), p) for _, p, _ in job.resolved[1:]]
+    predictor, stats = predictor_from_checkpoints(loaded, cfg, dist.device, job.overrides)
     fingerprint = fingerprint_of(
-        checkpoint=job.ckpt_sha,
+        checkpoint=job.ckpt_sha if len(job.resolved) == 1 else [sha for _, _, sha in job.resolved],
         images=sha256_file(job.images),
         image_root=data.image_root,
         config=cfg.to_dict(),
@@ -550,7 +548,7 @@ def _predict_locked(
         summary,
         job.out_path,
         run.relative(job.ckpt_path),
-        list(icfg.scales),
+        job.scales,
         dist.world_size,
         is_main=dist.is_main,
     )
@@ -594,10 +592,14 @@ def _register_predictions(job: _PredictJob, outcome: PredictionsOutcome, icfg: A
     group = split_paths(job.out_path)["segm"].name[: -len(".segm.json")]
     meta: dict[str, Any] = {
         "gt": str(job.images),
-        "scales": list(icfg.scales),
+        "scales": job.scales,
         "checkpoint": outcome.checkpoint,
         **job.extra_meta,
     }
+    if icfg.tta.mode != "plain":
+        meta["tta"] = icfg.tta.mode
+    if len(job.resolved) > 1:
+        meta["checkpoints"] = [job.run.relative(path) for _, path, _ in job.resolved]
     if s.skipped:
         meta["skipped_images"] = {str(i): why for i, why in sorted(s.skipped.items())}
     # bbox first: the segm file is then the newest predictions (what submit and evaluate take).
@@ -605,7 +607,7 @@ def _register_predictions(job: _PredictJob, outcome: PredictionsOutcome, icfg: A
         outcome.artifacts[iou_type] = job.run.register(
             "predictions",
             outcome.paths[iou_type],
-            inputs=[job.ckpt_input, job.images],
+            inputs=[*(c for c, _, _ in job.resolved), job.images],
             config=job.cfg.to_dict(),
             meta={"iou_type": iou_type, "group": group, **meta},
         )

@@ -1,0 +1,243 @@
+"""The paper's TTA (section 3.3): Soft-NMS and each of the four modifications on hand-made detections."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lvisctl.data.categories import CategoryStats
+from lvisctl.errors import LvisctlError
+from lvisctl.inference.tta import (
+    Pass,
+    TTAPredictor,
+    TTASettings,
+    class_boost,
+    covered_gaps,
+    in_valid_range,
+    paper_merge,
+    paste_roi_masks,
+    soft_nms,
+)
+from tests.unit.test_predictor import FixedModel
+
+R = 56  # RoI mask side used in these passes
+
+OFF = dict(range_filter=False, rare_boost=False, soft_nms=False, mask_from_best_scale=False)
+
+
+def make_pass(boxes, scores, labels, scale, *, factor=1.0, masks=None, flip=False, mask_scores=None):
+    n = len(scores)
+    return Pass(
+        boxes=torch.tensor(boxes, dtype=torch.float32).reshape(n, 4),
+        scores=torch.tensor(scores, dtype=torch.float32),
+        labels=torch.tensor(labels, dtype=torch.int64),
+        roi_masks=torch.ones((n, R, R)) if masks is None else masks,
+        scale=scale,
+        flip=flip,
+        factor=factor,
+        mask_scores=None if mask_scores is None else torch.tensor(mask_scores),
+    )
+
+
+def settings(**kw):
+    base = dict(scales=(400, 1400), valid_ranges=((64, math.inf), (0, 128)), **OFF)
+    base.update(kw)
+    return TTASettings(**base)
+
+
+def merge(passes, s, boost=None, k=300, size=(200, 200)):
+    boost = torch.ones(5) if boost is None else boost
+    return paper_merge(passes, s, boost, size, k=k, merge_iou=0.5)
+
+
+# ------------------------------------------------------------------------------ Soft-NMS
+def test_soft_nms_gaussian_by_hand():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5], [100, 100, 110, 110], [0, 0, 10, 10]])
+    scores = torch.tensor([0.9, 0.8, 0.3, 0.7])
+    labels = torch.tensor([1, 1, 1, 2])  # the last box is the first one in another class: untouched
+    keep, new = soft_nms(boxes, scores, labels)
+    # box 1 has IoU 0.5 with box 0: 0.8 * exp(-0.25 / 0.5); box 2 overlaps nothing
+    assert keep.tolist() == [0, 3, 1, 2]
+    assert new.tolist() == pytest.approx([0.9, 0.7, 0.8 * math.exp(-0.5), 0.3])
+
+
+def test_soft_nms_linear_and_threshold_by_hand():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5], [0, 0, 10, 8], [0, 0, 10, 2]])
+    scores = torch.tensor([0.9, 0.8, 0.5, 0.0015])
+    keep, new = soft_nms(boxes, scores, torch.ones(4, dtype=torch.int64), method="linear")
+    # box 2 (IoU 0.8 with box 0): 0.5 * 0.2 = 0.1, then box 1 (IoU 0.5 -> 0.4) is taken first;
+    # box 2 vs box 1: IoU 50/80 = 0.625 -> 0.1 * 0.375. Box 3: IoU 0.2 with 0 (<= 0.3: no decay),
+    # IoU 0.4 with box 1 -> 0.0015 * 0.6 = 0.0009 < 0.001: dropped.
+    assert keep.tolist() == [0, 1, 2]
+    assert new.tolist() == pytest.approx([0.9, 0.4, 0.0375])
+
+
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+def test_soft_nms_keeps_what_ensemble_boxes_keeps(method):
+    from ensemble_boxes import soft_nms as eb_soft_nms
+
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        n = int(rng.integers(1, 150))
+        xy = rng.random((n, 2)) * 0.7
+        boxes = np.concatenate([xy, xy + rng.random((n, 2)) * 0.29 + 0.01], axis=1)
+        scores, labels = rng.random(n), rng.integers(0, 8, n)
+        keep, new = soft_nms(
+            torch.tensor(boxes), torch.tensor(scores), torch.tensor(labels), method=method, iou_thresh=0.3
+        )
+        ref_boxes, ref_scores, ref_labels = eb_soft_nms(
+            [boxes], [scores], [labels], method={"linear": 1, "gaussian": 2}[method], iou_thr=0.3, sigma=0.5
+        )
+        mine = sorted(zip(map(tuple, boxes[keep.numpy()].round(12)), scores[keep.numpy()], strict=True))
+        ref = sorted(zip(map(tuple, ref_boxes.round(12)), ref_scores, strict=True))
+        assert mine == ref  # the same detections, ensemble-boxes with their original scores
+        assert (np.diff(new.numpy()) <= 0).all() and (new.numpy() <= scores[keep.numpy()] + 1e-12).all()
+
+
+def test_soft_nms_many_classes_is_class_wise():
+    rng = np.random.default_rng(0)
+    n = 3000
+    xy = rng.random((n, 2)) * 500
+    boxes = torch.tensor(np.concatenate([xy, xy + 10 + rng.random((n, 2)) * 90], axis=1))
+    labels = torch.tensor(rng.integers(1, 1204, n))
+    scores = torch.tensor(rng.random(n))
+    keep, new = soft_nms(boxes, scores, labels)
+    for c in labels[:5].tolist():  # each class alone gives the same survivors and scores
+        idx = torch.nonzero(labels == c).flatten()
+        k1, n1 = soft_nms(boxes[idx], scores[idx], labels[idx])
+        mine = keep[labels[keep] == c]
+        assert idx[k1].tolist() == mine.tolist()
+        assert n1.tolist() == pytest.approx(new[labels[keep] == c].tolist())
+
+
+# ------------------------------------------------------------------------------ modification 1
+def test_small_box_is_dropped_at_the_low_scale_and_kept_at_the_high_one():
+    small, large = [10.0, 10, 30, 30], [0.0, 0, 150, 150]  # sizes 20 and 150 px
+    low = make_pass([small, large], [0.9, 0.8], [1, 2], 400)
+    high = make_pass([[11.0, 10, 31, 30], [0.0, 0, 149, 150]], [0.6, 0.95], [1, 2], 1400)
+    assert in_valid_range([low, high], settings(range_filter=True)).tolist() == [False, True, True, False]
+    out = merge([low, high], settings(range_filter=True))
+    assert out["boxes"].tolist() == [large, [11.0, 10, 31, 30]]  # small from 1400, large from 400
+    assert out["scores"].tolist() == pytest.approx([0.8, 0.6])
+    off = merge([low, high], settings())  # plain NMS: the higher-scoring copy wins
+    assert off["scores"].tolist() == pytest.approx([0.95, 0.9])
+
+
+def test_default_ranges_cover_every_size_and_bad_ranges_are_refused():
+    s = TTASettings()
+    assert covered_gaps(s.valid_ranges) == [] and len(s.valid_ranges) == len(s.scales)
+    assert s.scales[0] == 400 and s.scales[-1] == 1400
+    with pytest.raises(LvisctlError, match="no test scale keeps boxes of size 64-inf"):
+        TTASettings(scales=(400, 1400), valid_ranges=((0, 32), (32, 64))).check()
+    with pytest.raises(LvisctlError, match="2 ranges for 3 test scales"):
+        TTASettings(scales=(400, 800, 1400), valid_ranges=((0, 64), (32, math.inf))).check()
+
+
+# ------------------------------------------------------------------------------ modification 2
+def test_rare_score_is_boosted_when_merging():
+    stats = CategoryStats.from_dict(
+        {
+            "cat_ids": [1, 2, 3, 4],
+            "names": ["a", "b", "c", "d"],
+            "image_count": [1, 5, 50, 1],
+            "instance_count": [1, 5, 50, 1],
+            "frequency": ["r", "c", "f", "r"],
+            "num_images": 50,
+        }
+    )
+    s = settings(rare_boost=True, rare_factor=1.1, common_factor=1.05)
+    boost = class_boost(stats, s)
+    assert boost.tolist() == pytest.approx([1.0, 1.1, 1.05, 1.0, 1.1])
+    p = make_pass([[0.0, 0, 50, 50], [60, 60, 90, 90], [0, 0, 20, 20]], [0.5, 0.52, 0.95], [1, 3, 4], 400)
+    out = merge([p], s, boost, k=2)
+    assert out["labels"].tolist() == [4, 1]  # the rare 0.5 (-> 0.55) beats the frequent 0.52 for the top 2
+    assert out["scores"].tolist() == pytest.approx([1.0, 0.55])  # 0.95 * 1.1 capped at 1
+    assert merge([p], settings(), class_boost(stats, settings()), k=2)["labels"].tolist() == [4, 3]
+
+
+# ------------------------------------------------------------------------------ modification 3
+def test_nms_at_0_7_comes_before_soft_nms():
+    a, b, c = [0.0, 0, 10, 10], [0.0, 0, 10, 8], [0.0, 0, 10, 5]  # IoU(a,b)=0.8, IoU(a,c)=0.5
+    p = make_pass([a, b, c], [0.9, 0.8, 0.7], [1, 1, 1], 400)
+    out = merge([p], settings(soft_nms=True))
+    # NMS 0.7 removes b first, so c decays only by a: 0.7 * exp(-0.5^2 / 0.5)
+    assert out["boxes"].tolist() == [a, c]
+    assert out["scores"].tolist() == pytest.approx([0.9, 0.7 * math.exp(-0.5)])
+    # Soft-NMS alone (NMS at 1.0) keeps b: decayed by a to 0.8 * exp(-0.8^2 / 0.5), below c, then by c
+    # (IoU 50/80 = 0.625)
+    only_soft = merge([p], settings(soft_nms=True, nms_iou=1.0))
+    assert only_soft["boxes"].tolist() == [a, c, b]
+    assert only_soft["scores"].tolist() == pytest.approx(
+        [0.9, 0.7 * math.exp(-0.5), 0.8 * math.exp(-1.28) * math.exp(-(0.625**2) / 0.5)]
+    )
+    off = merge([p], settings())  # plain class-wise NMS at 0.5: b (0.8 > 0.5) goes, c (0.5) stays
+    assert off["scores"].tolist() == pytest.approx([0.9, 0.7])
+
+
+# ------------------------------------------------------------------------------ modification 4
+def roi(kind):
+    m = torch.zeros((R, R))
+    if kind == "diagonal":  # a thin stroke: ~3/56 of the box
+        for i in range(R):
+            m[i, max(i - 1, 0) : i + 2] = 1
+    elif kind == "left":  # a thin vertical stick along the left edge
+        m[:, :6] = 1
+    elif kind == "full":
+        m[:] = 1
+    elif kind == "top":  # compact, but not the full box
+        m[:42] = 1
+    return m
+
+
+def test_thin_large_box_takes_its_mask_from_the_high_resolution_pass():
+    big = [20.0, 20, 180, 180]
+    low = make_pass([big], [0.9], [2], 400, factor=1.0, masks=roi("diagonal")[None])
+    high = make_pass([[20.0, 22, 180, 180]], [0.7], [2], 1400, factor=3.5, masks=roi("left")[None])
+    other_class = make_pass([big], [0.5], [3], 1400, factor=3.5, masks=roi("full")[None])
+    s = settings(mask_from_best_scale=True)
+    out = merge([low, high, other_class], s)
+    assert out["boxes"][0].tolist() == big and out["scores"][0].item() == pytest.approx(0.9)
+    expected = paste_roi_masks(roi("left")[None], high.boxes, (200, 200), 0.5)[0]
+    assert torch.equal(out["masks"][0], expected)  # the 1400 pass's mask, pasted in its box
+    own = merge([low, high, other_class], settings())
+    assert torch.equal(own["masks"][0], paste_roi_masks(roi("diagonal")[None], low.boxes, (200, 200), 0.5)[0])
+
+
+def test_compact_mask_comes_from_the_scale_where_the_box_is_near_mask_box_size():
+    box = [20.0, 20, 120, 120]  # 100 px: 100 px at the 400 pass, 350 px at the 1400 pass
+    low = make_pass([[20.0, 21, 120, 120]], [0.6], [1], 400, factor=1.0, masks=roi("full")[None])
+    high = make_pass([box], [0.9], [1], 1400, factor=3.5, masks=roi("top")[None])
+    out = merge([low, high], settings(mask_from_best_scale=True, mask_box_size=112))
+    assert out["boxes"][0].tolist() == box  # the box from the 1400 pass ...
+    assert torch.equal(out["masks"][0], paste_roi_masks(roi("full")[None], low.boxes, (200, 200), 0.5)[0])
+    # ... its mask from the 400 pass. A poor overlap (below mask_match_iou) keeps the box's own mask:
+    far = make_pass([[60.0, 60, 160, 160]], [0.6], [1], 400, factor=1.0, masks=roi("full")[None])
+    own = merge([far, high], settings(mask_from_best_scale=True, mask_box_size=112))
+    assert own["masks"][0].sum() < out["masks"][0].sum()
+
+
+def test_mask_scores_follow_the_mask_source():
+    low = make_pass([[20.0, 20, 180, 180]], [0.9], [2], 400, masks=roi("diagonal")[None], mask_scores=[0.45])
+    high = make_pass(
+        [[20.0, 22, 180, 180]], [0.7], [2], 1400, factor=3.5, masks=roi("left")[None], mask_scores=[0.56]
+    )
+    out = merge([low, high], settings(mask_from_best_scale=True))
+    assert out["mask_scores"].tolist() == pytest.approx([0.9 * 0.56 / 0.7])
+    assert "mask_scores" not in merge([make_pass([[0.0, 0, 5, 5]], [0.5], [1], 400)], settings())
+
+
+# ------------------------------------------------------------------------------ predictor
+def test_tta_predictor_runs_every_scale_and_flip_and_unmirrors_boxes():
+    model = FixedModel()
+    s = TTASettings(scales=(30, 60), max_size=1333, **OFF)
+    predictor = TTAPredictor(model, "cpu", s, torch.ones(4))
+    (flipped,) = predictor.predict_pass([torch.rand(3, 60, 100)], 30, flip=True)
+    # input 30x50; the model's [5,3,25,30] in the mirrored input is [25,3,45,30] unmirrored, x2
+    assert flipped.boxes[0].tolist() == [50.0, 6.0, 90.0, 60.0] and flipped.flip
+    model.seen.clear()
+    out = predictor.predict(torch.rand(3, 60, 100))
+    assert model.seen == [(30, 50), (30, 50), (60, 100), (60, 100)]
+    assert out["masks"].shape[1:] == (60, 100) and out["masks"].dtype == torch.bool
+    assert out["scores"].tolist() == sorted(out["scores"].tolist(), reverse=True)
+    assert [50.0, 6.0, 90.0, 60.0] in out["boxes"].tolist()
