@@ -44,6 +44,18 @@ class TrainData:
     collate_fn: Callable[[list], Any]
     category_stats: CategoryStats
     inputs: list[Artifact | str | Path] = field(default_factory=list)
+    # data.<key> given as `latest` -> the file it resolved to: the saved config records the file
+    resolved: dict[str, str] = field(default_factory=dict)
+
+    def saved_config(self, cfg: Any) -> Any:
+        """``cfg`` as the run records it (config file, checkpoints): ``latest`` replaced by the files used."""
+        if not self.resolved:
+            return cfg
+        from lvisctl.config import Config
+
+        out = cfg.to_dict()
+        out.setdefault("data", {}).update(self.resolved)
+        return Config.wrap(out)
 
 
 def data_path(cfg: Mapping[str, Any], key: str) -> Path | None:
@@ -119,4 +131,6 @@ def build_train_data(cfg: Any, run: RunDir, info: ShardInfo) -> TrainData:
         ignore_boxes=extra.ignore_boxes,
         extra_data=extra.extra_data,
     )
-    return TrainData(dataset, sampler, collate_detection, stats, inputs=[source, *extra.inputs])
+    return TrainData(
+        dataset, sampler, collate_detection, stats, inputs=[source, *extra.inputs], resolved=extra.resolved
+    )

@@ -103,6 +103,19 @@ def check_inputs_unchanged(run: RunDir, ckpt: Artifact, inputs: Sequence[Artifac
             )
 
 
+def _same_files_as_saved(cfg: Config, saved: Config) -> Config:
+    """A resumed run keeps the self-training files it started with: ``latest`` in the incoming config means
+    the file the run resolved it to then (recorded in its saved config; their sha256 are checked too)."""
+    data = cfg.to_dict().get("data", {})
+    keys = [k for k in ("pseudo_labels", "extra_images") if str(data.get(k)) == "latest"]
+    if not keys:
+        return cfg
+    out = cfg.to_dict()
+    for key in keys:
+        out["data"][key] = saved.to_dict().get("data", {}).get(key, "latest")
+    return Config.wrap(out)
+
+
 def check_resume_config(cfg: Config | None, state: Mapping[str, Any], run: RunDir) -> Config:
     from lvisctl.config import upgrade_saved_config
 
@@ -110,6 +123,7 @@ def check_resume_config(cfg: Config | None, state: Mapping[str, Any], run: RunDi
     saved = upgrade_saved_config(state["config"])
     if cfg is None:
         return saved
+    cfg = _same_files_as_saved(cfg, saved)
     diffs = _config_diff(saved, cfg)
     if diffs:
         shown = "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "")

@@ -408,7 +408,7 @@ class Trainer:
         if not self.info.is_main:
             return None
         if not self._config_saved:
-            _save_config(self.run, self.cfg, self.phase, self.data.inputs)
+            _save_config(self.run, self.data.saved_config(self.cfg), self.phase, self.data.inputs)
             self._config_saved = True
         loop = self.loop
         state = {
@@ -427,7 +427,7 @@ class Trainer:
             "log_window": {k: v.detach().cpu() for k, v in loop.window.items()},
             "log_window_count": loop.window_count,
             "world_size": self.info.world_size,
-            "config": self.cfg.to_dict(),
+            "config": self.data.saved_config(self.cfg).to_dict(),
             "category_stats": self.data.category_stats.to_dict(),
             "hooks": {type(h).__name__: h.state_dict() for h in self.hooks if h.state_dict()},
         }

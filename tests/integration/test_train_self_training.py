@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from pycocotools import mask as mask_utils
 
 from lvisctl.data.dataset import ConcatTrainDataset
@@ -131,9 +132,11 @@ def test_train_with_pseudo_labels_records_both_files(tmp_path, files):
     config = run.latest("config", stage=1)
     assert {i["path"] for i in config.inputs} >= {missing, "pseudo_labels/unlabeled_unlabeled.json"}
     state = torch.load(run.resolve(final), weights_only=True)
-    assert state["config"]["data"]["extra_images"] == "latest" and state["iteration"] == 3
     n = files["num_extra"]
     extra_file = str((run.root / "pseudo_labels" / "unlabeled_unlabeled.json").resolve())
+    # the run records the file `latest` resolved to, in its checkpoints and its config file
+    assert state["config"]["data"]["extra_images"] == extra_file and state["iteration"] == 3
+    assert yaml.safe_load(run.resolve(config).read_text())["data"]["extra_images"] == extra_file
     assert (
         f"self-training: data.pseudo_labels = {missing}: 2 ignore boxes on 2 training images" in proc.stdout
     )
