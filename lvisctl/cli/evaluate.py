@@ -30,7 +30,13 @@ def evaluate(
     from rich.console import Console
 
     from lvisctl.evaluation.lvis_metrics import IOU_TYPES
-    from lvisctl.evaluation.pipeline import EXTRA_METRICS, parse_list, run_evaluate
+    from lvisctl.evaluation.pipeline import (
+        EXTRA_METRICS,
+        SCORED_KEY,
+        parse_list,
+        run_evaluate,
+        scored_lines,
+    )
 
     outcome = run_evaluate(
         results,
@@ -42,11 +48,13 @@ def evaluate(
         overwrite=overwrite,
     )
     console = Console()
+    for line in scored_lines(outcome.metrics[SCORED_KEY]):  # user paths: printed unmarked
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(metrics_table(outcome.metrics))
     for note in outcome.notes:
         console.print(note, style="yellow", highlight=False, soft_wrap=True)  # one line
     for path in outcome.written:
-        console.print(f"wrote {path}", highlight=False)
+        console.print(f"wrote {path}", markup=False, highlight=False)
 
 
 def metrics_table(metrics: dict):

@@ -113,9 +113,11 @@ def build_submission(
 
 def latest_segm_predictions(run: Any) -> Any:
     """The newest segm predictions (tta-infer's ``<stem>.segm.json``); without any, the newest predictions
-    (a combined file registered by hand)."""
-    segm = run.find("predictions", iou_type="segm")
-    return segm[-1] if segm else run.latest("predictions")
+    (a combined file registered by hand). Pseudo-labelling's internal predictions are never picked."""
+    from lvisctl.evaluation.pipeline import evaluation_predictions, latest_predictions
+
+    segm = evaluation_predictions(run, iou_type="segm")
+    return segm[-1] if segm else latest_predictions(run)
 
 
 def run_submit(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,7 +64,9 @@ def test_evaluate_run_dir_uses_latest_predictions_and_registers(tmp_path, capsys
     assert [i["path"] for i in metrics_art.inputs] == [artifact.path, gt]
     assert run.latest("plot").path == "metrics/val_metrics_ap_by_frequency.png"
     metrics = json.loads(run.resolve(metrics_art).read_text())
-    assert set(metrics) == {"segm", "fixed"} and "APr" in metrics["fixed"]["segm"]
+    assert set(metrics) == {"segm", "fixed", "scored"} and "APr" in metrics["fixed"]["segm"]
+    assert metrics["scored"]["results"]["segm"]["path"] == str(Path(pred).resolve())
+    assert metrics["scored"]["results"]["segm"]["sha256"] == artifact.sha256
     code, _, err = run_cli(["evaluate", "--run-dir", run.root, "--iou-type", "segm"], capsys, monkeypatch)
     assert code == 2 and "pass --overwrite" in err
 
@@ -213,3 +216,46 @@ def test_runs_show_refuses_a_plain_folder_and_verify_fails_on_changed_files(tmp_
     path.write_text('{"AP": 0.9}')
     code, out, err = run_cli(["runs", "show", run.root, "--verify"], capsys, monkeypatch)
     assert code == 2 and "changed" in out and "1 artifact(s) changed or missing" in err
+
+
+def test_run_dir_never_scores_pseudolabel_predictions(tmp_path, capsys, monkeypatch):
+    """After tta-infer on val, pseudo-labelling registers its train-set predictions (newer): evaluate must
+    still score the val ones, say which files it scored, and record them in the metrics json."""
+    run = RunDir(tmp_path / "run")
+    gt = write_json(tmp_path / "gt.json", edge_case_gt())
+    val = write_json(run.root / "predictions" / "val.json", edge_case_results())
+    run.register("predictions", val, meta={"gt": gt})
+    train_dets = edge_case_results()
+    for d in train_dets:
+        d["score"] = 1.0 - d["score"]  # other numbers, so scoring the wrong file would show
+    pseudo = write_json(run.root / "pseudo" / "train_predictions.json", train_dets)
+    run.register("predictions", pseudo, meta={"gt": gt, "purpose": "pseudolabel"})
+    code, out, err = run_cli(["evaluate", "--run-dir", run.root, "--iou-type", "segm"], capsys, monkeypatch)
+    assert code == 0, err
+    assert f"scored segm: {Path(val).resolve()}" in out and f"against gt: {Path(gt).resolve()}" in out
+    metrics = json.loads((run.root / "metrics" / "val_metrics.json").read_text())
+    assert metrics["scored"] == {
+        "results": {"segm": {"path": str(Path(val).resolve()), "sha256": run.find("predictions")[0].sha256}},
+        "gt": str(Path(gt).resolve()),
+    }
+    assert metrics["segm"] == pytest.approx(lvis_api_metrics(gt, val, "segm"), abs=1e-9)
+    assert metrics["segm"]["AP"] != pytest.approx(lvis_api_metrics(gt, pseudo, "segm")["AP"])
+
+
+def test_run_dir_with_only_pseudolabel_predictions_is_refused(tmp_path, capsys, monkeypatch):
+    run = RunDir(tmp_path / "run")
+    gt = write_json(tmp_path / "gt.json", edge_case_gt())
+    pseudo = write_json(run.root / "pseudo" / "train.json", edge_case_results())
+    run.register("predictions", pseudo, meta={"gt": gt, "purpose": "pseudolabel"})
+    code, _, err = run_cli(["evaluate", "--run-dir", run.root], capsys, monkeypatch)
+    assert code == 2 and "only pseudo-labelling's internal ones" in err, err
+    assert not (run.root / "metrics").exists()
+
+
+def test_scored_files_printed_with_brackets_intact(files, capsys, monkeypatch):
+    tmp, gt, res = files
+    odd = tmp / "res[val].json"
+    odd.write_text(Path(res).read_text())
+    code, out, err = run_cli(["evaluate", odd, "--gt", gt, "--iou-type", "segm"], capsys, monkeypatch)
+    assert code == 0, err
+    assert f"scored segm: {odd.resolve()}" in out
