@@ -58,7 +58,9 @@ def obvious(dets: dict) -> list[dict]:
     masks = pasted[:, 0] > 0.5
     rles = encode_masks(masks.cpu())
     base = {k: dets[k] for k in ("boxes", "scores", "labels")}
-    records = detections_to_records(1, {**base, "masks": torch.zeros((len(rles), 1, 1), dtype=torch.bool)}, CMAP)
+    records = detections_to_records(
+        1, {**base, "masks": torch.zeros((len(rles), 1, 1), dtype=torch.bool)}, CMAP
+    )
     for record, rle in zip(records, rles, strict=True):  # the records with the obvious RLEs
         record["segmentation"] = rle
     return records
@@ -134,7 +136,9 @@ def main() -> None:
             same = same and a == b
         for name in METHODS:
             ms = 1000 * min(times[name])
-            print(f"| {size[1]}x{size[0]} | {name} | {ms:.1f} | {mems[name]:.0f} | {'yes' if same else 'NO'} |")
+            print(
+                f"| {size[1]}x{size[0]} | {name} | {ms:.1f} | {mems[name]:.0f} | {'yes' if same else 'NO'} |"
+            )
     if not same:
         sys.exit("the two methods gave different RLEs")
 

@@ -59,6 +59,7 @@ class EvaluationOutcome:
     extras: dict[str, dict[str, IouTypeMetrics]]
     notes: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
+    categories: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> {"name", "frequency"}
 
 
 def parse_list(value: str, allowed: Sequence[str], option: str) -> tuple[str, ...]:
@@ -271,7 +272,9 @@ def run_evaluate(
     for name, per in extra.items():
         metrics[name] = {t: m.metrics for t, m in per.items()}
     metrics[SCORED_KEY] = scored_record(sources, gt_path)
-    outcome = EvaluationOutcome(metrics=metrics, by_type=by_type, extras=extra, notes=notes)
+    outcome = EvaluationOutcome(
+        metrics=metrics, by_type=by_type, extras=extra, notes=notes, categories=ground.categories
+    )
     if paths is not None:
         inputs = [s.artifact or s.path for s in sources] + [gt_path]
         _write_outputs(outcome, paths, ground, run, inputs=inputs, overwrite=overwrite)

@@ -259,3 +259,59 @@ def test_scored_files_printed_with_brackets_intact(files, capsys, monkeypatch):
     code, out, err = run_cli(["evaluate", odd, "--gt", gt, "--iou-type", "segm"], capsys, monkeypatch)
     assert code == 0, err
     assert f"scored segm: {odd.resolve()}" in out
+
+
+def test_per_category_prints_best_and_worst_per_frequency(files, capsys, monkeypatch):
+    tmp, gt, res = files
+    code, out, err = run_cli(
+        [
+            "evaluate",
+            res,
+            "--gt",
+            gt,
+            "--iou-type",
+            "segm",
+            "--per-category",
+            "--top",
+            "1",
+            "--out",
+            tmp / "m.json",
+        ],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0, err
+    assert "segm AP (%): best / worst 1 categories" in out
+    rows = {r["category_id"]: r for r in csv.DictReader((tmp / "m_per_category_ap.csv").open())}  # csv stays
+    line_f = next(line for line in out.splitlines() if "│ f " in line)
+    ap_f = 100 * float(rows["1"]["segm_AP"])
+    assert "cat1 (1)" in line_f and f"{ap_f:.2f}" in line_f
+
+
+def test_compare_two_metric_files_table2_style(files, capsys, monkeypatch):
+    tmp, gt, res = files
+    a = write_json(
+        tmp / "a.json", {"segm": {"AP": 0.25, "APr": 0.1, "APc": 0.2, "APf": 0.3}, "bbox": {"AP": 0.3}}
+    )
+    b = write_json(tmp / "b.json", {"segm": {"AP": 0.275, "APr": 0.15, "APc": 0.2, "APf": 0.25}})
+    code, out, err = run_cli(["evaluate", "--compare", a, b], capsys, monkeypatch)
+    assert code == 0, err
+    assert f"A = {a}\n" in out and f"B = {b}\n" in out
+    row_a = next(line for line in out.splitlines() if line.startswith("│ A "))
+    row_d = next(line for line in out.splitlines() if line.startswith("│ B - A "))
+    assert "25.00" in row_a and "30.00" in row_a and "5.00" in row_a  # AP, AP bbox, gap
+    cells = [c.strip() for c in row_d.split("│")[2:-1]]
+    assert cells == ["+2.50", "+5.00", "+0.00", "-5.00", "n/a", "n/a"]
+    code, _, err = run_cli(["evaluate", "--compare", a, gt], capsys, monkeypatch)
+    assert code == 2 and "not an lvisctl evaluate metrics json" in err
+    code, _, err = run_cli(["evaluate", res, "--compare", a, b], capsys, monkeypatch)
+    assert code == 2 and "give no RESULTS or --run-dir with it" in err
+
+
+def test_best_and_worst_by_hand():
+    from lvisctl.evaluation.compare import best_and_worst
+
+    cats = {1: {"frequency": "f"}, 2: {"frequency": "f"}, 3: {"frequency": "f"}, 4: {"frequency": "r"}}
+    per = {1: 0.5, 2: 0.9, 3: float("nan"), 4: 0.0}
+    out = best_and_worst(per, cats, k=1)
+    assert out == {"r": ([(4, 0.0)], [(4, 0.0)]), "c": ([], []), "f": ([(2, 0.9)], [(1, 0.5)])}
