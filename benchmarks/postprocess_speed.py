@@ -111,8 +111,9 @@ def main() -> None:
     if args.quick:
         args.dets, args.repeat = 100, 2
     torch.set_num_threads(1)
+    load = os.getloadavg()[0]
     print(f"{args.dets} detections per image, 28x28 masks, min of {args.repeat} interleaved repeats, "
-          f"device {args.device}, torch threads 1, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")  # fmt: skip
+          f"device {args.device}, torch threads 1, {os.cpu_count()} CPUs, load {load:.1f}")  # fmt: skip
     print("\n| image | method | ms / image | peak memory above idle (MB) | same RLE |")
     print("|---|---|---|---|---|")
     for size in ((480, 640), (800, 1333)):
