@@ -34,8 +34,22 @@ import numpy as np
 import pycocotools.mask as mask_utils
 
 REPO = Path(__file__).resolve().parents[1]
-CATEGORIES_JSON = REPO.parent / "shared" / "data" / "lvis_v1_categories.json"
 sys.path.insert(0, str(REPO))
+
+
+def default_categories() -> Path:
+    """The real LVIS v1 category table: the one ``data synth`` uses (packaged), else ``<repo>/../shared``."""
+    try:
+        from lvisctl.data import synth
+
+        path = Path(synth.REAL_CATEGORIES_FILE)
+        if path.is_file():
+            return path
+    except (ImportError, AttributeError):
+        pass
+    return REPO.parent / "shared" / "data" / "lvis_v1_categories.json"
+
+
 from lvisctl.evaluation.lvis_metrics import METRIC_KEYS as KEYS  # noqa: E402  (the official key names)
 
 # faster-coco-eval's names for the official keys.
@@ -97,11 +111,11 @@ def _polygon(rng: np.random.Generator, cx: float, cy: float, rx: float, ry: floa
 
 
 def make_workload(
-    num_images: int, dets_per_image: int = 300, seed: int = 0, categories_path: Path = CATEGORIES_JSON
+    num_images: int, dets_per_image: int = 300, seed: int = 0, categories_path: Path | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Return ``(gt_dataset, results)``."""
     rng = np.random.default_rng(seed)
-    cats = json.loads(Path(categories_path).read_text())
+    cats = json.loads(Path(categories_path or default_categories()).read_text())
     cat_ids = np.array([c["id"] for c in cats])
     # Frequent categories appear more often, as in LVIS.
     weight = np.array([{"r": 1.0, "c": 4.0, "f": 20.0}[c["frequency"]] for c in cats])
@@ -250,6 +264,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="timing rounds (interleaved)")
     ap.add_argument("--no-bbox", action="store_true", help="segm-only results (tta-infer's .segm.json)")
     ap.add_argument("--generate-only", action="store_true", help="make the workload in --workdir and stop")
+    ap.add_argument("--categories", type=Path, default=None, help="LVIS v1 category table json")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lvis_eval_speed_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -257,7 +272,7 @@ def main() -> None:
     results = work / f"results_{args.images}_{args.dets}_{args.seed}.json"
     t = time.perf_counter()
     if not (gt.is_file() and results.is_file()):  # the workload takes ~1 min per 1,000 images to make
-        dataset, dets = make_workload(args.images, args.dets, args.seed)
+        dataset, dets = make_workload(args.images, args.dets, args.seed, args.categories)
         gt.write_text(json.dumps(dataset))
         tmp = results.with_suffix(".tmp")
         tmp.write_text(json.dumps(dets, separators=(",", ":")))
