@@ -177,8 +177,9 @@ def blob_case(seed: int, num_images: int = 10):
                 dy, dx = rng.integers(-2, 3, 2)
                 shifted = np.roll(np.roll(m, dy, 0), dx, 1)
                 drle = mask_utils.encode(np.asfortranarray(shifted))
-                dets.append({"image_id": img, "category_id": cat, "score": round(float(rng.uniform()), 3),
-                             "segmentation": {"size": [h, w], "counts": drle["counts"].decode()}})  # fmt: skip
+                score = round(float(rng.uniform()), 3)
+                seg = {"size": [h, w], "counts": drle["counts"].decode()}
+                dets.append({"image_id": img, "category_id": cat, "score": score, "segmentation": seg})
     return dataset(images, anns, cats), dets
 
 
@@ -209,3 +210,17 @@ def test_boundary_band_equals_the_api_band_on_blobs():
         m = (rng.uniform(size=(h, w)) > 0.3).astype(np.uint8)
         d = boundary_width(h, w)
         assert np.array_equal(mask_boundary(m, d), api_mask_to_boundary(m))
+
+
+def test_decode_crop_equals_a_window_of_the_full_decode():
+    from lvisctl.evaluation.boundary_ap import decode_crop, rle_counts
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(1, 80, 2))
+        m = (rng.uniform(size=(h, w)) > rng.uniform()).astype(np.uint8)
+        rle = mask_utils.encode(np.asfortranarray(m))
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        x1, y1 = int(rng.integers(x0 + 1, w + 1)), int(rng.integers(y0 + 1, h + 1))
+        assert np.array_equal(decode_crop(rle["counts"], h, x0, y0, x1, y1), m[y0:y1, x0:x1])
+        assert rle_counts(rle["counts"]).sum() == h * w
