@@ -20,10 +20,14 @@ def crop_band(cnts, height, x0, y0, x1, y1, d):  # pragma: no cover - compiled
         pos = end
         if k % 2 == 0 or end <= x0 * height or start >= x1 * height:
             continue
-        for p in range(max(start, x0 * height), min(end, x1 * height)):
-            x, y = p // height, p % height
-            if y0 <= y < y1:
-                mask[y - y0, x - x0] = 1
+        p, e = max(start, x0 * height), min(end, x1 * height)
+        while p < e:  # column by column: the run's part in column x is rows y .. y_end
+            x = p // height
+            y = p - x * height
+            y_end = min(height, y + (e - p))
+            for yy in range(max(y, y0), min(y_end, y1)):
+                mask[yy - y0, x - x0] = 1
+            p += y_end - y
     # Integral image of the mask zero-padded by d + 1, as mask_boundary.
     ph, pw = h + 2 * (d + 1), w + 2 * (d + 1)
     integral = np.zeros((ph + 1, pw + 1), np.int32)
