@@ -495,7 +495,7 @@ def workers_line(rows: Sequence[Row]) -> str | None:
     need = f"{GPU_SAMPLES_PER_S[0]:.1f}-{GPU_SAMPLES_PER_S[1]:.1f}"
     return (
         f"one data worker: {row.rate:.2f} samples/s at LVIS size; an r50-FPN GPU step of 0.3-0.5 s for "
-        f"2 images needs {need} samples/s: {lo}-{hi} workers per GPU "
+        f"2 images needs {need} samples/s: {lo if lo == hi else f'{lo}-{hi}'} workers per GPU "
         "(per core of this machine; cores shared by other processes give less)"
     )
 
