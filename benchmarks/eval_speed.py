@@ -5,9 +5,15 @@ detections per image with compressed-RLE masks, then runs each evaluator in its 
 RSS is its own) on the segm metrics and prints wall time, peak RSS and the largest difference from
 lvis-api 0.5.3 over the 13 official numbers.
 
-    .venv/bin/python benchmarks/eval_speed.py --images 5000 --workdir /tmp/evs   # full size (lvis-api ~5 min)
+    .venv/bin/python benchmarks/eval_speed.py --images 19809 --workdir /tmp/evs --repeat 3   # LVIS val size
     .venv/bin/python benchmarks/eval_speed.py --images 5000 --workdir /tmp/evs --skip lvis-api --repeat 3
     .venv/bin/python benchmarks/eval_speed.py --images 5000 --workdir /tmp/evs --no-bbox  # segm-only file
+    .venv/bin/python benchmarks/eval_speed.py --images 1000 --only hotcoco --only "lvisctl evaluate" \\
+        --iou-types segm --extras boundary,fixed      # Boundary AP and Fixed AP next to plain segm
+    .venv/bin/python benchmarks/eval_speed.py --quick  # 100 images, a smoke run
+
+segm and bbox are timed separately (each evaluator run once per iou type; lvis-api only in the first
+round: it is slow). "vs bare hotcoco" is lvisctl's min time over hotcoco's min time in the same run.
 
 The workload is kept in --workdir and reused; lvis-api's metrics are kept there too, so later runs that
 skip it still report the difference. The machine is shared: the load average before each run is printed.
@@ -34,8 +40,22 @@ import numpy as np
 import pycocotools.mask as mask_utils
 
 REPO = Path(__file__).resolve().parents[1]
-CATEGORIES_JSON = REPO.parent / "shared" / "data" / "lvis_v1_categories.json"
 sys.path.insert(0, str(REPO))
+
+
+def default_categories() -> Path:
+    """The real LVIS v1 category table: the one ``data synth`` uses (packaged), else ``<repo>/../shared``."""
+    try:
+        from lvisctl.data import synth
+
+        path = Path(synth.REAL_CATEGORIES_FILE)
+        if path.is_file():
+            return path
+    except (ImportError, AttributeError):
+        pass
+    return REPO.parent / "shared" / "data" / "lvis_v1_categories.json"
+
+
 from lvisctl.evaluation.lvis_metrics import METRIC_KEYS as KEYS  # noqa: E402  (the official key names)
 
 # faster-coco-eval's names for the official keys.
@@ -57,13 +77,13 @@ RUNNERS: dict[str, tuple[str | None, str]] = {
     "lvis-api 0.5.3": (
         "tests.lvis_reference",
         "import sys, json\nfrom tests.lvis_reference import lvis_api_metrics\n"  # cwd is the repo
-        "json.dump(lvis_api_metrics(sys.argv[1], sys.argv[2], 'segm'), open(sys.argv[3], 'w'))",
+        "json.dump(lvis_api_metrics(sys.argv[1], sys.argv[2], sys.argv[4]), open(sys.argv[3], 'w'))",
     ),
     "hotcoco 1.3": (
         "hotcoco",
         "import sys, json, os, hotcoco\n"
         "g = hotcoco.COCO(sys.argv[1]); d = hotcoco.LVISResults(g, sys.argv[2], max_dets=300)\n"
-        "ev = hotcoco.LVISEval(g, d, 'segm'); ev.evaluate(); ev.accumulate()\n"
+        "ev = hotcoco.LVISEval(g, d, sys.argv[4]); ev.evaluate(); ev.accumulate()\n"
         "fd = os.dup(1); os.dup2(os.open(os.devnull, os.O_WRONLY), 1); ev.summarize(); os.dup2(fd, 1)\n"
         "json.dump(ev.get_results(), open(sys.argv[3], 'w'))",
     ),
@@ -71,7 +91,7 @@ RUNNERS: dict[str, tuple[str | None, str]] = {
         "faster_coco_eval",
         "import sys, json\nfrom faster_coco_eval import COCO, COCOeval_faster\n"
         "g = COCO(sys.argv[1]); d = g.loadRes(sys.argv[2])\n"
-        "ev = COCOeval_faster(g, d, 'segm', lvis_style=True, print_function=lambda *a: None)\n"
+        "ev = COCOeval_faster(g, d, sys.argv[4], lvis_style=True, print_function=lambda *a: None)\n"
         "ev.params.maxDets = [300]; ev.evaluate(); ev.accumulate(); ev.summarize()\n"
         "json.dump(ev.stats_as_dict, open(sys.argv[3], 'w'))",
     ),
@@ -80,7 +100,7 @@ RUNNERS: dict[str, tuple[str | None, str]] = {
         "import sys, json\nfrom ultrafast_pycocotools.coco import COCO\n"
         "from ultrafast_pycocotools.cocoeval import COCOeval\n"
         "g = COCO(sys.argv[1]); d = g.loadRes(sys.argv[2])\n"
-        "ev = COCOeval(g, d, 'segm', lvis_style=True, print_function=lambda *a: None)\n"
+        "ev = COCOeval(g, d, sys.argv[4], lvis_style=True, print_function=lambda *a: None)\n"
         "ev.evaluate(); ev.accumulate(); ev.summarize()\n"
         "json.dump(ev.stats_as_dict, open(sys.argv[3], 'w'))",
     ),
@@ -97,11 +117,11 @@ def _polygon(rng: np.random.Generator, cx: float, cy: float, rx: float, ry: floa
 
 
 def make_workload(
-    num_images: int, dets_per_image: int = 300, seed: int = 0, categories_path: Path = CATEGORIES_JSON
+    num_images: int, dets_per_image: int = 300, seed: int = 0, categories_path: Path | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Return ``(gt_dataset, results)``."""
     rng = np.random.default_rng(seed)
-    cats = json.loads(Path(categories_path).read_text())
+    cats = json.loads(Path(categories_path or default_categories()).read_text())
     cat_ids = np.array([c["id"] for c in cats])
     # Frequent categories appear more often, as in LVIS.
     weight = np.array([{"r": 1.0, "c": 4.0, "f": 20.0}[c["frequency"]] for c in cats])
@@ -178,19 +198,30 @@ def _detections(rng, img_id, h, w, objects, neg, cat_ids, n) -> list[dict[str, A
     return out
 
 
-def command_for(name: str, gt: Path, results: Path, out: Path) -> list[str] | None:
+# lvisctl's opt-in metrics, timed as whole ``evaluate`` runs (segm + the extra metric).
+EXTRA_RUNNERS = {
+    "lvisctl evaluate --metrics boundary": "boundary",
+    "lvisctl evaluate --metrics fixed": "fixed",
+}
+
+
+def command_for(name: str, gt: Path, results: Path, out: Path, iou_type: str = "segm") -> list[str] | None:
     py = sys.executable
-    if name == "lvisctl evaluate":
-        return [py, "-m", "lvisctl", "evaluate", str(results), "--gt", str(gt), "--iou-type", "segm",
-                "--out", str(out), "--overwrite"]  # fmt: skip
+    if name == "lvisctl evaluate" or name in EXTRA_RUNNERS:
+        extra = ["--metrics", EXTRA_RUNNERS[name]] if name in EXTRA_RUNNERS else []
+        return [py, "-m", "lvisctl", "evaluate", str(results), "--gt", str(gt), "--iou-type", iou_type,
+                "--out", str(out), "--overwrite", *extra]  # fmt: skip
     module, code = RUNNERS[name]
     if subprocess.run([py, "-c", f"import {module}"], cwd=REPO, capture_output=True).returncode != 0:
         return None
-    return [py, "-c", code, str(gt), str(results), str(out)]
+    return [py, "-c", code, str(gt), str(results), str(out), iou_type]
 
 
-def run_one(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in GB, stderr tail) of one subprocess, measured with wait4."""
+def run_one(cmd: list[str]) -> tuple[float, float, str, float]:
+    """(wall seconds, peak RSS in GB, stderr tail, CPU seconds) of one subprocess, measured with wait4.
+
+    The CPU seconds (user + system, the subprocess and the children it waited for, e.g. lvisctl's screen)
+    are the fairer comparison on a shared machine, where a side process gets no free core."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
@@ -199,7 +230,7 @@ def run_one(cmd: list[str]) -> tuple[float, float, str]:
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:4]} failed: {err[-800:]}")
-    return wall, usage.ru_maxrss / 1024**2, err
+    return wall, usage.ru_maxrss / 1024**2, err, usage.ru_utime + usage.ru_stime
 
 
 def strip_boxes(results: Path, out: Path) -> None:
@@ -213,29 +244,37 @@ def strip_boxes(results: Path, out: Path) -> None:
     tmp.replace(out)
 
 
-def timing_rounds(names, gt, results, work, repeat) -> dict[str, dict[str, Any]]:
+def timing_rounds(names, gt, results, work, repeat, iou_type="segm", once=()) -> dict[str, dict[str, Any]]:
     """Each evaluator ``repeat`` times, interleaved (one round = every evaluator once), each run in its own
-    subprocess; wall times, peak RSS, the load average around each run, and the metrics of the last run."""
+    subprocess; wall times, peak RSS, the load average around each run, and the metrics of the last run.
+    Evaluators in ``once`` (lvis-api: minutes) run in the first round only."""
     rows: dict[str, dict[str, Any]] = {}
     for r in range(repeat):
         for name in names:
-            out = work / f"metrics_{name.split()[0]}_{results.stem}.json"
-            cmd = command_for(name, gt, results, out)
+            if r and name in once:
+                continue
+            tag = name.replace(" ", "_").replace("-", "")
+            out = work / f"metrics_{tag}_{iou_type}_{results.stem}.json"
+            cmd = command_for(name, gt, results, out, iou_type)
             if cmd is None:
                 if r == 0:
                     print(f"{name}: not installed; see the header of this script for the pip command")
                 continue
             load = os.getloadavg()[0]
-            wall, rss, _ = run_one(cmd)
+            wall, rss, _, cpu = run_one(cmd)
             metrics = json.loads(out.read_text())
-            metrics = metrics.get("segm", metrics)
+            metrics = metrics.get(iou_type, metrics)
             metrics = {k: metrics[FCE_NAMES.get(k, k) if "faster" in name else k] for k in KEYS}
-            row = rows.setdefault(name, {"walls": [], "rss": 0.0, "loads": []})
+            row = rows.setdefault(name, {"walls": [], "rss": 0.0, "loads": [], "cpus": []})
             row["walls"].append(wall)
+            row["cpus"].append(cpu)
             row["loads"].append(load)
             row["rss"] = max(row["rss"], rss)
             row["metrics"] = metrics
-            print(f"  {name:<24} {wall:8.1f} s  {rss:6.2f} GB  (load {load:.2f})", flush=True)
+            print(
+                f"  {iou_type} {name:<36} {wall:8.1f} s  {cpu:8.1f} CPU s  {rss:6.2f} GB  (load {load:.2f})",
+                flush=True,
+            )
     return rows
 
 
@@ -250,19 +289,36 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="timing rounds (interleaved)")
     ap.add_argument("--no-bbox", action="store_true", help="segm-only results (tta-infer's .segm.json)")
     ap.add_argument("--generate-only", action="store_true", help="make the workload in --workdir and stop")
+    ap.add_argument("--categories", type=Path, default=None, help="LVIS v1 category table json")
+    ap.add_argument("--iou-types", default="segm,bbox", help="comma-separated: segm, bbox")
+    ap.add_argument(
+        "--extras", default="", help="also time lvisctl's --metrics, comma-separated: boundary,fixed"
+    )
+    ap.add_argument("--quick", action="store_true", help="100 images, lvisctl and hotcoco only, 2 rounds")
     args = ap.parse_args()
+    if args.quick:
+        args.images, args.repeat = 100, 2
+        args.only = args.only or ["hotcoco", "lvisctl"]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lvis_eval_speed_"))
     work.mkdir(parents=True, exist_ok=True)
     gt = work / f"gt_{args.images}_{args.dets}_{args.seed}.json"
     results = work / f"results_{args.images}_{args.dets}_{args.seed}.json"
     t = time.perf_counter()
-    if not (gt.is_file() and results.is_file()):  # the workload takes ~1 min per 1,000 images to make
-        dataset, dets = make_workload(args.images, args.dets, args.seed)
-        gt.write_text(json.dumps(dataset))
-        tmp = results.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dets, separators=(",", ":")))
-        tmp.replace(results)
-        del dataset, dets
+    if not (gt.is_file() and results.is_file()):  # the workload takes ~20 s per 1,000 images to make
+        if not args.generate_only:
+            # In a child process: the evaluators are forked from this one, and a parent that held the
+            # workload (~10 GB at 19,809 images) would show up in every child's peak RSS.
+            cmd = [sys.executable, __file__, "--generate-only", "--workdir", str(work), "--images",
+                   str(args.images), "--dets", str(args.dets), "--seed", str(args.seed)]  # fmt: skip
+            cmd += ["--categories", str(args.categories)] if args.categories else []
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        else:
+            dataset, dets = make_workload(args.images, args.dets, args.seed, args.categories)
+            gt.write_text(json.dumps(dataset))
+            tmp = results.with_suffix(".tmp")
+            tmp.write_text(json.dumps(dets, separators=(",", ":")))
+            tmp.replace(results)
+            del dataset, dets
     if args.no_bbox:
         segm_only = results.with_name(results.stem + "_nobbox.json")
         if not segm_only.is_file():
@@ -278,26 +334,48 @@ def main() -> None:
         return
     names = [n for n in RUNNERS if not any(s in n for s in args.skip)]
     names = [n for n in names if not args.only or any(o in n for o in args.only)]
-    rows = timing_rounds(names, gt, results, work, args.repeat)
-    # lvis-api takes minutes: its metrics are kept and reused by later runs that skip it.
-    ref_path = work / f"reference_lvis-api_{results.stem}.json"
+    for iou_type in args.iou_types.split(","):
+        if iou_type == "segm" and args.extras:
+            names_t = names + [n for n, e in EXTRA_RUNNERS.items() if e in args.extras.split(",")]
+        else:
+            names_t = names
+        if iou_type == "bbox" and args.no_bbox:
+            continue
+        rows = timing_rounds(names_t, gt, results, work, args.repeat, iou_type, once=("lvis-api 0.5.3",))
+        report(rows, work, results, iou_type, args)
+
+
+def report(rows: dict[str, dict[str, Any]], work: Path, results: Path, iou_type: str, args) -> None:
+    """The table of one iou type; lvis-api's metrics are kept and reused by later runs that skip it."""
+    ref_path = work / f"reference_lvis-api_{iou_type}_{results.stem}.json"
     if "lvis-api 0.5.3" in rows:
         ref_path.write_text(json.dumps(rows["lvis-api 0.5.3"]))
     ref_row = json.loads(ref_path.read_text()) if ref_path.is_file() else None
     ref = ref_row["metrics"] if ref_row else None
+    base = min(rows["hotcoco 1.3"]["walls"]) if "hotcoco 1.3" in rows else None
+    base_cpu = min(rows["hotcoco 1.3"].get("cpus") or [0]) if "hotcoco 1.3" in rows else 0
     print(
-        f"\n| evaluator | wall (s), min / median of {args.repeat} | peak RSS (GB) | load avg | "
-        f"max abs diff vs lvis-api | ({args.images} images, segm, {'no bbox' if args.no_bbox else 'bbox'})"
+        f"\n| evaluator | wall (s), min / median of runs | vs bare hotcoco | CPU s (min) | CPU vs hotcoco | "
+        "peak RSS (GB) | load avg | "
+        f"max abs diff vs lvis-api | ({args.images} images x {args.dets} dets, {iou_type}, "
+        f"{'no bbox' if args.no_bbox else 'file with bbox'}, {os.cpu_count()} CPUs)"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     if ref_row and "lvis-api 0.5.3" not in rows:
         rows = {"lvis-api 0.5.3 (earlier run)": ref_row, **rows}
     for name, row in rows.items():
+        extra = name in EXTRA_RUNNERS  # its numbers are segm's; the extra metric is timed, not compared
         diff = "n/a" if ref is None else f"{max(abs(row['metrics'][k] - ref[k]) for k in KEYS):.1e}"
         walls = row["walls"]
         loads = ", ".join(f"{x:.1f}" for x in row["loads"])
         wall = f"{min(walls):.1f} / {statistics.median(walls):.1f}"
-        print(f"| {name} | {wall} | {row['rss']:.2f} | {loads} | {diff} |")
+        ratio = f"{min(walls) / base:.2f}x" if base else "n/a"
+        cpu = min(row.get("cpus") or [float("nan")])
+        cpu_ratio = f"{cpu / base_cpu:.2f}x" if base_cpu else "n/a"
+        diff += " (segm part)" if extra else ""
+        print(
+            f"| {name} | {wall} | {ratio} | {cpu:.1f} | {cpu_ratio} | {row['rss']:.2f} | {loads} | {diff} |"
+        )
 
 
 if __name__ == "__main__":

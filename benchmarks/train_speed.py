@@ -21,6 +21,8 @@ Four sections, one rich table (each row relative to its section's baseline row):
 * sampler: building one epoch's index list at LVIS v1 train scale (100,170 images, the synthetic set's
   repeat factors tiled): plain shuffle (baseline) vs RFS (stochastic rounding + shuffle), and computing the
   RFS repeat factors r(I) from the images' label sets (once per run).
+* workers (opt-in, ``--only workers``): one data worker at LVIS size (1024 px JPEGs, stage-1 augmentation
+  defaults), samples/s, and how many workers keep an r50-FPN GPU step (0.3-0.5 s / 2 images) fed.
 * e2e: what training actually runs at: the core with the synthetic set's categories, the real
   ``build_train_data`` dataset + sampler and a ``DataLoader`` as the trainer builds it; baseline = core,
   plain sampler, no augmentation, 0 workers; then core + EQL + RFS + full augmentation with 0 and 2
@@ -30,6 +32,7 @@ Four sections, one rich table (each row relative to its section's baseline row):
     .venv/bin/python benchmarks/train_speed.py                     # CPU, a few minutes
     .venv/bin/python benchmarks/train_speed.py --only models,e2e --device cuda --iters 50
     .venv/bin/python benchmarks/train_speed.py --only eql,hm --size 512
+    .venv/bin/python benchmarks/train_speed.py --only workers --samples 16   # data workers per GPU
 
 ``--only`` takes row keys and section names (comma-separated or repeated); a section's baseline row is
 always included.
@@ -93,12 +96,24 @@ E2E_ROWS: dict[str, tuple[str, list[str], bool, int]] = {  # key -> (label, over
     "e2e-full0": ("core + EQL + RFS + full augmentation, 0 workers", EQL, True, 0),
     "e2e-full2": ("core + EQL + RFS + full augmentation, 2 workers", EQL, True, 2),
 }
+# The data loading a GPU waits for at LVIS size: one worker (the main process) decoding ~1 MP JPEGs (square
+# LVIS_JPEG_SIDE px, the pixels of 1333x800) through the stage-1 augmentations at the base config's
+# defaults (short side 640-800, long side <= 1333, Mosaic 0.5, rotation 0.5, flip). Opt-in (--only workers):
+# it writes --lvis-images synthetic JPEGs first.
+WORKER_ROWS: dict[str, str] = {
+    "data-lvis": "LVIS size: 1024 px JPEG + stage-1 augment, 1 worker",
+}
+LVIS_JPEG_SIDE = 1024
+# An r50-FPN step on a V100-class GPU: 0.3-0.5 s for 2 images (the issue's figure): 4-6.7 samples/s.
+GPU_SAMPLES_PER_S = (2 / 0.5, 2 / 0.3)
 SECTIONS: dict[str, list[str]] = {
     "models": list(MODEL_ROWS),
     "data": list(DATA_ROWS),
     "sampler": list(SAMPLER_ROWS),
     "e2e": list(E2E_ROWS),
+    "workers": list(WORKER_ROWS),
 }
+OPT_IN_SECTIONS = ("workers",)
 LVIS_TRAIN_IMAGES = 100_170
 RATE_UNITS = {"it": "it/s", "sample": "samples/s", "epoch": "epochs/s", "run": "runs/s"}
 
@@ -124,7 +139,7 @@ def select_rows(only: Iterable[str]) -> list[str]:
     """Row keys for ``--only`` (keys or section names; empty = all), each section's baseline included."""
     wanted = [w.strip() for item in only for w in item.split(",") if w.strip()]
     if not wanted:
-        return [k for keys in SECTIONS.values() for k in keys]
+        return [k for name, keys in SECTIONS.items() if name not in OPT_IN_SECTIONS for k in keys]
     known = {k for keys in SECTIONS.values() for k in keys}
     unknown = [w for w in wanted if w not in known and w not in SECTIONS]
     if unknown:
@@ -449,6 +464,49 @@ def e2e_row(key: str, lvis, args: argparse.Namespace) -> Row:
     return Row(key, "e2e", label, statistics.median(times[args.warmup :]), "it", peak)
 
 
+def worker_row(key: str, args: argparse.Namespace) -> Row:
+    """Samples/s of one data worker at LVIS size (median of ``--rounds`` passes over ``--samples``)."""
+    from lvisctl.config import load_config
+    from lvisctl.data.dataset import LvisTrainDataset
+    from lvisctl.data.lvis import load_lvis
+    from lvisctl.data.synth import generate_synthetic_lvis
+    from lvisctl.data.transforms import build_train_transforms
+
+    with tempfile.TemporaryDirectory(prefix="train-speed-lvis-") as tmp:
+        paths = generate_synthetic_lvis(
+            Path(tmp) / "lvis", preset="demo", seed=0, image_size=LVIS_JPEG_SIDE,
+            train_images=args.lvis_images, val_images=1, test_images=0, unlabeled_images=0,
+        )  # fmt: skip
+        lvis = load_lvis(paths["train"])
+        cfg = load_config(None, ["sampler.rfs_threshold=0.05"])  # base augmentation defaults
+        dataset = LvisTrainDataset(lvis, lvis.category_stats().category_map, seed=0)
+        factors = dataset.repeat_factors(float(cfg.sampler.rfs_threshold))
+        dataset.transforms = build_train_transforms(cfg, repeat_factors=factors)
+        n = len(dataset)
+        dataset[(0, 0, 0)]  # warm-up
+        times = []
+        for r in range(args.rounds):
+            start = time.perf_counter()
+            for i in range(args.samples):
+                dataset[(i % n, r, i)]
+            times.append((time.perf_counter() - start) / args.samples)
+    return Row(key, "workers", WORKER_ROWS[key], statistics.median(times), "sample")
+
+
+def workers_line(rows: Sequence[Row]) -> str | None:
+    """How many data workers keep one GPU busy, from the measured per-worker rate."""
+    row = next((r for r in rows if r.key == "data-lvis"), None)
+    if row is None:
+        return None
+    lo, hi = (math.ceil(need / row.rate) for need in GPU_SAMPLES_PER_S)
+    need = f"{GPU_SAMPLES_PER_S[0]:.1f}-{GPU_SAMPLES_PER_S[1]:.1f}"
+    return (
+        f"one data worker: {row.rate:.2f} samples/s at LVIS size; an r50-FPN GPU step of 0.3-0.5 s for "
+        f"2 images needs {need} samples/s: {lo if lo == hi else f'{lo}-{hi}'} workers per GPU "
+        "(per core of this machine; cores shared by other processes give less)"
+    )
+
+
 # ------------------------------------------------------------------------------------------ table
 def render(rows: Sequence[Row], args: argparse.Namespace):
     """The rich table: per section, rate, time per unit, relative to the section's first row, memory."""
@@ -500,7 +558,7 @@ def run_benchmark(args: argparse.Namespace) -> list[Row]:
     models = [k for k in keys if k in MODEL_ROWS]
     if models:
         rows += model_rows(models, args, memory=not args.no_memory)
-    rest = [k for k in keys if k not in MODEL_ROWS]
+    rest = [k for k in keys if k not in MODEL_ROWS and k not in WORKER_ROWS]
     if rest:
         with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:
             lvis = make_synthetic_lvis(tmp, args.size, args.data_images)
@@ -509,6 +567,7 @@ def run_benchmark(args: argparse.Namespace) -> list[Row]:
             if sampler := [k for k in rest if k in SAMPLER_ROWS]:
                 rows += sampler_rows(sampler, lvis, args)
             rows += [e2e_row(k, lvis, args) for k in rest if k in E2E_ROWS]
+    rows += [worker_row(k, args) for k in keys if k in WORKER_ROWS]
     return rows
 
 
@@ -530,6 +589,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="timed passes per data / sampler row")
     parser.add_argument("--only", action="append", default=[], help="row keys or sections, comma-separated")
     parser.add_argument("--no-memory", action="store_true", help="skip the spawned peak-memory runs")
+    parser.add_argument("--lvis-images", type=int, default=16, help="synthetic LVIS-size JPEGs (workers row)")
     return parser.parse_args(argv)
 
 
@@ -543,6 +603,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         console = Console(width=140)
     console.print(render(rows, args))
     if line := target_line(rows):
+        console.print(line)
+    if line := workers_line(rows):
         console.print(line)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text  # user text (file and category names): never parsed as markup
 
 from lvisctl.cli._options import ExtraMetricList, IouTypeList
 
@@ -31,12 +32,44 @@ def evaluate(
         None, "--run-dir", help="Run directory: inputs from and outputs to it."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    per_category: bool = typer.Option(
+        False,
+        "--per-category",
+        help="Also print the best and worst categories of each frequency group (r/c/f); the csv has all.",
+    ),
+    top: int = typer.Option(
+        5, "--top", min=1, help="How many best and worst categories --per-category shows."
+    ),
+    compare: tuple[Path, Path] | None = typer.Option(
+        None,
+        "--compare",
+        help="Print two metrics json files (A B) side by side with B - A, as the paper's Table 2; "
+        "evaluates nothing.",
+    ),
 ) -> None:
     """Compute the LVIS v1 federated metrics (AP, APr/c/f, AR@300, ...) exactly as lvis-api 0.5.3 does."""
     from rich.console import Console
 
+    if compare is not None:
+        if results is not None or run_dir is not None:
+            from lvisctl.errors import LvisctlError
+
+            raise LvisctlError("--compare A B: reads two metrics files; give no RESULTS or --run-dir with it")
+        table, lines = compare_table(*compare)
+        console = Console()
+        for line in lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        console.print(table)
+        return
+
     from lvisctl.evaluation.lvis_metrics import IOU_TYPES
-    from lvisctl.evaluation.pipeline import EXTRA_METRICS, parse_list, run_evaluate
+    from lvisctl.evaluation.pipeline import (
+        EXTRA_METRICS,
+        SCORED_KEY,
+        parse_list,
+        run_evaluate,
+        scored_lines,
+    )
 
     outcome = run_evaluate(
         results,
@@ -48,11 +81,16 @@ def evaluate(
         overwrite=overwrite,
     )
     console = Console()
+    for line in scored_lines(outcome.metrics[SCORED_KEY]):  # user paths: printed unmarked
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(metrics_table(outcome.metrics))
+    if per_category:
+        for t, m in outcome.by_type.items():
+            console.print(per_category_table(m.per_category_ap, outcome.categories, t, top))
     for note in outcome.notes:
         console.print(note, style="yellow", highlight=False, soft_wrap=True)  # one line
     for path in outcome.written:
-        console.print(f"wrote {path}", highlight=False)
+        console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
 
 
 def metrics_table(metrics: dict):
@@ -75,6 +113,56 @@ def metrics_table(metrics: dict):
         gap = metrics["bbox_minus_segm"]["AP"]
         table.add_row("AP bbox - segm", *([f"{100 * gap:.2f}"] + [""] * (len(columns) - 1)))
     return table
+
+
+def compare_table(a: Path, b: Path):
+    """Two metric files and their difference, in the paper's Table 2 columns (values in %), and the lines
+    that say which file is A and which B."""
+    import math
+
+    from rich.table import Table
+
+    from lvisctl.evaluation.compare import COMPARE_COLUMNS, compare_rows
+
+    rows, lines = compare_rows(a, b)
+    table = Table(title="LVIS v1 (%), gap = AP bbox - AP")
+    table.add_column("")
+    for col in COMPARE_COLUMNS:
+        table.add_column(col, justify="right")
+    for k, (name, row) in enumerate(rows.items()):
+        if k == 2:
+            table.add_section()
+        sign = "+" if k == 2 else ""
+        cells = ["n/a" if math.isnan(row[c]) else f"{100 * row[c]:{sign}.2f}" for c in COMPARE_COLUMNS]
+        table.add_row(name, *cells)
+    return table, lines
+
+
+def per_category_table(per_category_ap: dict, categories: dict, iou_type: str, k: int):
+    """Per frequency group, the ``k`` best and ``k`` worst categories by AP (values in %)."""
+    from rich.table import Table
+
+    from lvisctl.evaluation.compare import best_and_worst
+
+    table = Table(title=f"{iou_type} AP (%): best / worst {k} categories")
+    for col in ("freq", "best", "AP", "worst", "AP"):
+        table.add_column(col, justify="right" if col == "AP" else "left")
+    for freq, (best, worst) in best_and_worst(per_category_ap, categories, k).items():
+        if not best:
+            table.add_row(freq, "(no category with ground truth)", "", "", "")
+            continue
+        for i in range(max(len(best), len(worst))):
+            cells = [freq if i == 0 else ""]
+            for side in (best, worst):
+                cat, ap = side[i] if i < len(side) else (None, None)
+                cells += ["", ""] if cat is None else [_cat_name(categories, cat), f"{100 * ap:.2f}"]
+            table.add_row(*[Text(c) for c in cells])
+        table.add_section()
+    return table
+
+
+def _cat_name(categories: dict, cat: int) -> str:
+    return f"{categories[cat]['name']} ({cat})"
 
 
 def _fmt(value) -> str:

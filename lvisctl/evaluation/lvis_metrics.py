@@ -20,13 +20,9 @@ from typing import Any
 import numpy as np
 
 from lvisctl.errors import LvisctlError
-from lvisctl.evaluation.results_io import (
-    MAX_DETS_PER_IMAGE,
-    ImageTable,
-    load_results,
-    validate_results,
-)
-from lvisctl.evaluation.results_scan import ScanJob, first_detection_keys, scan_problems, start_scan
+from lvisctl.evaluation.results_io import MAX_DETS_PER_IMAGE, ImageTable, load_results
+from lvisctl.evaluation.results_scan import ScanJob, first_detection_keys, start_scan
+from lvisctl.evaluation.validate import validate
 
 IOU_TYPES = ("segm", "bbox")
 METRIC_KEYS = (
@@ -126,25 +122,14 @@ class LoadedResults:
     notes: list[str] = field(default_factory=list)
 
     def verify(self) -> None:
-        """Wait for the screen; any problem it saw is named by the Python validator (one error line).
+        """Wait for the screen and :func:`~lvisctl.evaluation.validate.validate` the file (one error line).
 
         Called after the evaluation, so the screen overlaps hotcoco's work; nothing is reported or
         written before it passes.
         """
         if self.verified:
             return
-        summary = self.scan.result() if self.scan is not None else None
-        problems = scan_problems(summary, self.num_dets, self.gt.table.sizes) if summary is not None else None
-        if summary is not None and not summary.rles_decoded and summary.num_segmentation:
-            # hotcoco computed every mask area; it leaves None where an RLE does not decode.
-            with quiet_native_output():
-                decoded = len(self.dets.get_ann_ids(area_rng=[0.0, float("inf")]))
-            if decoded != self.num_dets:
-                problems.append("invalid RLE")
-        if problems is None or problems:
-            # Slow but exact: parse in Python and name every problem (raises unless the screen was
-            # over-cautious, e.g. about a json layout it does not know).
-            validate_results(load_results(self.path), self.gt.table, source=self.path)
+        validate(self.path, self.gt, screen=self.scan, parsed=self.dets, num_parsed=self.num_dets)
         self.verified = True
 
     def cancel(self) -> None:
@@ -153,8 +138,8 @@ class LoadedResults:
 
 
 def explain_and_raise(path: Path, gt: LvisGroundTruth, fallback: str) -> None:
-    """Parse the file in Python and raise the precise problem list; ``fallback`` if it finds none."""
-    validate_results(load_results(path), gt.table, source=path)
+    """Validate the file exactly and raise the precise problem list; ``fallback`` if it finds none."""
+    validate(path, gt)
     raise LvisctlError(f"{path}: {fallback}")
 
 

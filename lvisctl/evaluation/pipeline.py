@@ -27,6 +27,27 @@ from lvisctl.rundir import Artifact, RunDir, atomic_write_json, atomic_write_tex
 from lvisctl.rundir.io import sha256_file
 
 EXTRA_METRICS = ("boundary", "fixed")
+# Predictions registered with this meta purpose are some command's internal working files (pseudo-labelling's
+# train-set predictions), never what ``evaluate`` or ``submit`` pick from a run dir.
+INTERNAL_PURPOSES = frozenset({"pseudolabel"})
+
+
+def evaluation_predictions(run: RunDir, **meta: Any) -> list[Artifact]:
+    """The run's predictions artifacts matching ``meta`` that are meant to be scored, oldest first."""
+    return [a for a in run.find("predictions", **meta) if a.meta.get("purpose") not in INTERNAL_PURPOSES]
+
+
+def latest_predictions(run: RunDir, **meta: Any) -> Artifact:
+    """The newest scorable predictions artifact (see :func:`evaluation_predictions`); one line if none."""
+    found = evaluation_predictions(run, **meta)
+    if not found:
+        what = f" with {meta}" if meta else ""
+        internal = " (only pseudo-labelling's internal ones)" if run.find("predictions", **meta) else ""
+        raise LvisctlError(
+            f"{run.manifest_path}: no predictions{what} to evaluate recorded{internal}; "
+            "run tta-infer (or pass a RESULTS file) first"
+        )
+    return found[-1]
 
 
 @dataclass
@@ -38,6 +59,7 @@ class EvaluationOutcome:
     extras: dict[str, dict[str, IouTypeMetrics]]
     notes: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
+    categories: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> {"name", "frequency"}
 
 
 def parse_list(value: str, allowed: Sequence[str], option: str) -> tuple[str, ...]:
@@ -76,7 +98,7 @@ def resolve_inputs(
         return [EvalSource(Path(results), tuple(iou_types))], Path(gt), Path(results).stem
     if run is None:
         raise LvisctlError("evaluate: give a RESULTS file or --run-dir with a predictions artifact")
-    newest = predictions[0] if predictions else run.latest("predictions")
+    newest = predictions[0] if predictions else latest_predictions(run)
     if predictions:  # chosen by the caller (e.g. the demo evaluating each training phase)
         by_type = {a.meta.get("iou_type"): a for a in predictions}
         arts = {t: by_type.get(t, by_type.get(None, newest)) for t in iou_types}
@@ -86,11 +108,11 @@ def resolve_inputs(
         arts = {}
         group = None
         if "segm" in iou_types:
-            arts["segm"] = run.latest("predictions", iou_type="segm")
+            arts["segm"] = latest_predictions(run, iou_type="segm")
             group = arts["segm"].meta.get("group")
         if "bbox" in iou_types:
             same = {"group": group} if group is not None else {}
-            arts["bbox"] = run.latest("predictions", iou_type="bbox", **same)
+            arts["bbox"] = latest_predictions(run, iou_type="bbox", **same)
     sources: list[EvalSource] = []
     for t, art in arts.items():
         known = next((s for s in sources if s.artifact is art), None)
@@ -110,6 +132,31 @@ def resolve_inputs(
             gt = run.path_of(str(gt))
     stem = str(first.meta.get("group") or sources[0].path.stem)
     return sources, Path(gt), stem
+
+
+SCORED_KEY = "scored"  # the metrics json's record of what was scored (not a metric)
+
+
+def scored_record(sources: Sequence[EvalSource], gt: Path) -> dict[str, Any]:
+    """Which file each iou type was scored on, and against which GT (absolute paths; the manifest's
+    sha256 too when the file came from a run dir), so a metrics json always says what it measured."""
+    results: dict[str, dict[str, str]] = {}
+    for source in sources:
+        entry = {"path": str(source.path.resolve())}
+        if source.artifact is not None:
+            entry["sha256"] = source.artifact.sha256
+        for t in source.iou_types:
+            results[t] = entry
+    return {"results": results, "gt": str(Path(gt).resolve())}
+
+
+def scored_lines(scored: dict[str, Any]) -> list[str]:
+    """``scored segm: <file>`` lines (files shared by several iou types once), then ``against gt: <file>``."""
+    by_path: dict[str, list[str]] = {}
+    for t, entry in scored["results"].items():
+        by_path.setdefault(entry["path"], []).append(t)
+    lines = [f"scored {'+'.join(types)}: {path}" for path, types in by_path.items()]
+    return [*lines, f"against gt: {scored['gt']}"]
 
 
 def output_paths(out: Path | None, stem: str, run: RunDir | None) -> tuple[Path, Path, Path] | None:
@@ -224,7 +271,10 @@ def run_evaluate(
         metrics["bbox_minus_segm"] = {"AP": gap}
     for name, per in extra.items():
         metrics[name] = {t: m.metrics for t, m in per.items()}
-    outcome = EvaluationOutcome(metrics=metrics, by_type=by_type, extras=extra, notes=notes)
+    metrics[SCORED_KEY] = scored_record(sources, gt_path)
+    outcome = EvaluationOutcome(
+        metrics=metrics, by_type=by_type, extras=extra, notes=notes, categories=ground.categories
+    )
     if paths is not None:
         inputs = [s.artifact or s.path for s in sources] + [gt_path]
         _write_outputs(outcome, paths, ground, run, inputs=inputs, overwrite=overwrite)

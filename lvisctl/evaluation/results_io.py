@@ -1,8 +1,9 @@
 """Loading and validating LVIS results files (the json list of detections the evaluator and server take).
 
-:func:`validate_results` checks a parsed list, detection by detection, and names every problem. It is
-what ``submit`` runs and what explains a failure in ``evaluate``, whose fast path is the compiled byte
-screen of ``results_scan`` (parsing 1.5 M detections into Python dicts costs more than the evaluation).
+:func:`validate_results` checks a parsed list, detection by detection, and names every problem: the exact
+route of :func:`lvisctl.evaluation.validate.validate`, the one entry point callers use (its fast route for
+files being evaluated is the compiled byte screen of ``results_scan``: parsing 1.5 M detections into
+Python dicts costs more than the evaluation).
 Results files are written by ``lvisctl.inference.results.write_results`` only.
 
 An RLE is valid when its ``size`` is the image's and hotcoco's decoder accepts its ``counts``

@@ -18,13 +18,8 @@ from typing import Any
 
 from lvisctl.errors import LvisctlError
 from lvisctl.evaluation.federated_eval import cap_per_image
-from lvisctl.evaluation.results_io import (
-    MAX_DETS_PER_IMAGE,
-    ImageTable,
-    load_results,
-    read_json,
-    validate_results,
-)
+from lvisctl.evaluation.results_io import MAX_DETS_PER_IMAGE, ImageTable, load_results, read_json
+from lvisctl.evaluation.validate import validate
 from lvisctl.rundir.io import atomic_output, atomic_write_json
 
 LVIS_V1_NUM_CATEGORIES = 1203  # LVIS v1 category ids are exactly 1..1203
@@ -97,7 +92,7 @@ def build_submission(
     before = len(results)
     if truncate:
         results = truncate_per_image(results)
-    validate_results(results, info.table, source=results_path, for_submission=True)
+    validate(results, info.table, source=results_path, for_submission=True)
     write_submission(results, out)
     per_freq = Counter(info.frequency.get(d["category_id"], "?") for d in results)
     return SubmissionSummary(
@@ -113,9 +108,11 @@ def build_submission(
 
 def latest_segm_predictions(run: Any) -> Any:
     """The newest segm predictions (tta-infer's ``<stem>.segm.json``); without any, the newest predictions
-    (a combined file registered by hand)."""
-    segm = run.find("predictions", iou_type="segm")
-    return segm[-1] if segm else run.latest("predictions")
+    (a combined file registered by hand). Pseudo-labelling's internal predictions are never picked."""
+    from lvisctl.evaluation.pipeline import evaluation_predictions, latest_predictions
+
+    segm = evaluation_predictions(run, iou_type="segm")
+    return segm[-1] if segm else latest_predictions(run)
 
 
 def run_submit(

@@ -56,24 +56,45 @@ def xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
 def detections_to_records(
     image_id: int, detections: Mapping[str, torch.Tensor], category_map: CategoryMap
 ) -> list[dict[str, Any]]:
-    """One image's predictor output (original-resolution ``boxes`` xyxy, ``scores``, contiguous
-    ``labels``, binary ``masks`` [N, H, W]) -> LVIS results records, in the order given."""
+    """One image's predictor output -> full LVIS results records, in the order given.
+
+    ``detections``: original-resolution ``boxes`` xyxy, ``scores`` (classification), contiguous ``labels``
+    and either binary ``masks`` [N, H, W] / [N, 1, H, W] or RoI-level ``mask_probs`` [N, 1, M, M] with
+    ``image_size`` (h, w), pasted, thresholded at ``mask_thresh`` (default 0.5) and encoded by the fast
+    path of :mod:`lvisctl.inference.postprocess`. With Mask Scoring the model adds ``mask_scores``: the
+    record then carries it as ``mask_score``, which :func:`split_record` makes the segm file's ``score``
+    while the bbox file keeps the classification score (as MS R-CNN and mmdet score them).
+    """
     boxes = xyxy_to_xywh(detections["boxes"].detach().float().cpu()).tolist()
     scores = detections["scores"].detach().float().cpu().tolist()
     labels = detections["labels"].detach().cpu().tolist()
-    rles = encode_masks(detections["masks"])
+    rles = _rles(detections)
+    mask_scores = detections.get("mask_scores")
+    mask_scores = mask_scores.detach().float().cpu().tolist() if mask_scores is not None else None
     records = []
-    for box, score, label, rle in zip(boxes, scores, labels, rles, strict=True):
-        records.append(
-            {
-                "image_id": int(image_id),
-                "category_id": category_map.cat_id(int(label)),
-                "bbox": [round(float(v), BBOX_DECIMALS) for v in box],
-                "score": float(score),
-                "segmentation": rle,
-            }
-        )
+    for i, (box, score, label, rle) in enumerate(zip(boxes, scores, labels, rles, strict=True)):
+        record = {
+            "image_id": int(image_id),
+            "category_id": category_map.cat_id(int(label)),
+            "bbox": [round(float(v), BBOX_DECIMALS) for v in box],
+            "score": float(score),
+            "segmentation": rle,
+        }
+        if mask_scores is not None:
+            record[MASK_SCORE] = float(mask_scores[i])
+        records.append(record)
     return records
+
+
+def _rles(detections: Mapping[str, Any]) -> list[dict[str, Any]]:
+    if "mask_probs" in detections:
+        from lvisctl.inference.postprocess import masks_to_rles
+
+        h, w = (int(v) for v in detections["image_size"])
+        thresh = float(detections.get("mask_thresh", 0.5))
+        return masks_to_rles(detections["mask_probs"].detach(), detections["boxes"].detach(), (h, w), thresh)
+    masks = detections["masks"]
+    return encode_masks(masks[:, 0] if masks.ndim == 4 else masks)
 
 
 def json_piece(i: int, record: Mapping[str, Any]) -> str:
@@ -101,6 +122,8 @@ def write_results(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[
 
 
 IOU_TYPE_FIELDS = {"segm": "segmentation", "bbox": "bbox"}  # the field each file keeps (of the two)
+# A full record's Mask Scoring score (cls score x predicted mask IoU): the segm file's ``score``.
+MASK_SCORE = "mask_score"
 
 
 def split_paths(path: str | os.PathLike[str]) -> dict[str, Path]:
@@ -111,9 +134,16 @@ def split_paths(path: str | os.PathLike[str]) -> dict[str, Path]:
 
 
 def split_record(record: Mapping[str, Any], iou_type: str) -> dict[str, Any]:
-    """The record for the ``iou_type`` file: without the other type's field (``bbox`` / ``segmentation``)."""
+    """The record for the ``iou_type`` file: without the other type's field (``bbox`` / ``segmentation``).
+
+    A Mask Scoring record's ``mask_score`` becomes the segm file's ``score``; the bbox file keeps the
+    classification score. Neither file carries a ``mask_score`` field (the LVIS results format).
+    """
     drop = IOU_TYPE_FIELDS["bbox" if iou_type == "segm" else "segm"]
-    return {k: v for k, v in record.items() if k != drop}
+    out = {k: v for k, v in record.items() if k not in (drop, MASK_SCORE)}
+    if iou_type == "segm" and MASK_SCORE in record:
+        out["score"] = record[MASK_SCORE]
+    return out
 
 
 def write_split_results(
@@ -141,10 +171,19 @@ def write_split_results(
 
 def read_split_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The full records of a :func:`write_split_results` pair (the two files hold the same detections in
-    the same order), for consumers that need boxes and masks together (pseudo-labelling)."""
+    the same order), for consumers that need boxes and masks together (pseudo-labelling). ``score`` is the
+    classification score; with Mask Scoring the segm file's score comes back as ``mask_score``."""
     paths = split_paths(path)
     segm = json.loads(paths["segm"].read_text())
     bbox = json.loads(paths["bbox"].read_text())
     if len(segm) != len(bbox):
         raise ValueError(f"{paths['segm']} and {paths['bbox']} hold different numbers of detections")
-    return [{**b, **s} for s, b in zip(segm, bbox, strict=True)]
+    return [_merge(s, b) for s, b in zip(segm, bbox, strict=True)]
+
+
+def _merge(segm: dict[str, Any], bbox: dict[str, Any]) -> dict[str, Any]:
+    """The full record of one detection's two halves (the inverse of :func:`split_record`)."""
+    full = {**bbox, **segm}
+    if segm.get("score") != bbox.get("score"):  # Mask Scoring: the segm file has the mask score
+        full["score"], full[MASK_SCORE] = bbox["score"], segm["score"]
+    return full

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,7 +64,9 @@ def test_evaluate_run_dir_uses_latest_predictions_and_registers(tmp_path, capsys
     assert [i["path"] for i in metrics_art.inputs] == [artifact.path, gt]
     assert run.latest("plot").path == "metrics/val_metrics_ap_by_frequency.png"
     metrics = json.loads(run.resolve(metrics_art).read_text())
-    assert set(metrics) == {"segm", "fixed"} and "APr" in metrics["fixed"]["segm"]
+    assert set(metrics) == {"segm", "fixed", "scored"} and "APr" in metrics["fixed"]["segm"]
+    assert metrics["scored"]["results"]["segm"]["path"] == str(Path(pred).resolve())
+    assert metrics["scored"]["results"]["segm"]["sha256"] == artifact.sha256
     code, _, err = run_cli(["evaluate", "--run-dir", run.root, "--iou-type", "segm"], capsys, monkeypatch)
     assert code == 2 and "pass --overwrite" in err
 
@@ -213,3 +216,102 @@ def test_runs_show_refuses_a_plain_folder_and_verify_fails_on_changed_files(tmp_
     path.write_text('{"AP": 0.9}')
     code, out, err = run_cli(["runs", "show", run.root, "--verify"], capsys, monkeypatch)
     assert code == 2 and "changed" in out and "1 artifact(s) changed or missing" in err
+
+
+def test_run_dir_never_scores_pseudolabel_predictions(tmp_path, capsys, monkeypatch):
+    """After tta-infer on val, pseudo-labelling registers its train-set predictions (newer): evaluate must
+    still score the val ones, say which files it scored, and record them in the metrics json."""
+    run = RunDir(tmp_path / "run")
+    gt = write_json(tmp_path / "gt.json", edge_case_gt())
+    val = write_json(run.root / "predictions" / "val.json", edge_case_results())
+    run.register("predictions", val, meta={"gt": gt})
+    train_dets = edge_case_results()
+    for d in train_dets:
+        d["score"] = 1.0 - d["score"]  # other numbers, so scoring the wrong file would show
+    pseudo = write_json(run.root / "pseudo" / "train_predictions.json", train_dets)
+    run.register("predictions", pseudo, meta={"gt": gt, "purpose": "pseudolabel"})
+    code, out, err = run_cli(["evaluate", "--run-dir", run.root, "--iou-type", "segm"], capsys, monkeypatch)
+    assert code == 0, err
+    assert f"scored segm: {Path(val).resolve()}" in out and f"against gt: {Path(gt).resolve()}" in out
+    metrics = json.loads((run.root / "metrics" / "val_metrics.json").read_text())
+    assert metrics["scored"] == {
+        "results": {"segm": {"path": str(Path(val).resolve()), "sha256": run.find("predictions")[0].sha256}},
+        "gt": str(Path(gt).resolve()),
+    }
+    assert metrics["segm"] == pytest.approx(lvis_api_metrics(gt, val, "segm"), abs=1e-9)
+    assert metrics["segm"]["AP"] != pytest.approx(lvis_api_metrics(gt, pseudo, "segm")["AP"])
+
+
+def test_run_dir_with_only_pseudolabel_predictions_is_refused(tmp_path, capsys, monkeypatch):
+    run = RunDir(tmp_path / "run")
+    gt = write_json(tmp_path / "gt.json", edge_case_gt())
+    pseudo = write_json(run.root / "pseudo" / "train.json", edge_case_results())
+    run.register("predictions", pseudo, meta={"gt": gt, "purpose": "pseudolabel"})
+    code, _, err = run_cli(["evaluate", "--run-dir", run.root], capsys, monkeypatch)
+    assert code == 2 and "only pseudo-labelling's internal ones" in err, err
+    assert not (run.root / "metrics").exists()
+
+
+def test_scored_files_printed_with_brackets_intact(files, capsys, monkeypatch):
+    tmp, gt, res = files
+    odd = tmp / "res[val].json"
+    odd.write_text(Path(res).read_text())
+    code, out, err = run_cli(["evaluate", odd, "--gt", gt, "--iou-type", "segm"], capsys, monkeypatch)
+    assert code == 0, err
+    assert f"scored segm: {odd.resolve()}" in out
+
+
+def test_per_category_prints_best_and_worst_per_frequency(files, capsys, monkeypatch):
+    tmp, gt, res = files
+    code, out, err = run_cli(
+        [
+            "evaluate",
+            res,
+            "--gt",
+            gt,
+            "--iou-type",
+            "segm",
+            "--per-category",
+            "--top",
+            "1",
+            "--out",
+            tmp / "m.json",
+        ],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0, err
+    assert "segm AP (%): best / worst 1 categories" in out
+    rows = {r["category_id"]: r for r in csv.DictReader((tmp / "m_per_category_ap.csv").open())}  # csv stays
+    line_f = next(line for line in out.splitlines() if "│ f " in line)
+    ap_f = 100 * float(rows["1"]["segm_AP"])
+    assert "cat1 (1)" in line_f and f"{ap_f:.2f}" in line_f
+
+
+def test_compare_two_metric_files_table2_style(files, capsys, monkeypatch):
+    tmp, gt, res = files
+    a = write_json(
+        tmp / "a.json", {"segm": {"AP": 0.25, "APr": 0.1, "APc": 0.2, "APf": 0.3}, "bbox": {"AP": 0.3}}
+    )
+    b = write_json(tmp / "b.json", {"segm": {"AP": 0.275, "APr": 0.15, "APc": 0.2, "APf": 0.25}})
+    code, out, err = run_cli(["evaluate", "--compare", a, b], capsys, monkeypatch)
+    assert code == 0, err
+    assert f"A = {a}\n" in out and f"B = {b}\n" in out
+    row_a = next(line for line in out.splitlines() if line.startswith("│ A "))
+    row_d = next(line for line in out.splitlines() if line.startswith("│ B - A "))
+    assert "25.00" in row_a and "30.00" in row_a and "5.00" in row_a  # AP, AP bbox, gap
+    cells = [c.strip() for c in row_d.split("│")[2:-1]]
+    assert cells == ["+2.50", "+5.00", "+0.00", "-5.00", "n/a", "n/a"]
+    code, _, err = run_cli(["evaluate", "--compare", a, gt], capsys, monkeypatch)
+    assert code == 2 and "not an lvisctl evaluate metrics json" in err
+    code, _, err = run_cli(["evaluate", res, "--compare", a, b], capsys, monkeypatch)
+    assert code == 2 and "give no RESULTS or --run-dir with it" in err
+
+
+def test_best_and_worst_by_hand():
+    from lvisctl.evaluation.compare import best_and_worst
+
+    cats = {1: {"frequency": "f"}, 2: {"frequency": "f"}, 3: {"frequency": "f"}, 4: {"frequency": "r"}}
+    per = {1: 0.5, 2: 0.9, 3: float("nan"), 4: 0.0}
+    out = best_and_worst(per, cats, k=1)
+    assert out == {"r": ([(4, 0.0)], [(4, 0.0)]), "c": ([], []), "f": ([(2, 0.9)], [(1, 0.5)])}

@@ -109,3 +109,148 @@ def test_federated_engine_matches_lvis_api_with_mask_iou(tmp_path, case):
     ref = lvis_api_metrics(gt_path, dets, "segm")
     for key, value in ref.items():
         assert res[key] == pytest.approx(value, abs=1e-6), key
+
+
+# ------------------------------------------------------------------ against the Boundary IoU API itself
+def api_mask_to_boundary(mask: np.ndarray, dilation_ratio: float = 0.02) -> np.ndarray:
+    """boundary-iou-api's ``mask_to_boundary``, transcribed line by line with numpy for cv2:
+
+        dilation = max(1, int(round(dilation_ratio * sqrt(h^2 + w^2))))
+        new_mask = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+        new_mask_erode = cv2.erode(new_mask, np.ones((3, 3)), iterations=dilation)
+        return mask - new_mask_erode[1 : h + 1, 1 : w + 1]
+
+    cv2.erode's own border (outside the padded image) never erodes: edge replication here.
+    """
+    h, w = mask.shape
+    dilation = int(round(dilation_ratio * np.sqrt(h**2 + w**2)))
+    dilation = max(dilation, 1)
+    new_mask = np.pad(mask.astype(np.uint8), 1, constant_values=0)
+    for _ in range(dilation):
+        p = np.pad(new_mask, 1, mode="edge")
+        new_mask = np.min([p[dy : dy + h + 2, dx : dx + w + 2] for dy in range(3) for dx in range(3)], axis=0)
+    return mask.astype(np.uint8) - new_mask[1 : h + 1, 1 : w + 1]
+
+
+def api_iou(dts, gts):
+    """The API's LVIS/COCO evaluator with iou_type 'boundary': min(mask IoU, boundary IoU), every pair."""
+    crowd = [0] * len(gts)
+    d_rles = [d["segmentation"] for d in dts]
+    g_rles = [g["segmentation"] for g in gts]
+
+    def boundary(rle):
+        m = mask_utils.decode(
+            {**rle, "counts": rle["counts"].encode() if isinstance(rle["counts"], str) else rle["counts"]}
+        )
+        return mask_utils.encode(np.asfortranarray(api_mask_to_boundary(m)))
+
+    mask_iou = np.asarray(mask_utils.iou(d_rles, g_rles, crowd)).reshape(len(dts), len(gts))
+    b_iou = np.asarray(
+        mask_utils.iou([boundary(r) for r in d_rles], [boundary(r) for r in g_rles], crowd)
+    ).reshape(len(dts), len(gts))
+    return np.minimum(mask_iou, b_iou)
+
+
+def blob_case(seed: int, num_images: int = 10):
+    """Irregular masks (thresholded smooth noise), many touching the image border, with jittered copies."""
+    from tests.lvis_reference import lvis_dataset as dataset
+
+    rng = np.random.default_rng(seed)
+    cats = [lvis_category(c, "rcf"[c % 3]) for c in range(1, 4)]
+    images, anns, dets = [], [], []
+    for img in range(1, num_images + 1):
+        h, w = int(rng.integers(30, 120)), int(rng.integers(30, 120))
+        images.append(lvis_image(img, h, w, neg=[3]))
+        for _ in range(int(rng.integers(1, 4))):
+            cat = int(rng.integers(1, 3))
+            noise = rng.normal(size=(h // 6 + 2, w // 6 + 2))
+            field = np.kron(noise, np.ones((6, 6)))[:h, :w]
+            m = (field > 0.6).astype(np.uint8)
+            if not m.any():
+                continue
+            rle = mask_utils.encode(np.asfortranarray(m))
+            x, y, bw, bh = mask_utils.toBbox(rle).tolist()
+            seg = {"size": [h, w], "counts": rle["counts"].decode()}
+            anns.append({"id": len(anns) + 1, "image_id": img, "category_id": cat, "segmentation": seg,
+                         "area": float(m.sum()), "bbox": [x, y, bw, bh]})  # fmt: skip
+            for _ in range(3):
+                dy, dx = rng.integers(-2, 3, 2)
+                shifted = np.roll(np.roll(m, dy, 0), dx, 1)
+                drle = mask_utils.encode(np.asfortranarray(shifted))
+                score = round(float(rng.uniform()), 3)
+                seg = {"size": [h, w], "counts": drle["counts"].decode()}
+                dets.append({"image_id": img, "category_id": cat, "score": score, "segmentation": seg})
+    return dataset(images, anns, cats), dets
+
+
+@pytest.mark.parametrize("case", ["edge", "random", "blobs"])
+def test_boundary_ap_exact_against_the_api_definition(tmp_path, case):
+    """The fast Boundary AP (crops, boundaries only where mask IoU >= 0.5) gives the same numbers, to
+    the last bit, as the API's definition computed for every pair on the whole image."""
+    data, dets = {
+        "edge": lambda: (edge_case_gt(), edge_case_results()),
+        "random": lambda: random_case(5, num_images=25),
+        "blobs": lambda: blob_case(0),
+    }[case]()
+    gt_path = write_json(tmp_path / "gt.json", data)
+    gt = load_ground_truth(gt_path)
+    imgs = {i["id"]: i for i in data["images"]}
+    gts = gt_with_rles(gt.coco)
+    fast, fast_per_cat = boundary_ap(imgs, gt.categories, gts, dets)
+    ref, ref_per_cat = federated_eval(imgs, gt.categories, gts, dets, api_iou)
+    assert fast == ref
+    assert fast_per_cat == pytest.approx(ref_per_cat, nan_ok=True, abs=0)
+    assert ref["AP"] > 0  # the case exercises matches
+
+
+def test_boundary_band_equals_the_api_band_on_blobs():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        h, w = int(rng.integers(5, 90)), int(rng.integers(5, 90))
+        m = (rng.uniform(size=(h, w)) > 0.3).astype(np.uint8)
+        d = boundary_width(h, w)
+        assert np.array_equal(mask_boundary(m, d), api_mask_to_boundary(m))
+
+
+def test_decode_crop_equals_a_window_of_the_full_decode():
+    from lvisctl.evaluation.boundary_ap import decode_crop, rle_counts
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(1, 80, 2))
+        m = (rng.uniform(size=(h, w)) > rng.uniform()).astype(np.uint8)
+        rle = mask_utils.encode(np.asfortranarray(m))
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        x1, y1 = int(rng.integers(x0 + 1, w + 1)), int(rng.integers(y0 + 1, h + 1))
+        assert np.array_equal(decode_crop(rle["counts"], h, x0, y0, x1, y1), m[y0:y1, x0:x1])
+        assert rle_counts(rle["counts"]).sum() == h * w
+
+
+def test_compiled_band_equals_numpy_band():
+    pytest.importorskip("numba")
+    from lvisctl.evaluation._boundary_kernel import crop_band
+    from lvisctl.evaluation.boundary_ap import decode_crop, rle_counts
+
+    rng = np.random.default_rng(2)
+    for _ in range(100):
+        h, w = (int(v) for v in rng.integers(1, 70, 2))
+        m = (rng.uniform(size=(h, w)) > rng.uniform(0.1, 0.9)).astype(np.uint8)
+        rle = mask_utils.encode(np.asfortranarray(m))
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        x1, y1 = int(rng.integers(x0 + 1, w + 1)), int(rng.integers(y0 + 1, h + 1))
+        d = int(rng.integers(1, 5))
+        expected = mask_boundary(decode_crop(rle["counts"], h, x0, y0, x1, y1), d)
+        assert np.array_equal(crop_band(rle_counts(rle["counts"]), h, x0, y0, x1, y1, d), expected)
+
+
+def test_compiled_matching_equals_python_matching():
+    pytest.importorskip("numba")
+    from lvisctl.evaluation.federated_eval import _match, _match_py
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        nd, ng = (int(v) for v in rng.integers(0, 8, 2))
+        ious = np.round(rng.uniform(0.3, 1.0, (nd, ng)), 2)
+        ignore = np.sort(rng.uniform(size=ng) > 0.7)
+        for a, b in zip(_match(ious, ignore), _match_py(ious, ignore), strict=True):
+            assert np.array_equal(a, b)

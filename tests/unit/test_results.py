@@ -147,3 +147,52 @@ def test_write_split_results_failure_writes_neither(tmp_path):
     with pytest.raises(RuntimeError):
         write_split_results(broken(), tmp_path / "val.json")
     assert list(tmp_path.iterdir()) == []
+
+
+def ms_detections() -> dict:
+    masks = torch.zeros((2, 4, 6), dtype=torch.bool)
+    masks[0, 1:3, 0:5] = True
+    masks[1, 0, 0] = True
+    return {
+        "boxes": torch.tensor([[0.0, 1.0, 5.0, 3.0], [0.0, 0.0, 1.0, 1.0]]),
+        "scores": torch.tensor([0.75, 0.5]),  # classification scores
+        "labels": torch.tensor([1, 2]),
+        "masks": masks,
+        "mask_scores": torch.tensor([0.625, 0.125]),  # cls score x predicted mask IoU
+    }
+
+
+def test_mask_scoring_rescores_only_the_segm_file(tmp_path):
+    records = detections_to_records(3, ms_detections(), CategoryMap([1, 2]))
+    assert [r["score"] for r in records] == [0.75, 0.5]
+    assert [r["mask_score"] for r in records] == [0.625, 0.125]
+    paths = write_split_results(records, tmp_path / "val.json")
+    segm = json.loads(paths["segm"].read_text())
+    bbox = json.loads(paths["bbox"].read_text())
+    assert [r["score"] for r in segm] == [0.625, 0.125]
+    assert [r["score"] for r in bbox] == [0.75, 0.5]
+    assert all("mask_score" not in r for r in segm + bbox)  # the LVIS results format only
+    assert read_split_results(tmp_path / "val.json") == records
+
+
+def test_without_mask_scoring_both_files_keep_the_cls_score(tmp_path):
+    dets = ms_detections()
+    del dets["mask_scores"]
+    records = detections_to_records(3, dets, CategoryMap([1, 2]))
+    assert all("mask_score" not in r for r in records)
+    paths = write_split_results(records, tmp_path / "val.json")
+    for p in paths.values():
+        assert [r["score"] for r in json.loads(p.read_text())] == [0.75, 0.5]
+
+
+def test_roi_mask_probs_take_the_fast_path_with_the_same_rles():
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(5, 1, 28, 28, generator=g)
+    boxes = torch.tensor([[1.0, 2.0, 20.0, 30.0], [0.0, 0.0, 39.0, 29.0], [5.5, 6.5, 9.0, 9.0]] * 2)[:5]
+    base = {"boxes": boxes, "scores": torch.linspace(1, 0.5, 5), "labels": torch.ones(5, dtype=torch.int64)}
+    pasted = paste_masks_in_image(probs, boxes, (30, 40), padding=1) > 0.5
+    slow = detections_to_records(1, {**base, "masks": pasted}, CategoryMap([7]))
+    fast = detections_to_records(1, {**base, "mask_probs": probs, "image_size": (30, 40)}, CategoryMap([7]))
+    assert fast == slow

@@ -91,3 +91,12 @@ def test_row_functions_smallest_size(bench, tmp_path):
     table = bench.render(rows, args)
     assert table.row_count == len(rows)
     assert list(table.columns[4].cells)[0] == "100.0%"  # each section's first row is its baseline
+
+
+def test_workers_line_counts_the_workers_one_gpu_needs(bench):
+    row = bench.Row("data-lvis", "workers", "lvis", 0.5, "sample")  # 2 samples/s per worker
+    line = bench.workers_line([row])
+    assert "2.00 samples/s" in line and "4.0-6.7 samples/s: 2-4 workers per GPU" in line  # 4/2, ceil(6.67/2)
+    assert bench.workers_line([]) is None
+    assert "data-lvis" not in bench.select_rows([])  # opt-in: it writes LVIS-size JPEGs first
+    assert bench.select_rows(["workers"]) == ["data-lvis"]
