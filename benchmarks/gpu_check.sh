@@ -174,7 +174,7 @@ add("HM head cost (stage-2 step)", f"+{hm - plain:.3f} s/iter ({hm / plain - 1:+
 from lvisctl.data.categories import CategoryMap
 from lvisctl.inference.results import detections_to_records
 
-over = ["model.test.score_thresh=0.0", "model.test.detections_per_img=300"]
+over = ["inference.score_thresh=0.0", "inference.detections_per_image=300"]
 model = core(over).to(DEV).eval()
 images, _ = batch(n=4 if CUDA else 2, seed=1)
 cmap = CategoryMap(range(1, CLASSES + 1))

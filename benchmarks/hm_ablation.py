@@ -268,9 +268,12 @@ def main() -> None:
     rows: dict[str, list[dict[str, float]]] = {
         "stage 1": [row_numbers(evaluate_checkpoint(run, "stage1", val, args.analysis_images), thin)]
     }
-    for index, (name, _) in enumerate(ROWS):
+    for name, _ in ROWS:
         rows[name] = []
-        for seed in range(args.seeds):
+    # seed-major: every row gets its first seed before any row gets its second (a stopped run still
+    # gives a whole table; rerunning the script continues where it stopped)
+    for seed in range(args.seeds):
+        for index, (name, _) in enumerate(ROWS):
             train_row(run, index, seed, args.stage2_iters)
             result = evaluate_checkpoint(run, phase_name(index, seed), val, args.analysis_images)
             rows[name].append(row_numbers(result, thin))
