@@ -55,7 +55,11 @@ def demo_command(
     stage1 = replace(DEMO_STAGE1, config=config or DEMO_STAGE1.config)
     stage2 = replace(DEMO_STAGE2, config=stage2_config or DEMO_STAGE2.config)
     extra = {
-        stage1.phase: [*(overrides or []), f"seed={seed}", *([f"solver.max_iter={iters}"] if iters else [])],
+        stage1.phase: [
+            *(overrides or []),
+            f"seed={seed}",
+            *([f"solver.max_iter={iters}", f"train.eval_period={max(1, iters // 2)}"] if iters else []),
+        ],
         stage2.phase: [f"seed={seed}", *([f"solver.max_iter={stage2_iters}"] if stage2_iters else [])],
     }
     run = RunDir(run_dir)
