@@ -76,7 +76,6 @@ __all__ = [
     "build_optimizer",
     "build_train_data",
     "freeze_modules",
-    "load_matching",
     "resolve_train_annotations",
     "set_frozen_eval",
     "train",
@@ -574,20 +573,6 @@ def _wrap_ddp(model: nn.Module, cfg: Config, info: DistInfo) -> nn.Module:
     return nn.parallel.DistributedDataParallel(
         model, device_ids=device_ids, find_unused_parameters=bool(cfg.train.find_unused_parameters)
     )
-
-
-def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
-    """Load the entries whose name and shape match; return the names of the model's that were not loaded.
-
-    The bare mechanism; runs go through :func:`~lvisctl.engine.init_weights.load_init_weights`, which
-    also refuses frozen tensors that do not load and reports what loaded.
-    """
-    own = model.state_dict()
-    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not matching:
-        raise LvisctlError("train.init_from: the checkpoint shares no weights with this model")
-    model.load_state_dict(matching, strict=False)
-    return [k for k in own if k not in matching]
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

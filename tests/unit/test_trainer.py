@@ -8,7 +8,6 @@ from lvisctl.engine.trainer import (
     _SkipSampler,
     build_optimizer,
     freeze_modules,
-    load_matching,
     set_frozen_eval,
 )
 from lvisctl.errors import LvisctlError
@@ -53,16 +52,6 @@ def test_freeze_prefix_must_match_whole_module_names():
     with pytest.raises(LvisctlError, match="no trainable parameters"):
         freeze_modules(m, ["backbone", "rpn", "roi_heads"])
         build_optimizer(m, SOLVER)
-
-
-def test_load_matching_skips_reshaped_classifier():
-    src, dst = _model(num_classes=3), _model(num_classes=5)  # e.g. BAGS adds "others" logits
-    missing = load_matching(dst, src.state_dict())
-    assert missing == ["roi_heads.1.weight", "roi_heads.1.bias"]
-    assert torch.equal(dst.backbone[0].weight, src.backbone[0].weight)
-    assert not torch.equal(dst.roi_heads[1].weight[:3], src.roi_heads[1].weight)
-    with pytest.raises(LvisctlError, match="shares no weights"):
-        load_matching(dst, {"other.weight": torch.zeros(1)})
 
 
 def test_skip_sampler_drops_the_consumed_prefix():
