@@ -27,7 +27,10 @@ that fails before its first checkpoint leaves nothing behind (no config, events 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -80,6 +83,28 @@ __all__ = [
     "set_frozen_eval",
     "train",
 ]
+
+
+@contextlib.contextmanager
+def deferred_sigint() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C stops training at the next step boundary, not inside a checkpoint save or while the manifest
+    lock is held (an exception there could leave the lock taken and the exit path waiting on it); a second
+    Ctrl-C stops at once. Yields a function telling whether Ctrl-C was pressed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    pending: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if pending:
+            raise KeyboardInterrupt
+        pending.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(pending)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -297,6 +322,7 @@ class Trainer:
         self.plot: Path | None = None
         self._config_saved = config_saved
         self._saved_any = False
+        self._interrupted: Callable[[], bool] = lambda: False  # set while the loop runs
 
     # -------------------------------------------------------------------------------------- running
     def call(self, event: str) -> None:
@@ -320,7 +346,8 @@ class Trainer:
             self.call("before_train")
             if loop.rng is not None:
                 ckpt_io.restore_rng_state(loop.rng)
-            self._loop()
+            with deferred_sigint() as self._interrupted:
+                self._loop()
             broadcast_buffers(self.model, info)
             self.call("after_train")
         except KeyboardInterrupt:
@@ -347,6 +374,8 @@ class Trainer:
                 self.data, self.cfg, self.info, loop.epoch, loop.epoch_position * batch
             ):
                 self.data_time = time.perf_counter() - tick
+                if self._interrupted():  # Ctrl-C arrived during the last step: stop at this safe point
+                    raise KeyboardInterrupt
                 self.call("before_step")
                 self.run_step(images, targets)
                 loop.iteration += 1
