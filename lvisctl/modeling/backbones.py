@@ -207,6 +207,8 @@ def load_backbone_weights(module: nn.Module, path: str, name: str) -> None:
             f"{file}: does not match backbone {name} ({len(missing)} missing, {len(unexpected)} unexpected, "
             f"{len(wrong)} wrong-shape keys, e.g. {', '.join(detail)})"
         )
+    # strict=False only for what was checked above to be absent by design: the classifier (dropped on
+    # both sides), DCN offset convs (zero-initialised, ImageNet has none) and BN step counters
     module.load_state_dict(state, strict=False)
 
 

@@ -127,6 +127,36 @@ class RoIHeads(nn.Module):
         """RoI-level mask probabilities [N_i, 1, M, M] for given boxes and labels."""
         return [p[:, None] for p in self.predict_masks_and_iou(features, boxes, labels)[0]]
 
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Training: ``([], losses)``; eval: ``(detections with masks, {})``. Each head type supplies
+        ``losses`` and ``detect`` (boxes, scores, labels); masks are attached here for every type."""
+        feats = roi_feature_maps(features)
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode")
+            return [], self.losses(feats, proposals, image_sizes, targets)
+        return self.attach_masks(feats, self.detect(feats, proposals, image_sizes), image_sizes), {}
+
+    def losses(
+        self,
+        feats: list[Tensor],
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def detect(
+        self, feats: list[Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        raise NotImplementedError
+
     def attach_masks(
         self, features: list[Tensor], results: list[dict[str, Tensor]], image_sizes: list[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
@@ -192,26 +222,25 @@ class StandardRoIHeads(RoIHeads):
     ) -> tuple[list[Tensor], list[Tensor] | None]:
         return self.mask.predict(features, boxes, labels)
 
-    def forward(
+    def losses(
         self,
-        features: dict[str, Tensor],
+        feats: list[Tensor],
         proposals: list[Tensor],
         image_sizes: list[tuple[int, int]],
-        targets: list[dict[str, Tensor]] | None = None,
-    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        feats = roi_feature_maps(features)
-        if self.training:
-            if targets is None:
-                raise ValueError("targets are required in training mode")
-            samples = self.sampler.sample(proposals, targets)
-            logits, deltas = self.box(feats, samples.boxes)
-            losses = self.box.losses(logits, deltas, samples, targets)
-            losses.update(self.mask.losses(feats, samples, targets))
-            return [], losses
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        samples = self.sampler.sample(proposals, targets)
+        logits, deltas = self.box(feats, samples.boxes)
+        losses = self.box.losses(logits, deltas, samples, targets)
+        losses.update(self.mask.losses(feats, samples, targets))
+        return losses
+
+    def detect(
+        self, feats: list[Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
         logits, deltas = self.box(feats, proposals)
         counts = [p.shape[0] for p in proposals]
-        results = self.post(self.box.scores(logits), self.box.decode(deltas, proposals), counts, image_sizes)
-        return self.attach_masks(feats, results, image_sizes), {}
+        return self.post(self.box.scores(logits), self.box.decode(deltas, proposals), counts, image_sizes)
 
 
 class CascadeRoIHeads(RoIHeads):
@@ -258,20 +287,6 @@ class CascadeRoIHeads(RoIHeads):
     ) -> tuple[list[Tensor], list[Tensor] | None]:
         last = len(self.stages) - 1
         return self.stages[last].mask.predict(features, boxes, labels, self.previous_mask_heads(last))
-
-    def forward(
-        self,
-        features: dict[str, Tensor],
-        proposals: list[Tensor],
-        image_sizes: list[tuple[int, int]],
-        targets: list[dict[str, Tensor]] | None = None,
-    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        feats = roi_feature_maps(features)
-        if self.training:
-            if targets is None:
-                raise ValueError("targets are required in training mode")
-            return [], self.losses(feats, proposals, image_sizes, targets)
-        return self.attach_masks(feats, self.detect(feats, proposals, image_sizes), image_sizes), {}
 
     def losses(
         self,
