@@ -130,8 +130,25 @@ def test_forked_job_returns_the_same_summary(tmp_path):
     assert job.result() is None
 
 
-def test_without_decoding_only_the_layout_is_checked(tmp_path):
-    # Files without boxes: hotcoco decodes every RLE for its mask area, so the screen leaves them alone.
-    s = scan_of(tmp_path, [det(4, "0532"), det(1, "0~")], decode=False)
-    assert (s.num_dets, s.num_bad_rle, s.rles_decoded, s.distrusted) == (2, 0, False, False)
+def test_without_decoding_only_the_characters_are_checked(tmp_path):
+    # Files without boxes: hotcoco decodes every RLE for its mask area (and leaves it empty where the runs
+    # overflow), so the screen checks only what hotcoco's decoder does not: the characters and truncation.
+    s = scan_of(tmp_path, [det(4, "0532"), det(1, "0~"), det(1, "0P")], decode=False)
+    assert (s.num_dets, s.num_bad_rle, s.rles_decoded, s.distrusted) == (3, 2, False, False)
     assert s.image_sizes.tolist() == [[1, 3, 5], [4, 2, 5]]
+
+
+@pytest.mark.parametrize("decode", [True, False])
+def test_characters_are_checked_at_every_offset_of_an_8_byte_word(tmp_path, decode):
+    # The undecoded route checks 8 bytes at a time: a bad byte must be found wherever it falls in a word,
+    # and a clean string must pass whatever its alignment in the file.
+    big = (1000, 1000)  # room for the runs
+    for k in range(17):
+        clean = "0" * k + "1" * 24
+        for bad in ("~", " ", "p", "\u00e9", ",", "-", "."):
+            counts = clean[:k] + bad + clean[k:]
+            text = json.dumps([det(2, clean, big), det(2, counts, big)], ensure_ascii=False)
+            s = scan_of(tmp_path, None, text=text, decode=decode)
+            assert (s.num_bad_rle, s.distrusted) == (1, False), (k, bad)
+        s = scan_of(tmp_path, [det(2, clean, big), det(2, clean + "P", big)], decode=decode)  # "continued"
+        assert (s.num_dets, s.num_bad_rle, s.distrusted) == (2, 1, False), k
