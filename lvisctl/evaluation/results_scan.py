@@ -91,72 +91,93 @@ def _kernel():
 def scan_results(
     path: str | os.PathLike[str], block_bytes: int = BLOCK_BYTES, *, sha256: bool = False, decode: bool = True
 ) -> ScanSummary:
-    """Screen the results file at ``path`` block by block (memory: one block plus per-detection ints).
+    """Screen the results file at ``path`` block by block (memory: about one block, plus a row per image).
 
     ``sha256``: also hash the file (a run dir's integrity check, without reading it twice). ``decode``:
     decode the RLEs; pass False when hotcoco decodes them anyway (files without ``bbox``, whose mask areas
     it computes) and check its areas instead (``LoadedResults.verify``); the characters are checked either
     way.
 
-    The file is memory-mapped, not read: copying 500 MB out of the page cache costs more CPU than the
+    A big file is memory-mapped, not read: copying 500 MB out of the page cache costs more CPU than the
     scan of it. Blocks are handed to the kernel in place, and a block's pages are dropped from this
-    process once scanned, so its resident memory stays about a block.
+    process once scanned. Small files (and files that cannot be mapped) are read: a file truncated by
+    someone else while mapped would kill the process with SIGBUS, harmless only in the forked screen
+    (whose failure sends the file to the exact check), and small files are scanned inline.
     """
     kernel = _kernel()
     keys = (_KEY_IMAGE_ID, _KEY_BBOX, _KEY_SEGMENTATION, _KEY_SIZE, _KEY_COUNTS)
     digest = hashlib.sha256() if sha256 else None
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
-        if size == 0:  # mmap refuses empty files; an empty file is no json list
-            empty = _summarize([], np.zeros(10, np.int64), True, _hex(digest))
-            return dataclasses.replace(empty, rles_decoded=decode)
-        mm = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ)
+        mm = _map(fh, size)
+        # Read-only either way: the kernel is compiled (and cached) for read-only arrays once.
+        data = np.frombuffer(mm if mm is not None else fh.read(), dtype=np.uint8)
     try:
-        parts, totals, distrusted = _scan_mapped(mm, size, kernel, keys, decode, block_bytes, digest)
+        parts, totals, distrusted = _scan_blocks(data, mm, kernel, keys, decode, block_bytes, digest)
     finally:
-        mm.close()
+        del data
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:  # an exception's traceback still holds a view: the collector closes it
+                pass
     return dataclasses.replace(_summarize(parts, totals, distrusted, _hex(digest)), rles_decoded=decode)
+
+
+MAP_ABOVE_BYTES = 16 << 20  # the size from which start_scan forks, too
+
+
+def _map(fh, size: int) -> mmap.mmap | None:
+    if size <= MAP_ABOVE_BYTES:
+        return None
+    try:
+        return mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ)
+    except (OSError, ValueError):  # not mappable (a pipe, some network filesystems): read it
+        return None
 
 
 def _hex(digest) -> str:
     return digest.hexdigest() if digest is not None else ""
 
 
-def _scan_mapped(mm: mmap.mmap, size: int, kernel, keys, decode: bool, block_bytes: int, digest):
-    """The block loop of :func:`scan_results`: (rows, totals, distrusted)."""
-    data = np.frombuffer(mm, dtype=np.uint8)
-    try:
-        cap = 1 << 14  # rows: about one per image
-        cols = [np.empty(cap, np.int64) for _ in range(4)]
-        totals = np.zeros(10, np.int64)
-        totals[T_KIND] = -1  # no row yet
-        parts: list[tuple[np.ndarray, ...]] = []
-        pos, hashed, dropped, first, block = 0, 0, 0, True, block_bytes
-        while pos < size:
-            base = pos & ~7  # the kernel reads 8-byte words: blocks start aligned
-            end = min(size, base + block)
+def _scan_blocks(
+    data: np.ndarray, mm: mmap.mmap | None, kernel, keys, decode: bool, block_bytes: int, digest
+):
+    """The block loop of :func:`scan_results`: (rows, totals, distrusted). ``mm``: ``data``'s mapping."""
+    size = len(data)
+    if size == 0:  # an empty file is no json list
+        return [], np.zeros(10, np.int64), True
+    cap = 1 << 14  # rows: about one per image
+    cols = [np.empty(cap, np.int64) for _ in range(4)]
+    totals = np.zeros(10, np.int64)
+    totals[T_KIND] = -1  # no row yet
+    parts: list[tuple[np.ndarray, ...]] = []
+    pos, hashed, dropped, first, block = 0, 0, 0, True, block_bytes
+    while pos < size:
+        base = pos & ~7  # the kernel reads 8-byte words: blocks start aligned
+        end = min(size, base + block)
+        if mm is not None:
             _populate(mm, base, end)
-            count, consumed, status = kernel(data[base:end], pos - base, first, *cols, totals, keys, decode)
-            parts.append(tuple(c[:count].copy() for c in cols))
-            if digest is not None and end > hashed:  # hash while the block is in the cache
-                digest.update(data[hashed:end])
-                hashed = end
-            if status != _OK:
-                if digest is not None:
-                    digest.update(data[hashed:])  # the hash still covers the whole file
-                return parts, totals, True
-            new_pos = base + consumed
-            first = first and new_pos == pos
-            if new_pos == pos:  # nothing complete in the block
-                if end == size:  # a detection cut off, or bytes after the list
-                    return parts, totals, bool(bytes(data[pos:size]).strip()) or not totals[T_CLOSED]
-                block *= 2  # a "detection" longer than a block: grow
-                continue
+        count, consumed, status = kernel(data[base:end], pos - base, first, *cols, totals, keys, decode)
+        parts.append(tuple(c[:count].copy() for c in cols))
+        if digest is not None and end > hashed:  # hash while the block is in the cache
+            digest.update(data[hashed:end])
+            hashed = end
+        if status != _OK:
+            if digest is not None:
+                digest.update(data[hashed:])  # the hash still covers the whole file
+            return parts, totals, True
+        new_pos = base + consumed
+        first = first and new_pos == pos
+        if new_pos == pos:  # nothing complete in the block
+            if end == size:  # a detection cut off, or bytes after the list
+                return parts, totals, bool(bytes(data[pos:size]).strip()) or not totals[T_CLOSED]
+            block *= 2  # a "detection" longer than a block: grow
+            continue
+        if mm is not None:
             dropped = _drop_pages(mm, dropped, new_pos)
-            pos, block = new_pos, block_bytes
-        return parts, totals, not totals[T_CLOSED]
-    finally:
-        del data
+        pos, block = new_pos, block_bytes
+    return parts, totals, not totals[T_CLOSED]
 
 
 def _populate(mm: mmap.mmap, start: int, end: int) -> None:
@@ -267,7 +288,7 @@ def _scan_or_none(path: Path, sha256: bool, decode: bool) -> ScanSummary | None:
 
 
 def start_scan(
-    path: str | os.PathLike[str], *, sha256: bool = False, fork_above_bytes: int = 16 << 20
+    path: str | os.PathLike[str], *, sha256: bool = False, fork_above_bytes: int = MAP_ABOVE_BYTES
 ) -> ScanJob:
     """Start screening ``path``: in a forked process for big files, inline for small ones (fork costs).
 

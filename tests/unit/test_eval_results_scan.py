@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from lvisctl.evaluation import results_scan
 from lvisctl.evaluation.results_scan import ScanJob, scan_problems, scan_results
 from tests.lvis_reference import det_rect
 
@@ -100,8 +101,11 @@ def test_layouts_it_cannot_vouch_for_are_distrusted(tmp_path, text):
     assert s.distrusted and scan_problems(s, 1, SIZES)[0] == "unusual json layout"
 
 
+@pytest.mark.parametrize("mapped", [False, True], ids=["read", "memory-mapped"])
 @pytest.mark.parametrize("decode", [True, False])
-def test_block_boundaries_and_sha256(tmp_path, decode):
+def test_block_boundaries_and_sha256(tmp_path, monkeypatch, decode, mapped):
+    if mapped:  # big files are memory-mapped: here every file
+        monkeypatch.setattr(results_scan, "MAP_ABOVE_BYTES", 0)
     dets = [det_rect(i % 3 + 1, 1 + i % 2, 0.5, 1, 1, 4, 4, 16, 16) for i in range(40)]
     dets[5]["segmentation"]["counts"] = "\\0" * 9 + "01234567"  # escapes and 8-byte words to skip
     text = json.dumps(dets, indent=1)  # whitespace everywhere
