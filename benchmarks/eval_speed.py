@@ -11,6 +11,9 @@ lvis-api 0.5.3 over the 13 official numbers.
     .venv/bin/python benchmarks/eval_speed.py --images 1000 --only hotcoco --only "lvisctl evaluate" \\
         --iou-types segm --extras boundary,fixed      # Boundary AP and Fixed AP next to plain segm
     .venv/bin/python benchmarks/eval_speed.py --quick  # 100 images, a smoke run
+    git archive c5299e0 lvisctl | tar -x -C /tmp/base   # an earlier lvisctl, timed in the same rounds:
+    .venv/bin/python benchmarks/eval_speed.py --images 5000 --workdir /tmp/evs --only hotcoco \\
+        --only "lvisctl evaluate" --repeat 3 --baseline /tmp/base
 
 segm and bbox are timed separately (each evaluator run once per iou type; lvis-api only in the first
 round: it is slow). "vs bare hotcoco" is lvisctl's min time over hotcoco's min time in the same run.
@@ -205,12 +208,30 @@ EXTRA_RUNNERS = {
 }
 
 
+BASELINE = "lvisctl evaluate (baseline)"  # another checkout's lvisctl (--baseline DIR): before / after
+BASELINE_DIR: Path | None = None
+
+
 def command_for(name: str, gt: Path, results: Path, out: Path, iou_type: str = "segm") -> list[str] | None:
     py = sys.executable
+    args = [
+        "evaluate",
+        str(results),
+        "--gt",
+        str(gt),
+        "--iou-type",
+        iou_type,
+        "--out",
+        str(out),
+        "--overwrite",
+    ]
     if name == "lvisctl evaluate" or name in EXTRA_RUNNERS:
         extra = ["--metrics", EXTRA_RUNNERS[name]] if name in EXTRA_RUNNERS else []
-        return [py, "-m", "lvisctl", "evaluate", str(results), "--gt", str(gt), "--iou-type", iou_type,
-                "--out", str(out), "--overwrite", *extra]  # fmt: skip
+        return [py, "-m", "lvisctl", *args, *extra]
+    if name == BASELINE:
+        code = "import sys; sys.path.insert(0, sys.argv.pop(1)); from lvisctl.cli.app import main; "
+        code += "sys.argv[0] = 'lvisctl'; main()"
+        return [py, "-c", code, str(BASELINE_DIR), *args]
     module, code = RUNNERS[name]
     if subprocess.run([py, "-c", f"import {module}"], cwd=REPO, capture_output=True).returncode != 0:
         return None
@@ -295,7 +316,16 @@ def main() -> None:
         "--extras", default="", help="also time lvisctl's --metrics, comma-separated: boundary,fixed"
     )
     ap.add_argument("--quick", action="store_true", help="100 images, lvisctl and hotcoco only, 2 rounds")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="also time the lvisctl of another checkout (a directory holding lvisctl/), e.g. "
+        "`git archive <rev> lvisctl | tar -x -C /tmp/base`: before / after in the same rounds",
+    )
     args = ap.parse_args()
+    global BASELINE_DIR
+    BASELINE_DIR = args.baseline.resolve() if args.baseline else None
     if args.quick:
         args.images, args.repeat = 100, 2
         args.only = args.only or ["hotcoco", "lvisctl"]
@@ -334,6 +364,8 @@ def main() -> None:
         return
     names = [n for n in RUNNERS if not any(s in n for s in args.skip)]
     names = [n for n in names if not args.only or any(o in n for o in args.only)]
+    if BASELINE_DIR is not None:
+        names.insert(names.index("lvisctl evaluate") + 1 if "lvisctl evaluate" in names else 0, BASELINE)
     for iou_type in args.iou_types.split(","):
         if iou_type == "segm" and args.extras:
             names_t = names + [n for n, e in EXTRA_RUNNERS.items() if e in args.extras.split(",")]

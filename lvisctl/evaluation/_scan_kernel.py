@@ -18,6 +18,16 @@ from lvisctl.evaluation.results_scan import (
     HAS_SEGMENTATION,
     NO_IMAGE_ID,
     SEG_NOT_RLE,
+    T_BAD_RLE,
+    T_BBOX,
+    T_CLOSED,
+    T_DETS,
+    T_H,
+    T_IMG,
+    T_KIND,
+    T_SEGMENTATION,
+    T_W,
+    T_WITHOUT_IMAGE_ID,
 )
 
 # Status codes.
@@ -63,33 +73,49 @@ def skip_string(buf, i):
 
 _ONES = np.uint64(0x0101010101010101)
 _HIGHS = np.uint64(0x8080808080808080)
-_QUOTES = np.uint64(0x2222222222222222)
 _BACKSLASHES = np.uint64(0x5C5C5C5C5C5C5C5C)
+_BELOW_ALPHABET = np.uint64(0x3030303030303030)  # 48 ('0') in every byte
+_ABOVE_ALPHABET = np.uint64(0x1010101010101010)  # 127 - 111 ('o') in every byte
 
 
 @njit(cache=True, nogil=True)
-def skip_long_string(buf, i):
-    """:func:`skip_string` for long strings (RLE counts): 8 bytes at a time until a quote or a backslash
-    may be among them (the classic "has a zero byte" bit trick on ``word ^ pattern``)."""
+def check_counts(buf, i, words):
+    """Skip a compressed RLE string at ``buf[i]`` (the opening quote), checking its characters only.
+
+    For files whose RLEs hotcoco decodes itself (its mask areas vouch for the runs), this checks what
+    hotcoco's decoder does not: characters outside ``'0'..'o'`` and a last character that says
+    "continued". ``words``: ``buf`` as uint64 (8-aligned), so clean 8-byte runs are checked at once with
+    the "has a byte less / more than n" bit tricks. Returns decode_counts' tuple (run total 0).
+    """
     n = len(buf)
     i += 1
-    words = buf[: n - n % 8].view(np.uint64)  # buf starts 8-byte aligned (np.empty)
+    last = np.int64(0)
+    bad = False
     while i < n:
-        if i & 7 == 0 and (i >> 3) < len(words):
+        if (i & 7) == 0 and (i >> 3) < len(words):
             w = words[i >> 3]
-            q = w ^ _QUOTES
+            below = (w - _BELOW_ALPHABET) & ~w & _HIGHS  # a byte < '0' (the closing quote included)
+            above = ((w + _ABOVE_ALPHABET) | w) & _HIGHS  # a byte > 'o'
             b = w ^ _BACKSLASHES
-            if (((q - _ONES) & ~q) | ((b - _ONES) & ~b)) & _HIGHS == 0:
+            backslash = (b - _ONES) & ~b & _HIGHS
+            if (below | above | backslash) == 0:
+                last = np.int64(buf[i + 7])
                 i += 8
                 continue
-        c = buf[i]
-        if c == 92:
-            i += 2
-            continue
-        if c == 34:
-            return i + 1
+        c = np.int64(buf[i])
         i += 1
-    return -1
+        if c == 34:
+            return i, 0, bad or (last != 0 and ((last - 48) & 0x20) != 0), 1
+        if c == 92:  # a backslash is a legal RLE character, escaped as two in json
+            if i >= n:
+                return i, 0, bad, -1
+            if buf[i] != 92:
+                return i, 0, bad, -2
+            i += 1
+        elif c < 48 or c > 111:
+            bad = True
+        last = c
+    return i, 0, bad, -1
 
 
 @njit(cache=True, nogil=True)
@@ -214,7 +240,7 @@ def decode_counts(buf, i):
 
 
 @njit(cache=True, nogil=True)
-def parse_segmentation(buf, i, key_size, key_counts, decode):
+def parse_segmentation(buf, i, key_size, key_counts, decode, words):
     """(index after, h, w, run total, flags, status) for the value at ``buf[i]``."""
     h = -1
     w = -1
@@ -261,8 +287,7 @@ def parse_segmentation(buf, i, key_size, key_counts, decode):
             if decode:
                 i, t, bad, st = decode_counts(buf, i)
             else:  # hotcoco decodes this file's RLEs itself (for mask areas) and the caller checks that
-                i, t, bad, st = skip_long_string(buf, i), 0, False, 1
-                st = -1 if i < 0 else 1
+                i, t, bad, st = check_counts(buf, i, words)
             if st != 1:
                 return i, h, w, total, flags, st
             have_counts = True
@@ -303,43 +328,49 @@ def parse_segmentation(buf, i, key_size, key_counts, decode):
 
 
 @njit(cache=True, nogil=True)
-def scan_block(buf, first, ids, hs, ws, flags_out, keys, decode):
-    """Scan the complete detections in ``buf``.
+def scan_block(buf, start, first, ids, hs, ws, kinds, totals, keys, decode):
+    """Scan the complete detections in ``buf[start:]`` (``buf`` starts 8-byte aligned).
 
-    ``first``: the block starts the file (expects ``[``). Returns (detections found, bytes consumed,
-    status, list closed). Stops before a detection the block cuts off; the caller carries the rest.
+    ``first``: the block starts the file (expects ``[``). Per detection, ``totals`` (carried from block to
+    block, see ``results_scan.T_*``) counts it and its flags; a row (image id, RLE h, w, kind flags) is
+    written to ``ids, hs, ws, kinds`` only when it differs from the last row written, so an image's
+    detections, listed together, give about one row. Returns (rows written, index in ``buf`` after the
+    last complete detection, status). Stops before a detection the block cuts off, or when the rows are
+    full; the caller starts the next block there.
     """
     key_image_id, key_bbox, key_seg, key_size, key_counts = keys
     n = len(buf)
-    i = 0
+    words = buf[: n - n % 8].view(np.uint64)
+    i = start
     count = 0
-    consumed = 0
-    closed = False
+    consumed = start
+    closed = totals[T_CLOSED] != 0
     if first:
-        i = skip_ws(buf, 0)
+        i = skip_ws(buf, start)
         if i >= n:
-            return 0, 0, OK, False
+            return 0, start, OK
         if buf[i] != 91:
-            return 0, 0, DISTRUST, False
+            return 0, 0, DISTRUST
         i += 1
         consumed = i
     while True:
         i = skip_ws(buf, i)
         if i >= n:
-            return count, consumed, OK, closed
+            return count, consumed, OK
         c = buf[i]
         if closed:
-            return count, consumed, DISTRUST, closed  # bytes after the closing bracket
+            return count, consumed, DISTRUST  # bytes after the closing bracket
         if c == 44:
             i += 1
             continue
         if c == 93:
             closed = True
+            totals[T_CLOSED] = 1
             i += 1
             consumed = i
             continue
         if c != 123:
-            return count, consumed, DISTRUST, closed
+            return count, consumed, DISTRUST
         # One detection object.
         i += 1
         img = 0
@@ -359,7 +390,7 @@ def scan_block(buf, first, ids, hs, ws, flags_out, keys, decode):
                 i += 1
                 continue
             if buf[i] != 34:
-                return count, consumed, DISTRUST, closed
+                return count, consumed, DISTRUST
             kstart = i + 1
             j = skip_string(buf, i)
             if j < 0:
@@ -371,7 +402,7 @@ def scan_block(buf, first, ids, hs, ws, flags_out, keys, decode):
                 incomplete = True
                 break
             if buf[i] != 58:
-                return count, consumed, DISTRUST, closed
+                return count, consumed, DISTRUST
             i = skip_ws(buf, i + 1)
             if i >= n:
                 incomplete = True
@@ -382,17 +413,17 @@ def scan_block(buf, first, ids, hs, ws, flags_out, keys, decode):
                     incomplete = True
                     break
                 if st == 0:
-                    return count, consumed, DISTRUST, closed
+                    return count, consumed, DISTRUST
                 img = v
                 fl &= ~NO_IMAGE_ID
             elif key_is(buf, kstart, kend, key_seg):
                 fl |= HAS_SEGMENTATION
-                i, h, w, _, sfl, st = parse_segmentation(buf, i, key_size, key_counts, decode)
+                i, h, w, _, sfl, st = parse_segmentation(buf, i, key_size, key_counts, decode, words)
                 if st == -1:
                     incomplete = True
                     break
                 if st == -2:
-                    return count, consumed, DISTRUST, closed
+                    return count, consumed, DISTRUST
                 fl |= sfl
             else:
                 if key_is(buf, kstart, kend, key_bbox):
@@ -402,14 +433,29 @@ def scan_block(buf, first, ids, hs, ws, flags_out, keys, decode):
                     incomplete = True
                     break
                 if i == -2:
-                    return count, consumed, DISTRUST, closed
+                    return count, consumed, DISTRUST
         if incomplete:
-            return count, consumed, OK, closed
-        if count >= len(ids):
-            return count, consumed, OK, closed  # output full: the caller grows it and goes on
-        ids[count] = img
-        hs[count] = h
-        ws[count] = w
-        flags_out[count] = fl
-        count += 1
+            return count, consumed, OK
+        kind = fl & (HAS_SEGMENTATION | SEG_NOT_RLE | NO_IMAGE_ID)
+        if kind != totals[T_KIND] or img != totals[T_IMG] or h != totals[T_H] or w != totals[T_W]:
+            if count >= len(ids):
+                return count, consumed, OK  # rows full: the caller takes them and goes on
+            ids[count] = img
+            hs[count] = h
+            ws[count] = w
+            kinds[count] = kind
+            count += 1
+            totals[T_IMG] = img
+            totals[T_H] = h
+            totals[T_W] = w
+            totals[T_KIND] = kind
+        totals[T_DETS] += 1
+        if fl & HAS_BBOX:
+            totals[T_BBOX] += 1
+        if fl & HAS_SEGMENTATION:
+            totals[T_SEGMENTATION] += 1
+        if fl & (BAD_RLE | SEG_NOT_RLE):
+            totals[T_BAD_RLE] += 1
+        if fl & NO_IMAGE_ID:
+            totals[T_WITHOUT_IMAGE_ID] += 1
         consumed = i

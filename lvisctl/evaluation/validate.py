@@ -6,8 +6,10 @@ metrics) use nothing else; the ways it gets there are its own business:
 
 * a parsed list: the exact Python check (``results_io.validate_results``), detection by detection;
 * a file being evaluated: the compiled byte screen (``results_scan``) that ran beside hotcoco's parse,
-  plus hotcoco's own mask areas (hotcoco leaves an area empty where an RLE does not decode); anything the
-  screen cannot vouch for sends the file through the exact check, which names the problem;
+  plus hotcoco's own mask areas (hotcoco leaves an area empty where an RLE's runs do not fit). The screen
+  checks every RLE's characters (hotcoco's decoder takes any byte) and decodes the runs only in files with
+  ``bbox``, whose mask areas hotcoco never computes; anything it cannot vouch for sends the file through
+  the exact check, which names the problem;
 * a file without a screen: parsed in Python and checked exactly.
 
 What is refused, with or without the screen (``tests/unit/test_eval_validate.py`` holds one case per

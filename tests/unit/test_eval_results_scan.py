@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from lvisctl.evaluation import results_scan
 from lvisctl.evaluation.results_scan import ScanJob, scan_problems, scan_results
 from tests.lvis_reference import det_rect
 
@@ -100,8 +101,11 @@ def test_layouts_it_cannot_vouch_for_are_distrusted(tmp_path, text):
     assert s.distrusted and scan_problems(s, 1, SIZES)[0] == "unusual json layout"
 
 
+@pytest.mark.parametrize("mapped", [False, True], ids=["read", "memory-mapped"])
 @pytest.mark.parametrize("decode", [True, False])
-def test_block_boundaries_and_sha256(tmp_path, decode):
+def test_block_boundaries_and_sha256(tmp_path, monkeypatch, decode, mapped):
+    if mapped:  # big files are memory-mapped: here every file
+        monkeypatch.setattr(results_scan, "MAP_ABOVE_BYTES", 0)
     dets = [det_rect(i % 3 + 1, 1 + i % 2, 0.5, 1, 1, 4, 4, 16, 16) for i in range(40)]
     dets[5]["segmentation"]["counts"] = "\\0" * 9 + "01234567"  # escapes and 8-byte words to skip
     text = json.dumps(dets, indent=1)  # whitespace everywhere
@@ -130,8 +134,25 @@ def test_forked_job_returns_the_same_summary(tmp_path):
     assert job.result() is None
 
 
-def test_without_decoding_only_the_layout_is_checked(tmp_path):
-    # Files without boxes: hotcoco decodes every RLE for its mask area, so the screen leaves them alone.
-    s = scan_of(tmp_path, [det(4, "0532"), det(1, "0~")], decode=False)
-    assert (s.num_dets, s.num_bad_rle, s.rles_decoded, s.distrusted) == (2, 0, False, False)
+def test_without_decoding_only_the_characters_are_checked(tmp_path):
+    # Files without boxes: hotcoco decodes every RLE for its mask area (and leaves it empty where the runs
+    # overflow), so the screen checks only what hotcoco's decoder does not: the characters and truncation.
+    s = scan_of(tmp_path, [det(4, "0532"), det(1, "0~"), det(1, "0P")], decode=False)
+    assert (s.num_dets, s.num_bad_rle, s.rles_decoded, s.distrusted) == (3, 2, False, False)
     assert s.image_sizes.tolist() == [[1, 3, 5], [4, 2, 5]]
+
+
+@pytest.mark.parametrize("decode", [True, False])
+def test_characters_are_checked_at_every_offset_of_an_8_byte_word(tmp_path, decode):
+    # The undecoded route checks 8 bytes at a time: a bad byte must be found wherever it falls in a word,
+    # and a clean string must pass whatever its alignment in the file.
+    big = (1000, 1000)  # room for the runs
+    for k in range(17):
+        clean = "0" * k + "1" * 24
+        for bad in ("~", " ", "p", "\u00e9", ",", "-", "."):
+            counts = clean[:k] + bad + clean[k:]
+            text = json.dumps([det(2, clean, big), det(2, counts, big)], ensure_ascii=False)
+            s = scan_of(tmp_path, None, text=text, decode=decode)
+            assert (s.num_bad_rle, s.distrusted) == (1, False), (k, bad)
+        s = scan_of(tmp_path, [det(2, clean, big), det(2, clean + "P", big)], decode=decode)  # "continued"
+        assert (s.num_dets, s.num_bad_rle, s.distrusted) == (2, 1, False), k
