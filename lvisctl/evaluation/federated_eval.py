@@ -111,7 +111,8 @@ def federated_eval(
     cat_ids = sorted(categories)
     # Per category and area range: the concatenated per-image evaluations.
     acc: dict[tuple[int, str], list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]] = defaultdict(list)
-    for key in set(gts) | set(dts):
+    # Image order, as lvis-api concatenates the per-image evaluations (score ties across images keep it).
+    for key in sorted(set(gts) | set(dts)):
         img, cat = key
         g_list, d_list = gts.get(key, []), dts.get(key, [])
         order = np.argsort([-d["score"] for d in d_list], kind="mergesort")
