@@ -59,67 +59,6 @@ def _mask_bbox(cnts, n, height):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _emit(mask, vert, base, y0, y1, d):  # pragma: no cover - compiled
-    """One vertical foreground run (rows y0 .. y1 of a column) and its vertical erosion by d."""
-    for yy in range(y0, y1):
-        mask[base + yy] = 1
-    for yy in range(y0 + d, y1 - d):  # rows outside the image are background
-        vert[base + yy] = 1
-
-
-@njit(cache=True, nogil=True)
-def _fill_band(cnts, n, height, x0, y0, cw, ch, d, mask, vert, cnt, band):  # pragma: no cover - compiled
-    """The band of one mask on its crop, x-major (``band[x * ch + y]``); returns its pixel count.
-
-    The crop reaches d + 1 past the mask (or the image edge, whose outside is background), so treating
-    the outside of the crop as background is exact, as in ``boundary_ap.boundary_crop``.
-    """
-    size = cw * ch
-    mask[:size] = 0
-    vert[:size] = 0
-    # Foreground pieces per column, adjacent pieces of one column merged (a zero-length background run
-    # would otherwise split one vertical run in two and erode it wrongly).
-    cur_x, cur_s, cur_e = -1, 0, 0
-    pos = np.int64(0)
-    for k in range(n):
-        start = pos
-        pos += cnts[k]
-        if k % 2 == 0 or cnts[k] <= 0:
-            continue
-        p = start
-        while p < pos:
-            x = p // height
-            y = p - x * height
-            y_end = min(height, y + (pos - p))
-            p += y_end - y
-            if x == cur_x and y == cur_e:
-                cur_e = y_end
-                continue
-            if cur_x >= 0:
-                _emit(mask, vert, (cur_x - x0) * ch - y0, cur_s, cur_e, d)
-            cur_x, cur_s, cur_e = x, y, y_end
-    if cur_x >= 0:
-        _emit(mask, vert, (cur_x - x0) * ch - y0, cur_s, cur_e, d)
-    k2 = 2 * d + 1
-    cnt[:ch] = 0
-    area = 0
-    for j in range(cw + d):
-        if j < cw:
-            col = j * ch
-            for i in range(ch):
-                cnt[i] = cnt[i] + 1 if vert[col + i] else 0
-        jc = j - d  # the window j - 2d .. j is centred on column jc
-        if jc < 0:
-            continue
-        col = jc * ch
-        for i in range(ch):
-            if mask[col + i] and not (j < cw and cnt[i] >= k2):
-                band[col + i] = 1
-                area += 1
-    return area
-
-
-@njit(cache=True, nogil=True)
 def _rle_intersection(ca, cb):  # pragma: no cover - compiled
     """Foreground pixels two RLEs (run lengths, background first) share: a merge of the two run lists."""
     na, nb = len(ca), len(cb)
@@ -189,12 +128,105 @@ def pair_ious(buf, offs, height, width, d, pair_a, pair_b, boundary):  # pragma:
         if inter > 0:
             out[p] = inter / (areas[a] + areas[b] - inter)
     if boundary:
-        _apply_band_ious(out, cnts, cstart, box, pair_a, pair_b, height, width, d)
+        _apply_band_ious(out, cnts, cstart, box, pair_a, pair_b, height, d)
     return out
 
 
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
 @njit(cache=True, nogil=True)
-def _apply_band_ious(out, cnts, cstart, box, pair_a, pair_b, height, width, d):  # pragma: no cover
+def _set_rows(words, base, r0, r1):  # pragma: no cover - compiled
+    """Set bits r0 .. r1 - 1 of the column bitset starting at ``words[base]`` (bit r: row r of the column
+    relative to the column's first word)."""
+    if r1 <= r0:
+        return
+    w0, w1 = r0 >> 6, (r1 - 1) >> 6
+    lo = _ALL << np.uint64(r0 & 63)
+    hi = _ALL >> np.uint64(63 - ((r1 - 1) & 63))
+    if w0 == w1:
+        words[base + w0] |= lo & hi
+        return
+    words[base + w0] |= lo
+    for w in range(w0 + 1, w1):
+        words[base + w] = _ALL
+    words[base + w1] |= hi
+
+
+@njit(cache=True, nogil=True)
+def _popcount(x):  # pragma: no cover - compiled
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@njit(cache=True, nogil=True)
+def _fill_band(cnts, height, x0, cw, wy0, nw, d, mask, vert, pre, suf, band):  # pragma: no cover - compiled
+    """The inner boundary band of one mask as column bitsets (``band[x * nw + w]``: rows 64 (wy0 + w) ..
+    of column x0 + x), over the mask's box; returns its pixel count.
+
+    ``mask - erode(mask, (2d+1)^2 square)`` with the outside of the image as background, separably: the
+    vertical erosion from the RLE runs (a run of rows [s, e) keeps [s + d, e - d)), the horizontal one as
+    the AND of 2d + 1 neighbouring columns (van Herk / Gil-Werman prefix and suffix ANDs). Outside the
+    box the mask is background, so the box is all the erosion needs.
+    """
+    size = cw * nw
+    mask[:size] = 0
+    vert[:size] = 0
+    r_off = wy0 * 64
+    # Foreground pieces per column; adjacent pieces of one column are merged (a zero-length background
+    # run would otherwise split one vertical run in two and erode it wrongly).
+    cur_x, cur_s, cur_e = -1, 0, 0
+    pos = np.int64(0)
+    for k in range(len(cnts)):
+        start = pos
+        pos += cnts[k]
+        if k % 2 == 0 or cnts[k] <= 0:
+            continue
+        p = start
+        while p < pos:
+            x = p // height
+            y = p - x * height
+            y_end = min(height, y + (pos - p))
+            p += y_end - y
+            if x == cur_x and y == cur_e:
+                cur_e = y_end
+                continue
+            if cur_x >= 0:
+                base = (cur_x - x0) * nw
+                _set_rows(mask, base, cur_s - r_off, cur_e - r_off)
+                _set_rows(vert, base, cur_s + d - r_off, cur_e - d - r_off)
+            cur_x, cur_s, cur_e = x, y, y_end
+    if cur_x >= 0:
+        base = (cur_x - x0) * nw
+        _set_rows(mask, base, cur_s - r_off, cur_e - r_off)
+        _set_rows(vert, base, cur_s + d - r_off, cur_e - d - r_off)
+    k = 2 * d + 1
+    # Prefix / suffix ANDs within blocks of k columns: the window [l, l + k - 1] is suf[l] & pre[l + k - 1].
+    for x in range(cw):
+        for w in range(nw):
+            v = vert[x * nw + w]
+            pre[x * nw + w] = v if x % k == 0 else pre[(x - 1) * nw + w] & v
+    for x in range(cw - 1, -1, -1):
+        for w in range(nw):
+            v = vert[x * nw + w]
+            suf[x * nw + w] = v if x % k == k - 1 or x == cw - 1 else suf[(x + 1) * nw + w] & v
+    area = 0
+    for x in range(cw):
+        lo, hi = x - d, x + d  # the window; columns outside the box are background
+        for w in range(nw):
+            eroded = np.uint64(0)
+            if lo >= 0 and hi < cw:
+                eroded = suf[lo * nw + w] & pre[hi * nw + w]
+            b = mask[x * nw + w] & ~eroded
+            band[x * nw + w] = b
+            area += _popcount(b)
+    return area
+
+
+@njit(cache=True, nogil=True)
+def _apply_band_ious(out, cnts, cstart, box, pair_a, pair_b, height, d):  # pragma: no cover - compiled
     """``out[p] = min(out[p], boundary IoU)`` for the pairs with ``out[p] >= 0.5``."""
     n_masks = len(cstart) - 1
     need = np.zeros(n_masks, np.bool_)
@@ -202,43 +234,42 @@ def _apply_band_ious(out, cnts, cstart, box, pair_a, pair_b, height, width, d): 
         if out[p] >= 0.5:
             need[pair_a[p]] = True
             need[pair_b[p]] = True
-    geo = np.zeros((n_masks, 5), np.int64)  # x0, y0, cw, ch, pool offset
+    geo = np.zeros((n_masks, 5), np.int64)  # x0, cw, wy0, nw, pool offset
     total = 0
     biggest = 1
     for i in range(n_masks):
         if not need[i] or box[i, 2] <= box[i, 0]:
             continue
-        cx0, cy0 = max(box[i, 0] - d - 1, 0), max(box[i, 1] - d - 1, 0)
-        cx1, cy1 = min(box[i, 2] + d + 1, width), min(box[i, 3] + d + 1, height)
-        geo[i, 0], geo[i, 1], geo[i, 2], geo[i, 3], geo[i, 4] = cx0, cy0, cx1 - cx0, cy1 - cy0, total
-        total += (cx1 - cx0) * (cy1 - cy0)
-        biggest = max(biggest, (cx1 - cx0) * (cy1 - cy0))
-    pool = np.zeros(max(total, 1), np.uint8)
-    mask = np.zeros(biggest, np.uint8)
-    vert = np.zeros(biggest, np.uint8)
-    cnt = np.zeros(height + 1, np.int64)
+        cw = box[i, 2] - box[i, 0]
+        wy0, wy1 = box[i, 1] >> 6, ((box[i, 3] - 1) >> 6) + 1
+        geo[i, 0], geo[i, 1], geo[i, 2], geo[i, 3], geo[i, 4] = box[i, 0], cw, wy0, wy1 - wy0, total
+        total += cw * (wy1 - wy0)
+        biggest = max(biggest, cw * (wy1 - wy0))
+    pool = np.zeros(max(total, 1), np.uint64)
+    scratch = np.zeros((4, biggest), np.uint64)
     areas = np.zeros(n_masks, np.int64)
     for i in range(n_masks):
-        if not need[i] or geo[i, 2] == 0:
+        if not need[i] or geo[i, 1] == 0:
             continue
-        x0, y0, cw, ch, off = geo[i, 0], geo[i, 1], geo[i, 2], geo[i, 3], geo[i, 4]
-        m = cstart[i + 1] - cstart[i]
-        band = pool[off : off + cw * ch]
-        areas[i] = _fill_band(cnts[cstart[i] :], m, height, x0, y0, cw, ch, d, mask, vert, cnt, band)
+        x0, cw, wy0, nw, off = geo[i, 0], geo[i, 1], geo[i, 2], geo[i, 3], geo[i, 4]
+        band = pool[off : off + cw * nw]
+        c = cnts[cstart[i] : cstart[i + 1]]
+        areas[i] = _fill_band(
+            c, height, x0, cw, wy0, nw, d, scratch[0], scratch[1], scratch[2], scratch[3], band
+        )
     for p in range(len(pair_a)):
         if out[p] < 0.5:
             continue
         a, b = pair_a[p], pair_b[p]
+        ax0, acw, awy0, anw, aoff = geo[a, 0], geo[a, 1], geo[a, 2], geo[a, 3], geo[a, 4]
+        bx0, bcw, bwy0, bnw, boff = geo[b, 0], geo[b, 1], geo[b, 2], geo[b, 3], geo[b, 4]
         inter = 0
-        ax0, ay0, acw, ach, aoff = geo[a, 0], geo[a, 1], geo[a, 2], geo[a, 3], geo[a, 4]
-        bx0, by0, bcw, bch, boff = geo[b, 0], geo[b, 1], geo[b, 2], geo[b, 3], geo[b, 4]
-        ox0, oy0 = max(ax0, bx0), max(ay0, by0)
-        ox1, oy1 = min(ax0 + acw, bx0 + bcw), min(ay0 + ach, by0 + bch)
-        for x in range(ox0, ox1):
-            ca = aoff + (x - ax0) * ach - ay0
-            cb = boff + (x - bx0) * bch - by0
-            for y in range(oy0, oy1):
-                inter += pool[ca + y] & pool[cb + y]
+        w0, w1 = max(awy0, bwy0), min(awy0 + anw, bwy0 + bnw)
+        for x in range(max(ax0, bx0), min(ax0 + acw, bx0 + bcw)):
+            ca = aoff + (x - ax0) * anw - awy0
+            cb = boff + (x - bx0) * bnw - bwy0
+            for w in range(w0, w1):
+                inter += _popcount(pool[ca + w] & pool[cb + w])
         biou = inter / (areas[a] + areas[b] - inter) if areas[a] + areas[b] > 0 else 0.0
         out[p] = min(out[p], biou)
 

@@ -72,9 +72,10 @@ def stream_federated(gt: Any, dets: Any, tasks: Sequence[Task]) -> list[tuple[di
     keep_ids = {id(t): _top_k_ids(dets, img_ids, cat_index, t.top_k) for t in tasks if t.top_k is not None}
     for t in tasks:
         t.num_gt = np.zeros((len(cat_ids), len(_AREAS)), np.int64)
+    images = gt.coco.imgs  # hotcoco builds this dict on every access: once
     for img_id in img_ids:
         image = _load_image(gt, dets, img_id, cat_index)
-        info = gt.coco.imgs[img_id]
+        info = images[img_id]
         for t in tasks:
             _evaluate_image(t, image, info, cat_index, keep_ids.get(id(t)))
     return [_finish(t, cat_ids, gt.categories) for t in tasks]
