@@ -275,7 +275,9 @@ def _apply_band_ious(out, cnts, cstart, box, pair_a, pair_b, height, d):  # prag
 
 
 @njit(cache=True, nogil=True)
-def match_image(ious, det_cat, det_area, det_nexh, gt_cat, gt_area, gt_ign, area_rng, thrs):  # pragma: no cover
+def match_image(
+    ious, det_cat, det_area, det_nexh, gt_cat, gt_area, gt_ign, area_rng, thrs
+):  # pragma: no cover
     """lvis-api's ``evaluate_img`` matching for every (category, area range) of one image.
 
     ``ious[d, g]`` is read only where ``det_cat[d] == gt_cat[g]``; detections are in score order (highest

@@ -186,25 +186,26 @@ def per_category_csv(gt: LvisGroundTruth, by_type: dict[str, IouTypeMetrics], ex
     return buf.getvalue()
 
 
-def compute_extras(extras: Sequence[str], source: EvalSource, gt: LvisGroundTruth):
-    """Boundary AP (segm only) and Fixed AP of one results file, which need its detections in Python."""
+def compute_extras(
+    extras: Sequence[str], source: EvalSource, gt: LvisGroundTruth, loaded: LoadedResults | None = None
+):
+    """Boundary AP (segm only) and Fixed AP of one results file, streamed image by image over the
+    hotcoco dataset ``evaluate`` already parsed (``loaded``; parsed here when not given)."""
     wanted = [e for e in extras if e != "boundary" or "segm" in source.iou_types]
     if not wanted:
         return {}
-    from lvisctl.evaluation.results_io import load_results
-
-    dets = load_results(source.path)
+    if loaded is None:
+        loaded = load_results_for_eval(source.path, gt)
+        loaded.verify()
     out: dict[str, dict[str, IouTypeMetrics]] = {}
     if "boundary" in wanted:
-        from lvisctl.evaluation.boundary_ap import boundary_ap, gt_with_rles
+        from lvisctl.evaluation.boundary_ap import boundary_ap_streaming
 
-        images = gt.coco.imgs
-        summary, per_cat = boundary_ap(images, gt.categories, gt_with_rles(gt.coco), dets)
-        out["boundary"] = {"segm": IouTypeMetrics(metrics=summary, per_category_ap=per_cat)}
+        out["boundary"] = {"segm": boundary_ap_streaming(gt, loaded.dets)}
     if "fixed" in wanted:
-        from lvisctl.evaluation.fixed_ap import fixed_ap
+        from lvisctl.evaluation.fixed_ap import fixed_ap_streaming
 
-        out["fixed"] = fixed_ap(gt, dets, source.iou_types)
+        out["fixed"] = fixed_ap_streaming(gt, loaded.dets, source.iou_types)
     return out
 
 
@@ -259,8 +260,8 @@ def run_evaluate(
             scan.cancel()
     by_type = {t: by_type[t] for t in iou_types}
     extra: dict[str, dict[str, IouTypeMetrics]] = {}
-    for source in sources:
-        for name, per in compute_extras(extras, source, ground).items():
+    for source, ld in zip(sources, loaded, strict=True):
+        for name, per in compute_extras(extras, source, ground, ld).items():
             extra.setdefault(name, {}).update(per)
     notes = [
         BBOX_AREA_NOTE for s, ld in zip(sources, loaded, strict=True) if ld.has_bbox and "segm" in s.iou_types

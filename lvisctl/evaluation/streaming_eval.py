@@ -60,7 +60,9 @@ class _Image:
     gt_boxes: np.ndarray
 
 
-def stream_federated(gt: Any, dets: Any, tasks: Sequence[Task]) -> list[tuple[dict[str, float], dict[int, float]]]:
+def stream_federated(
+    gt: Any, dets: Any, tasks: Sequence[Task]
+) -> list[tuple[dict[str, float], dict[int, float]]]:
     """Evaluate ``tasks`` in one pass over the images of ``gt`` (an ``LvisGroundTruth``) and ``dets``
     (a hotcoco dataset of the uncapped results, as ``load_res`` returns it).
 
@@ -69,7 +71,9 @@ def stream_federated(gt: Any, dets: Any, tasks: Sequence[Task]) -> list[tuple[di
     cat_ids = sorted(gt.categories)
     cat_index = {c: k for k, c in enumerate(cat_ids)}
     img_ids = sorted(gt.coco.get_img_ids())
-    keep_ids = {id(t): _top_k_ids(dets, img_ids, cat_index, t.top_k) for t in tasks if t.top_k is not None}
+    by_k = {t.top_k: None for t in tasks if t.top_k is not None}
+    by_k = {k: _top_k_ids(dets, img_ids, cat_index, k) for k in by_k}  # one pass per distinct k
+    keep_ids = {id(t): by_k[t.top_k] for t in tasks if t.top_k is not None}
     for t in tasks:
         t.num_gt = np.zeros((len(cat_ids), len(_AREAS)), np.int64)
     images = gt.coco.imgs  # hotcoco builds this dict on every access: once
@@ -136,7 +140,15 @@ def _evaluate_image(task: Task, im: _Image, info: Mapping[str, Any], cat_index, 
     det_cat = im.det_cat[order]
     ious = _ious(task, im, order, det_cat)
     m_bits, ig_bits, gt_valid = match_image(
-        ious, det_cat, im.det_area[order], not_exh[det_cat], im.gt_cat, im.gt_area, im.gt_ign, _AREAS, IOU_THRS
+        ious,
+        det_cat,
+        im.det_area[order],
+        not_exh[det_cat],
+        im.gt_cat,
+        im.gt_area,
+        im.gt_ign,
+        _AREAS,
+        IOU_THRS,
     )
     task.cats.append(det_cat.astype(np.int32))
     task.scores.append(im.det_score[order])
@@ -170,7 +182,9 @@ def _ious(task: Task, im: _Image, order: np.ndarray, det_cat: np.ndarray) -> np.
     buf = np.frombuffer(b"".join(strings), np.uint8)
     d = boundary_width(h, w, task.dilation_ratio)
     boundary = task.kind == "boundary"
-    ious[pd, pg] = pair_ious(buf, offs, h, w, d, pd.astype(np.int64), (pg + num_dt).astype(np.int64), boundary)
+    ious[pd, pg] = pair_ious(
+        buf, offs, h, w, d, pd.astype(np.int64), (pg + num_dt).astype(np.int64), boundary
+    )
     return ious
 
 
