@@ -36,20 +36,30 @@ def top_k_per_category(
     return [dets[i] for i in keep]
 
 
+def fixed_tasks(iou_types: Sequence[str], k: int = TOP_K_PER_CATEGORY) -> list[Any]:
+    """The ``streaming_eval`` tasks of Fixed AP: no per-image cap, the top ``k`` per category."""
+    from lvisctl.evaluation.streaming_eval import Task
+
+    return [Task(t, max_dets=-1, top_k=k) for t in iou_types]
+
+
+def fixed_metrics(summary: Mapping[str, float], per_cat: Mapping[int, float]) -> Any:
+    """A Fixed AP task's result as ``IouTypeMetrics``: the AP keys only."""
+    from lvisctl.evaluation.lvis_metrics import IouTypeMetrics
+
+    return IouTypeMetrics(metrics={key: summary[key] for key in FIXED_KEYS}, per_category_ap=dict(per_cat))
+
+
 def fixed_ap_streaming(gt: Any, dets: Any, iou_types: Sequence[str], *, k: int = TOP_K_PER_CATEGORY):
     """Fixed AP per iou type from a hotcoco dataset of the uncapped results (what ``evaluate`` parsed),
     image by image (``streaming_eval``): no Python object per detection outlives its image.
 
-    Same numbers as :func:`fixed_ap`; ``gt`` is an :class:`~lvisctl.evaluation.lvis_metrics.LvisGroundTruth`.
+    ``gt`` is an :class:`~lvisctl.evaluation.lvis_metrics.LvisGroundTruth`.
     """
-    from lvisctl.evaluation.lvis_metrics import IouTypeMetrics
-    from lvisctl.evaluation.streaming_eval import Task, stream_federated
+    from lvisctl.evaluation.streaming_eval import stream_federated
 
-    tasks = [Task(t, max_dets=-1, top_k=k) for t in iou_types]
-    out = {}
-    for t, (summary, per_cat) in zip(iou_types, stream_federated(gt, dets, tasks), strict=True):
-        out[t] = IouTypeMetrics(metrics={key: summary[key] for key in FIXED_KEYS}, per_category_ap=per_cat)
-    return out
+    results = stream_federated(gt, dets, fixed_tasks(iou_types, k))
+    return {t: fixed_metrics(*r) for t, r in zip(iou_types, results, strict=True)}
 
 
 def fixed_ap(

@@ -197,15 +197,20 @@ def compute_extras(
     if loaded is None:
         loaded = load_results_for_eval(source.path, gt)
         loaded.verify()
+    from lvisctl.evaluation.fixed_ap import fixed_metrics, fixed_tasks
+    from lvisctl.evaluation.streaming_eval import Task, stream_federated
+
+    # One pass over the images serves both metrics.
+    tasks = [Task("boundary")] if "boundary" in wanted else []
+    fixed_types = tuple(source.iou_types) if "fixed" in wanted else ()
+    tasks += fixed_tasks(fixed_types)
+    results = stream_federated(gt, loaded.dets, tasks)
     out: dict[str, dict[str, IouTypeMetrics]] = {}
     if "boundary" in wanted:
-        from lvisctl.evaluation.boundary_ap import boundary_ap_streaming
-
-        out["boundary"] = {"segm": boundary_ap_streaming(gt, loaded.dets)}
-    if "fixed" in wanted:
-        from lvisctl.evaluation.fixed_ap import fixed_ap_streaming
-
-        out["fixed"] = fixed_ap_streaming(gt, loaded.dets, source.iou_types)
+        summary, per_cat = results.pop(0)
+        out["boundary"] = {"segm": IouTypeMetrics(metrics=summary, per_category_ap=per_cat)}
+    if fixed_types:
+        out["fixed"] = {t: fixed_metrics(*r) for t, r in zip(fixed_types, results, strict=True)}
     return out
 
 
