@@ -16,7 +16,7 @@ least 0.5 (below that a pair cannot match at any threshold of 0.5-0.95, whatever
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,9 @@ class Task:
     m_bits: list[np.ndarray] = field(default_factory=list, repr=False)
     ig_bits: list[np.ndarray] = field(default_factory=list, repr=False)
     num_gt: np.ndarray | None = field(default=None, repr=False)  # [K, A]
+    # With top_k only: the ids of the detections above, and (category, score, id) of the filtered-out ones.
+    ids: list[np.ndarray] = field(default_factory=list, repr=False)
+    rank_only: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -71,17 +74,16 @@ def stream_federated(
     cat_ids = sorted(gt.categories)
     cat_index = {c: k for k, c in enumerate(cat_ids)}
     img_ids = sorted(gt.coco.get_img_ids())
-    by_k = {t.top_k: None for t in tasks if t.top_k is not None}
-    by_k = {k: _top_k_ids(dets, img_ids, cat_index, k) for k in by_k}  # one pass per distinct k
-    keep_ids = {id(t): by_k[t.top_k] for t in tasks if t.top_k is not None}
     for t in tasks:
+        if t.top_k is not None and t.max_dets >= 0:
+            raise ValueError("a per-category top-k is defined here without a per-image cap (Fixed AP)")
         t.num_gt = np.zeros((len(cat_ids), len(_AREAS)), np.int64)
     images = gt.coco.imgs  # hotcoco builds this dict on every access: once
     for img_id in img_ids:
         image = _load_image(gt, dets, img_id, cat_index)
         info = images[img_id]
         for t in tasks:
-            _evaluate_image(t, image, info, cat_index, keep_ids.get(id(t)))
+            _evaluate_image(t, image, info, cat_index)
     return [_finish(t, cat_ids, gt.categories) for t in tasks]
 
 
@@ -103,38 +105,24 @@ def _load_image(gt: Any, dets: Any, img_id: int, cat_index: Mapping[int, int]) -
     )
 
 
-def _top_k_ids(dets: Any, img_ids: Iterable[int], cat_index: Mapping[int, int], k: int) -> np.ndarray:
-    """Sorted ids of the ``k`` best detections of each category over the dataset (ties: file order)."""
-    ids, cats, scores = [], [], []
-    for img_id in img_ids:
-        anns = dets.load_anns(dets.get_ann_ids(img_ids=[img_id]))
-        ids.append(np.array([a["id"] for a in anns], np.int64))
-        cats.append(np.array([cat_index[a["category_id"]] for a in anns], np.int64))
-        scores.append(np.array([a["score"] for a in anns], np.float64))
-    all_ids, all_cats, all_scores = (np.concatenate(x) if x else np.zeros(0) for x in (ids, cats, scores))
-    order = np.lexsort((all_ids, -all_scores, all_cats))
-    sorted_cats = all_cats[order]
-    rank = np.arange(len(order)) - np.searchsorted(sorted_cats, sorted_cats, side="left")
-    return np.sort(all_ids[order[rank < k]]).astype(np.int64)
-
-
-def _evaluate_image(task: Task, im: _Image, info: Mapping[str, Any], cat_index, keep_ids) -> None:
+def _evaluate_image(task: Task, im: _Image, info: Mapping[str, Any], cat_index) -> None:
     from lvisctl.evaluation._stream_kernel import match_image
 
     # The per-image cap (lvis-api's limit_dets_per_image): best scores first, ties in file order.
     order = np.argsort(-im.det_score, kind="stable")
-    if keep_ids is not None:
-        pos = np.searchsorted(keep_ids, im.det_ids[order])
-        hit = pos < len(keep_ids)
-        hit[hit] = keep_ids[pos[hit]] == im.det_ids[order][hit]
-        order = order[hit]
     if task.max_dets >= 0:
         order = order[: task.max_dets]
     # Federated filtering: only categories verified in this image (present in its GT, or negative).
     allowed = np.zeros(len(cat_index), bool)
     allowed[im.gt_cat] = True
     allowed[[cat_index[c] for c in info.get("neg_category_ids", ()) if c in cat_index]] = True
-    order = order[allowed[im.det_cat[order]]]
+    verified = allowed[im.det_cat[order]]
+    if task.top_k is not None:
+        # The top-k ranks every detection of the file, the filtered-out ones included.
+        out = order[~verified]
+        task.rank_only.append((im.det_cat[out].astype(np.int32), im.det_score[out], im.det_ids[out]))
+        task.ids.append(im.det_ids[order[verified]])
+    order = order[verified]
     not_exh = np.zeros(len(cat_index), bool)
     not_exh[[cat_index[c] for c in info.get("not_exhaustive_category_ids", ()) if c in cat_index]] = True
     det_cat = im.det_cat[order]
@@ -192,6 +180,27 @@ def _as_bytes(counts: str | bytes) -> bytes:
     return counts.encode("ascii") if isinstance(counts, str) else counts
 
 
+def _top_k_mask(task: Task, cats: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Which recorded detections are among the ``top_k`` of their category over the whole file (ties in
+    file order, i.e. by result id), filtered-out detections ranked too.
+
+    Dropping them after matching is exact: within an (image, category) the dropped ones are the lowest
+    in score order, and greedy matching gives a detection the same match whatever comes after it.
+    """
+    ids = np.concatenate(task.ids) if task.ids else np.zeros(0, np.int64)
+    extra = task.rank_only
+    all_cats = np.concatenate([cats, *(e[0] for e in extra)])
+    all_scores = np.concatenate([scores, *(e[1] for e in extra)])
+    all_ids = np.concatenate([ids, *(e[2] for e in extra)])
+    task.ids, task.rank_only = [], []
+    order = np.lexsort((all_ids, -all_scores, all_cats))
+    sorted_cats = all_cats[order]
+    rank = np.arange(len(order)) - np.searchsorted(sorted_cats, sorted_cats, side="left")
+    keep = np.zeros(len(order), bool)
+    keep[order[rank < task.top_k]] = True
+    return keep[: len(cats)]
+
+
 def _finish(task: Task, cat_ids: list[int], categories) -> tuple[dict[str, float], dict[int, float]]:
     """Per-category 101-point PR curves (lvis-api's accumulate) and the summary."""
     num_t, num_a = len(IOU_THRS), len(_AREAS)
@@ -200,6 +209,9 @@ def _finish(task: Task, cat_ids: list[int], categories) -> tuple[dict[str, float
     m_bits = np.concatenate(task.m_bits) if task.m_bits else np.zeros((0, num_a), np.uint16)
     ig_bits = np.concatenate(task.ig_bits) if task.ig_bits else np.zeros((0, num_a), np.uint16)
     task.cats, task.scores, task.m_bits, task.ig_bits = [], [], [], []
+    if task.top_k is not None:
+        keep = _top_k_mask(task, cats, scores)
+        cats, scores, m_bits, ig_bits = cats[keep], scores[keep], m_bits[keep], ig_bits[keep]
     # Per category: score descending, ties in image order then in-image order (lvis-api's mergesort
     # over the per-image lists concatenated in image order).
     order = np.lexsort((-scores, cats))
