@@ -2,9 +2,10 @@
 
 hotcoco computes the official metrics; this is the same protocol as lvis-api 0.5.3 step for step
 (per-image cap, federated filtering of detections, greedy matching per (image, category) and area
-range, not-exhaustive ignores, 101-point interpolated precision), written once so Boundary AP can swap
-in its IoU. The tests check it against lvis-api with plain mask IoU. It runs in Python loops: fine for
-opt-in metrics, not for the LVIS-val hot path.
+range, not-exhaustive ignores, 101-point interpolated precision), written once with a pluggable IoU.
+The tests check it against lvis-api with plain mask IoU. It holds every detection as a dict and runs in
+Python loops: it is the readable reference (the tests run the Boundary IoU API's definition through it);
+``evaluate`` runs the same protocol streamed over arrays (``streaming_eval``), which scales to LVIS val.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def federated_eval(
     cat_ids = sorted(categories)
     # Per category and area range: the concatenated per-image evaluations.
     acc: dict[tuple[int, str], list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]] = defaultdict(list)
-    for key in set(gts) | set(dts):
+    # Image order, as lvis-api concatenates the per-image evaluations (score ties across images keep it).
+    for key in sorted(set(gts) | set(dts)):
         img, cat = key
         g_list, d_list = gts.get(key, []), dts.get(key, [])
         order = np.argsort([-d["score"] for d in d_list], kind="mergesort")

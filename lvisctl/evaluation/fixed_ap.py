@@ -3,8 +3,10 @@
 The 300-per-image cap of standard LVIS AP lets a detector trade rare-class recall against frequent-class
 detections in the same image, so AP depends on how scores are calibrated *across* categories. Fixed AP
 removes the per-image cap and instead keeps the top K detections of each category over the whole
-dataset (K = 10,000 for LVIS), then applies the usual federated protocol. Only the AP keys are
-reported: there is no per-image detection budget for the AR@300 family to refer to.
+dataset (K = 10,000 for LVIS), then applies the usual federated protocol (lvis-api with ``max_dets=-1``:
+no cap of any kind, not even per image and category). Only the AP keys are reported: there is no
+per-image detection budget for the AR@300 family to refer to. Computed by ``streaming_eval``, image by
+image over the parsed results, so it scales to LVIS val.
 """
 
 from __future__ import annotations
@@ -34,24 +36,41 @@ def top_k_per_category(
     return [dets[i] for i in keep]
 
 
+def fixed_tasks(iou_types: Sequence[str], k: int = TOP_K_PER_CATEGORY) -> list[Any]:
+    """The ``streaming_eval`` tasks of Fixed AP: no per-image cap, the top ``k`` per category."""
+    from lvisctl.evaluation.streaming_eval import Task
+
+    return [Task(t, max_dets=-1, top_k=k) for t in iou_types]
+
+
+def fixed_metrics(summary: Mapping[str, float], per_cat: Mapping[int, float]) -> Any:
+    """A Fixed AP task's result as ``IouTypeMetrics``: the AP keys only."""
+    from lvisctl.evaluation.lvis_metrics import IouTypeMetrics
+
+    return IouTypeMetrics(metrics={key: summary[key] for key in FIXED_KEYS}, per_category_ap=dict(per_cat))
+
+
+def fixed_ap_streaming(gt: Any, dets: Any, iou_types: Sequence[str], *, k: int = TOP_K_PER_CATEGORY):
+    """Fixed AP per iou type from a hotcoco dataset of the uncapped results (what ``evaluate`` parsed),
+    image by image (``streaming_eval``): no Python object per detection outlives its image.
+
+    ``gt`` is an :class:`~lvisctl.evaluation.lvis_metrics.LvisGroundTruth`.
+    """
+    from lvisctl.evaluation.streaming_eval import stream_federated
+
+    results = stream_federated(gt, dets, fixed_tasks(iou_types, k))
+    return {t: fixed_metrics(*r) for t, r in zip(iou_types, results, strict=True)}
+
+
 def fixed_ap(
     gt: Any, dets: Sequence[Mapping[str, Any]], iou_types: Sequence[str], *, k: int = TOP_K_PER_CATEGORY
 ):
-    """Fixed AP per iou type: ``{iou_type: IouTypeMetrics}`` with the AP keys and per-category AP.
+    """Fixed AP per iou type of detections given as dicts: :func:`fixed_ap_streaming` on them.
 
-    ``gt`` is an :class:`lvisctl.evaluation.lvis_metrics.LvisGroundTruth`; evaluation runs in hotcoco
-    on the uncapped, per-category-limited detections.
+    ``gt`` is an :class:`lvisctl.evaluation.lvis_metrics.LvisGroundTruth`.
     """
-    from lvisctl.evaluation.lvis_metrics import IouTypeMetrics, quiet_native_output, run_lvis_eval
+    from lvisctl.evaluation.lvis_metrics import quiet_native_output
 
-    kept = top_k_per_category(dets, k)
     with quiet_native_output():
-        # cap_detections_per_image(None) marks the set as final: no default 300-per-image cap in LVISEval.
-        coco_dets = gt.coco.load_res(list(kept)).cap_detections_per_image(None)
-    out = {}
-    for t in iou_types:
-        full = run_lvis_eval(gt, coco_dets, t, source=gt.table.path)
-        out[t] = IouTypeMetrics(
-            metrics={key: full.metrics[key] for key in FIXED_KEYS}, per_category_ap=full.per_category_ap
-        )
-    return out
+        parsed = gt.coco.load_res(list(dets))
+    return fixed_ap_streaming(gt, parsed, iou_types, k=k)

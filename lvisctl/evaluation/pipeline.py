@@ -186,25 +186,31 @@ def per_category_csv(gt: LvisGroundTruth, by_type: dict[str, IouTypeMetrics], ex
     return buf.getvalue()
 
 
-def compute_extras(extras: Sequence[str], source: EvalSource, gt: LvisGroundTruth):
-    """Boundary AP (segm only) and Fixed AP of one results file, which need its detections in Python."""
+def compute_extras(
+    extras: Sequence[str], source: EvalSource, gt: LvisGroundTruth, loaded: LoadedResults | None = None
+):
+    """Boundary AP (segm only) and Fixed AP of one results file, streamed image by image over the
+    hotcoco dataset ``evaluate`` already parsed (``loaded``; parsed here when not given)."""
     wanted = [e for e in extras if e != "boundary" or "segm" in source.iou_types]
     if not wanted:
         return {}
-    from lvisctl.evaluation.results_io import load_results
+    if loaded is None:
+        loaded = load_results_for_eval(source.path, gt)
+        loaded.verify()
+    from lvisctl.evaluation.fixed_ap import fixed_metrics, fixed_tasks
+    from lvisctl.evaluation.streaming_eval import Task, stream_federated
 
-    dets = load_results(source.path)
+    # One pass over the images serves both metrics.
+    tasks = [Task("boundary")] if "boundary" in wanted else []
+    fixed_types = tuple(source.iou_types) if "fixed" in wanted else ()
+    tasks += fixed_tasks(fixed_types)
+    results = stream_federated(gt, loaded.dets, tasks)
     out: dict[str, dict[str, IouTypeMetrics]] = {}
     if "boundary" in wanted:
-        from lvisctl.evaluation.boundary_ap import boundary_ap, gt_with_rles
-
-        images = gt.coco.imgs
-        summary, per_cat = boundary_ap(images, gt.categories, gt_with_rles(gt.coco), dets)
+        summary, per_cat = results.pop(0)
         out["boundary"] = {"segm": IouTypeMetrics(metrics=summary, per_category_ap=per_cat)}
-    if "fixed" in wanted:
-        from lvisctl.evaluation.fixed_ap import fixed_ap
-
-        out["fixed"] = fixed_ap(gt, dets, source.iou_types)
+    if fixed_types:
+        out["fixed"] = {t: fixed_metrics(*r) for t, r in zip(fixed_types, results, strict=True)}
     return out
 
 
@@ -259,8 +265,8 @@ def run_evaluate(
             scan.cancel()
     by_type = {t: by_type[t] for t in iou_types}
     extra: dict[str, dict[str, IouTypeMetrics]] = {}
-    for source in sources:
-        for name, per in compute_extras(extras, source, ground).items():
+    for source, ld in zip(sources, loaded, strict=True):
+        for name, per in compute_extras(extras, source, ground, ld).items():
             extra.setdefault(name, {}).update(per)
     notes = [
         BBOX_AREA_NOTE for s, ld in zip(sources, loaded, strict=True) if ld.has_bbox and "segm" in s.iou_types
