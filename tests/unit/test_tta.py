@@ -8,6 +8,7 @@ import torch
 
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
+from lvisctl.inference.predictor import full_masks
 from lvisctl.inference.tta import (
     Pass,
     TTAPredictor,
@@ -47,8 +48,10 @@ def settings(**kw):
 
 
 def merge(passes, s, boost=None, k=300, size=(200, 200)):
+    """The merge's output with its RoI-level masks pasted as ``masks`` (what the results encoder writes)."""
     boost = torch.ones(5) if boost is None else boost
-    return paper_merge(passes, s, boost, size, k=k, merge_iou=0.5)
+    out = paper_merge(passes, s, boost, size, k=k, merge_iou=0.5)
+    return {**out, "masks": full_masks(out)}
 
 
 # ------------------------------------------------------------------------------ Soft-NMS
@@ -238,6 +241,7 @@ def test_tta_predictor_runs_every_scale_and_flip_and_unmirrors_boxes():
     model.seen.clear()
     out = predictor.predict(torch.rand(3, 60, 100))
     assert model.seen == [(30, 50), (30, 50), (60, 100), (60, 100)]
-    assert out["masks"].shape[1:] == (60, 100) and out["masks"].dtype == torch.bool
+    masks = full_masks(out)
+    assert masks.shape[1:] == (60, 100) and masks.dtype == torch.bool
     assert out["scores"].tolist() == sorted(out["scores"].tolist(), reverse=True)
     assert [50.0, 6.0, 90.0, 60.0] in out["boxes"].tolist()
