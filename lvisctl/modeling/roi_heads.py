@@ -21,8 +21,9 @@ value, and every stage-2 technique works on every head type):
 Every head type has ``forward(features, proposals, image_sizes, targets) -> (results, losses)`` and
 ``predict_masks_and_iou(features, boxes, labels)`` (masks for GIVEN boxes and labels, e.g. for analysis
 tools and TTA; HTC uses the last stage with the information flow). Eval results are per-image dicts
-``boxes, scores, labels, masks`` and, with Mask Scoring, ``mask_scores`` = cls score x predicted mask IoU
-(``scores`` stay the classification scores, which the boxes keep).
+``boxes, scores, labels, masks`` (``mask_probs`` at RoI level with ``paste_masks=False``) and, with
+Mask Scoring, ``mask_scores`` = cls score x predicted mask IoU (``scores`` stay the classification
+scores, which the boxes keep).
 """
 
 from __future__ import annotations
