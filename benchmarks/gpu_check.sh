@@ -186,9 +186,9 @@ with torch.no_grad(), torch.autocast(DEV.type, dtype=torch.float16, enabled=CUDA
         sync()
         start = time.perf_counter()
         for image in images:
-            out = model([image])[0]
-            masks = out["masks"][:, 0] > 0.5
-            recs = detections_to_records(1, {**out, "masks": masks.cpu()}, cmap)
+            # as tta-infer: RoI-level masks, pasted in their boxes and encoded (on the GPU under CUDA)
+            out = model([image], paste_masks=False)[0]
+            recs = detections_to_records(1, {**out, "image_size": tuple(image.shape[-2:])}, cmap)
             dets += len(recs) if k else 0
         sync()
         times.append(time.perf_counter() - start)

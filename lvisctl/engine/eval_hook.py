@@ -382,9 +382,9 @@ def draw_detections(
         return canvas
     labels = [int(x) for x in dets["labels"][keep].tolist()]
     colors = [_color(lab) for lab in labels]
-    masks = dets["masks"][keep].bool()
-    if masks.ndim == 4:
-        masks = masks[:, 0]
+    from lvisctl.inference.predictor import full_masks
+
+    masks = full_masks(dets, keep)  # the predictor keeps RoI-level masks: pasted here, for these only
     masks = masks.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
     canvas = draw_segmentation_masks(canvas, masks, alpha=0.5, colors=colors)
     scores = dets["scores"][keep].tolist()

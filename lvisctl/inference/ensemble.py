@@ -29,7 +29,7 @@ import torch
 
 from lvisctl.data.categories import CategoryMap
 from lvisctl.errors import LvisctlError
-from lvisctl.inference.predictor import Detections, top_k
+from lvisctl.inference.predictor import Detections, concat, full_masks, select, top_k
 
 METHODS = ("wbf", "nms", "soft-nms")
 
@@ -153,7 +153,9 @@ def fuse_detections(
     k: int = 300,
 ) -> Detections:
     """Fuse several models' detections of one image (``boxes`` xyxy in pixels, ``scores``, ``labels``,
-    bool ``masks`` [N, H, W], optional ``mask_scores``) into one set of at most ``k``, best first."""
+    bool ``masks`` [N, H, W] or the predictor's RoI-level ``mask_probs``, optional ``mask_scores``) into
+    one set of at most ``k``, best first. WBF votes on whole masks (pasted here when the members are
+    RoI-level); NMS / Soft-NMS keep each survivor's own mask as it came (RoI-level stays RoI-level)."""
     if method not in METHODS:
         raise LvisctlError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     weights = [1.0] * len(members) if weights is None else [float(w) for w in weights]
@@ -177,12 +179,12 @@ def _fuse_wbf(members, weights, scale, image_size, iou_thr, skip_box_thr, k) -> 
         skip_box_thr,
     )
     boxes, scores, labels, clusters = boxes[:k], scores[:k], labels[:k], clusters[:k]  # best first: vote k
-    regions = [m["mask_boxes"] for m in members] if all("mask_boxes" in m for m in members) else None
+    masks, regions = _member_masks(members)
     out = {
         "boxes": torch.from_numpy(boxes.copy()).float() * scale.float(),
         "scores": torch.from_numpy(scores.copy()).float(),
         "labels": torch.from_numpy(labels.copy()).long(),
-        "masks": vote_masks(clusters, [m["masks"] for m in members], image_size, regions),
+        "masks": vote_masks(clusters, masks, image_size, regions),
     }
     if all("mask_scores" in m for m in members):  # the mask-IoU ratio, averaged like the scores
         ratio = []
@@ -193,6 +195,31 @@ def _fuse_wbf(members, weights, scale, image_size, iou_thr, skip_box_thr, k) -> 
             )
         out["mask_scores"] = (out["scores"] * torch.tensor(ratio, dtype=torch.float32)).clamp(0, 1)
     return out
+
+
+def _member_masks(members: Sequence[Detections]) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """Each member's whole masks for the vote, and where their pixels are (xywh; None: compute them)."""
+    if all("masks" in m for m in members):
+        regions = [m["mask_boxes"] for m in members] if all("mask_boxes" in m for m in members) else None
+        return [m["masks"] for m in members], regions
+    from lvisctl.inference.postprocess import paste_masks
+
+    masks, regions = [], []
+    for m in members:
+        if "masks" in m:
+            masks.append(full_masks(m))
+            regions.append(_mask_boxes(masks[-1]))
+            continue
+        pasted, places = paste_masks(
+            m["mask_probs"],
+            m.get("paste_boxes", m["boxes"]),
+            tuple(m["image_size"].tolist()),
+            float(m.get("mask_thresh", 0.5)),
+        )
+        masks.append(pasted)
+        xyxy = torch.from_numpy(places).float()  # each pasted mask lies inside its place
+        regions.append(torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], dim=1))
+    return masks, regions
 
 
 def _mask_ratio(member: Detections, j: int) -> float:
@@ -206,8 +233,7 @@ def _fuse_suppress(members, weights, method, iou_thr) -> Detections:
     from lvisctl.inference.tta import soft_nms
 
     top = max(weights)
-    keys = set.intersection(*(set(m) for m in members))
-    merged = {key: torch.cat([m[key] for m in members]) for key in keys}
+    merged = concat(_same_mask_kind(members))
     factor = torch.cat(
         [torch.full((m["scores"].numel(),), w / top) for m, w in zip(members, weights, strict=True)]
     )
@@ -217,13 +243,28 @@ def _fuse_suppress(members, weights, method, iou_thr) -> Detections:
         new_scores = scores[keep]
     else:
         keep, new_scores = soft_nms(merged["boxes"], scores, merged["labels"])
-    out = {key: value[keep] for key, value in merged.items()}
+    out = select(merged, keep)
     if "mask_scores" in out:
         out["mask_scores"] = (
             out["mask_scores"].float() * factor[keep] * new_scores / scores[keep].clamp(min=1e-12)
         ).clamp(0, 1)
     out["scores"] = new_scores
     return out
+
+
+def _same_mask_kind(members: Sequence[Detections]) -> list[Detections]:
+    """The members as they are when their masks can be concatenated (all RoI-level of one size, or all
+    whole masks); otherwise every member with whole ``masks`` (e.g. models of different mask sizes)."""
+    sizes = {tuple(m["mask_probs"].shape[1:]) if "mask_probs" in m else None for m in members}
+    if len(sizes) == 1:
+        return list(members)
+    whole = []
+    for m in members:
+        rest = {
+            k: v for k, v in m.items() if k not in ("mask_probs", "paste_boxes", "image_size", "mask_thresh")
+        }
+        whole.append({**rest, "masks": full_masks(m)})
+    return whole
 
 
 @dataclass(frozen=True)

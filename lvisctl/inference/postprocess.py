@@ -122,3 +122,26 @@ def masks_to_rles(
         return []
     crops, places = paste_crops(probs, boxes, image_size, thresh)
     return encode_crops(crops, places, (int(image_size[0]), int(image_size[1])))
+
+
+def paste_masks(
+    probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], thresh: float = 0.5
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Binary full-image masks bool ``[N, H, W]`` on the CPU, equal to ``paste_masks_in_image(probs, boxes,
+    image_size, padding=1)[:, 0] > thresh``, and each mask's place ``[x0, y0, x1, y1]`` (its pixels lie
+    inside; all zero for an empty mask). For the consumers that need whole masks (the ensemble's vote,
+    drawings); results files never build them (:func:`masks_to_rles`)."""
+    im_h, im_w = (int(v) for v in image_size)
+    out = torch.zeros((int(probs.shape[0]), im_h, im_w), dtype=torch.bool)
+    if probs.shape[0] == 0:
+        return out, np.zeros((0, 4), dtype=np.int64)
+    crops, places = paste_crops(probs, boxes, (im_h, im_w), thresh)
+    sizes = [c.numel() for c in crops]
+    if not sum(sizes):
+        return out, places
+    flat = torch.cat([c.reshape(-1) for c in crops]).to("cpu")  # one device -> host copy
+    for i, piece in enumerate(flat.split(sizes)):
+        if sizes[i]:
+            x0, y0, x1, y1 = (int(v) for v in places[i])
+            out[i, y0:y1, x0:x1] = piece.view(y1 - y0, x1 - x0)
+    return out, places

@@ -3,8 +3,17 @@
 The model (``lvisctl.modeling``, torchvision calling convention) does not resize: it sees exactly the
 tensors we give it and answers in their coordinates. The predictor therefore owns the test-time scale:
 each image is resized so its short side is ``scale`` (long side at most ``max_size``, as in Mask R-CNN
-testing), the model runs in eval mode under ``no_grad`` (float16 autocast on CUDA), and boxes and masks
-are mapped back to the original resolution, where masks are binarised at ``mask_thresh``.
+testing), the model runs in eval mode under ``no_grad`` (float16 autocast on CUDA), and boxes are mapped
+back to the original resolution.
+
+Masks stay at RoI level: the predictor asks the model for ``mask_probs`` [N, 1, M, M] (``model(images,
+paste_masks=False)``, the probabilities inside each box) and keeps them with the boxes in original
+pixels; they are pasted at the original size, in their boxes only and thresholded at ``mask_thresh``,
+by whoever needs them: results files encode RLE from the box crops (:mod:`lvisctl.inference.postprocess`,
+on the GPU when the probabilities are there), and :func:`full_masks` gives whole masks to the consumers
+that need them (the ensemble's vote, drawings). This is detectron2's order (paste once at the output size)
+and avoids 300 image-sized float maps per pass. A model without that keyword (any torchvision-convention
+model that pastes ``masks`` itself) still works: its masks are resized and thresholded here.
 
 The output is per-image tensors, so test-time augmentation and pseudo-labelling reuse it:
 :meth:`Predictor.predict_scale` gives one scale's detections at original resolution, and
@@ -16,6 +25,7 @@ box ranges, rare boost, NMS + Soft-NMS, mask from the right scale) is ``lvisctl.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +39,10 @@ from lvisctl.errors import LvisctlError
 
 Detections = dict[str, torch.Tensor]
 MergeFn = Callable[[Sequence[Detections]], Detections]
+
+# The per-image entries of a Detections dict (0-dim / [2] tensors); every other entry is per detection and
+# is indexed / concatenated along its first dimension (see :func:`select`, :func:`concat`).
+IMAGE_KEYS = ("image_size", "mask_thresh")
 
 # Masks are resized to the original resolution this many at a time, bounding the float memory of
 # 300 full-image probability maps (~1.2 GB at 800x1333) to a sixth.
@@ -64,29 +78,71 @@ def empty_detections(height: int, width: int) -> Detections:
     }
 
 
+def select(detections: Detections, index: torch.Tensor) -> Detections:
+    """The detections ``index`` picks (per-detection entries indexed, per-image entries kept)."""
+    return {key: value if key in IMAGE_KEYS else value[index] for key, value in detections.items()}
+
+
+def concat(parts: Sequence[Detections]) -> Detections:
+    """Several detection sets of one image as one: the per-detection entries all parts have, concatenated;
+    the per-image entries of the first part. RoI-level masks keep their paste boxes (``paste_boxes``, else
+    ``boxes``), so parts from the paper merge and from a plain pass mix."""
+    if any("paste_boxes" in p for p in parts) and all("mask_probs" in p for p in parts):
+        parts = [p if "paste_boxes" in p else {**p, "paste_boxes": p["boxes"]} for p in parts]
+    keys = [key for key in parts[0] if all(key in p for p in parts)]
+    return {key: parts[0][key] if key in IMAGE_KEYS else torch.cat([p[key] for p in parts]) for key in keys}
+
+
 def top_k(detections: Detections, k: int) -> Detections:
     """The ``k`` highest-scoring detections, best first (stable: ties keep their order)."""
     order = torch.sort(detections["scores"], descending=True, stable=True).indices[:k]
-    return {key: value[order] for key, value in detections.items()}
+    return select(detections, order)
 
 
 def merge_nms(per_scale: Sequence[Detections], iou_thresh: float, k: int) -> Detections:
     """Plain multi-scale merge: concatenate every scale's detections, class-wise NMS, keep the top ``k``."""
     from torchvision.ops import batched_nms
 
-    merged = {key: torch.cat([d[key] for d in per_scale]) for key in per_scale[0]}
+    merged = concat(per_scale)
     keep = batched_nms(merged["boxes"], merged["scores"], merged["labels"], iou_thresh)
-    return top_k({key: value[keep] for key, value in merged.items()}, k)
+    return top_k(select(merged, keep), k)
+
+
+def full_masks(detections: Detections, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary masks bool ``[N, H, W]`` on the CPU at the original size (of the detections ``index`` picks):
+    the ``masks`` a detection set carries, else its RoI-level ``mask_probs`` pasted into ``paste_boxes``
+    (default ``boxes``) at ``image_size`` and thresholded at ``mask_thresh``."""
+    if "masks" in detections:
+        masks = detections["masks"] if index is None else detections["masks"][index]
+        return (masks[:, 0] if masks.ndim == 4 else masks).bool().cpu()
+    from lvisctl.inference.postprocess import paste_masks
+
+    picked = detections if index is None else select(detections, index)
+    boxes = picked.get("paste_boxes", picked["boxes"])
+    thresh = float(picked.get("mask_thresh", 0.5))
+    return paste_masks(picked["mask_probs"], boxes, tuple(picked["image_size"].tolist()), thresh)[0]
+
+
+def accepts_paste_flag(model: nn.Module) -> bool:
+    """Whether ``model`` (or the module a DDP wrapper holds) takes ``paste_masks=`` (lvisctl's model)."""
+    forward = getattr(getattr(model, "module", model), "forward", None)
+    try:
+        return forward is not None and "paste_masks" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class Predictor:
     """Whole-image inference with a model that follows the torchvision detection convention.
 
     ``predict`` / ``predict_batch`` take float images ``[3, H, W]`` in [0, 1] (any device) and return,
-    per image and on the CPU: ``boxes`` float[N, 4] xyxy in original pixels, ``scores`` float[N]
-    (descending), ``labels`` int64[N] (contiguous 1..K) and ``masks`` bool[N, H, W], with
-    N <= ``detections_per_image``; plus ``mask_scores`` float[N] when the model gives them (Mask
-    Scoring). :class:`lvisctl.inference.tta.TTAPredictor` is the paper's multi-scale + flip test.
+    per image: ``boxes`` float[N, 4] xyxy in original pixels, ``scores`` float[N] (descending),
+    ``labels`` int64[N] (contiguous 1..K), with N <= ``detections_per_image`` (on the CPU); plus
+    ``mask_scores`` float[N] when the model gives them (Mask Scoring). Masks: RoI-level ``mask_probs``
+    float[N, 1, M, M] (on the model's device) with the per-image ``image_size`` (h, w) and ``mask_thresh``;
+    :func:`full_masks` makes bool [N, H, W] of them. A model without ``paste_masks=`` gives ``masks``
+    bool[N, H, W] instead. :class:`lvisctl.inference.tta.TTAPredictor` is the paper's multi-scale + flip
+    test.
     """
 
     def __init__(
@@ -113,6 +169,7 @@ class Predictor:
         self.score_thresh = float(score_thresh)
         self.mask_thresh = float(mask_thresh)
         self.amp = amp and self.device.type == "cuda"
+        self.roi_masks = accepts_paste_flag(model)  # ask for RoI-level mask_probs
         self.merge = merge or (lambda per_scale: merge_nms(per_scale, merge_iou, self.detections_per_image))
 
     def predict(self, image: torch.Tensor) -> Detections:
@@ -146,7 +203,7 @@ class Predictor:
             torch.autocast(device_type="cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
         )
         with autocast:
-            return self.model(inputs)
+            return self.model(inputs, paste_masks=False) if self.roi_masks else self.model(inputs)
 
     def kept_order(self, scores: torch.Tensor) -> torch.Tensor:
         """Indices of the detections above ``score_thresh``, best first, at most ``detections_per_image``."""
@@ -170,15 +227,21 @@ class Predictor:
             "boxes": boxes.cpu(),
             "scores": scores[order].cpu(),
             "labels": output["labels"][order].long().cpu(),
-            "masks": self._paste_masks(output["masks"], order, (height, width)),
         }
+        if "mask_probs" in output:  # pasted at the original size only where needed (module docstring)
+            out["mask_probs"] = output["mask_probs"][order].float()
+            out["image_size"] = torch.tensor([height, width])
+            out["mask_thresh"] = torch.tensor(self.mask_thresh)
+        else:
+            out["masks"] = self._paste_masks(output["masks"], order, (height, width))
         if "mask_scores" in output:  # Mask Scoring: the segm file's score (boxes keep the cls score)
             out["mask_scores"] = output["mask_scores"][order].float().cpu()
         return out
 
     def _paste_masks(self, masks: torch.Tensor, order: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Probabilities ``masks[order]`` ``[N, 1, h, w]`` at input size -> bool ``[N, H, W]`` at original
-        size, on the CPU. Indexed chunk by chunk: copying all 300 input-size masks at once costs ~1 GB."""
+        """(Models that paste themselves.) Probabilities ``masks[order]`` ``[N, 1, h, w]`` at input size ->
+        bool ``[N, H, W]`` at original size, on the CPU. Indexed chunk by chunk: copying all 300
+        input-size masks at once costs ~1 GB."""
         if order.numel() == 0:
             return torch.zeros((0, *size), dtype=torch.bool)
         pieces = []

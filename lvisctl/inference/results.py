@@ -59,9 +59,11 @@ def detections_to_records(
     """One image's predictor output -> full LVIS results records, in the order given.
 
     ``detections``: original-resolution ``boxes`` xyxy, ``scores`` (classification), contiguous ``labels``
-    and either binary ``masks`` [N, H, W] / [N, 1, H, W] or RoI-level ``mask_probs`` [N, 1, M, M] with
-    ``image_size`` (h, w), pasted, thresholded at ``mask_thresh`` (default 0.5) and encoded by the fast
-    path of :mod:`lvisctl.inference.postprocess`. With Mask Scoring the model adds ``mask_scores``: the
+    and either binary ``masks`` [N, H, W] / [N, 1, H, W] or RoI-level ``mask_probs`` [N, 1, M, M] (the
+    predictor's output) with ``image_size`` (h, w), pasted at that size into ``paste_boxes`` (default
+    ``boxes``; the paper TTA takes a mask from another pass's box), thresholded at ``mask_thresh`` (default
+    0.5) and encoded from the box crops by :mod:`lvisctl.inference.postprocess` (on the probabilities'
+    device: the GPU when the model ran there). With Mask Scoring the model adds ``mask_scores``: the
     record then carries it as ``mask_score``, which :func:`split_record` makes the segm file's ``score``
     while the bbox file keeps the classification score (as MS R-CNN and mmdet score them).
     """
@@ -92,7 +94,8 @@ def _rles(detections: Mapping[str, Any]) -> list[dict[str, Any]]:
 
         h, w = (int(v) for v in detections["image_size"])
         thresh = float(detections.get("mask_thresh", 0.5))
-        return masks_to_rles(detections["mask_probs"].detach(), detections["boxes"].detach(), (h, w), thresh)
+        boxes = detections.get("paste_boxes", detections["boxes"])
+        return masks_to_rles(detections["mask_probs"].detach(), boxes.detach(), (h, w), thresh)
     masks = detections["masks"]
     return encode_masks(masks[:, 0] if masks.ndim == 4 else masks)
 

@@ -23,15 +23,17 @@ switched off to ablate it):
    closest to ``mask_box_size`` pixels (a 28 x 28 mask head is sharpest for RoIs of that size).
 
 How modification 4 gets a mask "from another scale": every pass keeps, for each of its raw detections
-(before the range filter), the mask probabilities cropped to the box at ``ROI_MASK_SIZE`` x
-``ROI_MASK_SIZE`` (the model predicts 28 x 28 per RoI, so this loses nothing). A kept detection looks up,
-in the chosen pass, the detection of the same class that overlaps it most (IoU >= ``mask_match_iou``)
-and pastes that detection's mask; if the chosen scale has none, the next preferred scale is tried, down
-to the detection's own pass. We chose this over re-running the mask branch for the kept boxes at another
-scale because it needs nothing but the model's public call convention (works for every head type,
+(before the range filter), the model's RoI-level mask probabilities (28 x 28 inside the box; mirrored back
+for a flipped pass). A kept detection looks up, in the chosen pass, the detection of the same class that
+overlaps it most (IoU >= ``mask_match_iou``) and takes that detection's mask and box: the merged output
+carries ``mask_probs`` with their ``paste_boxes``, pasted once at the original size when the results are
+encoded (:mod:`lvisctl.inference.postprocess`); if the chosen scale has none, the next preferred scale is
+tried, down to the detection's own pass. We chose this over re-running the mask branch for the kept boxes
+at another scale because it needs nothing but the model's call convention (works for every head type,
 imported checkpoints included), costs no second backbone pass, and holds 12 passes x 300 RoI masks in
-~45 MB instead of the feature pyramids of 6 scales. The price: the mask is that pass's own mask for its
+~11 MB instead of the feature pyramids of 6 scales. The price: the mask is that pass's own mask for its
 own (overlapping, slightly different) box, and an object that pass did not detect cannot take its mask.
+(A model that pastes its masks itself gets them cropped back to ``ROI_MASK_SIZE`` per box.)
 With Mask Scoring (``mask_scores``), the mask score follows the mask: the final score times the source
 detection's mask-IoU ratio ``mask_score / score``.
 
@@ -52,7 +54,7 @@ from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
 from lvisctl.inference.predictor import Detections, Predictor
 
-# Side of the per-detection RoI masks each pass keeps for modification 4 (twice the model's 28).
+# Side of the RoI masks cropped from a model that pastes its masks itself (twice the usual 28).
 ROI_MASK_SIZE = 56
 _SOFT_NMS_METHODS = ("gaussian", "linear")
 
@@ -282,8 +284,9 @@ def class_boost(stats: CategoryStats, settings: TTASettings) -> torch.Tensor:
 class Pass:
     """One (scale, flip) pass of one image: raw detections in original-image pixels.
 
-    ``roi_masks`` [N, R, R] are mask probabilities inside each box (un-mirrored); ``factor`` the resize
-    factor original -> test input (so a box of size ``z`` is ``z * factor`` pixels in this pass).
+    ``roi_masks`` [N, R, R] are mask probabilities inside each box (un-mirrored; the model's RoI-level
+    probabilities, on its device); ``factor`` the resize factor original -> test input (so a box of size
+    ``z`` is ``z * factor`` pixels in this pass).
     """
 
     boxes: torch.Tensor
@@ -362,7 +365,7 @@ def mask_sources(
     scales = sorted({p.scale for p in passes})
     factor = {p.scale: p.factor for p in passes}
     scale_of = torch.tensor([passes[i].scale for i in pass_of.tolist()])
-    ratio = (roi_masks[kept] > 0.5).float().mean(dim=(1, 2))
+    ratio = (roi_masks[kept] > 0.5).float().mean(dim=(1, 2)).cpu()
     thin = ratio < settings.thin_ratio
     size = box_sizes(boxes[kept]).clamp(min=1e-6)
     iou = box_iou(boxes[kept].float(), boxes.float())
@@ -396,8 +399,10 @@ def paper_merge(
     merge_iou: float = 0.5,
     mask_thresh: float = 0.5,
 ) -> Detections:
-    """Section 3.3's merge of one image's passes -> detections (``boxes``, ``scores``, ``labels``,
-    bool ``masks`` [N, H, W] at ``image_size``, and ``mask_scores`` when the passes have them)."""
+    """Section 3.3's merge of one image's passes -> detections (``boxes``, ``scores``, ``labels``, the
+    RoI-level ``mask_probs`` [N, 1, R, R] of each mask's source detection with its box ``paste_boxes``,
+    ``image_size`` and ``mask_thresh``, and ``mask_scores`` when the passes have them); no full-image mask is
+    made here (:func:`lvisctl.inference.predictor.full_masks` / the results encoder paste them)."""
     boxes = torch.cat([p.boxes for p in passes])
     scores = torch.cat([p.scores for p in passes]).float()
     labels = torch.cat([p.labels for p in passes])
@@ -419,7 +424,10 @@ def paper_merge(
         "boxes": boxes[kept],
         "scores": final_scores,
         "labels": labels[kept],
-        "masks": paste_roi_masks(roi_masks[source], boxes[source], image_size, mask_thresh),
+        "mask_probs": roi_masks[source][:, None],
+        "paste_boxes": boxes[source],
+        "image_size": torch.tensor([int(image_size[0]), int(image_size[1])]),
+        "mask_thresh": torch.tensor(float(mask_thresh)),
     }
     if all(p.mask_scores is not None for p in passes):
         mask_scores = torch.cat([p.mask_scores for p in passes]).float()
@@ -431,21 +439,16 @@ def paper_merge(
 def paste_roi_masks(
     roi_masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], mask_thresh: float
 ) -> torch.Tensor:
-    """RoI mask probabilities [N, R, R] inside ``boxes`` -> bool [N, H, W] (threshold at full size)."""
-    from torchvision.models.detection.roi_heads import paste_masks_in_image
+    """RoI mask probabilities [N, R, R] inside ``boxes`` -> bool [N, H, W] (threshold at full size), equal to
+    torchvision's ``paste_masks_in_image(..., padding=1) > mask_thresh`` without its float [N, H, W] stack."""
+    from lvisctl.inference.postprocess import paste_masks
 
-    height, width = image_size
-    if roi_masks.shape[0] == 0:
-        return torch.zeros((0, height, width), dtype=torch.bool)
-    pieces = []
-    for idx in torch.arange(roi_masks.shape[0]).split(50):  # bounds the float memory, as the predictor
-        probs = paste_masks_in_image(roi_masks[idx][:, None].float(), boxes[idx].float(), (height, width), 1)
-        pieces.append(probs[:, 0] > mask_thresh)
-    return torch.cat(pieces)
+    return paste_masks(roi_masks[:, None].float(), boxes.float(), image_size, mask_thresh)[0]
 
 
 def crop_roi_masks(masks: torch.Tensor, boxes: torch.Tensor, size: int = ROI_MASK_SIZE) -> torch.Tensor:
-    """Full-input mask probabilities [N, 1, h, w] -> [N, size, size] inside each box (input coordinates)."""
+    """Full-input mask probabilities [N, 1, h, w] -> [N, size, size] inside each box (input coordinates):
+    the RoI masks of a model that pastes its masks itself."""
     from torchvision.ops import roi_align
 
     if masks.shape[0] == 0:
@@ -537,7 +540,10 @@ class TTAPredictor(Predictor):
         order = self.kept_order(output["scores"])
         (in_h, in_w), (height, width) = input_hw, original_hw
         boxes_in = output["boxes"][order].float()
-        roi_masks = crop_roi_masks(output["masks"][order], boxes_in)
+        if "mask_probs" in output:  # lvisctl's model: its RoI-level masks as they are
+            roi_masks = output["mask_probs"][order][:, 0].float()
+        else:
+            roi_masks = crop_roi_masks(output["masks"][order], boxes_in)
         if flip:  # back to the unmirrored image: x -> in_w - x, and each RoI mask mirrored
             boxes_in = torch.stack(
                 [in_w - boxes_in[:, 2], boxes_in[:, 1], in_w - boxes_in[:, 0], boxes_in[:, 3]], dim=1

@@ -3,7 +3,9 @@
 ``model(images, targets)``: ``images`` is a list of FloatTensor[3, H, W] in 0..1. Training returns a dict
 of losses; eval returns per-image dicts ``boxes`` (xyxy, input-tensor coordinates), ``scores`` (the
 classification score), ``labels`` (contiguous 1..K) and ``masks`` FloatTensor[N, 1, H, W] (probabilities
-pasted at input size); with Mask Scoring (``model.mask_head.mask_iou``) also ``mask_scores`` = cls score x
+pasted at input size), or with ``model(images, paste_masks=False)`` ``mask_probs`` FloatTensor[N, 1, M, M]
+(the RoI-level probabilities inside each box, which the predictor pastes at the original image size); with
+Mask Scoring (``model.mask_head.mask_iou``) also ``mask_scores`` = cls score x
 predicted mask IoU, the score of the masks only (boxes keep ``scores``, as MS R-CNN and mmdet).
 
 The model never resizes: scales are chosen by augmentation and the predictor (TTA needs explicit scales).
@@ -82,7 +84,11 @@ class LvisMaskRCNN(nn.Module):
         return self.backbone(image_list.tensors), image_list
 
     def forward(
-        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+        self,
+        images: list[Tensor],
+        targets: list[dict[str, Tensor]] | None = None,
+        *,
+        paste_masks: bool = True,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         if self.training:
             if targets is None:
@@ -90,7 +96,9 @@ class LvisMaskRCNN(nn.Module):
             _check_targets(targets)
         features, image_list = self.extract_features(images)
         proposals, rpn_losses = self.rpn(image_list, features, targets if self.training else None)
-        results, roi_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
+        results, roi_losses = self.roi_heads(
+            features, proposals, image_list.image_sizes, targets, paste_masks=paste_masks
+        )
         if self.training:
             return {**rpn_losses, **roi_losses}
         return results

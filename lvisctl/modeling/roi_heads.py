@@ -21,8 +21,9 @@ value, and every stage-2 technique works on every head type):
 Every head type has ``forward(features, proposals, image_sizes, targets) -> (results, losses)`` and
 ``predict_masks_and_iou(features, boxes, labels)`` (masks for GIVEN boxes and labels, e.g. for analysis
 tools and TTA; HTC uses the last stage with the information flow). Eval results are per-image dicts
-``boxes, scores, labels, masks`` and, with Mask Scoring, ``mask_scores`` = cls score x predicted mask IoU
-(``scores`` stay the classification scores, which the boxes keep).
+``boxes, scores, labels, masks`` (``mask_probs`` at RoI level with ``paste_masks=False``) and, with
+Mask Scoring, ``mask_scores`` = cls score x predicted mask IoU (``scores`` stay the classification
+scores, which the boxes keep).
 """
 
 from __future__ import annotations
@@ -133,15 +134,19 @@ class RoIHeads(nn.Module):
         proposals: list[Tensor],
         image_sizes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]] | None = None,
+        *,
+        paste_masks: bool = True,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         """Training: ``([], losses)``; eval: ``(detections with masks, {})``. Each head type supplies
-        ``losses`` and ``detect`` (boxes, scores, labels); masks are attached here for every type."""
+        ``losses`` and ``detect`` (boxes, scores, labels); masks are attached here for every type
+        (``paste_masks=False``: RoI-level ``mask_probs`` instead of pasted ``masks``)."""
         feats = roi_feature_maps(features)
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
             return [], self.losses(feats, proposals, image_sizes, targets)
-        return self.attach_masks(feats, self.detect(feats, proposals, image_sizes), image_sizes), {}
+        detections = self.detect(feats, proposals, image_sizes)
+        return self.attach_masks(feats, detections, image_sizes, paste=paste_masks), {}
 
     def losses(
         self,
@@ -158,14 +163,24 @@ class RoIHeads(nn.Module):
         raise NotImplementedError
 
     def attach_masks(
-        self, features: list[Tensor], results: list[dict[str, Tensor]], image_sizes: list[tuple[int, int]]
+        self,
+        features: list[Tensor],
+        results: list[dict[str, Tensor]],
+        image_sizes: list[tuple[int, int]],
+        paste: bool = True,
     ) -> list[dict[str, Tensor]]:
-        """Paste each detection's mask; with Mask Scoring add ``mask_scores`` (boxes keep ``scores``)."""
+        """Each detection's mask: pasted at input size as ``masks`` [N, 1, H, W], or with ``paste=False``
+        the RoI-level ``mask_probs`` [N, 1, M, M] (inside each box; the predictor pastes them at the
+        original size, which is both faster and what detectron2 does). With Mask Scoring add
+        ``mask_scores`` (boxes keep ``scores``)."""
         probs, ious = self.predict_masks_and_iou(
             features, [r["boxes"] for r in results], [r["labels"] for r in results]
         )
         for i, (r, p, size) in enumerate(zip(results, probs, image_sizes, strict=True)):
-            r["masks"] = paste_masks_in_image(p[:, None], r["boxes"], size, padding=1)
+            if paste:
+                r["masks"] = paste_masks_in_image(p[:, None], r["boxes"], size, padding=1)
+            else:
+                r["mask_probs"] = p[:, None]
             if ious is not None:
                 r["mask_scores"] = rescore_with_mask_iou(r["scores"], ious[i])
         return results

@@ -60,12 +60,15 @@ def test_paper_tta_differs_from_plain_and_each_switch_is_honoured(setup):
     all_off = run.root / "off.json"
     result = invoke("--run-dir", run.root, "--images", images, *PAPER, *off, "--out", all_off)
     assert result.exit_code == 0, result.output
-    # every modification and the flip off: the plain multi-scale test up to the RoI-mask round trip
+    # every modification and the flip off: the plain multi-scale test. Both keep the model's RoI masks and
+    # paste them once at the original size, so the masks are the same too
     got, ref = records(run.root / "off.bbox.json"), records(run.root / "plain.bbox.json")
     assert [(r["image_id"], r["category_id"], r["bbox"]) for r in got] == [
         (r["image_id"], r["category_id"], r["bbox"]) for r in ref
     ]
     assert [r["score"] for r in got] == pytest.approx([r["score"] for r in ref])
+    got, ref = records(run.root / "off.segm.json"), records(run.root / "plain.segm.json")
+    assert [r["segmentation"] for r in got] == [r["segmentation"] for r in ref] and got
 
 
 def test_paper_tta_resumes_to_identical_files(setup):

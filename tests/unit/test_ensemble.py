@@ -99,3 +99,36 @@ def test_ensemble_predictor_fuses_each_image_and_checks_weights():
     assert [o["scores"].tolist() for o in out] == [pytest.approx([0.6])] * 2
     with pytest.raises(LvisctlError, match="3 weights for 2 checkpoints"):
         EnsemblePredictor([Fixed(a), Fixed(b)], EnsembleSettings(weights=(1, 2, 3)))
+
+
+def roi_member(seed, n=12, size=(40, 48)):
+    """A predictor's output with RoI-level masks (what Predictor / TTAPredictor give)."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 20
+    wh = torch.rand(n, 2, generator=g) * 18 + 4
+    return {
+        "boxes": torch.cat([xy, xy + wh], 1),
+        "scores": torch.rand(n, generator=g),
+        "labels": torch.randint(1, 3, (n,), generator=g),
+        "mask_probs": torch.rand(n, 1, 28, 28, generator=g),
+        "mask_scores": torch.rand(n, generator=g) * 0.5,
+        "image_size": torch.tensor(size),
+        "mask_thresh": torch.tensor(0.5),
+    }
+
+
+@pytest.mark.parametrize("method", ["wbf", "nms", "soft-nms"])
+def test_roi_level_members_fuse_like_their_pasted_masks(method):
+    from lvisctl.inference.predictor import full_masks
+
+    members = [roi_member(0), roi_member(1)]
+    members[1]["paste_boxes"] = members[1]["boxes"] + 1  # a paper-TTA member: masks from another box
+    whole = [
+        {**{k: m[k] for k in ("boxes", "scores", "labels", "mask_scores")}, "masks": full_masks(m)}
+        for m in members
+    ]
+    got = fuse_detections(members, (40, 48), method=method, weights=[2, 1])
+    ref = fuse_detections(whole, (40, 48), method=method, weights=[2, 1])
+    for key in ("boxes", "scores", "labels", "mask_scores"):
+        assert torch.allclose(got[key].float(), ref[key].float()), key
+    assert torch.equal(full_masks(got), ref["masks"]) and len(ref["masks"]) > 0

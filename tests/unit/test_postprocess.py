@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from lvisctl.inference.postprocess import crop_counts, masks_to_rles
+from lvisctl.inference.postprocess import crop_counts, masks_to_rles, paste_masks
 
 
 def obvious(probs, boxes, size, thresh=0.5):
@@ -65,3 +65,17 @@ def test_crop_counts_by_hand():
 
 def test_empty_input():
     assert masks_to_rles(torch.zeros(0, 1, 28, 28), torch.zeros(0, 4), (10, 10)) == []
+
+
+@pytest.mark.parametrize("seed,size", [(0, (48, 64)), (3, (61, 37))])
+def test_paste_masks_equal_torchvision_paste_and_places_hold_the_pixels(seed, size):
+    probs, boxes = random_case(seed, 30, size)
+    masks, places = paste_masks(probs, boxes, size, 0.4)
+    assert masks.dtype == torch.bool and masks.shape == (30, *size)
+    assert torch.equal(masks, paste_masks_in_image(probs, boxes, size, padding=1)[:, 0] > 0.4)
+    for m, (x0, y0, x1, y1) in zip(masks, places.tolist(), strict=True):
+        inside = torch.zeros_like(m)
+        inside[y0:y1, x0:x1] = True
+        assert not (m & ~inside).any()  # every pixel lies inside its place
+    empty, none = paste_masks(probs[:0], boxes[:0], size)
+    assert empty.shape == (0, *size) and none.shape == (0, 4)

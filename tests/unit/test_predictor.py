@@ -146,3 +146,83 @@ def test_custom_merge_receives_per_scale_detections():
 def test_top_k_is_stable_for_ties():
     dets = {"scores": torch.tensor([0.5, 0.9, 0.5, 0.5]), "labels": torch.tensor([1, 2, 3, 4])}
     assert top_k(dets, 3)["labels"].tolist() == [2, 1, 3]
+
+
+# ------------------------------------------------------------------------------ RoI-level masks
+class RoIModel(FixedModel):
+    """FixedModel that, like lvisctl's model, gives RoI-level ``mask_probs`` when asked (paste_masks=False).
+
+    Each RoI mask is 0.9 in its left half (columns 0..13 of 28), 0.1 elsewhere."""
+
+    def forward(self, images, paste_masks=True):
+        outputs = super().forward(images)
+        if not paste_masks:
+            for out in outputs:
+                del out["masks"]
+                probs = torch.full((3, 1, 28, 28), 0.1)
+                probs[:, :, :, :14] = 0.9
+                out["mask_probs"] = probs
+        return outputs
+
+
+def test_predictor_keeps_roi_masks_and_pastes_them_at_the_original_size():
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from lvisctl.inference.predictor import full_masks
+
+    predictor = Predictor(RoIModel(), "cpu", scales=(30,), mask_thresh=0.5)
+    assert predictor.roi_masks and not Predictor(FixedModel(), "cpu").roi_masks
+    dets = predictor.predict(torch.rand(3, 60, 100))
+    assert "masks" not in dets and dets["mask_probs"].shape == (3, 1, 28, 28)
+    assert dets["image_size"].tolist() == [60, 100] and float(dets["mask_thresh"]) == 0.5
+    assert dets["boxes"][0].tolist() == [10.0, 6.0, 50.0, 60.0]  # [5, 3, 25, 30] x 2: original pixels
+    masks = full_masks(dets)
+    # pasted once, at 60 x 100 into the original-size boxes (what detectron2 does): not resized from 30 x 50
+    expected = paste_masks_in_image(dets["mask_probs"], dets["boxes"], (60, 100), padding=1)[:, 0] > 0.5
+    assert masks.shape == (3, 60, 100) and torch.equal(masks, expected)
+    # box [10, 6, 50, 60]: its left half is the mask, nothing outside the box
+    assert masks[0, 10:55, 12:28].all() and not masks[0, :, 32:].any() and not masks[0, :5].any()
+    assert torch.equal(full_masks(dets, torch.tensor([2])), masks[2:])
+    # multi-scale: the per-image entries survive the merge, the RoI masks are concatenated and kept
+    merged = Predictor(RoIModel(), "cpu", scales=(30, 60), merge_iou=0.4).predict(torch.rand(3, 60, 100))
+    assert merged["mask_probs"].shape == (4, 1, 28, 28) and merged["image_size"].tolist() == [60, 100]
+
+
+def test_records_from_roi_masks_equal_records_from_full_masks():
+    from lvisctl.data.categories import CategoryMap
+    from lvisctl.inference.predictor import full_masks
+    from lvisctl.inference.results import detections_to_records
+
+    dets = Predictor(RoIModel(), "cpu", scales=(45,)).predict(torch.rand(3, 60, 100))
+    cmap = CategoryMap([5, 6, 7])
+    fast = detections_to_records(1, dets, cmap)
+    whole = {k: v for k, v in dets.items() if k in ("boxes", "scores", "labels")}
+    assert fast == detections_to_records(1, {**whole, "masks": full_masks(dets)}, cmap)
+
+
+def test_real_model_roi_masks_paste_to_its_default_output_and_predictor_rles_are_unchanged():
+    """lvisctl's model: ``paste_masks=False`` gives the probabilities its default call pastes; at a test
+    scale equal to the image size the predictor's RoI path writes the same RLEs as the old paste-at-input
+    path (the paths differ only when the image is resized)."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from lvisctl.data.categories import CategoryMap
+    from lvisctl.inference.results import detections_to_records
+    from tests.unit.test_model_core import tiny_model
+
+    model = tiny_model("inference.score_thresh=0.0").eval()
+    image = torch.rand(3, 64, 96)
+    with torch.no_grad():
+        pasted = model([image])[0]
+        roi = model([image], paste_masks=False)[0]
+    assert "masks" not in roi and roi["mask_probs"].shape[-2:] == (28, 28) and len(roi["boxes"]) > 0
+    assert torch.equal(roi["boxes"], pasted["boxes"])
+    assert torch.equal(
+        paste_masks_in_image(roi["mask_probs"], roi["boxes"], (64, 96), padding=1), pasted["masks"]
+    )
+    cmap = CategoryMap(range(10, 14))
+    new = Predictor(model, "cpu", scales=(64,), max_size=200)
+    old = Predictor(model, "cpu", scales=(64,), max_size=200)
+    old.roi_masks = False  # the model's own paste at input size, then the resize (identity here)
+    records = [detections_to_records(1, p.predict(image), cmap) for p in (new, old)]
+    assert records[0] == records[1] and len(records[0]) == len(roi["boxes"])

@@ -8,6 +8,7 @@ import torch
 
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
+from lvisctl.inference.predictor import full_masks
 from lvisctl.inference.tta import (
     Pass,
     TTAPredictor,
@@ -47,8 +48,10 @@ def settings(**kw):
 
 
 def merge(passes, s, boost=None, k=300, size=(200, 200)):
+    """The merge's output with its RoI-level masks pasted as ``masks`` (what the results encoder writes)."""
     boost = torch.ones(5) if boost is None else boost
-    return paper_merge(passes, s, boost, size, k=k, merge_iou=0.5)
+    out = paper_merge(passes, s, boost, size, k=k, merge_iou=0.5)
+    return {**out, "masks": full_masks(out)}
 
 
 # ------------------------------------------------------------------------------ Soft-NMS
@@ -238,6 +241,46 @@ def test_tta_predictor_runs_every_scale_and_flip_and_unmirrors_boxes():
     model.seen.clear()
     out = predictor.predict(torch.rand(3, 60, 100))
     assert model.seen == [(30, 50), (30, 50), (60, 100), (60, 100)]
-    assert out["masks"].shape[1:] == (60, 100) and out["masks"].dtype == torch.bool
+    masks = full_masks(out)
+    assert masks.shape[1:] == (60, 100) and masks.dtype == torch.bool
     assert out["scores"].tolist() == sorted(out["scores"].tolist(), reverse=True)
     assert [50.0, 6.0, 90.0, 60.0] in out["boxes"].tolist()
+
+
+def test_merged_roi_mask_is_encoded_in_its_source_box():
+    """The paper merge keeps the source pass's RoI mask and box (``paste_boxes``); the results encoder
+    pastes it there, at the original size, not in the kept detection's box."""
+    from lvisctl.data.categories import CategoryMap
+    from lvisctl.inference.results import detections_to_records, encode_masks
+
+    low = make_pass([[20.0, 20, 180, 180]], [0.9], [2], 400, masks=roi("diagonal")[None])
+    high = make_pass([[20.0, 22, 180, 180]], [0.7], [2], 1400, factor=3.5, masks=roi("left")[None])
+    out = paper_merge([low, high], settings(mask_from_best_scale=True), torch.ones(5), (200, 200))
+    assert "masks" not in out and out["paste_boxes"].tolist() == high.boxes.tolist()
+    assert out["boxes"].tolist() == low.boxes.tolist()
+    (record,) = detections_to_records(7, out, CategoryMap([1, 2, 3, 4]))
+    expected = encode_masks(paste_roi_masks(roi("left")[None], high.boxes, (200, 200), 0.5))[0]
+    assert record["segmentation"] == expected and record["bbox"] == [20.0, 20.0, 160.0, 160.0]
+
+
+def test_flipped_pass_roi_masks_match_the_mirrored_pasted_masks_of_the_real_model():
+    """A flipped pass keeps the model's RoI masks mirrored back with the boxes: pasted in the un-mirrored
+    image they equal the model's own pasted masks of the mirrored input, flipped (up to the integer box
+    corners, which are not mirror-symmetric)."""
+    from tests.unit.test_model_core import tiny_model
+
+    model = tiny_model("inference.score_thresh=0.0").eval()
+    image = torch.rand(3, 64, 96)
+    s = TTASettings(scales=(64,), max_size=200, **OFF)
+    predictor = TTAPredictor(model, "cpu", s, torch.ones(5))
+    (p,) = predictor.predict_pass([image], 64, flip=True)
+    assert p.roi_masks.shape[1:] == (28, 28) and len(p) > 0
+    with torch.no_grad():
+        ref = model([image.flip(-1)])[0]
+    order = predictor.kept_order(ref["scores"])
+    mirrored = ref["masks"][order][:, 0].flip(-1) > 0.5
+    mine = paste_roi_masks(p.roi_masks, p.boxes, (64, 96), 0.5)
+    assert (mine == mirrored).float().mean() > 0.995
+    inter = (mine & mirrored).sum(dim=(1, 2)).float()
+    union = (mine | mirrored).sum(dim=(1, 2)).float()
+    assert (inter[union > 20] / union[union > 20]).mean() > 0.98
