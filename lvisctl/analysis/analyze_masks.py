@@ -47,8 +47,7 @@ def oracle_mask_predictor(
     The image is resized as at test time; the RoI masks (box-relative) are pasted with the original
     boxes at the original size and thresholded at 0.5, as the predictor does for detections.
     """
-    from torchvision.models.detection.roi_heads import paste_masks_in_image
-
+    from lvisctl.inference.postprocess import paste_masks
     from lvisctl.inference.predictor import resize_image
     from lvisctl.inference.runner import read_image
 
@@ -63,8 +62,8 @@ def oracle_mask_predictor(
         probs = model.predict_masks(
             features, [(boxes * factor).to(device)], [labels.to(device)], [(ih, iw)], paste=False
         )[0]
-        pasted = paste_masks_in_image(probs.float().cpu(), boxes, (int(h), int(w)), padding=1)
-        return pasted[:, 0] > 0.5
+        # torchvision's paste arithmetic, each mask only inside its box (no [N, H, W] float tensor)
+        return paste_masks(probs.float().cpu(), boxes, (int(h), int(w)), 0.5)[0]
 
     return predict
 
