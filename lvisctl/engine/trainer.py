@@ -215,6 +215,8 @@ def _train(
     )
     if init is not None:  # a resume loads its own weights below
         notes += load_starting_weights(model, init, cfg, data.category_stats)
+    elif state is None:  # a fresh start from ImageNet weights: say what the trunk file did not fill
+        notes += [n for m in model.modules() if (n := getattr(m, "weights_note", ""))]
     frozen = freeze_modules(model, list(cfg.train.freeze))
     model.to(info.device)
     ddp_model = _wrap_ddp(model, cfg, info)

@@ -177,11 +177,12 @@ def _tiny_trunk(width: int, norm: str) -> Trunk:
     return Trunk(stem, stages, chans)
 
 
-def load_backbone_weights(module: nn.Module, path: str, name: str) -> None:
+def load_backbone_weights(module: nn.Module, path: str, name: str) -> str:
     """Load an ImageNet state dict from ``path`` into ``module``; one-line LvisctlError on any mismatch.
 
     Accepts a raw state dict or one under ``state_dict`` / ``model``. Classifier keys (``fc.*``) are
-    ignored; DCN offset convs may be missing (they start at zero by design).
+    ignored; DCN offset convs may be missing (they start at zero by design). Returns the line that says
+    what loaded and what stayed at its initialisation.
     """
     file = Path(path)
     if not file.is_file():
@@ -210,6 +211,12 @@ def load_backbone_weights(module: nn.Module, path: str, name: str) -> None:
     # strict=False only for what was checked above to be absent by design: the classifier (dropped on
     # both sides), DCN offset convs (zero-initialised, ImageNet has none) and BN step counters
     module.load_state_dict(state, strict=False)
+    offsets = sum(1 for k in own if k not in state and ".offset." in k)
+    counters = sum(1 for k in own if k not in state and "num_batches_tracked" in k)
+    kept = [f"{offsets} DCN offset tensors (zero, by design)"] if offsets else []
+    kept += [f"{counters} BatchNorm step counters"] if counters else []
+    line = f"{file}: loaded {len(state)} of {len(own)} backbone tensors ({name})"
+    return line + (f"; left at their initialisation: {', '.join(kept)}" if kept else "")
 
 
 def _freeze(modules: list[list[nn.Module]], freeze_at: int) -> None:
@@ -243,8 +250,7 @@ def build_trunk(bcfg) -> nn.Module:
         raise LvisctlError("model.backbone.stride_in_1x1: only the resnet / resnext backbones have it")
     if name in TORCHVISION_RESNETS or name in RESNEXTS:
         model = _torchvision_resnet(name, norm, dcn, bool(bcfg.get("stride_in_1x1", False)))
-        if bcfg.weights:
-            load_backbone_weights(model, bcfg.weights, name)
+        weights_note = load_backbone_weights(model, bcfg.weights, name) if bcfg.weights else ""
         trunk = _resnet_trunk(model)
         groups = [[trunk.stem], *[[s] for s in trunk.stages]]
     elif name in TIMM_RESNESTS:
@@ -258,8 +264,7 @@ def build_trunk(bcfg) -> nn.Module:
             norm_layer="groupnorm" if norm == "gn" else "batchnorm2d",  # timm's names (32 groups)
         )
         _resnest_dcn(model, dcn)
-        if bcfg.weights:
-            load_backbone_weights(model, bcfg.weights, name)
+        weights_note = load_backbone_weights(model, bcfg.weights, name) if bcfg.weights else ""
         trunk = TimmTrunk(model)
         groups = trunk.stage_modules()
     else:
@@ -268,10 +273,12 @@ def build_trunk(bcfg) -> nn.Module:
                 "model.backbone.weights: the tiny backbone has no ImageNet weights; leave it empty"
             )
         trunk = _tiny_trunk(int(bcfg.tiny_width), norm)
+        weights_note = ""
         groups = [[trunk.stem], *[[s] for s in trunk.stages]]
     if norm == "frozen_bn":
         trunk = _freeze_bn(trunk)
     _freeze(groups, int(bcfg.freeze_at))
+    trunk.weights_note = weights_note  # read by the trainer: what the ImageNet file did and did not load
     return trunk
 
 

@@ -279,6 +279,13 @@ def test_backbone_weights_load_before_freezing(tmp_path):
     assert trunk.stem.bn1.running_mean[0].item() == 0.25  # FrozenBN kept the file's statistics
     assert isinstance(trunk.stages[3][0].conv2, DeformConv3x3)
     assert torch.equal(trunk.stages[3][0].conv2.weight, ref.layer4[0].conv2.weight)
+    # nothing is left unloaded in silence: the DCN offsets (2 blocks x weight + bias) are named
+    offsets = [k for k in trunk.state_dict() if ".offset." in k]
+    assert len(offsets) == 4
+    assert trunk.weights_note == (
+        f"{path}: loaded {len(ref.state_dict()) - 2} of {len(ref.state_dict()) - 2 + 4} backbone tensors "
+        "(resnet18); left at their initialisation: 4 DCN offset tensors (zero, by design)"
+    )
     # freeze_at = 2: stem and res2 frozen, res3 trains
     assert not trunk.stem.conv1.weight.requires_grad
     assert not any(p.requires_grad for p in trunk.stages[0].parameters())
