@@ -83,21 +83,8 @@ def boundary_crop(rle: Mapping[str, Any], dilation_ratio: float = DILATION_RATIO
     x0, y0 = max(int(x) - d - 1, 0), max(int(y) - d - 1, 0)
     x1, y1 = min(int(x + bw) + d + 1, w), min(int(y + bh) + d + 1, h)
     # Crop edges that are not image edges carry only background; padding them as background is exact.
-    kernel = _kernel()
-    if kernel is not None:
-        band = kernel(rle_counts(coded["counts"]), h, x0, y0, x1, y1, d).view(bool)
-    else:
-        band = mask_boundary(decode_crop(coded["counts"], h, x0, y0, x1, y1), d).astype(bool)
+    band = mask_boundary(decode_crop(coded["counts"], h, x0, y0, x1, y1), d).astype(bool)
     return BoundaryCrop(band, x0, y0, int(np.count_nonzero(band)))
-
-
-def _kernel():
-    """The compiled window + band kernel, or None without numba (then numpy does the same)."""
-    try:
-        from lvisctl.evaluation._boundary_kernel import crop_band
-    except ImportError:
-        return None
-    return crop_band
 
 
 def rle_counts(counts: bytes) -> np.ndarray:

@@ -54,18 +54,9 @@ def detection_area(det: Mapping[str, Any]) -> float:
 def _match(ious: np.ndarray, gt_ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Greedy matching of score-sorted dts to ignore-last-sorted gts at every IoU threshold.
 
-    Returns ``dt_matched`` [T, D] (bool) and ``dt_on_ignored_gt`` [T, D], exactly as lvis-api's loop
-    (compiled with numba when it is installed, the same loop in Python otherwise).
+    Returns ``dt_matched`` [T, D] (bool) and ``dt_on_ignored_gt`` [T, D], exactly as lvis-api's loop (in
+    Python: this module is the readable reference; the compiled matcher is ``_stream_kernel``'s).
     """
-    try:
-        from lvisctl.evaluation._boundary_kernel import greedy_match
-    except ImportError:
-        return _match_py(ious, gt_ignore)
-    ious = np.ascontiguousarray(ious, np.float64)
-    return greedy_match(ious, np.ascontiguousarray(gt_ignore, bool), IOU_THRS)
-
-
-def _match_py(ious: np.ndarray, gt_ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     num_dt, num_gt = ious.shape
     dt_m = np.zeros((len(IOU_THRS), num_dt), dtype=bool)
     dt_ig = np.zeros((len(IOU_THRS), num_dt), dtype=bool)

@@ -224,33 +224,3 @@ def test_decode_crop_equals_a_window_of_the_full_decode():
         x1, y1 = int(rng.integers(x0 + 1, w + 1)), int(rng.integers(y0 + 1, h + 1))
         assert np.array_equal(decode_crop(rle["counts"], h, x0, y0, x1, y1), m[y0:y1, x0:x1])
         assert rle_counts(rle["counts"]).sum() == h * w
-
-
-def test_compiled_band_equals_numpy_band():
-    pytest.importorskip("numba")
-    from lvisctl.evaluation._boundary_kernel import crop_band
-    from lvisctl.evaluation.boundary_ap import decode_crop, rle_counts
-
-    rng = np.random.default_rng(2)
-    for _ in range(100):
-        h, w = (int(v) for v in rng.integers(1, 70, 2))
-        m = (rng.uniform(size=(h, w)) > rng.uniform(0.1, 0.9)).astype(np.uint8)
-        rle = mask_utils.encode(np.asfortranarray(m))
-        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
-        x1, y1 = int(rng.integers(x0 + 1, w + 1)), int(rng.integers(y0 + 1, h + 1))
-        d = int(rng.integers(1, 5))
-        expected = mask_boundary(decode_crop(rle["counts"], h, x0, y0, x1, y1), d)
-        assert np.array_equal(crop_band(rle_counts(rle["counts"]), h, x0, y0, x1, y1, d), expected)
-
-
-def test_compiled_matching_equals_python_matching():
-    pytest.importorskip("numba")
-    from lvisctl.evaluation.federated_eval import _match, _match_py
-
-    rng = np.random.default_rng(3)
-    for _ in range(50):
-        nd, ng = (int(v) for v in rng.integers(0, 8, 2))
-        ious = np.round(rng.uniform(0.3, 1.0, (nd, ng)), 2)
-        ignore = np.sort(rng.uniform(size=ng) > 0.7)
-        for a, b in zip(_match(ious, ignore), _match_py(ious, ignore), strict=True):
-            assert np.array_equal(a, b)
