@@ -20,8 +20,9 @@ def list_command() -> None:
     from lvisctl.config.catalog import list_configs
 
     table = Table(title=f"packaged configs ({CONFIG_ROOT})", title_justify="left")
-    table.add_column("name", no_wrap=True)
-    table.add_column("reproduces")
+    # fold, never ellipsize: a name or description cut with "..." is the bug this table had
+    table.add_column("name", overflow="fold")
+    table.add_column("reproduces", overflow="fold")
     for entry in list_configs():
         table.add_row(entry.name, entry.purpose)
     Console(highlight=False).print(table)

@@ -1,9 +1,9 @@
 """The packaged configs: names and one-line purposes (``lvisctl configs list``).
 
 A config's name is its path under ``configs/`` without ``.yaml`` (``stage1/r50_da_eql_rfs``); ``--config``
-takes it from any directory. Its purpose is the first comment line of the file, which says which row of
-the paper's Table 1 / Table 2 it reproduces. ``configs/base.yaml`` and ``configs/_base_/`` are the schema,
-and files whose name starts with ``_`` are pieces other configs include; neither is listed.
+takes it from any directory. Its purpose is the first sentence of the file's header comment, which says
+which row of the paper's Table 1 / Table 2 it reproduces. ``configs/base.yaml`` and ``configs/_base_/`` are
+the schema, and files whose name starts with ``_`` are pieces other configs include; neither is listed.
 """
 
 from __future__ import annotations
@@ -27,13 +27,23 @@ def _listed(path: Path, root: Path) -> bool:
 
 
 def purpose_of(path: Path) -> str:
-    """The first comment line at the top of a config ('' when it has none)."""
+    """The config's description: its leading comment lines up to the first line that ends a sentence.
+
+    Headers wrap at ~110 columns, so a first line may stop mid-sentence ("... Paper:" / "33.2 AP."): the
+    description runs on until a line ends with a full stop (or the comment block ends), never cut.
+    '' when the file does not start with a comment.
+    """
+    parts: list[str] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         stripped = line.strip()
-        if not stripped:
+        if not stripped and not parts:
             continue
-        return stripped.lstrip("#").strip() if stripped.startswith("#") else ""
-    return ""
+        if not stripped.startswith("#"):
+            break
+        parts.append(stripped.lstrip("#").strip())
+        if parts[-1].endswith("."):
+            break
+    return " ".join(p for p in parts if p)
 
 
 def list_configs(root: Path = CONFIG_ROOT) -> list[ConfigEntry]:

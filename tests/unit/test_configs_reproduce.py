@@ -43,7 +43,21 @@ def test_bags_tunefc_trains_only_the_classifier_layer(name):
     }
 
 
-@pytest.mark.parametrize("row", ["gs", "finetune_bags", "gs_hm", "gs_hm_head", "gs_hm_ms", "ms"])
+@pytest.mark.parametrize(
+    "row",
+    [
+        "gs",
+        "gs_hm",
+        "gs_hm_head",
+        "gs_hm_ms",
+        "ms",
+        "htc_gs",
+        "htc_gs_hm",
+        "htc_gs_hm_head",
+        "htc_gs_hm_ms",
+        "htc_ms",
+    ],
+)
 def test_large_model_stage2_variants_use_the_large_schedule(row):
     small, large = load_config(f"stage2/{row}"), load_config(f"stage2/large/{row}")
     assert (small.solver.epochs, list(small.solver.steps), small.solver.weight_decay) == (24, [16, 22], 1e-4)
