@@ -1,7 +1,9 @@
-"""The paper's test-time augmentation (section 3.3): multi-scale + flip with four modifications.
+"""The paper's test-time augmentation (section 3.3): multi-scale testing with four modifications.
 
 ``tta-infer --tta paper`` runs every image at each test scale (``inference.tta.scales``, 400-1400 like
-the multi-scale training) and, with ``inference.tta.flip``, mirrored as well. The passes are merged by
+the multi-scale training; the paper names no test scales, so these and ``valid_ranges`` are lvisctl's
+choices) and, with ``inference.tta.flip`` (off by default: the paper never mentions flip; an extra of
+lvisctl's), mirrored as well. The passes are merged by
 :func:`paper_merge`, where each modification is one config key (paper behaviour by default, each can be
 switched off to ablate it):
 
@@ -9,9 +11,10 @@ switched off to ablate it):
    lies in ``[lo_s, hi_s)``: small boxes come from the high-resolution passes, large boxes from the
    low-resolution ones (a detector is most reliable for objects of its training sizes).
 2. ``rare_boost`` / ``common_boost``: when the passes are merged, scores of rare (common) categories, by
-   the checkpoint's r/c/f table, are multiplied by this factor (capped at 1, the results format's range).
-   Within a category the order is unchanged; what moves is which detections survive the per-image
-   top-300 and the score threshold, in favour of the rare classes.
+   the checkpoint's r/c/f table, are raised by this factor (:func:`boost_scores`: the odds times the
+   factor, about ``score x factor`` for small scores, never above 1). Within a category the order is
+   unchanged; what moves is which detections survive the per-image top-300 and the score threshold, in
+   favour of the rare classes. The paper says "slightly increase"; 1.1 and the odds form are ours.
 3. ``nms_then_soft_nms``: class-wise NMS at ``nms_iou`` (0.7) removes the near-duplicates the passes
    produce, then class-wise Soft-NMS (:func:`soft_nms`, Gaussian by default) decays the remaining
    overlaps instead of deleting them; the top ``detections_per_image`` survive. Off: one class-wise NMS
@@ -37,7 +40,9 @@ own (overlapping, slightly different) box, and an object that pass did not detec
 With Mask Scoring (``mask_scores``), the mask score follows the mask: the final score times the source
 detection's mask-IoU ratio ``mask_score / score``.
 
-:func:`soft_nms` is the public, vectorised class-wise Soft-NMS (equal to ensemble-boxes' ``soft_nms``).
+:func:`soft_nms` (``lvisctl/inference/soft_nms.py``, re-exported here) is the vectorised class-wise
+Soft-NMS. It keeps the same boxes as ensemble-boxes' ``soft_nms``, but its scores are the decayed ones;
+ensemble-boxes returns every kept box with its original, undecayed score.
 """
 
 from __future__ import annotations
@@ -53,124 +58,10 @@ from torch import nn
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
 from lvisctl.inference.predictor import Detections, Predictor
+from lvisctl.inference.soft_nms import SOFT_NMS_METHODS, soft_nms
 
 # Side of the RoI masks cropped from a model that pastes its masks itself (twice the usual 28).
 ROI_MASK_SIZE = 56
-_SOFT_NMS_METHODS = ("gaussian", "linear")
-
-
-# ------------------------------------------------------------------------------ Soft-NMS
-def soft_nms(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    method: str = "gaussian",
-    sigma: float = 0.5,
-    iou_thresh: float = 0.3,
-    score_thresh: float = 0.001,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class-wise Soft-NMS (Bodla et al. 2017): ``(keep, new_scores)``.
-
-    ``boxes`` float[N, 4] xyxy, ``scores`` float[N], ``labels`` int[N]. Within each class the highest
-    remaining box is taken and every other remaining box's score decays by ``exp(-iou^2 / sigma)``
-    (gaussian) or by ``1 - iou`` when ``iou > iou_thresh`` (linear); a box survives while its decayed
-    score is above ``score_thresh``. ``keep`` are the survivors' indices in descending order of their
-    decayed scores ``new_scores``.
-
-    Vectorised over classes: all classes advance one step together, so the loop runs as many times as
-    the largest class has boxes. Classes are batched by ceil(log2(count)), so padding at most doubles the
-    work, and a batch's pairwise decay factors are computed once when they fit in memory.
-    """
-    if method not in _SOFT_NMS_METHODS:
-        raise ValueError(f"soft_nms method must be one of {_SOFT_NMS_METHODS}, got {method!r}")
-    n = int(scores.numel())
-    dtype = torch.promote_types(scores.dtype, torch.float32)
-    if n == 0:
-        return torch.zeros(0, dtype=torch.int64, device=scores.device), scores.new_zeros(0, dtype=dtype)
-    boxes, scores = boxes.to(dtype), scores.to(dtype)
-    _, cls, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-    by_class = torch.argsort(cls, stable=True)  # box indices grouped by class
-    starts = torch.cumsum(counts, 0) - counts
-    position = torch.empty_like(by_class)
-    position[by_class] = torch.arange(n, device=labels.device) - starts[cls[by_class]]
-    bucket = torch.ceil(torch.log2(counts.to(torch.float64))).long()
-    final = torch.full((n,), -math.inf, dtype=dtype, device=scores.device)
-    for b in torch.unique(bucket).tolist():
-        classes = torch.nonzero(bucket == b).flatten()
-        row_of = torch.full((counts.numel(),), -1, dtype=torch.int64, device=labels.device)
-        row_of[classes] = torch.arange(classes.numel(), device=labels.device)
-        members = torch.nonzero(row_of[cls] >= 0).flatten()
-        width = int(counts[classes].max())
-        index = torch.full((classes.numel(), width), -1, dtype=torch.int64, device=labels.device)
-        index[row_of[cls[members]], position[members]] = members
-        final_b = _soft_nms_padded(boxes, scores, index, method, sigma, iou_thresh, score_thresh)
-        valid = index >= 0
-        final[index[valid]] = final_b[valid]
-    kept = torch.nonzero(final > score_thresh).flatten()
-    order = torch.sort(final[kept], descending=True, stable=True).indices
-    return kept[order], final[kept[order]]
-
-
-def _soft_nms_padded(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    index: torch.Tensor,
-    method: str,
-    sigma: float,
-    iou_thresh: float,
-    score_thresh: float,
-) -> torch.Tensor:
-    """Soft-NMS of C classes at once. ``index`` [C, W] holds each class's box indices (-1 = padding).
-    Returns [C, W] each box's score when it was taken (-inf for padding / boxes never taken)."""
-    valid = index >= 0
-    b = boxes[index.clamp(min=0)]  # [C, W, 4]
-    current = torch.where(valid, scores[index.clamp(min=0)], torch.full_like(b[..., 0], -math.inf))
-    taken = torch.full_like(current, -math.inf)
-    # The decay factors of every pair, computed once, when they fit in memory; else row by row.
-    decay_all = (
-        _decay(b[:, :, None], b[:, None], method, sigma, iou_thresh)
-        if b.shape[0] * b.shape[1] ** 2 <= _PAIRS_IN_MEMORY
-        else None
-    )
-    rows = torch.arange(index.shape[0], device=index.device)
-    for _ in range(index.shape[1]):
-        best, arg = current.max(dim=1)
-        active = best > score_thresh  # once a class's best is below the threshold, so is everything left
-        if bool(active.all()):
-            r, a = rows, arg
-        elif bool(active.any()):
-            r, a = rows[active], arg[active]
-        else:
-            break
-        taken[r, a] = best[r]
-        current[r, a] = -math.inf
-        decay = (
-            decay_all[r, a]
-            if decay_all is not None
-            else _decay(b[r, a][:, None], b[r], method, sigma, iou_thresh)
-        )
-        rest = current[r]
-        current[r] = torch.where(torch.isfinite(rest), rest * decay, rest)  # -inf * 0 would be nan
-    return taken
-
-
-# Pairs (classes x boxes x boxes) up to which a Soft-NMS batch precomputes all decay factors.
-_PAIRS_IN_MEMORY = 1 << 22
-
-
-def _decay(a: torch.Tensor, b: torch.Tensor, method: str, sigma: float, iou_thresh: float) -> torch.Tensor:
-    """Soft-NMS score factor of boxes ``b`` given the taken boxes ``a`` (broadcast, [..., 4])."""
-    w = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
-    h = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
-    inter = w * h
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    union = area_a + area_b - inter
-    iou = torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0)
-    if method == "gaussian":
-        return torch.exp(-(iou * iou) / sigma)
-    return torch.where(iou > iou_thresh, 1 - iou, torch.ones_like(iou))
 
 
 # ------------------------------------------------------------------------------ settings
@@ -180,7 +71,7 @@ class TTASettings:
 
     scales: tuple[int, ...] = (400, 600, 800, 1000, 1200, 1400)
     max_size: int = 2333
-    flip: bool = True
+    flip: bool = False  # not in the paper: an extra, off by default
     range_filter: bool = True
     valid_ranges: tuple[tuple[float, float], ...] = (
         (64, math.inf),
@@ -244,9 +135,9 @@ class TTASettings:
                 f"scales {list(self.scales)}; give one [lo, hi] per scale or set "
                 "inference.tta.range_filter=false"
             )
-        if self.soft_nms_method not in _SOFT_NMS_METHODS:
+        if self.soft_nms_method not in SOFT_NMS_METHODS:
             raise LvisctlError(
-                f"inference.tta.soft_nms_method: {self.soft_nms_method!r} is not one of {_SOFT_NMS_METHODS}"
+                f"inference.tta.soft_nms_method: {self.soft_nms_method!r} is not one of {SOFT_NMS_METHODS}"
             )
         if self.range_filter:
             uncovered = covered_gaps(self.valid_ranges)
@@ -277,6 +168,17 @@ def class_boost(stats: CategoryStats, settings: TTASettings) -> torch.Tensor:
         for i, freq in enumerate(stats.frequency, start=1):
             factor[i] = {"r": settings.rare_factor, "c": settings.common_factor}.get(freq, 1.0)
     return factor
+
+
+def boost_scores(scores: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    """Modification 2 without ties: the score's odds ``s / (1 - s)`` times ``factor``.
+
+    ``s * f / (1 + (f - 1) * s)`` is ``s * f`` for small scores (a rare detection at 0.05 becomes 0.055
+    with f = 1.1), stays in [0, 1] (the results format's range) and is strictly increasing in ``s``, so the
+    order within a class, which AP is computed from, never changes. ``(s * f).clamp(max=1)`` tied every
+    rare score above 1 / f at 1.0 and so scrambled their order.
+    """
+    return scores * factor / (1 + (factor - 1) * scores)
 
 
 # ------------------------------------------------------------------------------ passes and merge
@@ -411,7 +313,7 @@ def paper_merge(
     candidates = torch.arange(scores.numel())
     if settings.range_filter and candidates.numel():
         candidates = candidates[in_valid_range(passes, settings)]
-    boosted = (scores[candidates] * boost[labels[candidates]]).clamp(max=1.0)
+    boosted = boost_scores(scores[candidates], boost[labels[candidates]])
     order, final_scores = merge_boxes(
         boxes[candidates], boosted, labels[candidates], settings, merge_iou=merge_iou, k=k
     )

@@ -27,7 +27,7 @@ def test_paper_tta_writes_registered_results_that_lvis_api_and_submit_take(setup
     segm_art = run.latest("predictions")
     assert segm_art.path == "predictions/val_stage2_final_s40-56_paper.segm.json"
     assert segm_art.meta["tta"] == "paper" and segm_art.meta["scales"] == [40, 56]
-    assert segm_art.config["inference"]["tta"]["flip"] is True
+    assert segm_art.config["inference"]["tta"]["flip"] is False  # the paper never mentions flip
     segm = records(run.resolve(segm_art))
     assert {r["image_id"] for r in segm} == {1, 2, 3}
     assert all(sum(r["image_id"] == i for r in segm) <= 300 for i in (1, 2, 3))

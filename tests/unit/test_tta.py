@@ -154,9 +154,45 @@ def test_rare_score_is_boosted_when_merging():
     assert boost.tolist() == pytest.approx([1.0, 1.1, 1.05, 1.0, 1.1])
     p = make_pass([[0.0, 0, 50, 50], [60, 60, 90, 90], [0, 0, 20, 20]], [0.5, 0.52, 0.95], [1, 3, 4], 400)
     out = merge([p], s, boost, k=2)
-    assert out["labels"].tolist() == [4, 1]  # the rare 0.5 (-> 0.55) beats the frequent 0.52 for the top 2
-    assert out["scores"].tolist() == pytest.approx([1.0, 0.55])  # 0.95 * 1.1 capped at 1
+    assert out["labels"].tolist() == [4, 1]  # the rare 0.5 (-> 0.524) beats the frequent 0.52 for the top 2
+    # odds x 1.1: 0.95 -> 0.9543 (never above 1), 0.5 -> 0.5238
+    assert out["scores"].tolist() == pytest.approx([0.95 * 1.1 / 1.095, 0.55 / 1.05])
     assert merge([p], settings(), class_boost(stats, settings()), k=2)["labels"].tolist() == [4, 3]
+
+
+def test_rare_boost_keeps_the_order_of_high_rare_scores():
+    """(s x 1.1).clamp(max=1) tied every rare score above 1/1.1 at 1.0; AP ranks by them, so no ties."""
+    from lvisctl.inference.tta import boost_scores
+
+    high = torch.tensor([0.92, 0.95, 0.97, 0.99, 0.999])
+    boosted = boost_scores(high, 1.1)
+    assert (torch.diff(boosted) > 0).all() and (boosted <= 1).all() and (boosted > high).all()
+    low = torch.tensor([0.001, 0.01, 0.05])
+    assert boost_scores(low, 1.1).tolist() == pytest.approx((low * 1.1).tolist(), rel=0.006)  # ~ x1.1
+    assert boost_scores(high, 1.0).tolist() == pytest.approx(high.tolist())
+    # through the merge: five rare detections (no overlap) keep their order and stay distinct
+    boxes = [[i * 30.0, 0, i * 30 + 20, 20] for i in range(5)]
+    p = make_pass(boxes, high.tolist(), [1] * 5, 400)
+    stats = CategoryStats.from_dict(
+        {
+            "cat_ids": [1],
+            "names": ["a"],
+            "image_count": [1],
+            "instance_count": [1],
+            "frequency": ["r"],
+            "num_images": 5,
+        }
+    )
+    out = merge([p], settings(rare_boost=True), class_boost(stats, settings(rare_boost=True)))
+    assert out["boxes"][:, 0].tolist() == [120.0, 90.0, 60.0, 30.0, 0.0]
+    assert len(set(out["scores"].tolist())) == 5
+
+
+def test_paper_tta_flip_is_off_by_default():
+    assert TTASettings().flip is False
+    from lvisctl.config import load_config
+
+    assert load_config(None, ["inference.tta.mode=paper"]).inference.tta.flip is False
 
 
 # ------------------------------------------------------------------------------ modification 3
@@ -233,7 +269,7 @@ def test_mask_scores_follow_the_mask_source():
 # ------------------------------------------------------------------------------ predictor
 def test_tta_predictor_runs_every_scale_and_flip_and_unmirrors_boxes():
     model = FixedModel()
-    s = TTASettings(scales=(30, 60), max_size=1333, **OFF)
+    s = TTASettings(scales=(30, 60), max_size=1333, flip=True, **OFF)  # flip: an extra, asked for here
     predictor = TTAPredictor(model, "cpu", s, torch.ones(4))
     (flipped,) = predictor.predict_pass([torch.rand(3, 60, 100)], 30, flip=True)
     # input 30x50; the model's [5,3,25,30] in the mirrored input is [25,3,45,30] unmirrored, x2
