@@ -77,6 +77,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # data.extra_per_epoch / extra_loss_weight: checked by lvisctl.data.self_training, which owns them
     "model.backbone.freeze_at": (lambda v: v in range(6), "0..5"),
     "model.backbone.dcn_stages": _stages(),
+    "model.rpn.ignore_iof_thresh": _open_fraction(),
     "inference.scales": _sizes(),
     "inference.max_size": _positive(),
     "inference.batch_size": _at_least(1),

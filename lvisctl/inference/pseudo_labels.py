@@ -5,9 +5,10 @@ Two sources, one selection step each (``lvisctl pseudolabel SOURCE``):
 * **``lvis``: missing annotations on LVIS train** (file mode ``missing``). LVIS is federated: an object of
   a category that was not exhaustively annotated on an image can be present without a label, and the
   detector is then punished for finding it. The model is run on the training images; confident
-  detections whose box overlaps no ground-truth box, of a category that can be missing there (listed in
-  the image's ``not_exhaustive_category_ids``, or not verified at all: neither annotated nor in
-  ``neg_category_ids``), are kept as *pseudo labels* and treated as missing annotations: in the next
+  detections whose box overlaps no ground-truth box (the paper's rule), of a category that can be missing
+  there (listed in the image's ``not_exhaustive_category_ids``, or not verified at all: neither annotated
+  nor in ``neg_category_ids``; lvisctl's addition, ``pseudolabel.category_filter: false`` drops it), are
+  kept as *pseudo labels* and treated as missing annotations: in the next
   training run, anchors and proposals with a large IoU to one of them are ignored
   (``target["ignore_boxes"]``, see ``model.roi_heads.ignore_iou`` and :mod:`lvisctl.modeling.rpn`).
 * **``openimages`` / ``images``: extra unlabeled images** (file mode ``unlabeled``; Open Images in the
@@ -207,6 +208,9 @@ class Selector:
     gt_categories: Mapping[int, set[int]] | None = None
     max_gt_iou: float = 0.0
     max_per_image: int = 50
+    # lvisctl's addition, not the paper's ("pseudo labels of bounding boxes that do not have overlap with
+    # ground truth"): keep only categories that can be missing on the image (pseudolabel.category_filter)
+    category_filter: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("missing", "unlabeled"):
@@ -214,17 +218,23 @@ class Selector:
 
     @classmethod
     def for_data(
-        cls, data: Any, mode: str, score_thresh: Mapping[int, float], max_gt_iou: float, max_per_image: int
+        cls,
+        data: Any,
+        mode: str,
+        score_thresh: Mapping[int, float],
+        max_gt_iou: float,
+        max_per_image: int,
+        category_filter: bool = True,
     ) -> Selector:
         """The rule for the images of ``data`` (an ``LvisData``; its annotations count for LVIS)."""
         anns = data.anns_by_image if mode == "missing" else {}
         boxes = {i: [a["bbox"] for a in group] for i, group in anns.items()}
         cats = {i: {a["category_id"] for a in group} for i, group in anns.items()}
-        return cls(mode, score_thresh, data.images, boxes, cats, max_gt_iou, max_per_image)
+        return cls(mode, score_thresh, data.images, boxes, cats, max_gt_iou, max_per_image, category_filter)
 
     def select(self, image_id: int, recs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         """The records of one image that become pseudo labels (module docstring)."""
-        if self.mode == "missing":
+        if self.mode == "missing" and self.category_filter:
             annotated = (self.gt_categories or {}).get(image_id, set())
             image = self.images.get(image_id, {})
             recs = [r for r in recs if can_be_missing(image, int(r["category_id"]), annotated)]
@@ -568,8 +578,9 @@ def make_pseudo_labels(
         if not pred.is_main or pred.artifact is None:
             outcome.incomplete = pred.is_main  # rank 0 without predictions: max_chunks stopped it
             return outcome
+        category_filter = _category_filter(ckpt, overrides)
         selector = Selector.for_data(
-            gt, mode, score_thresh.by_category(categories), max_gt_iou, max_per_image
+            gt, mode, score_thresh.by_category(categories), max_gt_iou, max_per_image, category_filter
         )
         scores = ScoreSample({c["id"]: c["frequency"] for c in categories})
         num_labels, num_images = write_pseudo_labels(
@@ -583,6 +594,7 @@ def make_pseudo_labels(
             "images": str(info.path),
             "checkpoint": outcome.checkpoint,
             "score_thresh": str(score_thresh),
+            **({"category_filter": category_filter} if mode == "missing" else {}),
             "num_labels": num_labels,
             "num_images": num_images,
             "skipped_images": outcome.skipped.count,
@@ -591,6 +603,13 @@ def make_pseudo_labels(
         inputs = [pred.artifact, ckpt_art if hasattr(ckpt_art, "sha256") else ckpt_path, info.path]
         outcome.artifact = run.register("pseudo-labels", out_path, inputs=inputs, meta=meta)
         return outcome
+
+
+def _category_filter(ckpt: Mapping[str, Any], overrides: Sequence[str]) -> bool:
+    """``pseudolabel.category_filter`` of the checkpoint's config with the command's overrides."""
+    from lvisctl.inference.predictor import checkpoint_config
+
+    return bool(checkpoint_config(dict(ckpt), overrides).pseudolabel.category_filter)
 
 
 def _tell(on_note: Callable[[str], None] | None, lines: Iterable[str]) -> None:

@@ -163,7 +163,7 @@ def build_rpn(rpn_cfg, channels: int) -> WeightedRPN:
     round_anchors = bool(rpn_cfg.get("anchor_round", True))
     anchors = AnchorGenerator(sizes, ratios) if round_anchors else UnroundedAnchorGenerator(sizes, ratios)
     head = RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=int(rpn_cfg.head_convs))
-    return WeightedRPN(
+    rpn = WeightedRPN(
         anchors,
         head,
         fg_iou_thresh=float(rpn_cfg.fg_iou_thresh),
@@ -180,6 +180,8 @@ def build_rpn(rpn_cfg, channels: int) -> WeightedRPN:
         },
         nms_thresh=float(rpn_cfg.nms_thresh),
     )
+    rpn.ignore_iof_thresh = float(rpn_cfg.ignore_iof_thresh)  # self-training's anchor ignore rule
+    return rpn
 
 
 def build_mask_head(

@@ -42,7 +42,7 @@ def ignore_anchor_labels(labels: Tensor, anchors: Tensor, ignore_boxes: Tensor, 
 
 class WeightedRPN(RegionProposalNetwork):
     _image_weights: list[float] | None = None
-    ignore_iof_thresh: float = 0.5  # mmdet's ignore_iof_thr in its configs that use ignore regions
+    ignore_iof_thresh: float = 0.5  # set from model.rpn.ignore_iof_thresh by build_rpn
 
     def assign_targets_to_anchors(
         self, anchors: list[Tensor], targets: list[dict[str, Tensor]]

@@ -258,6 +258,21 @@ def test_lvis_missing_annotations_recall_of_known_hidden_instances(hidden_lvis, 
     assert check.exit_code == 0, check.output
 
 
+def test_lvis_category_filter_off_is_recorded_and_keeps_at_least_as_many(hidden_lvis, tmp_path, monkeypatch):
+    from lvisctl.inference import runner
+
+    run = RunDir(tmp_path / "run")
+    _lvis_checkpoint(run, hidden_lvis["train"])
+    train = json.loads(hidden_lvis["train"].read_text())
+    monkeypatch.setattr(runner, "run_chunk", _oracle_run_chunk(train, hidden_lvis["hidden"]))
+    assert invoke("lvis", "--run-dir", run.root, "--out", "on.json").exit_code == 0
+    off = invoke("lvis", "--run-dir", run.root, "--out", "off.json", "pseudolabel.category_filter=false")
+    assert off.exit_code == 0, off.output
+    on_art, off_art = (run.latest("pseudo-labels", category_filter=v) for v in (True, False))
+    assert on_art.path.endswith("on.json") and off_art.path.endswith("off.json")
+    assert off_art.meta["num_labels"] >= on_art.meta["num_labels"]
+
+
 def test_lvis_with_the_real_model_validates(hidden_lvis, tmp_path):
     run = RunDir(tmp_path / "run")
     _lvis_checkpoint(run, hidden_lvis["train"])

@@ -190,3 +190,17 @@ def test_score_sample_is_bounded():
     )
     median = float(lines[0].split("p50 ")[1].split(",")[0])
     assert 0.35 < median < 0.65  # a uniform sample of a uniform distribution
+
+
+def test_category_filter_is_a_switch():
+    """pseudolabel.category_filter (lvisctl's addition) on: only categories that can be missing; off: the
+    paper's rule, every confident box that overlaps no ground truth."""
+    from lvisctl.config import load_config
+    from lvisctl.inference.pseudo_labels import Selector
+
+    assert load_config(None).pseudolabel.category_filter is True
+    image = {"id": 1, "width": 50, "height": 50, "neg_category_ids": [7], "not_exhaustive_category_ids": [4]}
+    preds = [{"image_id": 1, "category_id": c, "bbox": [30, 30, 5, 5], "score": 0.9} for c in (4, 5, 7, 9)]
+    args = ("missing", 0.5, {1: image}, {1: [[0, 0, 5, 5]]}, {1: {4, 5}}, 0.0, 50)
+    assert [r["category_id"] for r in Selector(*args).select(1, preds)] == [4, 9]
+    assert [r["category_id"] for r in Selector(*args, category_filter=False).select(1, preds)] == [4, 5, 7, 9]

@@ -84,3 +84,25 @@ def test_training_forward_drops_ignored_anchors_from_the_loss():
     assert torch.allclose(ignored["loss_objectness"], expected)
     # the box loss of the one positive is normalised by the sampled anchors: 64 without, 43 with
     assert torch.allclose(ignored["loss_rpn_box_reg"] * 43, plain["loss_rpn_box_reg"] * 64)
+
+
+def test_ignore_threshold_is_the_config_key():
+    """model.rpn.ignore_iof_thresh (lvisctl's addition; 0.5 = mmdet's ignore_iof_thr) reaches the RPN."""
+    import pytest
+
+    from lvisctl.config import load_config
+    from lvisctl.errors import LvisctlError
+    from lvisctl.modeling import build_model
+    from tests.unit.test_model_core import TINY, make_stats
+
+    assert load_config(None).model.rpn.ignore_iof_thresh == 0.5
+    model = build_model(load_config(None, [*TINY, "model.rpn.ignore_iof_thresh=0.8"]), make_stats())
+    assert model.rpn.ignore_iof_thresh == 0.8
+    # an anchor half inside an ignore box: ignored at 0.5, kept as a negative at 0.8
+    anchors = torch.tensor([[0.0, 0, 10, 10]])
+    ignore = torch.tensor([[5.0, 0, 30, 30]])
+    labels = torch.zeros(1)
+    assert ignore_anchor_labels(labels, anchors, ignore, 0.5).tolist() == [-1.0]
+    assert ignore_anchor_labels(labels, anchors, ignore, model.rpn.ignore_iof_thresh).tolist() == [0.0]
+    with pytest.raises(LvisctlError, match=r"model.rpn.ignore_iof_thresh must be in \(0, 1\]"):
+        load_config(None, ["model.rpn.ignore_iof_thresh=0"])
