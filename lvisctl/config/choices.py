@@ -37,6 +37,10 @@ CHOICES: dict[str, dict[str, str]] = {
         "cascade": "Cascade Mask R-CNN: three box stages with rising IoU thresholds",
         "htc": "Hybrid Task Cascade without the semantic branch (Table 1's HTC)",
     },
+    "model.roi_heads.cascade.test_mask": {
+        "mean": "mean of all stages' mask probabilities (mmdet's HTC / Cascade Mask R-CNN test)",
+        "last": "the last stage's mask only (detectron2's Cascade Mask R-CNN)",
+    },
     "model.roi_heads.cls_loss": {
         "softmax": "softmax cross-entropy",
         "sigmoid": "per-class sigmoid binary cross-entropy",

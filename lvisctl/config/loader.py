@@ -263,11 +263,37 @@ def resolve_config_path(value: str | Path) -> Path:
     )
 
 
+# Keys whose default changed behaviour when they were added: a saved config without them was trained
+# (and is evaluated) with the value here, not with today's default.
+BEHAVIOUR_BEFORE_KEY: dict[str, Any] = {
+    "model.roi_heads.cascade.sampling_ratio": 2,
+    "model.roi_heads.cascade.aligned": False,
+    "model.roi_heads.cascade.smooth_l1_beta": 1 / 9,
+    "model.roi_heads.cascade.test_mask": "last",
+}
+
+
+def _keep_old_behaviour(saved: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(saved))
+    if not isinstance(out.get("model"), Mapping):
+        return out
+    for dotted, value in BEHAVIOUR_BEFORE_KEY.items():
+        node: Any = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
+    return out
+
+
 def upgrade_saved_config(saved: Mapping[str, Any]) -> Any:
-    """A config saved in a checkpoint, as today's code reads it: old keys moved (``ALIASES``) and keys
+    """A config saved in a checkpoint, as today's code reads it: old keys moved (``ALIASES``), keys whose
+    addition changed behaviour set to the old behaviour (``BEHAVIOUR_BEFORE_KEY``) and the other keys
     added since it was written filled with their defaults. Not validated (it was when it was saved)."""
     schema = _load_with_bases(BASE_CONFIG)
-    return Config.wrap(deep_merge(schema, apply_aliases(saved, "checkpoint config")))
+    saved = _keep_old_behaviour(apply_aliases(saved, "checkpoint config"))
+    return Config.wrap(deep_merge(schema, saved))
 
 
 def load_config(

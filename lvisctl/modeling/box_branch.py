@@ -28,7 +28,9 @@ from lvisctl.modeling.mask_assign import fpn_levels
 from lvisctl.modeling.poolers import boxes_to_rois
 from lvisctl.modeling.sampling import RoISamples, proposal_weights
 
-SMOOTH_L1_BETA = 1 / 9  # torchvision's Mask R-CNN box loss
+SMOOTH_L1_BETA = (
+    1 / 9
+)  # torchvision's Mask R-CNN box loss; the builder sets each head type's (model.roi_heads)
 
 
 class BoxBranch:
@@ -45,6 +47,7 @@ class BoxBranch:
         self.num_classes = num_classes
         self.class_agnostic = class_agnostic
         self.box_coder = det_utils.BoxCoder(tuple(float(w) for w in bbox_reg_weights))
+        self.smooth_l1_beta = SMOOTH_L1_BETA
 
     def modules(self) -> dict[str, nn.Module]:
         """Modules to register on the holder, by state-dict name."""
@@ -73,7 +76,7 @@ class BoxBranch:
         reg_targets = torch.cat(self.box_coder.encode(samples.matched_gt_boxes(targets), samples.boxes))
         pos = torch.where(labels > 0)[0]
         pred = self.select(deltas, labels)[pos]
-        reg = F.smooth_l1_loss(pred, reg_targets[pos], beta=SMOOTH_L1_BETA, reduction="none").sum(dim=1)
+        reg = F.smooth_l1_loss(pred, reg_targets[pos], beta=self.smooth_l1_beta, reduction="none").sum(dim=1)
         if weights is not None:
             reg = reg * weights[pos]
         # torchvision normalises by the number of sampled proposals, not by the positives

@@ -97,7 +97,8 @@ def _deform_pool(rcfg: Config, channels: int) -> nn.Module:
     return DeformRoIPool(
         channels,
         output_size=int(rcfg.pooler_resolution),
-        sampling_ratio=int(rcfg.sampling_ratio),
+        # a fixed sample count: mmdet's adaptive 0 (cascade.sampling_ratio) becomes 2, lvisctl's choice
+        sampling_ratio=int(rcfg.sampling_ratio) or 2,
         gamma=float(rcfg.deform_gamma),
         hidden_channels=int(rcfg.deform_hidden_channels),
         aligned=bool(rcfg.aligned),
@@ -247,7 +248,9 @@ def build_box_branch(
     weights = tuple(float(w) for w in bbox_reg_weights)
     if len(weights) != 4:
         raise LvisctlError(f"model.roi_heads: box-coder weights need 4 values, got {list(bbox_reg_weights)}")
-    return BoxBranch(build_box_extractor(rcfg, channels), head, cls_loss, k, weights, class_agnostic)
+    branch = BoxBranch(build_box_extractor(rcfg, channels), head, cls_loss, k, weights, class_agnostic)
+    branch.smooth_l1_beta = float(rcfg.smooth_l1_beta)
+    return branch
 
 
 def build_sampler(rcfg: Config, fg_iou: float, bg_iou: float) -> ProposalSampler:
@@ -290,9 +293,25 @@ def _cascade_settings(ccfg: Config) -> tuple[list[float], list[float], list[list
     return ious, weights, reg
 
 
+# model.roi_heads.cascade.test_mask -> CascadeRoIHeads' test_mask (the heads implement both)
+TEST_MASKS: dict[str, str] = {"mean": "mean", "last": "last"}
+
+
+def cascade_view(mcfg: Config) -> Config:
+    """``mcfg`` with the cascade's own RoIAlign and SmoothL1 settings (``roi_heads.cascade.*``, mmdet's HTC
+    values) in place of the standard head's (torchvision's), so every builder below reads one place."""
+    from lvisctl.config.loader import Config as ConfigDict
+    from lvisctl.config.loader import deep_merge
+
+    c = mcfg.roi_heads.cascade
+    own = {"sampling_ratio": c.sampling_ratio, "aligned": c.aligned, "smooth_l1_beta": c.smooth_l1_beta}
+    return ConfigDict.wrap(deep_merge(mcfg, {"roi_heads": own}))
+
+
 def _build_cascade(
     mcfg: Config, stats: CategoryStats, channels: int, test_cfg: Config, *, htc: bool
 ) -> RoIHeads:
+    mcfg = cascade_view(mcfg)
     rcfg = mcfg.roi_heads
     ious, weights, reg = _cascade_settings(rcfg.cascade)
     last = len(ious) - 1
@@ -317,7 +336,14 @@ def _build_cascade(
         )
         for i, iou in enumerate(ious)
     ]
-    return CascadeRoIHeads(stages, weights, build_postprocess(test_cfg), interleaved=htc, mask_flow=htc)
+    return CascadeRoIHeads(
+        stages,
+        weights,
+        build_postprocess(test_cfg),
+        interleaved=htc,
+        mask_flow=htc,
+        test_mask=pick("model.roi_heads.cascade.test_mask", TEST_MASKS, rcfg.cascade.test_mask),
+    )
 
 
 ROI_HEADS: dict[str, Callable[[Config, CategoryStats, int, Config], RoIHeads]] = {
@@ -336,6 +362,7 @@ CHOICE_TABLES: dict[str, Mapping[str, Any]] = {
     "model.mask_head.loss": MASK_LOSSES,
     "model.mask_head.level_assign": MASK_LEVEL_ASSIGNS,
     "model.mask_head.eq1_box_rule": EQ1_BOX_RULES,
+    "model.roi_heads.cascade.test_mask": TEST_MASKS,
 }
 
 

@@ -268,8 +268,10 @@ class CascadeRoIHeads(RoIHeads):
     the features of heads 0..i-1 run on the same RoI features. Losses are ``s{i}.loss_*`` times w_i.
     Test: each stage classifies and refines; the scores are the mean of all stages' class scores (as
     detectron2's ``CascadeROIHeads``; mmdet averages the logits instead, which does not fit sigmoid / BAGS
-    classifiers), boxes are the last stage's regression, masks come from the last stage's mask branch
-    (after the earlier heads with the flow).
+    classifiers), boxes are the last stage's regression. Masks (``test_mask``): ``mean`` = every stage's
+    mask head run on the final boxes (with the flow, after the earlier heads) and their probabilities
+    averaged, as the HTC code does (mmdet ``HybridTaskCascadeRoIHead.simple_test`` + ``merge_aug_masks``);
+    ``last`` = the last stage's mask only (detectron2's cascade). Mask Scoring's IoU is the last stage's.
     """
 
     def __init__(
@@ -280,6 +282,7 @@ class CascadeRoIHeads(RoIHeads):
         *,
         interleaved: bool,
         mask_flow: bool,
+        test_mask: str = "mean",
     ) -> None:
         super().__init__()
         if len(stages) != len(stage_loss_weights) or not stages:
@@ -288,6 +291,9 @@ class CascadeRoIHeads(RoIHeads):
         self.stage_loss_weights = [float(w) for w in stage_loss_weights]
         self.post = post
         self.interleaved, self.mask_flow = interleaved, mask_flow
+        if test_mask not in ("mean", "last"):
+            raise ValueError(f"test_mask must be 'mean' or 'last', got {test_mask!r}")
+        self.test_mask = test_mask
         self.layout = "htc" if interleaved and mask_flow else "cascade"
 
     def last_mask_branch(self) -> MaskBranch:
@@ -301,7 +307,14 @@ class CascadeRoIHeads(RoIHeads):
         self, features: list[Tensor], boxes: list[Tensor], labels: list[Tensor]
     ) -> tuple[list[Tensor], list[Tensor] | None]:
         last = len(self.stages) - 1
-        return self.stages[last].mask.predict(features, boxes, labels, self.previous_mask_heads(last))
+        probs, ious = self.stages[last].mask.predict(features, boxes, labels, self.previous_mask_heads(last))
+        if self.test_mask == "last" or last == 0:
+            return probs, ious
+        earlier = [
+            self.stages[i].mask.predict(features, boxes, labels, self.previous_mask_heads(i))[0]
+            for i in range(last)
+        ]
+        return [torch.stack(per_stage).mean(dim=0) for per_stage in zip(*earlier, probs, strict=True)], ious
 
     def losses(
         self,

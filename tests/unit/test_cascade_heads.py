@@ -110,7 +110,7 @@ def test_test_time_scores_are_the_mean_of_the_stages_scores():
 
 
 def test_htc_predicts_masks_for_given_boxes_from_the_last_stage_with_the_flow():
-    model = tiny_model(*HTC, "model.mask_head.mask_iou=true").eval()
+    model = tiny_model(*HTC, "model.mask_head.mask_iou=true", "model.roi_heads.cascade.test_mask=last").eval()
     stages = model.roi_heads.stages
     calls = []
     for i, stage in enumerate(stages):
@@ -127,6 +127,67 @@ def test_htc_predicts_masks_for_given_boxes_from_the_last_stage_with_the_flow():
     assert calls == ["c0", "c1", "c2"]  # heads 0 and 1 only pass their features on (run, not forward)
     assert masks[0].shape == (2, 1, 28, 28) and masks[1].shape == (0, 1, 28, 28)
     assert mask_scores is not None and bool((mask_scores[0] <= torch.tensor([0.5, 1.0])).all())
+
+
+@pytest.mark.parametrize("kind", [HTC, CASCADE])
+def test_test_time_masks_are_the_mean_of_every_stages_mask(kind):
+    """mmdet's HTC / Cascade Mask R-CNN test (simple_test + merge_aug_masks): each stage's mask head on the
+    final boxes (HTC: with the flow), probabilities averaged; ``last`` keeps the last stage's only."""
+    from lvisctl.modeling.fpn import roi_feature_maps
+
+    model = tiny_model(*kind, "model.mask_head.mask_iou=true").eval()
+    heads = model.roi_heads
+    assert heads.test_mask == "mean"
+    boxes = [torch.tensor([[5.0, 5, 30, 40], [0, 0, 60, 60]]), torch.tensor([[10.0, 12, 50, 44]])]
+    labels = [torch.tensor([2, 1]), torch.tensor([3])]
+    with torch.no_grad():
+        feats = roi_feature_maps(model.extract_features(IMAGES)[0])
+        per_stage = [
+            heads.stages[i].mask.predict(feats, boxes, labels, heads.previous_mask_heads(i)) for i in range(3)
+        ]
+        mean, ious = heads.predict_masks_and_iou(feats, boxes, labels)
+        heads.test_mask = "last"
+        last, last_ious = heads.predict_masks_and_iou(feats, boxes, labels)
+    for img in range(2):
+        by_hand = (per_stage[0][0][img] + per_stage[1][0][img] + per_stage[2][0][img]) / 3
+        assert torch.allclose(mean[img], by_hand, atol=1e-6)
+        assert torch.equal(last[img], per_stage[2][0][img])
+        assert not torch.allclose(mean[img], last[img])
+        assert torch.equal(ious[img], last_ious[img])  # Mask Scoring: the last stage's IoU either way
+
+
+def test_smooth_l1_beta_and_roi_align_per_head_type():
+    """torchvision's Mask R-CNN: beta 1/9, RoIAlign sampling 2, not aligned; mmdet v2 HTC: beta 1.0,
+    sampling_ratio 0, aligned."""
+    import torch.nn.functional as F
+
+    standard = tiny_model().roi_heads
+    assert standard.box.smooth_l1_beta == pytest.approx(1 / 9)
+    assert (standard.box.extractor.sampling_ratio, standard.box.extractor.aligned) == (2, False)
+    htc = tiny_model(*HTC).roi_heads
+    for stage in htc.stages:
+        assert stage.box.smooth_l1_beta == 1.0
+        for extractor in (stage.box.extractor, stage.mask.extractor):
+            assert (extractor.sampling_ratio, extractor.aligned) == (0, True)
+    # the numbers: a 0.05 regression error costs 0.5 * 0.05^2 / beta (beta 1: 0.00125; 1/9: 0.01125)
+    pred, tgt = torch.tensor([0.05]), torch.tensor([0.0])
+    assert F.smooth_l1_loss(pred, tgt, beta=htc.stages[0].box.smooth_l1_beta).item() == pytest.approx(0.00125)
+    assert F.smooth_l1_loss(pred, tgt, beta=standard.box.smooth_l1_beta).item() == pytest.approx(0.01125)
+    # deformable pooling needs a fixed sample count: the adaptive 0 becomes 2
+    deform = tiny_model(*HTC, "model.roi_heads.roi_pool=deform", "model.roi_heads.deform_hidden_channels=16")
+    assert deform.roi_heads.stages[0].box.extractor.sampling_ratio == 2
+
+
+def test_an_old_htc_checkpoint_config_keeps_the_behaviour_it_was_trained_with():
+    from lvisctl.config import load_config, upgrade_saved_config
+
+    saved = load_config(None, HTC).to_dict()
+    for key in ("sampling_ratio", "aligned", "smooth_l1_beta", "test_mask"):
+        del saved["model"]["roi_heads"]["cascade"][key]
+    cascade = upgrade_saved_config(saved).model.roi_heads.cascade
+    assert (cascade.sampling_ratio, cascade.aligned, cascade.test_mask) == (2, False, "last")
+    assert cascade.smooth_l1_beta == pytest.approx(1 / 9)
+    assert upgrade_saved_config(load_config(None, HTC).to_dict()).model.roi_heads.cascade.test_mask == "mean"
 
 
 def test_state_dict_layouts_and_a_one_line_error_for_the_wrong_one():
@@ -207,6 +268,7 @@ def test_choice_tables_match_the_config_choices():
         "model.mask_head.loss": {"bce", "balanced"},
         "model.mask_head.level_assign": {"box", "eq1"},
         "model.mask_head.eq1_box_rule": {"log2", "paper"},
+        "model.roi_heads.cascade.test_mask": {"mean", "last"},
     }
     assert {k: set(v) for k, v in CHOICE_TABLES.items()} == expected
 
