@@ -73,6 +73,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "augment.mosaic.size": _positive(),
     "augment.rotate.prob": _fraction(),
     "augment.rotate.max_angle": _at_least(0),
+    "augment.instaboost.prob": _fraction(),
+    "augment.instaboost.shift": _positive(),
+    "augment.instaboost.max_angle": _at_least(0),
+    "augment.instaboost.color_prob": _fraction(),
     "sampler.rfs_threshold": _positive(),
     # data.extra_per_epoch / extra_loss_weight: checked by lvisctl.data.self_training, which owns them
     "model.backbone.freeze_at": (lambda v: v in range(6), "0..5"),

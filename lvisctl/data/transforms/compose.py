@@ -48,7 +48,9 @@ def build_train_transforms(cfg: Mapping[str, Any], *, repeat_factors: np.ndarray
     transforms: list[Transform] = []
     boost = aug.get("instaboost")
     if boost is not None and boost["prob"] > 0:
-        transforms.append(InstaBoost(boost["prob"], boost["scale"], boost["shift"], boost["max_angle"]))
+        transforms.append(
+            InstaBoost(boost["prob"], boost["scale"], boost["shift"], boost["max_angle"], boost["color_prob"])
+        )
     mosaic = aug["mosaic"]
     if mosaic["prob"] > 0:
         weights = repeat_factors if mosaic["rfs_weighted"] else None
