@@ -303,6 +303,15 @@ def _map_mmdet_htc(state: dict[str, Tensor], meta: dict[str, Any] | None) -> Map
             used |= {f"{box}.fc_cls.{name}", f"{box}.fc_reg.{name}", f"{mask}.conv_logits.{name}"}
     notes, overrides = _mmdet_conventions(tensors, meta or {})
     overrides.update({"model.roi_heads.type": "htc", "model.roi_heads.cascade.class_agnostic": agnostic})
+    # the cascade's own RoIAlign / loss / test-mask keys, as mmdet's HTC (config and simple_test) sets them
+    overrides.update(
+        {
+            "model.roi_heads.cascade.aligned": True,
+            "model.roi_heads.cascade.sampling_ratio": 0,
+            "model.roi_heads.cascade.smooth_l1_beta": 1.0,
+            "model.roi_heads.cascade.test_mask": "mean",
+        }
+    )
     if len(stages) != 3:
         overrides["model.roi_heads.cascade.iou_thresholds"] = [0.5, 0.6, 0.7][: len(stages)]
     if any(key.startswith("roi_head.semantic_head.") for key in state):

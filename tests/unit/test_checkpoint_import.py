@@ -380,6 +380,18 @@ def test_mmdet_htc_maps_onto_lvisctls_htc(tmp_path):
         r.overrides["model.roi_heads.type"] == "htc" and r.overrides["model.roi_heads.cascade.class_agnostic"]
     )
     assert r.classifier.startswith("re-initialised (COCO (80 classes)")
+    # mmdet's HTC: RoIAlign sampling_ratio 0 / aligned, SmoothL1 beta 1.0, masks averaged over the stages
+    cascade = load_checkpoint(tmp_path / "run" / "checkpoints" / "stage1_final.pt")["config"]["model"][
+        "roi_heads"
+    ]
+    assert {
+        k: cascade["cascade"][k] for k in ("aligned", "sampling_ratio", "smooth_l1_beta", "test_mask")
+    } == {
+        "aligned": True,
+        "sampling_ratio": 0,
+        "smooth_l1_beta": 1.0,
+        "test_mask": "mean",
+    }
     assert sum(g["unused"] for g in r.groups.values()) == 53  # num_batches_tracked only
     w = load_checkpoint(tmp_path / "run" / "checkpoints" / "stage1_final.pt")["model"]
     for s in range(3):  # class-agnostic box regression (4 outputs) loads whatever the classes
