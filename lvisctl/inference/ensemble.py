@@ -230,7 +230,7 @@ def _fuse_suppress(members, weights, method, iou_thr) -> Detections:
     """NMS / Soft-NMS over the concatenated members, scores scaled by weight / max weight."""
     from torchvision.ops import batched_nms
 
-    from lvisctl.inference.tta import soft_nms
+    from lvisctl.inference.soft_nms import soft_nms
 
     top = max(weights)
     merged = concat(_same_mask_kind(members))

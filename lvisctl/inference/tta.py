@@ -58,127 +58,25 @@ from torch import nn
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
 from lvisctl.inference.predictor import Detections, Predictor
-from lvisctl.inference.soft_nms import SOFT_NMS_METHODS, soft_nms
+from lvisctl.inference.soft_nms import soft_nms
+from lvisctl.inference.tta_settings import TTASettings, boost_scores, class_boost, covered_gaps
+
+__all__ = [
+    "Pass",
+    "TTAPredictor",
+    "TTASettings",
+    "boost_scores",
+    "class_boost",
+    "covered_gaps",
+    "paper_merge",
+    "predictor_for",
+    "predictor_from_checkpoints",
+    "resolve_scales",
+    "soft_nms",
+]
 
 # Side of the RoI masks cropped from a model that pastes its masks itself (twice the usual 28).
 ROI_MASK_SIZE = 56
-
-
-# ------------------------------------------------------------------------------ settings
-@dataclass(frozen=True)
-class TTASettings:
-    """``inference.tta`` of the config (see ``configs/_base_/inference.yaml`` for each key)."""
-
-    scales: tuple[int, ...] = (400, 600, 800, 1000, 1200, 1400)
-    max_size: int = 2333
-    flip: bool = False  # not in the paper: an extra, off by default
-    range_filter: bool = True
-    valid_ranges: tuple[tuple[float, float], ...] = (
-        (64, math.inf),
-        (32, math.inf),
-        (0, math.inf),
-        (0, 256),
-        (0, 192),
-        (0, 128),
-    )
-    rare_boost: bool = True
-    rare_factor: float = 1.1
-    common_factor: float = 1.0
-    soft_nms: bool = True
-    nms_iou: float = 0.7
-    soft_nms_method: str = "gaussian"
-    soft_nms_sigma: float = 0.5
-    soft_nms_iou: float = 0.3
-    soft_nms_score_thresh: float = 0.001
-    mask_from_best_scale: bool = True
-    thin_ratio: float = 0.25
-    mask_box_size: float = 112.0
-    mask_match_iou: float = 0.5
-
-    @classmethod
-    def from_config(cls, tta_cfg: Mapping[str, Any], scales: Sequence[int] | None = None) -> TTASettings:
-        """Settings from ``inference.tta``; ``scales`` (``--scales``) replaces ``inference.tta.scales``."""
-        scale_list = tuple(int(s) for s in (scales if scales is not None else tta_cfg["scales"]))
-        ranges = tuple(
-            (float(lo or 0), math.inf if hi is None else float(hi)) for lo, hi in tta_cfg["valid_ranges"]
-        )
-        settings = cls(
-            scales=scale_list,
-            max_size=int(tta_cfg["max_size"]),
-            flip=bool(tta_cfg["flip"]),
-            range_filter=bool(tta_cfg["range_filter"]),
-            valid_ranges=ranges,
-            rare_boost=bool(tta_cfg["rare_boost"]),
-            rare_factor=float(tta_cfg["rare_factor"]),
-            common_factor=float(tta_cfg["common_factor"]),
-            soft_nms=bool(tta_cfg["soft_nms"]),
-            nms_iou=float(tta_cfg["nms_iou"]),
-            soft_nms_method=str(tta_cfg["soft_nms_method"]),
-            soft_nms_sigma=float(tta_cfg["soft_nms_sigma"]),
-            soft_nms_iou=float(tta_cfg["soft_nms_iou"]),
-            soft_nms_score_thresh=float(tta_cfg["soft_nms_score_thresh"]),
-            mask_from_best_scale=bool(tta_cfg["mask_from_best_scale"]),
-            thin_ratio=float(tta_cfg["thin_ratio"]),
-            mask_box_size=float(tta_cfg["mask_box_size"]),
-            mask_match_iou=float(tta_cfg["mask_match_iou"]),
-        )
-        settings.check()
-        return settings
-
-    def check(self) -> None:
-        """User errors in the settings, as one line naming the config key."""
-        if not self.scales or min(self.scales) < 1:
-            raise LvisctlError("inference.tta.scales: expected positive test scales, e.g. [400, 800, 1200]")
-        if self.range_filter and len(self.valid_ranges) != len(self.scales):
-            raise LvisctlError(
-                f"inference.tta.valid_ranges: {len(self.valid_ranges)} ranges for {len(self.scales)} test "
-                f"scales {list(self.scales)}; give one [lo, hi] per scale or set "
-                "inference.tta.range_filter=false"
-            )
-        if self.soft_nms_method not in SOFT_NMS_METHODS:
-            raise LvisctlError(
-                f"inference.tta.soft_nms_method: {self.soft_nms_method!r} is not one of {SOFT_NMS_METHODS}"
-            )
-        if self.range_filter:
-            uncovered = covered_gaps(self.valid_ranges)
-            if uncovered:
-                lo, hi = uncovered[0]
-                raise LvisctlError(
-                    f"inference.tta.valid_ranges: no test scale keeps boxes of size {lo:g}-{hi:g} px; "
-                    "the ranges must cover every size"
-                )
-
-
-def covered_gaps(ranges: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The box sizes in [0, inf) that no ``[lo, hi)`` range covers."""
-    gaps, reach = [], 0.0
-    for lo, hi in sorted(ranges):
-        if lo > reach:
-            gaps.append((reach, lo))
-        reach = max(reach, hi)
-    if reach < math.inf:
-        gaps.append((reach, math.inf))
-    return gaps
-
-
-def class_boost(stats: CategoryStats, settings: TTASettings) -> torch.Tensor:
-    """Score factor per contiguous label ``[K + 1]`` (index 0 = background): modification 2."""
-    factor = torch.ones(stats.num_classes + 1)
-    if settings.rare_boost:
-        for i, freq in enumerate(stats.frequency, start=1):
-            factor[i] = {"r": settings.rare_factor, "c": settings.common_factor}.get(freq, 1.0)
-    return factor
-
-
-def boost_scores(scores: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
-    """Modification 2 without ties: the score's odds ``s / (1 - s)`` times ``factor``.
-
-    ``s * f / (1 + (f - 1) * s)`` is ``s * f`` for small scores (a rare detection at 0.05 becomes 0.055
-    with f = 1.1), stays in [0, 1] (the results format's range) and is strictly increasing in ``s``, so the
-    order within a class, which AP is computed from, never changes. ``(s * f).clamp(max=1)`` tied every
-    rare score above 1 / f at 1.0 and so scrambled their order.
-    """
-    return scores * factor / (1 + (factor - 1) * scores)
 
 
 # ------------------------------------------------------------------------------ passes and merge
