@@ -51,7 +51,7 @@ test-integrations: install
 # A folder of wheels for a GPU machine without a package registry that already has torch, torchvision, timm,
 # numpy, typer and rich (and so pillow, pyyaml, filelock, packaging, jinja2): what benchmarks/gpu_check.sh
 # imports besides those (checked by check-gpu-wheels), at the tested versions, for GPU_PYTHON_VERSION on
-# x86-64 Linux; `benchmarks/gpu_check.sh --wheels DIR` installs them there without the network. ~32 MB for
+# x86-64 Linux; `benchmarks/gpu_check.sh --wheels DIR` installs them there without the network. ~36 MB for
 # python 3.12. numba is left out (llvmlite alone is 60 MB): `evaluate` then screens results files in Python,
 # which the check's tiny files do not notice; GPU_WHEELS_EXTRA="numba llvmlite" adds it (~64 MB more).
 GPU_WHEELS_DIR ?= gpu-wheels
@@ -60,22 +60,25 @@ GPU_WHEELS := pycocotools hotcoco pyyaml filelock packaging markupsafe \
 	matplotlib contourpy cycler fonttools kiwisolver pyparsing python-dateutil six \
 	tensorboard tensorboard-data-server grpcio protobuf absl-py markdown werkzeug
 GPU_WHEELS_EXTRA ?=
-gpu-wheels: install
+gpu-wheels:
 	rm -rf $(GPU_WHEELS_DIR).tmp && mkdir -p $(GPU_WHEELS_DIR).tmp
-	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: -c $(CONSTRAINTS) -d $(GPU_WHEELS_DIR).tmp \
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -c $(CONSTRAINTS) -d $(GPU_WHEELS_DIR).tmp \
 		--python-version $(GPU_PYTHON_VERSION) --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		$(GPU_WHEELS) $(GPU_WHEELS_EXTRA)
 	rm -rf $(GPU_WHEELS_DIR) && mv $(GPU_WHEELS_DIR).tmp $(GPU_WHEELS_DIR)
 	du -sh $(GPU_WHEELS_DIR)
 
-# gpu_check.sh --cpu --wheels from a fresh venv holding only what the GPU machine has (torch, torchvision,
-# timm, numpy, typer, rich at the tested versions) plus a gpu-wheels folder built for this python.
+# gpu_check.sh --cpu --wheels from a fresh venv holding only what the GPU machine has (GPU_MACHINE_PACKAGES, by
+# default at the tested versions; e.g. GPU_MACHINE_PACKAGES="torch==2.11.0 torchvision==0.26.0 timm numpy typer
+# rich" CHECK_CONSTRAINTS=constraints/min.txt for that machine's pair) plus a gpu-wheels folder for this python.
 CHECK_VENV := .venv-gpu-check
-check-gpu-wheels: install
+GPU_MACHINE_PACKAGES ?= torch torchvision timm numpy typer rich
+CHECK_CONSTRAINTS ?= $(CONSTRAINTS)
+check-gpu-wheels:
 	$(MAKE) gpu-wheels GPU_WHEELS_DIR=$(CHECK_VENV)-wheels GPU_PYTHON_VERSION=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 	rm -rf $(CHECK_VENV) && $(PYTHON) -m venv $(CHECK_VENV)
-	$(CHECK_VENV)/bin/python -m pip install -q --only-binary=:all: -c $(CONSTRAINTS) torch torchvision timm numpy typer rich
+	$(CHECK_VENV)/bin/python -m pip install -q --only-binary=:all: -c $(CHECK_CONSTRAINTS) $(GPU_MACHINE_PACKAGES)
 	PYTHON=$(CHECK_VENV)/bin/python benchmarks/gpu_check.sh --cpu --wheels $(CHECK_VENV)-wheels
 
 lint: install
