@@ -57,7 +57,7 @@ test-integrations: install
 GPU_WHEELS_DIR ?= gpu-wheels
 GPU_PYTHON_VERSION ?= 3.12
 GPU_WHEELS := pycocotools hotcoco pyyaml filelock packaging markupsafe \
-	matplotlib contourpy cycler fonttools kiwisolver pyparsing python-dateutil six \
+	matplotlib contourpy cycler fonttools kiwisolver pyparsing python-dateutil tzdata \
 	tensorboard tensorboard-data-server grpcio protobuf absl-py markdown werkzeug
 GPU_WHEELS_EXTRA ?=
 gpu-wheels:
