@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# A prepared GPU check: one command, under 8 minutes on one GPU, installs nothing, needs no network.
+# A prepared GPU check: one command, under 8 minutes on one GPU, needs no network.
 #
-#   benchmarks/gpu_check.sh            # on a CUDA machine (the first visible GPU)
-#   benchmarks/gpu_check.sh --cpu      # tiny sizes on the CPU: what tests/unit/test_gpu_check.py runs
+#   benchmarks/gpu_check.sh                    # on a CUDA machine (the first visible GPU)
+#   benchmarks/gpu_check.sh --cpu              # tiny sizes on the CPU: what tests/integration/test_gpu_check.py runs
+#   benchmarks/gpu_check.sh --wheels DIR       # first install what the python lacks from DIR (`make gpu-wheels`)
+#
+# The python: $PYTHON when set, else the repository's .venv (what `make install` made) when it exists, else
+# `python` from the PATH. --wheels DIR installs the packages of DIR that this python does not have yet, from DIR
+# only (pip --no-index), with torch, torchvision and numpy held at their installed versions; without
+# --wheels nothing is installed. A machine with torch, torchvision, timm, numpy, typer and rich needs
+# nothing else than a copy of the repository and that folder.
 #
 # Prints one table (markdown) with:
 #   * train seconds/iteration, r50-FPN Mask R-CNN, batch 2 at 800x1333, AMP off and on: lvisctl's model
@@ -15,18 +22,47 @@
 # then trains the demo model 20 iterations on synthetic 1024 px LVIS through the CLI, runs
 # tta-infer (two scales) and evaluate on it. Any error (a CUDA error included) exits non-zero.
 #
-# Environment: PYTHON (default: python), GPU_CHECK_WORKDIR (default: a temporary folder, removed).
+# Environment: PYTHON (see above), GPU_CHECK_WORKDIR (default: a temporary folder, removed).
 set -euo pipefail
 
-MODE=cuda
-if [[ "${1:-}" == "--cpu" ]]; then
-    MODE=cpu
-elif [[ $# -gt 0 ]]; then
-    echo "usage: $0 [--cpu]" >&2
+usage() {
+    echo "usage: $0 [--cpu] [--wheels DIR]" >&2
     exit 2
-fi
-PY=${PYTHON:-python}
+}
+MODE=cuda
+WHEELS=
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --cpu) MODE=cpu; shift ;;
+        --wheels) [[ $# -ge 2 ]] || usage; WHEELS=$2; shift 2 ;;
+        *) usage ;;
+    esac
+done
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [[ -n "${PYTHON:-}" ]]; then
+    PY=$PYTHON
+elif [[ -x "$REPO/.venv/bin/python" ]]; then
+    PY=$REPO/.venv/bin/python  # after `make install`, without activating the venv
+else
+    PY=python
+fi
+if [[ -n $WHEELS ]]; then
+    if [[ ! -d $WHEELS ]] || ! compgen -G "$WHEELS/*.whl" >/dev/null; then
+        echo "error: $WHEELS: not a folder of wheels (make gpu-wheels builds one)" >&2
+        exit 2
+    fi
+    # torch and its companions stay as they are: pip may only add what is missing, never replace them.
+    HELD=$(mktemp -t lvisctl-gpu-check-held-XXXXXX)
+    "$PY" -c 'import importlib.metadata as m
+for d in ("torch", "torchvision", "numpy"):
+    try: print(f"{d}=={m.version(d)}")
+    except m.PackageNotFoundError: pass' >"$HELD"
+    NAMES=$(for w in "$WHEELS"/*.whl; do basename "$w" | cut -d- -f1; done | sort -u)
+    echo "== installing what $PY lacks from $WHEELS (offline; held: $(tr '\n' ' ' <"$HELD"))"
+    # shellcheck disable=SC2086  # one argument per package name
+    "$PY" -m pip install -q --disable-pip-version-check --no-index --find-links "$WHEELS" -c "$HELD" $NAMES
+    rm -f "$HELD"
+fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 if [[ -n "${GPU_CHECK_WORKDIR:-}" ]]; then
     WORK=$GPU_CHECK_WORKDIR

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from lvisctl.evaluation.numba_cache import ensure_cache_dir
+
 # The flags live in results_scan, which must not import numba itself (this module is loaded lazily).
 from lvisctl.evaluation.results_scan import (
     BAD_RLE,
@@ -29,6 +31,8 @@ from lvisctl.evaluation.results_scan import (
     T_W,
     T_WITHOUT_IMAGE_ID,
 )
+
+ensure_cache_dir()  # a place for numba's cache even where site-packages and home are read-only
 
 # Status codes.
 OK = 0

@@ -12,6 +12,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from lvisctl.evaluation.numba_cache import ensure_cache_dir
+
+ensure_cache_dir()  # a place for numba's cache even where site-packages and home are read-only
+
 
 @njit(cache=True, nogil=True)
 def _decode_counts(buf, start, end, out):  # pragma: no cover - compiled
