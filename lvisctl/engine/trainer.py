@@ -54,6 +54,7 @@ from lvisctl.engine.distributed import (
     cleanup_distributed,
     init_distributed,
     pick_device,
+    timeout_of,
 )
 from lvisctl.engine.hooks import Hook, NonFiniteLossError, default_hooks
 from lvisctl.engine.init_weights import (
@@ -64,7 +65,13 @@ from lvisctl.engine.init_weights import (
     prepare_config,
 )
 from lvisctl.engine.logging import TrainLogger, plot_loss_curves, print_line, tensorboard_dir
-from lvisctl.engine.resume import check_inputs_unchanged, check_resume_config, clear_phase, find_resume_state
+from lvisctl.engine.resume import (
+    check_inputs_unchanged,
+    check_resume_config,
+    clear_phase,
+    find_resume_state,
+    saved_process_config,
+)
 from lvisctl.engine.schedule import WarmupStepSchedule, build_schedule
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import Artifact, RunDir, atomic_write_json, atomic_write_text
@@ -156,9 +163,11 @@ def train(
         raise LvisctlError("train: a config is required unless resuming (--resume)")
     if overwrite and resume:
         raise LvisctlError("train: --overwrite starts the phase again; it cannot be combined with --resume")
-    info = init_distributed(cfg.device if cfg is not None else "auto")
+    phase_ = ckpt_io.Phase(stage, phase or "")
+    # the process group's backend follows the device: a resume without --config takes the saved one's
+    process_cfg = cfg if cfg is not None else saved_process_config(RunDir(run_dir), phase_)
+    info = init_distributed(process_cfg.get("device", "auto"), timeout_of(process_cfg))
     try:
-        phase_ = ckpt_io.Phase(stage, phase or "")
         opts = _Options(resume, overwrite, allow_changed_inputs, build_model, build_data, hooks)
         run = RunDir(run_dir)
         with run.phase_lock(phase_.name):  # one writer per phase for the command's whole life

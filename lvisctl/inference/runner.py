@@ -77,11 +77,21 @@ class InferenceSummary:
     chunks_damaged: int = 0  # chunk files found damaged and recomputed
 
 
-def plan_chunks(items: Sequence[ImageItem], chunk_size: int) -> list[list[ImageItem]]:
-    """Consecutive chunks of ``chunk_size`` images (the global, process-independent unit of work)."""
+def plan_chunks(items: Sequence[ImageItem], chunk_size: int, world_size: int = 1) -> list[list[ImageItem]]:
+    """Consecutive chunks of at most ``chunk_size`` images (the global unit of work).
+
+    Several processes: as many chunks as a multiple of ``world_size``, of equal size (+-1 image), so
+    every rank gets the same number of images and none waits at the final barrier for another's extra
+    chunk (a whole chunk of paper TTA on a big model can exceed a collective's timeout).
+    """
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
-    return [list(items[i : i + chunk_size]) for i in range(0, len(items), chunk_size)]
+    if world_size <= 1 or not items:
+        return [list(items[i : i + chunk_size]) for i in range(0, len(items), chunk_size)]
+    n = -(-len(items) // chunk_size)
+    n = min(-(-n // world_size) * world_size, len(items))
+    bounds = [len(items) * k // n for k in range(n + 1)]
+    return [list(items[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def finished_chunks(partial_dir: Path) -> dict[int, Path]:
@@ -294,7 +304,7 @@ def run_inference(
     dist = dist or DistInfo()
     notify = notify or _to_stderr
     start = time.perf_counter()
-    chunks = plan_chunks(items, chunk_size)
+    chunks = plan_chunks(items, chunk_size, dist.world_size)
     damaged = 0
     if dist.is_main:
         prepare_partial_dir(partial_dir, fingerprint)
@@ -505,7 +515,7 @@ def _predict_locked(
 ) -> PredictionsOutcome:
     from lvisctl.data.lvis import load_lvis, resolve_image_root
     from lvisctl.engine.checkpoint import load_checkpoint
-    from lvisctl.engine.distributed import init_distributed
+    from lvisctl.engine.distributed import init_distributed, timeout_of
     from lvisctl.inference.tta import predictor_from_checkpoints
 
     run, cfg, icfg = job.run, job.cfg, job.cfg.inference
@@ -516,7 +526,7 @@ def _predict_locked(
         for image_id in sorted(data.images)
     ]
     unreadable = check_images_up_front(data, strict=strict)
-    dist = init_distributed(cfg.device)
+    dist = init_distributed(cfg.device, timeout_of(cfg))
     loaded = [(job.ckpt, job.ckpt_path)] + [(load_checkpoint(p), p) for _, p, _ in job.resolved[1:]]
     predictor, stats = predictor_from_checkpoints(loaded, cfg, dist.device, job.overrides)
     fingerprint = fingerprint_of(
