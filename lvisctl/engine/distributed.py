@@ -78,6 +78,38 @@ def init_distributed(device_preference: str = "auto", timeout_min: float = DEFAU
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
+def set_cudnn_benchmark(cfg: Any, device: torch.device, *, training: bool) -> bool:
+    """Apply ``runtime.cudnn_benchmark`` and return the value set (False off CUDA).
+
+    ``auto``: off in training, where multi-scale resizing and varying RoI counts give a new input shape
+    almost every step (cudnn would re-tune each one: 1000+ shapes for 400-1400 px scales), on for
+    inference, where a few padded sizes per scale repeat over thousands of images. ``train.deterministic``
+    forces it off in training (the tuned algorithm may differ between runs).
+    """
+    if device.type != "cuda":
+        return False
+    policy = str(((cfg.get("runtime") or {}) if cfg is not None else {}).get("cudnn_benchmark", "auto"))
+    deterministic = training and bool(
+        ((cfg.get("train") or {}) if cfg is not None else {}).get("deterministic")
+    )
+    on = not deterministic and (policy == "always" or (policy == "auto" and not training))
+    torch.backends.cudnn.benchmark = on
+    return on
+
+
+def set_deterministic(enabled: bool, device: torch.device) -> None:
+    """``train.deterministic``: a nondeterministic op raises (not warns), on the GPU too.
+
+    On CUDA cuBLAS needs a fixed workspace to give the same sums (``CUBLAS_WORKSPACE_CONFIG``, read when
+    cuBLAS starts: set before the model reaches the GPU). docs/gpu.md lists what stays nondeterministic.
+    """
+    if not enabled:
+        return
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=False)
+
+
 def timeout_of(cfg: Any) -> float:
     """``runtime.dist_timeout_min`` of a config (the default for configs saved before the key existed)."""
     runtime = cfg.get("runtime", {}) if cfg is not None else {}
@@ -134,11 +166,24 @@ def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 def any_rank(flag: bool, info: DistInfo) -> bool:
     """True when ``flag`` is true on any process, so all ranks take the same branch (e.g. stop on NaN)."""
+    return agree_flags(None, flag, info)[1]
+
+
+def agree_flags(local_bad: torch.Tensor | None, flag: bool, info: DistInfo) -> tuple[bool, bool]:
+    """(``local_bad`` on any rank, ``flag`` on any rank) in one all-reduce and one host sync.
+
+    ``local_bad`` is a 0-d bool tensor that stays on the device until the single ``tolist`` (a per-step
+    check costs one sync, not one per question); None counts as false.
+    """
     if not info.distributed:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
+        return (bool(local_bad) if local_bad is not None else False), flag
+    device = info.device
+    bad = local_bad.reshape(()).to(device, torch.float32) if local_bad is not None else None
+    bad = bad if bad is not None else torch.zeros((), device=device)
+    flags = torch.stack([bad, torch.full((), float(flag), device=device)])
+    dist.all_reduce(flags)
+    any_bad, any_flag = (flags > 0).tolist()
+    return bool(any_bad), bool(any_flag)
 
 
 def broadcast_object(obj: object, info: DistInfo) -> object:

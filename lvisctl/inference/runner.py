@@ -515,7 +515,7 @@ def _predict_locked(
 ) -> PredictionsOutcome:
     from lvisctl.data.lvis import load_lvis, resolve_image_root
     from lvisctl.engine.checkpoint import load_checkpoint
-    from lvisctl.engine.distributed import init_distributed, timeout_of
+    from lvisctl.engine.distributed import init_distributed, set_cudnn_benchmark, timeout_of
     from lvisctl.inference.tta import predictor_from_checkpoints
 
     run, cfg, icfg = job.run, job.cfg, job.cfg.inference
@@ -527,6 +527,7 @@ def _predict_locked(
     ]
     unreadable = check_images_up_front(data, strict=strict)
     dist = init_distributed(cfg.device, timeout_of(cfg))
+    set_cudnn_benchmark(cfg, dist.device, training=False)
     loaded = [(job.ckpt, job.ckpt_path)] + [(load_checkpoint(p), p) for _, p, _ in job.resolved[1:]]
     predictor, stats = predictor_from_checkpoints(loaded, cfg, dist.device, job.overrides)
     fingerprint = fingerprint_of(
