@@ -58,7 +58,7 @@ class LvisctlLVISEvaluator(_Base):
             boxes = inst.pred_boxes.tensor
             masks = inst.pred_masks if inst.has("pred_masks") else None
             self._has_masks = self._has_masks or masks is not None
-            cats = [self.cat_ids[int(c)] for c in inst.pred_classes]
+            cats = [self.cat_ids[c] for c in inst.pred_classes.tolist()]
             self._records += image_records(inp["image_id"], boxes, inst.scores, cats, masks)
 
     def evaluate(self) -> OrderedDict | None:
