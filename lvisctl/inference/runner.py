@@ -173,7 +173,8 @@ class _ChunkImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None, bool]:
         item = self.items[i]
         try:
-            return item.image_id, read_image(item.path, item.hw), None, False
+            # uint8 as decoded: the predictor copies it to the device once and converts there
+            return item.image_id, read_image_tensor(item.path, expected_hw=item.hw), None, False
         except ImageSizeError as err:
             return item.image_id, None, str(err), True
         except ImageReadError as err:
@@ -185,12 +186,17 @@ def _as_list(batch: list[Any]) -> list[Any]:
 
 
 def iter_batches(
-    items: Sequence[ImageItem], batch_size: int, num_workers: int
+    items: Sequence[ImageItem], batch_size: int, num_workers: int, pin_memory: bool = False
 ) -> Iterator[list[tuple[int, torch.Tensor | None, str | None, bool]]]:
     """Decoded images in order, ``batch_size`` at a time, decoded by ``num_workers`` worker processes:
-    ``(image_id, image or None, problem or None, problem is a size mismatch)``."""
+    ``(image_id, uint8 image or None, problem or None, problem is a size mismatch)``; ``pin_memory``
+    (a CUDA predictor) lets the one copy to the device run asynchronously."""
     loader = torch.utils.data.DataLoader(
-        _ChunkImages(items), batch_size=batch_size, num_workers=num_workers, collate_fn=_as_list
+        _ChunkImages(items),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_as_list,
+        pin_memory=pin_memory,
     )
     yield from loader
 
@@ -210,7 +216,8 @@ def run_chunk(
     Unreadable images are left out and added to ``skipped``; an image of another size than the json
     says stops the run (its masks would be encoded at the wrong size)."""
     records: list[dict[str, Any]] = []
-    for batch in iter_batches(items, batch_size, num_workers):
+    pin = predictor.device.type == "cuda"
+    for batch in iter_batches(items, batch_size, num_workers, pin_memory=pin):
         for image_id, _, problem, wrong_size in batch:
             if wrong_size:
                 raise LvisctlError(f"{problem} (image {image_id})")
