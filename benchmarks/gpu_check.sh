@@ -19,8 +19,15 @@
 #   * inference images/s at 300 detections per image, model + mask thresholding + RLE records
 #   * post-processing alone (paste + threshold + RLE) on the device: lvisctl vs the obvious way
 #   * a 20-iteration loss on one fixed batch that must decrease (the check fails otherwise)
+#   * short runs (s/iter, AMP) of HTC, EQL, BAGS, Mask Scoring and DCN
+#   * multi-scale training (a new input shape every step) with cudnn.benchmark off and on
+#   * peak memory of a batch with LVIS-like instance counts (300 GT masks per image, a Mosaic canvas)
+#   * host syncs per train step and per inference image (torch.cuda.set_sync_debug_mode; --cpu: counted)
 # then trains the demo model 20 iterations on synthetic 1024 px LVIS through the CLI, runs
-# tta-infer (two scales) and evaluate on it. Any error (a CUDA error included) exits non-zero.
+# tta-infer (two scales) and evaluate on it; on that checkpoint: inference images/s and AP with AMP on
+# and off; then a 2-process torchrun run (NCCL with 2 GPUs, else gloo on the CPU) with evaluation during
+# training, a Ctrl-C sent mid-run, --resume, and tta-infer --tta paper. All rows end in one table.
+# Any error (a CUDA error included) exits non-zero.
 #
 # Environment: PYTHON (see above), GPU_CHECK_WORKDIR (default: a temporary folder, removed).
 set -euo pipefail
@@ -75,7 +82,7 @@ START=$SECONDS
 cd "$REPO"
 
 echo "== lvisctl gpu check ($MODE), work dir $WORK"
-"$PY" - "$MODE" <<'PY'
+"$PY" - "$MODE" "$WORK" <<'PY'
 import os
 import statistics
 import sys
@@ -175,11 +182,12 @@ def timed(rows):
     return {label: (statistics.median(times[label]), peak[label]) for label in rows}
 
 
-table = []
+ROWS = os.path.join(sys.argv[2], "rows.tsv")  # every part of the check appends; printed once at the end
 
 
 def add(what, value, memory=None):
-    table.append((what, value, "-" if memory is None else f"{memory:.2f}"))
+    with open(ROWS, "a", encoding="utf-8") as fh:
+        fh.write(f"{what}\t{value}\t{'-' if memory is None else f'{memory:.2f}'}\n")
     print(f"  {what}: {value}", flush=True)
 
 
@@ -260,9 +268,101 @@ add("20-iteration loss (mean of first 5 -> last 5)", f"{first:.3f} -> {last:.3f}
 if not all(map(lambda x: x == x and abs(x) != float("inf"), losses)) or not last < first:
     sys.exit(f"error: the loss did not decrease over 20 iterations: {losses}")
 
-print("\n| check | value | peak GPU memory (GiB) |\n|---|---|---|")
-for row in table:
-    print(f"| {row[0]} | {row[1]} | {row[2]} |")
+# Short runs of the Table 1/2 heads (AMP on CUDA): each must train (finite losses) at a sane speed.
+HEADS = {
+    "HTC": ["model.roi_heads.type=htc"],
+    "EQL": ["model.roi_heads.cls_loss=eql"],
+    "BAGS": ["model.roi_heads.cls_loss=bags"],
+    "Mask Scoring": ["model.mask_head.mask_iou=true"],
+    "DCN (stages 3-5)" if CUDA else "DCN (CPU: tiny trunk, no DCN)": ["model.backbone.dcn_stages=[3,4,5]"] if CUDA else [],
+}
+res = timed({name: (lambda o=over: core(o), CUDA) for name, over in HEADS.items()})
+for name, (t, mem) in res.items():
+    add(f"train s/iter, {name}, batch 2 {H}x{W}{', AMP' if CUDA else ''}", f"{t:.3f}", mem)
+
+# Multi-scale training: a new input shape every step (short side 640..1024 as stage 1's jitter).
+def multi_scale(bench):
+    torch.backends.cudnn.benchmark = bench
+    model = core().to(DEV).train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    sides = [640 + 32 * k for k in range(13)] if CUDA else [48, 64, 80]
+    total = 0.0
+    for side in sides:
+        g = torch.Generator().manual_seed(side)
+        image = torch.rand(3, side, side * 5 // 3, generator=g).to(DEV)
+        box = torch.tensor([[side / 8, side / 8, side / 2, side / 2]], device=DEV)
+        mask = torch.zeros(1, *image.shape[-2:], dtype=torch.uint8, device=DEV)
+        mask[:, side // 8 : side // 2, side // 8 : side // 2] = 1
+        target = {"boxes": box, "labels": torch.ones(1, dtype=torch.long, device=DEV), "masks": mask}
+        sync()
+        start = time.perf_counter()
+        with torch.autocast(DEV.type, dtype=torch.float16, enabled=CUDA):
+            loss = sum(model([image], [target]).values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync()
+        total += time.perf_counter() - start
+    return total / len(sides)
+
+
+if CUDA:
+    for bench in (False, True):
+        add(f"multi-scale train s/iter (new shape each step), cudnn.benchmark {'on' if bench else 'off'}",
+            f"{multi_scale(bench):.3f}")  # fmt: skip
+    torch.backends.cudnn.benchmark = False  # the training default (runtime.cudnn_benchmark=auto)
+else:
+    add("multi-scale train s/iter, cudnn.benchmark off (CPU: no cudnn)", f"{multi_scale(False):.3f}")
+
+# Peak memory at LVIS-like instance counts: 300 GT masks per image on a Mosaic-sized canvas.
+MANY = 300 if CUDA else 12
+model = core().to(DEV).train()
+images, targets = batch(n=2, instances=MANY, seed=3)
+if CUDA:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+with torch.autocast(DEV.type, dtype=torch.float16, enabled=CUDA):
+    loss = sum(model(images, targets).values())
+loss.backward()
+sync()
+mem = torch.cuda.max_memory_allocated() / 2**30 if CUDA else None
+add(f"train step with {MANY} GT masks/image, batch 2 {H}x{W}: loss", f"{float(loss.detach()):.3f}", mem)
+del model, images, targets, loss
+
+# Host syncs: CUDA's own sync check (a warning per sync, counted); the CPU counts the same events.
+import warnings
+
+from sync_count import SyncCounter
+
+
+class CudaSyncs:
+    def __enter__(self):
+        self._w = warnings.catch_warnings(record=True)
+        self.log = self._w.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.set_sync_debug_mode("default")
+        self._w.__exit__(*exc)
+        self.total = sum("synchroniz" in str(w.message) for w in self.log)
+
+
+for name, over in {"softmax": [], **{k: v for k, v in HEADS.items() if k in ("HTC", "BAGS", "Mask Scoring")},
+                   "sigmoid": ["model.roi_heads.cls_loss=sigmoid"]}.items():  # fmt: skip
+    model = core([*over, "inference.score_thresh=0.0001"]).to(DEV)
+    images, targets = batch(n=2, seed=4)
+    model.train()
+    with torch.autocast(DEV.type, dtype=torch.float16, enabled=CUDA):
+        model(images, targets)  # warm-up (cudnn, allocator)
+        with CudaSyncs() if CUDA else SyncCounter() as count:
+            model(images, targets)
+    model.eval()
+    with torch.no_grad(), torch.autocast(DEV.type, dtype=torch.float16, enabled=CUDA):
+        with CudaSyncs() if CUDA else SyncCounter() as image_count:
+            model(images[:1], paste_masks=False)
+    add(f"host syncs per train step (2 images) / per inference image, {name}", f"{count.total} / {image_count.total}")
 sync()
 PY
 
@@ -275,11 +375,149 @@ else
         "model.mask_head.num_convs=1")
 fi
 RUN="$WORK/run"
+VAL_IMAGES=$([[ $MODE == cuda ]] && echo 16 || echo 4)  # enough for an images/s row on the GPU
 "$PY" -m lvisctl data synth --run-dir "$RUN" --preset tiny --image-size "$SIZE" --train-images 8 \
-    --val-images 4 --test-images 0 --unlabeled-images 0 >/dev/null
+    --val-images "$VAL_IMAGES" --test-images 0 --unlabeled-images 0 >/dev/null
 "$PY" -m lvisctl train --stage 1 --config configs/demo/stage1.yaml --run-dir "$RUN" solver.max_iter=20 \
     solver.warmup_iters=0 train.batch_size=2 train.num_workers=0 train.log_period=5 sampler.rfs_threshold=0.3 \
     "${TRAIN_ITEMS[@]}"
 "$PY" -m lvisctl tta-infer --run-dir "$RUN" --images "$RUN/data/lvis_v1_val.json" --scales "$SCALES"
 "$PY" -m lvisctl evaluate --run-dir "$RUN"
+
+echo "== the trained checkpoint: inference images/s, AP with AMP on and off"
+"$PY" - "$MODE" "$WORK" "$RUN" <<'PY'
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lvisctl.data.image_io import read_image_tensor
+from lvisctl.data.lvis import load_lvis
+from lvisctl.engine.checkpoint import load_checkpoint
+from lvisctl.evaluation.lvis_metrics import evaluate_lvis, load_ground_truth, load_results_for_eval
+from lvisctl.inference.predictor import checkpoint_config
+from lvisctl.inference.results import detections_to_records, write_split_results
+from lvisctl.inference.tta import predictor_from_checkpoints
+
+mode, work, run = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+dev = torch.device("cuda" if mode == "cuda" else "cpu")
+path = run / "checkpoints" / "stage1_final.pt"
+ckpt = load_checkpoint(path)
+predictor, stats = predictor_from_checkpoints([(ckpt, path)], checkpoint_config(ckpt), dev)
+val = load_lvis(run / "data" / "lvis_v1_val.json")
+images = {i: read_image_tensor(val.image_path(i)) for i in sorted(val.images)}
+gt = load_ground_truth(run / "data" / "lvis_v1_val.json")
+
+
+def predict(amp):
+    predictor.amp = amp and dev.type == "cuda"
+    records, start = [], time.perf_counter()
+    for image_id, image in images.items():
+        records += detections_to_records(image_id, predictor.predict(image), stats.category_map)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return records, len(images) / (time.perf_counter() - start)
+
+
+def segm_ap(records):
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_split_results(records, Path(tmp) / "val.json")
+        return evaluate_lvis(load_results_for_eval(paths["segm"], gt), gt, ("segm",))["segm"].metrics["AP"]
+
+
+predict(True)  # warm-up
+rows = []
+for amp in (True, False):
+    records, rate = predict(amp)
+    tag = ("AMP on" if amp else "AMP off") + ("" if dev.type == "cuda" else " (CPU: AMP is CUDA-only)")
+    rows.append((f"inference img/s, trained checkpoint, {len(images)} val images, {tag}", f"{rate:.2f}"))
+    rows.append((f"segm AP of the trained checkpoint, {tag}", f"{segm_ap(records):.4f}" if records else "0 (no detections)"))
+with open(os.path.join(work, "rows.tsv"), "a", encoding="utf-8") as fh:
+    fh.writelines(f"{what}\t{value}\t-\n" for what, value in rows)
+for what, value in rows:
+    print(f"  {what}: {value}")
+PY
+
+echo "== 2-process torchrun: evaluation during training, Ctrl-C, --resume, tta-infer --tta paper"
+"$PY" - "$MODE" "$WORK" "$PY" <<'PY'
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+mode, work, py = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+nccl = mode == "cuda" and torch.cuda.device_count() >= 2  # two ranks cannot share one GPU under NCCL
+how = "NCCL, 2 GPUs" if nccl else "gloo on the CPU" + (" (1 GPU visible)" if mode == "cuda" else "")
+run = work / "ddp"
+items = ["device=cuda"] if nccl else [
+    "device=cpu", "augment.train_scales=[64]", "augment.max_size=96", "augment.mosaic.size=96",
+    "model.backbone.tiny_width=8", "model.fpn.out_channels=16", "model.roi_heads.fc_dim=32",
+    "model.mask_head.conv_dim=16", "model.mask_head.num_convs=1",
+]  # fmt: skip
+val = run / "data" / "lvis_v1_val.json"
+torchrun = [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lvisctl"]
+env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def sh(*cmd, **kw):
+    subprocess.run(list(cmd), check=True, env=env, **kw)
+
+
+sh(py, "-m", "lvisctl", "data", "synth", "--run-dir", str(run), "--preset", "tiny", "--image-size",
+   "256" if nccl else "64", "--train-images", "16", "--val-images", "4", "--test-images", "0",
+   "--unlabeled-images", "0", stdout=subprocess.DEVNULL)  # fmt: skip
+train = [*torchrun, "train", "--stage", "1", "--config", "configs/demo/stage1.yaml", "--run-dir", str(run),
+         "solver.max_iter=40", "solver.warmup_iters=0", "train.batch_size=2", "train.num_workers=0",
+         "train.log_period=5", "train.checkpoint_period=5", "train.eval_period=10", f"data.val={val}",
+         "sampler.rfs_threshold=0.3", *items]  # fmt: skip
+# Ctrl-C as a terminal sends it: to torchrun, which passes it to both workers (SIGINT not ignored here)
+log = open(work / "ctrl_c.log", "w", encoding="utf-8")  # torchrun prints its own traceback for a Ctrl-C
+proc = subprocess.Popen(
+    train, env=env, stderr=log, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+)
+def saved():  # periodic checkpoints (the newest ones are kept): the highest iteration on disk
+    return max((int(f.stem.rsplit("iter", 1)[1]) for f in run.glob("checkpoints/stage1_iter*.pt")), default=0)
+
+
+deadline = time.time() + 300
+while saved() < 10 and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.1)
+stopped = proc.poll() is None
+if stopped:
+    proc.send_signal(signal.SIGINT)
+try:
+    code = proc.wait(timeout=120)  # the ranks agree and stop within a step, well before torchrun's 30 s kill
+except subprocess.TimeoutExpired:
+    proc.kill()
+    sys.exit("error: after Ctrl-C the torchrun workers did not stop within 120 s (a rank blocked?)")
+log.close()
+if not stopped and code != 0:
+    sys.stderr.write((work / "ctrl_c.log").read_text()[-3000:])
+    sys.exit(f"error: the 2-process run failed (exit {code}) before its iteration-10 checkpoint")
+sh(*torchrun, "train", "--stage", "1", "--resume", "--run-dir", str(run))
+# the paper's six scales and their box ranges on GPUs; two tiny scales without the ranges on the CPU
+tiny = [] if nccl else ["--scales", "48,64", "inference.tta.range_filter=false"]
+sh(*torchrun, "tta-infer", "--run-dir", str(run), "--images", str(val), "--tta", "paper", *tiny)
+sh(py, "-m", "lvisctl", "evaluate", "--run-dir", str(run), stdout=subprocess.DEVNULL)
+what = "stopped by Ctrl-C (exit %d), resumed to 40" % code if stopped else "finished before Ctrl-C, resume skipped"
+with open(work / "rows.tsv", "a", encoding="utf-8") as fh:
+    fh.write(f"2-process torchrun ({how}): eval every 10 it, Ctrl-C, --resume, --tta paper\tok: {what}\t-\n")
+PY
+
+"$PY" - "$WORK" <<'PY'
+import sys
+
+print("\n| check | value | peak GPU memory (GiB) |\n|---|---|---|")
+with open(f"{sys.argv[1]}/rows.tsv", encoding="utf-8") as fh:
+    for line in fh:
+        what, value, mem = line.rstrip("\n").split("\t")
+        print(f"| {what} | {value} | {mem} |")
+PY
 echo "== gpu check passed ($MODE) in $((SECONDS - START)) s"

@@ -50,6 +50,7 @@ def _stages() -> tuple[Callable[[Any], bool], str]:
 
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "runtime.dist_timeout_min": _positive(),
     "solver.base_lr": _positive(),
     "solver.ref_batch": _at_least(1),
     "solver.momentum": (lambda v: _num(v) and 0 <= v < 1, "in [0, 1)"),

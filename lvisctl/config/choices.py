@@ -15,6 +15,11 @@ CHOICES: dict[str, dict[str, str]] = {
         "cpu": "always the CPU",
         "cuda": "the GPU of this process (LOCAL_RANK under torchrun)",
     },
+    "runtime.cudnn_benchmark": {
+        "auto": "off in training (multi-scale shapes change every step), on for inference",
+        "always": "cudnn.benchmark on in training and inference",
+        "never": "cudnn.benchmark off everywhere",
+    },
     "model.backbone.name": {
         "resnet18": "torchvision ResNet-18",
         "resnet50": "torchvision ResNet-50 (Table 1's R50)",

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lvisctl.engine import checkpoint as ckpt_io
-from lvisctl.engine.distributed import broadcast_buffers, broadcast_object
+from lvisctl.engine.distributed import broadcast_buffers, broadcast_object, gather_to_main
 from lvisctl.engine.hooks import Hook
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import Artifact, atomic_write_json
@@ -239,11 +239,8 @@ class EvalHook(Hook):
             images = [read_image(self.val.image_paths[i]) for i in ids]
             for image_id, dets in zip(ids, predictor.predict_batch(images), strict=True):
                 records += detections_to_records(image_id, dets, category_map)
-        if info.distributed:
-            gathered: list[Any] = [None] * info.world_size
-            torch.distributed.all_gather_object(gathered, records)
-            records = [r for part in gathered for r in part]
-        return records
+        # rank 0 alone scores: only it receives the others' records (over gloo, in host memory)
+        return [r for part in gather_to_main(records, info) for r in part]
 
     def _score(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
         from lvisctl.evaluation.lvis_metrics import (

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lvisctl.engine import checkpoint as ckpt_io
-from lvisctl.engine.distributed import all_reduce_mean, any_rank
+from lvisctl.engine.distributed import all_reduce_mean
 from lvisctl.engine.schedule import set_lr
 from lvisctl.errors import LvisctlError
 
@@ -86,10 +86,10 @@ class NonFiniteCheckHook(Hook):
         losses, info = trainer.losses, trainer.info
         values = torch.stack([v.detach() for v in losses.values()]) if losses else torch.zeros(1)
         finite = torch.isfinite(values)
-        local_bad = not bool(finite.all())
-        if not any_rank(local_bad, info):
+        # one collective and one host sync per step, shared with the Ctrl-C agreement
+        if not trainer.agree_step(~finite.all()):
             return
-        if local_bad:
+        if not bool(finite.all()):  # the error path only: name the loss
             idx = int((~finite).nonzero()[0])
             name, value = list(losses)[idx], float(values[idx])
             what = f"{name} is {value}" + (f" on rank {info.rank}" if info.distributed else "")

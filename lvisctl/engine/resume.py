@@ -35,6 +35,18 @@ def clear_phase(run: RunDir, phase: ckpt_io.Phase, info: DistInfo) -> None:
     barrier(info)
 
 
+def saved_process_config(run: RunDir, phase: ckpt_io.Phase) -> Mapping[str, Any]:
+    """The newest recorded checkpoint's config as the manifest holds it (no checkpoint is loaded), for
+    what must be known before the process group exists: ``device`` and ``runtime``. Empty when the
+    phase has no checkpoint (the resume then fails with its own message)."""
+    from lvisctl.config import upgrade_saved_config
+
+    art = ckpt_io.latest_checkpoint(run, phase) if run.manifest_path.is_file() else None
+    if art is None or not art.config:
+        return {}
+    return upgrade_saved_config(art.config)
+
+
 def find_resume_state(
     run: RunDir, phase: ckpt_io.Phase, resume: bool, info: DistInfo, *, overwrite: bool = False
 ) -> tuple[dict[str, Any], Artifact] | None:

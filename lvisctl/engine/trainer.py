@@ -49,11 +49,15 @@ from lvisctl.data.train_data import TrainData, build_train_data, resolve_train_a
 from lvisctl.engine import checkpoint as ckpt_io
 from lvisctl.engine.distributed import (
     DistInfo,
+    agree_flags,
     barrier,
     broadcast_buffers,
     cleanup_distributed,
     init_distributed,
     pick_device,
+    set_cudnn_benchmark,
+    set_deterministic,
+    timeout_of,
 )
 from lvisctl.engine.hooks import Hook, NonFiniteLossError, default_hooks
 from lvisctl.engine.init_weights import (
@@ -64,7 +68,13 @@ from lvisctl.engine.init_weights import (
     prepare_config,
 )
 from lvisctl.engine.logging import TrainLogger, plot_loss_curves, print_line, tensorboard_dir
-from lvisctl.engine.resume import check_inputs_unchanged, check_resume_config, clear_phase, find_resume_state
+from lvisctl.engine.resume import (
+    check_inputs_unchanged,
+    check_resume_config,
+    clear_phase,
+    find_resume_state,
+    saved_process_config,
+)
 from lvisctl.engine.schedule import WarmupStepSchedule, build_schedule
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import Artifact, RunDir, atomic_write_json, atomic_write_text
@@ -156,13 +166,23 @@ def train(
         raise LvisctlError("train: a config is required unless resuming (--resume)")
     if overwrite and resume:
         raise LvisctlError("train: --overwrite starts the phase again; it cannot be combined with --resume")
-    info = init_distributed(cfg.device if cfg is not None else "auto")
+    phase_ = ckpt_io.Phase(stage, phase or "")
+    # the process group's backend follows the device: a resume without --config takes the saved one's
+    process_cfg = cfg if cfg is not None else saved_process_config(RunDir(run_dir), phase_)
+    info = init_distributed(process_cfg.get("device", "auto"), timeout_of(process_cfg))
     try:
-        phase_ = ckpt_io.Phase(stage, phase or "")
         opts = _Options(resume, overwrite, allow_changed_inputs, build_model, build_data, hooks)
         run = RunDir(run_dir)
         with run.phase_lock(phase_.name):  # one writer per phase for the command's whole life
             return _train(cfg, run, info, phase_, opts)
+    except RuntimeError as err:
+        if "does not have a deterministic implementation" not in str(err):
+            raise
+        op = str(err).split(" does not have")[0].strip()
+        raise LvisctlError(
+            f"config: train.deterministic is true but {op} has no deterministic implementation on "
+            f"{info.device.type} (see docs/gpu.md); set train.deterministic=false"
+        ) from None
     finally:
         cleanup_distributed()
 
@@ -198,10 +218,8 @@ def _train(
         assert cfg is not None
         cfg, notes, init = prepare_config(cfg, run, phase)
     assert cfg is not None
-    if info.device.type == "cuda":
-        torch.backends.cudnn.benchmark = not cfg.train.deterministic
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=info.device.type == "cuda")
+    set_cudnn_benchmark(cfg, info.device, training=True)
+    set_deterministic(bool(cfg.train.deterministic), info.device)
     _seed_everything(int(cfg.seed))
     hooks = list(opts.hooks) if opts.hooks is not None else default_hooks(cfg, run)
 
@@ -325,6 +343,8 @@ class Trainer:
         self._config_saved = config_saved
         self._saved_any = False
         self._interrupted: Callable[[], bool] = lambda: False  # set while the loop runs
+        self.stop_requested = False  # Ctrl-C on some rank, agreed by all (agree_step)
+        self._agreed = False
 
     # -------------------------------------------------------------------------------------- running
     def call(self, event: str) -> None:
@@ -376,7 +396,9 @@ class Trainer:
                 self.data, self.cfg, self.info, loop.epoch, loop.epoch_position * batch
             ):
                 self.data_time = time.perf_counter() - tick
-                if self._interrupted():  # Ctrl-C arrived during the last step: stop at this safe point
+                # Ctrl-C during the last step: stop at this safe point. Under torchrun the ranks agree
+                # first (run_step), so none stops alone and leaves the others blocked in a collective.
+                if not self.info.distributed and self._interrupted():
                     raise KeyboardInterrupt
                 self.call("before_step")
                 self.run_step(images, targets)
@@ -401,7 +423,12 @@ class Trainer:
             loss_dict = self.ddp_model(images, targets)
         self.losses = {k: v.float() for k, v in loss_dict.items()}
         total = sum(self.losses.values())
+        self._agreed = False
         self.call("before_backward")
+        if not self._agreed:  # no non-finite check among the hooks: agree on the stop alone
+            self.agree_step(None)
+        if self.stop_requested:  # every rank raises at this same step (nothing applied)
+            raise KeyboardInterrupt
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         clip = float(self.cfg.solver.clip_grad_norm)
@@ -414,6 +441,14 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step_losses = {"loss": total.detach(), **{k: v.detach() for k, v in self.losses.items()}}
+
+    def agree_step(self, local_bad: torch.Tensor | None) -> bool:
+        """What all ranks decide together each step, in one collective and one host sync: is a loss
+        non-finite on any rank (``local_bad``, a bool tensor; None = not checked) and was Ctrl-C pressed
+        on any (sets ``stop_requested``). Returns whether a loss is bad somewhere."""
+        self._agreed = True
+        any_bad, self.stop_requested = agree_flags(local_bad, self._interrupted(), self.info)
+        return any_bad
 
     def _params(self) -> list[torch.Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -434,7 +469,7 @@ class Trainer:
         The resolved config is written and registered with the first checkpoint of a run, so a run that
         fails before it leaves no config behind. ``best`` = ``{"metric", "value"}``: ``<phase>_best.pt``.
         """
-        rng = _gather_rng(self.info)
+        rng, windows = _gather_rank_state(self.info, self.loop)
         if not self.info.is_main:
             return None
         if not self._config_saved:
@@ -454,7 +489,9 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "rng": rng,
             "history": [dict(h) for h in loop.history],
-            "log_window": {k: v.detach().cpu() for k, v in loop.window.items()},
+            "log_window": windows[0],
+            # every rank's loss sums since the last log line: a DDP resume logs what the run would have
+            "log_windows": windows,
             "log_window_count": loop.window_count,
             "world_size": self.info.world_size,
             "config": self.data.saved_config(self.cfg).to_dict(),
@@ -630,19 +667,30 @@ def _restore(
         epoch=int(state["epoch"]),
         epoch_position=int(state["epoch_position"]),
         history=[dict(h) for h in state.get("history", [])],
-        window={k: v.to(info.device) for k, v in state.get("log_window", {}).items()},
+        window={k: v.to(info.device) for k, v in _saved_window(state, info).items()},
         window_count=int(state.get("log_window_count", 0)),
         rng=rng,
     )
 
 
-def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
-    local = ckpt_io.capture_rng_state()
+def _gather_rank_state(info: DistInfo, loop: LoopState) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every rank's RNG states and log-window sums (one gather; on every rank, as rank 0 writes)."""
+    local = (ckpt_io.capture_rng_state(), {k: v.detach().cpu() for k, v in loop.window.items()})
     if not info.distributed:
-        return [local]
+        return [local[0]], [local[1]]
     gathered: list[Any] = [None] * info.world_size
     torch.distributed.all_gather_object(gathered, local)
-    return gathered
+    return [g[0] for g in gathered], [g[1] for g in gathered]
+
+
+def _saved_window(state: Mapping[str, Any], info: DistInfo) -> dict[str, torch.Tensor]:
+    """This rank's saved loss sums; after a change of world size (or from an older checkpoint that kept
+    rank 0's only) the mean over the saved ranks, which the rank-averaged log line then equals."""
+    windows = state.get("log_windows") or [state.get("log_window", {}) or {}]
+    if len(windows) == info.world_size:
+        return dict(windows[info.rank])
+    keys = windows[0].keys()
+    return {k: torch.stack([w[k] for w in windows]).mean(dim=0) for k in keys}
 
 
 # ------------------------------------------------------------------------------------------ bookkeeping

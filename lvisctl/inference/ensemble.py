@@ -304,10 +304,16 @@ class EnsemblePredictor:
         self.settings = settings
         self.detections_per_image = detections_per_image
 
+    @property
+    def device(self) -> torch.device:
+        """The first model's device (where the images are copied once for all models)."""
+        return torch.device(getattr(self.predictors[0], "device", "cpu"))
+
     def predict(self, image: torch.Tensor) -> Detections:
         return self.predict_batch([image])[0]
 
     def predict_batch(self, images: Sequence[torch.Tensor]) -> list[Detections]:
+        images = [img.to(self.device, non_blocking=img.is_pinned()) for img in images]
         outputs = [p.predict_batch(images) for p in self.predictors]
         return [
             fuse_detections(

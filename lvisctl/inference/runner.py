@@ -77,11 +77,21 @@ class InferenceSummary:
     chunks_damaged: int = 0  # chunk files found damaged and recomputed
 
 
-def plan_chunks(items: Sequence[ImageItem], chunk_size: int) -> list[list[ImageItem]]:
-    """Consecutive chunks of ``chunk_size`` images (the global, process-independent unit of work)."""
+def plan_chunks(items: Sequence[ImageItem], chunk_size: int, world_size: int = 1) -> list[list[ImageItem]]:
+    """Consecutive chunks of at most ``chunk_size`` images (the global unit of work).
+
+    Several processes: as many chunks as a multiple of ``world_size``, of equal size (+-1 image), so
+    every rank gets the same number of images and none waits at the final barrier for another's extra
+    chunk (a whole chunk of paper TTA on a big model can exceed a collective's timeout).
+    """
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
-    return [list(items[i : i + chunk_size]) for i in range(0, len(items), chunk_size)]
+    if world_size <= 1 or not items:
+        return [list(items[i : i + chunk_size]) for i in range(0, len(items), chunk_size)]
+    n = -(-len(items) // chunk_size)
+    n = min(-(-n // world_size) * world_size, len(items))
+    bounds = [len(items) * k // n for k in range(n + 1)]
+    return [list(items[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def finished_chunks(partial_dir: Path) -> dict[int, Path]:
@@ -163,7 +173,8 @@ class _ChunkImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None, bool]:
         item = self.items[i]
         try:
-            return item.image_id, read_image(item.path, item.hw), None, False
+            # uint8 as decoded: the predictor copies it to the device once and converts there
+            return item.image_id, read_image_tensor(item.path, expected_hw=item.hw), None, False
         except ImageSizeError as err:
             return item.image_id, None, str(err), True
         except ImageReadError as err:
@@ -175,12 +186,17 @@ def _as_list(batch: list[Any]) -> list[Any]:
 
 
 def iter_batches(
-    items: Sequence[ImageItem], batch_size: int, num_workers: int
+    items: Sequence[ImageItem], batch_size: int, num_workers: int, pin_memory: bool = False
 ) -> Iterator[list[tuple[int, torch.Tensor | None, str | None, bool]]]:
     """Decoded images in order, ``batch_size`` at a time, decoded by ``num_workers`` worker processes:
-    ``(image_id, image or None, problem or None, problem is a size mismatch)``."""
+    ``(image_id, uint8 image or None, problem or None, problem is a size mismatch)``; ``pin_memory``
+    (a CUDA predictor) lets the one copy to the device run asynchronously."""
     loader = torch.utils.data.DataLoader(
-        _ChunkImages(items), batch_size=batch_size, num_workers=num_workers, collate_fn=_as_list
+        _ChunkImages(items),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_as_list,
+        pin_memory=pin_memory,
     )
     yield from loader
 
@@ -200,7 +216,8 @@ def run_chunk(
     Unreadable images are left out and added to ``skipped``; an image of another size than the json
     says stops the run (its masks would be encoded at the wrong size)."""
     records: list[dict[str, Any]] = []
-    for batch in iter_batches(items, batch_size, num_workers):
+    pin = predictor.device.type == "cuda"
+    for batch in iter_batches(items, batch_size, num_workers, pin_memory=pin):
         for image_id, _, problem, wrong_size in batch:
             if wrong_size:
                 raise LvisctlError(f"{problem} (image {image_id})")
@@ -294,7 +311,7 @@ def run_inference(
     dist = dist or DistInfo()
     notify = notify or _to_stderr
     start = time.perf_counter()
-    chunks = plan_chunks(items, chunk_size)
+    chunks = plan_chunks(items, chunk_size, dist.world_size)
     damaged = 0
     if dist.is_main:
         prepare_partial_dir(partial_dir, fingerprint)
@@ -505,7 +522,7 @@ def _predict_locked(
 ) -> PredictionsOutcome:
     from lvisctl.data.lvis import load_lvis, resolve_image_root
     from lvisctl.engine.checkpoint import load_checkpoint
-    from lvisctl.engine.distributed import init_distributed
+    from lvisctl.engine.distributed import init_distributed, set_cudnn_benchmark, timeout_of
     from lvisctl.inference.tta import predictor_from_checkpoints
 
     run, cfg, icfg = job.run, job.cfg, job.cfg.inference
@@ -516,7 +533,8 @@ def _predict_locked(
         for image_id in sorted(data.images)
     ]
     unreadable = check_images_up_front(data, strict=strict)
-    dist = init_distributed(cfg.device)
+    dist = init_distributed(cfg.device, timeout_of(cfg))
+    set_cudnn_benchmark(cfg, dist.device, training=False)
     loaded = [(job.ckpt, job.ckpt_path)] + [(load_checkpoint(p), p) for _, p, _ in job.resolved[1:]]
     predictor, stats = predictor_from_checkpoints(loaded, cfg, dist.device, job.overrides)
     fingerprint = fingerprint_of(

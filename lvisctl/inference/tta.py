@@ -299,6 +299,7 @@ class TTAPredictor(Predictor):
         self.merge_iou = float(merge_iou)
 
     def predict_batch(self, images: Sequence[torch.Tensor]) -> list[Detections]:
+        images = self.upload(images)  # once for the 2 x scales passes, not once per pass
         passes: list[list[Pass]] = [[] for _ in images]
         for scale in self.scales:
             for flip in (False, True) if self.settings.flip else (False,):

@@ -8,7 +8,9 @@ A drop-in for ``detectron2.evaluation.LVISEvaluator`` (same ``evaluate()`` keys:
     inference_on_dataset(model, val_loader, evaluator)
 
 Predicted classes are detectron2's contiguous indices (0..K-1), mapped to the LVIS ids in increasing order
-as detectron2's LVIS loader does. Single process: under DDP gather the outputs first (``comm.gather``).
+as detectron2's LVIS loader does. Under detectron2's multi-GPU test (a ``torch.distributed`` process group)
+``evaluate()`` gathers every rank's records to rank 0, which scores them all and returns the metrics; the
+other ranks return None, as detectron2's own ``LVISEvaluator`` (``comm.gather(..., dst=0)``) does.
 """
 
 from __future__ import annotations
@@ -56,10 +58,29 @@ class LvisctlLVISEvaluator(_Base):
             boxes = inst.pred_boxes.tensor
             masks = inst.pred_masks if inst.has("pred_masks") else None
             self._has_masks = self._has_masks or masks is not None
-            cats = [self.cat_ids[int(c)] for c in inst.pred_classes]
+            cats = [self.cat_ids[c] for c in inst.pred_classes.tolist()]
             self._records += image_records(inp["image_id"], boxes, inst.scores, cats, masks)
 
-    def evaluate(self) -> OrderedDict:
+    def evaluate(self) -> OrderedDict | None:
+        records, has_masks = _gather_records(self._records, self._has_masks)
+        if records is None:  # not rank 0: its records went to rank 0, which scores them all
+            return None
+        self._records, self._has_masks = records, has_masks
         tasks = self.tasks or (("bbox", "segm") if self._has_masks else ("bbox",))
         metrics = evaluate_records(self._records, self.json_file, tasks)
         return OrderedDict((t, {k: 100.0 * metrics[t][k] for k in D2_KEYS}) for t in tasks)
+
+
+def _gather_records(records: list[dict[str, Any]], has_masks: bool) -> tuple[list[Any] | None, bool]:
+    """All ranks' records on rank 0 (None elsewhere); the local ones in one process."""
+    import torch.distributed as dist
+
+    from lvisctl.engine.distributed import DistInfo, gather_to_main
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return records, has_masks
+    info = DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
+    parts = gather_to_main((records, has_masks), info)
+    if not info.is_main:
+        return None, has_masks
+    return [r for part, _ in parts for r in part], any(m for _, m in parts)

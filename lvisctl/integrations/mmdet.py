@@ -185,7 +185,8 @@ class LvisctlLVISMetric(BaseMetric):
         for sample in data_samples:
             pred = sample["pred_instances"]
             masks = pred.get("masks") if "segm" in self.metrics else None
-            cats = [self.cat_ids[int(c)] for c in pred["labels"]]
+            # one copy of the labels to the host, not one sync per detection
+            cats = [self.cat_ids[c] for c in torch.as_tensor(pred["labels"]).tolist()]
             # one entry per image: mmengine cuts the collected results to the dataset size
             self.results.append(image_records(sample["img_id"], pred["bboxes"], pred["scores"], cats, masks))
 

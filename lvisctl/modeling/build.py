@@ -17,8 +17,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.rpn import RPNHead
 
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
@@ -46,7 +44,7 @@ from lvisctl.modeling.roi_heads import (
     RoIStage,
     StandardRoIHeads,
 )
-from lvisctl.modeling.rpn import WeightedRPN
+from lvisctl.modeling.rpn import Fp32AnchorGenerator, Fp32RPNHead, WeightedRPN
 from lvisctl.modeling.sampling import ProposalSampler
 
 Config = Any  # an OmegaConf node of the model section
@@ -105,7 +103,7 @@ def _deform_pool(rcfg: Config, channels: int) -> nn.Module:
     )
 
 
-class UnroundedAnchorGenerator(AnchorGenerator):
+class UnroundedAnchorGenerator(Fp32AnchorGenerator):
     """Cell anchors without torchvision's rounding to whole pixels (mmdet's and detectron2's layout)."""
 
     def generate_anchors(self, scales, aspect_ratios, dtype=torch.float32, device=torch.device("cpu")):
@@ -162,8 +160,8 @@ def build_rpn(rpn_cfg, channels: int) -> WeightedRPN:
         raise LvisctlError(f"model.rpn.anchor_sizes: need 5 sizes (P2..P6), got {len(sizes)}")
     ratios = (tuple(float(r) for r in rpn_cfg.aspect_ratios),) * len(sizes)
     round_anchors = bool(rpn_cfg.get("anchor_round", True))
-    anchors = AnchorGenerator(sizes, ratios) if round_anchors else UnroundedAnchorGenerator(sizes, ratios)
-    head = RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=int(rpn_cfg.head_convs))
+    anchors = Fp32AnchorGenerator(sizes, ratios) if round_anchors else UnroundedAnchorGenerator(sizes, ratios)
+    head = Fp32RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=int(rpn_cfg.head_convs))
     rpn = WeightedRPN(
         anchors,
         head,

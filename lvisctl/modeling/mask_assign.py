@@ -79,29 +79,37 @@ def fpn_levels(boxes: Tensor) -> Tensor:
     return box_levels(box_areas(boxes), "log2")
 
 
+TABLE_BYTES = 64 * 2**20  # summed-area tables built at once: a few masks' worth, not all G at full size
+
+
 def mask_areas_in_boxes(gt_masks: Tensor, boxes: Tensor, gt_index: Tensor) -> Tensor:
     """S_mask for training: foreground pixels of ``gt_masks[gt_index[i]]`` inside ``boxes[i]``.
 
     ``gt_masks`` is G x H x W (one image's full-resolution masks), ``boxes`` N x 4 xyxy in the same pixel
-    frame, ``gt_index`` the matched ground truth of each RoI. Box edges are rounded to the pixel grid. One
-    summed-area table per distinct matched mask keeps memory at one H x W table at a time.
+    frame, ``gt_index`` the matched ground truth of each RoI. Box edges are rounded to the pixel grid.
+    Summed-area tables (int32) of a few masks at a time, every RoI read from its own mask's table by
+    indexing: no host sync (a loop over the matched masks cost 1 + G syncs per image on a GPU).
     """
     areas = torch.zeros(boxes.shape[0], dtype=torch.float32, device=boxes.device)
     if boxes.shape[0] == 0:
         return areas
     height, width = gt_masks.shape[-2:]
-    x1 = boxes[:, 0].round().clamp(0, width).long()
-    x2 = boxes[:, 2].round().clamp(0, width).long()
-    y1 = boxes[:, 1].round().clamp(0, height).long()
-    y2 = boxes[:, 3].round().clamp(0, height).long()
-    for g in torch.unique(gt_index).tolist():
-        rows = (gt_index == g).nonzero(as_tuple=True)[0]
-        table = torch.zeros((height + 1, width + 1), dtype=torch.int64, device=gt_masks.device)
-        table[1:, 1:] = (gt_masks[g] > 0).long().cumsum(0).cumsum(1)
-        a, b, c, d = y1[rows], y2[rows], x1[rows], x2[rows]
-        inside = table[b, d] - table[a, d] - table[b, c] + table[a, c]
-        areas[rows] = inside.clamp_min(0).float().to(areas.device)
-    return areas
+    dev = gt_masks.device
+    x1 = boxes[:, 0].round().clamp(0, width).long().to(dev)
+    x2 = boxes[:, 2].round().clamp(0, width).long().to(dev)
+    y1 = boxes[:, 1].round().clamp(0, height).long().to(dev)
+    y2 = boxes[:, 3].round().clamp(0, height).long().to(dev)
+    gt_index = gt_index.to(dev).long()
+    step = max(1, TABLE_BYTES // ((height + 1) * (width + 1) * 4))
+    inside = torch.zeros(boxes.shape[0], dtype=torch.int32, device=dev)
+    for start in range(0, gt_masks.shape[0], step):
+        chunk = gt_masks[start : start + step] > 0
+        table = torch.zeros((chunk.shape[0], height + 1, width + 1), dtype=torch.int32, device=dev)
+        table[:, 1:, 1:] = chunk.to(torch.int32).cumsum(1, dtype=torch.int32).cumsum(2, dtype=torch.int32)
+        g = (gt_index - start).clamp(0, chunk.shape[0] - 1)
+        part = table[g, y2, x2] - table[g, y1, x2] - table[g, y2, x1] + table[g, y1, x1]
+        inside = torch.where((gt_index >= start) & (gt_index < start + chunk.shape[0]), part, inside)
+    return inside.clamp_min(0).float().to(boxes.device)
 
 
 MaskFn = Callable[[Tensor, Tensor], "Tensor | Sequence[Tensor]"]

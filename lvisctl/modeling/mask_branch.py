@@ -28,7 +28,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection.roi_heads import project_masks_on_boxes
 from torchvision.ops import box_area
 
 from lvisctl.losses.boundary import boundary_loss
@@ -36,6 +35,7 @@ from lvisctl.losses.mask_scoring import mask_iou_loss, mask_iou_targets
 from lvisctl.modeling.mask_assign import MaskLevelAssigner, mask_areas_in_boxes
 from lvisctl.modeling.mask_head import MaskHeadOutput
 from lvisctl.modeling.mask_iou_head import MaskIoUHead
+from lvisctl.modeling.mask_targets import project_masks_on_boxes
 from lvisctl.modeling.poolers import boxes_to_rois
 from lvisctl.modeling.sampling import RoISamples, image_weighted, image_weights
 

@@ -25,6 +25,19 @@ def test_gpu_check_cpu_mode_runs_and_prints_the_table(tmp_path):
     for row in ("AMP off: lvisctl", "AMP off: torchvision", "HM head cost", "inference img/s",
                 "lvisctl postprocess", "20-iteration loss"):  # fmt: skip
         assert row in out, row
+    table = out[out.index("| check | value | peak GPU memory (GiB) |") :]
+    assert out.count("| check | value |") == 1  # one table, after every part ran
+    for row in ("| train s/iter, HTC", "| train s/iter, EQL", "| train s/iter, BAGS",
+                "| train s/iter, Mask Scoring", "| train s/iter, DCN", "| multi-scale train s/iter",
+                "| train step with 12 GT masks/image",
+                "| host syncs per train step (2 images) / per inference image, softmax",
+                "| inference img/s, trained checkpoint", "| segm AP of the trained checkpoint, AMP on",
+                "| segm AP of the trained checkpoint, AMP off"):  # fmt: skip
+        assert row in table, row
+    # the 2-process run was stopped by Ctrl-C mid-run, resumed and ran the paper TTA
+    ddp = "| 2-process torchrun (gloo on the CPU): eval every 10 it, Ctrl-C, --resume, --tta paper |"
+    assert f"{ddp} ok: stopped by Ctrl-C" in table
+    assert (tmp_path / "work" / "ddp" / "checkpoints" / "stage1_final.pt").is_file()
     assert "scored segm:" in out and "AP bbox - segm" in out  # tta-infer + evaluate ran
     assert "== gpu check passed (cpu)" in out
     assert (tmp_path / "work" / "run" / "metrics").is_dir()

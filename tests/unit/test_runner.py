@@ -149,17 +149,18 @@ def test_two_gloo_processes_match_one_process_and_resume(tmp_path):
 
     partial = tmp_path / ".partial" / "multi"
     out = tmp_path / "multi.json"
-    # Interrupted: 3 chunks, each rank stops after 1 -> chunks 0 (rank 0) and 1 (rank 1) on disk.
+    # Interrupted: 5 images in chunks of <= 2 planned as 4 chunks (a multiple of the 2 ranks, so both get
+    # the same work), each rank stops after 1 -> chunks 0 (rank 0) and 1 (rank 1) on disk.
     mp.start_processes(_worker, args=(_free_port(), items, out, partial, 1), nprocs=2, start_method="fork")
     computed0, names0 = json.loads((tmp_path / "summary0.json").read_text())
     computed1, _ = json.loads((tmp_path / "summary1.json").read_text())
     assert (computed0, computed1) == (1, 1) and not list(tmp_path.glob("multi*.json"))
     assert names0 == ["meta.json", "rank0_0.json", "rank1_1.json"]
-    # Resumed: only chunk 2 is pending; rank 0 takes it, rank 1 has nothing to do.
+    # Resumed: chunks 2 and 3 are pending, one for each rank.
     mp.start_processes(_worker, args=(_free_port(), items, out, partial, None), nprocs=2, start_method="fork")
     computed0, _ = json.loads((tmp_path / "summary0.json").read_text())
     computed1, _ = json.loads((tmp_path / "summary1.json").read_text())
-    assert (computed0, computed1) == (1, 0)
+    assert (computed0, computed1) == (1, 1)
     assert files_bytes(out) == files_bytes(tmp_path / "single.json")
     assert not partial.exists() and not partial.parent.exists()
 
