@@ -412,6 +412,7 @@ def predict_to_run_dir(
     on_images: Callable[[int], None] | None = None,
     extra_meta: dict[str, Any] | None = None,
     notify: Callable[[str], None] | None = None,
+    map_by_name: bool = False,
 ) -> PredictionsOutcome:
     """``lvisctl tta-infer``: run a checkpoint on every image of an LVIS / image-info file, write the LVIS
     results files ``<stem>.segm.json`` and ``<stem>.bbox.json`` into the run dir and register both (kind
@@ -426,6 +427,8 @@ def predict_to_run_dir(
     and listed (``strict``: refused up front); a size that differs from the json's is refused up front.
     ``tta`` sets ``inference.tta.mode`` (``paper``: section 3.3, ``lvisctl.inference.tta``); several
     checkpoints are run in one pass and fused per image (``inference.ensemble``), with the first one's config.
+    The checkpoint's categories must be the json's (ids and names), or ``map_by_name`` maps them by name
+    (:mod:`lvisctl.inference.category_check`).
     """
     from lvisctl.engine.checkpoint import load_checkpoint
     from lvisctl.inference.tta import resolve_scales
@@ -466,6 +469,7 @@ def predict_to_run_dir(
         used_scales,
         list(overrides),
         dict(extra_meta or {}),
+        map_by_name,
     )
     with run.phase_lock(f"predictions-{group_path.stem}"):
         return _predict_locked(job, max_chunks, strict, on_start, on_images, notify)
@@ -493,6 +497,7 @@ class _PredictJob:
     scales: list[int]
     overrides: list[str]
     extra_meta: dict[str, Any] = field(default_factory=dict)  # e.g. pseudolabel's purpose
+    map_by_name: bool = False  # the checkpoint's classes onto the json's categories by name
 
 
 def _predict_locked(
@@ -511,6 +516,7 @@ def _predict_locked(
     run, cfg, icfg = job.run, job.cfg, job.cfg.inference
     root = resolve_image_root(cfg.get("data"), option=job.image_root)
     data = load_lvis(job.images, image_root=root)
+    category_map = _category_map(job, data, notify)
     items = [
         ImageItem(image_id, data.image_path(image_id), data.image_hw(image_id))
         for image_id in sorted(data.images)
@@ -518,19 +524,20 @@ def _predict_locked(
     unreadable = check_images_up_front(data, strict=strict)
     dist = init_distributed(cfg.device)
     loaded = [(job.ckpt, job.ckpt_path)] + [(load_checkpoint(p), p) for _, p, _ in job.resolved[1:]]
-    predictor, stats = predictor_from_checkpoints(loaded, cfg, dist.device, job.overrides)
+    predictor, _ = predictor_from_checkpoints(loaded, cfg, dist.device, job.overrides)
     fingerprint = fingerprint_of(
         checkpoint=job.ckpt_sha if len(job.resolved) == 1 else [sha for _, _, sha in job.resolved],
         images=sha256_file(job.images),
         image_root=data.image_root,
         config=cfg.to_dict(),
+        **({"categories": category_map.cat_ids} if job.map_by_name else {}),
     )
     if unreadable and dist.is_main:
         notify(f"warning: {job.images}: {_skip_line(unreadable)}; they are skipped (--strict refuses)")
     summary = run_inference(
         predictor,
         items,
-        stats.category_map,
+        category_map,
         job.out_path,
         run.root / ".partial" / job.out_path.stem,
         fingerprint=fingerprint,
@@ -558,6 +565,21 @@ def _predict_locked(
         if summary.skipped and set(summary.skipped) != set(unreadable):
             notify(f"warning: {job.images}: {_skip_line(summary.skipped)}; no predictions for them")
     return outcome
+
+
+def _category_map(job: _PredictJob, data: Any, notify: Callable[[str], None]) -> CategoryMap:
+    """The checkpoint's categories against the json's, before the model is built (see category_check)."""
+    from lvisctl.data.categories import CategoryStats
+    from lvisctl.inference.category_check import check_categories, mapping_note
+
+    stats = CategoryStats.from_dict(job.ckpt["category_stats"])
+    checked = check_categories(
+        stats, data.categories, json_path=job.images, checkpoint=job.ckpt_path, by_name=job.map_by_name
+    )
+    note = mapping_note(checked, stats, job.images)
+    if note:
+        notify(note)
+    return checked
 
 
 def check_images_up_front(data: Any, *, strict: bool) -> dict[int, str]:
@@ -598,6 +620,8 @@ def _register_predictions(job: _PredictJob, outcome: PredictionsOutcome, icfg: A
     }
     if icfg.tta.mode != "plain":
         meta["tta"] = icfg.tta.mode
+    if job.map_by_name:
+        meta["categories"] = "by name"
     if len(job.resolved) > 1:
         meta["checkpoints"] = [job.run.relative(path) for _, path, _ in job.resolved]
     if s.skipped:
