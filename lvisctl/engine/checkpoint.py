@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lvisctl.errors import LvisctlError
+from lvisctl.errors import LvisctlError, torch_load_problem
 from lvisctl.rundir import Artifact, RunDir, atomic_output
 
 FORMAT = "lvisctl-checkpoint"
@@ -140,8 +140,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated file, foreign pickle, ...: all user-fixable
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LvisctlError(f"{path}: not a loadable checkpoint ({first[:200]})") from None
+        raise LvisctlError(f"{path}: not a loadable checkpoint ({torch_load_problem(err)})") from None
     if not isinstance(ckpt, dict):
         raise LvisctlError(f"{path}: not an lvisctl checkpoint (expected a dict, got {type(ckpt).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
