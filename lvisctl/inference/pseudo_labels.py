@@ -59,6 +59,7 @@ class ScoreThresholds:
         """``"0.5"`` (every group), ``"r=0.3,c=0.4,f=0.5"`` or a mix (``"0.5,r=0.3"``: r 0.3, others 0.5)."""
         values: dict[str, float] = {}
         default = DEFAULT_SCORE_THRESH
+        seen: set[str] = set()
         for part in (p.strip() for p in text.split(",") if p.strip()):
             key, _, value = part.rpartition("=")
             try:
@@ -69,6 +70,13 @@ class ScoreThresholds:
                 raise LvisctlError(
                     f"--score-thresh {text!r}: expected a number in [0, 1] or per group r=0.3,c=0.4,f=0.5"
                 )
+            group = key.strip() or "default"
+            if group in seen:  # "0.5,0.6" or "r=0.3,r=0.4": which one was meant cannot be known
+                twice = "a second bare number" if group == "default" else f"{group}= twice"
+                raise LvisctlError(
+                    f"--score-thresh {text!r}: {twice}; give one number, or one per group r=0.3,c=0.4,f=0.5"
+                )
+            seen.add(group)
             if key.strip():
                 values[key.strip()] = number
             else:

@@ -190,3 +190,13 @@ def test_score_sample_is_bounded():
     )
     median = float(lines[0].split("p50 ")[1].split(",")[0])
     assert 0.35 < median < 0.65  # a uniform sample of a uniform distribution
+
+
+def test_score_thresholds_refuse_what_cannot_be_meant():
+    """Issue 22 item 14: "0.5,0.6" was taken as 0.6 without a word."""
+    from lvisctl.inference.pseudo_labels import ScoreThresholds
+
+    for bad, why in (("0.5,0.6", "a second bare number"), ("r=0.3,c=0.4,r=0.2", "r= twice"), ("nan", "")):
+        with pytest.raises(LvisctlError, match="--score-thresh") as err:
+            ScoreThresholds.parse(bad)
+        assert why in str(err.value)
