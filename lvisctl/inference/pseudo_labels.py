@@ -182,8 +182,28 @@ def _image_record(img: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _info(source: str) -> dict[str, Any]:
-    return {"description": f"lvisctl pseudo labels ({source})", "pseudo_label_source": source}
+def _info(source: str, provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    # provenance: the sha256 of the annotation file and checkpoint the labels were made from; train
+    # compares the first with data.train (labels of another dataset would land on unrelated images)
+    return {
+        "description": f"lvisctl pseudo labels ({source})",
+        "pseudo_label_source": source,
+        **(provenance or {}),
+    }
+
+
+def provenance_of(
+    annotations: Path, checkpoint: Path, checkpoint_sha256: str | None = None
+) -> dict[str, Any]:
+    """``info`` entries naming what a pseudo-label file was made from (path and sha256 of each)."""
+    from lvisctl.rundir.io import sha256_file
+
+    return {
+        "source_annotations": str(annotations),
+        "source_annotations_sha256": sha256_file(annotations),
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": checkpoint_sha256 or sha256_file(checkpoint),
+    }
 
 
 def pseudo_label_file(
@@ -295,17 +315,18 @@ def write_pseudo_labels(
     categories: Sequence[Mapping[str, Any]],
     *,
     scores: ScoreSample | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> tuple[int, int]:
     """Stream the selection into the LVIS json at ``path`` (atomically), one image's records at a time:
     memory does not grow with the number of images. ``scores`` sees every predicted score. Returns
     ``(labels, images)``; the images are all of ``selector.images`` for unlabeled images, those with a
-    prediction for LVIS."""
+    prediction for LVIS. ``provenance`` (:func:`provenance_of`) joins the file's ``info``."""
     from lvisctl.rundir import atomic_output
 
     seen: set[int] = set()
     count = 0
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        head = {"info": _info(selector.mode), "categories": [dict(c) for c in categories]}
+        head = {"info": _info(selector.mode, provenance), "categories": [dict(c) for c in categories]}
         fh.write(json.dumps(head, separators=(",", ":"))[:-1] + ',"annotations":[')
         for image_id, recs in group_by_image(records):
             seen.add(image_id)
@@ -580,8 +601,14 @@ def make_pseudo_labels(
             gt, mode, score_thresh.by_category(categories), max_gt_iou, max_per_image
         )
         scores = ScoreSample({c["id"]: c["frequency"] for c in categories})
+        made_from = provenance_of(info.path, ckpt_path, getattr(ckpt_art, "sha256", None))
         num_labels, num_images = write_pseudo_labels(
-            out_path, iter_split_results(pred.out_path), selector, categories, scores=scores
+            out_path,
+            iter_split_results(pred.out_path),
+            selector,
+            categories,
+            scores=scores,
+            provenance=made_from,
         )
         if num_labels < HANDFUL:
             outcome.score_lines = scores.lines()
