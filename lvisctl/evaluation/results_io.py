@@ -245,6 +245,48 @@ def _check_rles(results, rle_idx: list[int], problem) -> None:
     bad = find_bad_rles([results[i]["segmentation"] for i in rest], limit=len(rest))
     for j, reason in bad:
         problem(f"result {rest[j]}: segmentation is not valid compressed RLE ({reason})")
+    failed = {rest[j] for j, _ in bad}
+    decoded = [i for i in rest if i not in failed]
+    totals = rle_run_totals([results[i]["segmentation"]["counts"] for i in decoded])
+    for i, total in zip(decoded, totals, strict=True):
+        h, w = results[i]["segmentation"]["size"]
+        if (
+            total != h * w
+        ):  # short runs: pycocotools leaves the rest of the mask unset (the GT loader refuses)
+            problem(f"result {i}: segmentation runs cover {total} of the {h}x{w} = {h * w} pixels")
+
+
+def rle_run_totals(counts: Sequence[str]) -> list[int]:
+    """The number of pixels each compressed RLE string's runs add up to (-1: does not decode)."""
+    if not counts:
+        return []
+    try:
+        from lvisctl.evaluation._scan_kernel import rle_run_totals as kernel
+    except ImportError:  # numba missing: the same decoding in Python
+        return [_run_total(c) for c in counts]
+    # the kernel reads json text: each string quoted, a backslash (a legal RLE character) escaped
+    quoted = [b'"' + c.encode("latin-1", "replace").replace(b"\\", b"\\\\") + b'"' for c in counts]
+    starts = np.cumsum([0] + [len(q) for q in quoted[:-1]], dtype=np.int64)
+    return kernel(np.frombuffer(b"".join(quoted), dtype=np.uint8), starts).tolist()
+
+
+def _run_total(counts: str) -> int:
+    """pycocotools' ``rleFrString``, summing the runs."""
+    total = x = shift = m = prev1 = prev2 = 0
+    for ch in counts:
+        v = ord(ch) - 48
+        x |= (v & 0x1F) << shift
+        shift += 5
+        if v & 0x20:
+            continue
+        if v & 0x10:
+            x |= -1 << shift
+        if m > 2:
+            x += prev2
+        if x < 0:
+            return -1
+        total, prev2, prev1, m, x, shift = total + x, prev1, x, m + 1, 0, 0
+    return total
 
 
 def _examples(values: set[Any], k: int = 3) -> str:

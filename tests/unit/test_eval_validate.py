@@ -60,6 +60,15 @@ CASES = {
         "result 2: segmentation is not valid compressed RLE",
     ),
     "RLE runs beyond h*w": (_extra_run, "result 2: segmentation is not valid compressed RLE"),
+    # issue 22 item 16: both sides negative (w * h > 0 hid it), runs covering 2 of 4096 pixels
+    "bbox two negative sides": (
+        lambda d: d[2].update(bbox=[10, 20, -3, -4]),
+        "has a negative width or height",
+    ),
+    "RLE runs short of h*w": (
+        lambda d: d[2]["segmentation"].update(counts="11"),
+        "result 2: segmentation runs cover 2 of the 64x64 = 4096 pixels",
+    ),
 }
 
 
