@@ -352,7 +352,7 @@ def scan_block(buf, start, first, ids, hs, ws, kinds, totals, keys, decode):
     last complete detection, status). Stops before a detection the block cuts off, or when the rows are
     full; the caller starts the next block there.
     """
-    key_image_id, key_bbox, key_seg, key_size, key_counts = keys
+    key_image_id, key_bbox, key_seg, key_size, key_counts, key_score = keys
     n = len(buf)
     words = buf[: n - n % 8].view(np.uint64)
     i = start
@@ -391,6 +391,7 @@ def scan_block(buf, start, first, ids, hs, ws, kinds, totals, keys, decode):
         fl = NO_IMAGE_ID
         h = -1
         w = -1
+        has_score = False
         incomplete = False
         while True:
             i = skip_ws(buf, i)
@@ -443,6 +444,8 @@ def scan_block(buf, start, first, ids, hs, ws, kinds, totals, keys, decode):
                 is_bbox = key_is(buf, kstart, kend, key_bbox)
                 if is_bbox:
                     fl |= HAS_BBOX
+                elif key_is(buf, kstart, kend, key_score):
+                    has_score = True
                 vstart = i
                 i = skip_value(buf, i)
                 if i == -1:
@@ -454,6 +457,8 @@ def scan_block(buf, start, first, ids, hs, ws, kinds, totals, keys, decode):
                     return count, consumed, DISTRUST  # maybe a negative w / h: the exact check decides
         if incomplete:
             return count, consumed, OK
+        if not has_score:  # hotcoco takes a detection without a score: the exact check names it
+            return count, consumed, DISTRUST
         kind = fl & (HAS_SEGMENTATION | SEG_NOT_RLE | NO_IMAGE_ID)
         if kind != totals[T_KIND] or img != totals[T_IMG] or h != totals[T_H] or w != totals[T_W]:
             if count >= len(ids):

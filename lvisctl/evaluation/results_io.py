@@ -41,6 +41,8 @@ class ImageTable:
 def read_json(path: str | os.PathLike[str]) -> Any:
     """``json.load`` with the standard one-line errors for a missing or malformed file."""
     p = Path(path)
+    if p.is_dir():
+        raise LvisctlError(f"{p}: is a folder, not a json file")
     if not p.is_file():
         raise LvisctlError(f"{p}: no such file")
     try:
@@ -50,6 +52,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise LvisctlError(f"{p}: not valid json ({err.msg} at line {err.lineno})") from None
     except UnicodeDecodeError:
         raise LvisctlError(f"{p}: not valid json (not UTF-8 text)") from None
+    except RecursionError:  # "[[[[..." 100k deep: Python's parser recurses per level
+        raise LvisctlError(f"{p}: json nested too deeply to be a results file") from None
 
 
 def load_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -191,10 +195,14 @@ def validate_results(
             "(a results file for another split?)"
         )
     if unknown_images:
-        problem(f"{len(unknown_images)} image ids not in {table.path} (e.g. {_examples(unknown_images)})")
+        problem(
+            f"{len(unknown_images)} image ids not in {table.path} (e.g. {_examples(unknown_images)})"
+            + _string_hint(unknown_images)
+        )
     if unknown_cats:
         problem(
             f"{len(unknown_cats)} category ids not in the category table (e.g. {_examples(unknown_cats)})"
+            + _string_hint(unknown_cats)
         )
     if 0 < with_bbox < len(results):
         problem(f"{with_bbox} of {len(results)} results have 'bbox' (lvis-api needs all or none)")
@@ -293,4 +301,9 @@ def _examples(values: set[Any], k: int = 3) -> str:
     def key(v: Any) -> tuple[int, str]:
         return (0, f"{v:012d}") if isinstance(v, int) else (1, str(v))
 
-    return ", ".join(str(v) for v in sorted(values, key=key)[:k])
+    # a string id is shown quoted: "49" is not the integer 49 the GT has
+    return ", ".join(json.dumps(v) if isinstance(v, str) else str(v) for v in sorted(values, key=key)[:k])
+
+
+def _string_hint(values: set[Any]) -> str:
+    return "; ids must be json integers, not strings" if any(isinstance(v, str) for v in values) else ""

@@ -53,6 +53,7 @@ _KEY_BBOX = np.frombuffer(b"bbox", np.uint8)
 _KEY_SEGMENTATION = np.frombuffer(b"segmentation", np.uint8)
 _KEY_SIZE = np.frombuffer(b"size", np.uint8)
 _KEY_COUNTS = np.frombuffer(b"counts", np.uint8)
+_KEY_SCORE = np.frombuffer(b"score", np.uint8)
 
 BLOCK_BYTES = 32 << 20
 
@@ -106,7 +107,7 @@ def scan_results(
     (whose failure sends the file to the exact check), and small files are scanned inline.
     """
     kernel = _kernel()
-    keys = (_KEY_IMAGE_ID, _KEY_BBOX, _KEY_SEGMENTATION, _KEY_SIZE, _KEY_COUNTS)
+    keys = (_KEY_IMAGE_ID, _KEY_BBOX, _KEY_SEGMENTATION, _KEY_SIZE, _KEY_COUNTS, _KEY_SCORE)
     digest = hashlib.sha256() if sha256 else None
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
