@@ -158,6 +158,8 @@ def _first_line(err: BaseException) -> str:
 def read_checkpoint_file(path: str | Path) -> LoadedFile:
     """Read ``path`` safely (see the module docstring); a file that is neither is a one-line error."""
     path = Path(path)
+    if path.is_dir():
+        raise LvisctlError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise LvisctlError(f"{path}: file not found")
     if zipfile.is_zipfile(path):

@@ -135,6 +135,8 @@ def save_checkpoint(
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint weights-only; a file that is not one is a one-line user error."""
     path = Path(path)
+    if path.is_dir():
+        raise LvisctlError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise LvisctlError(f"{path}: checkpoint not found")
     try:

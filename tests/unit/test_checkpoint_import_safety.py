@@ -163,3 +163,11 @@ def test_existing_import_error_names_options_import_checkpoint_has(tmp_path):
         import_checkpoint(path, tmp_path / "run")
     assert "already exists" in str(err.value) and "--out" not in str(err.value)
     assert "--overwrite" in str(err.value) and "--run-dir" in str(err.value)
+
+
+def test_a_folder_given_as_a_checkpoint_says_so(tmp_path):
+    """Item 24: a directory given as FILE was 'file not found'."""
+    with pytest.raises(LvisctlError, match="is a folder, not a checkpoint file"):
+        read_checkpoint_file(tmp_path)
+    with pytest.raises(LvisctlError, match="is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path)
