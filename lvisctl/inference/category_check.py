@@ -11,7 +11,7 @@ difference; ``by_name=True`` maps the checkpoint's classes onto the json's ids b
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from lvisctl.data.categories import CategoryMap, CategoryStats
@@ -142,3 +142,23 @@ def mapping_note(mapped: CategoryMap, stats: CategoryStats, json_path: object) -
     if dropped:
         line += f"; {len(dropped)} not in the json are not predicted (e.g. {dropped[:MAX_LISTED]})"
     return line
+
+
+def checkpoint_category_map(
+    ckpt: Mapping[str, Any],
+    data: Any,
+    *,
+    checkpoint: object,
+    by_name: bool = False,
+    notify: Callable[[str], None] | None = None,
+) -> CategoryMap:
+    """:func:`check_categories` of a loaded checkpoint against a loaded LVIS file (``LvisData``), before
+    the model is built; ``notify`` hears what a by-name map changed."""
+    stats = CategoryStats.from_dict(ckpt["category_stats"])
+    checked = check_categories(
+        stats, data.categories, json_path=data.path, checkpoint=checkpoint, by_name=by_name
+    )
+    note = mapping_note(checked, stats, data.path)
+    if note and notify is not None:
+        notify(note)
+    return checked

@@ -511,12 +511,15 @@ def _predict_locked(
     from lvisctl.data.lvis import load_lvis, resolve_image_root
     from lvisctl.engine.checkpoint import load_checkpoint
     from lvisctl.engine.distributed import init_distributed
+    from lvisctl.inference.category_check import checkpoint_category_map
     from lvisctl.inference.tta import predictor_from_checkpoints
 
     run, cfg, icfg = job.run, job.cfg, job.cfg.inference
     root = resolve_image_root(cfg.get("data"), option=job.image_root)
     data = load_lvis(job.images, image_root=root)
-    category_map = _category_map(job, data, notify)
+    category_map = checkpoint_category_map(
+        job.ckpt, data, checkpoint=job.ckpt_path, by_name=job.map_by_name, notify=notify
+    )
     items = [
         ImageItem(image_id, data.image_path(image_id), data.image_hw(image_id))
         for image_id in sorted(data.images)
@@ -565,21 +568,6 @@ def _predict_locked(
         if summary.skipped and set(summary.skipped) != set(unreadable):
             notify(f"warning: {job.images}: {_skip_line(summary.skipped)}; no predictions for them")
     return outcome
-
-
-def _category_map(job: _PredictJob, data: Any, notify: Callable[[str], None]) -> CategoryMap:
-    """The checkpoint's categories against the json's, before the model is built (see category_check)."""
-    from lvisctl.data.categories import CategoryStats
-    from lvisctl.inference.category_check import check_categories, mapping_note
-
-    stats = CategoryStats.from_dict(job.ckpt["category_stats"])
-    checked = check_categories(
-        stats, data.categories, json_path=job.images, checkpoint=job.ckpt_path, by_name=job.map_by_name
-    )
-    note = mapping_note(checked, stats, job.images)
-    if note:
-        notify(note)
-    return checked
 
 
 def check_images_up_front(data: Any, *, strict: bool) -> dict[int, str]:
