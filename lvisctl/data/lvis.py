@@ -374,6 +374,8 @@ class _StreamParser:
                     raise self._error(err.msg, err.pos) from None
                 self._fill()
                 continue
+            except RecursionError:  # "[[[[..." 100k deep: the decoder recurses per level
+                raise self._error("nested too deeply to be an LVIS file") from None
             if end == len(self.buf) and not self.eof:  # a number may continue in the next chunk
                 self._fill()
                 continue

@@ -353,6 +353,8 @@ def _load_json_list(path: Path) -> list[Any]:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise LvisctlError(f"{path}: not valid json ({err})") from None
+    except RecursionError:  # "[[[[..." 100k deep
+        raise LvisctlError(f"{path}: json nested too deeply to be a results file") from None
     if not isinstance(data, list):
         raise LvisctlError(f"{path}: results must be a json list of detections, got {type(data).__name__}")
     return data

@@ -373,6 +373,8 @@ def iter_json_list(path: Path, read_size: int = 1 << 20) -> Iterator[Any]:
                     item, end = decoder.raw_decode(buf, pos)
                 except json.JSONDecodeError:
                     item = end = None
+                except RecursionError:  # "[[[[..." 100k deep: the decoder recurses per level
+                    raise LvisctlError(f"{path}: json nested too deeply to be a results file") from None
                 if end is not None and (end < len(buf) or eof):
                     yield item
                     pos = end
