@@ -187,6 +187,21 @@ def load_missing_annotations(
     return kept
 
 
+def provenance_of(
+    annotations: Path, checkpoint: Path, checkpoint_sha256: str | None = None
+) -> dict[str, Any]:
+    """``info`` entries naming what a pseudo-label file was made from (path and sha256 of each); written
+    by ``pseudolabel``, compared by :func:`check_made_on`."""
+    from lvisctl.rundir.io import sha256_file
+
+    return {
+        "source_annotations": str(annotations),
+        "source_annotations_sha256": sha256_file(annotations),
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": checkpoint_sha256 or sha256_file(checkpoint),
+    }
+
+
 def check_made_on(path: Path, payload: Mapping[str, Any], train_annotations: Path) -> None:
     """Refuse pseudo labels whose recorded source annotation file is not ``train_annotations``."""
     from lvisctl.rundir.io import sha256_file

@@ -192,20 +192,6 @@ def _info(source: str, provenance: Mapping[str, Any] | None = None) -> dict[str,
     }
 
 
-def provenance_of(
-    annotations: Path, checkpoint: Path, checkpoint_sha256: str | None = None
-) -> dict[str, Any]:
-    """``info`` entries naming what a pseudo-label file was made from (path and sha256 of each)."""
-    from lvisctl.rundir.io import sha256_file
-
-    return {
-        "source_annotations": str(annotations),
-        "source_annotations_sha256": sha256_file(annotations),
-        "checkpoint": str(checkpoint),
-        "checkpoint_sha256": checkpoint_sha256 or sha256_file(checkpoint),
-    }
-
-
 def pseudo_label_file(
     images: Sequence[Mapping[str, Any]],
     records: Iterable[Mapping[str, Any]],
@@ -320,7 +306,7 @@ def write_pseudo_labels(
     """Stream the selection into the LVIS json at ``path`` (atomically), one image's records at a time:
     memory does not grow with the number of images. ``scores`` sees every predicted score. Returns
     ``(labels, images)``; the images are all of ``selector.images`` for unlabeled images, those with a
-    prediction for LVIS. ``provenance`` (:func:`provenance_of`) joins the file's ``info``."""
+    prediction for LVIS. ``provenance`` (``data.self_training.provenance_of``) joins the file's ``info``."""
     from lvisctl.rundir import atomic_output
 
     seen: set[int] = set()
@@ -603,6 +589,8 @@ def make_pseudo_labels(
             gt, mode, score_thresh.by_category(categories), max_gt_iou, max_per_image
         )
         scores = ScoreSample({c["id"]: c["frequency"] for c in categories})
+        from lvisctl.data.self_training import provenance_of
+
         made_from = provenance_of(info.path, ckpt_path, getattr(ckpt_art, "sha256", None))
         num_labels, num_images = write_pseudo_labels(
             out_path,

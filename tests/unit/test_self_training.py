@@ -527,8 +527,8 @@ def test_summary_lines_and_resolved_config(tmp_path, extra_file, capsys):
 
 def test_pseudo_labels_made_on_another_annotation_file_are_refused(tmp_path):
     """Issue 22 item 11: labels of another dataset sharing image ids were put on unrelated images."""
-    from lvisctl.data.self_training import load_missing_annotations
-    from lvisctl.inference.pseudo_labels import Selector, provenance_of, write_pseudo_labels
+    from lvisctl.data.self_training import load_missing_annotations, provenance_of
+    from lvisctl.inference.pseudo_labels import Selector, write_pseudo_labels
 
     made_on = tmp_path / "other_train.json"
     made_on.write_text('{"images": [], "annotations": [], "categories": [], "which": "other"}')
