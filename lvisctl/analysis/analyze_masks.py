@@ -9,6 +9,7 @@ registered in the run directory with the checkpoints and the ground truth as inp
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from lvisctl.data.lvis import LvisData, load_lvis
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import RunDir
 from lvisctl.rundir.io import atomic_output, atomic_write_json
+
+OUT_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass
@@ -95,9 +98,12 @@ def analyze_checkpoint(
 ) -> tuple[CheckpointAnalysis, list[MaskRecord]]:
     """The analysis of one checkpoint and its per-instance records. The test scale defaults to the
     checkpoint's first ``inference.scales`` entry and its ``inference.max_size``, as ``tta-infer`` uses."""
+    from lvisctl.inference.category_check import check_categories
     from lvisctl.inference.predictor import load_checkpoint_model
 
     model, stats, cfg = load_checkpoint_model(checkpoint, device)
+    # the same table (ids and names) as tta-infer requires: matching by id alone scores swapped names
+    check_categories(stats, data.categories, json_path=data.path, checkpoint=checkpoint)
     scale = int(scale or cfg.inference.scales[0])
     max_size = int(max_size or cfg.inference.max_size)
     image_ids = sorted(i for i, anns in data.anns_by_image.items() if anns)[:max_images]
@@ -163,6 +169,10 @@ def run_analyze_masks(
     ``checkpoints`` are ``(manifest input, file)`` pairs (an artifact or a path, as ``tta-infer`` resolves
     them). Output paths are claimed before the slow part, so an existing file is refused up front.
     """
+    if not OUT_STEM.fullmatch(out_stem) or ".." in out_stem:  # a name, never a path (refused up front)
+        raise LvisctlError(
+            f"--name {out_stem!r}: a plain file name is needed (letters, digits, '_', '-', '.'; no folders)"
+        )
     json_path = run.output_path(f"analysis/{out_stem}.json", overwrite=overwrite)
     png_path = run.output_path(f"analysis/{out_stem}.png", overwrite=overwrite)
     data = load_lvis(images, image_root=image_root)

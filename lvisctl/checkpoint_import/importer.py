@@ -38,7 +38,7 @@ from lvisctl.checkpoint_import.layouts import (
 )
 from lvisctl.checkpoint_import.reader import LoadedFile, as_tensor_dict, read_checkpoint_file
 from lvisctl.data.categories import CategoryStats
-from lvisctl.errors import LvisctlError
+from lvisctl.errors import LvisctlError, printable
 from lvisctl.rundir import Artifact, RunDir
 
 GROUPS = (
@@ -93,6 +93,17 @@ def _split_file(loaded: LoadedFile, path: Path) -> tuple[dict[str, Tensor], dict
     return as_tensor_dict(obj), meta
 
 
+def refuse_non_finite(tensors: dict[str, Tensor], path: Path) -> None:
+    """NaN / Inf weights (a corrupt or bit-flipped file) would be written and trained on: refused."""
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise LvisctlError(
+            f"{path}: {len(bad)} of {len(tensors)} tensors hold NaN or Inf values "
+            f"(e.g. {', '.join(bad[:3])}); "
+            "a corrupt file? nothing was written"
+        )
+
+
 def _map(
     tensors: dict[str, Tensor], meta: dict | None, framework: str, path: Path, **opts: Any
 ) -> MappedModel:
@@ -120,6 +131,10 @@ def _map(
     except KeyError as err:
         raise LvisctlError(
             f"{path}: {framework} checkpoint lacks {err.args[0]} (key prefixes: {key_prefixes(keys)})"
+        ) from None
+    except (ValueError, IndexError, RuntimeError) as err:  # a weight of an impossible shape
+        raise LvisctlError(
+            f"{path}: {framework} checkpoint with a malformed weight ({printable(str(err))})"
         ) from None
 
 
@@ -238,6 +253,16 @@ def fill_state(
     return state, groups, unused
 
 
+def _refuse_existing(run: RunDir, rel_paths: Sequence[str], overwrite: bool) -> None:
+    # the generic message suggests --out, which import-checkpoint has not: its outputs are fixed names
+    for rel in rel_paths:
+        if not overwrite and run.path_of(rel).exists():
+            raise LvisctlError(
+                f"{run.path_of(rel)}: already exists; pass --overwrite to replace it or import into "
+                "another --run-dir"
+            )
+
+
 def import_checkpoint(
     source: str | Path,
     run_dir: str | Path,
@@ -257,10 +282,12 @@ def import_checkpoint(
     path = Path(source).expanduser()
     loaded = read_checkpoint_file(path)
     tensors, meta = _split_file(loaded, path)
+    refuse_non_finite(tensors, path)
     n_source = len(tensors)
     mapped = _map(tensors, meta, framework, path, input_format=input_format, stride_in_1x1=stride_in_1x1)
     cfg, derived = build_config(config, mapped, overrides)
     run = RunDir(run_dir)
+    _refuse_existing(run, [checkpoint_relpath(1, 0, True), REPORT_REL], overwrite)
     run.output_path(checkpoint_relpath(1, 0, True), overwrite=overwrite)
     report_path = run.output_path(REPORT_REL, overwrite=overwrite)
     stats, target_desc = target_categories(cfg, run)

@@ -90,6 +90,8 @@ def with_bg_slot(t: Tensor, group: int, num_classes: int) -> Tensor:
 
 def flip_input_channels(conv_weight: Tensor) -> Tensor:
     """First conv of a BGR model -> the same conv for RGB input."""
+    if conv_weight.dim() != 4 or conv_weight.shape[1] != 3:  # a damaged file: said, not a traceback
+        raise ValueError(f"stem conv weight of shape {tuple(conv_weight.shape)}, expected [out, 3, kh, kw]")
     return conv_weight.flip(1)
 
 
@@ -153,7 +155,9 @@ def _torchvision_classes(num: int) -> SourceClasses:
         return SourceClasses(
             90, tuple(range(1, 91)), None, "COCO (torchvision's 91 slots: category id = index)"
         )
-    return SourceClasses(num, tuple(range(1, num + 1)), None, f"{num} classes (torchvision: id = index)")
+    # torchvision files carry neither ids nor names: only its COCO model's slots are known (= COCO ids).
+    # Assuming id = index for any other count would keep a classifier of unknown classes: re-initialised.
+    return SourceClasses(num, None, None, f"{num} classes of unknown ids (torchvision, not its COCO slots)")
 
 
 def _map_torchvision_v2(state: dict[str, Tensor]) -> MappedModel:

@@ -6,6 +6,8 @@
   rebuilds tensors itself and replaces every other class by a :class:`Skipped` record (never called).
 * pickles (detectron2 ``.pkl``: ``{"model": {name: numpy array}}``): the same unpickler, accepting numpy
   arrays and plain containers.
+* legacy (pre-1.6, non-zip) torch files: ``torch.load`` weights-only, else the same unpickler over
+  their storages (:mod:`lvisctl.checkpoint_import.legacy`).
 
 Only these are ever resolved: the tensor / storage rebuild functions (mapped to our own code), numpy's
 array reconstruction, ``collections.OrderedDict`` and a few builtin containers.
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lvisctl.errors import LvisctlError
+from lvisctl.errors import LvisctlError, torch_load_problem
 
 _STORAGE_DTYPES = {
     "FloatStorage": torch.float32,
@@ -67,7 +69,7 @@ class LoadedFile:
     """What was read: the top-level object and the names of the classes that were skipped."""
 
     obj: Any
-    kind: str  # "torch" | "torch-restricted" | "pickle"
+    kind: str  # "torch" | "torch-restricted" | "torch-legacy" | "pickle"
     skipped: list[str] = field(default_factory=list)
 
 
@@ -150,13 +152,14 @@ def _zip_records(path: Path) -> tuple[bytes, dict[str, bytes]]:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:160]
+    return torch_load_problem(err, limit=160)
 
 
 def read_checkpoint_file(path: str | Path) -> LoadedFile:
     """Read ``path`` safely (see the module docstring); a file that is neither is a one-line error."""
     path = Path(path)
+    if path.is_dir():
+        raise LvisctlError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise LvisctlError(f"{path}: file not found")
     if zipfile.is_zipfile(path):
@@ -189,7 +192,30 @@ def read_checkpoint_file(path: str | Path) -> LoadedFile:
                 return LoadedFile(torch.load(path, map_location="cpu", weights_only=True), "torch")
             except Exception:  # noqa: BLE001
                 raise LvisctlError(f"{path}: not a readable checkpoint ({_first_line(err)})") from None
+        if isinstance(obj, int):  # the legacy (pre-1.6) torch format starts with a magic number
+            return _read_legacy_file(path, fh, obj)
     return LoadedFile(obj, "pickle", unpickler.skipped)
+
+
+def _read_legacy_file(path: Path, fh: io.BufferedReader, first: int) -> LoadedFile:
+    """A legacy (pre-1.6, non-zip) torch file: ``torch.load`` weights-only, else the restricted reader
+    over its storages (mmdet meta objects); anything else is one line naming the format."""
+    from lvisctl.checkpoint_import.legacy import is_legacy, read_legacy
+
+    if not is_legacy(first):
+        raise LvisctlError(f"{path}: not a checkpoint (a pickle of a bare int)")
+    try:
+        return LoadedFile(torch.load(path, map_location="cpu", weights_only=True), "torch")
+    except Exception:  # noqa: BLE001 - objects the weights-only loader refuses: read restricted below
+        pass
+    try:
+        obj, skipped = read_legacy(fh, path.stat().st_size)
+    except Exception as err:  # noqa: BLE001
+        raise LvisctlError(
+            f"{path}: legacy (pre-1.6) torch checkpoint that could not be read safely ({_first_line(err)}); "
+            "convert it with torch.save(obj, new_path) in a trusted environment"
+        ) from None
+    return LoadedFile(obj, "torch-legacy", skipped)
 
 
 def as_tensor_dict(obj: Any) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from lvisctl.errors import LvisctlError
+from lvisctl.errors import LvisctlError, printable
 
 app = typer.Typer(
     name="lvisctl",
@@ -69,7 +69,8 @@ def main() -> None:
         app()
     except LvisctlError as err:
         # the message is user text (paths, json keys like res[val].json): never read it as Rich markup
-        err_console.print(Text.assemble(("error:", "bold red"), " ", str(err)))
+        # one line: no leading empty line, no raw NUL / escapes from a file name or a library's text
+        err_console.print(Text.assemble(("error:", "bold red"), " ", printable(str(err))))
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         err_console.print(

@@ -9,6 +9,12 @@ from pathlib import Path
 import typer
 
 from lvisctl.cli.tta_infer import EXIT_INCOMPLETE
+from lvisctl.inference.ensemble_checks import check_iou, check_skip_score
+
+
+def _checked(check):
+    """A typer callback: the option is checked while the command line is parsed (before any file)."""
+    return lambda value: check(value)
 
 
 def ensemble_command(
@@ -22,8 +28,18 @@ def ensemble_command(
         None, "--weights", help="One weight per results file, e.g. 2,1 (default: equal)."
     ),
     method: str = typer.Option("wbf", "--method", help="wbf (weighted boxes fusion), nms or soft-nms."),
-    iou: float = typer.Option(0.55, "--iou", help="IoU at which same-class boxes are fused / suppressed."),
-    skip_score: float = typer.Option(0.0, "--skip-score", help="wbf ignores boxes scoring below this."),
+    iou: float = typer.Option(
+        0.55,
+        "--iou",
+        help="IoU at which same-class boxes are fused / suppressed, in (0, 1].",
+        callback=_checked(check_iou),
+    ),
+    skip_score: float = typer.Option(
+        0.0,
+        "--skip-score",
+        help="wbf ignores boxes scoring below this, in [0, 1).",
+        callback=_checked(check_skip_score),
+    ),
     images: Path | None = typer.Option(
         None,
         "--images",
@@ -43,17 +59,10 @@ def ensemble_command(
     from rich.console import Console
 
     from lvisctl.engine.distributed import cleanup_distributed
-    from lvisctl.errors import LvisctlError
     from lvisctl.inference.ensemble import ensemble_to_run_dir
+    from lvisctl.inference.ensemble_checks import parse_weights
 
-    weight_list = None
-    if weights is not None:
-        try:
-            weight_list = [float(w) for w in weights.replace(" ", "").split(",") if w]
-        except ValueError:
-            raise LvisctlError(
-                f"--weights {weights!r}: expected numbers separated by commas, e.g. 2,1"
-            ) from None
+    weight_list = parse_weights(weights, len(results)) if weights is not None else None
     try:
         outcome = ensemble_to_run_dir(
             results,

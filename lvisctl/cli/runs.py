@@ -12,6 +12,7 @@ from rich.table import Table
 
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import RunDir
+from lvisctl.rundir.lineage import gone_inputs
 
 runs_app = typer.Typer(help="Inspect run directories and their manifests.", no_args_is_help=True)
 
@@ -33,7 +34,8 @@ def show(
         table.add_column(col, overflow="fold", no_wrap=col in ("kind", "size", "sha256"))
     if verify:
         table.add_column("status")
-    bad = 0
+    bad = orphans = 0
+    known = {a.sha256 for a in run.artifacts()}
     for a in run.artifacts():
         row = [  # paths and command lines are user text: escaped, never read as rich markup
             escape(a.kind),
@@ -47,10 +49,20 @@ def show(
         if verify:
             status = _status(run, a)
             bad += status != "[green]ok[/]"
+            gone = gone_inputs(run, a, known)
+            if gone:  # intact itself, but made from files that were replaced or deleted since
+                orphans += 1
+                status += f"\n[yellow]input gone: {escape(', '.join(Path(g).name for g in gone))}[/]"
             row.append(status)
         table.add_row(*row)
     # Piped output (logs, CI) has no terminal width: use a wide one rather than folding every path.
     Console(width=None if sys.stdout.isatty() else 160).print(table)
+    if verify and orphans:
+        typer.echo(
+            f"warning: {orphans} artifact(s) were made from inputs that exist nowhere any more (replaced "
+            "or deleted since): their 'made from' names another file now",
+            err=True,
+        )
     if verify and bad:
         raise LvisctlError(f"{run.root}: {bad} artifact(s) changed or missing since they were recorded")
 

@@ -31,12 +31,15 @@ def submit(
     """Validate results against the server's rules and write the file to upload (EvalAI, LVIS v1.0)."""
     from rich.console import Console
 
-    from lvisctl.evaluation.submission import run_submit
+    from lvisctl.evaluation.submission import coverage_warning, run_submit
 
     # Relative paths are relative to the working directory, as everywhere in Unix (not to --run-dir).
     out = out.expanduser().resolve() if out is not None else None
     summary = run_submit(results, image_info, out, truncate=truncate, run_dir=run_dir, overwrite=overwrite)
     Console().print(summary_table(summary))
+    warning = coverage_warning(summary)
+    if warning:
+        typer.echo(warning, err=True)
 
 
 def summary_table(summary):

@@ -67,6 +67,13 @@ def tta_infer_command(
         "(default DIR/predictions/<images>_<checkpoint>_s<scales>.json).",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files."),
+    map_by_name: bool = typer.Option(
+        False,
+        "--map-by-name",
+        help="The checkpoint's categories differ from the json's (ids or names): map its classes onto the "
+        "json's ids by category name (classes the json lacks are not predicted). Without it such a pair "
+        "is refused.",
+    ),
     max_chunks: int | None = typer.Option(
         None,
         "--max-chunks",
@@ -103,6 +110,7 @@ def tta_infer_command(
                 overrides=overrides or [],
                 max_chunks=max_chunks,
                 strict=strict,
+                map_by_name=map_by_name,
                 on_start=progress.start,
                 on_images=progress.advance,
             )

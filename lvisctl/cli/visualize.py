@@ -57,6 +57,10 @@ def visualize_command(
         f"drew {result.instances} instances on {len(result.pngs)} images from {scored}", markup=False
     )
     console.print(f"PNGs in {result.out_dir}; contact sheet {result.contact_sheet}", markup=False)
+    if result.skipped:
+        from lvisctl.visualization.render import skip_line
+
+        typer.echo(f"warning: {skip_line(result.skipped)}", err=True)
 
 
 def register(app: typer.Typer) -> None:

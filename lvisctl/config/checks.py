@@ -8,6 +8,7 @@ be): a value that fails is one line naming the key, e.g. ``train.batch_size must
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -49,8 +50,38 @@ def _stages() -> tuple[Callable[[Any], bool], str]:
     return (lambda v: all(s in (3, 4, 5) for s in v) and len(set(v)) == len(v)), "a subset of [3, 4, 5]"
 
 
+def _increasing() -> tuple[Callable[[Any], bool], str]:
+    # a decreasing schedule would decay at the later step first and never at the earlier one
+    ok = lambda v: all(_num(x) and x > 0 for x in v) and all(a < b for a, b in itertools.pairwise(v))  # noqa: E731
+    return ok, "a list of positive numbers in increasing order"
+
+
+def _valid_ranges() -> tuple[Callable[[Any], bool], str]:
+    def pair_ok(p: Any) -> bool:
+        if not isinstance(p, list) or len(p) != 2:
+            return False
+        lo, hi = p
+        lo_ok = lo is None or (_num(lo) and lo >= 0)
+        hi_ok = hi is None or (_num(hi) and hi > 0)
+        return lo_ok and hi_ok and (lo is None or hi is None or lo < hi)
+
+    return (lambda v: isinstance(v, list) and all(pair_ok(p) for p in v)), (
+        "a list of [lo, hi] pairs of numbers (or null = no limit) with 0 <= lo < hi"
+    )
+
+
+SEED_MAX = 2**32 - 1  # numpy's seed range; the trainer derives per-epoch seeds from it
+
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "runtime.dist_timeout_min": _positive(),
+    "seed": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= SEED_MAX,
+        f"0..{SEED_MAX}",
+    ),
+    "solver.steps": _increasing(),
+    "solver.step_iters": _increasing(),
+    "model.roi_heads.eql_lambda": _at_least(0),
+    "inference.tta.valid_ranges": _valid_ranges(),
     "solver.base_lr": _positive(),
     "solver.ref_batch": _at_least(1),
     "solver.momentum": (lambda v: _num(v) and 0 <= v < 1, "in [0, 1)"),

@@ -17,6 +17,8 @@ file, so callers can skip an unreadable image (``tta-infer``) or refuse the run 
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,11 @@ SUPPORTED_MODES = _VIA_RGB + SIXTEEN_BIT_MODES
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # 90-degree rotations: width and height swap
 _TRAILER_BYTES = 4096  # where the end-of-image marker is looked for (encoders may pad after it)
+# The pixel cap of every image read (Pillow's own default, 2^30 / 12: a 9459 x 9459 image). Larger
+# images are refused with one line naming the file: a small compressed file can decode to gigabytes (a
+# "decompression bomb"), and LVIS / Open Images photos are far below it. Pillow would only warn between
+# the cap and twice the cap; that warning is an error here.
+MAX_PIXELS = 89_478_485
 
 
 class ImageReadError(LvisctlError):
@@ -50,7 +57,7 @@ def read_image(path: str | os.PathLike[str], *, expected_hw: tuple[int, int] | N
 
     ``expected_hw``: the json's ``(height, width)``; a different size raises ``ImageSizeError``.
     """
-    from PIL import Image
+    Image = _pil()  # noqa: N806 - the module, as everywhere
 
     path = Path(path)
     _check_file(path)
@@ -59,7 +66,13 @@ def read_image(path: str | os.PathLike[str], *, expected_hw: tuple[int, int] | N
             img.load()  # decode now: a truncated file fails here, not later in a worker
             upright = _exif_transpose(img)
             array = _to_rgb_array(upright, path)
-    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
+    except (
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+        OSError,
+        SyntaxError,
+        ValueError,
+    ) as err:
         raise ImageReadError(f"{path}: {_decode_problem(err)}") from None
     _check_size(path, array.shape[:2], expected_hw)
     return array
@@ -82,7 +95,7 @@ def probe_image(
     and JPEG/PNG files end with their end-of-image marker (a truncated download fails here). With
     ``decode`` the pixels are decoded too (``read_image``), which catches every damaged file.
     """
-    from PIL import Image
+    Image = _pil()  # noqa: N806 - the module, as everywhere
 
     path = Path(path)
     if decode:
@@ -96,7 +109,13 @@ def probe_image(
             if _orientation(img) in _TRANSPOSED_ORIENTATIONS:
                 h, w = w, h
             fmt = img.format
-    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
+    except (
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+        OSError,
+        SyntaxError,
+        ValueError,
+    ) as err:
         raise ImageReadError(f"{path}: {_decode_problem(err)}") from None
     _check_trailer(path, fmt)
     _check_size(path, (h, w), expected_hw)
@@ -104,6 +123,16 @@ def probe_image(
 
 
 # ---------------------------------------------------------------------------------------- helpers
+def _pil() -> Any:
+    """Pillow's ``Image`` with lvisctl's pixel cap, above which opening an image raises (never a raw
+    ``DecompressionBombWarning`` on stderr)."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)  # idempotent
+    return Image
+
+
 def _check_file(path: Path) -> None:
     try:
         size = path.stat().st_size
@@ -127,8 +156,10 @@ def _decode_problem(err: BaseException) -> str:
 
     if isinstance(err, UnidentifiedImageError):
         return "not an image file (or a format Pillow cannot read)"
-    if isinstance(err, Image.DecompressionBombError):
-        return f"refused: {err}"
+    if isinstance(err, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        return f"refused: {size}, above lvisctl's cap of {MAX_PIXELS:,} (a decompression bomb guard)"
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     if "truncated" in text.lower():
         return "truncated or damaged image file (it does not decode to the end)"

@@ -23,6 +23,7 @@ are skipped and reported (:class:`SkipReport`); a source without one readable im
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -49,24 +50,40 @@ class SkipReport:
 
     count: int = 0
     first: list[tuple[str, str]] = field(default_factory=list)
+    duplicates: int = 0  # entries of an image list naming an image listed before (kept once)
+    first_duplicates: list[str] = field(default_factory=list)
 
     def add(self, path: str, reason: str) -> None:
         self.count += 1
         if len(self.first) < MAX_LISTED_SKIPS:
             self.first.append((path, reason))
 
+    def add_duplicate(self, path: str) -> None:
+        self.duplicates += 1
+        if len(self.first_duplicates) < MAX_LISTED_SKIPS:
+            self.first_duplicates.append(path)
+
     def lines(self) -> list[str]:
         """Human-readable report (empty when nothing was skipped)."""
+        out = []
+        if self.duplicates:
+            out.append(
+                f"{self.duplicates} duplicate image list entr{'y' if self.duplicates == 1 else 'ies'} "
+                f"kept once (e.g. {', '.join(self.first_duplicates)})"
+            )
         if not self.count:
-            return []
-        out = [f"skipped {self.count} unreadable or missing image(s):"]
+            return out
+        out += [f"skipped {self.count} unreadable or missing image(s):"]
         out += [f"  {path}: {reason}" for path, reason in self.first]
         if self.count > len(self.first):
             out.append(f"  ... and {self.count - len(self.first)} more")
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "first": [list(p) for p in self.first]}
+        out: dict[str, Any] = {"count": self.count, "first": [list(p) for p in self.first]}
+        if self.duplicates:
+            out["duplicates"] = self.duplicates
+        return out
 
 
 class PlannedImage(NamedTuple):
@@ -137,10 +154,37 @@ def iter_folder(root: Path) -> Iterator[str]:
         stack.extend(reversed(subdirs))  # depth-first, in sorted order
 
 
-def iter_image_list(path: Path) -> Iterator[str]:
+def iter_image_list(path: Path, skips: SkipReport | None = None) -> Iterator[str]:
     """Relative image paths from an image list: Open Images' CSV (``ImageID`` -> ``<ImageID>.jpg``), a
-    CSV with a ``file_name`` or ``path`` column, or one id / relative path per line."""
-    with open(path, encoding="utf-8", newline="") as fh:
+    CSV with a ``file_name`` or ``path`` column, or one id / relative path per line. Each image once: a
+    repeated entry would be predicted (and pseudo-labelled) twice under two ids; ``skips`` counts them.
+    UTF-8 (with or without a BOM, as spreadsheets save it) or UTF-16 with a BOM; anything else is refused."""
+    seen: set[str] = set()
+    try:
+        for rel in _list_entries(path):
+            if rel in seen:
+                if skips is not None:
+                    skips.add_duplicate(rel)
+                continue
+            seen.add(rel)
+            yield rel
+    except UnicodeError as err:
+        where = f" (byte {err.start})" if isinstance(err, UnicodeDecodeError) else ""
+        raise LvisctlError(
+            f"{path}: not UTF-8 text{where}; save the image list as UTF-8 (or UTF-16 with a BOM)"
+        ) from None
+
+
+def _list_encoding(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"  # the BOM says which byte order
+    return "utf-8-sig"  # a UTF-8 BOM is dropped (it would hide the ImageID column's name)
+
+
+def _list_entries(path: Path) -> Iterator[str]:
+    with open(path, encoding=_list_encoding(path), newline="") as fh:
         first = fh.readline()
         columns = [c.strip().strip('"') for c in next(csv.reader([first]))] if first.strip() else []
         if "ImageID" in columns or "file_name" in columns or "path" in columns:
@@ -311,13 +355,18 @@ def categories_from_stats(stats: dict[str, Any]) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------ entry
 def plan_source(
-    source: Path, *, image_root: Path | None = None, image_list: Path | None = None
+    source: Path,
+    *,
+    image_root: Path | None = None,
+    image_list: Path | None = None,
+    skips: SkipReport | None = None,
 ) -> tuple[Iterator[PlannedImage], Path, str]:
     """``(planned images, image root, name)`` of a folder / folder + list / image-info json, streamed.
-    ``image_root`` only applies to a json (a folder is its own root)."""
+    ``image_root`` only applies to a json (a folder is its own root); ``skips`` counts repeated list
+    entries."""
     if source.is_dir():
         root = source.expanduser().resolve()  # the folder is the root its paths and ids are relative to
-        rels: Iterable[str] = iter_image_list(image_list) if image_list else iter_folder(root)
+        rels: Iterable[str] = iter_image_list(image_list, skips) if image_list else iter_folder(root)
         return _unique_ids((rel, None) for rel in rels), root, _name(image_list or source)
     if image_list is not None:
         raise LvisctlError(f"{image_list}: --image-list goes with a folder of images, not with {source}")
@@ -352,14 +401,16 @@ def image_info_for(
     list_arg = Path(image_list).expanduser() if image_list is not None else None
     if not source.exists():
         raise LvisctlError(f"{source}: not found (expected an image folder or an LVIS / image-info json)")
+    if list_arg is not None and list_arg.is_dir():
+        raise LvisctlError(f"{list_arg}: is a folder; --image-list takes a file (CSV or one entry per line)")
     if list_arg is not None and not list_arg.is_file():
         raise LvisctlError(f"{list_arg}: image list not found")
     if source.is_file():
         payload, images = _json_entries(source)
         if _is_complete(payload, images):
             return ImageSource(source.resolve(), root_arg, len(images), SkipReport(), converted=False)
-    planned, root, name = plan_source(source, image_root=root_arg, image_list=list_arg)
     skips = SkipReport()
+    planned, root, name = plan_source(source, image_root=root_arg, image_list=list_arg, skips=skips)
     records = iter_image_records(planned, root, skips, workers=workers)
     info = {"description": f"lvisctl image info of {source.resolve()}", "image_root": str(root)}
     path, count = write_image_info(records, categories(), Path(out_dir), name, info)

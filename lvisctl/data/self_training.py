@@ -75,20 +75,25 @@ class SelfTrainingData:
 
 
 def load_self_training(
-    data_cfg: Mapping[str, Any], run: RunDir, *, train_image_ids: Collection[int]
+    data_cfg: Mapping[str, Any],
+    run: RunDir,
+    *,
+    train_image_ids: Collection[int],
+    train_annotations: Path | None = None,
 ) -> SelfTrainingData:
     """Resolve and load ``data.pseudo_labels`` and ``data.extra_images`` (``data.extra_image_root``).
 
     ``SelfTrainingData.resolved`` maps each key given as ``latest`` to the file it resolved to: the trainer
     writes these into the config it saves (so the run records files, not ``latest``; ``data_cfg`` itself
     is left alone, a caller may reuse it for another run). Rank 0 prints :meth:`summary_lines`.
+    ``train_annotations``: the training json, which missing-annotation labels must have been made on.
     """
     out = SelfTrainingData()
     missing = resolve_pseudo_labels(run, data_cfg, "pseudo_labels")
     if missing is not None:
         out.files["pseudo_labels"] = _path(run, missing).resolve()
         out.ignore_boxes = load_missing_annotations(
-            out.files["pseudo_labels"], train_image_ids=train_image_ids
+            out.files["pseudo_labels"], train_image_ids=train_image_ids, train_annotations=train_annotations
         )
         out.inputs.append(missing)
     extra = resolve_pseudo_labels(run, data_cfg, "extra_images")
@@ -146,15 +151,22 @@ def default_extra_image_root(run: RunDir, source: Artifact | Path) -> Path:
 
 
 def load_missing_annotations(
-    path: str | Path, *, train_image_ids: Collection[int] | None = None
+    path: str | Path,
+    *,
+    train_image_ids: Collection[int] | None = None,
+    train_annotations: Path | None = None,
 ) -> dict[int, list[list[float]]]:
     """Missing-annotation pseudo labels as XYXY boxes per image id (``bbox`` is xywh in the file).
 
     With ``train_image_ids``, boxes of other images are dropped; a file that shares no image with the
-    training set is an error (pseudo labels of another split or dataset).
+    training set is an error (pseudo labels of another split or dataset). With ``train_annotations``, a
+    file that records the sha256 of the annotation file it was made on (``pseudolabel`` writes it) must
+    name that file: ids shared by chance would put ignore boxes on unrelated images.
     """
     path = Path(path)
     payload = _read_json(path)
+    if train_annotations is not None:
+        check_made_on(path, payload, Path(train_annotations))
     problems = _source_problems(payload, "missing", "data.pseudo_labels")
     anns = _list(payload, "annotations", problems)
     boxes: dict[int, list[list[float]]] = {}
@@ -173,6 +185,39 @@ def load_missing_annotations(
             "(were they made on another split?)"
         )
     return kept
+
+
+def provenance_of(
+    annotations: Path, checkpoint: Path, checkpoint_sha256: str | None = None
+) -> dict[str, Any]:
+    """``info`` entries naming what a pseudo-label file was made from (path and sha256 of each); written
+    by ``pseudolabel``, compared by :func:`check_made_on`."""
+    from lvisctl.rundir.io import sha256_file
+
+    return {
+        "source_annotations": str(annotations),
+        "source_annotations_sha256": sha256_file(annotations),
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": checkpoint_sha256 or sha256_file(checkpoint),
+    }
+
+
+def check_made_on(path: Path, payload: Mapping[str, Any], train_annotations: Path) -> None:
+    """Refuse pseudo labels whose recorded source annotation file is not ``train_annotations``."""
+    from lvisctl.rundir.io import sha256_file
+
+    info = payload.get("info") if isinstance(payload.get("info"), dict) else {}
+    recorded = info.get("source_annotations_sha256")
+    if not isinstance(recorded, str):  # older / hand-made files record nothing to compare
+        return
+    actual = sha256_file(train_annotations)
+    if recorded != actual:
+        raise LvisctlError(
+            f"{path}: made on {info.get('source_annotations', 'another file')} (sha256 {recorded[:12]}), "
+            f"but data.train is {train_annotations} (sha256 {actual[:12]}); pseudo labels of another "
+            "dataset would put ignore boxes on unrelated images (make them with lvisctl pseudolabel lvis "
+            "on this training file)"
+        )
 
 
 def load_extra_images(path: str | Path, *, image_root: str | Path | None = None) -> LvisData:

@@ -121,7 +121,7 @@ def build_train_data(cfg: Any, run: RunDir, info: ShardInfo) -> TrainData:
     path = run.path_of(source.path) if isinstance(source, Artifact) else source
     lvis = load_lvis(path, image_root=train_image_root(cfg))
     stats = lvis.category_stats()
-    extra = load_self_training(cfg.data, run, train_image_ids=lvis.images)
+    extra = load_self_training(cfg.data, run, train_image_ids=lvis.images, train_annotations=Path(path))
     dataset, sampler = build_dataset_and_sampler(
         cfg,
         lvis,

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lvisctl.errors import LvisctlError
+from lvisctl.errors import LvisctlError, torch_load_problem
 from lvisctl.rundir import Artifact, RunDir, atomic_output
 
 FORMAT = "lvisctl-checkpoint"
@@ -135,13 +135,14 @@ def save_checkpoint(
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint weights-only; a file that is not one is a one-line user error."""
     path = Path(path)
+    if path.is_dir():
+        raise LvisctlError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise LvisctlError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated file, foreign pickle, ...: all user-fixable
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LvisctlError(f"{path}: not a loadable checkpoint ({first[:200]})") from None
+        raise LvisctlError(f"{path}: not a loadable checkpoint ({torch_load_problem(err)})") from None
     if not isinstance(ckpt, dict):
         raise LvisctlError(f"{path}: not an lvisctl checkpoint (expected a dict, got {type(ckpt).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]

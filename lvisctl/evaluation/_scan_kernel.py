@@ -244,6 +244,20 @@ def decode_counts(buf, i):
 
 
 @njit(cache=True, nogil=True)
+def minus_in_size(buf, start, end):
+    """A '-' in the third or fourth number of a bbox ``[x, y, w, h]``: a negative width or height (or an
+    exponent); hotcoco's area ``w * h`` cannot vouch for two negative sides."""
+    commas = 0
+    for k in range(start, end):
+        c = buf[k]
+        if c == 44:
+            commas += 1
+        elif c == 45 and commas >= 2:
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True)
 def parse_segmentation(buf, i, key_size, key_counts, decode, words):
     """(index after, h, w, run total, flags, status) for the value at ``buf[i]``."""
     h = -1
@@ -326,7 +340,7 @@ def parse_segmentation(buf, i, key_size, key_counts, decode, words):
                 return 0, h, w, total, flags, i
     if not have_counts or h < 0:
         flags |= SEG_NOT_RLE
-    elif total > h * w:
+    elif decode and total != h * w:  # runs must cover the mask exactly (pycocotools leaves the rest unset)
         flags |= BAD_RLE
     return i, h, w, total, flags, 1
 
@@ -342,7 +356,7 @@ def scan_block(buf, start, first, ids, hs, ws, kinds, totals, keys, decode):
     last complete detection, status). Stops before a detection the block cuts off, or when the rows are
     full; the caller starts the next block there.
     """
-    key_image_id, key_bbox, key_seg, key_size, key_counts = keys
+    key_image_id, key_bbox, key_seg, key_size, key_counts, key_score = keys
     n = len(buf)
     words = buf[: n - n % 8].view(np.uint64)
     i = start
@@ -381,6 +395,7 @@ def scan_block(buf, start, first, ids, hs, ws, kinds, totals, keys, decode):
         fl = NO_IMAGE_ID
         h = -1
         w = -1
+        has_score = False
         incomplete = False
         while True:
             i = skip_ws(buf, i)
@@ -430,16 +445,24 @@ def scan_block(buf, start, first, ids, hs, ws, kinds, totals, keys, decode):
                     return count, consumed, DISTRUST
                 fl |= sfl
             else:
-                if key_is(buf, kstart, kend, key_bbox):
+                is_bbox = key_is(buf, kstart, kend, key_bbox)
+                if is_bbox:
                     fl |= HAS_BBOX
+                elif key_is(buf, kstart, kend, key_score):
+                    has_score = True
+                vstart = i
                 i = skip_value(buf, i)
                 if i == -1:
                     incomplete = True
                     break
                 if i == -2:
                     return count, consumed, DISTRUST
+                if is_bbox and minus_in_size(buf, vstart, i):
+                    return count, consumed, DISTRUST  # maybe a negative w / h: the exact check decides
         if incomplete:
             return count, consumed, OK
+        if not has_score:  # hotcoco takes a detection without a score: the exact check names it
+            return count, consumed, DISTRUST
         kind = fl & (HAS_SEGMENTATION | SEG_NOT_RLE | NO_IMAGE_ID)
         if kind != totals[T_KIND] or img != totals[T_IMG] or h != totals[T_H] or w != totals[T_W]:
             if count >= len(ids):
@@ -463,3 +486,13 @@ def scan_block(buf, start, first, ids, hs, ws, kinds, totals, keys, decode):
         if fl & NO_IMAGE_ID:
             totals[T_WITHOUT_IMAGE_ID] += 1
         consumed = i
+
+
+@njit(cache=True, nogil=True)
+def rle_run_totals(buf, starts):
+    """Run totals of the quoted RLE strings starting at ``starts`` in ``buf`` (-1: does not decode)."""
+    out = np.empty(len(starts), np.int64)
+    for j in range(len(starts)):
+        _, total, bad, st = decode_counts(buf, starts[j])
+        out[j] = total if (st == 1 and not bad) else -1
+    return out

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lvisctl.errors import LvisctlError
+from lvisctl.evaluation.provenance import gt_mismatch_line
 from lvisctl.evaluation.results_io import read_json
 
 # The paper's Table 2 columns: mask AP and its r/c/f split, box AP, and the box-minus-mask gap.
@@ -24,6 +25,11 @@ def load_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
         isinstance(data.get(t), dict) and "AP" in data[t] for t in ("segm", "bbox")
     ):
         raise LvisctlError(f"{path}: not an lvisctl evaluate metrics json (no 'segm' or 'bbox' AP)")
+    for iou_type in ("segm", "bbox"):
+        section = data.get(iou_type)
+        for key, value in section.items() if isinstance(section, dict) else ():
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                raise LvisctlError(f"{path}: {iou_type}.{key} is {value!r}, not a number")
     return data
 
 
@@ -47,7 +53,9 @@ def compare_rows(a: Path, b: Path) -> tuple[dict[str, dict[str, float]], list[st
     ma, mb = load_metrics(a), load_metrics(b)
     ra, rb = table2_row(ma), table2_row(mb)
     rows = {"A": ra, "B": rb, "B - A": {k: rb[k] - ra[k] for k in COMPARE_COLUMNS}}
-    return rows, [f"{label} = {path}{_scored(m)}" for label, path, m in (("A", a, ma), ("B", b, mb))]
+    lines = [f"{label} = {path}{_scored(m)}" for label, path, m in (("A", a, ma), ("B", b, mb))]
+    mismatch = gt_mismatch_line(ma, mb)
+    return rows, lines + ([mismatch] if mismatch else [])
 
 
 def _scored(metrics: Mapping[str, Any]) -> str:

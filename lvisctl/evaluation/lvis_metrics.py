@@ -79,7 +79,7 @@ def load_ground_truth(path: str | os.PathLike[str]) -> LvisGroundTruth:
 
     p = Path(path)
     if not p.is_file():
-        raise LvisctlError(f"{p}: no such file")
+        raise LvisctlError(f"{p}: {'is a folder, not an annotation file' if p.is_dir() else 'no such file'}")
     try:
         with quiet_native_output():
             coco = hotcoco.COCO(str(p))

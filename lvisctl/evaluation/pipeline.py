@@ -22,6 +22,7 @@ from lvisctl.evaluation.lvis_metrics import (
     load_ground_truth,
     load_results_for_eval,
 )
+from lvisctl.evaluation.provenance import check_gt_unchanged
 from lvisctl.evaluation.results_scan import start_scan
 from lvisctl.rundir import Artifact, RunDir, atomic_write_json, atomic_write_text
 from lvisctl.rundir.io import sha256_file
@@ -130,6 +131,7 @@ def resolve_inputs(
         gt = Path(first.meta["gt"])
         if not gt.is_absolute():
             gt = run.path_of(str(gt))
+    check_gt_unchanged(Path(gt), [s.artifact for s in sources], run)  # edited in place since predicted?
     stem = str(first.meta.get("group") or sources[0].path.stem)
     return sources, Path(gt), stem
 
@@ -147,7 +149,7 @@ def scored_record(sources: Sequence[EvalSource], gt: Path) -> dict[str, Any]:
             entry["sha256"] = source.artifact.sha256
         for t in source.iou_types:
             results[t] = entry
-    return {"results": results, "gt": str(Path(gt).resolve())}
+    return {"results": results, "gt": str(Path(gt).resolve()), "gt_sha256": sha256_file(gt)}
 
 
 def scored_lines(scored: dict[str, Any]) -> list[str]:
@@ -249,7 +251,8 @@ def run_evaluate(
             raise LvisctlError(f"{p}: already exists; pass --overwrite to replace it or choose another --out")
     for source in sources:
         if not source.path.is_file():
-            raise LvisctlError(f"{source.path}: no such file")
+            what = "is a folder, not a results file" if source.path.is_dir() else "no such file"
+            raise LvisctlError(f"{source.path}: {what}")
     # The screens start first so that they overlap the GT load and hotcoco's parse.
     scans = [start_scan(source.path, sha256=source.artifact is not None) for source in sources]
     loaded: list[LoadedResults] = []

@@ -41,6 +41,8 @@ class ImageTable:
 def read_json(path: str | os.PathLike[str]) -> Any:
     """``json.load`` with the standard one-line errors for a missing or malformed file."""
     p = Path(path)
+    if p.is_dir():
+        raise LvisctlError(f"{p}: is a folder, not a json file")
     if not p.is_file():
         raise LvisctlError(f"{p}: no such file")
     try:
@@ -50,6 +52,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise LvisctlError(f"{p}: not valid json ({err.msg} at line {err.lineno})") from None
     except UnicodeDecodeError:
         raise LvisctlError(f"{p}: not valid json (not UTF-8 text)") from None
+    except RecursionError:  # "[[[[..." 100k deep: Python's parser recurses per level
+        raise LvisctlError(f"{p}: json nested too deeply to be a results file") from None
 
 
 def load_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -191,10 +195,14 @@ def validate_results(
             "(a results file for another split?)"
         )
     if unknown_images:
-        problem(f"{len(unknown_images)} image ids not in {table.path} (e.g. {_examples(unknown_images)})")
+        problem(
+            f"{len(unknown_images)} image ids not in {table.path} (e.g. {_examples(unknown_images)})"
+            + _string_hint(unknown_images)
+        )
     if unknown_cats:
         problem(
             f"{len(unknown_cats)} category ids not in the category table (e.g. {_examples(unknown_cats)})"
+            + _string_hint(unknown_cats)
         )
     if 0 < with_bbox < len(results):
         problem(f"{with_bbox} of {len(results)} results have 'bbox' (lvis-api needs all or none)")
@@ -245,10 +253,57 @@ def _check_rles(results, rle_idx: list[int], problem) -> None:
     bad = find_bad_rles([results[i]["segmentation"] for i in rest], limit=len(rest))
     for j, reason in bad:
         problem(f"result {rest[j]}: segmentation is not valid compressed RLE ({reason})")
+    failed = {rest[j] for j, _ in bad}
+    decoded = [i for i in rest if i not in failed]
+    totals = rle_run_totals([results[i]["segmentation"]["counts"] for i in decoded])
+    for i, total in zip(decoded, totals, strict=True):
+        h, w = results[i]["segmentation"]["size"]
+        if (
+            total != h * w
+        ):  # short runs: pycocotools leaves the rest of the mask unset (the GT loader refuses)
+            problem(f"result {i}: segmentation runs cover {total} of the {h}x{w} = {h * w} pixels")
+
+
+def rle_run_totals(counts: Sequence[str]) -> list[int]:
+    """The number of pixels each compressed RLE string's runs add up to (-1: does not decode)."""
+    if not counts:
+        return []
+    try:
+        from lvisctl.evaluation._scan_kernel import rle_run_totals as kernel
+    except ImportError:  # numba missing: the same decoding in Python
+        return [_run_total(c) for c in counts]
+    # the kernel reads json text: each string quoted, a backslash (a legal RLE character) escaped
+    quoted = [b'"' + c.encode("latin-1", "replace").replace(b"\\", b"\\\\") + b'"' for c in counts]
+    starts = np.cumsum([0] + [len(q) for q in quoted[:-1]], dtype=np.int64)
+    return kernel(np.frombuffer(b"".join(quoted), dtype=np.uint8), starts).tolist()
+
+
+def _run_total(counts: str) -> int:
+    """pycocotools' ``rleFrString``, summing the runs."""
+    total = x = shift = m = prev1 = prev2 = 0
+    for ch in counts:
+        v = ord(ch) - 48
+        x |= (v & 0x1F) << shift
+        shift += 5
+        if v & 0x20:
+            continue
+        if v & 0x10:
+            x |= -1 << shift
+        if m > 2:
+            x += prev2
+        if x < 0:
+            return -1
+        total, prev2, prev1, m, x, shift = total + x, prev1, x, m + 1, 0, 0
+    return total
 
 
 def _examples(values: set[Any], k: int = 3) -> str:
     def key(v: Any) -> tuple[int, str]:
         return (0, f"{v:012d}") if isinstance(v, int) else (1, str(v))
 
-    return ", ".join(str(v) for v in sorted(values, key=key)[:k])
+    # a string id is shown quoted: "49" is not the integer 49 the GT has
+    return ", ".join(json.dumps(v) if isinstance(v, str) else str(v) for v in sorted(values, key=key)[:k])
+
+
+def _string_hint(values: set[Any]) -> str:
+    return "; ids must be json integers, not strings" if any(isinstance(v, str) for v in values) else ""

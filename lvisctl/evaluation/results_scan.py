@@ -1,18 +1,19 @@
 """A one-pass, compiled screen of an LVIS results file, run beside the evaluator.
 
-``evaluate`` parses the results once, in Rust (hotcoco), and hotcoco accepts what lvis-api would choke on
-or silently mis-score: RLE strings with foreign characters, truncated strings, runs that add up to more
-than ``h * w``, masks whose ``size`` is not their image's. Parsing 1.5 M detections a second time into
-Python objects costs more than the evaluation, so this module reads the raw bytes with a small numba
-kernel instead (``_scan_kernel``, ~2 ns per byte): it walks the json structure, decodes every compressed
-RLE exactly as pycocotools' ``rleFrString`` does (5-bit groups, continuation bit 0x20, sign bit 0x10,
-counts after the third stored as differences to the count two places back) and keeps, per detection, its
-image id, RLE size and a few flags. In files without ``bbox`` hotcoco decodes every RLE itself (for the
-mask areas) and leaves the area empty where the runs do not fit, so there the kernel only checks the
-strings' characters (8 bytes at a time; hotcoco's decoder accepts any byte) and the caller checks hotcoco's
-areas. What it cannot vouch for (escapes other than ``\\\\``, a non-integer image id, a file that is not
-a list of objects) marks the file *distrusted*; the caller then runs the full Python validator, which
-names the problem.
+``evaluate`` parses the results once, in Rust (hotcoco), and hotcoco accepts what lvis-api would choke on or
+silently mis-score: RLE strings with foreign characters, truncated strings, runs that do not add up to
+exactly ``h * w`` (short runs leave pycocotools' mask partly unset), masks whose ``size`` is not their
+image's, boxes with two negative sides (their area ``w * h`` looks fine). Parsing 1.5 M detections a second
+time into Python objects costs more than the evaluation, so this module reads the raw bytes with a small
+numba kernel instead (``_scan_kernel``, ~2 ns per byte): it walks the json structure, decodes every
+compressed RLE exactly as pycocotools' ``rleFrString`` does (5-bit groups, continuation bit 0x20, sign bit
+0x10, counts after the third stored as differences to the count two places back) and keeps, per detection,
+its image id, RLE size and a few flags. :func:`start_scan` decodes in every file: hotcoco's mask areas catch
+runs that overflow but not runs that stop short (``decode=False``, a check of the strings' characters 8
+bytes at a time, remains for callers that vouch for the runs otherwise). What it cannot vouch for (escapes
+other than ``\\\\``, a non-integer image id, a file that is not a list of objects, a ``-`` in a box's width
+or height) marks the file *distrusted*; the caller then runs the full Python validator, which names the
+problem.
 
 The file is memory-mapped and scanned in place, block by block (scanned pages are released, so resident
 memory stays about a block); the kernel keeps running totals and writes a row only where the image or the
@@ -52,6 +53,7 @@ _KEY_BBOX = np.frombuffer(b"bbox", np.uint8)
 _KEY_SEGMENTATION = np.frombuffer(b"segmentation", np.uint8)
 _KEY_SIZE = np.frombuffer(b"size", np.uint8)
 _KEY_COUNTS = np.frombuffer(b"counts", np.uint8)
+_KEY_SCORE = np.frombuffer(b"score", np.uint8)
 
 BLOCK_BYTES = 32 << 20
 
@@ -105,7 +107,7 @@ def scan_results(
     (whose failure sends the file to the exact check), and small files are scanned inline.
     """
     kernel = _kernel()
-    keys = (_KEY_IMAGE_ID, _KEY_BBOX, _KEY_SEGMENTATION, _KEY_SIZE, _KEY_COUNTS)
+    keys = (_KEY_IMAGE_ID, _KEY_BBOX, _KEY_SEGMENTATION, _KEY_SIZE, _KEY_COUNTS, _KEY_SCORE)
     digest = hashlib.sha256() if sha256 else None
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
@@ -292,12 +294,12 @@ def start_scan(
 ) -> ScanJob:
     """Start screening ``path``: in a forked process for big files, inline for small ones (fork costs).
 
-    RLEs are decoded only in files with ``bbox``: in the others hotcoco decodes them for mask areas.
+    RLEs are always decoded: hotcoco's mask areas catch runs that overflow ``h * w`` but not runs that
+    stop short of it (the rest of such a mask is undefined; the GT loader refuses it too).
     """
     p = Path(path)
     big = p.stat().st_size > fork_above_bytes
-    decode = first_detection_keys(p)[1]
-    return ScanJob(p, fork=big and hasattr(os, "fork"), sha256=sha256, decode=decode)
+    return ScanJob(p, fork=big and hasattr(os, "fork"), sha256=sha256, decode=True)
 
 
 _FIRST_DET_END = re.compile(rb"\}\s*,\s*\{|\}\s*\]")

@@ -65,6 +65,30 @@ def truncate_per_image(results: Sequence[Mapping[str, Any]], max_dets: int = MAX
     return cap_per_image(results, max_dets)
 
 
+OUT_SUFFIXES = (".json", ".zip")  # what write_submission writes, by the name's suffix
+
+
+def check_out_suffix(out: Path) -> None:
+    """The file written is what its name says: plain json for ``.json``, a zip for ``.zip``; any other
+    name (``sub.tar``, ``sub.gz``) would hold plain json under an archive's name: refused."""
+    if Path(out).suffix.lower() not in OUT_SUFFIXES:
+        raise LvisctlError(
+            f"--out {out}: the submission is written as .json or as a .zip holding it; name it "
+            f"{Path(out).stem}.json or {Path(out).stem}.zip"
+        )
+
+
+def coverage_warning(summary: SubmissionSummary) -> str | None:
+    """A line when the results leave images of the image-info file without any detection."""
+    missing = summary.images - summary.images_covered
+    if missing <= 0:
+        return None
+    return (
+        f"warning: the results cover {summary.images_covered} of {summary.images} images; the server scores "
+        f"the other {missing} as having no detections (results of a subset or another split?)"
+    )
+
+
 def write_submission(results: Sequence[Mapping[str, Any]], out: str | os.PathLike[str]) -> Path:
     """Compact json, or a zip holding it as ``<stem>.json`` when ``out`` ends in ``.zip``."""
     out = Path(out)
@@ -141,6 +165,7 @@ def run_submit(
         out = run.root / "submission" / f"{stem or Path(results).stem}_test-dev.zip"
     elif run is not None and not out.is_absolute():
         out = run.root / out
+    check_out_suffix(out)
     if out.exists() and not overwrite:
         raise LvisctlError(f"{out}: already exists; pass --overwrite to replace it or choose another --out")
     summary = build_submission(results, image_info, out, truncate=truncate)

@@ -7,18 +7,18 @@ metrics) use nothing else; the ways it gets there are its own business:
 * a parsed list: the exact Python check (``results_io.validate_results``), detection by detection;
 * a file being evaluated: the compiled byte screen (``results_scan``) that ran beside hotcoco's parse,
   plus hotcoco's own mask areas (hotcoco leaves an area empty where an RLE's runs do not fit). The screen
-  checks every RLE's characters (hotcoco's decoder takes any byte) and decodes the runs only in files with
-  ``bbox``, whose mask areas hotcoco never computes; anything it cannot vouch for sends the file through
-  the exact check, which names the problem;
+  checks every RLE's characters (hotcoco's decoder takes any byte) and decodes the runs (hotcoco's areas
+  do not show runs that stop short of ``h * w``); anything it cannot vouch for (e.g. a ``-`` in a box's
+  width or height) sends the file through the exact check, which names the problem;
 * a file without a screen: parsed in Python and checked exactly.
 
 What is refused, with or without the screen (``tests/unit/test_eval_validate.py`` holds one case per
 class): a file that is not a json list of objects; unknown image ids (all unknown: "another split");
 unknown category ids; scores that are not finite numbers; ``bbox`` that is not 4 finite numbers or has a
-negative side (on the screened route: one negative side; hotcoco's box area w * h vouches for boxes);
+negative side;
 ``bbox`` / ``segmentation`` on some detections only; a segmentation that is not compressed
 RLE; an RLE whose size is not its image's; an RLE string with foreign characters, cut mid-number, or
-whose runs add up to more than h x w. ``for_submission`` adds the server's rules (scores in [0, 1], boxes
+whose runs do not add up to exactly h x w. ``for_submission`` adds the server's rules (scores in [0, 1], boxes
 inside the image, at most 300 detections per image, masks present).
 """
 

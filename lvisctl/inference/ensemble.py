@@ -359,24 +359,31 @@ def _load_json_list(path: Path) -> list[Any]:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise LvisctlError(f"{path}: not valid json ({err})") from None
+    except RecursionError:  # "[[[[..." 100k deep
+        raise LvisctlError(f"{path}: json nested too deeply to be a results file") from None
     if not isinstance(data, list):
         raise LvisctlError(f"{path}: results must be a json list of detections, got {type(data).__name__}")
     return data
 
 
-def read_results_input(path: Path) -> ResultsInput:
+def read_results_input(path: Path, table: Any = None) -> ResultsInput:
     """Read and check one input. A ``tta-infer`` pair is joined: box and box score from the bbox file,
     mask and mask score (``mask_score``) from the segm file; a single file needs ``segmentation`` (its
-    box, when absent, is the mask's bounding box)."""
+    box, when absent, is the mask's bounding box). Every file passes ``evaluate``'s validator first
+    (against ``table``, the ``--images`` json's, when given; :mod:`lvisctl.inference.ensemble_checks`)."""
+    from lvisctl.inference.ensemble_checks import check_results_files
+
     pair = _pair_of(path)
     if pair is not None:
         segm, bbox = _load_json_list(pair["segm"]), _load_json_list(pair["bbox"])
+        check_results_files([(pair["segm"], segm), (pair["bbox"], bbox)], table)
         if len(segm) != len(bbox):
             raise LvisctlError(f"{pair['segm']}: holds {len(segm)} detections, {pair['bbox']} {len(bbox)}")
         records = [{**s, **b, "mask_score": s.get("score")} for s, b in zip(segm, bbox, strict=True)]
         result = ResultsInput(path, [pair["segm"], pair["bbox"]])
     else:
         records = _load_json_list(path)
+        check_results_files([(path, records)], table)
         result = ResultsInput(path, [path])
     for i, rec in enumerate(records):
         problem = _record_problem(rec)
@@ -512,6 +519,8 @@ def ensemble_to_run_dir(
     import time
 
     from lvisctl.engine.distributed import barrier, init_distributed
+    from lvisctl.inference.ensemble_checks import check_iou, check_skip_score, parse_weights
+    from lvisctl.inference.ensemble_checks import image_table as results_table
     from lvisctl.inference.results import detections_to_records, split_paths
     from lvisctl.inference.runner import (
         ImageItem,
@@ -529,8 +538,10 @@ def ensemble_to_run_dir(
         raise LvisctlError("ensemble: give at least one results file")
     if weights is not None and len(weights) != len(inputs):
         raise LvisctlError(f"--weights: {len(weights)} weights for {len(inputs)} results files")
-    if weights is not None and (min(weights) < 0 or sum(weights) <= 0):
-        raise LvisctlError(f"--weights {','.join(map(str, weights))}: must be >= 0 with a positive sum")
+    if weights is not None:
+        parse_weights(",".join(map(str, weights)))  # finite and > 0
+    check_iou(iou_thr)
+    check_skip_score(skip_box_thr)
     if method not in METHODS:
         raise LvisctlError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     run = RunDir(run_dir) if run_dir is not None else None
@@ -546,7 +557,8 @@ def ensemble_to_run_dir(
         from lvisctl.data.lvis import load_lvis
 
         image_table = load_lvis(images).images
-    read = [read_results_input(Path(p).expanduser().resolve()) for p in inputs]
+    table = results_table(images)
+    read = [read_results_input(Path(p).expanduser().resolve(), table) for p in inputs]
     check_image_sets(read, image_table, images)
     cat_ids = sorted({int(r["category_id"]) for inp in read for recs in inp.by_image.values() for r in recs})
     cmap = CategoryMap(cat_ids)

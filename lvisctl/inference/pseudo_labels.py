@@ -60,6 +60,7 @@ class ScoreThresholds:
         """``"0.5"`` (every group), ``"r=0.3,c=0.4,f=0.5"`` or a mix (``"0.5,r=0.3"``: r 0.3, others 0.5)."""
         values: dict[str, float] = {}
         default = DEFAULT_SCORE_THRESH
+        seen: set[str] = set()
         for part in (p.strip() for p in text.split(",") if p.strip()):
             key, _, value = part.rpartition("=")
             try:
@@ -70,6 +71,13 @@ class ScoreThresholds:
                 raise LvisctlError(
                     f"--score-thresh {text!r}: expected a number in [0, 1] or per group r=0.3,c=0.4,f=0.5"
                 )
+            group = key.strip() or "default"
+            if group in seen:  # "0.5,0.6" or "r=0.3,r=0.4": which one was meant cannot be known
+                twice = "a second bare number" if group == "default" else f"{group}= twice"
+                raise LvisctlError(
+                    f"--score-thresh {text!r}: {twice}; give one number, or one per group r=0.3,c=0.4,f=0.5"
+                )
+            seen.add(group)
             if key.strip():
                 values[key.strip()] = number
             else:
@@ -175,8 +183,14 @@ def _image_record(img: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _info(source: str) -> dict[str, Any]:
-    return {"description": f"lvisctl pseudo labels ({source})", "pseudo_label_source": source}
+def _info(source: str, provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    # provenance: the sha256 of the annotation file and checkpoint the labels were made from; train
+    # compares the first with data.train (labels of another dataset would land on unrelated images)
+    return {
+        "description": f"lvisctl pseudo labels ({source})",
+        "pseudo_label_source": source,
+        **(provenance or {}),
+    }
 
 
 def pseudo_label_file(
@@ -297,17 +311,18 @@ def write_pseudo_labels(
     categories: Sequence[Mapping[str, Any]],
     *,
     scores: ScoreSample | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> tuple[int, int]:
     """Stream the selection into the LVIS json at ``path`` (atomically), one image's records at a time:
     memory does not grow with the number of images. ``scores`` sees every predicted score. Returns
     ``(labels, images)``; the images are all of ``selector.images`` for unlabeled images, those with a
-    prediction for LVIS."""
+    prediction for LVIS. ``provenance`` (``data.self_training.provenance_of``) joins the file's ``info``."""
     from lvisctl.rundir import atomic_output
 
     seen: set[int] = set()
     count = 0
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        head = {"info": _info(selector.mode), "categories": [dict(c) for c in categories]}
+        head = {"info": _info(selector.mode, provenance), "categories": [dict(c) for c in categories]}
         fh.write(json.dumps(head, separators=(",", ":"))[:-1] + ',"annotations":[')
         for image_id, recs in group_by_image(records):
             seen.add(image_id)
@@ -354,6 +369,8 @@ def iter_json_list(path: Path, read_size: int = 1 << 20) -> Iterator[Any]:
                     item, end = decoder.raw_decode(buf, pos)
                 except json.JSONDecodeError:
                     item = end = None
+                except RecursionError:  # "[[[[..." 100k deep: the decoder recurses per level
+                    raise LvisctlError(f"{path}: json nested too deeply to be a results file") from None
                 if end is not None and (end < len(buf) or eof):
                     yield item
                     pos = end
@@ -583,8 +600,16 @@ def make_pseudo_labels(
             gt, mode, score_thresh.by_category(categories), max_gt_iou, max_per_image, category_filter
         )
         scores = ScoreSample({c["id"]: c["frequency"] for c in categories})
+        from lvisctl.data.self_training import provenance_of
+
+        made_from = provenance_of(info.path, ckpt_path, getattr(ckpt_art, "sha256", None))
         num_labels, num_images = write_pseudo_labels(
-            out_path, iter_split_results(pred.out_path), selector, categories, scores=scores
+            out_path,
+            iter_split_results(pred.out_path),
+            selector,
+            categories,
+            scores=scores,
+            provenance=made_from,
         )
         if num_labels < HANDFUL:
             outcome.score_lines = scores.lines()

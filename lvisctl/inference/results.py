@@ -75,9 +75,12 @@ def detections_to_records(
     mask_scores = mask_scores.detach().float().cpu().tolist() if mask_scores is not None else None
     records = []
     for i, (box, score, label, rle) in enumerate(zip(boxes, scores, labels, rles, strict=True)):
+        cat_id = category_map.cat_id(int(label))
+        if cat_id is None:  # a class the json has no category for (tta-infer --map-by-name)
+            continue
         record = {
             "image_id": int(image_id),
-            "category_id": category_map.cat_id(int(label)),
+            "category_id": cat_id,
             "bbox": [round(float(v), BBOX_DECIMALS) for v in box],
             "score": float(score),
             "segmentation": rle,

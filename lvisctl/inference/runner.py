@@ -429,6 +429,7 @@ def predict_to_run_dir(
     on_images: Callable[[int], None] | None = None,
     extra_meta: dict[str, Any] | None = None,
     notify: Callable[[str], None] | None = None,
+    map_by_name: bool = False,
 ) -> PredictionsOutcome:
     """``lvisctl tta-infer``: run a checkpoint on every image of an LVIS / image-info file, write the LVIS
     results files ``<stem>.segm.json`` and ``<stem>.bbox.json`` into the run dir and register both (kind
@@ -443,6 +444,8 @@ def predict_to_run_dir(
     and listed (``strict``: refused up front); a size that differs from the json's is refused up front.
     ``tta`` sets ``inference.tta.mode`` (``paper``: section 3.3, ``lvisctl.inference.tta``); several
     checkpoints are run in one pass and fused per image (``inference.ensemble``), with the first one's config.
+    The checkpoint's categories must be the json's (ids and names), or ``map_by_name`` maps them by name
+    (:mod:`lvisctl.inference.category_check`).
     """
     from lvisctl.engine.checkpoint import load_checkpoint
     from lvisctl.inference.tta import resolve_scales
@@ -483,6 +486,7 @@ def predict_to_run_dir(
         used_scales,
         list(overrides),
         dict(extra_meta or {}),
+        map_by_name,
     )
     with run.phase_lock(f"predictions-{group_path.stem}"):
         return _predict_locked(job, max_chunks, strict, on_start, on_images, notify)
@@ -510,6 +514,7 @@ class _PredictJob:
     scales: list[int]
     overrides: list[str]
     extra_meta: dict[str, Any] = field(default_factory=dict)  # e.g. pseudolabel's purpose
+    map_by_name: bool = False  # the checkpoint's classes onto the json's categories by name
 
 
 def _predict_locked(
@@ -523,11 +528,15 @@ def _predict_locked(
     from lvisctl.data.lvis import load_lvis, resolve_image_root
     from lvisctl.engine.checkpoint import load_checkpoint
     from lvisctl.engine.distributed import init_distributed, set_cudnn_benchmark, timeout_of
+    from lvisctl.inference.category_check import checkpoint_category_map
     from lvisctl.inference.tta import predictor_from_checkpoints
 
     run, cfg, icfg = job.run, job.cfg, job.cfg.inference
     root = resolve_image_root(cfg.get("data"), option=job.image_root)
     data = load_lvis(job.images, image_root=root)
+    category_map = checkpoint_category_map(
+        job.ckpt, data, checkpoint=job.ckpt_path, by_name=job.map_by_name, notify=notify
+    )
     items = [
         ImageItem(image_id, data.image_path(image_id), data.image_hw(image_id))
         for image_id in sorted(data.images)
@@ -536,19 +545,20 @@ def _predict_locked(
     dist = init_distributed(cfg.device, timeout_of(cfg))
     set_cudnn_benchmark(cfg, dist.device, training=False)
     loaded = [(job.ckpt, job.ckpt_path)] + [(load_checkpoint(p), p) for _, p, _ in job.resolved[1:]]
-    predictor, stats = predictor_from_checkpoints(loaded, cfg, dist.device, job.overrides)
+    predictor, _ = predictor_from_checkpoints(loaded, cfg, dist.device, job.overrides)
     fingerprint = fingerprint_of(
         checkpoint=job.ckpt_sha if len(job.resolved) == 1 else [sha for _, _, sha in job.resolved],
         images=sha256_file(job.images),
         image_root=data.image_root,
         config=cfg.to_dict(),
+        **({"categories": category_map.cat_ids} if job.map_by_name else {}),
     )
     if unreadable and dist.is_main:
         notify(f"warning: {job.images}: {_skip_line(unreadable)}; they are skipped (--strict refuses)")
     summary = run_inference(
         predictor,
         items,
-        stats.category_map,
+        category_map,
         job.out_path,
         run.root / ".partial" / job.out_path.stem,
         fingerprint=fingerprint,
@@ -616,6 +626,8 @@ def _register_predictions(job: _PredictJob, outcome: PredictionsOutcome, icfg: A
     }
     if icfg.tta.mode != "plain":
         meta["tta"] = icfg.tta.mode
+    if job.map_by_name:
+        meta["categories"] = "by name"
     if len(job.resolved) > 1:
         meta["checkpoints"] = [job.run.relative(path) for _, path, _ in job.resolved]
     if s.skipped:

@@ -169,6 +169,8 @@ def parse_json_bytes(raw: bytes, path: object) -> Any:
         raise LvisctlError(
             f"{path}: not valid json ({err.msg} at line {err.lineno} column {err.colno})"
         ) from None
+    except RecursionError:  # "[[[[..." 100k deep: Python's parser recurses per level
+        raise LvisctlError(f"{path}: json nested too deeply to be an LVIS file") from None
 
 
 def json_type_name(value: Any) -> str:

@@ -9,7 +9,7 @@ sheet is registered (kind ``plot``) with the files it was drawn from.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class VisualizeResult:
     instances: int  # drawn, ground truth and predictions together
     predictions: Path | None
     gt: Path | None
+    skipped: dict[int, str] = field(default_factory=dict)  # unreadable images, left out (as tta-infer)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -220,6 +221,11 @@ def _resolve_inputs(run: Any, predictions: Path | None, gt: Path | None, image_r
     predictions were made on when it has annotations."""
     from lvisctl.data.lvis import load_lvis
 
+    if predictions is not None and not Path(predictions).is_file():
+        what = (
+            "is a folder, not a results file" if Path(predictions).is_dir() else "predictions file not found"
+        )
+        raise LvisctlError(f"{predictions}: {what}")
     art = newest_predictions(run) if predictions is None else run.get(run.relative(predictions))
     if predictions is None and art is not None:
         predictions = run.resolve(art)
@@ -254,6 +260,11 @@ def visualize(
     """Draw up to ``max_images`` images (those with something to draw first, by id) and a contact sheet."""
     from lvisctl.rundir import RunDir
 
+    if predictions is None and gt is None and not Path(run_dir).is_dir():
+        raise LvisctlError(
+            f"{run_dir}: run directory does not exist "
+            "(give --predictions or --gt to draw files from elsewhere)"
+        )
     run = RunDir(run_dir)
     src = _resolve_inputs(run, predictions, gt, image_root)
     refs = _image_refs(images, src.gt, src.info_json, image_root)
@@ -275,24 +286,63 @@ def visualize(
     name = _stem(src.predictions or src.gt.path)
     out_dir = Path(out).expanduser().resolve() if out else run.root / "visualize" / name
     _refuse_existing(out_dir, [f"{i}.png" for i in chosen] + ["contact_sheet.png"], overwrite)
+    loaded, skipped = _read_chosen(chosen, refs, preds, src.predictions)  # all checked before any PNG
     pngs, tiles, drawn = [], [], 0
-    for image_id in chosen:
+    for image_id, image in loaded:
         gt_recs = gts.get(image_id, []) if gts is not None else None
         pred_recs = None
         if preds is not None:
             pred_recs = sorted(preds.get(image_id, []), key=lambda r: -float(r["score"]))
-        pixels = render_image(read_rgb(refs[image_id].path), gt_recs, pred_recs, names, score_thresh)
+        pixels = render_image(image, gt_recs, pred_recs, names, score_thresh)
         drawn += len(gt_recs or []) + len(pred_recs or [])
         pngs.append(save_png(pixels, out_dir / f"{image_id}.png"))
         tiles.append(titled(pixels, f"{image_id} {refs[image_id].file_name}"))
     if not pngs:
-        raise LvisctlError(f"{run.root}: no image to draw (none of the predictions' images is listed)")
+        why = f" ({skip_line(skipped)})" if skipped else " (none of the predictions' images is listed)"
+        raise LvisctlError(f"{run.root}: no image to draw{why}")
     columns = 2 if gts is not None and preds is not None else 4
     sheet = save_png(contact_sheet(tiles, columns=columns), out_dir / "contact_sheet.png")
     meta = {"purpose": "visualize", "images": len(pngs), "score_thresh": score_thresh}
     inputs = [p for p in (src.pred_input, src.gt.path if src.gt else None) if p is not None]
     run.register("plot", sheet, inputs=inputs, meta={**meta, "categories": categories or "all"})
-    return VisualizeResult(out_dir, pngs, sheet, drawn, src.predictions, src.gt.path if src.gt else None)
+    gt_path = src.gt.path if src.gt else None
+    return VisualizeResult(out_dir, pngs, sheet, drawn, src.predictions, gt_path, skipped)
+
+
+def _read_chosen(
+    chosen: Sequence[int], refs: Mapping[int, ImageRef], preds: Mapping[int, list] | None, source: Any
+) -> tuple[list[tuple[int, torch.Tensor]], dict[int, str]]:
+    """The chosen images, read, with their predictions' masks checked against their size (a damaged RLE,
+    or one of 20000 x 20000 on a small image, is refused before anything is decoded or written).
+    Unreadable images are skipped and returned with the reason, as ``tta-infer`` does."""
+    from lvisctl.data.image_io import ImageReadError
+
+    loaded, skipped = [], {}
+    for image_id in chosen:
+        try:
+            image = read_rgb(refs[image_id].path)
+        except ImageReadError as err:
+            skipped[image_id] = str(err)
+            continue
+        _check_masks(source, image_id, (preds or {}).get(image_id, []), image.shape[1], image.shape[2])
+        loaded.append((image_id, image))
+    return loaded, skipped
+
+
+def _check_masks(source: Any, image_id: int, records: Sequence[Mapping[str, Any]], h: int, w: int) -> None:
+    from lvisctl.data.lvis import rle_problem
+
+    for rec in records:
+        seg = rec.get("segmentation")
+        problem = rle_problem(seg, h, w) if isinstance(seg, dict) else None
+        if problem:
+            raise LvisctlError(f"{source}: image {image_id}: {problem}; nothing was drawn")
+
+
+def skip_line(skipped: Mapping[int, str]) -> str:
+    shown = "; ".join(f"image {i}: {why}" for i, why in list(skipped.items())[:3])
+    more = f"; ... and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return f"{len(skipped)} unreadable image(s) skipped: {shown}{more}"
 
 
 def _categories_of(info_json: Path | None) -> dict[int, dict]:

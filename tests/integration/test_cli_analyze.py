@@ -63,3 +63,51 @@ def test_analyze_needs_annotations(tmp_path):
     add_checkpoint(run, stage=1, final=True, seed=1)
     result = CliRunner().invoke(app, ["analyze", "masks", "--run-dir", str(run.root), "--images", str(bare)])
     assert result.exit_code != 0
+
+
+def _invoke_analyze(run, images, *extra):
+    args = ["analyze", "masks", "--run-dir", run.root, "--images", images, "--scale", "48", *extra]
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_analyze_refuses_a_checkpoint_of_other_category_names(tmp_path):
+    """Issue 22 item 16: ids alone matched before; names swapped for the same ids are now refused."""
+    from lvisctl.errors import LvisctlError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    images = make_lvis(data)
+    info = json.loads(images.read_text())
+    cats = info["categories"]
+    cats[0]["name"], cats[1]["name"] = cats[1]["name"], cats[0]["name"]
+    swapped = data / "swapped.json"
+    swapped.write_text(json.dumps(info))
+    run = RunDir(tmp_path / "run")
+    add_checkpoint(run, stage=1, final=True, seed=1)
+    result = _invoke_analyze(run, swapped)
+    assert isinstance(result.exception, LvisctlError), result.output
+    assert "categories differ from those of checkpoint" in str(result.exception)
+    assert "is 'c9' in the json but 'c3' in the checkpoint" in str(result.exception)
+    assert not (run.root / "analysis").exists()
+
+
+def test_analyze_refuses_a_path_as_name_before_any_work(tmp_path, monkeypatch):
+    """Issue 22 item 24: --name ../x was refused only after the whole analysis, blaming manifest.json."""
+    import lvisctl.analysis.analyze_masks as analyze_masks
+    from lvisctl.errors import LvisctlError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    images = make_lvis(data)
+    run = RunDir(tmp_path / "run")
+    add_checkpoint(run, stage=1, final=True, seed=1)
+
+    def no_analysis(*args, **kwargs):
+        raise AssertionError("the analysis ran before the name was checked")
+
+    monkeypatch.setattr(analyze_masks, "analyze_checkpoint", no_analysis)
+    for name in ("../x", "a/b", "..", "/tmp/x"):
+        result = _invoke_analyze(run, images, "--name", name)
+        assert isinstance(result.exception, LvisctlError), (name, result.output)
+        assert str(result.exception).startswith(f"--name {name!r}: a plain file name")
+    assert not (tmp_path / "x.json").exists() and not (run.root / "x.json").exists()

@@ -11,6 +11,7 @@ import pytest
 
 from lvisctl.cli.app import main
 from lvisctl.rundir import RunDir
+from lvisctl.rundir.io import sha256_file
 from tests.lvis_reference import lvis_api_metrics, without_bbox, write_json
 from tests.unit.test_eval_lvis_metrics import edge_case_gt, edge_case_results
 
@@ -237,6 +238,7 @@ def test_run_dir_never_scores_pseudolabel_predictions(tmp_path, capsys, monkeypa
     assert metrics["scored"] == {
         "results": {"segm": {"path": str(Path(val).resolve()), "sha256": run.find("predictions")[0].sha256}},
         "gt": str(Path(gt).resolve()),
+        "gt_sha256": sha256_file(gt),
     }
     assert metrics["segm"] == pytest.approx(lvis_api_metrics(gt, val, "segm"), abs=1e-9)
     assert metrics["segm"]["AP"] != pytest.approx(lvis_api_metrics(gt, pseudo, "segm")["AP"])
@@ -315,3 +317,61 @@ def test_best_and_worst_by_hand():
     per = {1: 0.5, 2: 0.9, 3: float("nan"), 4: 0.0}
     out = best_and_worst(per, cats, k=1)
     assert out == {"r": ([(4, 0.0)], [(4, 0.0)]), "c": ([], []), "f": ([(2, 0.9)], [(1, 0.5)])}
+
+
+def test_run_dir_refuses_a_gt_edited_since_the_predictions(tmp_path, capsys, monkeypatch):
+    """Issue 22 item 16: the GT's sha256 is recorded as an input of the predictions; an edit in place
+    was scored without a word."""
+    run = RunDir(tmp_path / "run")
+    gt = write_json(tmp_path / "gt.json", edge_case_gt())
+    pred = write_json(run.root / "predictions" / "val.json", edge_case_results())
+    run.register("predictions", pred, inputs=[gt], meta={"gt": gt})
+    code, _, err = run_cli(["evaluate", "--run-dir", run.root, "--iou-type", "segm"], capsys, monkeypatch)
+    assert code == 0, err
+    edited = edge_case_gt()
+    edited["annotations"] = edited["annotations"][:5]
+    write_json(gt, edited)
+    args = ["evaluate", "--run-dir", run.root, "--iou-type", "segm", "--out", tmp_path / "m2.json"]
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 2 and "changed since predictions/val.json was predicted on it" in err, err
+    assert not (tmp_path / "m2.json").exists()
+
+
+def test_compare_says_when_the_gt_files_differ(tmp_path, capsys, monkeypatch):
+    gt = write_json(tmp_path / "gt.json", edge_case_gt())
+    res = write_json(tmp_path / "res.json", edge_case_results())
+    edited = edge_case_gt()
+    edited["annotations"] = edited["annotations"][:5]
+    gt2 = write_json(tmp_path / "gt2.json", edited)
+    for name, g in (("a", gt), ("b", gt2), ("c", gt)):
+        args = ["evaluate", res, "--gt", g, "--iou-type", "segm", "--out", tmp_path / f"{name}.json"]
+        assert run_cli(args, capsys, monkeypatch)[0] == 0
+    code, out, _ = run_cli(
+        ["evaluate", "--compare", tmp_path / "a.json", tmp_path / "b.json"], capsys, monkeypatch
+    )
+    assert code == 0 and "A and B were scored on different ground truth" in out
+    code, out, _ = run_cli(
+        ["evaluate", "--compare", tmp_path / "a.json", tmp_path / "c.json"], capsys, monkeypatch
+    )
+    assert code == 0 and "different ground truth" not in out
+
+
+def test_tracebacks_of_issue_22_are_one_line(tmp_path, capsys, monkeypatch):
+    """Item 23: a results file nested 100k deep (RecursionError), --compare with a string metric;
+    item 24: a folder given as a file was 'no such file'."""
+    gt = write_json(tmp_path / "gt.json", edge_case_gt())
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    code, _, err = run_cli(["evaluate", deep, "--gt", gt], capsys, monkeypatch)
+    assert code == 2 and "nested too deeply" in err and len(err.strip().splitlines()) == 1, err
+    res = write_json(tmp_path / "res.json", edge_case_results())
+    assert run_cli(["evaluate", res, "--gt", gt, "--out", tmp_path / "a.json"], capsys, monkeypatch)[0] == 0
+    metrics = json.loads((tmp_path / "a.json").read_text())
+    metrics["segm"]["APr"] = "high"
+    (tmp_path / "b.json").write_text(json.dumps(metrics))
+    code, _, err = run_cli(
+        ["evaluate", "--compare", tmp_path / "a.json", tmp_path / "b.json"], capsys, monkeypatch
+    )
+    assert code == 2 and "segm.APr is 'high', not a number" in err, err
+    code, _, err = run_cli(["evaluate", tmp_path, "--gt", gt], capsys, monkeypatch)
+    assert code == 2 and "is a folder" in err, err

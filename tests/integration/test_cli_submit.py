@@ -117,3 +117,26 @@ def test_submit_bad_input(tmp_path, image_info, capsys, monkeypatch, case):
     assert code == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_submit_warns_on_partial_coverage_and_names_archives_honestly(
+    tmp_path, image_info, capsys, monkeypatch
+):
+    """Issue 22 item 17: results on 1 of 2 images exited 0 without a word; --out sub.tar wrote plain json."""
+    res = write_json(tmp_path / "res.json", dets()[:2])  # image 1 only
+    code, _, err = run_cli(
+        ["submit", res, "--image-info", image_info, "--out", tmp_path / "s.json"], capsys, monkeypatch
+    )
+    assert code == 0 and "warning: the results cover 1 of 2 images" in err, err
+    assert json.loads((tmp_path / "s.json").read_text()) == dets()[:2]
+    full = write_json(tmp_path / "full_res.json", dets())
+    code, _, err = run_cli(
+        ["submit", full, "--image-info", image_info, "--out", tmp_path / "f.zip"], capsys, monkeypatch
+    )
+    assert code == 0 and "warning" not in err
+    for name in ("sub.tar", "sub.tar.gz", "sub"):
+        code, _, err = run_cli(
+            ["submit", full, "--image-info", image_info, "--out", tmp_path / name], capsys, monkeypatch
+        )
+        assert code == 2 and "written as .json or as a .zip" in err, err
+        assert not (tmp_path / name).exists()

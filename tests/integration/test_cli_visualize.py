@@ -116,3 +116,54 @@ def test_colours_are_stable_and_distinct():
     colors = [category_color(i) for i in range(1, 1204)]
     assert colors == [category_color(i) for i in range(1, 1204)]
     assert len(set(colors[:60])) == 60 and category_color(3) != category_color(4)
+
+
+# ------------------------------------------------------------------------------------------ issue 22
+def _visualize(tmp_path, *args):
+    return invoke("--run-dir", tmp_path / "run", "--out", tmp_path / "vis", *args)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r["segmentation"].update(counts="~~~~"), "image 1: RLE counts string is damaged"),
+        (
+            lambda r: r["segmentation"].update(size=[20000, 20000]),
+            "image 1: RLE size [20000, 20000] != image",
+        ),
+    ],
+    ids=["bad-rle", "huge-rle"],
+)
+def test_bad_or_huge_prediction_rle_is_one_line_before_drawing(tmp_path, inputs, change, message):
+    """Item 23: a bad RLE was a traceback; a 20000x20000 one tried to allocate 40 GB."""
+    gt, preds, _ = inputs
+    records = json.loads(preds.read_text())
+    change(records[0])
+    preds.write_text(json.dumps(records))
+    result = _visualize(tmp_path, "--predictions", preds, "--gt", gt)
+    assert isinstance(result.exception, LvisctlError), result.output
+    assert message in str(result.exception) and str(preds) in str(result.exception)
+    assert not (tmp_path / "vis").exists() or not list((tmp_path / "vis").iterdir())
+
+
+def test_unreadable_image_is_skipped_and_the_contact_sheet_still_written(tmp_path, inputs):
+    """Item 23: visualize stopped at the first unreadable image (no contact sheet)."""
+    gt, preds, data = inputs
+    (data / "img2.png").write_bytes(b"not a png")
+    result = _visualize(tmp_path, "--predictions", preds, "--gt", gt)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "vis" / "contact_sheet.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "vis").glob("*.png")) == ["1.png", "3.png", "contact_sheet.png"]
+    assert "warning: 1 unreadable image(s) skipped: image 2:" in result.output
+
+
+def test_missing_inputs_say_what_is_missing(tmp_path, inputs):
+    """Item 24: a missing --predictions file said 'no images: give --images or --gt'; a missing run dir
+    'no predictions recorded'."""
+    result = _visualize(tmp_path, "--predictions", tmp_path / "nope.json")
+    assert isinstance(result.exception, LvisctlError)
+    assert str(result.exception) == f"{tmp_path / 'nope.json'}: predictions file not found"
+    result = invoke("--run-dir", tmp_path / "no-such-run")
+    assert isinstance(result.exception, LvisctlError)
+    assert "run directory does not exist" in str(result.exception)
+    assert not (tmp_path / "no-such-run").exists()

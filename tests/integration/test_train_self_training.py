@@ -199,3 +199,25 @@ def test_resume_with_extra_images_is_exact(tmp_path, files):
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["history"] == b["history"]
+
+
+def test_train_refuses_pseudo_labels_made_on_another_annotation_file(tmp_path, files):
+    """Issue 22 item 11: labels made on another dataset, sharing image ids, were put on these images."""
+    from lvisctl.errors import LvisctlError
+
+    run_dir = _run_dir(tmp_path / "run", files)
+    other = tmp_path / "other_train.json"
+    other.write_text('{"images": [], "annotations": [], "categories": []}')
+    labels = json.loads(files["missing"].read_text())
+    labels["info"].update(source_annotations=str(other), source_annotations_sha256=sha256_file(other))
+    foreign = tmp_path / "foreign_missing.json"
+    foreign.write_text(json.dumps(labels))
+    cfg = real_tiny_config(**_items(files, **{"data.pseudo_labels": str(foreign)}))
+    with pytest.raises(LvisctlError, match=r"made on .*other_train.json .* but data.train is"):
+        build_train_data(cfg, RunDir(run_dir), DistInfo())
+    labels["info"]["source_annotations_sha256"] = sha256_file(files["train"])  # made on this very file
+    foreign.write_text(json.dumps(labels))
+    data = build_train_data(
+        real_tiny_config(**_items(files, **{"data.pseudo_labels": str(foreign)})), RunDir(run_dir), DistInfo()
+    )
+    assert data.dataset.parts[0].ignore_boxes

@@ -235,3 +235,25 @@ def test_model_post_processing_reads_the_inference_section():
     cfg = load_config(None, [*TINY, "inference.nms_thresh=0.3", "inference.detections_per_image=7"])
     heads = build_model(cfg, make_stats()).roi_heads
     assert (heads.nms_thresh, heads.detections_per_img) == (0.3, 7)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("seed=-1", "seed must be 0..4294967295, got -1"),
+        ("seed=18446744073709551617", "seed must be 0..4294967295"),
+        ("solver.steps=[22,16]", "solver.steps must be a list of positive numbers in increasing order"),
+        ("model.roi_heads.eql_lambda=-0.1", "model.roi_heads.eql_lambda must be >= 0, got -0.1"),
+        ('inference.tta.valid_ranges=["lol"]', "inference.tta.valid_ranges must be a list of [lo, hi] pairs"),
+        ("inference.tta.valid_ranges=[[64,32]]", "with 0 <= lo < hi"),
+    ],
+)
+def test_values_that_cannot_work_are_refused_at_load(override, message):
+    """Issue 22 item 17: these loaded, then crashed train / paper-mode tta-infer (or meant nothing)."""
+    with pytest.raises(LvisctlError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+    assert (
+        load_config(None, ["seed=4294967295", "inference.tta.valid_ranges=[[0,null],[16,64]]"]).seed
+        == 4294967295
+    )

@@ -146,9 +146,11 @@ def test_without_decoding_only_the_characters_are_checked(tmp_path):
 def test_characters_are_checked_at_every_offset_of_an_8_byte_word(tmp_path, decode):
     # The undecoded route checks 8 bytes at a time: a bad byte must be found wherever it falls in a word,
     # and a clean string must pass whatever its alignment in the file.
-    big = (1000, 1000)  # room for the runs
+    from lvisctl.evaluation.results_io import rle_run_totals
+
     for k in range(17):
         clean = "0" * k + "1" * 24
+        big = (1, rle_run_totals([clean])[0])  # runs cover the mask exactly (short runs are bad too)
         for bad in ("~", " ", "p", "\u00e9", ",", "-", "."):
             counts = clean[:k] + bad + clean[k:]
             text = json.dumps([det(2, clean, big), det(2, counts, big)], ensure_ascii=False)
@@ -156,3 +158,9 @@ def test_characters_are_checked_at_every_offset_of_an_8_byte_word(tmp_path, deco
             assert (s.num_bad_rle, s.distrusted) == (1, False), (k, bad)
         s = scan_of(tmp_path, [det(2, clean, big), det(2, clean + "P", big)], decode=decode)  # "continued"
         assert (s.num_dets, s.num_bad_rle, s.distrusted) == (2, 1, False), k
+
+
+def test_decoded_runs_must_cover_the_mask_exactly(tmp_path):
+    """Issue 22 item 16: runs covering 2 of 4096 pixels were accepted (only an overflow was refused)."""
+    s = scan_of(tmp_path, [det(1, "11", (64, 64)), det(1, "01", (1, 1))], decode=True)
+    assert (s.num_dets, s.num_bad_rle) == (2, 1)

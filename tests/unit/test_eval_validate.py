@@ -60,6 +60,20 @@ CASES = {
         "result 2: segmentation is not valid compressed RLE",
     ),
     "RLE runs beyond h*w": (_extra_run, "result 2: segmentation is not valid compressed RLE"),
+    # issue 22 item 16: both sides negative (w * h > 0 hid it), runs covering 2 of 4096 pixels
+    "bbox two negative sides": (
+        lambda d: d[2].update(bbox=[10, 20, -3, -4]),
+        "has a negative width or height",
+    ),
+    "string image id": (
+        lambda d: d[2].update(image_id="1"),
+        "1 image ids not in",
+    ),
+    "no score": (lambda d: d[2].pop("score") and None, "result 2 has score None"),
+    "RLE runs short of h*w": (
+        lambda d: d[2]["segmentation"].update(counts="11"),
+        "result 2: segmentation runs cover 2 of the 64x64 = 4096 pixels",
+    ),
 }
 
 
@@ -125,3 +139,12 @@ def test_submission_rules(gt, case):
     with pytest.raises(LvisctlError) as err:  # ... not for the server
         validate(results, gt, source="sub.json", for_submission=True)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_string_image_id_is_shown_quoted(gt):
+    """Issue 22 item 24: a string id "49" was reported as 'not in GT (e.g. 49)'."""
+    d = dets()
+    d[2]["image_id"] = "49"
+    with pytest.raises(LvisctlError) as err:
+        validate(d, gt, source="res.json")
+    assert '(e.g. "49"); ids must be json integers, not strings' in str(err.value)

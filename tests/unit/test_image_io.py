@@ -94,3 +94,22 @@ def test_size_is_checked_against_the_json(tmp_path):
         read_image(tmp_path / "a.png", expected_hw=(7, 5))
     with pytest.raises(ImageSizeError):
         probe_image(tmp_path / "a.png", expected_hw=(7, 5))
+
+
+def test_images_above_the_pixel_cap_are_one_line_naming_the_file(tmp_path, monkeypatch, recwarn):
+    """Issue 22 item 24: a 100-megapixel PNG printed Pillow's raw DecompressionBombWarning."""
+    import lvisctl.data.image_io as image_io
+
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((100, 120), np.uint8)).save(path)
+    monkeypatch.setattr(image_io, "MAX_PIXELS", 10_000)  # 12,000 pixels: between the cap and twice it
+    for read in (image_io.read_image, image_io.probe_image):
+        with pytest.raises(image_io.ImageReadError) as err:
+            read(path)
+        assert (
+            str(err.value)
+            == f"{path}: refused: 12,000 pixels, above lvisctl's cap of 10,000 (a decompression bomb guard)"
+        )
+    assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]
+    monkeypatch.setattr(image_io, "MAX_PIXELS", 12_000)
+    assert image_io.read_image(path).shape == (100, 120, 3)

@@ -113,3 +113,38 @@ def test_window_streaming_keeps_source_order_and_reports_skips(tmp_path, monkeyp
     assert [r["height"] for r in records] == [8 + i for i in range(11) if i % 5 != 3]
     assert skips.count == 2 and [p for p, _ in skips.first] == ["03.jpg", "08.jpg"]
     assert skips.lines()[0] == "skipped 2 unreadable or missing image(s):"
+
+
+def test_duplicate_list_entries_are_kept_once_and_reported(tmp_path):
+    """Issue 22 item 13: a repeated ImageID listed the image twice under two ids."""
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for name in ("a", "b"):
+        _jpeg(root / f"{name}.jpg", h=20, w=30)
+    listed = tmp_path / "oi.csv"
+    listed.write_text("ImageID\na\nb\na\na.jpg\n")
+    out = src.image_info_for(root, out_dir=tmp_path / "out", categories=lambda: [], image_list=listed)
+    images = json.loads(out.path.read_text())["images"]
+    assert sorted(i["file_name"] for i in images) == ["a.jpg", "b.jpg"] and out.num_images == 2
+    assert out.skipped.duplicates == 2
+    assert out.skipped.lines() == ["2 duplicate image list entries kept once (e.g. a.jpg, a.jpg)"]
+
+
+def test_image_list_encodings_bom_and_folder(tmp_path):
+    """Issue 22 items 23, 24: UTF-16 / non-UTF-8 lists were tracebacks; a BOM hid the ImageID column;
+    a folder given as the list was 'not found'."""
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbfImageID,Subset\nabc,train\n")
+    assert list(src.iter_image_list(bom)) == ["abc.jpg"]
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_text("ImageID\nabc\ndef\n", encoding="utf-16")
+    assert list(src.iter_image_list(utf16)) == ["abc.jpg", "def.jpg"]
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(LvisctlError, match=r"latin.txt: not UTF-8 text \(byte 3\)"):
+        list(src.iter_image_list(latin))
+    (tmp_path / "imgs").mkdir()
+    with pytest.raises(LvisctlError, match="is a folder; --image-list takes a file"):
+        src.image_info_for(
+            tmp_path / "imgs", out_dir=tmp_path / "o", categories=lambda: [], image_list=tmp_path / "imgs"
+        )

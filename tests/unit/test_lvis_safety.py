@@ -188,3 +188,14 @@ def test_overwrite_replaces_only_a_folder_synth_wrote(tmp_path):
     with pytest.raises(LvisctlError, match=r"holds files .* did not write \(val2017/added.jpg\)"):
         generate_synthetic_lvis(own, preset="tiny", write_images=False, overwrite=True)
     assert (own / "val2017" / "added.jpg").exists()
+
+
+def test_polygon_far_outside_the_image_is_refused(tmp_path):
+    """Issue 22 item 18: a polygon coordinate of 1e9 was 'valid'."""
+    with pytest.raises(
+        LvisctlError, match=r"polygon coordinates lie far outside its 10x8 image \(up to 1e\+09\)"
+    ):
+        load_lvis(_write(tmp_path, _lvis([[1, 1, 5, 1, 5, 1e9]])))
+    with pytest.raises(LvisctlError, match="far outside"):
+        load_lvis(_write(tmp_path, _lvis([[1, 1, 3, 1, 3, 3], [1, 1, -500, 1, 5, 5]])))
+    load_lvis(_write(tmp_path, _lvis([[1, 1, 11.5, 1, 11.5, 9.5]])))  # a little beyond the border: real data

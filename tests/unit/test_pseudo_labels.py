@@ -204,3 +204,13 @@ def test_category_filter_is_a_switch():
     args = ("missing", 0.5, {1: image}, {1: [[0, 0, 5, 5]]}, {1: {4, 5}}, 0.0, 50)
     assert [r["category_id"] for r in Selector(*args).select(1, preds)] == [4, 9]
     assert [r["category_id"] for r in Selector(*args, category_filter=False).select(1, preds)] == [4, 5, 7, 9]
+
+
+def test_score_thresholds_refuse_what_cannot_be_meant():
+    """Issue 22 item 14: "0.5,0.6" was taken as 0.6 without a word."""
+    from lvisctl.inference.pseudo_labels import ScoreThresholds
+
+    for bad, why in (("0.5,0.6", "a second bare number"), ("r=0.3,c=0.4,r=0.2", "r= twice"), ("nan", "")):
+        with pytest.raises(LvisctlError, match="--score-thresh") as err:
+            ScoreThresholds.parse(bad)
+        assert why in str(err.value)

@@ -523,3 +523,36 @@ def test_summary_lines_and_resolved_config(tmp_path, extra_file, capsys):
         ).summary_lines()
         == []
     )
+
+
+def test_pseudo_labels_made_on_another_annotation_file_are_refused(tmp_path):
+    """Issue 22 item 11: labels of another dataset sharing image ids were put on unrelated images."""
+    from lvisctl.data.self_training import load_missing_annotations, provenance_of
+    from lvisctl.inference.pseudo_labels import Selector, write_pseudo_labels
+
+    made_on = tmp_path / "other_train.json"
+    made_on.write_text('{"images": [], "annotations": [], "categories": [], "which": "other"}')
+    ours = tmp_path / "train.json"
+    ours.write_text('{"images": [], "annotations": [], "categories": [], "which": "ours"}')
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"weights")
+    images = {1: {"id": 1, "width": 10, "height": 10}}
+    cats = [{"id": 3, "name": "c3", "frequency": "f"}]
+    preds = [{"image_id": 1, "category_id": 3, "bbox": [5, 5, 3, 3], "score": 0.9}]
+    selector = Selector("missing", 0.5, images, {1: [[0, 0, 2, 2]]})
+    labels = tmp_path / "labels.json"
+    write_pseudo_labels(labels, iter(preds), selector, cats, provenance=provenance_of(made_on, ckpt))
+    info = json.loads(labels.read_text())["info"]
+    assert info["source_annotations"] == str(made_on) and len(info["source_annotations_sha256"]) == 64
+    assert len(info["checkpoint_sha256"]) == 64
+
+    with pytest.raises(LvisctlError, match="made on .*other_train.json .* but data.train is .*train.json"):
+        load_missing_annotations(labels, train_image_ids={1}, train_annotations=ours)
+    assert load_missing_annotations(labels, train_image_ids={1}, train_annotations=made_on) == {
+        1: [[5.0, 5.0, 8.0, 8.0]]
+    }
+    del info["source_annotations_sha256"]  # a file that records nothing (older, hand-made) is taken
+    payload = json.loads(labels.read_text())
+    payload["info"] = info
+    labels.write_text(json.dumps(payload))
+    assert load_missing_annotations(labels, train_image_ids={1}, train_annotations=ours)
