@@ -271,6 +271,7 @@ def run_evaluate(
     notes = [
         BBOX_AREA_NOTE for s, ld in zip(sources, loaded, strict=True) if ld.has_bbox and "segm" in s.iou_types
     ]
+    notes += [note for ld in loaded for note in ld.notes]
     metrics: dict[str, Any] = {t: m.metrics for t, m in by_type.items()}
     gap = box_minus_mask_gap(by_type)
     if gap is not None:
