@@ -301,8 +301,6 @@ def load_init_weights(
             "must come from the checkpoint (same architecture), or it would stay random"
         )
     hint = "set train.init_allow_partial=true to train the rest from scratch"
-    if not allow_partial:
-        _refuse_reshaped([k for k in missing if k in state], state, own, source, changed)
     if not same_classes and not allow_partial:
         raise LvisctlError(
             f"{source}: the checkpoint was trained on another category set than the training data, so "
@@ -315,6 +313,8 @@ def load_init_weights(
             f"{source}: only {len(matching)} of {len(own)} model tensors match the checkpoint "
             f"(a different architecture?); {hint}"
         )
+    if not allow_partial:
+        _refuse_reshaped([k for k in missing if k in state], state, own, source, changed)
     model.load_state_dict(matching, strict=False)
     fresh = missing  # none of them frozen (checked above): they train from their initialisation
     unused = sum(1 for k in state if k not in matching)
@@ -343,20 +343,18 @@ def model_build_config(cfg: Config, from_checkpoint: bool) -> Config:
 
 def init_source(cfg: Config, run: RunDir, phase: ckpt_io.Phase) -> Artifact | Path | None:
     """``train.init_from`` (a path, or ``best`` / ``final`` / a phase name of this run), or for stage > 1
-    the previous stage's final checkpoint from the manifest."""
+    the newest final checkpoint of the stage-1 lineage (:mod:`lvisctl.rundir.defaults`)."""
     spec = str(cfg.train.init_from or "")
     if spec:
         previous = phase.stage - 1 if phase.stage > 1 and spec in ("best", "final") else None
         return ckpt_io.resolve_checkpoint(run, spec, stage=previous)
     if phase.stage == 1:
         return None
-    source = ckpt_io.latest_checkpoint(run, phase.stage - 1, final=True)
-    if source is None:
-        raise LvisctlError(
-            f"{run.manifest_path}: {phase} starts from the stage-{phase.stage - 1} final checkpoint, "
-            "but none is recorded (train stage 1 first, or set train.init_from)"
-        )
-    return source
+    from lvisctl.rundir.defaults import announce, default_start_checkpoint
+
+    # The newest final of the stage-1 lineage (self-training continues stage 1), printed before it loads.
+    choice = default_start_checkpoint(run, choose="train.init_from=")
+    return announce(choice, f"{phase} starts from").artifact
 
 
 def check_head_type(cfg: Config, saved: Mapping[str, Any], where: str) -> None:
