@@ -36,6 +36,7 @@ from torch import nn
 
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
+from lvisctl.inference.postprocess import surely_empty
 
 Detections = dict[str, torch.Tensor]
 MergeFn = Callable[[Sequence[Detections]], Detections]
@@ -170,6 +171,7 @@ class Predictor:
         self.mask_thresh = float(mask_thresh)
         self.amp = amp and self.device.type == "cuda"
         self.roi_masks = accepts_paste_flag(model)  # ask for RoI-level mask_probs
+        self.empty_dropped = 0  # detections left out because their mask is surely empty (postprocess)
         self.merge = merge or (lambda per_scale: merge_nms(per_scale, merge_iou, self.detections_per_image))
 
     def predict(self, image: torch.Tensor) -> Detections:
@@ -205,10 +207,14 @@ class Predictor:
         with autocast:
             return self.model(inputs, paste_masks=False) if self.roi_masks else self.model(inputs)
 
-    def kept_order(self, scores: torch.Tensor) -> torch.Tensor:
-        """Indices of the detections above ``score_thresh``, best first, at most ``detections_per_image``."""
+    def kept_order(self, scores: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Indices of the detections above ``score_thresh`` (not ``exclude``), best first, at most
+        ``detections_per_image``."""
         scores = scores.float()
-        kept = torch.nonzero(scores >= self.score_thresh).flatten()
+        ok = scores >= self.score_thresh
+        if exclude is not None:
+            ok &= ~exclude.to(ok.device)
+        kept = torch.nonzero(ok).flatten()
         return kept[
             torch.sort(scores[kept], descending=True, stable=True).indices[: self.detections_per_image]
         ]
@@ -217,12 +223,17 @@ class Predictor:
         self, output: dict[str, torch.Tensor], input_hw: tuple[int, int], original_hw: tuple[int, int]
     ) -> Detections:
         scores = output["scores"].float()
-        order = self.kept_order(scores)
         (in_h, in_w), (height, width) = input_hw, original_hw
         ratio = torch.tensor([width / in_w, height / in_h, width / in_w, height / in_h], device=scores.device)
-        boxes = output["boxes"][order].float() * ratio
+        boxes = output["boxes"].float() * ratio
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        empty = None
+        if "mask_probs" in output:  # an empty mask never takes a slot under the cap (nor gets written)
+            empty = surely_empty(output["mask_probs"], boxes, (height, width), self.mask_thresh)
+            self.empty_dropped += int((empty & (scores >= self.score_thresh).cpu()).sum())
+        order = self.kept_order(scores, empty)
+        boxes = boxes[order]
         out = {
             "boxes": boxes.cpu(),
             "scores": scores[order].cpu(),

@@ -292,6 +292,7 @@ def write_pseudo_labels(
     memory does not grow with the number of images. ``scores`` sees every predicted score. Returns
     ``(labels, images)``; the images are all of ``selector.images`` for unlabeled images, those with a
     prediction for LVIS."""
+    from lvisctl.inference.results import is_empty_mask
     from lvisctl.rundir import atomic_output
 
     seen: set[int] = set()
@@ -303,6 +304,9 @@ def write_pseudo_labels(
             seen.add(image_id)
             if scores is not None:
                 scores.add(recs)
+            # An empty mask is no label (and must not take a per-image slot): lvisctl's predictions hold
+            # none, a results file from elsewhere may.
+            recs = [r for r in recs if not is_empty_mask(r.get("segmentation"))]
             for rec in selector.select(image_id, recs):
                 count += 1
                 fh.write(
@@ -460,6 +464,7 @@ class PseudoLabelOutcome:
     skipped: Any  # image_sources.SkipReport
     score_lines: list[str] = field(default_factory=list)  # the score distribution when few survived
     incomplete: bool = False  # stopped by max_chunks on rank 0: rerun to continue
+    empty_dropped: int = 0  # predictions with an empty mask left out (never a label)
 
 
 def pseudolabel_checkpoint(run: Any, checkpoint: Any = None) -> tuple[Any, Path, str]:
@@ -568,6 +573,7 @@ def make_pseudo_labels(
         if not pred.is_main or pred.artifact is None:
             outcome.incomplete = pred.is_main  # rank 0 without predictions: max_chunks stopped it
             return outcome
+        outcome.empty_dropped = pred.summary.empty_dropped
         selector = Selector.for_data(
             gt, mode, score_thresh.by_category(categories), max_gt_iou, max_per_image
         )
