@@ -57,7 +57,7 @@ _POSITIVE_AREA = [float(np.nextafter(0.0, 1.0)), math.inf]
 
 
 def drop_zero_area(coco: Any) -> tuple[Any, int]:
-    """``coco`` (a hotcoco dataset of GT or results) without its annotations of area 0, and how many went.
+    """``coco`` (a hotcoco dataset of results) without its detections of area 0, and how many went.
 
     lvis-api evaluates only ``area > 0`` (``get_ann_ids`` in ``LVISEval._prepare``); the dataset is rebuilt
     only when there is something to drop, so the common case costs one id query.
@@ -67,6 +67,18 @@ def drop_zero_area(coco: Any) -> tuple[Any, int]:
         return coco, 0
     with quiet_native_output():
         return coco.filter(area_rng=_POSITIVE_AREA, drop_empty_images=False), dropped
+
+
+def _drop_zero_area_gt(coco: Any) -> Any:
+    """The GT without its annotations of area 0 (rare: rebuilt only then). Not ``filter``: that would also
+    drop the categories without annotations, which results may still name (federated negatives)."""
+    zero = set(coco.get_ann_ids(area_rng=[-math.inf, 0.0]))
+    if not zero:
+        return coco
+    data = coco.dataset  # a copy
+    data["annotations"] = [a for a in data["annotations"] if a["id"] not in zero]
+    coco.dataset = data  # the setter re-indexes
+    return coco
 
 
 def zero_area_note(path: Path, dropped: int) -> str:
@@ -134,7 +146,7 @@ def load_ground_truth(path: str | os.PathLike[str]) -> LvisGroundTruth:
         path=str(p),
     )
     categories = {c: {"name": str(r.get("name", c)), "frequency": r["frequency"]} for c, r in cats.items()}
-    coco, _ = drop_zero_area(coco)  # GT of area 0 is neither a positive nor a match target in lvis-api
+    coco = _drop_zero_area_gt(coco)  # GT of area 0 is neither a positive nor a match target in lvis-api
     return LvisGroundTruth(coco=coco, table=table, categories=categories)
 
 

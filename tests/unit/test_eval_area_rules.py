@@ -198,3 +198,33 @@ def test_evaluate_prints_how_many_area_zero_detections_were_not_scored(tmp_path)
     )
     assert any("8 detection(s) of area 0" in n for n in outcome.notes)
     assert outcome.metrics["segm"]["AP"] == pytest.approx(lvis_api_metrics(gt_path, res_path, "segm")["AP"])
+
+
+@pytest.mark.parametrize("with_bbox", [True, False])
+def test_area_zero_on_the_federated_edge_cases(tmp_path, with_bbox):
+    """The edge cases of the lvis-api comparison (negative, not-exhaustive and never-verified categories,
+    categories without GT, the 300 cap) plus a GT of area 0 and two area-0 detections: lvis-api's numbers
+    through hotcoco and through the stream. Dropping the GT must keep the categories without GT."""
+    from tests.unit.test_eval_lvis_metrics import edge_case_gt, edge_case_results
+
+    gt = edge_case_gt()
+    zero = gt_rect(99, 2, 1, 0, 0, 3, 3)
+    zero["area"] = 0.0
+    gt["annotations"].append(zero)
+    dets = edge_case_results()
+    dets.append({**det_rect(1, 5, 0.99, 0, 0, 0, 0), "bbox": [1.0, 1.0, 0.0, 4.0]})
+    dets.append(det_rect(1, 1, 0.98, 0, 0, 0, 0))
+    dets = dets if with_bbox else without_bbox(dets)
+    gt_path = write_json(tmp_path / "gt.json", gt)
+    res_path = write_json(tmp_path / "res.json", dets)
+    ground = load_ground_truth(gt_path)
+    assert 5 in ground.coco.cats and len(ground.coco.get_ann_ids()) == len(gt["annotations"]) - 1
+    iou_types = ("segm", "bbox") if with_bbox else ("segm",)
+    out = evaluate_lvis(load_results_for_eval(res_path, ground), ground, iou_types)
+    with quiet_native_output():
+        parsed = ground.coco.load_res(str(res_path))
+    streamed = stream_federated(ground, parsed, [Task(t) for t in iou_types])
+    for t, (res, _) in zip(iou_types, streamed, strict=True):
+        ref = lvis_api_metrics(gt_path, res_path, t)
+        assert {k: out[t].metrics[k] for k in METRIC_KEYS} == pytest.approx(ref, abs=1e-9), t
+        assert res == pytest.approx(ref, abs=1e-12), t
