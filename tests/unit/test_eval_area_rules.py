@@ -228,3 +228,22 @@ def test_area_zero_on_the_federated_edge_cases(tmp_path, with_bbox):
         ref = lvis_api_metrics(gt_path, res_path, t)
         assert {k: out[t].metrics[k] for k in METRIC_KEYS} == pytest.approx(ref, abs=1e-9), t
         assert res == pytest.approx(ref, abs=1e-12), t
+
+
+def test_metric_adapters_drop_area_zero_as_lvis_api(tmp_path):
+    """The mmdet / detectron2 adapters (``integrations.lvis_eval``) hand over binary masks, empty ones
+    included: their segm numbers are lvis-api's on the same records."""
+    import torch
+
+    from lvisctl.integrations.lvis_eval import evaluate_records, image_records
+
+    gt, _ = area_case()
+    gt_path = write_json(tmp_path / "gt.json", gt)
+    masks = torch.zeros((3, S, S), dtype=torch.bool)
+    masks[1, 10:42, 10:42] = True  # exact on GT 1 (area 1024)
+    masks[2, 0:4, 100:104] = True  # a small false positive
+    boxes = torch.tensor([[10.0, 10, 42, 42], [10.0, 10, 42, 42], [100.0, 0, 104, 4]])
+    records = image_records(1, boxes, torch.tensor([0.99, 0.9, 0.5]), [1, 1, 1], masks)  # 0: empty mask
+    out = evaluate_records(records, gt_path, ("segm",))
+    ref = lvis_api_metrics(gt_path, without_bbox(records), "segm")
+    assert out["segm"] == pytest.approx(ref, abs=1e-9)
