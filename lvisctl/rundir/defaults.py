@@ -45,11 +45,12 @@ class DefaultChoice:
 
 
 def announce(choice: DefaultChoice, what: str, emit: Callable[[str], None] | None = None) -> DefaultChoice:
-    """Print the choice once (rank 0 under torchrun; stderr unless ``emit``), and return it."""
+    """Print the choice once (rank 0 under torchrun; stdout unless ``emit``: stderr is kept for the one
+    error line), and return it."""
     if emit is not None:
         emit(choice.line(what))
     elif os.environ.get("RANK", "0") == "0":
-        print(choice.line(what), file=sys.stderr, flush=True)
+        print(choice.line(what), file=sys.stdout, flush=True)
     return choice
 
 

@@ -46,8 +46,8 @@ def test_stage2_starts_from_the_self_trained_stage1_not_a_side_experiment(self_t
     assert [a.path for a in stage1_lineage(run)] == [s1.path, st.path]
     source = init_source(load_config(None), run, Phase(2))
     assert source.path == st.path == "checkpoints/stage1_st_final.pt"
-    err = capsys.readouterr().err
-    assert f"stage 2 starts from: {st.path} (phase stage1_st, made {st.created};" in err
+    out = capsys.readouterr().out
+    assert f"stage 2 starts from: {st.path} (phase stage1_st, made {st.created};" in out
     finetune = init_source(load_config(None), run, Phase(2, "finetune_bags"))
     assert finetune.path == st.path
 
@@ -58,7 +58,7 @@ def test_pseudolabel_takes_the_lineage_too(self_trained, capsys):
     run, _, st, _ = self_trained
     found, path, _ = pseudolabel_checkpoint(run)
     assert found.path == st.path and path == run.root / st.path
-    assert f"default checkpoint: {st.path} (phase stage1_st" in capsys.readouterr().err
+    assert f"default checkpoint: {st.path} (phase stage1_st" in capsys.readouterr().out
 
 
 def test_competing_stage2_models_are_refused_with_the_choices(self_trained, capsys):
@@ -78,7 +78,7 @@ def test_a_single_stage2_model_is_taken_and_printed(self_trained, capsys):
     s2 = _ckpt(run, "stage2", 2)
     assert default_model_checkpoint(run).artifact.path == s2.path
     assert resolve_checkpoint(run, None).path == s2.path
-    assert f"default checkpoint: {s2.path} (phase stage2, made" in capsys.readouterr().err
+    assert f"default checkpoint: {s2.path} (phase stage2, made" in capsys.readouterr().out
 
 
 def test_stage1_phases_without_stage1_are_refused_when_several(tmp_path):
@@ -102,7 +102,7 @@ def test_submit_takes_the_predictions_made_on_its_image_info(tmp_path, capsys):
     _file(run, "predictions/val.segm.json", "predictions", iou_type="segm", gt=str(val))  # newer
     assert latest_segm_predictions(run, test_info).path == on_test.path
     assert f"predictions: {on_test.path} (made {on_test.created}; newest predictions made on" in (
-        capsys.readouterr().err
+        capsys.readouterr().out
     )
     other = tmp_path / "other.json"
     other.write_text("[]")
