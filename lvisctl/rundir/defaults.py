@@ -156,13 +156,10 @@ def default_predictions(
     from lvisctl.rundir.io import sha256_file
 
     path = Path(images).expanduser().resolve()
-    digest = sha256_file(path) if path.is_file() else None
-    made_on = [
-        a
-        for a in candidates
-        if _same_file(a.meta.get("gt"), path)
-        or (digest is not None and any(i.get("sha256") == digest for i in a.inputs))
-    ]
+    made_on = [a for a in candidates if _same_file(a.meta.get("gt"), path)]
+    if not made_on and path.is_file():  # a copy of the json elsewhere: by content (hashed only then)
+        digest = sha256_file(path)
+        made_on = [a for a in candidates if any(i.get("sha256") == digest for i in a.inputs)]
     # Predictions registered by hand may not record their images: taken only when none is known to fit.
     unknown = [a for a in candidates if not a.meta.get("gt") and not a.inputs]
     if not made_on and unknown:

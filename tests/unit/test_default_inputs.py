@@ -120,3 +120,16 @@ def test_visualize_takes_the_predictions_made_on_its_gt(tmp_path):
     newest = _file(run, "predictions/test.segm.json", "predictions", iou_type="segm", gt="/x/test.json")
     assert default_predictions_for(run, val).path == on_val.path
     assert default_predictions_for(run, None).path == newest.path
+
+
+def test_predictions_on_a_copy_of_the_json_are_found_by_content(tmp_path):
+    from lvisctl.evaluation.submission import latest_segm_predictions
+
+    run = RunDir(tmp_path / "run")
+    info = tmp_path / "test_info.json"
+    info.write_text(json.dumps({"images": [], "name": "test-dev"}))
+    made = _file(run, "predictions/t.segm.json", "predictions", inputs=[info], iou_type="segm", gt=str(info))
+    copy = tmp_path / "elsewhere" / "test_info.json"
+    copy.parent.mkdir()
+    copy.write_text(info.read_text())
+    assert latest_segm_predictions(run, copy).path == made.path
