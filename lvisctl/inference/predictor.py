@@ -187,9 +187,14 @@ class Predictor:
 
     @torch.no_grad()
     def predict_scale(self, images: Sequence[torch.Tensor], scale: int) -> list[Detections]:
-        """One test scale: resize, run the model, map back; thresholded and top-k, at original size."""
+        """One test scale: resize, run the model, map back; thresholded and top-k, at original size.
+
+        The model is asked for :data:`EMPTY_MARGIN` more detections than the cap (lvisctl's model: its
+        ``roi_heads.post``), so the surely-empty masks left out before the top-k leave their slots to
+        real detections."""
         inputs = [self.prepare(img, scale) for img in images]
-        outputs = self.run_model(inputs)
+        with candidate_margin(self.model, self.detections_per_image, enabled=self.roi_masks):
+            outputs = self.run_model(inputs)
         return [
             self._to_original(out, tuple(inp.shape[-2:]), tuple(img.shape[-2:]))
             for out, inp, img in zip(outputs, inputs, images, strict=True)
@@ -262,6 +267,27 @@ class Predictor:
             probs = F.interpolate(masks[idx].float(), size=size, mode="bilinear", align_corners=False)
             pieces.append((probs[:, 0] > self.mask_thresh).cpu())
         return torch.cat(pieces)
+
+
+# Extra detections asked of the model beyond the per-image cap, as a fraction of it: the slots of masks that
+# turn out empty (untrained models make many; trained ones a few per thousand) go to real detections.
+EMPTY_MARGIN = 0.1
+
+
+@contextlib.contextmanager
+def candidate_margin(model: nn.Module, cap: int, *, enabled: bool = True) -> Any:
+    """Raise the model's own top-k (lvisctl's ``roi_heads.post.detections_per_img``) to ``cap`` plus
+    :data:`EMPTY_MARGIN` while it runs; any other model runs as it is."""
+    post = getattr(getattr(model, "roi_heads", None), "post", None)
+    old = getattr(post, "detections_per_img", None)
+    if not enabled or not isinstance(old, int) or old != cap:
+        yield
+        return
+    post.detections_per_img = cap + max(1, int(cap * EMPTY_MARGIN))
+    try:
+        yield
+    finally:
+        post.detections_per_img = old
 
 
 def _as_float(image: torch.Tensor) -> torch.Tensor:

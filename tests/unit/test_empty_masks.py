@@ -92,3 +92,31 @@ def test_ensemble_drops_empty_input_masks_before_the_cap(tmp_path):
     written = json.loads((tmp_path / "out.segm.json").read_text())
     assert len(written) == 1 and not is_empty_mask(written[0]["segmentation"])
     assert np.isclose(written[0]["score"], 0.5) and outcome.empty_dropped == 1
+
+
+def test_real_model_refills_the_slots_of_empty_masks(monkeypatch):
+    """lvisctl's (untrained, so many masks are empty) model is asked for a margin above the cap: the
+    surely-empty masks give their slots to real detections, and the model's cap is restored after."""
+    import contextlib
+
+    import lvisctl.inference.predictor as predictor_mod
+    from tests.unit.test_model_core import tiny_model
+
+    cap = 120
+    torch.manual_seed(0)
+    model = tiny_model("inference.score_thresh=0.0", f"inference.detections_per_image={cap}").eval()
+    image = torch.rand(3, 64, 96)
+    cmap = CategoryMap(range(10, 14))
+
+    def written() -> list[dict]:
+        pred = Predictor(model, "cpu", scales=(64,), max_size=200, detections_per_image=cap)
+        return detections_to_records(1, pred.predict(image), cmap)
+
+    refilled = written()
+    assert model.roi_heads.post.detections_per_img == cap  # restored
+    monkeypatch.setattr(predictor_mod, "candidate_margin", lambda *a, **k: contextlib.nullcontext())
+    plain = written()  # no margin: the model's own top-k binds, empty masks leave holes
+    assert len(plain) < len(refilled) <= cap
+    key = {(r["category_id"], tuple(r["bbox"])) for r in refilled}
+    assert {(r["category_id"], tuple(r["bbox"])) for r in plain} <= key
+    assert not any(is_empty_mask(r["segmentation"]) for r in refilled)
