@@ -202,12 +202,16 @@ def validate(
     with console.status(f"validating {escape(str(file))}"):
         data = validate_lvis(file, image_root=image_root, check_images=check_images, decode_images=decode)
     checked = decode or (images_reachable(data) if check_images is None else check_images)
-    console.print(_validate_table(file, data, checked, decode))
+    console.print(_validate_table(file, data, checked, decode, skipped=check_images is False))
 
 
-def _validate_table(file: Path, data, checked: bool, decoded: bool) -> Table:
+def _validate_table(file: Path, data, checked: bool, decoded: bool, *, skipped: bool = False) -> Table:
     tags = [c.get("frequency") for c in data.categories.values()]
-    table = Table(title=f"{escape(str(file))}: valid")
+    root = escape(str(data.image_root))
+    # "valid" alone would claim the images too; say what was not looked at (--images makes it an error).
+    why = "--no-images" if skipped else f"none found under {root}"
+    verdict = "valid" if checked else f"annotations valid; images not checked ({why})"
+    table = Table(title=f"{escape(str(file))}: {verdict}")
     table.add_column("field")
     table.add_column("value", justify="right")
     table.add_row("kind", "annotations" if data.has_annotations else "image info (no annotations)")
@@ -217,12 +221,11 @@ def _validate_table(file: Path, data, checked: bool, decoded: bool) -> Table:
     neg = sum(len(i.get("neg_category_ids", [])) for i in data.images.values())
     not_ex = sum(len(i.get("not_exhaustive_category_ids", [])) for i in data.images.values())
     table.add_row("neg / not-exhaustive labels", f"{neg} / {not_ex}")
-    root = escape(str(data.image_root))
     if checked:
         how = "decoded" if decoded else "headers, end markers and sizes checked"
         status = f"all found under {root} ({how})"
     else:
-        status = f"not checked (none found under {root}; --images requires them)"
+        status = f"not checked ({why}; --images requires them)"
     table.add_row("image files", status)
     return table
 

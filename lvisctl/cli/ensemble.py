@@ -95,6 +95,10 @@ def ensemble_command(
         highlight=False,
         soft_wrap=True,
     )
+    if outcome.empty_dropped:
+        from lvisctl.inference.results import empty_dropped_line
+
+        Console().print(empty_dropped_line(outcome.empty_dropped), highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

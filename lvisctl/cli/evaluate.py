@@ -13,13 +13,14 @@ from lvisctl.cli._options import ExtraMetricList, IouTypeList
 def evaluate(
     results: Path | None = typer.Argument(
         None,
-        help="LVIS results json; default: from --run-dir, segm on the newest segm predictions and bbox on "
-        "the bbox file of the same tta-infer run.",
+        help="LVIS results json (X.segm.json: bbox is scored on the X.bbox.json beside it); default: from "
+        "--run-dir, segm on the newest segm predictions and bbox on the bbox file of the same tta-infer run.",
     ),
     gt: Path | None = typer.Option(
         None,
         "--gt",
-        help="LVIS v1 annotation file (required with RESULTS; with --run-dir alone: the predictions' gt).",
+        help="LVIS v1 annotation file (default: the gt recorded for the predictions in the run directory's "
+        "manifest, for --run-dir or a registered RESULTS file).",
     ),
     iou_type: IouTypeList = typer.Option("segm,bbox", "--iou-type", help="Comma-separated: segm, bbox."),
     metrics: ExtraMetricList = typer.Option(

@@ -129,6 +129,10 @@ def pseudolabel_command(
         + (f" ({outcome.skipped.count} unreadable images skipped)" if outcome.skipped.count else ""),
         markup=False,
     )
+    if outcome.empty_dropped:
+        from lvisctl.inference.results import empty_dropped_line
+
+        console.print(empty_dropped_line(outcome.empty_dropped), markup=False)
 
 
 def _note(line: str) -> None:

@@ -166,6 +166,10 @@ def _print_summary(outcome) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    if s.empty_dropped:
+        from lvisctl.inference.results import empty_dropped_line
+
+        console.print(empty_dropped_line(s.empty_dropped), highlight=False, soft_wrap=True)
 
 
 def _models(meta: dict) -> str:

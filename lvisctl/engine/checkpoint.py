@@ -190,14 +190,16 @@ def best_checkpoint(run: RunDir, phase: Phase | int | None = None) -> Artifact |
     return found[-1] if found else None
 
 
-def _highest_stage_final(run: RunDir, stage: int | None) -> Artifact | None:
-    finals = [a for a in run.find("checkpoint", final=True) if not a.meta.get("best")]
-    if stage is not None:
-        finals = [a for a in finals if int(a.meta.get("stage", 0)) == stage]
-    if not finals:
-        return None
-    top = max(int(a.meta.get("stage", 0)) for a in finals)
-    return [a for a in finals if int(a.meta.get("stage", 0)) == top][-1]
+def default_checkpoint(
+    run: RunDir, stage: int | None = None, *, what: str = "default checkpoint"
+) -> Artifact:
+    """The run's default checkpoint by the one rule of :mod:`lvisctl.rundir.defaults`, printed before
+    anything loads: ``stage`` 1 = the newest final of the stage-1 lineage (where stage 2 and pseudo
+    labelling start); None = the model to run (the highest stage's, refused when two phases compete)."""
+    from lvisctl.rundir.defaults import announce, default_model_checkpoint, default_start_checkpoint
+
+    choice = default_start_checkpoint(run) if stage == 1 else default_model_checkpoint(run)
+    return announce(choice, what).artifact
 
 
 def resolve_checkpoint(
@@ -206,22 +208,16 @@ def resolve_checkpoint(
     """The checkpoint ``spec`` names in ``run``: a registered :class:`Artifact`, or a :class:`Path` to a
     file outside the manifest. Callers ``run.resolve(artifact)`` to check its sha256.
 
-    ``spec``: None / ``""`` / ``final`` = the newest final checkpoint of the highest stage (of ``stage``
-    when given); ``best`` = the newest ``<phase>_best.pt`` (of a phase of ``stage`` when given);
+    ``spec``: None / ``""`` / ``final`` = the run's default checkpoint (:func:`default_checkpoint`: the
+    one rule of :mod:`lvisctl.rundir.defaults`; ``stage`` 1 = the stage-1 lineage's newest final);
+    ``best`` = the newest ``<phase>_best.pt`` (of a phase of ``stage`` when given);
     a phase name (``stage1``, ``finetune_bags``, a ``--phase`` name) = that phase's final checkpoint;
     ``<phase>_best`` / ``<phase>_final`` = that file; anything else is a path (a registered one returns
     its artifact). A name that matches nothing is a one-line error listing what the run holds.
     """
     text = "" if spec is None else str(spec)
     if text in ("", "final"):
-        found = _highest_stage_final(run, stage)
-        if found is None:
-            where = f"stage-{stage} " if stage is not None else ""
-            raise LvisctlError(
-                f"{run.manifest_path}: no {where}final checkpoint recorded; "
-                "train first or pass --checkpoint PATH"
-            )
-        return found
+        return default_checkpoint(run, stage, what="checkpoint" if text == "final" else "default checkpoint")
     if text == "best":
         bests = [
             a

@@ -1,7 +1,9 @@
 """Where a model's starting weights come from, and a loud account of what loaded (never silently partial).
 
-Three rules:
+Four rules:
 
+* A run that starts from a checkpoint takes its ``inference.*`` keys (test scales, ...) from the
+  checkpoint's config where its own config leaves the default (:func:`inherit_defaults`).
 * A run that starts from a checkpoint and freezes part of the model (stage 2: ``backbone``, ``rpn``, ...)
   takes the architecture of every frozen part from the checkpoint's saved config
   (:func:`inherit_frozen_architecture`): the stage-2 config only states what stage 2 changes. A stage-2
@@ -140,6 +142,28 @@ def inherit_frozen_architecture(
     return Config.wrap(out), taken
 
 
+# Sections a run starting from a checkpoint takes from it where its own config leaves the schema default:
+# how the model is tested (a stage 1 trained at 128 px is not tested at the base config's 800 px).
+INHERITED_SECTIONS = ("inference",)
+
+
+def inherit_defaults(cfg: Config, saved: Mapping[str, Any]) -> tuple[Config, list[str]]:
+    """``cfg`` with every key of :data:`INHERITED_SECTIONS` that it leaves at the schema default taken from
+    ``saved`` (the starting checkpoint's config); the ``key=value`` taken. Keys set on purpose win."""
+    from lvisctl.config import load_config
+
+    schema = load_config().to_dict()
+    out = cfg.to_dict()
+    taken: list[str] = []
+    for key in (leaf for section in INHERITED_SECTIONS for leaf in _leaves(schema, section)):
+        theirs, ours = _get(saved, key), _get(out, key)
+        if theirs is None or _same(ours, theirs) or not _same(ours, _get(schema, key)):
+            continue
+        _set(out, key, theirs)
+        taken.append(f"{key}={theirs!r}")
+    return Config.wrap(out), taken
+
+
 def _parts_of(key: str) -> list[str]:
     return [part for part, keys in FROZEN_ARCHITECTURE.items() if any(_under(key, k) for k in keys)]
 
@@ -197,6 +221,52 @@ def _modules(names: Sequence[str]) -> list[str]:
     return list(seen)
 
 
+# The classifier's width is set by the classification loss (softmax, group softmax, BAGS, EQL): stage 2
+# changes it by design and retrains it, so its shape may differ from the checkpoint's.
+_RESHAPE_EXPECTED = ("cls_score",)
+
+
+def changed_architecture(cfg: Config, saved: Mapping[str, Any]) -> list[str]:
+    """``key: checkpoint -> config`` for every key shaping a part (:data:`FROZEN_ARCHITECTURE`) that the
+    run's config sets otherwise than the checkpoint's (keys the checkpoint predates left out)."""
+    from lvisctl.config import load_config
+
+    schema, ours = load_config().to_dict(), cfg.to_dict()
+    sections = dict.fromkeys(k for keys in FROZEN_ARCHITECTURE.values() for k in keys)
+    out = []
+    for key in (leaf for section in sections for leaf in _leaves(schema, section)):
+        theirs, mine = _get(saved, key), _get(ours, key)
+        if key not in _NOT_ARCHITECTURE and theirs is not None and not _same(theirs, mine):
+            out.append(f"{key}: {theirs!r} -> {mine!r}")
+    return out
+
+
+def _refuse_reshaped(
+    candidates: Sequence[str],
+    state: Mapping[str, torch.Tensor],
+    own: Mapping[str, torch.Tensor],
+    source: str,
+    changed: Sequence[str],
+) -> None:
+    """Trained tensors the checkpoint has but cannot give because the config changed their shape (a
+    stage-2 ``model.roi_heads.fc_dim`` other than stage 1's) would silently restart from scratch: refuse,
+    naming them, unless ``train.init_allow_partial``."""
+    reshaped = [k for k in candidates if not any(f".{part}." in f".{k}" for part in _RESHAPE_EXPECTED)]
+    if not reshaped:
+        return
+    shown = "; ".join(
+        f"{k}: {tuple(state[k].shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
+        for k in reshaped[:3]
+    )
+    more = f" and {len(reshaped) - 3} more" if len(reshaped) > 3 else ""
+    why = f" ({'; '.join(changed)})" if changed else ""
+    raise LvisctlError(
+        f"{source}: {len(reshaped)} trained tensors would be thrown away because this config changes their "
+        f"shape{why}: {shown}{more}; use the checkpoint's values, or set train.init_allow_partial=true "
+        "to train them from scratch"
+    )
+
+
 def load_init_weights(
     model: nn.Module,
     state: Mapping[str, torch.Tensor],
@@ -205,11 +275,15 @@ def load_init_weights(
     frozen: Sequence[str] = (),
     allow_partial: bool = False,
     same_classes: bool = True,
+    changed: Sequence[str] = (),
 ) -> InitReport:
     """Load the tensors of ``state`` whose name and shape match ``model``, loudly.
 
-    Refuses (one line) when a frozen tensor does not load (never), when the class sets differ or fewer
-    than :data:`MIN_LOADED_FRACTION` of the model's tensors load (unless ``allow_partial``).
+    Refuses (one line) when a frozen tensor does not load (never), and unless ``allow_partial`` when a
+    trained tensor of the checkpoint does not fit the model's shape (the classifier excepted), when the
+    class sets differ or when fewer than :data:`MIN_LOADED_FRACTION` of the model's tensors load.
+    ``changed``: the config keys that differ from the checkpoint's (:func:`changed_architecture`), named
+    in that error.
     """
     own = model.state_dict()
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -239,6 +313,8 @@ def load_init_weights(
             f"{source}: only {len(matching)} of {len(own)} model tensors match the checkpoint "
             f"(a different architecture?); {hint}"
         )
+    if not allow_partial:
+        _refuse_reshaped([k for k in missing if k in state], state, own, source, changed)
     model.load_state_dict(matching, strict=False)
     fresh = missing  # none of them frozen (checked above): they train from their initialisation
     unused = sum(1 for k in state if k not in matching)
@@ -267,20 +343,18 @@ def model_build_config(cfg: Config, from_checkpoint: bool) -> Config:
 
 def init_source(cfg: Config, run: RunDir, phase: ckpt_io.Phase) -> Artifact | Path | None:
     """``train.init_from`` (a path, or ``best`` / ``final`` / a phase name of this run), or for stage > 1
-    the previous stage's final checkpoint from the manifest."""
+    the newest final checkpoint of the stage-1 lineage (:mod:`lvisctl.rundir.defaults`)."""
     spec = str(cfg.train.init_from or "")
     if spec:
         previous = phase.stage - 1 if phase.stage > 1 and spec in ("best", "final") else None
         return ckpt_io.resolve_checkpoint(run, spec, stage=previous)
     if phase.stage == 1:
         return None
-    source = ckpt_io.latest_checkpoint(run, phase.stage - 1, final=True)
-    if source is None:
-        raise LvisctlError(
-            f"{run.manifest_path}: {phase} starts from the stage-{phase.stage - 1} final checkpoint, "
-            "but none is recorded (train stage 1 first, or set train.init_from)"
-        )
-    return source
+    from lvisctl.rundir.defaults import announce, default_start_checkpoint
+
+    # The newest final of the stage-1 lineage (self-training continues stage 1), printed before it loads.
+    choice = default_start_checkpoint(run, choose="train.init_from=")
+    return announce(choice, f"{phase} starts from").artifact
 
 
 def check_head_type(cfg: Config, saved: Mapping[str, Any], where: str) -> None:
@@ -318,6 +392,9 @@ def prepare_config(
             cfg, taken = inherit_frozen_architecture(cfg, saved, freeze, source=where)
             if taken:
                 notes.append(f"frozen parts ({', '.join(freeze)}) built as in {where}: {', '.join(taken)}")
+        cfg, taken = inherit_defaults(cfg, saved)
+        if taken:
+            notes.append(f"test settings taken from {where} (not set in this config): {', '.join(taken)}")
     cfg, note = scratch_backbone(cfg, has_init=init is not None)
     if note:
         notes.append(note)
@@ -337,5 +414,6 @@ def load_starting_weights(
         frozen=list(cfg.train.freeze),
         allow_partial=bool(cfg.train.init_allow_partial),
         same_classes=theirs == list(stats.to_dict()["cat_ids"]),
+        changed=changed_architecture(cfg, apply_aliases(init.state.get("config") or {}, f"{where} config")),
     )
     return report.lines(where)

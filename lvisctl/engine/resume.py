@@ -59,7 +59,8 @@ def find_resume_state(
     if not resume:
         raise LvisctlError(
             f"{run.root}: already holds {phase} checkpoints ({rel}); pass --resume to continue, "
-            "--overwrite to start the phase again, or use a new --run-dir"
+            "--overwrite to start the phase again, --phase NAME for a new phase beside it (e.g. "
+            "--phase stage1_st for self-training), or use a new --run-dir"
         )
     chosen: tuple[dict[str, Any], Artifact] | None = None
     if info.is_main:

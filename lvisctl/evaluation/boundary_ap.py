@@ -196,7 +196,8 @@ def gt_with_rles(gt_coco: Any) -> list[dict[str, Any]]:
 def boundary_ap_streaming(gt: Any, dets: Any, *, dilation_ratio: float = DILATION_RATIO, max_dets: int = 300):
     """Boundary AP of a hotcoco dataset of results (uncapped, as ``load_res`` gives it) against ``gt``
     (an ``LvisGroundTruth``), image by image (``streaming_eval``): what ``evaluate --metrics boundary``
-    runs at LVIS scale. Same numbers as :func:`boundary_ap`; returns an ``IouTypeMetrics``."""
+    runs at LVIS scale. Same numbers (and area-range rule) as :func:`boundary_ap`; returns an
+    ``IouTypeMetrics``."""
     from lvisctl.evaluation.lvis_metrics import IouTypeMetrics
     from lvisctl.evaluation.streaming_eval import Task, stream_federated
 
@@ -216,8 +217,19 @@ def boundary_ap(
 ) -> tuple[dict[str, float], dict[int, float]]:
     """Boundary AP summary (same keys as mask AP) and per-category Boundary AP.
 
+    Defined by the Boundary IoU API (github bowenc0221/boundary-iou-api, ``lvis_instance_api/eval.py``):
+    its area ranges leave out ``area >= hi`` (lvis-api: ``area > hi``), so an object of area exactly
+    32**2 is 'medium' and one of 96**2 'large' here; segm and bbox keep lvis-api's rule. Detections and
+    GT of area 0 are not scored (its ``get_ann_ids`` keeps ``area > 0``), as in lvis-api.
+
     ``gt_anns`` and ``dets`` carry RLE ``segmentation`` dicts (see :func:`gt_with_rles`).
     """
     return federated_eval(
-        images, categories, gt_anns, dets, boundary_iou_fn(dilation_ratio), max_dets=max_dets
+        images,
+        categories,
+        gt_anns,
+        dets,
+        boundary_iou_fn(dilation_ratio),
+        max_dets=max_dets,
+        hi_exclusive=True,
     )

@@ -52,10 +52,36 @@ def compare_rows(a: Path, b: Path) -> tuple[dict[str, dict[str, float]], list[st
     (its path and, when recorded, the results file it scored)."""
     ma, mb = load_metrics(a), load_metrics(b)
     ra, rb = table2_row(ma), table2_row(mb)
-    rows = {"A": ra, "B": rb, "B - A": {k: rb[k] - ra[k] for k in COMPARE_COLUMNS}}
+    sa, sb = box_source(ma), box_source(mb)
+    # A row whose box AP came from another source than the other row's is flagged in its name and a line.
+    flag = sa != sb and not (math.isnan(ra["AP bbox"]) or math.isnan(rb["AP bbox"]))
+    names = [f"{label} ({BOX_SOURCE_SHORT[src]})" if flag else label for label, src in (("A", sa), ("B", sb))]
+    rows = {names[0]: ra, names[1]: rb, "B - A": {k: rb[k] - ra[k] for k in COMPARE_COLUMNS}}
     lines = [f"{label} = {path}{_scored(m)}" for label, path, m in (("A", a, ma), ("B", b, mb))]
+    if flag:
+        lines.append(
+            f"warning: box AP of A comes from {BOX_SOURCE_WORDS[sa]}, of B from {BOX_SOURCE_WORDS[sb]}: "
+            "the 'AP bbox' and 'gap' columns do not compare"
+        )
     mismatch = gt_mismatch_line(ma, mb)
     return rows, lines + ([mismatch] if mismatch else [])
+
+
+# ``evaluate`` records under ``scored.results.bbox.boxes`` where the boxes it scored came from.
+BOX_SOURCE_SHORT = {"model": "model boxes", "masks": "mask boxes", None: "boxes unrecorded"}
+BOX_SOURCE_WORDS = {
+    "model": "the model's boxes",
+    "masks": "boxes derived from masks",
+    None: "an unrecorded source",
+}
+
+
+def box_source(metrics: Mapping[str, Any]) -> str | None:
+    """``model`` / ``masks``: the boxes a metrics json's box AP was computed on; None if not recorded."""
+    scored = metrics.get("scored")
+    entry = scored.get("results", {}).get("bbox") if isinstance(scored, dict) else None
+    source = entry.get("boxes") if isinstance(entry, dict) else None
+    return source if source in BOX_SOURCE_WORDS else None
 
 
 def _scored(metrics: Mapping[str, Any]) -> str:

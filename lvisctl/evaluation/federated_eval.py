@@ -87,17 +87,26 @@ def federated_eval(
     iou_fn: IouFn,
     *,
     max_dets: int = 300,
+    hi_exclusive: bool = False,
 ) -> tuple[dict[str, float], dict[int, float]]:
-    """LVIS summary metrics (AP, AP50, ..., APr/c/f, AR@max_dets...) and per-category AP (NaN = no GT)."""
+    """LVIS summary metrics (AP, AP50, ..., APr/c/f, AR@max_dets...) and per-category AP (NaN = no GT).
+
+    ``hi_exclusive``: an area range leaves out ``area >= hi`` (the Boundary IoU API's rule) instead of
+    lvis-api's ``area > hi``.
+    """
     dets = cap_per_image(dets, max_dets)
     gts: dict[tuple[int, int], list[Mapping[str, Any]]] = defaultdict(list)
     present: dict[int, set[int]] = defaultdict(set)
     for g in gt_anns:
+        if g["area"] <= 0:
+            continue
         gts[g["image_id"], g["category_id"]].append(g)
         present[g["image_id"]].add(g["category_id"])
     dts: dict[tuple[int, int], list[Mapping[str, Any]]] = defaultdict(list)
     for d in dets:
         img, cat = d["image_id"], d["category_id"]
+        if detection_area(d) <= 0:  # lvis-api evaluates area > 0 only, after the cap (get_ann_ids)
+            continue
         if cat in categories and (cat in present[img] or cat in images[img].get("neg_category_ids", ())):
             dts[img, cat].append(d)
     cat_ids = sorted(categories)
@@ -115,6 +124,7 @@ def federated_eval(
         g_area = np.array([g["area"] for g in g_list], dtype=np.float64)
         not_exhaustive = cat in images[img].get("not_exhaustive_category_ids", ())
         for name, (lo, hi) in AREA_RNGS.items():
+            hi = float(np.nextafter(hi, -np.inf)) if hi_exclusive else hi  # area > hi' <=> area >= hi
             g_ig = (
                 np.array([bool(g.get("ignore", 0)) for g in g_list], dtype=bool)
                 | (g_area < lo)

@@ -5,11 +5,17 @@ and is ~20x faster; this module adds what a user needs around it: the results fi
 Rust, screened for bad input by a compiled byte scan running in a side process (``results_scan``, which
 catches what hotcoco silently accepts), capped at 300 detections per image exactly as ``LVISResults``
 does, and the per-category APs come back with the summary.
+
+Detections and GT annotations of area 0 are not scored, as in lvis-api: ``LVISEval._prepare`` asks
+``get_ann_ids``, which keeps ``area > 0`` only, after ``LVISResults`` has applied the 300 cap (so an empty
+mask still takes its slot under the cap). A result's area is its box area when the file's detections carry
+``bbox``, else its mask area. hotcoco keeps them (a false positive each); :func:`drop_zero_area` removes them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -44,6 +50,42 @@ BBOX_AREA_NOTE = (
     "note: the results have 'bbox', so segm APs/APm/APl use box areas (as lvis-api does); "
     "tta-infer's <stem>.segm.json has no 'bbox' and gets mask areas"
 )
+
+
+# hotcoco's area ranges are inclusive at both ends: [smallest positive double, inf] is lvis-api's area > 0.
+_POSITIVE_AREA = [float(np.nextafter(0.0, 1.0)), math.inf]
+
+
+def drop_zero_area(coco: Any) -> tuple[Any, int]:
+    """``coco`` (a hotcoco dataset of results) without its detections of area 0, and how many went.
+
+    lvis-api evaluates only ``area > 0`` (``get_ann_ids`` in ``LVISEval._prepare``); the dataset is rebuilt
+    only when there is something to drop, so the common case costs one id query.
+    """
+    dropped = len(coco.get_ann_ids(area_rng=[-math.inf, 0.0]))
+    if not dropped:
+        return coco, 0
+    with quiet_native_output():
+        return coco.filter(area_rng=_POSITIVE_AREA, drop_empty_images=False), dropped
+
+
+def _drop_zero_area_gt(coco: Any) -> Any:
+    """The GT without its annotations of area 0 (rare: rebuilt only then). Not ``filter``: that would also
+    drop the categories without annotations, which results may still name (federated negatives)."""
+    zero = set(coco.get_ann_ids(area_rng=[-math.inf, 0.0]))
+    if not zero:
+        return coco
+    data = coco.dataset  # a copy
+    data["annotations"] = [a for a in data["annotations"] if a["id"] not in zero]
+    coco.dataset = data  # the setter re-indexes
+    return coco
+
+
+def zero_area_note(path: Path, dropped: int) -> str:
+    return (
+        f"note: {path}: {dropped} detection(s) of area 0 (empty masks or zero-area boxes) not scored, "
+        "as lvis-api (it evaluates area > 0 only)"
+    )
 
 
 @contextlib.contextmanager
@@ -104,6 +146,7 @@ def load_ground_truth(path: str | os.PathLike[str]) -> LvisGroundTruth:
         path=str(p),
     )
     categories = {c: {"name": str(r.get("name", c)), "frequency": r["frequency"]} for c, r in cats.items()}
+    coco = _drop_zero_area_gt(coco)  # GT of area 0 is neither a positive nor a match target in lvis-api
     return LvisGroundTruth(coco=coco, table=table, categories=categories)
 
 
@@ -228,6 +271,9 @@ def evaluate_lvis(
             )
         with quiet_native_output():
             capped = results.dets.cap_detections_per_image(MAX_DETS_PER_IMAGE)
+        capped, dropped = drop_zero_area(capped)  # after the cap, as lvis-api
+        if dropped and not any(n.startswith(f"note: {results.path}: ") for n in results.notes):
+            results.notes.append(zero_area_note(results.path, dropped))
         out = {t: run_lvis_eval(gt, capped, t, source=results.path) for t in iou_types}
         results.verify()
     except BaseException:

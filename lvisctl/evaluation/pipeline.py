@@ -89,14 +89,17 @@ def resolve_inputs(
 ) -> tuple[list[EvalSource], Path, str]:
     """(results files with their iou types, gt path, output stem).
 
-    A RESULTS file is evaluated for every iou type. From a run dir: segm on the newest segm predictions
-    and bbox on the bbox file of the same tta-infer group, so segm uses mask areas and bbox the model's
-    boxes; a predictions artifact without ``iou_type`` (a combined file) serves every iou type.
+    A RESULTS file is evaluated for every iou type, except that ``X.segm.json`` hands bbox to the
+    ``X.bbox.json`` next to it (tta-infer's pair: the model's boxes, not boxes derived from the masks);
+    without ``--gt`` the gt recorded for a registered file is taken. From a run dir: segm on the newest
+    segm predictions and bbox on the bbox file of the same tta-infer group, so segm uses mask areas and
+    bbox the model's boxes; a predictions artifact without ``iou_type`` (a combined file) serves every
+    iou type.
     """
     if results is not None:
-        if gt is None:
-            raise LvisctlError(f"{results}: no --gt given (needed with a RESULTS file)")
-        return [EvalSource(Path(results), tuple(iou_types))], Path(gt), Path(results).stem
+        results = Path(results)
+        gt = Path(gt) if gt is not None else registered_gt(results)
+        return results_file_sources(results, iou_types), gt, results.stem
     if run is None:
         raise LvisctlError("evaluate: give a RESULTS file or --run-dir with a predictions artifact")
     newest = predictions[0] if predictions else latest_predictions(run)
@@ -136,19 +139,64 @@ def resolve_inputs(
     return sources, Path(gt), stem
 
 
+def paired_bbox_file(path: Path) -> Path | None:
+    """``X.bbox.json`` beside ``X.segm.json`` (tta-infer's and ensemble's pair), if it exists."""
+    name = path.name
+    if not name.endswith(".segm.json"):
+        return None
+    pair = path.with_name(name[: -len(".segm.json")] + ".bbox.json")
+    return pair if pair.is_file() else None
+
+
+def results_file_sources(path: Path, iou_types: Sequence[str]) -> list[EvalSource]:
+    """The sources of a RESULTS file: bbox on its paired box file when there is one, else on itself."""
+    pair = paired_bbox_file(path) if "bbox" in iou_types else None
+    if pair is None:
+        return [EvalSource(path, tuple(iou_types))]
+    segm = tuple(t for t in iou_types if t != "bbox")
+    return [EvalSource(path, segm), EvalSource(pair, ("bbox",))] if segm else [EvalSource(pair, ("bbox",))]
+
+
+def registered_gt(path: Path) -> Path:
+    """The gt recorded for ``path`` in the manifest of the run directory holding it; one line if none."""
+    from lvisctl.rundir.manifest import MANIFEST_NAME
+
+    for root in Path(path).resolve().parents:
+        if (root / MANIFEST_NAME).is_file():
+            run = RunDir(root, create=False)
+            art = run.get(run.relative(path))
+            if art is not None and art.meta.get("gt"):
+                gt = Path(art.meta["gt"])
+                return gt if gt.is_absolute() else run.path_of(str(gt))
+            break
+    raise LvisctlError(
+        f"{path}: no --gt given, and the file is not registered with a 'gt' in a run directory's manifest"
+    )
+
+
 SCORED_KEY = "scored"  # the metrics json's record of what was scored (not a metric)
+# Where the box AP's boxes came from (``scored.results.bbox.boxes``): the results' own boxes (a bbox file,
+# or a file whose detections carry ``bbox``), or boxes hotcoco derived from the masks (a segm-only file).
+BOXES_FROM_MODEL, BOXES_FROM_MASKS = "model", "masks"
+MASK_BOXES_NOTE = (
+    "note: box AP comes from boxes derived from the masks ({path} has no 'bbox' and no .bbox.json beside "
+    "it): not the model's boxes; the box-minus-mask gap is left out"
+)
 
 
-def scored_record(sources: Sequence[EvalSource], gt: Path) -> dict[str, Any]:
+def scored_record(sources: Sequence[EvalSource], gt: Path, box_sources: Sequence[str] = ()) -> dict[str, Any]:
     """Which file each iou type was scored on, and against which GT (absolute paths; the manifest's
-    sha256 too when the file came from a run dir), so a metrics json always says what it measured."""
+    sha256 too when the file came from a run dir), so a metrics json always says what it measured.
+    ``box_sources`` (per source): where its boxes came from, recorded under bbox as ``boxes``."""
     results: dict[str, dict[str, str]] = {}
-    for source in sources:
+    for k, source in enumerate(sources):
         entry = {"path": str(source.path.resolve())}
         if source.artifact is not None:
             entry["sha256"] = source.artifact.sha256
         for t in source.iou_types:
-            results[t] = entry
+            results[t] = dict(entry)
+            if t == "bbox" and k < len(box_sources):
+                results[t]["boxes"] = box_sources[k]
     return {"results": results, "gt": str(Path(gt).resolve()), "gt_sha256": sha256_file(gt)}
 
 
@@ -274,13 +322,19 @@ def run_evaluate(
     notes = [
         BBOX_AREA_NOTE for s, ld in zip(sources, loaded, strict=True) if ld.has_bbox and "segm" in s.iou_types
     ]
+    notes += [note for ld in loaded for note in ld.notes]
+    boxes = [BOXES_FROM_MODEL if ld.has_bbox else BOXES_FROM_MASKS for ld in loaded]
+    mask_boxes = [
+        s.path for s, b in zip(sources, boxes, strict=True) if "bbox" in s.iou_types and b != "model"
+    ]
+    notes += [MASK_BOXES_NOTE.format(path=p) for p in mask_boxes]
     metrics: dict[str, Any] = {t: m.metrics for t, m in by_type.items()}
     gap = box_minus_mask_gap(by_type)
-    if gap is not None:
+    if gap is not None and not mask_boxes:  # the paper's gap is between the model's boxes and masks
         metrics["bbox_minus_segm"] = {"AP": gap}
     for name, per in extra.items():
         metrics[name] = {t: m.metrics for t, m in per.items()}
-    metrics[SCORED_KEY] = scored_record(sources, gt_path)
+    metrics[SCORED_KEY] = scored_record(sources, gt_path, boxes)
     outcome = EvaluationOutcome(
         metrics=metrics, by_type=by_type, extras=extra, notes=notes, categories=ground.categories
     )

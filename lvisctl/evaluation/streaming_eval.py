@@ -26,6 +26,10 @@ from lvisctl.evaluation.federated_eval import AREA_RNGS, IOU_THRS, _pr_curve, _s
 
 KINDS = ("segm", "bbox", "boundary")
 _AREAS = np.array(list(AREA_RNGS.values()), dtype=np.float64)
+# The Boundary IoU API's LVIS evaluator (boundary_iou/lvis_instance_api/eval.py) leaves out ``area >= hi``
+# where lvis-api leaves out ``area > hi``; the kernel tests ``area > hi``, so its ``hi`` is the next double
+# below (exact for float64 areas): an object of area 32**2 is 'medium' for Boundary AP, 'small' for segm.
+_AREAS_HI_EXCLUSIVE = np.stack([_AREAS[:, 0], np.nextafter(_AREAS[:, 1], -np.inf)], axis=1)
 
 
 @dataclass
@@ -116,7 +120,9 @@ def _evaluate_image(task: Task, im: _Image, info: Mapping[str, Any], cat_index) 
     allowed = np.zeros(len(cat_index), bool)
     allowed[im.gt_cat] = True
     allowed[[cat_index[c] for c in info.get("neg_category_ids", ()) if c in cat_index]] = True
-    verified = allowed[im.det_cat[order]]
+    # lvis-api scores only area > 0 (get_ann_ids in LVISEval._prepare), after the cap: an empty mask or a
+    # zero-area box keeps its slot under the cap and its rank in Fixed AP's top-k, and is then dropped.
+    verified = allowed[im.det_cat[order]] & (im.det_area[order] > 0)
     if task.top_k is not None:
         # The top-k ranks every detection of the file, the filtered-out ones included.
         out = order[~verified]
@@ -135,7 +141,7 @@ def _evaluate_image(task: Task, im: _Image, info: Mapping[str, Any], cat_index) 
         im.gt_cat,
         im.gt_area,
         im.gt_ign,
-        _AREAS,
+        _AREAS_HI_EXCLUSIVE if task.kind == "boundary" else _AREAS,
         IOU_THRS,
     )
     task.cats.append(det_cat.astype(np.int32))

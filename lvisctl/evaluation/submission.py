@@ -130,13 +130,16 @@ def build_submission(
     )
 
 
-def latest_segm_predictions(run: Any) -> Any:
-    """The newest segm predictions (tta-infer's ``<stem>.segm.json``); without any, the newest predictions
-    (a combined file registered by hand). Pseudo-labelling's internal predictions are never picked."""
+def latest_segm_predictions(run: Any, image_info: Path) -> Any:
+    """The newest segm predictions (tta-infer's ``<stem>.segm.json``; without any, a combined file
+    registered by hand) made on ``image_info`` (the one rule of :mod:`lvisctl.rundir.defaults`), printed.
+    Pseudo-labelling's internal predictions are never picked."""
     from lvisctl.evaluation.pipeline import evaluation_predictions, latest_predictions
+    from lvisctl.rundir.defaults import announce, default_predictions
 
     segm = evaluation_predictions(run, iou_type="segm")
-    return segm[-1] if segm else latest_predictions(run)
+    candidates = segm if segm else [latest_predictions(run)]
+    return announce(default_predictions(run, image_info, candidates), "predictions").artifact
 
 
 def run_submit(
@@ -156,7 +159,7 @@ def run_submit(
     if results is None:
         if run is None:
             raise LvisctlError("submit: give a RESULTS file or --run-dir with a predictions artifact")
-        artifact = latest_segm_predictions(run)
+        artifact = latest_segm_predictions(run, image_info)
         results = run.resolve(artifact)
     if out is None:
         if run is None:

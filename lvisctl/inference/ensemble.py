@@ -312,6 +312,11 @@ class EnsemblePredictor:
     def predict(self, image: torch.Tensor) -> Detections:
         return self.predict_batch([image])[0]
 
+    @property
+    def empty_dropped(self) -> int:
+        """Surely-empty masks the member predictors left out before their caps."""
+        return sum(int(getattr(p, "empty_dropped", 0)) for p in self.predictors)
+
     def predict_batch(self, images: Sequence[torch.Tensor]) -> list[Detections]:
         images = [img.to(self.device, non_blocking=img.is_pinned()) for img in images]
         outputs = [p.predict_batch(images) for p in self.predictors]
@@ -492,6 +497,17 @@ class EnsembleOutcome:
     complete: bool
     paths: dict[str, Path] = field(default_factory=dict)
     is_main: bool = True
+    empty_dropped: int = 0  # detections with an empty mask left out (inputs before the cap, fused masks)
+
+
+def non_empty(records: Sequence[Mapping[str, Any]], dropped: Any) -> list[Mapping[str, Any]]:
+    """``records`` without those whose mask is empty, counted in ``dropped`` (a ``results.DropCount``):
+    left out before the fusion's per-image cap, so a real detection takes the slot."""
+    from lvisctl.inference.results import is_empty_mask
+
+    kept = [r for r in records if not is_empty_mask(r.get("segmentation"))]
+    dropped.empty_masks += len(records) - len(kept)
+    return kept
 
 
 def ensemble_to_run_dir(
@@ -521,8 +537,9 @@ def ensemble_to_run_dir(
     from lvisctl.engine.distributed import barrier, init_distributed
     from lvisctl.inference.ensemble_checks import check_iou, check_skip_score, parse_weights
     from lvisctl.inference.ensemble_checks import image_table as results_table
-    from lvisctl.inference.results import detections_to_records, split_paths
+    from lvisctl.inference.results import DropCount, detections_to_records, split_paths
     from lvisctl.inference.runner import (
+        EMPTY_DROPPED,
         ImageItem,
         assemble,
         fingerprint_of,
@@ -584,9 +601,13 @@ def ensemble_to_run_dir(
     pending = [k for k in range(len(chunks)) if k not in done]
     for k in pending[dist.rank :: dist.world_size][:max_chunks]:
         records = []
+        dropped = DropCount()
         for item in chunks[k]:
             size = sizes.get(item.image_id, (1, 1))
-            members = [records_to_detections(inp.by_image.get(item.image_id, []), size, cmap) for inp in read]
+            members = [
+                records_to_detections(non_empty(inp.by_image.get(item.image_id, []), dropped), size, cmap)
+                for inp in read
+            ]
             fused = fuse_detections(
                 members,
                 size,
@@ -596,15 +617,18 @@ def ensemble_to_run_dir(
                 skip_box_thr=skip_box_thr,
                 k=detections_per_image,
             )
-            records.extend(detections_to_records(item.image_id, fused, cmap))
+            records.extend(detections_to_records(item.image_id, fused, cmap, dropped))
         payload = {"image_ids": [item.image_id for item in chunks[k]], "records": records}
+        payload[EMPTY_DROPPED] = dropped.empty_masks
         atomic_write_json(partial_dir / f"rank{dist.rank}_{k}.json", payload, indent=None)
         if on_images is not None:
             on_images(len(chunks[k]))
     barrier(dist)
     outcome = EnsembleOutcome(len(image_ids), 0, 0.0, len(chunks), len(done), False, is_main=dist.is_main)
     if dist.is_main and len(finished_chunks(partial_dir)) == len(chunks):
-        outcome.detections = assemble(partial_dir, chunks, out)
+        counts: dict[str, int] = {}
+        outcome.detections = assemble(partial_dir, chunks, out, counts=counts)
+        outcome.empty_dropped = counts.get(EMPTY_DROPPED, 0)
         outcome.complete, outcome.paths = True, paths
         if run is not None:
             _register(run, read, paths, images, settings)

@@ -66,6 +66,27 @@ def paste_crops(
     return crops, places
 
 
+def surely_empty(
+    probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], thresh: float = 0.5
+) -> torch.Tensor:
+    """bool [N] (on the CPU): masks known to paste to nothing without pasting them: the padded box misses
+    the image (:func:`paste_crops`' rule), or no RoI probability is above ``thresh`` (bilinear resizing
+    never exceeds its largest input, and the padding is 0). Sufficient, not necessary: the rare mask whose
+    only peak vanishes when resized is dropped where it is encoded (``results.detections_to_records``)."""
+    if probs.ndim == 3:
+        probs = probs[:, None]
+    n, m = int(probs.shape[0]), int(probs.shape[-1])
+    if n == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    im_h, im_w = (int(v) for v in image_size)
+    ib = expanded_int_boxes(boxes.to(probs.device), m)
+    outside = (ib[:, 2].add(1).clamp(max=im_w) <= ib[:, 0].clamp(min=0)) | (
+        ib[:, 3].add(1).clamp(max=im_h) <= ib[:, 1].clamp(min=0)
+    )
+    low = probs.reshape(n, -1).float().amax(dim=1) <= thresh
+    return (outside | low).cpu()
+
+
 def crop_counts(crop: np.ndarray, place: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
     """Uncompressed COCO RLE counts (column-major, starting with a zero run) of the H x W mask that is
     ``crop`` at ``place`` and zero elsewhere; the work and memory are those of an ``H x crop width`` strip."""

@@ -36,6 +36,7 @@ from torch import nn
 
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
+from lvisctl.inference.postprocess import surely_empty
 
 Detections = dict[str, torch.Tensor]
 MergeFn = Callable[[Sequence[Detections]], Detections]
@@ -170,6 +171,7 @@ class Predictor:
         self.mask_thresh = float(mask_thresh)
         self.amp = amp and self.device.type == "cuda"
         self.roi_masks = accepts_paste_flag(model)  # ask for RoI-level mask_probs
+        self.empty_dropped = 0  # detections left out because their mask is surely empty (postprocess)
         self.merge = merge or (lambda per_scale: merge_nms(per_scale, merge_iou, self.detections_per_image))
 
     def predict(self, image: torch.Tensor) -> Detections:
@@ -191,9 +193,14 @@ class Predictor:
 
     @torch.no_grad()
     def predict_scale(self, images: Sequence[torch.Tensor], scale: int) -> list[Detections]:
-        """One test scale: resize, run the model, map back; thresholded and top-k, at original size."""
+        """One test scale: resize, run the model, map back; thresholded and top-k, at original size.
+
+        The model is asked for :data:`EMPTY_MARGIN` more detections than the cap (lvisctl's model: its
+        ``roi_heads.post``), so the surely-empty masks left out before the top-k leave their slots to
+        real detections."""
         inputs = [self.prepare(img, scale) for img in images]
-        outputs = self.run_model(inputs)
+        with candidate_margin(self.model, self.detections_per_image, enabled=self.roi_masks):
+            outputs = self.run_model(inputs)
         return [
             self._to_original(out, tuple(inp.shape[-2:]), tuple(img.shape[-2:]))
             for out, inp, img in zip(outputs, inputs, images, strict=True)
@@ -211,10 +218,14 @@ class Predictor:
         with autocast:
             return self.model(inputs, paste_masks=False) if self.roi_masks else self.model(inputs)
 
-    def kept_order(self, scores: torch.Tensor) -> torch.Tensor:
-        """Indices of the detections above ``score_thresh``, best first, at most ``detections_per_image``."""
+    def kept_order(self, scores: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Indices of the detections above ``score_thresh`` (not ``exclude``), best first, at most
+        ``detections_per_image``."""
         scores = scores.float()
-        kept = torch.nonzero(scores >= self.score_thresh).flatten()
+        ok = scores >= self.score_thresh
+        if exclude is not None:
+            ok &= ~exclude.to(ok.device)
+        kept = torch.nonzero(ok).flatten()
         return kept[
             torch.sort(scores[kept], descending=True, stable=True).indices[: self.detections_per_image]
         ]
@@ -223,12 +234,17 @@ class Predictor:
         self, output: dict[str, torch.Tensor], input_hw: tuple[int, int], original_hw: tuple[int, int]
     ) -> Detections:
         scores = output["scores"].float()
-        order = self.kept_order(scores)
         (in_h, in_w), (height, width) = input_hw, original_hw
         ratio = torch.tensor([width / in_w, height / in_h, width / in_w, height / in_h], device=scores.device)
-        boxes = output["boxes"][order].float() * ratio
+        boxes = output["boxes"].float() * ratio
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        empty = None
+        if "mask_probs" in output:  # an empty mask never takes a slot under the cap (nor gets written)
+            empty = surely_empty(output["mask_probs"], boxes, (height, width), self.mask_thresh)
+            self.empty_dropped += int((empty & (scores >= self.score_thresh).cpu()).sum())
+        order = self.kept_order(scores, empty)
+        boxes = boxes[order]
         out = {
             "boxes": boxes.cpu(),
             "scores": scores[order].cpu(),
@@ -257,6 +273,27 @@ class Predictor:
             probs = F.interpolate(masks[idx].float(), size=size, mode="bilinear", align_corners=False)
             pieces.append((probs[:, 0] > self.mask_thresh).cpu())
         return torch.cat(pieces)
+
+
+# Extra detections asked of the model beyond the per-image cap, as a fraction of it: the slots of masks that
+# turn out empty (untrained models make many; trained ones a few per thousand) go to real detections.
+EMPTY_MARGIN = 0.1
+
+
+@contextlib.contextmanager
+def candidate_margin(model: nn.Module, cap: int, *, enabled: bool = True) -> Any:
+    """Raise the model's own top-k (lvisctl's ``roi_heads.post.detections_per_img``) to ``cap`` plus
+    :data:`EMPTY_MARGIN` while it runs; any other model runs as it is."""
+    post = getattr(getattr(model, "roi_heads", None), "post", None)
+    old = getattr(post, "detections_per_img", None)
+    if not enabled or not isinstance(old, int) or old != cap:
+        yield
+        return
+    post.detections_per_img = cap + max(1, int(cap * EMPTY_MARGIN))
+    try:
+        yield
+    finally:
+        post.detections_per_img = old
 
 
 def _as_float(image: torch.Tensor) -> torch.Tensor:

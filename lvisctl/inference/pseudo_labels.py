@@ -317,6 +317,7 @@ def write_pseudo_labels(
     memory does not grow with the number of images. ``scores`` sees every predicted score. Returns
     ``(labels, images)``; the images are all of ``selector.images`` for unlabeled images, those with a
     prediction for LVIS. ``provenance`` (``data.self_training.provenance_of``) joins the file's ``info``."""
+    from lvisctl.inference.results import is_empty_mask
     from lvisctl.rundir import atomic_output
 
     seen: set[int] = set()
@@ -328,6 +329,9 @@ def write_pseudo_labels(
             seen.add(image_id)
             if scores is not None:
                 scores.add(recs)
+            # An empty mask is no label (and must not take a per-image slot): lvisctl's predictions hold
+            # none, a results file from elsewhere may.
+            recs = [r for r in recs if not is_empty_mask(r.get("segmentation"))]
             for rec in selector.select(image_id, recs):
                 count += 1
                 fh.write(
@@ -487,6 +491,7 @@ class PseudoLabelOutcome:
     skipped: Any  # image_sources.SkipReport
     score_lines: list[str] = field(default_factory=list)  # the score distribution when few survived
     incomplete: bool = False  # stopped by max_chunks on rank 0: rerun to continue
+    empty_dropped: int = 0  # predictions with an empty mask left out (never a label)
 
 
 def pseudolabel_checkpoint(run: Any, checkpoint: Any = None) -> tuple[Any, Path, str]:
@@ -596,6 +601,7 @@ def make_pseudo_labels(
             outcome.incomplete = pred.is_main  # rank 0 without predictions: max_chunks stopped it
             return outcome
         category_filter = _category_filter(ckpt, overrides)
+        outcome.empty_dropped = pred.summary.empty_dropped
         selector = Selector.for_data(
             gt, mode, score_thresh.by_category(categories), max_gt_iou, max_per_image, category_filter
         )

@@ -15,9 +15,11 @@ Everything that writes a results file goes through this module, so format decisi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +55,46 @@ def xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def empty_rle_counts(height: int, width: int) -> str:
+    """The compressed counts of an all-zero ``height x width`` mask (one zero run)."""
+    rle = mask_utils.frPyObjects([{"size": [height, width], "counts": [height * width]}], height, width)[0]
+    return rle["counts"].decode("ascii")
+
+
+def is_empty_mask(segmentation: Mapping[str, Any] | None) -> bool:
+    """Whether a compressed RLE is all zeros (an empty mask: lvis-api would not score it)."""
+    if not isinstance(segmentation, Mapping) or "counts" not in segmentation:
+        return False
+    counts = segmentation["counts"]
+    counts = counts.decode("ascii") if isinstance(counts, bytes) else counts
+    h, w = (int(v) for v in segmentation["size"])
+    return counts == empty_rle_counts(h, w)
+
+
+@dataclass
+class DropCount:
+    """Detections a writer left out because their mask was empty (never written: lvis-api drops area 0)."""
+
+    empty_masks: int = 0
+
+
+def empty_dropped_line(count: int) -> str:
+    """What tta-infer, ensemble and pseudolabel say about the detections they did not write."""
+    return (
+        f"{count} detections with an empty mask left out (never written: lvis-api would not score them; "
+        "the surely-empty ones before the per-image cap, so a real detection took the slot)"
+    )
+
+
 def detections_to_records(
-    image_id: int, detections: Mapping[str, torch.Tensor], category_map: CategoryMap
+    image_id: int,
+    detections: Mapping[str, torch.Tensor],
+    category_map: CategoryMap,
+    dropped: DropCount | None = None,
 ) -> list[dict[str, Any]]:
-    """One image's predictor output -> full LVIS results records, in the order given.
+    """One image's predictor output -> full LVIS results records, in the order given, without the
+    detections whose mask is empty (counted in ``dropped``): no results file lvisctl writes holds one.
 
     ``detections``: original-resolution ``boxes`` xyxy, ``scores`` (classification), contiguous ``labels``
     and either binary ``masks`` [N, H, W] / [N, 1, H, W] or RoI-level ``mask_probs`` [N, 1, M, M] (the
@@ -77,6 +115,10 @@ def detections_to_records(
     for i, (box, score, label, rle) in enumerate(zip(boxes, scores, labels, rles, strict=True)):
         cat_id = category_map.cat_id(int(label))
         if cat_id is None:  # a class the json has no category for (tta-infer --map-by-name)
+            continue
+        if is_empty_mask(rle):
+            if dropped is not None:
+                dropped.empty_masks += 1
             continue
         record = {
             "image_id": int(image_id),

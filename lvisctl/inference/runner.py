@@ -42,7 +42,7 @@ from lvisctl.data.image_io import ImageReadError, ImageSizeError, read_image_ten
 from lvisctl.engine.distributed import DistInfo, barrier
 from lvisctl.errors import LvisctlError
 from lvisctl.inference.predictor import Predictor, checkpoint_config
-from lvisctl.inference.results import detections_to_records, split_paths, write_split_results
+from lvisctl.inference.results import DropCount, detections_to_records, split_paths, write_split_results
 from lvisctl.rundir import Artifact, RunDir
 from lvisctl.rundir.io import atomic_group, atomic_write_json, sha256_file
 
@@ -75,6 +75,11 @@ class InferenceSummary:
     images_computed: int = 0
     skipped: dict[int, str] = field(default_factory=dict)  # unreadable images (id -> why), no predictions
     chunks_damaged: int = 0  # chunk files found damaged and recomputed
+    empty_dropped: int = 0  # detections with an empty mask left out (never written), all chunks
+
+
+# A chunk file's count of detections left out for an empty mask (summed into the summary).
+EMPTY_DROPPED = "empty_dropped"
 
 
 def plan_chunks(items: Sequence[ImageItem], chunk_size: int, world_size: int = 1) -> list[list[ImageItem]]:
@@ -210,11 +215,16 @@ def run_chunk(
     num_workers: int,
     on_images: Callable[[int], None] | None = None,
     skipped: dict[int, str] | None = None,
+    dropped: DropCount | None = None,
 ) -> list[dict[str, Any]]:
     """Predict one chunk and turn it into results records (image order, best score first per image).
 
     Unreadable images are left out and added to ``skipped``; an image of another size than the json
-    says stops the run (its masks would be encoded at the wrong size)."""
+    says stops the run (its masks would be encoded at the wrong size). Detections with an empty mask are
+    never written (the predictor leaves the surely-empty ones out before its cap); ``dropped`` counts them.
+    """
+    dropped = dropped if dropped is not None else DropCount()
+    before = int(getattr(predictor, "empty_dropped", 0))
     records: list[dict[str, Any]] = []
     pin = predictor.device.type == "cuda"
     for batch in iter_batches(items, batch_size, num_workers, pin_memory=pin):
@@ -226,17 +236,21 @@ def run_chunk(
         good = [(image_id, image) for image_id, image, problem, _ in batch if problem is None]
         detections = predictor.predict_batch([image for _, image in good]) if good else []
         for (image_id, _), dets in zip(good, detections, strict=True):
-            records.extend(detections_to_records(image_id, dets, category_map))
+            records.extend(detections_to_records(image_id, dets, category_map, dropped))
         if on_images is not None:
             on_images(len(batch))
+    dropped.empty_masks += int(getattr(predictor, "empty_dropped", 0)) - before
     return records
 
 
 def iter_final_records(
-    partial_dir: Path, chunks: Sequence[Sequence[ImageItem]], skipped: dict[int, str] | None = None
+    partial_dir: Path,
+    chunks: Sequence[Sequence[ImageItem]],
+    skipped: dict[int, str] | None = None,
+    counts: dict[str, int] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Every chunk's records in chunk order, one chunk file in memory at a time (``skipped`` collects
-    the unreadable images the chunks list)."""
+    the unreadable images the chunks list, ``counts`` sums their ``empty_dropped``)."""
     files = finished_chunks(partial_dir)
     for k, chunk in enumerate(chunks):
         data = read_chunk(files[k], chunk)
@@ -245,6 +259,8 @@ def iter_final_records(
             raise LvisctlError(f"{files[k]}: chunk file damaged during the run; deleted, rerun to redo it")
         if skipped is not None:
             skipped.update({int(i): str(why) for i, why in data.get("skipped", {}).items()})
+        if counts is not None:
+            counts[EMPTY_DROPPED] = counts.get(EMPTY_DROPPED, 0) + int(data.get(EMPTY_DROPPED, 0))
         yield from data["records"]
 
 
@@ -255,14 +271,15 @@ def assemble(
     skipped: dict[int, str] | None = None,
     *,
     keep_partial: bool = False,
+    counts: dict[str, int] | None = None,
 ) -> int:
     """Write the final segm and bbox files (``split_paths(out_path)``) from the chunk files and (unless
-    ``keep_partial``) remove them; returns the number of records."""
+    ``keep_partial``) remove them; returns the number of records (``counts``: see iter_final_records)."""
     count = 0
 
     def counted() -> Iterator[dict[str, Any]]:
         nonlocal count
-        for record in iter_final_records(partial_dir, chunks, skipped):
+        for record in iter_final_records(partial_dir, chunks, skipped, counts):
             count += 1
             yield record
 
@@ -324,6 +341,7 @@ def run_inference(
         on_start(sum(len(chunks[k]) for k in mine))
     for k in mine:
         skipped: dict[int, str] = {}
+        dropped = DropCount()
         records = run_chunk(
             predictor,
             chunks[k],
@@ -332,8 +350,10 @@ def run_inference(
             num_workers=num_workers,
             on_images=on_images,
             skipped=skipped,
+            dropped=dropped,
         )
         payload = {"image_ids": [item.image_id for item in chunks[k]], "records": records}
+        payload[EMPTY_DROPPED] = dropped.empty_masks
         if skipped:
             payload["skipped"] = {str(i): why for i, why in skipped.items()}
         atomic_write_json(partial_dir / f"rank{dist.rank}_{k}.json", payload, indent=None)
@@ -341,9 +361,11 @@ def run_inference(
     summary = InferenceSummary(0, 0, 0.0, len(chunks), len(done), len(mine), complete=False)
     summary.chunks_damaged = damaged
     if dist.is_main and len(finished_chunks(partial_dir)) == len(chunks):
+        counts: dict[str, int] = {}
         summary.detections = assemble(
-            partial_dir, chunks, out_path, summary.skipped, keep_partial=keep_partial
+            partial_dir, chunks, out_path, summary.skipped, keep_partial=keep_partial, counts=counts
         )
+        summary.empty_dropped = counts.get(EMPTY_DROPPED, 0)
         summary.images = len(items)
         summary.images_computed = sum(len(chunks[k]) for k in pending)
         summary.complete = True

@@ -42,12 +42,6 @@ class VisualizeResult:
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def newest_predictions(run: Any) -> Any | None:
-    """The newest segm predictions made for evaluation (pseudo-labelling's internal ones excluded)."""
-    found = [a for a in run.find("predictions", iou_type="segm") if a.meta.get("purpose") != PSEUDOLABEL]
-    return found[-1] if found else None
-
-
 def iter_predictions(path: Path) -> Iterator[dict[str, Any]]:
     """An LVIS results file, streamed; a ``X.segm.json`` whose ``X.bbox.json`` sibling exists is joined
     with it (tta-infer writes masks and boxes apart)."""
@@ -216,9 +210,26 @@ class _Inputs:
     info_json: Path | None  # the json the predictions were made on (image-info for a folder)
 
 
-def _resolve_inputs(run: Any, predictions: Path | None, gt: Path | None, image_root: Path | None) -> _Inputs:
-    """Predictions: given, else the run's newest for evaluation. Ground truth: given, else the json the
-    predictions were made on when it has annotations."""
+def default_predictions_for(run: Any, split: Path | None) -> Any | None:
+    """The run's default predictions (the one rule of :mod:`lvisctl.rundir.defaults`): the newest made on
+    ``split`` (the ``--images`` json or ``--gt``) when one is given, else the newest; printed."""
+    from lvisctl.rundir.defaults import DefaultChoice, announce, default_predictions
+
+    found = [a for a in run.find("predictions", iou_type="segm") if a.meta.get("purpose") != PSEUDOLABEL]
+    if split is not None:
+        return announce(default_predictions(run, split, found), "predictions").artifact
+    if not found:
+        return None
+    return announce(
+        DefaultChoice(found[-1], "newest predictions; --gt chooses a split"), "predictions"
+    ).artifact
+
+
+def _resolve_inputs(
+    run: Any, predictions: Path | None, gt: Path | None, image_root: Path | None, images: Path | None = None
+) -> _Inputs:
+    """Predictions: given, else the run's default (made on the ``--images`` json or ``--gt`` when given).
+    Ground truth: given, else the json the predictions were made on when it has annotations."""
     from lvisctl.data.lvis import load_lvis
 
     if predictions is not None and not Path(predictions).is_file():
@@ -226,7 +237,8 @@ def _resolve_inputs(run: Any, predictions: Path | None, gt: Path | None, image_r
             "is a folder, not a results file" if Path(predictions).is_dir() else "predictions file not found"
         )
         raise LvisctlError(f"{predictions}: {what}")
-    art = newest_predictions(run) if predictions is None else run.get(run.relative(predictions))
+    split = images if images is not None and images.is_file() else gt
+    art = default_predictions_for(run, split) if predictions is None else run.get(run.relative(predictions))
     if predictions is None and art is not None:
         predictions = run.resolve(art)
     info_json = Path(art.meta["gt"]) if art is not None and art.meta.get("gt") else None
@@ -266,7 +278,7 @@ def visualize(
             "(give --predictions or --gt to draw files from elsewhere)"
         )
     run = RunDir(run_dir)
-    src = _resolve_inputs(run, predictions, gt, image_root)
+    src = _resolve_inputs(run, predictions, gt, image_root, images)
     refs = _image_refs(images, src.gt, src.info_json, image_root)
     cats = dict(src.gt.categories) if src.gt is not None else _categories_of(src.info_json)
     names = {i: str(c.get("name", i)) for i, c in cats.items()}

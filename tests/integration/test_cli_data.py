@@ -73,6 +73,22 @@ def test_validate_summary(run_dir):
     assert ": valid" in result.output and re.search(rf"│ annotations\s+│\s+{n_ann} │", result.output)
 
 
+def test_validate_without_images_says_they_were_not_checked(run_dir, tmp_path):
+    """A json away from its images is not called "valid" outright; --images then fails (exit 2)."""
+    gt = tmp_path / "val.json"
+    gt.write_text((run_dir / "data" / "lvis_v1_val.json").read_text())
+    result = runner.invoke(app, ["data", "validate", str(gt)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # the table title wraps
+    title = f"{gt}: annotations valid; images not checked (none found under {tmp_path})"
+    assert title in text and f"{gt}: valid" not in text
+    skipped = runner.invoke(app, ["data", "validate", str(gt), "--no-images"])
+    assert "annotations valid; images not checked (--no-images)" in " ".join(skipped.output.split())
+    strict = runner.invoke(app, ["data", "validate", str(gt), "--images"])
+    assert strict.exit_code != 0 and isinstance(strict.exception, LvisctlError)
+    assert "not found under image root" in str(strict.exception)
+
+
 def test_validate_bad_file_exits_2_with_one_line(run_dir, tmp_path):
     raw = json.loads((run_dir / "data" / "lvis_v1_val.json").read_text())
     raw["annotations"][0]["category_id"] = 999

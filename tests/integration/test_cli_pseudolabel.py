@@ -194,7 +194,9 @@ def _oracle_run_chunk(lvis_json: dict, hidden: list[dict]):
             by_image[ann["image_id"]].append(({**ann, "category_id": img["neg_category_ids"][0]}, 0.97))
         by_image[ann["image_id"]].append((ann, 0.2))
 
-    def run_chunk(predictor, items, category_map, *, batch_size, num_workers, on_images=None, skipped=None):
+    def run_chunk(
+        predictor, items, category_map, *, batch_size, num_workers, on_images=None, skipped=None, dropped=None
+    ):
         records = []
         for item in items:
             img = images[item.image_id]

@@ -85,8 +85,9 @@ def test_resume_of_finished_run_is_a_no_op_and_fresh_train_refuses(tmp_path):
     first = train(cfg, tmp_path, **kw)
     again = train(cfg, tmp_path, resume=True, **kw)
     assert again.skipped and again.checkpoint == first.checkpoint
-    with pytest.raises(LvisctlError, match="already holds stage 1 checkpoints"):
+    with pytest.raises(LvisctlError, match="already holds stage 1 checkpoints") as err:
         train(cfg, tmp_path, **kw)
+    assert "--phase NAME for a new phase beside it (e.g. --phase stage1_st" in str(err.value)
     with pytest.raises(LvisctlError, match=r"config differs .*solver.max_iter: 4 -> 6"):
         train(tiny_config(**{"solver.max_iter": 6}), tmp_path, resume=True, **kw)
 

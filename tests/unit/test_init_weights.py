@@ -82,3 +82,73 @@ def test_a_stage1_of_another_head_type_is_refused_unless_partial_is_allowed():
     check_head_type(load_config(None, ["train.init_allow_partial=true"]), saved, "x.pt")
     check_head_type(load_config(None, ["model.roi_heads.type=htc"]), saved, "x.pt")
     check_head_type(standard, {"model": {"roi_heads": {}}}, "old.pt")  # before the key existed: standard
+
+
+def test_trained_heads_a_config_reshapes_stop_the_start_unless_partial_is_allowed():
+    """Stage 2 (gs_hm switches: BAGS, Eq. 1, balanced loss, boundary) on a stage 1 of other head widths:
+    the trainable box and mask heads the checkpoint has would be thrown away; stop with the keys named.
+    The classifier (its width set by BAGS) and new modules (the boundary head) may still start fresh."""
+    from lvisctl.engine.init_weights import changed_architecture
+    from tests.unit.test_model_core import TINY, tiny_model
+
+    stage1 = tiny_model("model.roi_heads.fc_dim=64", "model.mask_head.conv_dim=16").state_dict()
+    gs_hm = [
+        "model.roi_heads.cls_loss=bags",
+        "model.mask_head.level_assign=eq1",
+        "model.mask_head.boundary=true",
+    ]
+    wider = tiny_model(*gs_hm, "model.roi_heads.fc_dim=96", "model.mask_head.conv_dim=24")
+    changed = changed_architecture(
+        load_config(None, [*TINY, *gs_hm, "model.roi_heads.fc_dim=96", "model.mask_head.conv_dim=24"]),
+        load_config(None, [*TINY, "model.roi_heads.fc_dim=64", "model.mask_head.conv_dim=16"]).to_dict(),
+    )
+    assert changed == [
+        "model.roi_heads.fc_dim: 64 -> 96",
+        "model.mask_head.conv_dim: 16 -> 24",
+        "model.mask_head.boundary: False -> True",
+    ]
+    with pytest.raises(LvisctlError) as err:
+        load_init_weights(
+            wider, stage1, source="stage1_final.pt", frozen=["backbone", "rpn"], changed=changed
+        )
+    msg = str(err.value)
+    assert msg.startswith("stage1_final.pt: 12 trained tensors would be thrown away") and "\n" not in msg
+    assert "(model.roi_heads.fc_dim: 64 -> 96; model.mask_head.conv_dim: 16 -> 24;" in msg
+    assert "roi_heads.box_head.mlp.fc6.weight: (64, 1568) in the checkpoint, (96, 1568) in the model" in msg
+    assert "and 9 more" in msg and "train.init_allow_partial=true" in msg
+    report = load_init_weights(
+        wider, stage1, source="stage1_final.pt", frozen=["backbone", "rpn"], allow_partial=True
+    )
+    assert any(m.startswith("roi_heads.box_head") for m in report.fresh)
+    same = tiny_model(*gs_hm, "model.roi_heads.fc_dim=64", "model.mask_head.conv_dim=16")
+    report = load_init_weights(same, stage1, source="stage1_final.pt", frozen=["backbone", "rpn"])
+    assert not any(m.startswith(("roi_heads.box_head.fc", "roi_heads.mask_head.convs")) for m in report.fresh)
+    assert any("cls_score" in m for m in report.fresh)  # BAGS' classifier: reshaped by design
+
+
+def _stage1_checkpoint(run, *overrides: str, phase: str = "stage1", iteration: int = 1):
+    from lvisctl.engine.checkpoint import save_checkpoint
+
+    cfg = load_config(None, list(overrides))
+    state = {"model": {}, "config": cfg.to_dict(), "category_stats": {}, "stage": 1, "phase": phase}
+    return save_checkpoint(run, {**state, "iteration": iteration, "epoch": 0, "final": True})
+
+
+def test_finetune_bags_takes_the_test_settings_of_its_stage1_checkpoint(tmp_path):
+    """A stage 1 trained and tested at 128 px is fine-tuned with the stage-2 config (800 px by default):
+    the inference keys that config leaves at the default come from the checkpoint; set ones win."""
+    from lvisctl.config import CONFIG_ROOT
+    from lvisctl.engine.checkpoint import Phase
+    from lvisctl.engine.init_weights import prepare_config
+    from lvisctl.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    _stage1_checkpoint(run, "inference.scales=[128]", "inference.max_size=213", "inference.score_thresh=0.05")
+    recipe = CONFIG_ROOT / "stage2" / "finetune_bags.yaml"
+    cfg, notes, init = prepare_config(load_config(recipe), run, Phase(2, "finetune_bags"))
+    assert init is not None and list(cfg.inference.scales) == [128] and cfg.inference.max_size == 213
+    assert any(n.startswith("test settings taken from checkpoints/stage1_final.pt") for n in notes)
+    assert "inference.scales=[128]" in " ".join(notes)
+    chosen = load_config(recipe, ["inference.scales=[160]"])
+    cfg, _, _ = prepare_config(chosen, run, Phase(2, "finetune_bags"))
+    assert list(cfg.inference.scales) == [160] and cfg.inference.max_size == 213

@@ -225,4 +225,7 @@ def test_real_model_roi_masks_paste_to_its_default_output_and_predictor_rles_are
     old = Predictor(model, "cpu", scales=(64,), max_size=200)
     old.roi_masks = False  # the model's own paste at input size, then the resize (identity here)
     records = [detections_to_records(1, p.predict(image), cmap) for p in (new, old)]
-    assert records[0] == records[1] and len(records[0]) == len(roi["boxes"])
+    # empty masks are never written (an untrained model has many): every non-empty one is
+    non_empty = int((pasted["masks"][:, 0] > 0.5).flatten(1).any(1).sum())
+    assert 0 < non_empty < len(roi["boxes"])
+    assert records[0] == records[1] and len(records[0]) == non_empty

@@ -1,0 +1,122 @@
+"""No results file lvisctl writes holds an empty mask (issue 20, item 1): the predictor leaves the surely
+empty ones out before its per-image cap (a real detection takes the slot), the writer drops the rest and
+both are counted; ``ensemble`` drops its inputs' empty masks before fusing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from lvisctl.data.categories import CategoryMap
+from lvisctl.inference.postprocess import masks_to_rles, surely_empty
+from lvisctl.inference.predictor import Predictor
+from lvisctl.inference.results import DropCount, detections_to_records, is_empty_mask
+from tests.lvis_reference import rect_rle, write_json
+from tests.unit.test_predictor import FixedModel
+
+
+class EmptyTopModel(FixedModel):
+    """Four RoI-level detections: the best-scored mask is all below 0.5, the second's box lies outside
+    the image (the real model clamps boxes, but a mask threshold can still empty it), two real ones."""
+
+    def forward(self, images, paste_masks=True):
+        outs = []
+        for img in images:
+            h, w = img.shape[-2:]
+            probs = torch.full((4, 1, 28, 28), 0.9)
+            probs[0] = 0.3  # nothing above the threshold
+            outs.append(
+                {
+                    "boxes": torch.tensor(
+                        [[2.0, 2.0, 20, 20], [w + 5.0, 0, w + 9, 6], [4.0, 4, 24, 24], [10.0, 10, 30, 30]]
+                    ),
+                    "scores": torch.tensor([0.95, 0.9, 0.8, 0.7]),
+                    "labels": torch.tensor([1, 2, 1, 3]),
+                    "mask_probs": probs,
+                }
+            )
+        return outs
+
+
+def test_surely_empty_implies_an_empty_pasted_mask():
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.rand((60, 1, 28, 28), generator=gen) * torch.rand((60, 1, 1, 1), generator=gen)
+    xy = torch.rand((60, 2), generator=gen) * 120 - 30
+    boxes = torch.cat([xy, xy + torch.rand((60, 2), generator=gen) * 30], dim=1)
+    flagged = surely_empty(probs, boxes, (64, 80), 0.5)
+    empty = torch.tensor([is_empty_mask(r) for r in masks_to_rles(probs, boxes, (64, 80), 0.5)])
+    assert flagged.any() and bool((flagged & ~empty).sum() == 0)  # sufficient: never flags a real mask
+
+
+def test_predictor_leaves_empty_masks_out_before_its_cap():
+    predictor = Predictor(EmptyTopModel(), "cpu", scales=(40,), detections_per_image=2)
+    dets = predictor.predict(torch.rand(3, 40, 60))
+    assert dets["scores"].tolist() == [0.800000011920929, 0.699999988079071]  # both real ones kept
+    assert predictor.empty_dropped == 2
+    records = detections_to_records(1, dets, CategoryMap([5, 6, 7]))
+    assert len(records) == 2 and not any(is_empty_mask(r["segmentation"]) for r in records)
+
+
+def test_writer_drops_and_counts_the_empty_masks_it_meets():
+    masks = torch.zeros((3, 32, 32), dtype=torch.bool)
+    masks[0, 4:10, 4:10] = True
+    masks[2, 0:3, 0:3] = True
+    dets = {
+        "boxes": torch.tensor([[4.0, 4, 10, 10], [1.0, 1, 9, 9], [0.0, 0, 3, 3]]),
+        "scores": torch.tensor([0.9, 0.8, 0.7]),
+        "labels": torch.tensor([1, 1, 2]),
+        "masks": masks,
+    }
+    dropped = DropCount()
+    records = detections_to_records(3, dets, CategoryMap([10, 20]), dropped)
+    assert [r["score"] for r in records] == [0.8999999761581421, 0.699999988079071]
+    assert dropped.empty_masks == 1
+
+
+def test_ensemble_drops_empty_input_masks_before_the_cap(tmp_path):
+    from lvisctl.inference.ensemble import ensemble_to_run_dir
+
+    def rec(score, box, rle):
+        return {"image_id": 1, "category_id": 1, "score": score, "bbox": box, "segmentation": rle}
+
+    empty = {"size": [48, 48], "counts": rect_rle(0, 0, 0, 0, 48, 48)["counts"]}
+    full = [
+        rec(0.99, [0.0, 0.0, 8.0, 8.0], empty),
+        rec(0.5, [20.0, 20.0, 10.0, 10.0], rect_rle(20, 20, 10, 10, 48, 48)),
+    ]
+    segm = write_json(tmp_path / "a.segm.json", [{k: v for k, v in r.items() if k != "bbox"} for r in full])
+    write_json(tmp_path / "a.bbox.json", [{k: v for k, v in r.items() if k != "segmentation"} for r in full])
+    outcome = ensemble_to_run_dir([segm], tmp_path / "out.json", detections_per_image=1)
+    written = json.loads((tmp_path / "out.segm.json").read_text())
+    assert len(written) == 1 and not is_empty_mask(written[0]["segmentation"])
+    assert np.isclose(written[0]["score"], 0.5) and outcome.empty_dropped == 1
+
+
+def test_real_model_refills_the_slots_of_empty_masks(monkeypatch):
+    """lvisctl's (untrained, so many masks are empty) model is asked for a margin above the cap: the
+    surely-empty masks give their slots to real detections, and the model's cap is restored after."""
+    import contextlib
+
+    import lvisctl.inference.predictor as predictor_mod
+    from tests.unit.test_model_core import tiny_model
+
+    cap = 120
+    torch.manual_seed(0)
+    model = tiny_model("inference.score_thresh=0.0", f"inference.detections_per_image={cap}").eval()
+    image = torch.rand(3, 64, 96)
+    cmap = CategoryMap(range(10, 14))
+
+    def written() -> list[dict]:
+        pred = Predictor(model, "cpu", scales=(64,), max_size=200, detections_per_image=cap)
+        return detections_to_records(1, pred.predict(image), cmap)
+
+    refilled = written()
+    assert model.roi_heads.post.detections_per_img == cap  # restored
+    monkeypatch.setattr(predictor_mod, "candidate_margin", lambda *a, **k: contextlib.nullcontext())
+    plain = written()  # no margin: the model's own top-k binds, empty masks leave holes
+    assert len(plain) < len(refilled) <= cap
+    key = {(r["category_id"], tuple(r["bbox"])) for r in refilled}
+    assert {(r["category_id"], tuple(r["bbox"])) for r in plain} <= key
+    assert not any(is_empty_mask(r["segmentation"]) for r in refilled)
