@@ -19,7 +19,7 @@ def test_one_upload_per_image_for_every_pass(monkeypatch, tta):
     model = FixedModel()
     if tta:
         predictor = TTAPredictor(
-            model, "cpu", TTASettings(scales=(30, 60), max_size=1333, **OFF), torch.ones(4)
+            model, "cpu", TTASettings(scales=(30, 60), max_size=1333, flip=True, **OFF), torch.ones(4)
         )
     else:
         predictor = Predictor(model, "cpu", scales=(30, 45, 60))
