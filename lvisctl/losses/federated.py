@@ -16,9 +16,9 @@ this loss never trains and inference drops; it is left out here (K outputs).
 
 Differences from detectron2, for reproducibility and small data sets:
 
-* the draw uses this module's own ``torch.Generator`` (on the CPU, seeded from the run's seed) instead of
-  the global RNG, and its state is saved in the module's state dict (``_extra_state``), so a resumed run
-  draws the same classes as an uninterrupted one;
+* the draw uses a CPU ``torch.Generator`` seeded from the run's seed instead of the global RNG, and its
+  state is the persistent buffer ``generator_state`` (saved in checkpoints), so a resumed run draws the same
+  classes as an uninterrupted one;
 * when fewer classes with a non-zero weight are left than are asked for, all of them are taken
   (detectron2's ``torch.multinomial`` would raise; on LVIS's 1,203 classes this never happens).
 """
@@ -55,8 +55,12 @@ class FederatedLoss(SigmoidBCELoss):
         self.num_fed_classes = int(num_fed_classes)
         # Derived from the annotation file, so not saved (as EQL's tail mask).
         self.register_buffer("fed_weights", weights, persistent=False)
-        self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(int(seed))
+        # The draw's generator state lives in a persistent uint8 buffer (the single source of truth): it is
+        # saved with the model as a plain tensor (weights_only loads, shape-matched init) and resume draws
+        # exactly what an uninterrupted run would.
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(int(seed))
+        self.register_buffer("generator_state", generator.get_state())
 
     def fed_classes(self, labels: Tensor) -> Tensor:
         """detectron2's ``get_fed_loss_classes`` on its indices (class l -> l - 1, background -> K)."""
@@ -71,8 +75,15 @@ class FederatedLoss(SigmoidBCELoss):
         wanted = min(self.num_fed_classes - len(unique), int((prob > 0).sum()))
         if wanted == 0:
             return unique
-        sampled = torch.multinomial(prob, wanted, replacement=False, generator=self.generator)
-        return torch.cat([unique, sampled.to(unique.device)])
+        return torch.cat([unique, self.draw(prob, wanted).to(unique.device)])
+
+    def draw(self, prob: Tensor, count: int) -> Tensor:
+        """``count`` classes without replacement, P ~ ``prob``, from the saved generator state."""
+        generator = torch.Generator(device="cpu")
+        generator.set_state(self.generator_state.cpu())
+        sampled = torch.multinomial(prob, count, replacement=False, generator=generator)
+        self.generator_state.copy_(generator.get_state())
+        return sampled
 
     def class_mask(self, labels: Tensor) -> Tensor:
         """[K] 1.0 for the federated foreground classes of this batch."""
@@ -89,10 +100,3 @@ class FederatedLoss(SigmoidBCELoss):
 
     def forward(self, cls_score: Tensor, labels: Tensor, weights: Tensor | None = None) -> Tensor:
         return self.loss(cls_score, labels, weights)
-
-    def get_extra_state(self) -> dict[str, Tensor]:
-        # A uint8 tensor: saved with the model and loadable with torch.load(weights_only=True).
-        return {"generator": self.generator.get_state()}
-
-    def set_extra_state(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"])

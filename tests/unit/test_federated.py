@@ -92,6 +92,9 @@ def test_seeded_and_resumable():
     assert all(torch.equal(x, b.fed_classes(labels)) for x in first)
     other = FederatedLoss(np.ones(40), num_fed_classes=5, seed=4)
     assert not all(torch.equal(x, other.fed_classes(labels)) for x in first)
+    # plain tensors only, so shape-matched loading (engine.init_weights) and weights_only loads handle it
+    assert all(isinstance(v, torch.Tensor) for v in a.state_dict().values())
+    assert list(a.state_dict()) == ["generator_state"]
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
