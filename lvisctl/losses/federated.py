@@ -11,8 +11,9 @@ Follows detectron2's ``FastRCNNOutputLayers`` with ``use_fed_loss=True`` (``mode
 * loss = sum over proposals and the federated foreground classes of sigmoid BCE, divided by the number
   of proposals (lvisctl's weighted mean; the plain mean with no per-proposal weights).
 
-Test-time activation: sigmoid per class. detectron2's classifier has a K + 1-th (background) column that
-this loss never trains and inference drops; it is left out here (K outputs).
+Test-time activation: sigmoid per class. Classifier init as detectron2: weight ~ N(0, 0.01), bias 0.
+detectron2's classifier has a K + 1-th (background) column that this loss never trains and inference
+drops; it is left out here (K outputs).
 
 Differences from detectron2, for reproducibility and small data sets:
 
@@ -28,9 +29,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from lvisctl.losses.classification import SigmoidBCELoss, weighted_mean
+from lvisctl.losses.classification import ClassificationLoss, SigmoidBCELoss, weighted_mean
 
 FED_LOSS_NUM_CLASSES = 50
 FED_LOSS_FREQ_WEIGHT_POWER = 0.5
@@ -61,6 +62,11 @@ class FederatedLoss(SigmoidBCELoss):
         generator = torch.Generator(device="cpu")
         generator.manual_seed(int(seed))
         self.register_buffer("generator_state", generator.get_state())
+
+    def init_classifier(self, linear: nn.Linear) -> None:
+        # detectron2's FastRCNNOutputLayers: weight ~ N(0, 0.01), bias 0, also with sigmoid CE / federated
+        # loss (unlike the RetinaNet prior of lvisctl's plain sigmoid baseline).
+        ClassificationLoss.init_classifier(self, linear)
 
     def fed_classes(self, labels: Tensor) -> Tensor:
         """detectron2's ``get_fed_loss_classes`` on its indices (class l -> l - 1, background -> K)."""

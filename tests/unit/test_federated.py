@@ -102,3 +102,10 @@ def test_seeded_and_resumable():
     resumed.load_state_dict(torch.load(buf, weights_only=True))
     for _ in range(3):
         assert torch.equal(a.fed_classes(labels), resumed.fed_classes(labels))
+
+
+def test_classifier_init_as_detectron2():
+    linear = torch.nn.Linear(1024, 4)
+    FederatedLoss([5, 5, 5, 5]).init_classifier(linear)
+    assert torch.equal(linear.bias.detach(), torch.zeros(4))  # detectron2: bias 0 even with sigmoid CE
+    assert linear.weight.std().item() == pytest.approx(0.01, rel=0.1)
