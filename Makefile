@@ -46,7 +46,8 @@ test-min:
 LVISCTL_WHEELS ?=
 test-integrations: install
 	$(BIN)/python -m pip install -q --only-binary=:all: -c $(CONSTRAINTS) $(if $(LVISCTL_WHEELS),--find-links $(LVISCTL_WHEELS)) -e '.[mmdet]'
-	$(BIN)/python -m pytest -q tests/integration/test_mmdet_integration.py tests/unit/test_integrations_detectron2.py
+	$(BIN)/python -m pytest -q tests/integration/test_mmdet_integration.py tests/unit/test_integrations_detectron2.py \
+		tests/integration/test_mmdet_seesaw.py
 
 # A folder of wheels for a GPU machine without a package registry that already has torch, torchvision, timm,
 # numpy, typer and rich (and so pillow, pyyaml, filelock, packaging, jinja2): what benchmarks/gpu_check.sh
