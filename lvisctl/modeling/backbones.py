@@ -288,9 +288,7 @@ def build_trunk(bcfg) -> nn.Module:
         groups = trunk.stage_modules()
     else:
         if str(bcfg.weights or "").strip() and not is_none(bcfg.weights):
-            raise LvisctlError(
-                "model.backbone.weights: the tiny backbone has no ImageNet weights; say none"
-            )
+            raise LvisctlError("model.backbone.weights: the tiny backbone has no ImageNet weights; say none")
         trunk = _tiny_trunk(int(bcfg.tiny_width), norm)
         weights_note = ""
         groups = [[trunk.stem], *[[s] for s in trunk.stages]]
