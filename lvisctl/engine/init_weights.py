@@ -159,7 +159,10 @@ def scratch_backbone(cfg: Config, *, has_init: bool) -> tuple[Config, str | None
     ``freeze_at`` would freeze random convolutions. Returns the config and the one line to print."""
     backbone = cfg.model.backbone
     spec = str(backbone.weights or "").strip()
-    if has_init or (spec and not is_none(spec)):
+    if has_init:
+        return cfg, None
+    if spec and not is_none(spec):
+        resolve_weights(spec)  # fetch into the cache (or say what to place) before the data loads
         return cfg, None
     if not spec and backbone.name != "tiny":  # no paper row trains a resnet/resnest from scratch
         resolve_weights(spec)  # raises the one line: name the weights or say none

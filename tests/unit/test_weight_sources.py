@@ -124,3 +124,11 @@ def test_paper_stage1_configs_name_their_imagenet_weights():
     assert (
         load_config("stage1/htc_s200_da_eql_rfs_tricks_st_ib").model.backbone.weights == "timm://resnest200e"
     )
+
+
+def test_a_training_start_resolves_named_weights_before_anything_loads(tmp_path):
+    cfg = load_config(None, ["model.backbone.weights=torchvision://resnet50"])
+    with pytest.raises(LvisctlError, match="resnet50-0676ba61.pth"):  # offline, not cached
+        scratch_backbone(cfg, has_init=False)
+    kept, note = scratch_backbone(cfg, has_init=True)  # stage 2: weights come from the checkpoint
+    assert note is None and kept.model.backbone.weights == "torchvision://resnet50"
