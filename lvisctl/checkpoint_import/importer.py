@@ -277,6 +277,7 @@ def import_checkpoint(
     """Import ``source`` into ``run_dir`` as ``checkpoints/stage1_final.pt`` (see the module docstring)."""
     from lvisctl.engine.checkpoint import checkpoint_relpath, save_checkpoint
     from lvisctl.modeling.build import build_model
+    from lvisctl.modeling.weight_sources import without_backbone_weights
     from lvisctl.rundir import atomic_write_json, sha256_file
 
     path = Path(source).expanduser()
@@ -293,7 +294,7 @@ def import_checkpoint(
     stats, target_desc = target_categories(cfg, run)
     keep = classes_match(mapped.classes, stats)
     torch.manual_seed(int(cfg.seed))  # re-initialised layers are reproducible
-    model = build_model(cfg, stats)
+    model = build_model(without_backbone_weights(cfg), stats)  # the checkpoint fills every weight
     state, groups, unused_mapped = fill_state(model.state_dict(), mapped, keep, path)
     model.load_state_dict(state)  # strict: every key of the model is in ``state``
     unused_source = sorted(k for k in tensors if k.removeprefix("module.") not in mapped.used)

@@ -65,7 +65,7 @@ def masks(
         if not found:
             raise LvisctlError(f"{run.manifest_path}: no val dataset recorded; pass --images FILE")
         images = run.resolve(found[-1])
-    with ImagesProgress() as progress:
+    with ImagesProgress("analyze masks") as progress:
         analyses = run_analyze_masks(
             run,
             ckpts,

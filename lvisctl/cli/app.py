@@ -64,7 +64,14 @@ def _root(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point; the console also goes to ``RUN/logs/<command>_<phase>.log``."""
+    from lvisctl.cli._console_log import console_log
+
+    with console_log(sys.argv[1:], typer.main.get_command(app)):
+        _run()
+
+
+def _run() -> None:
     try:
         app()
     except LvisctlError as err:

@@ -1,4 +1,4 @@
-"""``lvisctl data``: make synthetic LVIS, print dataset statistics, validate LVIS files."""
+"""``lvisctl data``: make synthetic LVIS, print dataset statistics, validate LVIS files, convert COCO."""
 
 from __future__ import annotations
 
@@ -228,6 +228,39 @@ def _validate_table(file: Path, data, checked: bool, decoded: bool, *, skipped: 
         status = f"not checked ({why}; --images requires them)"
     table.add_row("image files", status)
     return table
+
+
+@data_app.command("convert")
+def convert(
+    src: Path = typer.Argument(..., help="The json to convert (a COCO instances file)."),
+    out: Path = typer.Argument(..., help="The LVIS json to write."),
+    source_format: str = typer.Option(..., "--from", help="Format of SRC: coco."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT (and OUT's .crowd.json)."),
+) -> None:
+    """Convert a COCO instances json to LVIS: empty neg / not-exhaustive lists, r/c/f from image counts
+    (1-10 / 11-100 / >100 images), crowd regions as ignore boxes (OUT's .crowd.json, for
+    data.pseudo_labels)."""
+    from lvisctl.data.convert import convert_coco
+
+    if source_format != "coco":
+        raise LvisctlError(f"--from: unknown format {source_format!r} (supported: coco)")
+    report = convert_coco(src, out, overwrite=overwrite)
+    freq = "/".join(str(report.frequencies.get(t, 0)) for t in "rcf")
+    console.print(
+        f"wrote {report.out}: {report.images} images, {report.annotations} annotations, "
+        f"categories r/c/f {freq}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    if report.crowd_out is not None:
+        console.print(
+            f"wrote {report.crowd_out}: {report.crowd} crowd regions as ignore boxes "
+            f"(train with data.pseudo_labels={report.crowd_out})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def register(app: typer.Typer) -> None:

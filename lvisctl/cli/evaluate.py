@@ -103,7 +103,8 @@ def metrics_table(metrics: dict):
     columns = [(t, metrics[t]) for t in ("segm", "bbox") if t in metrics]
     for name in ("boundary", "fixed"):
         columns += [(f"{name} {t}", m) for t, m in metrics.get(name, {}).items()]
-    table = Table(title="LVIS v1 metrics (%)")
+    version = metrics.get("scored", {}).get("lvis_version", "v1")  # what the gt file is
+    table = Table(title=f"LVIS {version} metrics (%)")
     table.add_column("metric")
     for label, _ in columns:
         table.add_column(label, justify="right")

@@ -87,7 +87,7 @@ def pseudolabel_command(
 
     source, extra = _source(source, mode)
     thresholds = ScoreThresholds.parse(score_thresh)
-    with ImagesProgress() as progress:
+    with ImagesProgress("pseudolabel") as progress:
         try:
             outcome = make_pseudo_labels(
                 run_dir,

@@ -96,7 +96,7 @@ def tta_infer_command(
 
     scale_list = parse_scales(scales) if scales is not None else None
     images, image_root = images_for_run(run_dir, images, image_root, image_list, checkpoint)
-    with ImagesProgress() as progress:
+    with ImagesProgress("tta-infer") as progress:
         try:
             outcome = predict_to_run_dir(
                 run_dir,

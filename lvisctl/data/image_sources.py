@@ -371,10 +371,12 @@ def plan_source(
     if image_list is not None:
         raise LvisctlError(f"{image_list}: --image-list goes with a folder of images, not with {source}")
     _, images = _json_entries(source)
-    from lvisctl.data.lvis import image_relpath
+    from lvisctl.data.formats import find_image
 
     root = (image_root or source.parent).expanduser().resolve()
-    return _unique_ids((image_relpath(r), r) for r in images), root, _name(source)
+    # coco_url's split folder first, then file_name (COCO-2014 prefix dropped): whichever exists
+    rels = (find_image(root, r).relative_to(root).as_posix() for r in images)
+    return _unique_ids(zip(rels, images, strict=True)), root, _name(source)
 
 
 def _name(path: Path) -> str:

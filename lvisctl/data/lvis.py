@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from lvisctl.data.categories import CategoryStats
+from lvisctl.data.formats import find_image, image_relpaths, refuse_coco
 from lvisctl.errors import LvisctlError, raise_problems
 
 ANNOTATION_KEYS = ("id", "image_id", "category_id", "segmentation", "area", "bbox")
@@ -55,8 +56,9 @@ class LvisData:
     image_root_source: str = "the json's folder"  # what set image_root, for "image not found" messages
 
     def image_path(self, image_id: int) -> Path:
-        """Where the image file lives, resolved as detectron2 does."""
-        return self.image_root / image_relpath(self.images[image_id])
+        """Where the image file lives: ``coco_url`` as detectron2, then ``file_name`` as mmdet
+        (:mod:`lvisctl.data.formats`)."""
+        return find_image(self.image_root, self.images[image_id])
 
     def image_hw(self, image_id: int) -> tuple[int, int]:
         """The json's ``(height, width)`` of an image (what its file must decode to)."""
@@ -109,10 +111,9 @@ def resolve_image_root(data_cfg: Any = None, *, option: str | Path | None = None
 
 
 def image_relpath(image: dict) -> str:
-    """``file_name`` when present, else the last two parts of ``coco_url`` (``train2017/000...139.jpg``)."""
-    if image.get("file_name"):
-        return str(image["file_name"])
-    return "/".join(str(image["coco_url"]).split("/")[-2:])
+    """The preferred place of an image under the root: the last two parts of ``coco_url``
+    (``train2017/000...139.jpg``), else ``file_name`` (COCO-2014 prefix dropped); see ``formats``."""
+    return image_relpaths(image)[0]
 
 
 # ---------------------------------------------------------------------------------------- masks
@@ -275,6 +276,8 @@ def _load_unchecked(
     with open(path, encoding="utf-8-sig") as fh:
         other = _StreamParser(fh, path).parse_object(handlers)
     has_annotations = "annotations" in other["_seen"]
+    if has_annotations:
+        refuse_coco(path, categories, images)
     for key in ("images", "categories"):
         if key not in other["_seen"]:
             problems.append(f"missing top-level key '{key}'")

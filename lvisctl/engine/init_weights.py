@@ -35,6 +35,7 @@ from lvisctl.config.loader import apply_aliases
 from lvisctl.data.categories import CategoryStats
 from lvisctl.engine import checkpoint as ckpt_io
 from lvisctl.errors import LvisctlError
+from lvisctl.modeling.weight_sources import is_none, resolve_weights, without_backbone_weights
 from lvisctl.rundir import Artifact, RunDir
 
 # Below this fraction of the model's tensors, an init_from checkpoint is "a different model".
@@ -181,8 +182,14 @@ def scratch_backbone(cfg: Config, *, has_init: bool) -> tuple[Config, str | None
     trainable norms and no frozen stages: frozen BatchNorm would freeze random statistics, and
     ``freeze_at`` would freeze random convolutions. Returns the config and the one line to print."""
     backbone = cfg.model.backbone
-    if has_init or str(backbone.weights or ""):
+    spec = str(backbone.weights or "").strip()
+    if has_init:
         return cfg, None
+    if spec and not is_none(spec):
+        resolve_weights(spec)  # fetch into the cache (or say what to place) before the data loads
+        return cfg, None
+    if not spec and backbone.name != "tiny":  # no paper row trains a resnet/resnest from scratch
+        resolve_weights(spec)  # raises the one line: name the weights or say none
     changes = []
     out = cfg.to_dict()
     if backbone.norm == "frozen_bn":
@@ -191,7 +198,7 @@ def scratch_backbone(cfg: Config, *, has_init: bool) -> tuple[Config, str | None
     if int(backbone.freeze_at) > 0:
         out["model"]["backbone"]["freeze_at"] = 0
         changes.append(f"model.backbone.freeze_at=0 instead of {int(backbone.freeze_at)}")
-    note = "no pretrained weights (model.backbone.weights is empty): the trunk trains from scratch"
+    note = f"no pretrained weights (model.backbone.weights={spec or 'none'}): the trunk trains from scratch"
     return Config.wrap(out), note + (f" ({'; '.join(changes)})" if changes else "")
 
 
@@ -334,11 +341,7 @@ class StartingPoint:
 def model_build_config(cfg: Config, from_checkpoint: bool) -> Config:
     """The config the model is built from: a model whose weights all come from a checkpoint does not
     read the ImageNet trunk file (it may not even exist where stage 2 runs)."""
-    if not from_checkpoint or not str(cfg.model.backbone.weights or ""):
-        return cfg
-    out = cfg.to_dict()
-    out["model"]["backbone"]["weights"] = ""
-    return Config.wrap(out)
+    return without_backbone_weights(cfg) if from_checkpoint else cfg
 
 
 def init_source(cfg: Config, run: RunDir, phase: ckpt_io.Phase) -> Artifact | Path | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -113,6 +114,16 @@ class LvisGroundTruth:
     coco: Any
     table: ImageTable
     categories: dict[int, dict[str, Any]]  # id -> {"name", "frequency"}
+    version: str = "v1"  # "v0.5" or "v1" (:func:`lvis_version`)
+
+
+def lvis_version(num_categories: int, first_file_name: str) -> str:
+    """LVIS v0.5 has 1230 categories and COCO-2014 file names (``COCO_val2014_...jpg``); v1 has 1203
+    and ``coco_url`` only. (The same rule as ``data.formats.lvis_version``, which evaluation may not
+    import: it depends on nothing but rundir/errors.)"""
+    if num_categories == 1230 or re.match(r"^COCO_[a-z]+2014_", first_file_name):
+        return "v0.5"
+    return "v1"
 
 
 def load_ground_truth(path: str | os.PathLike[str]) -> LvisGroundTruth:
@@ -135,6 +146,11 @@ def load_ground_truth(path: str | os.PathLike[str]) -> LvisGroundTruth:
             f"{p}: has no annotations (an image-info file?); evaluate against the split's annotation file"
         )
     bad_freq = [c for c, rec in cats.items() if rec.get("frequency") not in ("r", "c", "f")]
+    if len(bad_freq) == len(cats) and not any("frequency" in rec for rec in cats.values()):
+        raise LvisctlError(
+            f"{p}: this is a COCO file (no LVIS frequencies); convert it with "
+            f"`lvisctl data convert --from coco {p} OUT.json`"
+        )
     if bad_freq:
         raise LvisctlError(
             f"{p}: {len(bad_freq)} categories lack an r/c/f 'frequency' (e.g. id {bad_freq[0]}); "
@@ -146,8 +162,10 @@ def load_ground_truth(path: str | os.PathLike[str]) -> LvisGroundTruth:
         path=str(p),
     )
     categories = {c: {"name": str(r.get("name", c)), "frequency": r["frequency"]} for c, r in cats.items()}
+    first_name = str(next(iter(imgs.values())).get("file_name") or "")
+    version = lvis_version(len(cats), first_name)
     coco = _drop_zero_area_gt(coco)  # GT of area 0 is neither a positive nor a match target in lvis-api
-    return LvisGroundTruth(coco=coco, table=table, categories=categories)
+    return LvisGroundTruth(coco=coco, table=table, categories=categories, version=version)
 
 
 @dataclass

@@ -334,7 +334,7 @@ def run_evaluate(
         metrics["bbox_minus_segm"] = {"AP": gap}
     for name, per in extra.items():
         metrics[name] = {t: m.metrics for t, m in per.items()}
-    metrics[SCORED_KEY] = scored_record(sources, gt_path, boxes)
+    metrics[SCORED_KEY] = {**scored_record(sources, gt_path, boxes), "lvis_version": ground.version}
     outcome = EvaluationOutcome(
         metrics=metrics, by_type=by_type, extras=extra, notes=notes, categories=ground.categories
     )

@@ -323,10 +323,11 @@ def model_from_checkpoint(
     ``config`` defaults to :func:`checkpoint_config` of ``ckpt`` and ``overrides``.
     """
     from lvisctl.modeling.build import build_model
+    from lvisctl.modeling.weight_sources import without_backbone_weights
 
     config = checkpoint_config(ckpt, overrides) if config is None else config
     stats = CategoryStats.from_dict(ckpt["category_stats"])
-    model = build_model(config, stats)
+    model = build_model(without_backbone_weights(config), stats)  # every weight is in the checkpoint
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:

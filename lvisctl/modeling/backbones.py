@@ -6,8 +6,9 @@
   optionally with DCN in the split-attention convs of stages 3-5.
 * ``tiny``: a 4-stage BasicBlock ResNet with a configurable base width, for CPU runs trained from scratch.
 
-Nothing is downloaded (``pretrained=False`` everywhere): ImageNet weights come from a local file
-(``model.backbone.weights``), loaded *before* norm layers are frozen so FrozenBN gets the file's statistics.
+The libraries never download on their own (``pretrained=False`` everywhere): ImageNet weights come from
+``model.backbone.weights`` (``torchvision://NAME``, ``timm://TAG``, a local file, or ``none``; resolved by
+``weight_sources``), loaded *before* norm layers are frozen so FrozenBN gets the file's statistics.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.ops import DeformConv2d, FrozenBatchNorm2d
 
 from lvisctl.errors import LvisctlError
+from lvisctl.modeling.weight_sources import is_none, resolve_weights
 
 TORCHVISION_RESNETS = {"resnet18": 18, "resnet50": 50, "resnet101": 101}
 # ResNeXt-101 as mmdet's X-101-32x4d / 64x4d (torchvision's Bottleneck with groups and width per group)
@@ -188,7 +190,7 @@ def load_backbone_weights(module: nn.Module, path: str, name: str) -> str:
     if not file.is_file():
         raise LvisctlError(f"{file}: backbone weights file not found (model.backbone.weights)")
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = _read_state(file)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
         raise LvisctlError(f"{file}: cannot read backbone weights ({type(err).__name__})") from None
     if isinstance(state, dict):
@@ -217,6 +219,23 @@ def load_backbone_weights(module: nn.Module, path: str, name: str) -> str:
     kept += [f"{counters} BatchNorm step counters"] if counters else []
     line = f"{file}: loaded {len(state)} of {len(own)} backbone tensors ({name})"
     return line + (f"; left at their initialisation: {', '.join(kept)}" if kept else "")
+
+
+def _read_state(file: Path) -> object:
+    if file.suffix == ".safetensors":  # timm's Hugging Face files (no pickle at all)
+        from safetensors.torch import load_file
+
+        return load_file(str(file), device="cpu")
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def _load_named(module: nn.Module, spec: str, name: str) -> str:
+    """Load what ``model.backbone.weights`` names; "" (a model whose weights come from a checkpoint, see
+    ``engine.init_weights.model_build_config``) and ``none`` load nothing."""
+    if not str(spec or "").strip() or is_none(spec):
+        return ""
+    file = resolve_weights(spec)
+    return load_backbone_weights(module, str(file), name) if file is not None else ""
 
 
 def _freeze(modules: list[list[nn.Module]], freeze_at: int) -> None:
@@ -250,7 +269,7 @@ def build_trunk(bcfg) -> nn.Module:
         raise LvisctlError("model.backbone.stride_in_1x1: only the resnet / resnext backbones have it")
     if name in TORCHVISION_RESNETS or name in RESNEXTS:
         model = _torchvision_resnet(name, norm, dcn, bool(bcfg.get("stride_in_1x1", False)))
-        weights_note = load_backbone_weights(model, bcfg.weights, name) if bcfg.weights else ""
+        weights_note = _load_named(model, bcfg.weights, name)
         trunk = _resnet_trunk(model)
         groups = [[trunk.stem], *[[s] for s in trunk.stages]]
     elif name in TIMM_RESNESTS:
@@ -264,14 +283,12 @@ def build_trunk(bcfg) -> nn.Module:
             norm_layer="groupnorm" if norm == "gn" else "batchnorm2d",  # timm's names (32 groups)
         )
         _resnest_dcn(model, dcn)
-        weights_note = load_backbone_weights(model, bcfg.weights, name) if bcfg.weights else ""
+        weights_note = _load_named(model, bcfg.weights, name)
         trunk = TimmTrunk(model)
         groups = trunk.stage_modules()
     else:
-        if bcfg.weights:
-            raise LvisctlError(
-                "model.backbone.weights: the tiny backbone has no ImageNet weights; leave it empty"
-            )
+        if str(bcfg.weights or "").strip() and not is_none(bcfg.weights):
+            raise LvisctlError("model.backbone.weights: the tiny backbone has no ImageNet weights; say none")
         trunk = _tiny_trunk(int(bcfg.tiny_width), norm)
         weights_note = ""
         groups = [[trunk.stem], *[[s] for s in trunk.stages]]

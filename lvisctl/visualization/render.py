@@ -90,6 +90,7 @@ def _image_refs(
 ) -> dict[int, ImageRef]:
     """Image id -> file, from ``--images`` (folder or json), else the ground truth, else the image-info
     json the predictions were made on."""
+    from lvisctl.data.formats import find_image
     from lvisctl.data.image_sources import plan_source
     from lvisctl.data.lvis import image_relpath, load_lvis
 
@@ -105,8 +106,7 @@ def _image_refs(
         raise LvisctlError("visualize: no images: give --images FILE|DIR or --gt FILE")
     root = image_root or _recorded_root(source) or source.image_root
     return {
-        i: ImageRef(i, Path(root) / image_relpath(img), image_relpath(img))
-        for i, img in source.images.items()
+        i: ImageRef(i, find_image(Path(root), img), image_relpath(img)) for i, img in source.images.items()
     }
 
 

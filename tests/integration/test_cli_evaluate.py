@@ -239,6 +239,7 @@ def test_run_dir_never_scores_pseudolabel_predictions(tmp_path, capsys, monkeypa
         "results": {"segm": {"path": str(Path(val).resolve()), "sha256": run.find("predictions")[0].sha256}},
         "gt": str(Path(gt).resolve()),
         "gt_sha256": sha256_file(gt),
+        "lvis_version": "v1",
     }
     assert metrics["segm"] == pytest.approx(lvis_api_metrics(gt, val, "segm"), abs=1e-9)
     assert metrics["segm"]["AP"] != pytest.approx(lvis_api_metrics(gt, pseudo, "segm")["AP"])

@@ -79,7 +79,9 @@ def test_train_stage1_writes_checkpoints_config_plot_and_tensorboard(tmp_path, t
 def test_bad_override_and_missing_data_are_one_line_errors(tmp_path):
     code, out = lvisctl("train", "--run-dir", tmp_path / "r1", "solver.bse_lr=0.1")
     assert code == 2 and "unknown config key solver.bse_lr (did you mean solver.base_lr?)" in out
-    code, out = lvisctl("train", "--run-dir", tmp_path / "r2", "device=cpu")
+    code, out = lvisctl("train", "--run-dir", tmp_path / "r2", "device=cpu")  # the base resnet50, no weights
+    assert code == 2 and "model.backbone.weights: empty" in out and len(out.strip().splitlines()) == 1
+    code, out = lvisctl("train", "--run-dir", tmp_path / "r2", "device=cpu", "model.backbone.weights=none")
     assert code == 2 and "no training data" in out and len(out.strip().splitlines()) == 1
     code, out = lvisctl("train", "--run-dir", tmp_path / "r3", "--resume")
     assert code == 2 and "no stage 1 checkpoint is recorded" in out

@@ -42,7 +42,7 @@ def test_defaults_are_taken_from_the_checkpoint_and_contradictions_stop():
 
 
 def test_a_trunk_without_weights_gets_trainable_norms_and_no_frozen_stages():
-    cfg, note = scratch_backbone(load_config(None), has_init=False)
+    cfg, note = scratch_backbone(load_config(None, ["model.backbone.weights=none"]), has_init=False)
     assert cfg.model.backbone.norm == "bn" and cfg.model.backbone.freeze_at == 0
     assert note.startswith("no pretrained weights") and "frozen_bn" in note
     kept, note = scratch_backbone(load_config(None), has_init=True)  # weights come from a checkpoint

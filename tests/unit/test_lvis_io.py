@@ -78,6 +78,10 @@ def test_load_indexes_records_and_compacts_polygons(tmp_path):
     ]
     assert data.num_annotations == 3 and data.has_annotations and data.info == {"description": "hand made"}
     assert data.image_path(1) == tmp_path / "train2017" / "000000000001.jpg"
+    # coco_url's place first (detectron2); file_name where only that one holds the file
+    assert data.image_path(3) == tmp_path / "train2017" / "000000000003.jpg"
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "y.png").write_bytes(b"")
     assert data.image_path(3) == tmp_path / "x" / "y.png"
 
 
