@@ -250,19 +250,31 @@ def import_checkpoint(
     stride_in_1x1: bool | None = None,
 ) -> ImportResult:
     """Import ``source`` into ``run_dir`` as ``checkpoints/stage1_final.pt`` (see the module docstring)."""
-    from lvisctl.engine.checkpoint import checkpoint_relpath, save_checkpoint
-    from lvisctl.modeling.build import build_model
-    from lvisctl.rundir import atomic_write_json, sha256_file
+    from lvisctl.engine.checkpoint import checkpoint_relpath
+    from lvisctl.rundir.outputs import refuse_inputs_as_outputs
 
     path = Path(source).expanduser()
     loaded = read_checkpoint_file(path)
     tensors, meta = _split_file(loaded, path)
-    n_source = len(tensors)
     mapped = _map(tensors, meta, framework, path, input_format=input_format, stride_in_1x1=stride_in_1x1)
     cfg, derived = build_config(config, mapped, overrides)
     run = RunDir(run_dir)
-    run.output_path(checkpoint_relpath(1, 0, True), overwrite=overwrite)
-    report_path = run.output_path(REPORT_REL, overwrite=overwrite)
+    # The stage-1 phase lock for the whole import, as `train --stage 1` holds it: an import into a run that
+    # is training (or a second import) stops at once. The existence checks run inside it, so a writer
+    # that finished a moment ago is not replaced without --overwrite.
+    with run.phase_lock("stage1"):
+        ckpt_path = run.output_path(checkpoint_relpath(1, 0, True), overwrite=overwrite)
+        report_path = run.output_path(REPORT_REL, overwrite=overwrite)
+        refuse_inputs_as_outputs([ckpt_path, report_path], [path])
+        return _import_locked(run, path, loaded, tensors, mapped, cfg, derived, report_path)
+
+
+def _import_locked(run, path, loaded, tensors, mapped, cfg, derived, report_path) -> ImportResult:
+    from lvisctl.engine.checkpoint import save_checkpoint
+    from lvisctl.modeling.build import build_model
+    from lvisctl.rundir import atomic_write_json, sha256_file
+
+    n_source = len(tensors)
     stats, target_desc = target_categories(cfg, run)
     keep = classes_match(mapped.classes, stats)
     torch.manual_seed(int(cfg.seed))  # re-initialised layers are reproducible

@@ -176,8 +176,9 @@ def prune_checkpoints(run: RunDir, phase: Phase | int, keep: int) -> list[str]:
     periodic = stage_checkpoints(run, phase, final=False)
     removed = []
     for artifact in periodic[: max(len(periodic) - max(keep, 1), 0)]:
+        path = run.path_of(artifact.path)  # refuses a path outside the run dir before anything goes
         run.unregister(artifact.path)
-        run.path_of(artifact.path).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         removed.append(artifact.path)
     return removed
 

@@ -481,7 +481,31 @@ class EnsembleOutcome:
     is_main: bool = True
 
 
-def ensemble_to_run_dir(
+def ensemble_to_run_dir(inputs: Sequence[Path], out: Path, **options: Any) -> EnsembleOutcome:
+    """``lvisctl ensemble``: fuse results files of the same images into ``split_paths(out)`` (the
+    ``.segm.json`` / ``.bbox.json`` pair ``tta-infer`` writes), registered in ``options['run_dir']``.
+
+    An output that is one of the inputs is refused (``--overwrite`` or not), and the outputs are locked
+    for the whole command (a lock file next to them), so two ensembles, or an ensemble and a tta-infer,
+    writing one ``--out`` cannot mix or replace each other's files. Options: :func:`_ensemble`'s.
+    """
+    from lvisctl.inference.results import split_paths
+    from lvisctl.rundir.outputs import output_lock, refuse_inputs_as_outputs
+
+    paths = split_paths(Path(out).expanduser().resolve())
+    refuse_inputs_as_outputs(paths.values(), [*inputs, *joined_bbox_files(inputs), options.get("images")])
+    with output_lock(paths.values()):
+        return _ensemble(inputs, out, **options)
+
+
+def joined_bbox_files(inputs: Sequence[Path]) -> list[Path]:
+    """The ``X.bbox.json`` read with each tta-infer ``X.segm.json`` input (an input too, never an output)."""
+    return [
+        Path(str(p)[: -len(".segm.json")] + ".bbox.json") for p in inputs if str(p).endswith(".segm.json")
+    ]
+
+
+def _ensemble(
     inputs: Sequence[Path],
     out: Path,
     *,
@@ -497,8 +521,7 @@ def ensemble_to_run_dir(
     max_chunks: int | None = None,
     on_images: Callable[[int], None] | None = None,
 ) -> EnsembleOutcome:
-    """``lvisctl ensemble``: fuse results files of the same images into ``split_paths(out)`` (the
-    ``.segm.json`` / ``.bbox.json`` pair ``tta-infer`` writes), registered in ``run_dir`` with its inputs.
+    """The ensemble itself, under :func:`ensemble_to_run_dir`'s output lock.
 
     Everything is checked before anything is written; chunks of ``chunk_size`` images are saved to a
     partial folder as they finish (a rerun resumes), shared round robin by ``torchrun`` ranks.

@@ -45,6 +45,7 @@ from lvisctl.inference.predictor import Predictor, checkpoint_config
 from lvisctl.inference.results import detections_to_records, split_paths, write_split_results
 from lvisctl.rundir import Artifact, RunDir
 from lvisctl.rundir.io import atomic_group, atomic_write_json, sha256_file
+from lvisctl.rundir.outputs import output_lock, refuse_inputs_as_outputs
 
 CHUNK_NAME = re.compile(r"rank(\d+)_(\d+)\.json")
 META_NAME = "meta.json"
@@ -448,27 +449,29 @@ def predict_to_run_dir(
             default_out_name(images, ckpt_path, used_scales, len(resolved), cfg.inference.tta.mode)
         )
     )
-    partial_dir = run.root / ".partial" / group_path.stem
-    for path in split_paths(group_path).values():  # refuse before the slow part (images, model)
-        if not finished_unregistered(run, path, partial_dir):
-            run.output_path(run.relative(path), overwrite=overwrite)
-    job = _PredictJob(
-        run,
-        images,
-        image_root,
-        ckpt,
-        ckpt_input,
-        ckpt_path,
-        ckpt_sha,
-        cfg,
-        group_path,
-        resolved,
-        used_scales,
-        list(overrides),
-        dict(extra_meta or {}),
-    )
-    with run.phase_lock(f"predictions-{group_path.stem}"):
-        return _predict_locked(job, max_chunks, strict, on_start, on_images, notify)
+    outputs = split_paths(group_path).values()
+    refuse_inputs_as_outputs(outputs, [images, *(p for _, p, _ in resolved)])
+    with output_lock(outputs):  # one writer of these files, even from another run dir (issue 22)
+        for path in outputs:  # refuse before the slow part (images, model)
+            if not finished_unregistered(run, path, run.root / ".partial" / group_path.stem):
+                run.output_path(run.relative(path), overwrite=overwrite)
+        job = _PredictJob(
+            run,
+            images,
+            image_root,
+            ckpt,
+            ckpt_input,
+            ckpt_path,
+            ckpt_sha,
+            cfg,
+            group_path,
+            resolved,
+            used_scales,
+            list(overrides),
+            dict(extra_meta or {}),
+        )
+        with run.phase_lock(f"predictions-{group_path.stem}"):
+            return _predict_locked(job, max_chunks, strict, on_start, on_images, notify)
 
 
 def finished_unregistered(run: RunDir, path: Path, partial_dir: Path) -> bool:
