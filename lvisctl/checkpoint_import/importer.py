@@ -192,7 +192,7 @@ def target_categories(cfg, run: RunDir) -> tuple[CategoryStats, str]:
     if not has_data:
         return lvis_v1_stats(), "LVIS v1 table (1,203 classes; the run has no training data)"
     source = resolve_train_annotations(cfg, run)
-    path = run.path_of(source.path) if isinstance(source, Artifact) else source
+    path = run.artifact_path(source) if isinstance(source, Artifact) else source
     stats = load_lvis(path).category_stats()
     return stats, f"training data {path} ({stats.num_classes} classes)"
 

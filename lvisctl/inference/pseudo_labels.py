@@ -480,7 +480,7 @@ def training_json_of(run: Any, checkpoint: Any) -> Path:
     inputs = list(getattr(checkpoint, "inputs", None) or [])
     for rec in inputs:
         if rec.get("kind") == "dataset":
-            return run.path_of(rec["path"])
+            return run.input_path(rec["path"])
     for rec in inputs:
         if rec.get("kind") == "external" and str(rec["path"]).endswith(".json"):
             return run.input_path(rec["path"])

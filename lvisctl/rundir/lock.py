@@ -181,6 +181,7 @@ def file_lock(path: Path, *, what: str, where: Path) -> Iterator[Path | None]:
             if not _HELD[key]:
                 del _HELD[key]
         return
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     fd = _lock_live_file(path, what, where)
     _HELD[key] = 1
     try:
@@ -190,6 +191,11 @@ def file_lock(path: Path, *, what: str, where: Path) -> Iterator[Path | None]:
         with contextlib.suppress(OSError):  # unlink before close: a waiting opener re-checks the inode
             path.unlink()
         os.close(fd)
+        for folder in created:  # folders made only for the lock (the command failed): not left behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def _lock_live_file(path: Path, what: str, where: Path) -> int:

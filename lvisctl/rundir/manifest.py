@@ -29,6 +29,8 @@ from lvisctl.rundir.lock import phase_lock
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
+# Kinds that may be recorded outside the run dir: input data registered where it lies, read only.
+EXTERNAL_KINDS = ("dataset",)
 ARTIFACT_KINDS = (
     "dataset",
     "config",
@@ -182,7 +184,7 @@ class RunDir:
 
     def resolve(self, artifact: Artifact, *, verify: bool = True) -> Path:
         """Absolute path of ``artifact``, checked to exist and (by default) to still match its sha256."""
-        path = self.path_of(artifact.path)
+        path = self.artifact_path(artifact)
         if not path.exists():
             raise LvisctlError(
                 f"{path}: recorded in {self.manifest_path.name} as {artifact.kind} but missing on disk"
@@ -211,6 +213,14 @@ class RunDir:
                 "(a manifest only names files inside its run directory)"
             )
         return joined
+
+    def artifact_path(self, artifact: Artifact) -> Path:
+        """The file of a manifest entry: :meth:`path_of`, except that a ``dataset`` may be recorded where
+        it lies (``data synth --out DIR --run-dir RUN``): input data, only ever read, never deleted."""
+        p = Path(artifact.path)
+        if artifact.kind in EXTERNAL_KINDS and p.is_absolute():
+            return p
+        return self.path_of(artifact.path)
 
     def input_path(self, recorded: str) -> Path:
         """The file of an artifact's ``inputs`` record: inside the run dir as :meth:`path_of`, or an
@@ -259,10 +269,12 @@ class RunDir:
         """Record a file the command has finished writing. Re-registering a path replaces its entry."""
         if kind not in ARTIFACT_KINDS:
             raise ValueError(f"unknown artifact kind {kind!r}; expected one of {ARTIFACT_KINDS}")
-        outside = not self.inside(path)
-        if not outside:
+        abs_path = Path(path).expanduser().resolve()
+        # A manifest names only files inside its run dir (it is read back as untrusted input); a dataset
+        # may stay where it lies. Other outputs written elsewhere on request are not recorded.
+        recorded = self.inside(abs_path) or kind in EXTERNAL_KINDS
+        if recorded:
             self._ensure()
-        abs_path = Path(path).expanduser().resolve() if outside else self.path_of(self.relative(path))
         artifact = Artifact(
             kind=kind,
             path=self.relative(abs_path),
@@ -274,7 +286,7 @@ class RunDir:
             inputs=[self._input_record(i) for i in inputs],
             meta=dict(meta or {}),
         )
-        if outside:  # written on request (--out elsewhere): a manifest names only files inside its run
+        if not recorded:
             _note(f"note: {abs_path} is outside the run directory {self.root}; not recorded in its manifest")
             return artifact
         with self._manifest_locked():
