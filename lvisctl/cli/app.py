@@ -5,7 +5,9 @@ Command modules import torch and friends inside their functions, so ``lvisctl --
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import sys
 
 import typer
@@ -65,17 +67,42 @@ def _root(
 
 def main() -> None:
     """Console-script entry point."""
+    if sys.stdout is None:  # started with stdout closed (>&-): say so, rather than fail later elsewhere
+        err_console.print(
+            Text.assemble(
+                ("error:", "bold red"),
+                " standard output is closed; open it or redirect it to a file (> out.txt)",
+            )
+        )
+        sys.exit(LvisctlError.exit_code)
     try:
         app()
     except LvisctlError as err:
         # the message is user text (paths, json keys like res[val].json): never read it as Rich markup
         err_console.print(Text.assemble(("error:", "bold red"), " ", str(err)))
         sys.exit(err.exit_code)
+    except OSError as err:  # a full disk or read-only folder that no layer converted: one line too
+        from lvisctl.rundir.io import os_error_line
+
+        line = os_error_line(err)
+        if line is None:
+            raise
+        _report_os_error(line)
+        sys.exit(LvisctlError.exit_code)
     except KeyboardInterrupt:
         err_console.print(
             "interrupted; finished artifacts are kept and the command can be resumed", markup=False
         )
         sys.exit(130)
+
+
+def _report_os_error(line: str) -> None:
+    try:
+        err_console.print(Text.assemble(("error:", "bold red"), " ", line))
+    except OSError:
+        pass  # stderr itself is gone: the exit status still says it failed
+    with contextlib.suppress(OSError):  # stdout on /dev/full: do not fail again while exiting
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
 
 
 if __name__ == "__main__":

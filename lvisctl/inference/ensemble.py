@@ -490,12 +490,30 @@ def ensemble_to_run_dir(inputs: Sequence[Path], out: Path, **options: Any) -> En
     writing one ``--out`` cannot mix or replace each other's files. Options: :func:`_ensemble`'s.
     """
     from lvisctl.inference.results import split_paths
+    from lvisctl.inference.runner import remove_partial
     from lvisctl.rundir.outputs import output_lock, refuse_inputs_as_outputs
 
     paths = split_paths(Path(out).expanduser().resolve())
     refuse_inputs_as_outputs(paths.values(), [*inputs, *joined_bbox_files(inputs), options.get("images")])
+    run_dir = options.get("run_dir")
+    root = Path(run_dir).expanduser().resolve() if run_dir is not None else paths["segm"].parent
     with output_lock(paths.values()):
-        return _ensemble(inputs, out, **options)
+        try:
+            return _ensemble(inputs, out, **options)
+        except Exception:  # a failure (bad input, full disk) leaves no chunk folder; a kill keeps it
+            remove_partial(ensemble_partial_dir(root, paths))
+            raise
+
+
+def ensemble_partial_dir(root: Path, paths: Mapping[str, Path]) -> Path:
+    """``<run dir or output folder>/.partial/<out>_ensemble``: the resumable chunks of one output."""
+    return root / ".partial" / (paths["segm"].name[: -len(".segm.json")] + "_ensemble")
+
+
+def _to_stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
 
 
 def joined_bbox_files(inputs: Sequence[Path]) -> list[Path]:
@@ -533,13 +551,15 @@ def _ensemble(
     from lvisctl.inference.runner import (
         ImageItem,
         assemble,
+        drop_damaged_chunks,
         fingerprint_of,
         finished_chunks,
         plan_chunks,
         prepare_partial_dir,
+        write_chunk,
     )
     from lvisctl.rundir import RunDir
-    from lvisctl.rundir.io import atomic_write_json, sha256_file
+    from lvisctl.rundir.io import sha256_file
 
     start = time.perf_counter()
     if len(inputs) < 1:
@@ -572,18 +592,18 @@ def _ensemble(
     if image_table is not None:
         sizes.update({i: (int(r["height"]), int(r["width"])) for i, r in image_table.items()})
     settings = {"weights": list(weights or []), "method": method, "iou": iou_thr, "skip": skip_box_thr}
-    fingerprint = fingerprint_of(
-        inputs=[sha256_file(f) for inp in read for f in inp.files], k=detections_per_image, **settings
+    fingerprint = fingerprint_of(  # the chunk size too: chunk k of another size is other images
+        inputs=[sha256_file(f) for inp in read for f in inp.files],
+        k=detections_per_image,
+        chunk_size=chunk_size,
+        **settings,
     )
-    partial_dir = (
-        (run.root if run is not None else out.parent)
-        / ".partial"
-        / (paths["segm"].name[: -len(".segm.json")] + "_ensemble")
-    )
+    partial_dir = ensemble_partial_dir(run.root if run is not None else out.parent, paths)
     chunks = plan_chunks([ImageItem(i, Path()) for i in image_ids], chunk_size)
     dist = init_distributed("cpu")
     if dist.is_main:
         prepare_partial_dir(partial_dir, fingerprint)
+        drop_damaged_chunks(partial_dir, chunks, _to_stderr)
     barrier(dist)
     done = finished_chunks(partial_dir)
     pending = [k for k in range(len(chunks)) if k not in done]
@@ -603,7 +623,7 @@ def _ensemble(
             )
             records.extend(detections_to_records(item.image_id, fused, cmap))
         payload = {"image_ids": [item.image_id for item in chunks[k]], "records": records}
-        atomic_write_json(partial_dir / f"rank{dist.rank}_{k}.json", payload, indent=None)
+        write_chunk(partial_dir, dist.rank, k, payload, fingerprint)
         if on_images is not None:
             on_images(len(chunks[k]))
     barrier(dist)

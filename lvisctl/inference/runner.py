@@ -96,8 +96,31 @@ def finished_chunks(partial_dir: Path) -> dict[int, Path]:
     return found
 
 
+def chunk_digest(fingerprint: str, payload: dict[str, Any]) -> str:
+    """The hash a chunk file carries: of its content and the run's fingerprint, so a chunk edited by hand
+    (well-formed or not) or left by other settings is recomputed, never reused."""
+    body = {k: payload[k] for k in ("image_ids", "records", "skipped") if k in payload}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{fingerprint}\n{text}".encode()).hexdigest()
+
+
+def write_chunk(partial_dir: Path, rank: int, k: int, payload: dict[str, Any], fingerprint: str) -> None:
+    """Save chunk ``k`` (computed by ``rank``) atomically, with its :func:`chunk_digest`."""
+    payload = {**payload, "sha256": chunk_digest(fingerprint, payload)}
+    atomic_write_json(partial_dir / f"rank{rank}_{k}.json", payload, indent=None)
+
+
+def _fingerprint_of_dir(partial_dir: Path) -> str | None:
+    try:
+        value = json.loads((partial_dir / META_NAME).read_bytes()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def read_chunk(path: Path, chunk: Sequence[ImageItem]) -> dict[str, Any] | None:
-    """A chunk file's payload, or None when it is damaged: not json, or not the records of ``chunk``."""
+    """A chunk file's payload, or None when it is damaged: not json, not the records of ``chunk``, or
+    its hash does not match its content and the fingerprint in the folder's ``meta.json``."""
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):  # ValueError: JSONDecodeError and UnicodeDecodeError
@@ -108,7 +131,8 @@ def read_chunk(path: Path, chunk: Sequence[ImageItem]) -> dict[str, Any] | None:
         and isinstance(data.get("records"), list)
         and isinstance(data.get("skipped", {}), dict)
     )
-    return data if ok else None
+    fingerprint = _fingerprint_of_dir(path.parent) if ok else None
+    return data if ok and data.get("sha256") == chunk_digest(fingerprint or "", data) else None
 
 
 def drop_damaged_chunks(
@@ -320,7 +344,7 @@ def run_inference(
         payload = {"image_ids": [item.image_id for item in chunks[k]], "records": records}
         if skipped:
             payload["skipped"] = {str(i): why for i, why in skipped.items()}
-        atomic_write_json(partial_dir / f"rank{dist.rank}_{k}.json", payload, indent=None)
+        write_chunk(partial_dir, dist.rank, k, payload, fingerprint)
     barrier(dist)  # all chunk files written
     summary = InferenceSummary(0, 0, 0.0, len(chunks), len(done), len(mine), complete=False)
     summary.chunks_damaged = damaged

@@ -316,3 +316,213 @@ def test_an_image_list_entry_never_leaves_the_image_root(tiny, tmp_path, capsys,
     bad_line = 2 if listing.startswith("img1") else 3  # plain lines have no header
     assert f"list.csv: line {bad_line}:" in line and ("is a name" in line or "under the image root" in line)
     assert not (run.root / "predictions").exists()
+
+
+# ------------------------------------------------------------------------------------------ items 19-20
+def _chunk_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob(".partial/*/rank*_*.json"))
+
+
+def test_a_hand_edited_well_formed_chunk_is_recomputed(tiny, capsys, monkeypatch):
+    run, images = tiny
+    args = ["tta-infer", "--run-dir", run.root, "--images", images, "inference.chunk_size=1"]
+    assert run_cli([*args, "--out", run.root / "full.json"], capsys, monkeypatch)[0] == 0
+    code, _, _ = run_cli([*args, "--out", run.root / "r.json", "--max-chunks", "2"], capsys, monkeypatch)
+    assert code == 75
+    chunk = _chunk_files(run.root)[0]
+    data = json.loads(chunk.read_text())
+    assert data["records"]
+    for rec in data["records"]:  # well-formed, plausible, wrong
+        rec["score"] = 0.999
+    chunk.write_text(json.dumps(data))
+    code, _, err = run_cli([*args, "--out", run.root / "r.json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "damaged chunk file(s) deleted and recomputed" in err
+    for kind in ("segm", "bbox"):
+        assert (run.root / f"r.{kind}.json").read_bytes() == (run.root / f"full.{kind}.json").read_bytes()
+
+
+def test_ensemble_resumed_with_another_chunk_size_finishes(tiny, tmp_path, capsys, monkeypatch):
+    _, images = tiny
+    a, b = results_files(tmp_path, images, "A"), results_files(tmp_path, images, "B", shift=1)
+    base = ["ensemble", a, b, "--images", images]
+    assert run_cli([*base, "--out", tmp_path / "one.json"], capsys, monkeypatch)[0] == 0
+    out = ["--out", tmp_path / "E.json"]
+    code, _, _ = run_cli([*base, *out, "--chunk-size", "1", "--max-chunks", "2"], capsys, monkeypatch)
+    assert code == 75 and len(_chunk_files(tmp_path)) == 2  # a kill after two chunks leaves the same
+    code, _, err = run_cli([*base, *out, "--chunk-size", "2"], capsys, monkeypatch)
+    assert code == 0, err
+    for kind in ("segm", "bbox"):
+        assert (tmp_path / f"E.{kind}.json").read_bytes() == (tmp_path / f"one.{kind}.json").read_bytes()
+    assert not (tmp_path / ".partial").exists()
+
+
+# ------------------------------------------------------------------------------------------ item 22
+def test_a_failed_ensemble_leaves_no_partial_folder(tiny, tmp_path, capsys, monkeypatch):
+    from lvisctl.inference import ensemble
+
+    _, images = tiny
+    a, b = results_files(tmp_path, images, "A"), results_files(tmp_path, images, "B", shift=1)
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")  # fails after the chunk folder was made
+
+    monkeypatch.setattr(ensemble, "fuse_detections", broken)
+    code, _, err = run_cli(
+        ["ensemble", a, b, "--images", images, "--out", tmp_path / "E.json"], capsys, monkeypatch
+    )
+    assert "no space left on device" in one_line_error(code, err)
+    assert not (tmp_path / ".partial").exists() and not list(tmp_path.glob("E.*"))
+
+
+# ------------------------------------------------------------------------------------------ item 21
+# A full disk is simulated where the real one cannot be made in a test: torch.save behaves as it does on
+# a full tmpfs (checked by hand with `mount -t tmpfs -o size=2m`): through its own file writer (a path)
+# it raises a bare RuntimeError("unexpected pos"); through a Python file object the same RuntimeError
+# carries the OSError(ENOSPC) underneath as its context.
+def _full_disk_torch_save(obj, f, *args, **kwargs):
+    if isinstance(f, (str, os.PathLike)):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    try:
+        f.write(b"PK")
+        raise OSError(28, "No space left on device")
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")  # noqa: B904
+
+
+def test_a_checkpoint_save_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    import torch
+
+    from lvisctl.engine.checkpoint import save_checkpoint
+    from lvisctl.errors import LvisctlError
+
+    monkeypatch.setattr(torch, "save", _full_disk_torch_save)
+    run = RunDir(tmp_path / "run")
+    state = {"stage": 1, "phase": "stage1", "iteration": 10, "epoch": 0, "final": False, "model": {}}
+    with pytest.raises(LvisctlError, match=r"stage1_iter0*10.pt: cannot write \(no space left on device\)"):
+        save_checkpoint(run, state)
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").rglob("*.pt*"))
+
+
+def test_import_checkpoint_on_a_full_disk(tmp_path, capsys, monkeypatch):
+    import torch
+
+    source = _mmdet_source(tmp_path)
+    monkeypatch.setattr(torch, "save", _full_disk_torch_save)
+    run = tmp_path / "run"
+    code, _, err = run_cli(["import-checkpoint", source, "--run-dir", run], capsys, monkeypatch)
+    assert "no space left on device" in one_line_error(code, err)
+    assert not list(run.rglob("*.pt*")) and not (run / "checkpoints").exists()
+
+
+def test_data_synth_on_a_full_disk_leaves_nothing(tmp_path, capsys, monkeypatch):
+    from lvisctl.data import synth
+
+    def full(folder, *args, **kwargs):
+        (folder / "lvis_v1_train.json").write_text("{")
+        raise OSError(28, "No space left on device", str(folder / "train2017" / "000001.jpg"))
+
+    monkeypatch.setattr(synth, "_write_dataset", full)
+    code, _, err = run_cli(
+        ["data", "synth", "--preset", "tiny", "--out", tmp_path / "sy"], capsys, monkeypatch
+    )
+    assert "sy: cannot write (no space left on device)" in one_line_error(code, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_data_synth_into_a_read_only_run_dir_leaves_no_dataset(tmp_path, capsys, monkeypatch):
+    from lvisctl.rundir.io import write_error
+
+    def read_only(self, *args, **kwargs):
+        raise write_error(self.root, OSError(30, "Read-only file system"))
+
+    monkeypatch.setattr(RunDir, "register", read_only)
+    args = [
+        "data",
+        "synth",
+        "--preset",
+        "tiny",
+        "--no-images",
+        "--out",
+        tmp_path / "sy",
+        "--run-dir",
+        tmp_path / "r",
+    ]
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert "read-only file system" in one_line_error(code, err)
+    assert not (tmp_path / "sy").exists()
+
+
+def test_ensemble_into_a_read_only_run_dir_is_one_line(tiny, tmp_path, capsys, monkeypatch):
+    _, images = tiny
+    a, b = results_files(tmp_path, images, "A"), results_files(tmp_path, images, "B", shift=1)
+
+    def read_only(self, *args, **kwargs):  # what the manifest's file lock does in a read-only folder
+        raise OSError(30, "Read-only file system", str(self.root / ".manifest.lock"))
+
+    monkeypatch.setattr(RunDir, "register", read_only)
+    run = tmp_path / "r"
+    run.mkdir()
+    code, _, err = run_cli(
+        ["ensemble", a, b, "--images", images, "--out", run / "E.json", "--run-dir", run], capsys, monkeypatch
+    )
+    assert "r/.manifest.lock: cannot write (read-only file system)" in one_line_error(code, err)
+    assert not (run / ".partial").exists()
+
+
+@pytest.mark.parametrize("stdout", ["closed", "/dev/full"])
+def test_evaluate_with_stdout_closed_or_full(tiny, tmp_path, stdout):
+    import subprocess
+    import sys
+
+    if stdout == "/dev/full" and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    _, images = tiny
+    res = results_files(tmp_path, images, "R")
+    cmd = [sys.executable, "-m", "lvisctl", "evaluate", str(res), "--gt", str(images), "--iou-type", "segm"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    with open("/dev/full" if stdout != "closed" else os.devnull, "w") as sink:
+        if stdout == "closed":
+            cmd = ["bash", "-c", " ".join(f"'{c}'" for c in cmd) + " >&-"]
+        done = subprocess.run(cmd, stdout=sink, stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    line = one_line_error(done.returncode, done.stderr)
+    assert "val.json" not in line  # not blamed on the ground truth
+    assert ("standard output is closed" if stdout == "closed" else "no space left on device") in line
+
+
+# ------------------------------------------------------------------------------------------ item 22
+def test_a_killed_synths_partial_folder_is_removed_by_the_next(tmp_path, capsys, monkeypatch):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".sy.partial-{dead.pid}"
+    (stale / "train2017").mkdir(parents=True)
+    args = ["data", "synth", "--preset", "tiny", "--no-images", "--out", tmp_path / "sy"]
+    assert run_cli(args, capsys, monkeypatch)[0] == 0
+    assert not stale.exists() and (tmp_path / "sy" / "lvis_v1_train.json").is_file()
+    alive = subprocess.Popen(["sleep", "30"])  # a concurrent synth's folder is kept
+    running = tmp_path / f".sy.partial-{alive.pid}"
+    running.mkdir()
+    try:
+        assert run_cli([*args, "--overwrite", "--seed", "1"], capsys, monkeypatch)[0] == 0
+        assert running.is_dir()
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_visualize_on_a_full_disk_leaves_no_empty_folder(tiny, tmp_path, capsys, monkeypatch):
+    from lvisctl.visualization import render
+
+    run, images = tiny
+
+    def full(pixels, path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(render, "save_png", full)
+    code, _, err = run_cli(
+        ["visualize", "--run-dir", run.root, "--gt", images, "--out", tmp_path / "vis"], capsys, monkeypatch
+    )
+    assert "no space left on device" in one_line_error(code, err)
+    assert not (tmp_path / "vis").exists()
