@@ -16,6 +16,7 @@ Order of work (nothing is written before the last step):
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -263,8 +264,11 @@ def import_checkpoint(
     # is training (or a second import) stops at once. The existence checks run inside it, so a writer
     # that finished a moment ago is not replaced without --overwrite.
     with run.phase_lock("stage1"):
-        ckpt_path = run.output_path(checkpoint_relpath(1, 0, True), overwrite=overwrite)
-        report_path = run.output_path(REPORT_REL, overwrite=overwrite)
+        # Only a recorded stage-1 final checkpoint is the user's (from train or a finished import); files
+        # there without that record are what an import or train killed mid-way left, redone by a rerun.
+        replace = overwrite or run.get(checkpoint_relpath(1, 0, True)) is None
+        ckpt_path = run.output_path(checkpoint_relpath(1, 0, True), overwrite=replace)
+        report_path = run.output_path(REPORT_REL, overwrite=replace)
         refuse_inputs_as_outputs([ckpt_path, report_path], [path])
         return _import_locked(run, path, loaded, tensors, mapped, cfg, derived, report_path)
 
@@ -312,7 +316,15 @@ def _import_locked(run, path, loaded, tensors, mapped, cfg, derived, report_path
         "history": [],
         "imported_from": {"path": report.source, "sha256": report.sha256, "framework": report.framework},
     }
-    artifact = save_checkpoint(run, ckpt, inputs=[path])
+    # the report first: the checkpoint's manifest entry is the one commit point of an import (see above)
     atomic_write_json(report_path, report.to_dict())
     run.register("report", report_path, inputs=[path], meta={"import": mapped.framework})
+    try:
+        artifact = save_checkpoint(run, ckpt, inputs=[path])
+    except Exception:  # a full disk: no report of an import that did not happen (a kill: the rerun redoes it)
+        run.unregister(run.relative(report_path))
+        report_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the folder, when the report was all it held
+            report_path.parent.rmdir()
+        raise
     return ImportResult(artifact, report, report_path)

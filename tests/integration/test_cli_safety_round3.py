@@ -526,3 +526,26 @@ def test_visualize_on_a_full_disk_leaves_no_empty_folder(tiny, tmp_path, capsys,
     )
     assert "no space left on device" in one_line_error(code, err)
     assert not (tmp_path / "vis").exists()
+
+
+def test_import_checkpoint_killed_before_recording_reruns(tmp_path, monkeypatch):
+    """Found by benchmarks/fault_injection.py: a kill after the checkpoint file was renamed into place but
+    before the manifest recorded it made the same command refuse with 'already exists' forever."""
+    from lvisctl.checkpoint_import import importer
+
+    source = _mmdet_source(tmp_path)
+    run = tmp_path / "run"
+    real_register = RunDir.register
+
+    def killed(self, kind, *args, **kwargs):
+        if kind == "checkpoint":
+            raise KeyboardInterrupt  # stands in for SIGKILL at this point
+        return real_register(self, kind, *args, **kwargs)
+
+    monkeypatch.setattr(RunDir, "register", killed)
+    with pytest.raises(KeyboardInterrupt):
+        importer.import_checkpoint(source, run)
+    assert (run / "checkpoints" / "stage1_final.pt").is_file() and not RunDir(run).find("checkpoint")
+    monkeypatch.setattr(RunDir, "register", real_register)
+    result = importer.import_checkpoint(source, run)  # the same command, no --overwrite
+    assert result.checkpoint.path == "checkpoints/stage1_final.pt" and RunDir(run).find("report")
