@@ -86,7 +86,7 @@ def _newest_intact(run: RunDir, phase: ckpt_io.Phase) -> tuple[dict[str, Any], A
 def _input_hash(run: RunDir, item: Artifact | str | Path) -> tuple[str, str]:
     """(path as the manifest records it, current sha256 of the file)."""
     if isinstance(item, Artifact):
-        return item.path, sha256_file(run.path_of(item.path))
+        return item.path, sha256_file(run.artifact_path(item))
     rel = run.relative(item)
     return rel, sha256_file(run.input_path(rel))
 
