@@ -19,6 +19,10 @@ Scenarios, each against a reference run that was never interrupted (tiny synthet
   output. Without the right to mount a tmpfs (not root), a full disk is simulated by making the final
   rename of an atomic write fail with ENOSPC (``sitecustomize`` hook), and the table says so.
 
+- ``ensemble kill``, ``import-checkpoint kill``, ``pseudolabel openimages kill``, ``two writers of one
+  --out`` (``tta-infer`` of two run dirs, two ``ensemble``): the commands added in round 2, see
+  ``fault_scenarios.py``.
+
 ``lost`` counts attempts whose result differs, that could not be completed by reruns, or that left
 half-written files. Exit status 1 when anything was lost.
 """
@@ -351,8 +355,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--only",
-        default="train,tta,pseudo,chunk,disk",
-        help="comma-separated scenarios to run (references are always made): train, tta, pseudo, chunk, disk",
+        default="train,tta,pseudo,chunk,disk,ensemble,import,openimages,writers",
+        help="comma-separated scenarios to run (references are always made): train, tta, pseudo, chunk, "
+        "disk, ensemble, import, openimages, writers",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep the runs here (default: a temp dir)")
     args = parser.parse_args()
@@ -394,7 +399,32 @@ def main() -> int:
         print("disk full ...", flush=True)
         rows.append(Row("disk full (tta-infer, evaluate, submit)"))
         scenario_disk_full(b, rows[-1], val_json, ckpt, ref_run)
+    rows += round2_scenarios(b, only, n, work / "data", ckpt, ref_run)
     return report(rows, start, work, keep=args.workdir is not None)
+
+
+def round2_scenarios(b: Bench, only: set[str], n: int, data: Path, ckpt: Path, ref_run: Path) -> list[Row]:
+    """The commands added in round 2 (issue 22): kills of ensemble, import-checkpoint and pseudolabel
+    openimages; two writers of one --out (compared with the ensemble's reference, so that runs first)."""
+    import fault_scenarios as fs  # next to this file (python puts the script's folder on sys.path)
+
+    val_json, rows = data / "lvis_v1_val.json", []
+
+    def start(title: str) -> Row:
+        print(f"{title} ...", flush=True)
+        rows.append(Row(title))
+        return rows[-1]
+
+    if only & {"ensemble", "writers"}:
+        row = start("ensemble kill (SIGKILL, rerun)")
+        fs.scenario_ensemble_kill(b, row, n if "ensemble" in only else 0, val_json, ref_run)
+    if "import" in only:
+        fs.scenario_import_kill(b, start("import-checkpoint kill (SIGKILL, rerun)"), n)
+    if "openimages" in only:
+        fs.scenario_openimages_kill(b, start("pseudolabel openimages kill (rerun)"), n, data, ckpt)
+    if "writers" in only:
+        fs.scenario_two_writers(b, start("two writers of one --out"), n, val_json, ckpt, ref_run)
+    return rows
 
 
 def scenario_pseudolabel(b: Bench, row: Row, n: int, train_json: Path, ckpt: Path) -> None:

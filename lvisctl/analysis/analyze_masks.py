@@ -29,6 +29,7 @@ from lvisctl.data.lvis import LvisData, load_lvis
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import RunDir
 from lvisctl.rundir.io import atomic_output, atomic_write_json
+from lvisctl.rundir.outputs import refuse_inputs_as_outputs
 
 OUT_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -175,6 +176,7 @@ def run_analyze_masks(
         )
     json_path = run.output_path(f"analysis/{out_stem}.json", overwrite=overwrite)
     png_path = run.output_path(f"analysis/{out_stem}.png", overwrite=overwrite)
+    refuse_inputs_as_outputs([json_path, png_path], [images, *(path for _, path in checkpoints)])
     data = load_lvis(images, image_root=image_root)
     if not data.has_annotations:
         raise LvisctlError(f"{images}: has no annotations; the analysis needs ground-truth masks")

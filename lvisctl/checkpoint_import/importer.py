@@ -16,6 +16,7 @@ Order of work (nothing is written before the last step):
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -207,7 +208,7 @@ def target_categories(cfg, run: RunDir) -> tuple[CategoryStats, str]:
     if not has_data:
         return lvis_v1_stats(), "LVIS v1 table (1,203 classes; the run has no training data)"
     source = resolve_train_annotations(cfg, run)
-    path = run.path_of(source.path) if isinstance(source, Artifact) else source
+    path = run.artifact_path(source) if isinstance(source, Artifact) else source
     stats = load_lvis(path).category_stats()
     return stats, f"training data {path} ({stats.num_classes} classes)"
 
@@ -275,22 +276,37 @@ def import_checkpoint(
     stride_in_1x1: bool | None = None,
 ) -> ImportResult:
     """Import ``source`` into ``run_dir`` as ``checkpoints/stage1_final.pt`` (see the module docstring)."""
-    from lvisctl.engine.checkpoint import checkpoint_relpath, save_checkpoint
-    from lvisctl.modeling.build import build_model
-    from lvisctl.modeling.weight_sources import without_backbone_weights
-    from lvisctl.rundir import atomic_write_json, sha256_file
+    from lvisctl.engine.checkpoint import checkpoint_relpath
+    from lvisctl.rundir.outputs import refuse_inputs_as_outputs
 
     path = Path(source).expanduser()
     loaded = read_checkpoint_file(path)
     tensors, meta = _split_file(loaded, path)
     refuse_non_finite(tensors, path)
-    n_source = len(tensors)
     mapped = _map(tensors, meta, framework, path, input_format=input_format, stride_in_1x1=stride_in_1x1)
     cfg, derived = build_config(config, mapped, overrides)
     run = RunDir(run_dir)
-    _refuse_existing(run, [checkpoint_relpath(1, 0, True), REPORT_REL], overwrite)
-    run.output_path(checkpoint_relpath(1, 0, True), overwrite=overwrite)
-    report_path = run.output_path(REPORT_REL, overwrite=overwrite)
+    # The stage-1 phase lock for the whole import, as `train --stage 1` holds it: an import into a run that
+    # is training (or a second import) stops at once. The existence checks run inside it, so a writer
+    # that finished a moment ago is not replaced without --overwrite.
+    with run.phase_lock("stage1"):
+        # Only a recorded stage-1 final checkpoint is the user's (from train or a finished import); files
+        # there without that record are what an import or train killed mid-way left, redone by a rerun.
+        replace = overwrite or run.get(checkpoint_relpath(1, 0, True)) is None
+        _refuse_existing(run, [checkpoint_relpath(1, 0, True), REPORT_REL], replace)
+        ckpt_path = run.output_path(checkpoint_relpath(1, 0, True), overwrite=replace)
+        report_path = run.output_path(REPORT_REL, overwrite=replace)
+        refuse_inputs_as_outputs([ckpt_path, report_path], [path])
+        return _import_locked(run, path, loaded, tensors, mapped, cfg, derived, report_path)
+
+
+def _import_locked(run, path, loaded, tensors, mapped, cfg, derived, report_path) -> ImportResult:
+    from lvisctl.engine.checkpoint import save_checkpoint
+    from lvisctl.modeling.build import build_model
+    from lvisctl.modeling.weight_sources import without_backbone_weights
+    from lvisctl.rundir import atomic_write_json, sha256_file
+
+    n_source = len(tensors)
     stats, target_desc = target_categories(cfg, run)
     keep = classes_match(mapped.classes, stats)
     torch.manual_seed(int(cfg.seed))  # re-initialised layers are reproducible
@@ -328,7 +344,15 @@ def import_checkpoint(
         "history": [],
         "imported_from": {"path": report.source, "sha256": report.sha256, "framework": report.framework},
     }
-    artifact = save_checkpoint(run, ckpt, inputs=[path])
+    # the report first: the checkpoint's manifest entry is the one commit point of an import (see above)
     atomic_write_json(report_path, report.to_dict())
     run.register("report", report_path, inputs=[path], meta={"import": mapped.framework})
+    try:
+        artifact = save_checkpoint(run, ckpt, inputs=[path])
+    except Exception:  # a full disk: no report of an import that did not happen (a kill: the rerun redoes it)
+        run.unregister(run.relative(report_path))
+        report_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the folder, when the report was all it held
+            report_path.parent.rmdir()
+        raise
     return ImportResult(artifact, report, report_path)

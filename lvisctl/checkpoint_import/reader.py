@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import math
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -91,7 +92,23 @@ def _skipped_class(name: str, seen: list[str]) -> type:
 def _rebuild_tensor(storage: torch.Tensor, offset: int, size: Any, stride: Any, *_rest: Any) -> torch.Tensor:
     if not isinstance(storage, torch.Tensor):
         raise pickle.UnpicklingError("tensor without storage")
+    check_tensor_extent(storage.numel(), int(offset), tuple(size), tuple(stride))
     return torch.as_strided(storage, tuple(size), tuple(stride), int(offset)).clone()
+
+
+def check_tensor_extent(storage_numel: int, offset: int, size: tuple, stride: tuple) -> None:
+    """A tensor must lie inside its storage and hold no more elements than it: a stride-0 view of one
+    float declared 20000 x 20000 would be cloned into 1.6 GB (checked before anything is allocated)."""
+    if len(size) != len(stride) or min((*size, *stride, offset), default=0) < 0:
+        raise pickle.UnpicklingError(f"tensor of size {size} and stride {stride}: not a valid layout")
+    numel = math.prod(size)
+    if numel == 0:
+        return
+    last = offset + sum((n - 1) * st for n, st in zip(size, stride, strict=True))
+    if last >= storage_numel or numel > storage_numel:
+        raise pickle.UnpicklingError(
+            f"tensor of size {list(size)} needs {numel} elements but its storage holds {storage_numel}"
+        )
 
 
 def _rebuild_parameter(data: Any, *_rest: Any) -> Any:
@@ -101,9 +118,9 @@ def _rebuild_parameter(data: Any, *_rest: Any) -> Any:
 class RestrictedUnpickler(pickle.Unpickler):
     """Resolves only data constructors; everything else becomes a :class:`Skipped` record."""
 
-    def __init__(self, file: io.BufferedIOBase, records: dict[str, bytes] | None = None, **kwargs: Any):
+    def __init__(self, file: io.BufferedIOBase, records: _ZipRecords | None = None, **kwargs: Any):
         super().__init__(file, **kwargs)
-        self.records = records or {}
+        self.records = records
         self.skipped: list[str] = []
 
     def find_class(self, module: str, name: str) -> Any:
@@ -130,25 +147,54 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.60}")
         storage_type, key = pid[1], str(pid[2])
         dtype = storage_type.dtype if isinstance(storage_type, _StorageRef) else torch.uint8
-        data = self.records.get(key)
-        if data is None:
+        if self.records is None:
             raise pickle.UnpicklingError(f"storage record {key} missing")
-        return torch.frombuffer(bytearray(data), dtype=dtype) if data else torch.empty(0, dtype=dtype)
+        declared = pid[4] if len(pid) > 4 and isinstance(pid[4], int) else None
+        data = self.records.read(key, dtype, declared)
+        return torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
 
 
-def _zip_records(path: Path) -> tuple[bytes, dict[str, bytes]]:
+# A record may be deflated (a re-zipped checkpoint; torch itself stores them uncompressed), but a large
+# one that inflates more than this is a decompression bomb, not weights.
+_MAX_INFLATION = 100
+_BOMB_MIN_BYTES = 64 << 20
+
+
+class _ZipRecords:
+    """The storage records of a torch zip, read only when the pickle references one (an unreferenced
+    1.5 GiB record is never inflated) and only after its declared size is checked against the record's."""
+
+    def __init__(self, zf: zipfile.ZipFile, prefix: str) -> None:
+        self.zf, self.prefix = zf, prefix
+
+    def read(self, key: str, dtype: torch.dtype, declared: int | None) -> bytearray:
+        try:
+            info = self.zf.getinfo(f"{self.prefix}data/{key}")
+        except KeyError:
+            raise pickle.UnpicklingError(f"storage record {key} missing") from None
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        if declared is not None and declared * itemsize != info.file_size:
+            raise pickle.UnpicklingError(
+                f"storage {key} declares {declared} elements ({declared * itemsize} bytes) but its record "
+                f"holds {info.file_size} bytes"
+            )
+        if info.file_size > _BOMB_MIN_BYTES and info.file_size > _MAX_INFLATION * max(info.compress_size, 1):
+            raise pickle.UnpicklingError(
+                f"storage record {key} inflates {info.compress_size} bytes to {info.file_size}: a "
+                "decompression bomb, not weights"
+            )
+        return bytearray(self.zf.read(info))
+
+
+def _read_restricted_zip(path: Path) -> tuple[Any, list[str]]:
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
         pkl = next((n for n in names if n.endswith("/data.pkl") or n == "data.pkl"), None)
         if pkl is None:
             raise pickle.UnpicklingError("no data.pkl in the zip")
-        prefix = pkl[: -len("data.pkl")]
-        records = {
-            n[len(prefix) + len("data/") :]: zf.read(n)
-            for n in names
-            if n.startswith(prefix + "data/") and not n.endswith("/")
-        }
-        return zf.read(pkl), records
+        records = _ZipRecords(zf, pkl[: -len("data.pkl")])
+        unpickler = RestrictedUnpickler(io.BytesIO(zf.read(pkl)), records)
+        return unpickler.load(), unpickler.skipped
 
 
 def _first_line(err: BaseException) -> str:
@@ -164,16 +210,17 @@ def read_checkpoint_file(path: str | Path) -> LoadedFile:
         raise LvisctlError(f"{path}: file not found")
     if zipfile.is_zipfile(path):
         try:
-            return LoadedFile(torch.load(path, map_location="cpu", weights_only=True), "torch")
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - mmengine meta objects: read again restricted below
             pass
+        else:
+            _check_views(loaded, path)
+            return LoadedFile(loaded, "torch")
         try:
-            data, records = _zip_records(path)
-            unpickler = RestrictedUnpickler(io.BytesIO(data), records)
-            obj = unpickler.load()
+            obj, skipped = _read_restricted_zip(path)
         except Exception as err:  # noqa: BLE001 - truncated / foreign: the user's to fix
             raise LvisctlError(f"{path}: not a readable torch checkpoint ({_first_line(err)})") from None
-        return LoadedFile(obj, "torch-restricted", unpickler.skipped)
+        return LoadedFile(obj, "torch-restricted", skipped)
     with path.open("rb") as fh:
         head = fh.read(2)
         fh.seek(0)
@@ -216,6 +263,23 @@ def _read_legacy_file(path: Path, fh: io.BufferedReader, first: int) -> LoadedFi
             "convert it with torch.save(obj, new_path) in a trusted environment"
         ) from None
     return LoadedFile(obj, "torch-legacy", skipped)
+
+
+def _check_views(obj: Any, path: Path, depth: int = 0) -> None:
+    """torch.load makes views without copying, but every later step (a dtype cast, a finiteness check)
+    would allocate a stride-0 tensor's full declared size: refuse tensors larger than their storage."""
+    if isinstance(obj, torch.Tensor):
+        if obj.numel() * obj.element_size() > obj.untyped_storage().nbytes():
+            raise LvisctlError(
+                f"{path}: not a readable torch checkpoint (a tensor of size {list(obj.shape)} is larger "
+                "than its storage: overlapping strides)"
+            )
+    elif isinstance(obj, dict) and depth < 8:
+        for value in obj.values():
+            _check_views(value, path, depth + 1)
+    elif isinstance(obj, (list, tuple)) and depth < 8:
+        for value in obj:
+            _check_views(value, path, depth + 1)
 
 
 def as_tensor_dict(obj: Any) -> dict[str, torch.Tensor]:

@@ -5,7 +5,9 @@ Command modules import torch and friends inside their functions, so ``lvisctl --
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import sys
 
 import typer
@@ -67,6 +69,14 @@ def main() -> None:
     """Console-script entry point; the console also goes to ``RUN/logs/<command>_<phase>.log``."""
     from lvisctl.cli._console_log import console_log
 
+    if sys.stdout is None:  # started with stdout closed (>&-): say so, rather than fail later elsewhere
+        err_console.print(
+            Text.assemble(
+                ("error:", "bold red"),
+                " standard output is closed; open it or redirect it to a file (> out.txt)",
+            )
+        )
+        sys.exit(LvisctlError.exit_code)
     with console_log(sys.argv[1:], typer.main.get_command(app)):
         _run()
 
@@ -79,11 +89,28 @@ def _run() -> None:
         # one line: no leading empty line, no raw NUL / escapes from a file name or a library's text
         err_console.print(Text.assemble(("error:", "bold red"), " ", printable(str(err))))
         sys.exit(err.exit_code)
+    except OSError as err:  # a full disk or read-only folder that no layer converted: one line too
+        from lvisctl.rundir.io import os_error_line
+
+        line = os_error_line(err)
+        if line is None:
+            raise
+        _report_os_error(line)
+        sys.exit(LvisctlError.exit_code)
     except KeyboardInterrupt:
         err_console.print(
             "interrupted; finished artifacts are kept and the command can be resumed", markup=False
         )
         sys.exit(130)
+
+
+def _report_os_error(line: str) -> None:
+    try:
+        err_console.print(Text.assemble(("error:", "bold red"), " ", line))
+    except OSError:
+        pass  # stderr itself is gone: the exit status still says it failed
+    with contextlib.suppress(OSError):  # stdout on /dev/full: do not fail again while exiting
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
 
 
 if __name__ == "__main__":

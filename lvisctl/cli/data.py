@@ -131,6 +131,7 @@ def stats(
     from lvisctl.data.lvis import load_lvis
     from lvisctl.data.stats import dataset_stats, save_plots, stats_tables
     from lvisctl.rundir import RunDir
+    from lvisctl.rundir.outputs import refuse_inputs_as_outputs
 
     run = RunDir(run_dir) if run_dir is not None else None
     if gt is None:
@@ -140,6 +141,7 @@ def stats(
     out = out if out is not None else (run.root / "plots" if run is not None else gt.parent / "stats")
     prefix = f"{gt.stem}_"
     targets = [out / f"{prefix}{name}.png" for name in ("category_frequency", "mask_box_ratio")]
+    refuse_inputs_as_outputs(targets, [gt])
     for target in targets:  # refuse before the (possibly long) load
         if target.exists() and not overwrite:
             raise LvisctlError(

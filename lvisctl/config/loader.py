@@ -53,8 +53,63 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
+# A config is a few KB; anything larger is not a config (or /dev/zero, which would be read forever).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class _ConfigLoader(_Yaml12Loader):
+    """The loader of config files: no aliases (``*name``: a "billion laughs" of nested aliases expands
+    without bound while it is being built), and a warning naming each duplicate key (YAML keeps the last
+    value silently)."""
+
+    source = "config"
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise LvisctlError(
+                f"{self.source}: line {mark.line + 1}: YAML aliases (*name) are not accepted in configs; "
+                "write the value out"
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = key_node.value
+            if key in seen:
+                print(
+                    f"warning: {self.source}: line {key_node.start_mark.line + 1}: duplicate key {key!r}; "
+                    "the last value is used",
+                    file=sys.stderr,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _config_yaml_load(text: str, source: str) -> Any:
+    loader = _ConfigLoader(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _read_config_text(path: Path) -> str:
+    """A config file's text: a regular file of at most ``MAX_CONFIG_BYTES`` (a device or a fifo would
+    never end), UTF-8."""
+    if not path.is_file():
+        raise LvisctlError(f"{path}: not a regular file; a config is a YAML file")
+    with open(path, "rb") as fh:
+        raw = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise LvisctlError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; not a config file")
+    return raw.decode("utf-8")
 
 
 class Config(dict):
@@ -95,7 +150,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise LvisctlError(f"{path}: config file not found")
     try:
-        data = _yaml_load(path.read_text(encoding="utf-8")) or {}
+        data = _config_yaml_load(_read_config_text(path), str(path)) or {}
     except yaml.YAMLError as err:
         raise LvisctlError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     except (UnicodeDecodeError, OSError) as err:
@@ -223,11 +278,19 @@ def _validate(
                 raise LvisctlError(f"{source}: {dotted} must be a mapping")
             _validate(ref, value, source, dotted + ".", root)
         elif ref is not None and value is not None and not _same_type(ref, value):
+            element = _list_problem(ref, value) if isinstance(value, (list, tuple)) else None
+            detail = f" ({element})" if element else ""
             raise LvisctlError(
-                f"{source}: {dotted} must be {type(ref).__name__} (like the default {ref!r}), got {value!r}"
+                f"{source}: {dotted} must be {type(ref).__name__} (like the default {ref!r}), got "
+                f"{_short(value)}{detail}"
             )
         elif problem := choice_problem(dotted, value):
             raise LvisctlError(f"{source}: {problem}")
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _same_type(ref: Any, value: Any) -> bool:
@@ -236,8 +299,43 @@ def _same_type(ref: Any, value: Any) -> bool:
     if isinstance(ref, float):
         return isinstance(value, (int, float))
     if isinstance(ref, (list, tuple)):
-        return isinstance(value, (list, tuple))
+        return isinstance(value, (list, tuple)) and _list_problem(ref, value) is None
     return isinstance(value, type(ref))
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    names = {str: "string", list: "list", tuple: "list", dict: "mapping"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _list_problem(ref: list | tuple, value: list | tuple) -> str | None:
+    """What is wrong with the elements of a list value, judged by the default's elements: the same kinds
+    (numbers, strings, lists, ...; null where the default has one), nested lists alike and of the default's
+    length when all of its inner lists have one length (``valid_ranges`` are [lo, hi] pairs)."""
+    if not ref:
+        return None
+    kinds = {_kind(r) for r in ref if r is not None}
+    allow_null = any(r is None for r in ref)
+    inner = [r for r in ref if isinstance(r, (list, tuple))]
+    lengths = {len(r) for r in inner}
+    for item in value:
+        if item is None:
+            if allow_null:
+                continue
+            return f"null where {' or '.join(sorted(kinds))} is expected"
+        if _kind(item) not in kinds:
+            return f"{item!r} is a {_kind(item)}; expected {' or '.join(sorted(kinds))} elements"
+        if isinstance(item, (list, tuple)):
+            if len(lengths) == 1 and len(item) not in lengths:
+                return f"{item!r} has {len(item)} elements; expected {lengths.pop()}"
+            problem = _list_problem([x for r in inner for x in r], item)
+            if problem:
+                return problem
+    return None
 
 
 def resolve_config_path(value: str | Path) -> Path:

@@ -24,6 +24,7 @@ are skipped and reported (:class:`SkipReport`); a source without one readable im
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import hashlib
 import json
@@ -190,17 +191,32 @@ def _list_entries(path: Path) -> Iterator[str]:
         if "ImageID" in columns or "file_name" in columns or "path" in columns:
             key = next(c for c in ("ImageID", "file_name", "path") if c in columns)
             col, suffix = columns.index(key), key == "ImageID"
-            for row in csv.reader(fh):
+            for line, row in enumerate(csv.reader(fh), start=2):
                 value = row[col].strip() if len(row) > col else ""
                 if value:
-                    yield _with_suffix(value) if suffix else value
+                    checked = _checked_entry(value, path, line, name_only=suffix)
+                    yield _with_suffix(checked) if suffix else checked
             return
         if "," in first:
             raise LvisctlError(f"{path}: CSV without an ImageID, file_name or path column")
-        for line in (first, *fh):
-            value = line.strip()
+        for line, text in enumerate((first, *fh), start=1):
+            value = text.strip()
             if value:
-                yield _with_suffix(value)
+                yield _with_suffix(_checked_entry(value, path, line, name_only=False))
+
+
+def _checked_entry(value: str, path: Path, line: int, *, name_only: bool) -> str:
+    """An image-list entry that stays under the image root. An ``ImageID`` is a name: no separator at
+    all; a relative path (``file_name``/``path`` columns, plain lines) is neither absolute nor has a
+    ``..``. Otherwise ``../outside/secret`` would be read from outside the root and recorded."""
+    parts = re.split(r"[/\\]", value)
+    if name_only and len(parts) > 1:
+        problem = "an ImageID is a name, not a path (no '/' or '\\')"
+    elif value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value) or ".." in parts:
+        problem = "an image must lie under the image root (no absolute path, no '..')"
+    else:
+        return value
+    raise LvisctlError(f"{path}: line {line}: {value!r}: {problem}")
 
 
 def _with_suffix(value: str) -> str:
@@ -300,6 +316,7 @@ def write_image_info(
     """Stream an LVIS image-info json (``info``, ``categories``, empty ``annotations``, ``images``) to
     ``out_dir/<name>-<content hash>.images.json``; returns ``(path, number of images)``. The same
     content always gets the same name (a resumed run finds its file), other content another one."""
+    made_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
@@ -327,6 +344,9 @@ def write_image_info(
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+        if made_dir and not count:  # a refused list or no readable image: no empty folder left behind
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
     return path, count
 
 

@@ -263,7 +263,7 @@ def load_extra_images(path: str | Path, *, image_root: str | Path | None = None)
 
 # ---------------------------------------------------------------------------------------- checks
 def _path(run: RunDir, source: Artifact | Path) -> Path:
-    return run.path_of(source.path) if isinstance(source, Artifact) else source
+    return run.artifact_path(source) if isinstance(source, Artifact) else source
 
 
 def _read_json(path: Path) -> Any:

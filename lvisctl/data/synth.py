@@ -36,7 +36,8 @@ import numpy as np
 
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import RunDir
-from lvisctl.rundir.io import atomic_write_json, read_json
+from lvisctl.rundir.io import atomic_write_json, read_json, write_error
+from lvisctl.rundir.leftovers import remove_stale_partials
 
 # the real LVIS v1 category table ships inside the package (package data, see setup.py)
 REAL_CATEGORIES_FILE = Path(__file__).resolve().parent / "lvis_v1_categories.json"
@@ -719,14 +720,17 @@ def generate_synthetic_lvis(
     if table is not None and cfg.num_categories > len(table):
         raise LvisctlError(f"--num-categories {cfg.num_categories}: the category table has only {len(table)}")
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    remove_stale_partials(out)
     try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         _write_dataset(tmp, cfg, seed, table, progress, preset)
         _write_marker(tmp, preset, seed)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp, out)
+    except OSError as err:  # a full disk or read-only folder (PIL, json): one line, nothing left
+        raise (write_error(out, err) or err) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"root": out, **{name: out / fname for name, _, fname, _ in SPLITS}}
@@ -859,6 +863,7 @@ def synthesize_into_run(
         raise LvisctlError("data synth: pass --out DIR or --run-dir DIR")
     cfg = resolve_config(preset, **overrides)  # fail fast on bad options, before any work
     out = Path(out_dir) if out_dir is not None else run.root / "data"
+    existed = out.exists()
     paths = generate_synthetic_lvis(
         out,
         preset=preset,
@@ -870,6 +875,11 @@ def synthesize_into_run(
     )
     if run is not None:
         meta = {"preset": preset, "seed": seed, "synthetic": True, "images": cfg.write_images}
-        for name, *_ in SPLITS:
-            run.register("dataset", paths[name], meta={"split": name, **meta})
+        try:
+            for name, *_ in SPLITS:
+                run.register("dataset", paths[name], meta={"split": name, **meta})
+        except BaseException:  # a run dir that cannot record it (read-only): no unrecorded dataset left
+            if not existed:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
     return paths

@@ -118,7 +118,7 @@ def build_train_data(cfg: Any, run: RunDir, info: ShardInfo) -> TrainData:
     from lvisctl.data.self_training import load_self_training
 
     source = resolve_train_annotations(cfg, run)
-    path = run.path_of(source.path) if isinstance(source, Artifact) else source
+    path = run.artifact_path(source) if isinstance(source, Artifact) else source
     lvis = load_lvis(path, image_root=train_image_root(cfg))
     stats = lvis.category_stats()
     extra = load_self_training(cfg.data, run, train_image_ids=lvis.images, train_annotations=Path(path))

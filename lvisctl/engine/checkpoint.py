@@ -32,6 +32,7 @@ import torch
 
 from lvisctl.errors import LvisctlError, torch_load_problem
 from lvisctl.rundir import Artifact, RunDir, atomic_output
+from lvisctl.rundir.io import write_error
 
 FORMAT = "lvisctl-checkpoint"
 REQUIRED_KEYS = ("model", "config", "category_stats", "stage", "iteration")
@@ -118,8 +119,7 @@ def save_checkpoint(
     rel = checkpoint_relpath(phase, iteration, final, best=best is not None)
     # A checkpoint written just before a kill may exist unregistered; the replayed run rewrites it.
     path = run.output_path(rel, overwrite=True)
-    with atomic_output(path) as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
+    _save_file({"format": FORMAT, **state}, path)
     meta = {
         "stage": stage,
         "phase": phase.name,
@@ -130,6 +130,31 @@ def save_checkpoint(
     if best is not None:
         meta.update(best=True, metric=str(best["metric"]), value=float(best["value"]))
     return run.register("checkpoint", path, inputs=inputs, config=state.get("config"), meta=meta)
+
+
+def _save_file(obj: dict[str, Any], path: Path) -> None:
+    """``torch.save`` atomically. A full disk or a read-only folder is one line naming the file: torch
+    reports a failed write as ``RuntimeError("... unexpected pos ...")``; through a Python file object the
+    ``OSError`` (ENOSPC) underneath is kept as its context, which is what is reported."""
+    try:
+        with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+    except RuntimeError as err:
+        cause = _os_error_in(err)
+        user = write_error(path, cause) if cause is not None else None
+        if user is None:
+            raise
+        raise user from None
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    seen = 0
+    cur: BaseException | None = err
+    while cur is not None and seen < 8:
+        if isinstance(cur, OSError):
+            return cur
+        cur, seen = cur.__cause__ or cur.__context__, seen + 1
+    return None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -177,8 +202,9 @@ def prune_checkpoints(run: RunDir, phase: Phase | int, keep: int) -> list[str]:
     periodic = stage_checkpoints(run, phase, final=False)
     removed = []
     for artifact in periodic[: max(len(periodic) - max(keep, 1), 0)]:
+        path = run.path_of(artifact.path)  # refuses a path outside the run dir before anything goes
         run.unregister(artifact.path)
-        run.path_of(artifact.path).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         removed.append(artifact.path)
     return removed
 

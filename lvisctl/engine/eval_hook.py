@@ -89,7 +89,7 @@ def load_val_set(cfg: Any, run: Any, limit: int, *, write_gt: bool = True) -> Va
     from lvisctl.data.train_data import train_image_root
 
     source = require_val_source(cfg, run)
-    path = run.path_of(source.path) if isinstance(source, Artifact) else Path(source)
+    path = run.artifact_path(source) if isinstance(source, Artifact) else Path(source)
     lvis = load_lvis(path, image_root=train_image_root(cfg))
     if not lvis.has_annotations:
         raise LvisctlError(

@@ -27,8 +27,9 @@ def clear_phase(run: RunDir, phase: ckpt_io.Phase, info: DistInfo) -> None:
                 art.kind in ("checkpoint", "config", "log", "plot", "metrics")
                 and art.meta.get("phase") == phase.name
             ):
+                path = run.path_of(art.path)  # refuses a path outside the run dir before anything goes
                 run.unregister(art.path)
-                run.path_of(art.path).unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
         (run.root / "logs" / f"metrics_{phase.name}.jsonl").unlink(missing_ok=True)
         for events in tensorboard_dir(run.root, phase.name).glob("events.out.tfevents.*"):
             events.unlink()
@@ -98,9 +99,9 @@ def _newest_intact(run: RunDir, phase: ckpt_io.Phase) -> tuple[dict[str, Any], A
 def _input_hash(run: RunDir, item: Artifact | str | Path) -> tuple[str, str]:
     """(path as the manifest records it, current sha256 of the file)."""
     if isinstance(item, Artifact):
-        return item.path, sha256_file(run.path_of(item.path))
+        return item.path, sha256_file(run.artifact_path(item))
     rel = run.relative(item)
-    return rel, sha256_file(run.path_of(rel))
+    return rel, sha256_file(run.input_path(rel))
 
 
 def check_inputs_unchanged(run: RunDir, ckpt: Artifact, inputs: Sequence[Artifact | str | Path]) -> None:
@@ -111,7 +112,8 @@ def check_inputs_unchanged(run: RunDir, ckpt: Artifact, inputs: Sequence[Artifac
         old = recorded.get(path)
         if old is not None and old != now:
             raise LvisctlError(
-                f"{run.path_of(path)}: changed since {ckpt.path} was trained on it (sha256 {old} -> {now}); "
+                f"{run.input_path(path)}: changed since {ckpt.path} was trained on it "
+                f"(sha256 {old} -> {now}); "
                 "resume with --allow-changed-inputs to continue on the new file, or train in a new --run-dir"
             )
 

@@ -24,8 +24,9 @@ from lvisctl.evaluation.lvis_metrics import (
 )
 from lvisctl.evaluation.provenance import check_gt_unchanged
 from lvisctl.evaluation.results_scan import start_scan
-from lvisctl.rundir import Artifact, RunDir, atomic_write_json, atomic_write_text
+from lvisctl.rundir import Artifact, RunDir, atomic_group, atomic_write_json, atomic_write_text
 from lvisctl.rundir.io import sha256_file
+from lvisctl.rundir.outputs import output_lock, refuse_inputs_as_outputs
 
 EXTRA_METRICS = ("boundary", "fixed")
 # Predictions registered with this meta purpose are some command's internal working files (pseudo-labelling's
@@ -294,9 +295,8 @@ def run_evaluate(
     run = RunDir(run_dir, create=False) if run_dir is not None else None
     sources, gt_path, stem = resolve_inputs(results, gt, run, iou_types, predictions)
     paths = output_paths(out, stem, run)
-    for p in paths or ():
-        if p.exists() and not overwrite:
-            raise LvisctlError(f"{p}: already exists; pass --overwrite to replace it or choose another --out")
+    refuse_inputs_as_outputs(paths or (), [*(s.path for s in sources), gt_path])
+    _refuse_existing(paths or (), overwrite)
     for source in sources:
         if not source.path.is_file():
             what = "is a folder, not a results file" if source.path.is_dir() else "no such file"
@@ -344,16 +344,25 @@ def run_evaluate(
     return outcome
 
 
+def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
+    for p in paths:
+        if p.exists() and not overwrite:
+            raise LvisctlError(f"{p}: already exists; pass --overwrite to replace it or choose another --out")
+
+
 def _write_outputs(outcome, paths, ground, run: RunDir | None, *, inputs, overwrite: bool) -> None:
     from lvisctl.evaluation.plots import plot_ap_by_frequency
 
     json_path, csv_path, png_path = paths
-    if run is not None:
-        for p in paths:
-            run.output_path(run.relative(p), overwrite=overwrite)
-    atomic_write_json(json_path, outcome.metrics)
-    atomic_write_text(csv_path, per_category_csv(ground, outcome.by_type, outcome.extras))
-    plot_ap_by_frequency({t: m.metrics for t, m in outcome.by_type.items()}, png_path)
+    with output_lock(paths):  # a second evaluate of the same --out stops; checked again under the lock
+        _refuse_existing(paths, overwrite)
+        if run is not None:
+            for p in paths:
+                run.output_path(run.relative(p), overwrite=overwrite)
+        with atomic_group():  # the json, csv and png appear together or not at all (a full disk)
+            atomic_write_json(json_path, outcome.metrics)
+            atomic_write_text(csv_path, per_category_csv(ground, outcome.by_type, outcome.extras))
+            plot_ap_by_frequency({t: m.metrics for t, m in outcome.by_type.items()}, png_path)
     outcome.written = [json_path, csv_path, png_path]
     if run is None:
         return

@@ -169,9 +169,15 @@ def run_submit(
     elif run is not None and not out.is_absolute():
         out = run.root / out
     check_out_suffix(out)
-    if out.exists() and not overwrite:
-        raise LvisctlError(f"{out}: already exists; pass --overwrite to replace it or choose another --out")
-    summary = build_submission(results, image_info, out, truncate=truncate)
+    from lvisctl.rundir.outputs import output_lock, refuse_inputs_as_outputs
+
+    refuse_inputs_as_outputs([out], [results, image_info])
+    with output_lock([out]):
+        if out.exists() and not overwrite:
+            raise LvisctlError(
+                f"{out}: already exists; pass --overwrite to replace it or choose another --out"
+            )
+        summary = build_submission(results, image_info, out, truncate=truncate)
     if run is not None:
         run.register(
             "submission",

@@ -510,7 +510,49 @@ def non_empty(records: Sequence[Mapping[str, Any]], dropped: Any) -> list[Mappin
     return kept
 
 
-def ensemble_to_run_dir(
+def ensemble_to_run_dir(inputs: Sequence[Path], out: Path, **options: Any) -> EnsembleOutcome:
+    """``lvisctl ensemble``: fuse results files of the same images into ``split_paths(out)`` (the
+    ``.segm.json`` / ``.bbox.json`` pair ``tta-infer`` writes), registered in ``options['run_dir']``.
+
+    An output that is one of the inputs is refused (``--overwrite`` or not), and the outputs are locked
+    for the whole command (a lock file next to them), so two ensembles, or an ensemble and a tta-infer,
+    writing one ``--out`` cannot mix or replace each other's files. Options: :func:`_ensemble`'s.
+    """
+    from lvisctl.inference.results import split_paths
+    from lvisctl.inference.runner import remove_partial
+    from lvisctl.rundir.outputs import output_lock, refuse_inputs_as_outputs
+
+    paths = split_paths(Path(out).expanduser().resolve())
+    refuse_inputs_as_outputs(paths.values(), [*inputs, *joined_bbox_files(inputs), options.get("images")])
+    run_dir = options.get("run_dir")
+    root = Path(run_dir).expanduser().resolve() if run_dir is not None else paths["segm"].parent
+    with output_lock(paths.values()):
+        try:
+            return _ensemble(inputs, out, **options)
+        except Exception:  # a failure (bad input, full disk) leaves no chunk folder; a kill keeps it
+            remove_partial(ensemble_partial_dir(root, paths))
+            raise
+
+
+def ensemble_partial_dir(root: Path, paths: Mapping[str, Path]) -> Path:
+    """``<run dir or output folder>/.partial/<out>_ensemble``: the resumable chunks of one output."""
+    return root / ".partial" / (paths["segm"].name[: -len(".segm.json")] + "_ensemble")
+
+
+def _to_stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
+
+
+def joined_bbox_files(inputs: Sequence[Path]) -> list[Path]:
+    """The ``X.bbox.json`` read with each tta-infer ``X.segm.json`` input (an input too, never an output)."""
+    return [
+        Path(str(p)[: -len(".segm.json")] + ".bbox.json") for p in inputs if str(p).endswith(".segm.json")
+    ]
+
+
+def _ensemble(
     inputs: Sequence[Path],
     out: Path,
     *,
@@ -526,8 +568,7 @@ def ensemble_to_run_dir(
     max_chunks: int | None = None,
     on_images: Callable[[int], None] | None = None,
 ) -> EnsembleOutcome:
-    """``lvisctl ensemble``: fuse results files of the same images into ``split_paths(out)`` (the
-    ``.segm.json`` / ``.bbox.json`` pair ``tta-infer`` writes), registered in ``run_dir`` with its inputs.
+    """The ensemble itself, under :func:`ensemble_to_run_dir`'s output lock.
 
     Everything is checked before anything is written; chunks of ``chunk_size`` images are saved to a
     partial folder as they finish (a rerun resumes), shared round robin by ``torchrun`` ranks.
@@ -542,13 +583,15 @@ def ensemble_to_run_dir(
         EMPTY_DROPPED,
         ImageItem,
         assemble,
+        drop_damaged_chunks,
         fingerprint_of,
         finished_chunks,
         plan_chunks,
         prepare_partial_dir,
+        write_chunk,
     )
     from lvisctl.rundir import RunDir
-    from lvisctl.rundir.io import atomic_write_json, sha256_file
+    from lvisctl.rundir.io import sha256_file
 
     start = time.perf_counter()
     if len(inputs) < 1:
@@ -584,18 +627,18 @@ def ensemble_to_run_dir(
     if image_table is not None:
         sizes.update({i: (int(r["height"]), int(r["width"])) for i, r in image_table.items()})
     settings = {"weights": list(weights or []), "method": method, "iou": iou_thr, "skip": skip_box_thr}
-    fingerprint = fingerprint_of(
-        inputs=[sha256_file(f) for inp in read for f in inp.files], k=detections_per_image, **settings
+    fingerprint = fingerprint_of(  # the chunk size too: chunk k of another size is other images
+        inputs=[sha256_file(f) for inp in read for f in inp.files],
+        k=detections_per_image,
+        chunk_size=chunk_size,
+        **settings,
     )
-    partial_dir = (
-        (run.root if run is not None else out.parent)
-        / ".partial"
-        / (paths["segm"].name[: -len(".segm.json")] + "_ensemble")
-    )
+    partial_dir = ensemble_partial_dir(run.root if run is not None else out.parent, paths)
     chunks = plan_chunks([ImageItem(i, Path()) for i in image_ids], chunk_size)
     dist = init_distributed("cpu")
     if dist.is_main:
         prepare_partial_dir(partial_dir, fingerprint)
+        drop_damaged_chunks(partial_dir, chunks, _to_stderr)
     barrier(dist)
     done = finished_chunks(partial_dir)
     pending = [k for k in range(len(chunks)) if k not in done]
@@ -620,7 +663,7 @@ def ensemble_to_run_dir(
             records.extend(detections_to_records(item.image_id, fused, cmap, dropped))
         payload = {"image_ids": [item.image_id for item in chunks[k]], "records": records}
         payload[EMPTY_DROPPED] = dropped.empty_masks
-        atomic_write_json(partial_dir / f"rank{dist.rank}_{k}.json", payload, indent=None)
+        write_chunk(partial_dir, dist.rank, k, payload, fingerprint)
         if on_images is not None:
             on_images(len(chunks[k]))
     barrier(dist)

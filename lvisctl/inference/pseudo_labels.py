@@ -512,10 +512,10 @@ def training_json_of(run: Any, checkpoint: Any) -> Path:
     inputs = list(getattr(checkpoint, "inputs", None) or [])
     for rec in inputs:
         if rec.get("kind") == "dataset":
-            return run.path_of(rec["path"])
+            return run.input_path(rec["path"])
     for rec in inputs:
         if rec.get("kind") == "external" and str(rec["path"]).endswith(".json"):
-            return run.path_of(rec["path"])
+            return run.input_path(rec["path"])
     found = run.find("dataset", split="train")
     if found:
         return run.resolve(found[-1])
@@ -558,6 +558,7 @@ def make_pseudo_labels(
     from lvisctl.engine.checkpoint import load_checkpoint
     from lvisctl.inference.runner import predict_to_run_dir
     from lvisctl.rundir import RunDir
+    from lvisctl.rundir.outputs import output_lock, refuse_inputs_as_outputs
 
     if source not in SOURCES:
         raise LvisctlError(f"pseudolabel: SOURCE must be one of {', '.join(SOURCES)}, got {source!r}")
@@ -574,8 +575,10 @@ def make_pseudo_labels(
     _tell(on_note, [f"checkpoint: {run.relative(ckpt_path)} ({note})"])  # before the slow part
     src = _images_of(source, run, ckpt_art, images, image_root)
     out_rel = str(out) if out else f"pseudo_labels/{_source_name(src)}_{mode}.json"
+    target = run.output_path(out_rel, overwrite=True)  # where it goes; existence checked under the locks
+    refuse_inputs_as_outputs([target], [ckpt_path, images, image_list])
     # one writer of this pseudo-label file at a time (its inference is locked again by the runner)
-    with run.phase_lock(f"pseudolabel-{Path(out_rel).stem}"):
+    with run.phase_lock(f"pseudolabel-{Path(out_rel).stem}"), output_lock([target]):
         out_path = run.output_path(out_rel, overwrite=overwrite)  # fail before hours of inference
         info = _image_source(source, src, run, categories, image_root, image_list, workers)
         outcome = PseudoLabelOutcome(None, run.relative(ckpt_path), note, info.skipped)

@@ -45,6 +45,7 @@ from lvisctl.inference.predictor import Predictor, checkpoint_config
 from lvisctl.inference.results import DropCount, detections_to_records, split_paths, write_split_results
 from lvisctl.rundir import Artifact, RunDir
 from lvisctl.rundir.io import atomic_group, atomic_write_json, sha256_file
+from lvisctl.rundir.outputs import output_lock, refuse_inputs_as_outputs
 
 CHUNK_NAME = re.compile(r"rank(\d+)_(\d+)\.json")
 META_NAME = "meta.json"
@@ -110,8 +111,31 @@ def finished_chunks(partial_dir: Path) -> dict[int, Path]:
     return found
 
 
+def chunk_digest(fingerprint: str, payload: dict[str, Any]) -> str:
+    """The hash a chunk file carries: of its content and the run's fingerprint, so a chunk edited by hand
+    (well-formed or not) or left by other settings is recomputed, never reused."""
+    body = {k: payload[k] for k in ("image_ids", "records", "skipped") if k in payload}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{fingerprint}\n{text}".encode()).hexdigest()
+
+
+def write_chunk(partial_dir: Path, rank: int, k: int, payload: dict[str, Any], fingerprint: str) -> None:
+    """Save chunk ``k`` (computed by ``rank``) atomically, with its :func:`chunk_digest`."""
+    payload = {**payload, "sha256": chunk_digest(fingerprint, payload)}
+    atomic_write_json(partial_dir / f"rank{rank}_{k}.json", payload, indent=None)
+
+
+def _fingerprint_of_dir(partial_dir: Path) -> str | None:
+    try:
+        value = json.loads((partial_dir / META_NAME).read_bytes()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def read_chunk(path: Path, chunk: Sequence[ImageItem]) -> dict[str, Any] | None:
-    """A chunk file's payload, or None when it is damaged: not json, or not the records of ``chunk``."""
+    """A chunk file's payload, or None when it is damaged: not json, not the records of ``chunk``, or
+    its hash does not match its content and the fingerprint in the folder's ``meta.json``."""
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):  # ValueError: JSONDecodeError and UnicodeDecodeError
@@ -122,7 +146,8 @@ def read_chunk(path: Path, chunk: Sequence[ImageItem]) -> dict[str, Any] | None:
         and isinstance(data.get("records"), list)
         and isinstance(data.get("skipped", {}), dict)
     )
-    return data if ok else None
+    fingerprint = _fingerprint_of_dir(path.parent) if ok else None
+    return data if ok and data.get("sha256") == chunk_digest(fingerprint or "", data) else None
 
 
 def drop_damaged_chunks(
@@ -356,7 +381,7 @@ def run_inference(
         payload[EMPTY_DROPPED] = dropped.empty_masks
         if skipped:
             payload["skipped"] = {str(i): why for i, why in skipped.items()}
-        atomic_write_json(partial_dir / f"rank{dist.rank}_{k}.json", payload, indent=None)
+        write_chunk(partial_dir, dist.rank, k, payload, fingerprint)
     barrier(dist)  # all chunk files written
     summary = InferenceSummary(0, 0, 0.0, len(chunks), len(done), len(mine), complete=False)
     summary.chunks_damaged = damaged
@@ -490,28 +515,30 @@ def predict_to_run_dir(
             default_out_name(images, ckpt_path, used_scales, len(resolved), cfg.inference.tta.mode)
         )
     )
-    partial_dir = run.root / ".partial" / group_path.stem
-    for path in split_paths(group_path).values():  # refuse before the slow part (images, model)
-        if not finished_unregistered(run, path, partial_dir):
-            run.output_path(run.relative(path), overwrite=overwrite)
-    job = _PredictJob(
-        run,
-        images,
-        image_root,
-        ckpt,
-        ckpt_input,
-        ckpt_path,
-        ckpt_sha,
-        cfg,
-        group_path,
-        resolved,
-        used_scales,
-        list(overrides),
-        dict(extra_meta or {}),
-        map_by_name,
-    )
-    with run.phase_lock(f"predictions-{group_path.stem}"):
-        return _predict_locked(job, max_chunks, strict, on_start, on_images, notify)
+    outputs = split_paths(group_path).values()
+    refuse_inputs_as_outputs(outputs, [images, *(p for _, p, _ in resolved)])
+    with output_lock(outputs):  # one writer of these files, even from another run dir (issue 22)
+        for path in outputs:  # refuse before the slow part (images, model)
+            if not finished_unregistered(run, path, run.root / ".partial" / group_path.stem):
+                run.output_path(run.relative(path), overwrite=overwrite)
+        job = _PredictJob(
+            run,
+            images,
+            image_root,
+            ckpt,
+            ckpt_input,
+            ckpt_path,
+            ckpt_sha,
+            cfg,
+            group_path,
+            resolved,
+            used_scales,
+            list(overrides),
+            dict(extra_meta or {}),
+            map_by_name,
+        )
+        with run.phase_lock(f"predictions-{group_path.stem}"):
+            return _predict_locked(job, max_chunks, strict, on_start, on_images, notify)
 
 
 def finished_unregistered(run: RunDir, path: Path, partial_dir: Path) -> bool:

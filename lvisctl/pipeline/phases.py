@@ -59,7 +59,7 @@ def ensure_dataset(run: RunDir, preset: str, seed: int, report: Report = print) 
         synthesize_into_run(run, preset=preset, seed=seed, overwrite=True)
         found = {s: run.find("dataset", split=s) for s in ("train", "val")}
     else:
-        report(f"synthetic data already in {run.relative(run.path_of(found['val'][-1].path))}")
+        report(f"synthetic data already in {run.relative(run.artifact_path(found['val'][-1]))}")
     return run.resolve(found["val"][-1])
 
 

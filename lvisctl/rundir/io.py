@@ -42,6 +42,17 @@ def write_error(path: str | os.PathLike[str], err: OSError) -> LvisctlError | No
     return LvisctlError(f"{path}: cannot write ({reason}); nothing was written there")
 
 
+def os_error_line(err: OSError) -> str | None:
+    """The one line for a file-system failure that reached the command line unconverted (a full disk
+    under a library's own writer, a read-only folder, stdout closed or on /dev/full), or None when the
+    error is not the user's to fix (then it keeps its traceback)."""
+    reason = _USER_ERRNOS.get(err.errno or -1) or ("output closed" if err.errno == errno.EPIPE else None)
+    if reason is None:
+        return None
+    where = err.filename if err.filename is not None else "output (standard output or a file)"
+    return f"{where}: cannot write ({reason}); finished outputs are kept, nothing partial was published"
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed to ``path``, on error deleted.
@@ -53,6 +64,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     if target.is_dir():
         raise LvisctlError(f"{target}: is a directory; --overwrite replaces files only, choose a file name")
     tmp: Path | None = None
+    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -67,14 +79,25 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp = None
         else:
             os.replace(tmp, target)
-    except OSError as err:
-        user = write_error(target, err)
+    except BaseException as err:
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
+        _remove_empty(created)  # a failed write leaves no empty folder behind (e.g. a full disk)
+        user = write_error(target, err) if isinstance(err, OSError) else None
         if user is None:
             raise
         raise user from None
     finally:
         if tmp is not None and tmp.exists():
             tmp.unlink()
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # innermost first
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 # Open atomic_group() blocks of this process: each holds (temporary file, target) pairs to publish.

@@ -161,3 +161,63 @@ def _remove_if_only_locks(root: Path) -> None:
             root.rmdir()
     except OSError:
         pass  # someone else started writing here meanwhile: keep it
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, what: str, where: Path) -> Iterator[Path | None]:
+    """Hold a POSIX lock on ``path`` itself (an output's ``.<name>.lock``) for the ``with`` body; the file
+    is removed on release, so no lock file is left next to the user's outputs.
+
+    A second live holder is refused at once (:class:`PhaseLockedError`, naming it). A file left by a
+    killed holder is simply locked again. Re-entrant within the process, rank 0 only, as ``phase_lock``.
+    """
+    key = str(path)
+    if not _is_main_rank() or key in _HELD:
+        _HELD[key] = _HELD.get(key, 0) + 1
+        try:
+            yield path
+        finally:
+            _HELD[key] -= 1
+            if not _HELD[key]:
+                del _HELD[key]
+        return
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    fd = _lock_live_file(path, what, where)
+    _HELD[key] = 1
+    try:
+        yield path
+    finally:
+        del _HELD[key]
+        with contextlib.suppress(OSError):  # unlink before close: a waiting opener re-checks the inode
+            path.unlink()
+        os.close(fd)
+        for folder in created:  # folders made only for the lock (the command failed): not left behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _lock_live_file(path: Path, what: str, where: Path) -> int:
+    """Open and lock ``path``; retried when its holder removed it between our open and lock (then the
+    lock would be on a file nobody else can see)."""
+    while True:
+        fd = _open_lock_file(path)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = describe_holder(_read_fd(fd))
+            os.close(fd)
+            raise PhaseLockedError(
+                f"{where}: {what} is being written by {holder}; wait for it to finish or stop it "
+                f"(lock file {path})"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (_holder_text() + "\n").encode(), 0)
+            return fd
+        os.close(fd)

@@ -29,6 +29,8 @@ from lvisctl.rundir.lock import phase_lock
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
+# Kinds that may be recorded outside the run dir: input data registered where it lies, read only.
+EXTERNAL_KINDS = ("dataset",)
 ARTIFACT_KINDS = (
     "dataset",
     "config",
@@ -45,7 +47,8 @@ ARTIFACT_KINDS = (
 
 @dataclass
 class Artifact:
-    """One manifest entry. ``path`` is relative to the run directory (absolute for external inputs)."""
+    """One manifest entry. ``path`` is relative to the run directory; ``inputs`` may name external files
+    by absolute path."""
 
     kind: str
     path: str
@@ -181,7 +184,7 @@ class RunDir:
 
     def resolve(self, artifact: Artifact, *, verify: bool = True) -> Path:
         """Absolute path of ``artifact``, checked to exist and (by default) to still match its sha256."""
-        path = self.path_of(artifact.path)
+        path = self.artifact_path(artifact)
         if not path.exists():
             raise LvisctlError(
                 f"{path}: recorded in {self.manifest_path.name} as {artifact.kind} but missing on disk"
@@ -194,18 +197,40 @@ class RunDir:
         return path
 
     def path_of(self, rel_path: str) -> Path:
-        """Absolute path of a manifest path. A relative path must stay inside the run directory
-        (``../../etc/hostname`` in an edited manifest is refused, not followed); absolute paths are
-        outputs lvisctl wrote outside it on request (``--out``) and external inputs."""
+        """Absolute path of a manifest path, which must stay inside the run directory.
+
+        A run directory may come from someone else, so its manifest is untrusted input: an absolute path,
+        a ``..`` that leaves the run dir or a symlink pointing out of it is refused here, the one place
+        every read, write and delete through the manifest passes (``runs show --verify`` would hash a
+        system file as "ok", ``train --overwrite`` delete it). External *inputs* are recorded in an
+        artifact's ``inputs`` list and read through :meth:`input_path`, never deleted.
+        """
         p = Path(rel_path)
-        if p.is_absolute():
-            return p
         joined = self.root / p
-        if ".." in p.parts and not _inside(joined, self.root):
+        if p.is_absolute() or not _inside(joined, self.root) or not _inside(joined.resolve(), self.root):
             raise LvisctlError(
-                f"{self.manifest_path}: path {rel_path!r} leaves the run directory; refusing to follow it"
+                f"{self.manifest_path}: path {rel_path!r} leaves the run directory; refusing to follow it "
+                "(a manifest only names files inside its run directory)"
             )
         return joined
+
+    def artifact_path(self, artifact: Artifact) -> Path:
+        """The file of a manifest entry: :meth:`path_of`, except that a ``dataset`` may be recorded where
+        it lies (``data synth --out DIR --run-dir RUN``): input data, only ever read, never deleted."""
+        p = Path(artifact.path)
+        if artifact.kind in EXTERNAL_KINDS and p.is_absolute():
+            return p
+        return self.path_of(artifact.path)
+
+    def input_path(self, recorded: str) -> Path:
+        """The file of an artifact's ``inputs`` record: inside the run dir as :meth:`path_of`, or an
+        absolute external input (a training json, a checkpoint file), only ever read and hashed."""
+        p = Path(recorded)
+        return p if p.is_absolute() else self.path_of(recorded)
+
+    def inside(self, path: str | os.PathLike[str]) -> bool:
+        """``path`` lies inside the run directory (after resolving symlinks)."""
+        return _inside(Path(path).expanduser().resolve(), self.root)
 
     def relative(self, path: str | os.PathLike[str]) -> str:
         """Path relative to the run dir when inside it, else absolute (external inputs)."""
@@ -222,7 +247,9 @@ class RunDir:
         Call this before doing the work, so a refused run fails fast and leaves nothing behind; it creates
         nothing (the atomic writers make the folders).
         """
-        path = self.path_of(rel_path)
+        given = Path(rel_path)
+        outside = given.is_absolute() and not self.inside(given)  # --out elsewhere: written, not recorded
+        path = given if outside else self.path_of(rel_path)
         if path.exists() and not overwrite:
             raise LvisctlError(
                 f"{path}: already exists; pass --overwrite to replace it or choose another --out"
@@ -242,8 +269,12 @@ class RunDir:
         """Record a file the command has finished writing. Re-registering a path replaces its entry."""
         if kind not in ARTIFACT_KINDS:
             raise ValueError(f"unknown artifact kind {kind!r}; expected one of {ARTIFACT_KINDS}")
-        self._ensure()
-        abs_path = self.path_of(self.relative(path))
+        abs_path = Path(path).expanduser().resolve()
+        # A manifest names only files inside its run dir (it is read back as untrusted input); a dataset
+        # may stay where it lies. Other outputs written elsewhere on request are not recorded.
+        recorded = self.inside(abs_path) or kind in EXTERNAL_KINDS
+        if recorded:
+            self._ensure()
         artifact = Artifact(
             kind=kind,
             path=self.relative(abs_path),
@@ -255,6 +286,9 @@ class RunDir:
             inputs=[self._input_record(i) for i in inputs],
             meta=dict(meta or {}),
         )
+        if not recorded:
+            _note(f"note: {abs_path} is outside the run directory {self.root}; not recorded in its manifest")
+            return artifact
         with self._manifest_locked():
             data = self._read()
             data["artifacts"] = [a for a in data["artifacts"] if a["path"] != artifact.path]
@@ -277,7 +311,7 @@ class RunDir:
         known = self.get(rel)
         if known is not None:
             return {"path": known.path, "sha256": known.sha256, "kind": known.kind}
-        return {"path": rel, "sha256": sha256_file(self.path_of(rel)), "kind": "external"}
+        return {"path": rel, "sha256": sha256_file(self.input_path(rel)), "kind": "external"}
 
 
 _REQUIRED_ENTRY_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -296,6 +330,10 @@ def _inside(path: Path, root: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _note(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _check_creatable(root: Path) -> None:

@@ -8,6 +8,7 @@ sheet is registered (kind ``plot``) with the files it was drawn from.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 
 from lvisctl.errors import LvisctlError
+from lvisctl.rundir.io import atomic_group
+from lvisctl.rundir.outputs import output_lock, refuse_inputs_as_outputs
 from lvisctl.visualization.draw import Instances, contact_sheet, draw_instances, side_by_side, titled
 
 PSEUDOLABEL = "pseudolabel"  # predictions meta purpose that is not for looking at / evaluating
@@ -297,23 +300,34 @@ def visualize(
     chosen = _choose(refs, preds or {}, gts or {}, max_images)
     name = _stem(src.predictions or src.gt.path)
     out_dir = Path(out).expanduser().resolve() if out else run.root / "visualize" / name
-    _refuse_existing(out_dir, [f"{i}.png" for i in chosen] + ["contact_sheet.png"], overwrite)
-    loaded, skipped = _read_chosen(chosen, refs, preds, src.predictions)  # all checked before any PNG
-    pngs, tiles, drawn = [], [], 0
-    for image_id, image in loaded:
-        gt_recs = gts.get(image_id, []) if gts is not None else None
-        pred_recs = None
-        if preds is not None:
-            pred_recs = sorted(preds.get(image_id, []), key=lambda r: -float(r["score"]))
-        pixels = render_image(image, gt_recs, pred_recs, names, score_thresh)
-        drawn += len(gt_recs or []) + len(pred_recs or [])
-        pngs.append(save_png(pixels, out_dir / f"{image_id}.png"))
-        tiles.append(titled(pixels, f"{image_id} {refs[image_id].file_name}"))
-    if not pngs:
-        why = f" ({skip_line(skipped)})" if skipped else " (none of the predictions' images is listed)"
-        raise LvisctlError(f"{run.root}: no image to draw{why}")
-    columns = 2 if gts is not None and preds is not None else 4
-    sheet = save_png(contact_sheet(tiles, columns=columns), out_dir / "contact_sheet.png")
+    targets = [out_dir / f"{i}.png" for i in chosen] + [out_dir / "contact_sheet.png"]
+    sources = [src.predictions, src.gt.path if src.gt else None, *(refs[i].path for i in chosen)]
+    refuse_inputs_as_outputs(targets, sources)
+    made_dir = not out_dir.exists()
+    try:
+        with output_lock(targets[-1:]), atomic_group():  # every png appears, or none (a full disk)
+            _refuse_existing(out_dir, [t.name for t in targets], overwrite)
+            loaded, skipped = _read_chosen(chosen, refs, preds, src.predictions)  # all checked first
+            pngs, tiles, drawn = [], [], 0
+            for image_id, image in loaded:
+                gt_recs = gts.get(image_id, []) if gts is not None else None
+                pred_recs = None
+                if preds is not None:
+                    pred_recs = sorted(preds.get(image_id, []), key=lambda r: -float(r["score"]))
+                pixels = render_image(image, gt_recs, pred_recs, names, score_thresh)
+                drawn += len(gt_recs or []) + len(pred_recs or [])
+                pngs.append(save_png(pixels, out_dir / f"{image_id}.png"))
+                tiles.append(titled(pixels, f"{image_id} {refs[image_id].file_name}"))
+            if not pngs:
+                none_listed = " (none of the predictions' images is listed)"
+                why = f" ({skip_line(skipped)})" if skipped else none_listed
+                raise LvisctlError(f"{run.root}: no image to draw{why}")
+            columns = 2 if gts is not None and preds is not None else 4
+            sheet = save_png(contact_sheet(tiles, columns=columns), out_dir / "contact_sheet.png")
+    except BaseException:
+        if made_dir:  # a failed command leaves no empty output folder behind
+            _remove_empty_tree(out_dir)
+        raise
     meta = {"purpose": "visualize", "images": len(pngs), "score_thresh": score_thresh}
     inputs = [p for p in (src.pred_input, src.gt.path if src.gt else None) if p is not None]
     run.register("plot", sheet, inputs=inputs, meta={**meta, "categories": categories or "all"})
@@ -355,6 +369,13 @@ def skip_line(skipped: Mapping[int, str]) -> str:
     shown = "; ".join(f"image {i}: {why}" for i, why in list(skipped.items())[:3])
     more = f"; ... and {len(skipped) - 3} more" if len(skipped) > 3 else ""
     return f"{len(skipped)} unreadable image(s) skipped: {shown}{more}"
+
+
+def _remove_empty_tree(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        for lock in folder.glob(".*.lock"):
+            lock.unlink()
+        folder.rmdir()
 
 
 def _categories_of(info_json: Path | None) -> dict[int, dict]:

@@ -129,7 +129,7 @@ def test_whole_pipeline_on_tiny_synthetic_lvis(tmp_path):
             run / "checkpoints" / "stage2_final.pt",
         )
     )
-    submission = tmp_path / "submission.zip"
+    submission = run / "submission.zip"  # inside the run dir: recorded (outside it would not be)
     ok(lvisctl("submit", "--run-dir", run, "--image-info", test_info, "--out", submission))
     with zipfile.ZipFile(submission) as zf:
         (name,) = zf.namelist()
