@@ -228,4 +228,7 @@ def _validate_table(file: Path, data, checked: bool, decoded: bool) -> Table:
 
 
 def register(app: typer.Typer) -> None:
+    from lvisctl.cli.data_register import add_to
+
+    add_to(data_app)
     app.add_typer(data_app, name="data")

@@ -37,6 +37,10 @@ def run_training(
         raise typer.Exit(130) from None
     if not result.is_main:  # torchrun: rank 0 reports
         return
+    if cfg is not None:  # the data this run trained on, for its later commands
+        from lvisctl.data.remembered import given_data, remember_data
+
+        remember_data(run_dir, given_data(cfg.data), _note)
     if result.skipped:
         typer.echo(f"{label} already finished: {result.checkpoint}")
     else:
@@ -87,6 +91,10 @@ def train_command(
     check_phase_name(phase)
     # Resuming without a config keeps the config saved in the checkpoint.
     cfg = None if (resume and config is None and not overrides) else load_config(config, overrides or [])
+    if cfg is not None:
+        from lvisctl.data.remembered import fill_data
+
+        cfg = fill_data(run_dir, cfg, _note)
     label = phase or f"stage {stage}"
     resume_cmd = f"lvisctl train --run-dir {run_dir} --stage {stage}" + (f" --phase {phase}" if phase else "")
     run_training(
@@ -100,6 +108,14 @@ def train_command(
         overwrite=overwrite,
         allow_changed_inputs=allow_changed_inputs,
     )
+
+
+def _note(line: str) -> None:
+    """A note on stderr, once per job (rank 0 under torchrun)."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:

@@ -37,8 +37,10 @@ def visualize_command(
     predictions side by side when both are known) and a contact sheet. Colours are fixed per category."""
     from rich.console import Console
 
+    from lvisctl.data.remembered import default_image_root
     from lvisctl.visualization.render import visualize
 
+    image_root = default_image_root(run_dir, image_root, lambda line: typer.echo(line, err=True))
     result = visualize(
         run_dir,
         images=images,
