@@ -74,16 +74,22 @@ def test_readme_real_lvis_block_runs_on_the_real_layout(tmp_path):
     env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
     env.pop("LVISCTL_DATASETS", None)  # the default, ./datasets
     real_layout(work, env)
-    script = "set -euo pipefail\n" + commands(real_lvis_block())
+    # then the commands that looked at the run: they too find the images through the run's data
+    after = (
+        "lvisctl visualize --run-dir runs/r50 --max-images 2\n"
+        "lvisctl analyze masks --run-dir runs/r50 --max-images 2 --scale 64\n"
+    )
+    script = "set -euo pipefail\n" + commands(real_lvis_block()) + after
     proc = subprocess.run(
         ["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=1200
     )
     assert proc.returncode == 0, f"{script}\n---\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     # every later command said where its data came from
     assert "using the run's data: data.train=" in proc.stderr
-    assert proc.stderr.count("using the run's data.image_root=") >= 2
+    assert proc.stderr.count("using the run's data.image_root=") >= 4  # tta-infer x2, visualize, analyze
     assert "using the run's data.test_info=" in proc.stderr
     assert (work / "test-dev.zip").is_file()
+    assert "drew " in proc.stdout and list((work / "runs" / "r50" / "visualize").rglob("*.png"))
     remembered = json.loads((work / "runs" / "r50" / "manifest.json").read_text())["data"]
     assert remembered["image_root"] == str((work / "datasets" / "coco").resolve())
     assert set(remembered) == {"train", "val", "test_info", "image_root"}
