@@ -9,6 +9,10 @@ import pytest
 from lvisctl.config import load_config
 from lvisctl.errors import LvisctlError
 from lvisctl.inference.tta_settings import TTASettings, auto_ranges, covered_gaps
+from tests.integration import test_cli_tta_infer as base
+
+setup = base.setup  # the fixture: a run dir with tiny checkpoints and an LVIS file
+invoke = base.invoke
 
 
 def test_base_takes_a_packaged_config_by_scope(tmp_path):
@@ -65,3 +69,11 @@ def test_inf_is_accepted_as_no_upper_limit(hi):
     cfg = load_config(None, [f"inference.tta.valid_ranges=[[0,{hi}],[16,64]]"])
     settings = TTASettings.from_config(cfg.inference.tta, scales=(400, 800))
     assert settings.valid_ranges == ((0.0, math.inf), (16.0, 64.0))
+
+
+def test_tta_infer_paper_at_other_scales_runs_and_records_the_derived_ranges(setup):
+    """The CLI path: `--tta paper --scales a,b` with the packaged ranges is no longer refused."""
+    run, images, _ = setup
+    result = invoke("--run-dir", run.root, "--images", images, "--tta", "paper", "--scales", "40,56")
+    assert result.exit_code == 0, result.output
+    assert run.latest("predictions").meta["scales"] == [40, 56]
