@@ -21,8 +21,13 @@ def check_phase_name(phase: str | None) -> None:
 def run_training(
     cfg, run_dir: Path, *, stage: int, phase: str | None, label: str, resume_cmd: str, **kw
 ) -> None:
-    """Train and report (rank 0); Ctrl-C prints where to resume and exits 130."""
+    """Train and report (rank 0); Ctrl-C prints where to resume and exits 130. The run's remembered data
+    fills what the config leaves empty; the data given is remembered once training finished."""
+    from lvisctl.data.remembered import fill_data
     from lvisctl.engine.trainer import TrainingInterrupted, train
+
+    if cfg is not None:
+        cfg = fill_data(run_dir, cfg, _note)
 
     try:
         result = train(cfg, run_dir, stage=stage, phase=phase, **kw)
@@ -91,10 +96,6 @@ def train_command(
     check_phase_name(phase)
     # Resuming without a config keeps the config saved in the checkpoint.
     cfg = None if (resume and config is None and not overrides) else load_config(config, overrides or [])
-    if cfg is not None:
-        from lvisctl.data.remembered import fill_data
-
-        cfg = fill_data(run_dir, cfg, _note)
     label = phase or f"stage {stage}"
     resume_cmd = f"lvisctl train --run-dir {run_dir} --stage {stage}" + (f" --phase {phase}" if phase else "")
     run_training(
