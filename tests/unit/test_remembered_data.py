@@ -118,3 +118,12 @@ def test_data_register_records_checks_and_keeps(layout, tmp_path):
     assert "pass --replace to change it" in res.output
     res = cli.invoke(app, [*args, "--replace"])
     assert RunDir(run).datasets()["train"].endswith("lvis_v1_val.json")
+
+
+def test_tta_infer_takes_a_builtin_name_with_its_image_root(layout, tmp_path):
+    said: list[str] = []
+    images, root = inference_inputs(tmp_path / "run", "lvis_v1_val", None, said.append)
+    assert images == Path("datasets/lvis/lvis_v1_val.json") and root == Path("datasets/coco")
+    # a file of that name in the working directory wins over the builtin name
+    (tmp_path / "lvis_v1_val").write_text("{}")
+    assert inference_inputs(tmp_path / "run", "lvis_v1_val", None, said.append)[0] == Path("lvis_v1_val")
