@@ -60,11 +60,20 @@ def masks(
 
     run = RunDir(run_dir)
     ckpts = [resolve_checkpoint(run, c)[:2] for c in (checkpoint or [None])]
+    from lvisctl.data.remembered import default_image_root, remembered_path
+
+    def note(line: str) -> None:
+        typer.echo(line, err=True)
+
     if images is None:
         found = run.find("dataset", split="val")
-        if not found:
+        if found:
+            images = run.resolve(found[-1])
+        elif "val" in run.datasets():
+            images = remembered_path(run_dir, "val", "--images", note)
+        else:
             raise LvisctlError(f"{run.manifest_path}: no val dataset recorded; pass --images FILE")
-        images = run.resolve(found[-1])
+    image_root = default_image_root(run_dir, image_root, note)
     with ImagesProgress("analyze masks") as progress:
         analyses = run_analyze_masks(
             run,

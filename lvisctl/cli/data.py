@@ -266,4 +266,7 @@ def convert(
 
 
 def register(app: typer.Typer) -> None:
+    from lvisctl.cli.data_register import add_to
+
+    add_to(data_app)
     app.add_typer(data_app, name="data")

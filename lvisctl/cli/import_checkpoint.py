@@ -54,6 +54,13 @@ def import_checkpoint_command(
         stride_in_1x1=stride_in_1x1,
     )
     _print_report(result)
+    data_overrides = [o for o in overrides or [] if o.startswith("data.")]
+    if data_overrides:  # the run's data, for its later commands (stage 2, tta-infer, ...)
+        from lvisctl.config import load_config
+        from lvisctl.data.remembered import given_data, remember_data
+
+        given = given_data(load_config(None, data_overrides).data)
+        remember_data(run_dir, given, lambda line: typer.echo(line, err=True))
 
 
 def _print_report(result) -> None:

@@ -24,11 +24,15 @@ def show(
         False, "--verify", help="Re-hash every artifact and flag changed or missing files."
     ),
     full: bool = typer.Option(False, "--full", help="Show whole command lines and input paths."),
+    summary: bool = typer.Option(
+        False, "--summary", help="Per training phase: its checkpoint and the AP evaluate measured on it."
+    ),
 ) -> None:
     """Print the manifest as a table: each artifact, what made it and what it was made from."""
-    run = RunDir(run_dir, create=False)
-    if not run.manifest_path.exists():
-        raise LvisctlError(f"{run.root}: not a run directory (no {run.manifest_path.name})")
+    run = _existing_run(run_dir)
+    if summary:
+        Console(width=None if sys.stdout.isatty() else 160).print(_summary_table([run]))
+        return
     table = Table(title=escape(str(run.root)), show_lines=False)
     for col in ("kind", "path", "size", "sha256", "created", "made from", "command"):
         table.add_column(col, overflow="fold", no_wrap=col in ("kind", "size", "sha256"))
@@ -65,6 +69,55 @@ def show(
         )
     if verify and bad:
         raise LvisctlError(f"{run.root}: {bad} artifact(s) changed or missing since they were recorded")
+
+
+@runs_app.command("compare")
+def compare(
+    run_a: Path = typer.Argument(..., help="First run directory."),
+    run_b: Path = typer.Argument(..., help="Second run directory."),
+) -> None:
+    """Side by side, per training phase: checkpoint and AP of two runs, and B minus A."""
+    pair = [_existing_run(run_a), _existing_run(run_b)]
+    Console(width=None if sys.stdout.isatty() else 160).print(_summary_table(pair))
+
+
+def _existing_run(path: Path) -> RunDir:
+    run = RunDir(path, create=False)
+    if not run.manifest_path.exists():
+        raise LvisctlError(f"{run.root}: not a run directory (no {run.manifest_path.name})")
+    return run
+
+
+def _summary_table(runs: list[RunDir]) -> Table:
+    from lvisctl.evaluation.run_summary import phase_summaries
+
+    rows = [{r.phase: r for r in phase_summaries(run)} for run in runs]
+    phases = list(dict.fromkeys(p for by_phase in rows for p in by_phase))
+    title = " vs ".join(escape(str(run.root)) for run in runs)
+    table = Table(title=title)
+    table.add_column("phase")
+    for i, _ in enumerate(runs):
+        tag = "" if len(runs) == 1 else f" {'AB'[i]}"
+        for col in ("checkpoint", "mask AP", "box AP"):
+            table.add_column(col + tag, justify="left" if col == "checkpoint" else "right")
+    if len(runs) == 2:
+        table.add_column("mask AP B-A", justify="right")
+    for phase in phases:
+        cells = [escape(phase)]
+        for by_phase in rows:
+            r = by_phase.get(phase)
+            ckpt = "-" if r is None else f"{Path(r.checkpoint).name} (iter {r.iteration})"
+            cells += [escape(ckpt), _ap(r.segm_ap if r else None), _ap(r.bbox_ap if r else None)]
+        if len(runs) == 2:
+            a, b = (by_phase.get(phase) for by_phase in rows)
+            both = a is not None and b is not None and a.segm_ap is not None and b.segm_ap is not None
+            cells.append(f"{100 * (b.segm_ap - a.segm_ap):+.1f}" if both else "-")
+        table.add_row(*cells)
+    return table
+
+
+def _ap(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def _short_command(command: str) -> str:

@@ -6,13 +6,17 @@ from pathlib import Path
 
 import typer
 
+from lvisctl.errors import LvisctlError
+
 
 def submit(
     results: Path | None = typer.Argument(
         None, help="LVIS results json; default: newest segm predictions in --run-dir."
     ),
-    image_info: Path = typer.Option(
-        ..., "--image-info", help="lvis_v1_image_info_test_dev.json (or a GT file)."
+    image_info: Path | None = typer.Option(
+        None,
+        "--image-info",
+        help="lvis_v1_image_info_test_dev.json (or a GT file); default: the run's data.test_info.",
     ),
     out: Path | None = typer.Option(
         None,
@@ -35,6 +39,12 @@ def submit(
 
     # Relative paths are relative to the working directory, as everywhere in Unix (not to --run-dir).
     out = out.expanduser().resolve() if out is not None else None
+    if image_info is None:
+        from lvisctl.data.remembered import remembered_path
+
+        if run_dir is None:
+            raise LvisctlError("submit: pass --image-info FILE (or --run-dir of a run that remembers it)")
+        image_info = remembered_path(run_dir, "test_info", "--image-info", lambda s: typer.echo(s, err=True))
     summary = run_submit(results, image_info, out, truncate=truncate, run_dir=run_dir, overwrite=overwrite)
     Console().print(summary_table(summary))
     warning = coverage_warning(summary)

@@ -21,8 +21,13 @@ def check_phase_name(phase: str | None) -> None:
 def run_training(
     cfg, run_dir: Path, *, stage: int, phase: str | None, label: str, resume_cmd: str, **kw
 ) -> None:
-    """Train and report (rank 0); Ctrl-C prints where to resume and exits 130."""
+    """Train and report (rank 0); Ctrl-C prints where to resume and exits 130. The run's remembered data
+    fills what the config leaves empty; the data given is remembered once training finished."""
+    from lvisctl.data.remembered import fill_data
     from lvisctl.engine.trainer import TrainingInterrupted, train
+
+    if cfg is not None:
+        cfg = fill_data(run_dir, cfg, _note)
 
     try:
         result = train(cfg, run_dir, stage=stage, phase=phase, **kw)
@@ -37,6 +42,10 @@ def run_training(
         raise typer.Exit(130) from None
     if not result.is_main:  # torchrun: rank 0 reports
         return
+    if cfg is not None:  # the data this run trained on, for its later commands
+        from lvisctl.data.remembered import given_data, remember_data
+
+        remember_data(run_dir, given_data(cfg.data), _note)
     if result.skipped:
         typer.echo(f"{label} already finished: {result.checkpoint}")
     else:
@@ -100,6 +109,14 @@ def train_command(
         overwrite=overwrite,
         allow_changed_inputs=allow_changed_inputs,
     )
+
+
+def _note(line: str) -> None:
+    """A note on stderr, once per job (rank 0 under torchrun)."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:

@@ -27,11 +27,12 @@ def tta_infer_command(
     run_dir: Path = typer.Option(
         ..., "--run-dir", help="Run directory (predictions are written and recorded here)."
     ),
-    images: Path = typer.Option(
-        ...,
+    images: str | None = typer.Option(
+        None,
         "--images",
         help="LVIS annotation file, test-dev image-info json, or a folder of images (jpg/png, recursive; "
-        "an image-info json with stable ids is written next to the results).",
+        "an image-info json with stable ids is written next to the results); a builtin name "
+        "(lvis_v1_val); val / test = the run's remembered data.val / data.test_info (default: val).",
     ),
     checkpoint: list[Path] | None = typer.Option(
         None,
@@ -52,7 +53,10 @@ def tta_infer_command(
         "inference.tta.scales with --tta paper).",
     ),
     image_root: Path | None = typer.Option(
-        None, "--image-root", help="Folder the image paths are relative to (default: the json's folder)."
+        None,
+        "--image-root",
+        help="Folder the image paths are relative to (default: the run's data.image_root, else the "
+        "json's folder).",
     ),
     image_list: Path | None = typer.Option(
         None, "--image-list", help="With --images DIR: only these (CSV ImageID / paths)."
@@ -90,11 +94,13 @@ def tta_infer_command(
 
     Resumable: finished chunks are kept in DIR/.partial/ and a rerun continues from them.
     """
+    from lvisctl.data.remembered import inference_inputs
     from lvisctl.engine.distributed import cleanup_distributed
     from lvisctl.inference.pseudo_labels import images_for_run  # --images DIR: an image-info json
     from lvisctl.inference.runner import parse_scales, predict_to_run_dir
 
     scale_list = parse_scales(scales) if scales is not None else None
+    images, image_root = inference_inputs(run_dir, images, image_root, _note)
     images, image_root = images_for_run(run_dir, images, image_root, image_list, checkpoint)
     with ImagesProgress("tta-infer") as progress:
         try:
@@ -175,6 +181,13 @@ def _print_summary(outcome) -> None:
 def _models(meta: dict) -> str:
     fused = meta.get("checkpoints")
     return " + ".join(fused) + " (fused)" if fused else str(meta["checkpoint"])
+
+
+def _note(line: str) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") == "0":  # once per job under torchrun
+        typer.echo(line, err=True)
 
 
 def register(app: typer.Typer) -> None:

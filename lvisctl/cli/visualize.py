@@ -31,14 +31,19 @@ def visualize_command(
         None, "--out", help="Folder for the PNGs (default DIR/visualize/<name>/)."
     ),
     max_images: int = typer.Option(16, "--max-images", min=1, help="Images to draw."),
+    topk: int | None = typer.Option(
+        None, "--topk", min=1, help="Draw each image's K best predictions instead of those >= --score-thresh."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing PNGs."),
 ) -> None:
     """Draw masks, boxes, category names and scores on images: one PNG per image (ground truth and
     predictions side by side when both are known) and a contact sheet. Colours are fixed per category."""
     from rich.console import Console
 
+    from lvisctl.data.remembered import default_image_root
     from lvisctl.visualization.render import visualize
 
+    image_root = default_image_root(run_dir, image_root, lambda line: typer.echo(line, err=True))
     result = visualize(
         run_dir,
         images=images,
@@ -50,6 +55,7 @@ def visualize_command(
         out=out,
         max_images=max_images,
         overwrite=overwrite,
+        topk=topk,
     )
     console = Console(highlight=False, soft_wrap=True)
     scored = ", ".join(str(p) for p in (result.predictions, result.gt) if p is not None)
@@ -57,6 +63,11 @@ def visualize_command(
         f"drew {result.instances} instances on {len(result.pngs)} images from {scored}", markup=False
     )
     console.print(f"PNGs in {result.out_dir}; contact sheet {result.contact_sheet}", markup=False)
+    if result.predictions is not None and result.kept == 0 and topk is None:
+        best = "no predictions" if result.max_score is None else f"max score {result.max_score:.2f}"
+        typer.echo(
+            f"0 predictions >= {score_thresh:g} ({best}); lower --score-thresh or pass --topk 5", err=True
+        )
     if result.skipped:
         from lvisctl.visualization.render import skip_line
 

@@ -61,12 +61,14 @@ def _valid_ranges() -> tuple[Callable[[Any], bool], str]:
         if not isinstance(p, list) or len(p) != 2:
             return False
         lo, hi = p
+        if hi == math.inf or (isinstance(hi, str) and hi.strip().lower().lstrip("+.") in ("inf", "infinity")):
+            hi = None  # inf, .inf or "inf": no upper limit, as null
         lo_ok = lo is None or (_num(lo) and lo >= 0)
         hi_ok = hi is None or (_num(hi) and hi > 0)
         return lo_ok and hi_ok and (lo is None or hi is None or lo < hi)
 
     return (lambda v: isinstance(v, list) and all(pair_ok(p) for p in v)), (
-        "a list of [lo, hi] pairs of numbers (or null = no limit) with 0 <= lo < hi"
+        "a list of [lo, hi] pairs of numbers (null = no limit; hi may be inf) with 0 <= lo < hi"
     )
 
 

@@ -212,8 +212,34 @@ def _load_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     bases = [bases] if isinstance(bases, str) else list(bases)
     merged: dict[str, Any] = {}
     for base in bases:
-        merged = deep_merge(merged, _load_with_bases((path.parent / base), (*seen, path)))
+        merged = deep_merge(merged, _load_with_bases(_base_path(path, base), (*seen, path)))
     return deep_merge(merged, data)
+
+
+PACKAGE_SCOPE = "lvisctl::"
+
+
+def _base_path(path: Path, base: Any) -> Path:
+    """A ``_base_`` entry of ``path``: ``lvisctl::NAME`` is a packaged config (as mmengine's ``mmdet::``
+    scope), so a user's yaml can inherit one from an installed wheel; any other entry is a file next to
+    ``path``, else (none there) a packaged config of that name, as ``--config`` takes it."""
+    text = str(base)
+    if text.startswith(PACKAGE_SCOPE):
+        name = text.removeprefix(PACKAGE_SCOPE).removesuffix(".yaml")
+        packaged = CONFIG_ROOT / f"{name}.yaml"
+        if not packaged.is_file():
+            raise LvisctlError(f"{path}: _base_ {text}: no packaged config {name} (lvisctl configs list)")
+        return packaged
+    local = path.parent / text
+    if local.exists() or Path(text).is_absolute():
+        return local
+    try:
+        return resolve_config_path(text)
+    except LvisctlError:
+        raise LvisctlError(
+            f"{path}: _base_ {text}: no such file next to it, and no packaged config of that name "
+            "(lvisctl configs list)"
+        ) from None
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 from lvisctl.errors import LvisctlError
@@ -53,6 +53,7 @@ class SkipReport:
     first: list[tuple[str, str]] = field(default_factory=list)
     duplicates: int = 0  # entries of an image list naming an image listed before (kept once)
     first_duplicates: list[str] = field(default_factory=list)
+    rotated: int = 0  # entries of an Open Images CSV with a non-zero Rotation (not applied: said once)
 
     def add(self, path: str, reason: str) -> None:
         self.count += 1
@@ -71,6 +72,12 @@ class SkipReport:
             out.append(
                 f"{self.duplicates} duplicate image list entr{'y' if self.duplicates == 1 else 'ies'} "
                 f"kept once (e.g. {', '.join(self.first_duplicates)})"
+            )
+        if self.rotated:
+            out.append(
+                f"{self.rotated} image list entr{'y' if self.rotated == 1 else 'ies'} with a non-zero "
+                "Rotation: the Rotation column is ignored (images are read as stored, EXIF orientation "
+                "applied)"
             )
         if not self.count:
             return out
@@ -174,6 +181,37 @@ def iter_image_list(path: Path, skips: SkipReport | None = None) -> Iterator[str
         raise LvisctlError(
             f"{path}: not UTF-8 text{where}; save the image list as UTF-8 (or UTF-16 with a BOM)"
         ) from None
+
+
+def locate_listed(root: Path, rels: Iterable[str]) -> Iterator[str]:
+    """Listed images where they are: ``root/<entry>`` when there, else the file of that name (stem) anywhere
+    under ``root``: Open Images' CVDF archives extract to ``train_0/ ... train_f/<ImageID>.jpg``. The index
+    by stem is one walk of the root, made at the first entry not directly under it; an entry found
+    nowhere is kept (and reported as "file not found" when its header is read)."""
+    index: dict[str, str] | None = None
+    for rel in rels:
+        if index is None and (root / rel).is_file():
+            yield rel
+            continue
+        if index is None:
+            index = {}
+            for found in iter_folder(root):  # sorted: the first file of a stem wins
+                index.setdefault(PurePosixPath(found).stem, found)
+        if "/" in rel and (root / rel).is_file():  # a listed path (file_name / path column) is taken as is
+            yield rel
+        else:
+            yield index.get(PurePosixPath(rel).stem, rel)
+
+
+def count_rotated(path: Path) -> int:
+    """Entries of an Open Images CSV whose ``Rotation`` is set and not 0 (0 when there is no such column)."""
+    with open(path, encoding=_list_encoding(path), newline="") as fh:
+        reader = csv.reader(fh)
+        columns = [c.strip() for c in next(reader, [])]
+        if "Rotation" not in columns:
+            return 0
+        col = columns.index("Rotation")
+        return sum(1 for row in reader if len(row) > col and row[col].strip() not in ("", "0", "0.0"))
 
 
 def _list_encoding(path: Path) -> str:
@@ -386,7 +424,11 @@ def plan_source(
     entries."""
     if source.is_dir():
         root = source.expanduser().resolve()  # the folder is the root its paths and ids are relative to
-        rels: Iterable[str] = iter_image_list(image_list, skips) if image_list else iter_folder(root)
+        rels: Iterable[str] = iter_folder(root)
+        if image_list:
+            rels = locate_listed(root, iter_image_list(image_list, skips))
+            if skips is not None:
+                skips.rotated = count_rotated(image_list)
         return _unique_ids((rel, None) for rel in rels), root, _name(image_list or source)
     if image_list is not None:
         raise LvisctlError(f"{image_list}: --image-list goes with a folder of images, not with {source}")

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from lvisctl.data.builtin import builtin_json, image_root_of_names, is_builtin
 from lvisctl.data.categories import CategoryStats
 from lvisctl.data.formats import find_image, image_relpaths, refuse_coco
 from lvisctl.errors import LvisctlError, raise_problems
@@ -100,7 +101,8 @@ def resolve_image_root(data_cfg: Any = None, *, option: str | Path | None = None
         return None
     path = configured_path(data_cfg, "image_root")
     if path is None:
-        return None
+        found = image_root_of_names(data_cfg)  # data.train=lvis_v1_train brings datasets/coco
+        return ImageRoot(*found) if found else None
     root = str(data_cfg.get("root", "") or "")
     source = (
         "data.root + data.image_root"
@@ -646,6 +648,8 @@ def configured_path(data_cfg: Any, key: str) -> Path | None:
     value = str(data_cfg.get(key, "") or "")
     if not value:
         return None
+    if is_builtin(value):  # detectron2's names: data.train=lvis_v1_train
+        return builtin_json(value)
     path = Path(value).expanduser()
     root = str(data_cfg.get("root", "") or "")
     return path if path.is_absolute() or not root else Path(root).expanduser() / path

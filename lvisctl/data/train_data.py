@@ -85,8 +85,9 @@ def resolve_train_annotations(cfg: Mapping[str, Any], run: RunDir) -> Artifact |
     ]
     if not datasets:
         raise LvisctlError(
-            f"{run.manifest_path}: no training data: set data.train=FILE or register a dataset "
-            "(lvisctl data synth --run-dir DIR)"
+            f"{run.manifest_path}: no training data: set data.train=FILE (or a builtin name such as "
+            f"lvis_v1_train), or record it once: lvisctl data register --run-dir {run.root} --train FILE "
+            "--image-root DIR"
         )
     run.resolve(datasets[-1])
     return datasets[-1]

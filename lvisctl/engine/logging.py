@@ -133,8 +133,11 @@ class TrainLogger:
             return
         finite = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
         if self._writer is not None:
+            # the phase is TensorBoard's run (its own folder): the training tags are the same in every
+            # phase (train/loss), so TensorBoard overlays stage 1 and stage 2 on one chart
+            tb_prefix = "train" if prefix == self.tag else prefix
             for name, value in finite.items():
-                self._writer.add_scalar(f"{prefix}/{name}", value, iteration)
+                self._writer.add_scalar(f"{tb_prefix}/{name}", value, iteration)
         if self._metrics_path is not None:
             line = {"iteration": iteration, **{f"{prefix}/{k}": v for k, v in finite.items()}}
             self._metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -201,8 +204,10 @@ def plot_loss_curves(
     iters = [h["iteration"] for h in history]
     names = [k for k in (history[0] if history else {}) if k not in ("iteration", "lr")]
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
+    marker = "o" if len(iters) == 1 else None  # a single logged point draws no line: show it as a dot
     for name in names:
-        ax.plot(iters, [h[name] for h in history], label=name, linewidth=2.0 if name == "loss" else 1.0)
+        width = 2.0 if name == "loss" else 1.0
+        ax.plot(iters, [h[name] for h in history], label=name, linewidth=width, marker=marker)
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     if log_scale:
@@ -210,7 +215,7 @@ def plot_loss_curves(
     ax.grid(alpha=0.3)
     if history:
         ax2 = ax.twinx()
-        ax2.plot(iters, [h["lr"] for h in history], color="gray", linestyle="--", label="lr")
+        ax2.plot(iters, [h["lr"] for h in history], color="gray", linestyle="--", label="lr", marker=marker)
         ax2.set_ylabel("learning rate")
         lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
         labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]

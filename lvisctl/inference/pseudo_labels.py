@@ -567,14 +567,15 @@ def make_pseudo_labels(
         score_thresh = ScoreThresholds.parse(str(score_thresh))
     run = RunDir(run_dir, create=checkpoint is not None)
     ckpt_art, ckpt_path, note = pseudolabel_checkpoint(run, checkpoint)
+    src = _images_of(source, run, ckpt_art, images, image_root)
+    out_rel = str(out) if out else f"pseudo_labels/{_source_name(src)}_{mode}.json"
+    _check_output(run, out_rel, overwrite, score_thresh)  # before the model loads (checked again below)
     ckpt = load_checkpoint(ckpt_path)
     categories = categories_from_stats(ckpt["category_stats"])
     note = f"stage {ckpt.get('stage')}, iteration {ckpt.get('iteration')}" + (
         f", final; {note}" if ckpt.get("final") else f"; {note}"
     )
     _tell(on_note, [f"checkpoint: {run.relative(ckpt_path)} ({note})"])  # before the slow part
-    src = _images_of(source, run, ckpt_art, images, image_root)
-    out_rel = str(out) if out else f"pseudo_labels/{_source_name(src)}_{mode}.json"
     target = run.output_path(out_rel, overwrite=True)  # where it goes; existence checked under the locks
     refuse_inputs_as_outputs([target], [ckpt_path, images, image_list])
     # one writer of this pseudo-label file at a time (its inference is locked again by the runner)
@@ -622,6 +623,13 @@ def make_pseudo_labels(
         )
         if num_labels < HANDFUL:
             outcome.score_lines = scores.lines()
+        if num_labels == 0:  # an empty file would train as "no pseudo labels" without a word
+            out_path.unlink(missing_ok=True)
+            _tell(on_note, outcome.score_lines)
+            raise LvisctlError(
+                f"{out_path}: not written: 0 pseudo labels kept at score >= {score_thresh}; lower "
+                "--score-thresh (the score distribution is above)"
+            )
         meta = {
             "mode": mode,
             "source": source,
@@ -637,6 +645,20 @@ def make_pseudo_labels(
         inputs = [pred.artifact, ckpt_art if hasattr(ckpt_art, "sha256") else ckpt_path, info.path]
         outcome.artifact = run.register("pseudo-labels", out_path, inputs=inputs, meta=meta)
         return outcome
+
+
+def _check_output(run: Any, out_rel: str, overwrite: bool, score_thresh: ScoreThresholds) -> None:
+    """Refuse an existing output before any work; one made with another ``--score-thresh`` says what to do."""
+    if overwrite or not run.path_of(out_rel).exists():
+        return
+    earlier = run.get(run.relative(run.path_of(out_rel)))
+    made_with = earlier.meta.get("score_thresh") if earlier is not None else None
+    if made_with is not None and made_with != str(score_thresh):
+        raise LvisctlError(
+            f"{run.path_of(out_rel)}: already exists, made with --score-thresh {made_with} (this run: "
+            f"{score_thresh}); pass --overwrite to replace it, or --out NAME.json to keep both"
+        )
+    run.output_path(out_rel, overwrite=overwrite)
 
 
 def _category_filter(ckpt: Mapping[str, Any], overrides: Sequence[str]) -> bool:

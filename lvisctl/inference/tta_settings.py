@@ -5,6 +5,7 @@ Split out of :mod:`lvisctl.inference.tta` (which re-exports every name here) to 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,9 +52,10 @@ class TTASettings:
     def from_config(cls, tta_cfg: Mapping[str, Any], scales: Sequence[int] | None = None) -> TTASettings:
         """Settings from ``inference.tta``; ``scales`` (``--scales``) replaces ``inference.tta.scales``."""
         scale_list = tuple(int(s) for s in (scales if scales is not None else tta_cfg["scales"]))
-        ranges = tuple(
-            (float(lo or 0), math.inf if hi is None else float(hi)) for lo, hi in tta_cfg["valid_ranges"]
-        )
+        ranges = tuple((bound(lo, 0.0), bound(hi, math.inf)) for lo, hi in tta_cfg["valid_ranges"])
+        if ranges == cls.valid_ranges and len(scale_list) != len(ranges):
+            # the packaged ranges are for the packaged six scales: other --scales get ranges by the same rule
+            ranges = auto_ranges(scale_list)
         settings = cls(
             scales=scale_list,
             max_size=int(tta_cfg["max_size"]),
@@ -99,6 +101,45 @@ class TTASettings:
                     f"inference.tta.valid_ranges: no test scale keeps boxes of size {lo:g}-{hi:g} px; "
                     "the ranges must cover every size"
                 )
+
+
+def bound(value: Any, missing: float) -> float:
+    """One end of a ``valid_ranges`` pair: a number, ``null`` (no limit: ``missing``) or ``inf``."""
+    if value is None:
+        return missing
+    if isinstance(value, str) and value.strip().lower().lstrip("+.") in ("inf", "infinity"):
+        return math.inf
+    return float(value)
+
+
+# The packaged ranges as a function of the scale (lvisctl's choice, not the paper's): below 800 a pass drops
+# boxes smaller than LO, above 800 boxes larger than HI, linear between these points and flat beyond them.
+_LO_POINTS = ((400, 64.0), (600, 32.0), (800, 0.0))
+_HI_POINTS = ((800, math.inf), (1000, 256.0), (1200, 192.0), (1400, 128.0))
+
+
+def _interp(points: Sequence[tuple[int, float]], x: float) -> float:
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        if x <= x1:
+            return y1 if math.isinf(y0) else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[-1][1]
+
+
+def auto_ranges(scales: Sequence[int]) -> tuple[tuple[float, float], ...]:
+    """Per-scale ``[lo, hi)`` for any test scales, equal to the packaged ranges for 400, 600, ..., 1400.
+
+    The smallest scale keeps every large box and the largest every small one, so the ranges always cover
+    every size (the largest ``lo`` is 64, below the smallest ``hi``, 128)."""
+    lo_scale, hi_scale = min(scales), max(scales)
+    return tuple(
+        (
+            0.0 if s == hi_scale else _interp(_LO_POINTS, s),
+            math.inf if s == lo_scale else _interp(_HI_POINTS, s),
+        )
+        for s in scales
+    )
 
 
 def covered_gaps(ranges: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:

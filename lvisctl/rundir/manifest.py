@@ -296,6 +296,25 @@ class RunDir:
             atomic_write_json(self.manifest_path, data)
         return artifact
 
+    def datasets(self) -> dict[str, str]:
+        """The data this run remembers (``data.train``, ``val``, ``test_info``, ``image_root``: absolute
+        paths recorded by the first command given them, or by ``lvisctl data register``)."""
+        value = self._read().get("data")
+        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+    def remember_datasets(self, values: dict[str, str], *, replace: bool = False) -> dict[str, str]:
+        """Record the data keys not yet recorded (every one of ``values`` with ``replace``); returns the
+        entries this call added or changed."""
+        self._ensure()
+        with self._manifest_locked():
+            data = self._read()
+            known = data.get("data") if isinstance(data.get("data"), dict) else {}
+            added = {k: v for k, v in values.items() if (replace or k not in known) and known.get(k) != v}
+            if added:
+                data["data"] = {**known, **added}
+                atomic_write_json(self.manifest_path, data)
+        return added
+
     def unregister(self, rel_path: str) -> None:
         """Drop the entry for ``rel_path`` (the caller deletes the file, e.g. pruning old checkpoints)."""
         self._ensure()

@@ -9,7 +9,7 @@ sheet is registered (kind ``plot``) with the files it was drawn from.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,8 @@ class VisualizeResult:
     predictions: Path | None
     gt: Path | None
     skipped: dict[int, str] = field(default_factory=dict)  # unreadable images, left out (as tta-infer)
+    kept: int = 0  # predictions at or above the threshold (or in the per-image top k), drawn or not
+    max_score: float | None = None  # the best score among the predictions of the wanted categories
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -177,7 +179,7 @@ def render_image(
     gt: Sequence[Mapping[str, Any]] | None,
     preds: Sequence[Mapping[str, Any]] | None,
     names: Mapping[int, str],
-    score_thresh: float,
+    score_thresh: float | str,
 ) -> torch.Tensor:
     """One PNG's pixels: the ground truth and / or predictions panels of an image (small images
     enlarged by :func:`display_factor`)."""
@@ -190,7 +192,8 @@ def render_image(
         panels.append(titled(drawn, "ground truth"))
     if preds is not None:
         drawn = draw_instances(big, _enlarged(instances_of(preds, names, h, w, scores=True), k))
-        panels.append(titled(drawn, f"predictions (score >= {score_thresh:g})"))
+        which = f"score >= {score_thresh:g}" if isinstance(score_thresh, float) else score_thresh
+        panels.append(titled(drawn, f"predictions ({which})"))
     return side_by_side(panels)
 
 
@@ -271,8 +274,10 @@ def visualize(
     out: Path | None = None,
     max_images: int = 16,
     overwrite: bool = False,
+    topk: int | None = None,
 ) -> VisualizeResult:
-    """Draw up to ``max_images`` images (those with something to draw first, by id) and a contact sheet."""
+    """Draw up to ``max_images`` images (those with something to draw first, by id) and a contact sheet.
+    ``topk``: the ``topk`` best predictions of each image instead of those >= ``score_thresh``."""
     from lvisctl.rundir import RunDir
 
     if predictions is None and gt is None and not Path(run_dir).is_dir():
@@ -291,11 +296,9 @@ def visualize(
         return keep is None or int(rec["category_id"]) in keep
 
     preds: dict[int, list] | None = None
+    best: float | None = None
     if src.predictions is not None:  # streamed: only what will be drawn is kept
-        preds = {}
-        for rec in iter_predictions(src.predictions):
-            if float(rec.get("score", 1.0)) >= score_thresh and wanted(rec):
-                preds.setdefault(int(rec["image_id"]), []).append(rec)
+        preds, best = _kept_predictions(iter_predictions(src.predictions), wanted, score_thresh, topk)
     gts = {i: [a for a in anns if wanted(a)] for i, anns in src.gt.anns_by_image.items()} if src.gt else None
     chosen = _choose(refs, preds or {}, gts or {}, max_images)
     name = _stem(src.predictions or src.gt.path)
@@ -314,7 +317,8 @@ def visualize(
                 pred_recs = None
                 if preds is not None:
                     pred_recs = sorted(preds.get(image_id, []), key=lambda r: -float(r["score"]))
-                pixels = render_image(image, gt_recs, pred_recs, names, score_thresh)
+                which = float(score_thresh) if topk is None else f"top {topk}"
+                pixels = render_image(image, gt_recs, pred_recs, names, which)
                 drawn += len(gt_recs or []) + len(pred_recs or [])
                 pngs.append(save_png(pixels, out_dir / f"{image_id}.png"))
                 tiles.append(titled(pixels, f"{image_id} {refs[image_id].file_name}"))
@@ -329,10 +333,42 @@ def visualize(
             _remove_empty_tree(out_dir)
         raise
     meta = {"purpose": "visualize", "images": len(pngs), "score_thresh": score_thresh}
+    if topk is not None:
+        meta["topk"] = topk
     inputs = [p for p in (src.pred_input, src.gt.path if src.gt else None) if p is not None]
     run.register("plot", sheet, inputs=inputs, meta={**meta, "categories": categories or "all"})
     gt_path = src.gt.path if src.gt else None
-    return VisualizeResult(out_dir, pngs, sheet, drawn, src.predictions, gt_path, skipped)
+    kept = sum(len(v) for v in (preds or {}).values())
+    return VisualizeResult(out_dir, pngs, sheet, drawn, src.predictions, gt_path, skipped, kept, best)
+
+
+def _kept_predictions(
+    records: Iterator[dict[str, Any]],
+    wanted: Callable[[Mapping[str, Any]], bool],
+    score_thresh: float,
+    topk: int | None,
+) -> tuple[dict[int, list], float | None]:
+    """Per image, the predictions to draw (>= ``score_thresh``, or the ``topk`` best), and the best score
+    seen (so "nothing to draw" can say how far the threshold is)."""
+    preds: dict[int, list] = {}
+    best: float | None = None
+    for rec in records:
+        if not wanted(rec):
+            continue
+        score = float(rec.get("score", 1.0))
+        best = score if best is None else max(best, score)
+        if topk is None and score < score_thresh:
+            continue
+        kept = preds.setdefault(int(rec["image_id"]), [])
+        kept.append(rec)
+        if topk is not None and len(kept) > 2 * topk:  # bounded memory on 300 detections per image
+            kept.sort(key=lambda r: -float(r["score"]))
+            del kept[topk:]
+    if topk is not None:
+        for kept in preds.values():
+            kept.sort(key=lambda r: -float(r["score"]))
+            del kept[topk:]
+    return preds, best
 
 
 def _read_chosen(

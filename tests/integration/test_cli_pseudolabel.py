@@ -92,14 +92,18 @@ def test_open_images_csv_with_a_missing_file(run, tmp_path):
     Image.fromarray(_noise(30, 30)).save(folder / "00ab12.jpg")
     csv = tmp_path / "train-images-boxable.csv"
     csv.write_text("ImageID,Subset,OriginalURL\n00ab12,train,http://x\nffff99,train,http://y\n")
-    result = invoke("openimages", "--run-dir", run.root, "--image-root", folder, "--image-list", csv)
-    assert result.exit_code == 0, result.output
+    args = ["openimages", "--run-dir", run.root, "--image-root", folder, "--image-list", csv]
+    result = invoke(*args)
     assert "skipped 1 unreadable or missing image(s):" in result.output
     assert "ffff99.jpg: " in result.output and "not found" in result.output
-    art = run.latest("pseudo-labels")
-    assert art.meta["num_images"] == 1
-    # an untrained model: nothing reaches 0.5, so the command shows the score distribution
-    assert art.meta["num_labels"] < 10 and "predicted scores:" in result.output and "p90" in result.output
+    # an untrained model: nothing reaches 0.5, so the command shows the score distribution and, with 0
+    # labels kept, writes no file (issue 26 item 6)
+    assert "predicted scores:" in result.output and "p90" in result.output
+    assert isinstance(result.exception, LvisctlError) and "0 pseudo labels kept" in str(result.exception)
+    assert run.find("pseudo-labels") == []
+    result = invoke(*args, "--score-thresh", "0")
+    assert result.exit_code == 0, result.output
+    assert run.latest("pseudo-labels").meta["num_images"] == 1
 
 
 def test_no_readable_image_is_an_error(run, tmp_path):

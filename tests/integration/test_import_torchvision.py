@@ -114,7 +114,7 @@ def imported(tmp_path_factory):
 
 
 def test_import_report_and_manifest(imported):
-    _, _, _, run, output = imported
+    _, _, data, run, output = imported
     assert "classifier kept" in output
     rd = RunDir(run)
     ckpt_art = rd.latest("checkpoint", final=True)
@@ -130,6 +130,8 @@ def test_import_report_and_manifest(imported):
     assert all(g["re-initialised"] == 0 for g in report["groups"].values())
     ckpt = load_checkpoint(run / "checkpoints/stage1_final.pt")
     assert ckpt["config"]["model"]["rpn"]["anchor_round"] is True
+    # the run remembers the data it was given, for its later commands (issue 26 item 1)
+    assert rd.datasets()["train"] == str(Path(data).resolve()) and "remembers data.train=" in output
 
 
 def test_tta_infer_equals_torchvision(imported):
