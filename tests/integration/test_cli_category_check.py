@@ -46,25 +46,26 @@ def test_refuses_a_json_of_another_category_table(setup, tmp_path, change):  # n
 
 def test_map_by_name_writes_the_json_ids_of_the_same_names(setup, tmp_path):  # noqa: F811
     run, images, _ = setup
-    plain = invoke("--run-dir", run.root, "--images", images, "--out", tmp_path / "plain.json")
+    out = run.root / "predictions"  # inside the run dir: recorded in its manifest (outside: not, issue 22)
+    plain = invoke("--run-dir", run.root, "--images", images, "--out", out / "plain.json")
     assert plain.exit_code == 0, plain.output
     other = edited(images, tmp_path, swap_names)  # id 3 is now "c9", id 9 "c3"
     mapped = invoke(
-        "--run-dir", run.root, "--images", other, "--out", tmp_path / "mapped.json", "--map-by-name"
+        "--run-dir", run.root, "--images", other, "--out", out / "mapped.json", "--map-by-name"
     )
     assert mapped.exit_code == 0, mapped.output
     assert "mapped by name: 3 of 3 matched, 2 to another id" in mapped.output
     swap = {3: 9, 9: 3, 40: 40}
     want = [
         (r["image_id"], swap[r["category_id"]], r["score"])
-        for r in json.loads((tmp_path / "plain.segm.json").read_text())
+        for r in json.loads((out / "plain.segm.json").read_text())
     ]
     got = [
         (r["image_id"], r["category_id"], r["score"])
-        for r in json.loads((tmp_path / "mapped.segm.json").read_text())
+        for r in json.loads((out / "mapped.segm.json").read_text())
     ]
     assert sorted(got) == sorted(want) and got
-    assert run.latest("predictions").meta["categories"] == "by name"
+    assert run.get("predictions/mapped.segm.json").meta["categories"] == "by name"
 
 
 def stats_of(ids, names):
