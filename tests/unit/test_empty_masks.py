@@ -120,3 +120,52 @@ def test_real_model_refills_the_slots_of_empty_masks(monkeypatch):
     key = {(r["category_id"], tuple(r["bbox"])) for r in refilled}
     assert {(r["category_id"], tuple(r["bbox"])) for r in plain} <= key
     assert not any(is_empty_mask(r["segmentation"]) for r in refilled)
+
+
+def _refill_case(cap: int, monkeypatch) -> tuple[list[dict], list[dict], DropCount, int]:
+    """(written with spares, the reference's non-empty records in order, the writer's drop count, the
+    reference's empty masks before the last one written) on lvisctl's untrained tiny model."""
+    import contextlib
+
+    import lvisctl.inference.predictor as predictor_mod
+    from lvisctl.inference.predictor import select, spare_count, writing_spares
+    from tests.unit.test_model_core import tiny_model
+
+    image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(3))
+    model = tiny_model("inference.score_thresh=0.0", f"inference.detections_per_image={cap}").eval()
+    pred = Predictor(model, "cpu", scales=(64,), max_size=200, detections_per_image=cap)
+    dropped = DropCount()
+    with writing_spares(pred):
+        written = _records(pred.predict(image), dropped)
+    assert pred.spares == 0 and len(pred.predict(image)["scores"]) <= cap  # other consumers: the cap
+
+    # Reference: all of the model's cap + margin candidates (less the surely-empty), each pasted.
+    n = cap + spare_count(cap)
+    model.roi_heads.post.detections_per_img = n
+    monkeypatch.setattr(predictor_mod, "candidate_margin", lambda *a, **k: contextlib.nullcontext())
+    ref = Predictor(model, "cpu", scales=(64,), max_size=200, detections_per_image=n).predict(image)
+    empty = [is_empty_mask(r) for r in masks_to_rles(ref["mask_probs"], ref["boxes"], (64, 96), 0.5)]
+    real = torch.tensor([i for i, e in enumerate(empty) if not e], dtype=torch.int64)
+    assert any(empty[:cap])  # masks that are not surely empty but paste empty
+    last = int(real[cap - 1]) if len(real) >= cap else len(empty) - 1
+    return written, _records(select(ref, real)), dropped, sum(empty[: last + 1])
+
+
+def _records(dets, dropped=None):
+    return detections_to_records(1, dets, CategoryMap(range(10, 14)), dropped)
+
+
+def test_written_masks_are_the_top_cap_of_the_non_empty_candidates(monkeypatch):
+    """Exact (issue 20 item 1): a results writer writes per image the top ``cap`` of the candidates whose
+    mask pastes to something, also when a mask only turns out empty at the original size (its peak
+    vanishes in the resize; not surely empty): here the margin refills every slot."""
+    written, real, dropped, empties = _refill_case(50, monkeypatch)
+    assert len(real) >= 50 and written == real[:50]
+    assert dropped.empty_masks == empties > 0
+
+
+def test_without_enough_spares_every_non_empty_candidate_is_written(monkeypatch):
+    """The margin (10%) is smaller than an untrained model's empty masks: min(cap, non-empty) are written."""
+    written, real, dropped, empties = _refill_case(120, monkeypatch)
+    assert len(real) < 120 and written == real
+    assert dropped.empty_masks == empties
