@@ -169,3 +169,31 @@ def test_without_enough_spares_every_non_empty_candidate_is_written(monkeypatch)
     written, real, dropped, empties = _refill_case(120, monkeypatch)
     assert len(real) < 120 and written == real
     assert dropped.empty_masks == empties
+
+
+def test_paper_tta_merge_refills_the_slots_of_masks_that_paste_empty():
+    """Paper TTA: the merge's final top-k keeps the spares too, so the written detections are the top
+    ``cap`` of the merged candidates (cap + margin) whose chosen mask pastes to something."""
+    from lvisctl.inference.predictor import select, spare_count, writing_spares
+    from lvisctl.inference.tta import TTAPredictor
+    from lvisctl.inference.tta_settings import TTASettings
+    from tests.unit.test_model_core import tiny_model
+
+    cap = 50
+    image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(3))
+    model = tiny_model("inference.score_thresh=0.0").eval()
+    settings = TTASettings(scales=(48, 64), max_size=200, flip=True, range_filter=False)
+    pred = TTAPredictor(model, "cpu", settings, torch.ones(5), detections_per_image=cap)
+    dropped = DropCount()
+    with writing_spares(pred):
+        written = _records(pred.predict(image), dropped)
+    assert len(pred.predict(image)["scores"]) == cap  # without a writer: the cap, as before
+
+    pred.spares = 10_000  # reference: every merged candidate, best first, each chosen mask pasted
+    ref = pred.predict(image)
+    del ref["cap"]
+    rles = masks_to_rles(ref["mask_probs"], ref["paste_boxes"], (64, 96), 0.5)
+    real = [i for i, r in enumerate(rles[: cap + spare_count(cap)]) if not is_empty_mask(r)]
+    assert any(is_empty_mask(r) for r in rles[:cap])
+    assert written == _records(select(ref, torch.tensor(real[:cap]))) and len(written) == min(cap, len(real))
+    assert dropped.empty_masks > 0
