@@ -144,7 +144,8 @@ class Predictor:
     float[N, 1, M, M] (on the model's device) with the per-image ``image_size`` (h, w) and ``mask_thresh``;
     :func:`full_masks` makes bool [N, H, W] of them. A model without ``paste_masks=`` gives ``masks``
     bool[N, H, W] instead. :class:`lvisctl.inference.tta.TTAPredictor` is the paper's multi-scale + flip
-    test.
+    test. Under :func:`writing_spares` (results writers only) N may exceed the cap by a margin of spares,
+    and the per-image ``cap`` says where the writer stops.
     """
 
     def __init__(
@@ -319,12 +320,13 @@ def spare_count(cap: int) -> int:
 
 @contextlib.contextmanager
 def writing_spares(predictor: Any) -> Any:
-    """While a results writer runs ``predictor`` (a :class:`Predictor`; any other runs as it is): each
+    """While a results writer runs ``predictor`` (one with ``spares``; any other runs as it is): each
     image's output keeps :func:`spare_count` candidates beyond the cap, best first, and says the cap
     (``cap``); :func:`lvisctl.inference.results.detections_to_records` writes the top ``cap`` whose mask
     pastes to something, so a mask that only turns out empty at the original size gives its slot to the
-    next real detection. Every other consumer sees at most ``detections_per_image`` detections."""
-    if not isinstance(predictor, Predictor):
+    next real detection. Every other consumer sees at most ``detections_per_image`` detections. An
+    ensemble of predictors (``spares`` too) keeps spare fused detections; its members keep their caps."""
+    if not hasattr(predictor, "spares"):
         yield
         return
     old = predictor.spares

@@ -83,7 +83,7 @@ def empty_dropped_line(count: int) -> str:
     """What tta-infer, ensemble and pseudolabel say about the detections they did not write."""
     return (
         f"{count} detections with an empty mask left out (never written: lvis-api would not score them; "
-        "the surely-empty ones before the per-image cap, so a real detection took the slot)"
+        "where spare candidates remained, the next ones took their slots under the per-image cap)"
     )
 
 

@@ -197,3 +197,61 @@ def test_paper_tta_merge_refills_the_slots_of_masks_that_paste_empty():
     assert any(is_empty_mask(r) for r in rles[:cap])
     assert written == _records(select(ref, torch.tensor(real[:cap]))) and len(written) == min(cap, len(real))
     assert dropped.empty_masks > 0
+
+
+def test_ensemble_refills_the_slot_of_a_fused_mask_that_votes_empty(tmp_path):
+    """Three inputs agree on a box but each puts its mask in another corner: the WBF vote (>= half the
+    weight per pixel) is empty. That fused detection is dropped and the next one takes the slot."""
+    from lvisctl.inference.ensemble import ensemble_to_run_dir
+
+    paths = []
+    for t, (x, y) in enumerate([(0, 0), (12, 0), (0, 12)]):
+        recs = [
+            {
+                "image_id": 1,
+                "category_id": 1,
+                "score": 0.9,
+                "bbox": [0.0, 0.0, 16.0, 16.0],
+                "segmentation": rect_rle(x, y, 4, 4, 48, 48),
+            },
+            {
+                "image_id": 1,
+                "category_id": 1,
+                "score": 0.5,
+                "bbox": [30.0, 30.0, 10.0, 10.0],
+                "segmentation": rect_rle(30, 30, 10, 10, 48, 48),
+            },
+        ]
+        paths.append(write_json(tmp_path / f"in{t}.json", recs))
+    outcome = ensemble_to_run_dir(paths, tmp_path / "out.json", detections_per_image=1)
+    written = json.loads((tmp_path / "out.segm.json").read_text())
+    assert len(written) == 1 and np.isclose(written[0]["score"], 0.5)
+    assert not is_empty_mask(written[0]["segmentation"]) and outcome.empty_dropped == 1
+
+
+def test_checkpoint_ensemble_keeps_fused_spares_while_members_keep_their_caps():
+    """``tta-infer`` with several checkpoints: under a writer the fusion keeps spares and says its cap;
+    each member still gives at most its cap (the WBF sees what it saw before), and the first ``cap``
+    fused detections are those of a run without spares."""
+    from lvisctl.inference.ensemble import EnsemblePredictor, EnsembleSettings
+    from lvisctl.inference.predictor import writing_spares
+    from tests.unit.test_model_core import tiny_model
+
+    cap = 50
+    image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(3))
+    models = [tiny_model("inference.score_thresh=0.0", f"inference.detections_per_image={cap}").eval()]
+    models.append(tiny_model("inference.score_thresh=0.0", f"inference.detections_per_image={cap}").eval())
+    with torch.no_grad():  # a second, different model
+        for p in models[1].parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+    members = [Predictor(m, "cpu", scales=(64,), max_size=200, detections_per_image=cap) for m in models]
+    ens = EnsemblePredictor(members, EnsembleSettings(), detections_per_image=cap)
+    plain = ens.predict(image)
+    with writing_spares(ens):
+        assert all(m.spares == 0 for m in members)  # the WBF's inputs keep their caps
+        spared = ens.predict(image)
+    assert ens.spares == 0 and "cap" not in plain and int(spared["cap"]) == cap
+    assert len(plain["scores"]) == cap < len(spared["scores"]) <= cap + 5
+    assert torch.equal(spared["scores"][:cap], plain["scores"]) and torch.equal(
+        spared["masks"][:cap], plain["masks"]
+    )
