@@ -29,7 +29,7 @@ import torch
 
 from lvisctl.data.categories import CategoryMap
 from lvisctl.errors import LvisctlError
-from lvisctl.inference.predictor import Detections, concat, full_masks, select, top_k
+from lvisctl.inference.predictor import Detections, concat, full_masks, select, spare_count, top_k
 
 METHODS = ("wbf", "nms", "soft-nms")
 
@@ -168,6 +168,13 @@ def fuse_detections(
     return top_k(fused, k)
 
 
+def with_cap(fused: Detections, cap: int) -> Detections:
+    """``fused`` with the per-image ``cap`` a results writer stops at (the rest are spares that refill the
+    slots of masks that come out empty; the fusion's top-k truncates last, so the first ``cap`` are
+    the fusion of ``k=cap``)."""
+    return {**fused, "cap": torch.tensor(cap)}
+
+
 def _fuse_wbf(members, weights, scale, image_size, iou_thr, skip_box_thr, k) -> Detections:
     norm = [(m["boxes"].double() / scale).numpy() for m in members]
     boxes, scores, labels, clusters = wbf_clusters(
@@ -303,6 +310,7 @@ class EnsemblePredictor:
         self.predictors = list(predictors)
         self.settings = settings
         self.detections_per_image = detections_per_image
+        self.spares = 0  # fused candidates kept beyond the cap for a results writer (writing_spares)
 
     @property
     def device(self) -> torch.device:
@@ -319,8 +327,8 @@ class EnsemblePredictor:
 
     def predict_batch(self, images: Sequence[torch.Tensor]) -> list[Detections]:
         images = [img.to(self.device, non_blocking=img.is_pinned()) for img in images]
-        outputs = [p.predict_batch(images) for p in self.predictors]
-        return [
+        outputs = [p.predict_batch(images) for p in self.predictors]  # each member at most its cap
+        fused = [
             fuse_detections(
                 [out[i] for out in outputs],
                 tuple(image.shape[-2:]),
@@ -328,10 +336,11 @@ class EnsemblePredictor:
                 method=self.settings.method,
                 iou_thr=self.settings.iou,
                 skip_box_thr=self.settings.skip_score,
-                k=self.detections_per_image,
+                k=self.detections_per_image + self.spares,
             )
             for i, image in enumerate(images)
         ]
+        return [with_cap(f, self.detections_per_image) if self.spares else f for f in fused]
 
 
 # ------------------------------------------------------------------------------ results files
@@ -651,15 +660,16 @@ def _ensemble(
                 records_to_detections(non_empty(inp.by_image.get(item.image_id, []), dropped), size, cmap)
                 for inp in read
             ]
-            fused = fuse_detections(
+            fused = fuse_detections(  # spares: a fused mask that votes empty gives its slot to the next
                 members,
                 size,
                 weights=weights,
                 method=method,
                 iou_thr=iou_thr,
                 skip_box_thr=skip_box_thr,
-                k=detections_per_image,
+                k=detections_per_image + spare_count(detections_per_image),
             )
+            fused = with_cap(fused, detections_per_image)
             records.extend(detections_to_records(item.image_id, fused, cmap, dropped))
         payload = {"image_ids": [item.image_id for item in chunks[k]], "records": records}
         payload[EMPTY_DROPPED] = dropped.empty_masks

@@ -71,8 +71,9 @@ def surely_empty(
 ) -> torch.Tensor:
     """bool [N] (on the CPU): masks known to paste to nothing without pasting them: the padded box misses
     the image (:func:`paste_crops`' rule), or no RoI probability is above ``thresh`` (bilinear resizing
-    never exceeds its largest input, and the padding is 0). Sufficient, not necessary: the rare mask whose
-    only peak vanishes when resized is dropped where it is encoded (``results.detections_to_records``)."""
+    never exceeds its largest input, and the padding is 0). Sufficient, not necessary: a mask whose only
+    peak vanishes when resized is dropped where it is encoded (``results.detections_to_records``), and a
+    spare candidate takes its slot (``predictor.writing_spares``)."""
     if probs.ndim == 3:
         probs = probs[:, None]
     n, m = int(probs.shape[0]), int(probs.shape[-1])

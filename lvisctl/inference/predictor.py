@@ -42,8 +42,9 @@ Detections = dict[str, torch.Tensor]
 MergeFn = Callable[[Sequence[Detections]], Detections]
 
 # The per-image entries of a Detections dict (0-dim / [2] tensors); every other entry is per detection and
-# is indexed / concatenated along its first dimension (see :func:`select`, :func:`concat`).
-IMAGE_KEYS = ("image_size", "mask_thresh")
+# is indexed / concatenated along its first dimension (see :func:`select`, :func:`concat`). ``cap`` is there
+# only while a predictor keeps spare candidates for a results writer (:func:`writing_spares`).
+IMAGE_KEYS = ("image_size", "mask_thresh", "cap")
 
 # Masks are resized to the original resolution this many at a time, bounding the float memory of
 # 300 full-image probability maps (~1.2 GB at 800x1333) to a sixth.
@@ -143,7 +144,8 @@ class Predictor:
     float[N, 1, M, M] (on the model's device) with the per-image ``image_size`` (h, w) and ``mask_thresh``;
     :func:`full_masks` makes bool [N, H, W] of them. A model without ``paste_masks=`` gives ``masks``
     bool[N, H, W] instead. :class:`lvisctl.inference.tta.TTAPredictor` is the paper's multi-scale + flip
-    test.
+    test. Under :func:`writing_spares` (results writers only) N may exceed the cap by a margin of spares,
+    and the per-image ``cap`` says where the writer stops.
     """
 
     def __init__(
@@ -172,7 +174,19 @@ class Predictor:
         self.amp = amp and self.device.type == "cuda"
         self.roi_masks = accepts_paste_flag(model)  # ask for RoI-level mask_probs
         self.empty_dropped = 0  # detections left out because their mask is surely empty (postprocess)
-        self.merge = merge or (lambda per_scale: merge_nms(per_scale, merge_iou, self.detections_per_image))
+        self.spares = 0  # candidates kept beyond the cap for a results writer (see writing_spares)
+        self.merge = merge or (lambda per_scale: merge_nms(per_scale, merge_iou, self.candidate_limit))
+
+    @property
+    def candidate_limit(self) -> int:
+        """How many detections an image's output may hold: the cap, plus the spares a writer asked for."""
+        return self.detections_per_image + self.spares
+
+    def mark_cap(self, detections: Detections) -> Detections:
+        """With spares: the per-image ``cap`` a results writer stops at (the rest refill empty masks)."""
+        if self.spares:
+            detections["cap"] = torch.tensor(self.detections_per_image)
+        return detections
 
     def predict(self, image: torch.Tensor) -> Detections:
         """Detections for one image (see the class docstring)."""
@@ -218,17 +232,18 @@ class Predictor:
         with autocast:
             return self.model(inputs, paste_masks=False) if self.roi_masks else self.model(inputs)
 
-    def kept_order(self, scores: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    def kept_order(
+        self, scores: torch.Tensor, exclude: torch.Tensor | None = None, limit: int | None = None
+    ) -> torch.Tensor:
         """Indices of the detections above ``score_thresh`` (not ``exclude``), best first, at most
-        ``detections_per_image``."""
+        ``limit`` (default ``detections_per_image``)."""
+        limit = self.detections_per_image if limit is None else limit
         scores = scores.float()
         ok = scores >= self.score_thresh
         if exclude is not None:
             ok &= ~exclude.to(ok.device)
         kept = torch.nonzero(ok).flatten()
-        return kept[
-            torch.sort(scores[kept], descending=True, stable=True).indices[: self.detections_per_image]
-        ]
+        return kept[torch.sort(scores[kept], descending=True, stable=True).indices[:limit]]
 
     def _to_original(
         self, output: dict[str, torch.Tensor], input_hw: tuple[int, int], original_hw: tuple[int, int]
@@ -239,11 +254,12 @@ class Predictor:
         boxes = output["boxes"].float() * ratio
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        empty = None
+        empty, limit = None, self.detections_per_image
         if "mask_probs" in output:  # an empty mask never takes a slot under the cap (nor gets written)
             empty = surely_empty(output["mask_probs"], boxes, (height, width), self.mask_thresh)
             self.empty_dropped += int((empty & (scores >= self.score_thresh).cpu()).sum())
-        order = self.kept_order(scores, empty)
+            limit = self.candidate_limit  # spares: cheap RoI-level masks, pasted only if a writer needs them
+        order = self.kept_order(scores, empty, limit)
         boxes = boxes[order]
         out = {
             "boxes": boxes.cpu(),
@@ -254,6 +270,7 @@ class Predictor:
             out["mask_probs"] = output["mask_probs"][order].float()
             out["image_size"] = torch.tensor([height, width])
             out["mask_thresh"] = torch.tensor(self.mask_thresh)
+            self.mark_cap(out)
         else:
             out["masks"] = self._paste_masks(output["masks"], order, (height, width))
         if "mask_scores" in output:  # Mask Scoring: the segm file's score (boxes keep the cls score)
@@ -289,11 +306,35 @@ def candidate_margin(model: nn.Module, cap: int, *, enabled: bool = True) -> Any
     if not enabled or not isinstance(old, int) or old != cap:
         yield
         return
-    post.detections_per_img = cap + max(1, int(cap * EMPTY_MARGIN))
+    post.detections_per_img = cap + spare_count(cap)
     try:
         yield
     finally:
         post.detections_per_img = old
+
+
+def spare_count(cap: int) -> int:
+    """The margin above a per-image cap of ``cap``: :data:`EMPTY_MARGIN` of it, at least one."""
+    return max(1, int(cap * EMPTY_MARGIN))
+
+
+@contextlib.contextmanager
+def writing_spares(predictor: Any) -> Any:
+    """While a results writer runs ``predictor`` (one with ``spares``; any other runs as it is): each
+    image's output keeps :func:`spare_count` candidates beyond the cap, best first, and says the cap
+    (``cap``); :func:`lvisctl.inference.results.detections_to_records` writes the top ``cap`` whose mask
+    pastes to something, so a mask that only turns out empty at the original size gives its slot to the
+    next real detection. Every other consumer sees at most ``detections_per_image`` detections. An
+    ensemble of predictors (``spares`` too) keeps spare fused detections; its members keep their caps."""
+    if not hasattr(predictor, "spares"):
+        yield
+        return
+    old = predictor.spares
+    predictor.spares = spare_count(predictor.detections_per_image)
+    try:
+        yield
+    finally:
+        predictor.spares = old
 
 
 def _as_float(image: torch.Tensor) -> torch.Tensor:

@@ -83,7 +83,7 @@ def empty_dropped_line(count: int) -> str:
     """What tta-infer, ensemble and pseudolabel say about the detections they did not write."""
     return (
         f"{count} detections with an empty mask left out (never written: lvis-api would not score them; "
-        "the surely-empty ones before the per-image cap, so a real detection took the slot)"
+        "where spare candidates remained, the next ones took their slots under the per-image cap)"
     )
 
 
@@ -104,27 +104,27 @@ def detections_to_records(
     device: the GPU when the model ran there). With Mask Scoring the model adds ``mask_scores``: the
     record then carries it as ``mask_score``, which :func:`split_record` makes the segm file's ``score``
     while the bbox file keeps the classification score (as MS R-CNN and mmdet score them).
+
+    A per-image ``cap`` (a predictor's spares, :func:`lvisctl.inference.predictor.writing_spares`): the
+    records are the first ``cap`` detections whose mask is not empty, so a mask that pastes to nothing
+    gives its slot to the next candidate; spares are encoded only as far as empty masks ask for them.
     """
     boxes = xyxy_to_xywh(detections["boxes"].detach().float().cpu()).tolist()
     scores = detections["scores"].detach().float().cpu().tolist()
     labels = detections["labels"].detach().cpu().tolist()
-    rles = _rles(detections)
     mask_scores = detections.get("mask_scores")
     mask_scores = mask_scores.detach().float().cpu().tolist() if mask_scores is not None else None
+    cat_ids = [category_map.cat_id(int(label)) for label in labels]  # an unknown label is a bug: raise
     records = []
-    for i, (box, score, label, rle) in enumerate(zip(boxes, scores, labels, rles, strict=True)):
-        cat_id = category_map.cat_id(int(label))
+    for i, rle in _non_empty_rles(detections, dropped):
+        cat_id = cat_ids[i]
         if cat_id is None:  # a class the json has no category for (tta-infer --map-by-name)
-            continue
-        if is_empty_mask(rle):
-            if dropped is not None:
-                dropped.empty_masks += 1
             continue
         record = {
             "image_id": int(image_id),
             "category_id": cat_id,
-            "bbox": [round(float(v), BBOX_DECIMALS) for v in box],
-            "score": float(score),
+            "bbox": [round(float(v), BBOX_DECIMALS) for v in boxes[i]],
+            "score": float(scores[i]),
             "segmentation": rle,
         }
         if mask_scores is not None:
@@ -133,15 +133,37 @@ def detections_to_records(
     return records
 
 
-def _rles(detections: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _non_empty_rles(
+    detections: Mapping[str, Any], dropped: DropCount | None
+) -> list[tuple[int, dict[str, Any]]]:
+    """``(index, rle)`` of the detections whose mask is not empty, in order; at most ``cap`` of them when
+    the detections say one. Encoded window by window: the first ``cap``, then as many of the next as
+    empty masks left slots (usually none), so the spares cost only the pastes that refill."""
+    n = int(detections["scores"].shape[0])
+    cap = int(detections["cap"]) if "cap" in detections else n
+    kept: list[tuple[int, dict[str, Any]]] = []
+    start = 0
+    while len(kept) < cap and start < n:
+        stop = min(n, start + cap - len(kept))
+        for i, rle in zip(range(start, stop), _rles(detections, slice(start, stop)), strict=True):
+            if is_empty_mask(rle):
+                if dropped is not None:
+                    dropped.empty_masks += 1
+                continue
+            kept.append((i, rle))
+        start = stop
+    return kept
+
+
+def _rles(detections: Mapping[str, Any], part: slice) -> list[dict[str, Any]]:
     if "mask_probs" in detections:
         from lvisctl.inference.postprocess import masks_to_rles
 
         h, w = (int(v) for v in detections["image_size"])
         thresh = float(detections.get("mask_thresh", 0.5))
-        boxes = detections.get("paste_boxes", detections["boxes"])
-        return masks_to_rles(detections["mask_probs"].detach(), boxes.detach(), (h, w), thresh)
-    masks = detections["masks"]
+        boxes = detections.get("paste_boxes", detections["boxes"])[part]
+        return masks_to_rles(detections["mask_probs"][part].detach(), boxes.detach(), (h, w), thresh)
+    masks = detections["masks"][part]
     return encode_masks(masks[:, 0] if masks.ndim == 4 else masks)
 
 

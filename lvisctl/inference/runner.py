@@ -41,7 +41,7 @@ from lvisctl.data.categories import CategoryMap
 from lvisctl.data.image_io import ImageReadError, ImageSizeError, read_image_tensor
 from lvisctl.engine.distributed import DistInfo, barrier
 from lvisctl.errors import LvisctlError
-from lvisctl.inference.predictor import Predictor, checkpoint_config
+from lvisctl.inference.predictor import Predictor, checkpoint_config, writing_spares
 from lvisctl.inference.results import DropCount, detections_to_records, split_paths, write_split_results
 from lvisctl.rundir import Artifact, RunDir
 from lvisctl.rundir.io import atomic_group, atomic_write_json, sha256_file
@@ -246,24 +246,27 @@ def run_chunk(
 
     Unreadable images are left out and added to ``skipped``; an image of another size than the json
     says stops the run (its masks would be encoded at the wrong size). Detections with an empty mask are
-    never written (the predictor leaves the surely-empty ones out before its cap); ``dropped`` counts them.
+    never written and never take a slot under the cap: the predictor leaves the surely-empty ones out
+    before its top-k and keeps spares that replace the ones that paste empty (:func:`writing_spares`);
+    ``dropped`` counts them.
     """
     dropped = dropped if dropped is not None else DropCount()
     before = int(getattr(predictor, "empty_dropped", 0))
     records: list[dict[str, Any]] = []
     pin = predictor.device.type == "cuda"
-    for batch in iter_batches(items, batch_size, num_workers, pin_memory=pin):
-        for image_id, _, problem, wrong_size in batch:
-            if wrong_size:
-                raise LvisctlError(f"{problem} (image {image_id})")
-            if problem is not None and skipped is not None:
-                skipped[image_id] = problem
-        good = [(image_id, image) for image_id, image, problem, _ in batch if problem is None]
-        detections = predictor.predict_batch([image for _, image in good]) if good else []
-        for (image_id, _), dets in zip(good, detections, strict=True):
-            records.extend(detections_to_records(image_id, dets, category_map, dropped))
-        if on_images is not None:
-            on_images(len(batch))
+    with writing_spares(predictor):
+        for batch in iter_batches(items, batch_size, num_workers, pin_memory=pin):
+            for image_id, _, problem, wrong_size in batch:
+                if wrong_size:
+                    raise LvisctlError(f"{problem} (image {image_id})")
+                if problem is not None and skipped is not None:
+                    skipped[image_id] = problem
+            good = [(image_id, image) for image_id, image, problem, _ in batch if problem is None]
+            detections = predictor.predict_batch([image for _, image in good]) if good else []
+            for (image_id, _), dets in zip(good, detections, strict=True):
+                records.extend(detections_to_records(image_id, dets, category_map, dropped))
+            if on_images is not None:
+                on_images(len(batch))
     dropped.empty_masks += int(getattr(predictor, "empty_dropped", 0)) - before
     return records
 

@@ -305,15 +305,19 @@ class TTAPredictor(Predictor):
             for flip in (False, True) if self.settings.flip else (False,):
                 for i, p in enumerate(self.predict_pass(images, scale, flip)):
                     passes[i].append(p)
+        # The merge's top-k takes the spares too (a writer's refill for masks that paste empty; the
+        # top-k's truncation comes last, so its first ``detections_per_image`` are the same either way).
         return [
-            paper_merge(
-                image_passes,
-                self.settings,
-                self.boost,
-                tuple(image.shape[-2:]),
-                k=self.detections_per_image,
-                merge_iou=self.merge_iou,
-                mask_thresh=self.mask_thresh,
+            self.mark_cap(
+                paper_merge(
+                    image_passes,
+                    self.settings,
+                    self.boost,
+                    tuple(image.shape[-2:]),
+                    k=self.candidate_limit,
+                    merge_iou=self.merge_iou,
+                    mask_thresh=self.mask_thresh,
+                )
             )
             for image_passes, image in zip(passes, images, strict=True)
         ]
