@@ -70,8 +70,21 @@ def read_legacy(fh: io.BufferedReader, file_size: int) -> tuple[Any, list[str]]:
         raise pickle.UnpicklingError("no storage key list after the object")
     records = {str(key): _read_block(fh, scan.declared, str(key), file_size) for key in keys}
     fh.seek(start)
-    unpickler = RestrictedUnpickler(fh, records, encoding="latin1")
+    unpickler = RestrictedUnpickler(fh, _LegacyRecords(records), encoding="latin1")
     return unpickler.load(), unpickler.skipped
+
+
+class _LegacyRecords:
+    """The storages of a legacy file, already read and size-checked (:func:`_read_block`), behind the
+    ``read(key, dtype, declared)`` interface the restricted unpickler asks of a torch zip's records."""
+
+    def __init__(self, blocks: dict[str, bytes]) -> None:
+        self.blocks = blocks
+
+    def read(self, key: str, dtype: torch.dtype, declared: int | None) -> bytearray:
+        if key not in self.blocks:
+            raise pickle.UnpicklingError(f"storage record {key} missing")
+        return bytearray(self.blocks[key])
 
 
 def _read_block(fh: io.BufferedReader, declared: dict, key: str, file_size: int) -> bytes:

@@ -111,6 +111,7 @@ def tiny_config(**overrides):
         "solver.max_iter": 10,
         "solver.warmup_iters": 2,
         "solver.base_lr": 0.16,
+        "model.backbone.weights": "none",  # the stand-in models have no ImageNet trunk to load
     }
     base.update(overrides)
     return load_config(None, [f"{k}={v}" for k, v in base.items()])

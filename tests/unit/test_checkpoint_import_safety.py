@@ -95,7 +95,7 @@ def test_error_line_has_no_leading_blank_nul_or_escape(monkeypatch, capsys):
 
     monkeypatch.setattr(cli_app, "app", failing)
     with pytest.raises(SystemExit) as code:
-        cli_app.main()
+        cli_app._run()  # main() minus the console log, which needs the real Typer app
     assert code.value.code == 2
     err = capsys.readouterr().err
     assert err == "error: bad\\x00name second line\n"
