@@ -67,9 +67,23 @@ def _valid_ranges() -> tuple[Callable[[Any], bool], str]:
         hi_ok = hi is None or (_num(hi) and hi > 0)
         return lo_ok and hi_ok and (lo is None or hi is None or lo < hi)
 
-    return (lambda v: isinstance(v, list) and all(pair_ok(p) for p in v)), (
-        "a list of [lo, hi] pairs of numbers (null = no limit; hi may be inf) with 0 <= lo < hi"
+    return (lambda v: v == AUTO or (isinstance(v, list) and all(pair_ok(p) for p in v))), (
+        "a list of [lo, hi] pairs of numbers (null = no limit; hi may be inf) with 0 <= lo < hi, or auto "
+        "(derived from the test scales)"
     )
+
+
+AUTO = "auto"
+# keys whose value may differ from their default's type, so the schema's type check leaves them to their
+# rule in RULES: ``valid_ranges`` takes the word ``auto`` (ranges derived from the test scales, which only
+# lvisctl.inference.tta_settings knows) and ``inf`` / "Infinity" strings as upper limits
+RULE_TYPED = frozenset({"inference.tta.valid_ranges"})
+
+
+def typed_by_rule(key: str, value: Any) -> bool:
+    """Whether ``value`` of ``key`` passes its rule in RULES, which then stands for its default's type (a
+    value that fails gets the schema's line, which names the wrong element)."""
+    return key in RULE_TYPED and value_problem(key, value) is None
 
 
 SEED_MAX = 2**32 - 1  # numpy's seed range; the trainer derives per-epoch seeds from it

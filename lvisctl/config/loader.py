@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from lvisctl.config.checks import check_values, choice_problem, lookup
+from lvisctl.config.checks import check_values, choice_problem, lookup, typed_by_rule
 from lvisctl.errors import LvisctlError
 
 
@@ -303,7 +303,12 @@ def _validate(
             if not isinstance(value, Mapping):
                 raise LvisctlError(f"{source}: {dotted} must be a mapping")
             _validate(ref, value, source, dotted + ".", root)
-        elif ref is not None and value is not None and not _same_type(ref, value):
+        elif (
+            ref is not None
+            and value is not None
+            and not _same_type(ref, value)
+            and not typed_by_rule(dotted, value)
+        ):
             element = _list_problem(ref, value) if isinstance(value, (list, tuple)) else None
             detail = f" ({element})" if element else ""
             raise LvisctlError(

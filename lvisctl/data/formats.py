@@ -3,8 +3,9 @@
 * Image files: the last two parts of ``coco_url`` (``val2017/000000001268.jpg``; detectron2's
   ``get_file_name`` in ``detectron2/data/datasets/lvis.py``), then ``file_name`` with mmdet's LVIS v0.5
   rule (``mmdet/datasets/lvis.py``: a ``COCO_[train|val|test]2014_`` name becomes its 2017 name
-  ``000000001268.jpg``). Under an image root the first candidate that exists wins, so one json serves the
-  COCO folder layout (``ROOT/val2017/...``) and a flat folder of 2017 names.
+  ``000000001268.jpg``), then that name in each of detectron2's ``{val,train,test}2017/`` folders. Under
+  an image root the first candidate that exists wins, so one json serves the COCO folder layout
+  (``ROOT/val2017/...``) and a flat folder of 2017 names.
 * LVIS v0.5 vs v1: ``info.version``, else 1230 categories or COCO-2014 file names mean v0.5.
 * A COCO instances file (categories without ``frequency``, images without LVIS's federated lists) is
   refused in one line that offers ``lvisctl data convert --from coco``.
@@ -20,6 +21,7 @@ from typing import Any
 from lvisctl.errors import LvisctlError
 
 COCO_2014_NAME = re.compile(r"^COCO_[a-z]+2014_(.+)$")
+COCO_2017_SPLITS = ("val", "train", "test")
 LVIS_V05_CATEGORIES = 1230
 FEDERATED_KEYS = ("neg_category_ids", "not_exhaustive_category_ids")
 
@@ -33,7 +35,11 @@ def image_relpaths(image: Mapping[str, Any]) -> list[str]:
     if name:
         match = COCO_2014_NAME.match(Path(name).name)
         out.append(match.group(1) if match else name)
-    return out or [""]
+        if match:
+            # a 2014 name under detectron2's 2017 folders (``datasets/coco/val2017/``): COCO 2017 re-split the
+            # 2014 images, so a val2014 image may be in train2017; a coco_url of a 2014 folder misses them
+            out += [f"{split}2017/{match.group(1)}" for split in COCO_2017_SPLITS]
+    return list(dict.fromkeys(out)) or [""]
 
 
 def find_image(root: Path, image: Mapping[str, Any]) -> Path:

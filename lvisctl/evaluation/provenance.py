@@ -25,7 +25,8 @@ def check_gt_unchanged(gt: Path, artifacts: Sequence[Any], run: Any) -> None:
         for rec in getattr(art, "inputs", None) or []:
             if not isinstance(rec, Mapping) or not rec.get("sha256"):
                 continue
-            if run.path_of(str(rec.get("path", ""))).resolve() != target:
+            # inputs may be absolute external files (the GT json): input_path, not path_of (run-dir only)
+            if run.input_path(str(rec.get("path", ""))).resolve() != target:
                 continue
             now = sha256_file(target)
             if now != rec["sha256"]:

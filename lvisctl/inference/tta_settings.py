@@ -52,10 +52,7 @@ class TTASettings:
     def from_config(cls, tta_cfg: Mapping[str, Any], scales: Sequence[int] | None = None) -> TTASettings:
         """Settings from ``inference.tta``; ``scales`` (``--scales``) replaces ``inference.tta.scales``."""
         scale_list = tuple(int(s) for s in (scales if scales is not None else tta_cfg["scales"]))
-        ranges = tuple((bound(lo, 0.0), bound(hi, math.inf)) for lo, hi in tta_cfg["valid_ranges"])
-        if ranges == cls.valid_ranges and len(scale_list) != len(ranges):
-            # the packaged ranges are for the packaged six scales: other --scales get ranges by the same rule
-            ranges = auto_ranges(scale_list)
+        ranges = _ranges_for(tta_cfg["valid_ranges"], scale_list, cls.valid_ranges)
         settings = cls(
             scales=scale_list,
             max_size=int(tta_cfg["max_size"]),
@@ -101,6 +98,19 @@ class TTASettings:
                     f"inference.tta.valid_ranges: no test scale keeps boxes of size {lo:g}-{hi:g} px; "
                     "the ranges must cover every size"
                 )
+
+
+def _ranges_for(
+    value: Any, scales: tuple[int, ...], packaged: tuple[tuple[float, float], ...]
+) -> tuple[tuple[float, float], ...]:
+    """``valid_ranges`` as given, or derived from the scales for ``auto``."""
+    if value == "auto":
+        return auto_ranges(scales)
+    ranges = tuple((bound(lo, 0.0), bound(hi, math.inf)) for lo, hi in value)
+    if ranges == packaged and len(scales) != len(ranges):
+        # the packaged ranges are for the packaged six scales: other --scales get ranges by the same rule
+        return auto_ranges(scales)
+    return ranges
 
 
 def bound(value: Any, missing: float) -> float:

@@ -40,8 +40,15 @@ def _jpg(path: Path, h: int = 4, w: int = 6) -> None:
 def test_image_path_rules_follow_detectron2_then_mmdet():
     v1 = {"coco_url": "http://images.cocodataset.org/train2017/000000000139.jpg"}
     assert image_relpaths(v1) == ["train2017/000000000139.jpg"]  # detectron2: coco_url's last two parts
-    assert image_relpaths(V05_IMAGE) == ["val2017/000000001268.jpg", "000000001268.jpg"]
-    assert image_relpaths({"file_name": "COCO_train2014_000000000009.jpg"}) == ["000000000009.jpg"]  # mmdet
+    in_2017 = ["val2017/000000001268.jpg", "train2017/000000001268.jpg", "test2017/000000001268.jpg"]
+    assert image_relpaths(V05_IMAGE) == ["val2017/000000001268.jpg", "000000001268.jpg", *in_2017[1:]]
+    # mmdet's rule, then detectron2's 2017 folders
+    assert image_relpaths({"file_name": "COCO_train2014_000000000009.jpg"})[0] == "000000000009.jpg"
+    url_2014 = {
+        **V05_IMAGE,
+        "coco_url": "http://images.cocodataset.org/val2014/COCO_val2014_000000001268.jpg",
+    }
+    assert image_relpaths(url_2014) == ["val2014/COCO_val2014_000000001268.jpg", "000000001268.jpg", *in_2017]
     assert image_relpaths({"file_name": "sub/img.png"}) == ["sub/img.png"]
 
 

@@ -77,3 +77,34 @@ def test_tta_infer_paper_at_other_scales_runs_and_records_the_derived_ranges(set
     result = invoke("--run-dir", run.root, "--images", images, "--tta", "paper", "--scales", "40,56")
     assert result.exit_code == 0, result.output
     assert run.latest("predictions").meta["scales"] == [40, 56]
+
+
+@pytest.mark.parametrize("how", ["file", "override"])
+def test_valid_ranges_auto_loads_and_derives_the_ranges_from_the_scales(tmp_path, how):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("inference:\n  tta:\n    valid_ranges: auto\n")
+    cfg = load_config(mine, []) if how == "file" else load_config(None, ["inference.tta.valid_ranges=auto"])
+    assert cfg.inference.tta.valid_ranges == "auto"
+    settings = TTASettings.from_config(cfg.inference.tta, scales=(600, 800, 1000))
+    assert settings.valid_ranges == ((32.0, math.inf), (0.0, math.inf), (0.0, 256.0))
+    packaged = TTASettings.from_config(cfg.inference.tta)
+    assert packaged.valid_ranges == TTASettings.valid_ranges
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["inference.tta.valid_ranges=automatic", "inference.tta.scales=auto", "inference.max_size=auto"],
+)
+def test_auto_is_a_word_of_valid_ranges_only(override):
+    with pytest.raises(LvisctlError, match=override.split("=")[0]):
+        load_config(None, [override])
+
+
+def test_tta_infer_paper_with_valid_ranges_auto_runs_at_other_scales(setup):
+    run, images, _ = setup
+    result = invoke(
+        "--run-dir", run.root, "--images", images, "--tta", "paper", "--scales", "40,56,72",
+        "inference.tta.valid_ranges=auto",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert run.latest("predictions").meta["scales"] == [40, 56, 72]

@@ -40,7 +40,8 @@ TINY_TRAIN = (
     "sampler.rfs_threshold=0.3 solver.max_iter=2 solver.warmup_iters=0"
 )
 SHRINK = [
-    (re.compile(r"\s*model\.backbone\.weights=\S+"), ""),  # the tiny trunk has no ImageNet weights
+    # the tiny trunk has no ImageNet weights: from scratch, said explicitly (a named weight is fetched)
+    (re.compile(r"(\s*)model\.backbone\.weights=\S+"), r"\1model.backbone.weights=none"),
     (re.compile(r"^(lvisctl train .*)$", re.M), rf"\1 {TINY_TRAIN}"),
     (re.compile(r"^(lvisctl tta-infer .*)$", re.M), r"\1 --scales 64"),
 ]
