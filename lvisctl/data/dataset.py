@@ -82,11 +82,13 @@ class LvisTrainDataset(torch.utils.data.Dataset):
     # -- class statistics for RFS ---------------------------------------------------------------------
     def _label_set(self, image_id: int) -> set[int]:
         cmap = self.category_map
-        return {
-            cmap.index(a["category_id"])
-            for a in self.lvis.anns_by_image.get(image_id, ())
-            if a["category_id"] in cmap
-        }
+        # an LvisStore lists an image's category ids without decoding its annotations (polygons)
+        ids_of = getattr(self.lvis, "category_ids_of", None)
+        if ids_of is not None:
+            cat_ids = ids_of(image_id).tolist()
+        else:
+            cat_ids = [a["category_id"] for a in self.lvis.anns_by_image.get(image_id, ())]
+        return {cmap.index(c) for c in cat_ids if c in cmap}
 
     def image_label_sets(self) -> list[set[int]]:
         """Contiguous class indices present in each image, in dataset index order."""
