@@ -73,14 +73,16 @@ def load_lvis_shared(
     *,
     image_root: str | Path | ImageRoot | None = None,
     cache_dir: str | Path | None = None,
-    min_bytes: int = MIN_CACHED_BYTES,
+    min_bytes: int | None = None,
 ) -> LvisStore:
     """``load_lvis(path)`` as an :class:`LvisStore` (no images checked), through the cache in ``cache_dir``.
 
-    Files under ``min_bytes`` or ``cache_dir=None`` are parsed and serialised in memory (still shared
-    by DataLoader workers without copying). Raises the ``LvisctlError`` of ``load_lvis`` for a bad file.
+    Files under ``min_bytes`` (default :data:`MIN_CACHED_BYTES`) or ``cache_dir=None`` are parsed and
+    serialised in memory (still shared by DataLoader workers without copying). Raises the
+    ``LvisctlError`` of ``load_lvis`` for a bad file.
     """
     path = Path(path)
+    min_bytes = MIN_CACHED_BYTES if min_bytes is None else min_bytes
     if cache_dir is None or not path.is_file() or path.stat().st_size < min_bytes:
         return serialize_lvis(load_lvis(path, image_root=image_root))
     digest = sha256_file(path)

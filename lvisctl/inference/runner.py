@@ -503,14 +503,16 @@ def _predict_locked(
     on_images: Callable[[int], None] | None,
     notify: Callable[[str], None],
 ) -> PredictionsOutcome:
-    from lvisctl.data.lvis import load_lvis, resolve_image_root
+    from lvisctl.data.lvis import resolve_image_root
+    from lvisctl.data.lvis_cache import default_cache_dir, load_lvis_shared
     from lvisctl.engine.checkpoint import load_checkpoint
     from lvisctl.engine.distributed import init_distributed
     from lvisctl.inference.tta import predictor_from_checkpoints
 
     run, cfg, icfg = job.run, job.cfg, job.cfg.inference
     root = resolve_image_root(cfg.get("data"), option=job.image_root)
-    data = load_lvis(job.images, image_root=root)
+    # every rank reads the json; the sha256-keyed cache parses it once per machine
+    data = load_lvis_shared(job.images, image_root=root, cache_dir=default_cache_dir())
     items = [
         ImageItem(image_id, data.image_path(image_id), data.image_hw(image_id))
         for image_id in sorted(data.images)

@@ -144,3 +144,18 @@ def _set_meta(entry, **changes):
     meta = json.loads((entry / "meta.json").read_text())
     meta.update(changes)
     (entry / "meta.json").write_text(json.dumps(meta))
+
+
+def test_pseudolabel_reads_the_train_json_through_the_cache(train_json, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from lvisctl.inference.pseudo_labels import _load_images
+
+    monkeypatch.setenv("LVISCTL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(lvis_cache, "MIN_CACHED_BYTES", 0)
+    info = SimpleNamespace(path=train_json, image_root=None)
+    first = _load_images(info, "missing")
+    assert _entries(tmp_path / "cache") == [sha256_file(train_json)]
+    monkeypatch.setattr(lvis_cache, "load_lvis", lambda *a, **k: pytest.fail("parsed a cached file"))
+    again = _load_images(info, "missing")
+    assert again.num_annotations == first.num_annotations > 0
