@@ -224,6 +224,21 @@ add("20-iteration loss (mean of first 5 -> last 5)", f"{first:.3f} -> {last:.3f}
 if not all(map(lambda x: x == x and abs(x) != float("inf"), losses)) or not last < first:
     sys.exit(f"error: the loss did not decrease over 20 iterations: {losses}")
 
+# ---- issue 28 (docs/scale.md, benchmarks/full_run_cost.py): the step factors the full-run cost assumes --
+# HTC, Mask Scoring and deformable convs relative to the plain core, on this device (CPU ratios stand in
+# for them in the table until these rows are run on a GPU).
+factor_rows = {
+    "core": (core, CUDA),
+    "HTC": (lambda: core(["model.roi_heads.type=htc"]), CUDA),
+    "Mask Scoring": (lambda: core(["model.mask_head.mask_iou=true"]), CUDA),
+}
+if CUDA:  # DCN needs a resnet trunk; --cpu's tiny backbone has none
+    factor_rows["DCN c3-c5"] = (lambda: core(["model.backbone.dcn_stages=[3,4,5]"]), CUDA)
+res = timed(factor_rows)
+for label in [k for k in factor_rows if k != "core"]:
+    add(f"step factor vs core: {label} (full_run_cost.py)", f"{res[label][0] / res['core'][0]:.2f}x", res[label][1])
+# ---- end of issue 28's rows ----------------------------------------------------------------------------
+
 print("\n| check | value | peak GPU memory (GiB) |\n|---|---|---|")
 for row in table:
     print(f"| {row[0]} | {row[1]} | {row[2]} |")

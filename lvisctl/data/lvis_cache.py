@@ -131,6 +131,9 @@ def write_entry(entry: Path, data: LvisData, digest: str, source_bytes: int) -> 
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a node's cache may serve several users
         files = {}
         for name, array in store_arrays(data).items():
             target = tmp / f"{name}.npy"
