@@ -9,7 +9,8 @@ fresh process, iterates ``--samples`` samples and reports, for the main process 
 samples/s. Two ways of holding the annotations are measured, each in its own process:
 
 * ``records``: the parsed ``LvisData`` (dicts, lists and float32 arrays; what ``train`` held before);
-* ``store``: the ``LvisStore`` numpy buffers, memory-mapped from the sha256-keyed cache (``train`` now).
+* ``store``: the ``LvisStore`` numpy buffers, memory-mapped from the sha256-keyed cache, and workers
+  that ``gc.freeze`` what they inherit (``train`` now); ``store-nofreeze``: the store alone.
 
 And, for the cache: a cold load (parse + validate + write the entry) and a warm one (hash + map).
 
@@ -92,6 +93,7 @@ def run_pipeline(ann: Path, images: Path, mode: str, samples: int, workers: int,
     from lvisctl.config import load_config
     from lvisctl.data.lvis import load_lvis
     from lvisctl.data.train_data import build_train_data
+    from lvisctl.engine import trainer
     from lvisctl.engine.distributed import DistInfo
     from lvisctl.engine.trainer import _epoch_loader
     from lvisctl.rundir import RunDir
@@ -100,6 +102,8 @@ def run_pipeline(ann: Path, images: Path, mode: str, samples: int, workers: int,
         lvis_cache.load_lvis_shared = lambda path, image_root=None, **_: load_lvis(
             path, image_root=image_root
         )
+    if mode in ("records", "store-nofreeze"):  # ... and workers without gc.freeze (train before)
+        trainer.freeze_inherited_objects = lambda worker_id: None
     os.environ["LVISCTL_CACHE_DIR"] = str(cache)
     overrides = [f"data.train={ann}", f"data.image_root={images}", f"train.num_workers={workers}"]
     cfg = load_config(str(REPO / CONFIG), overrides)
@@ -222,7 +226,7 @@ def main() -> None:
     for mode in modes:
         run = in_child(args, "pipeline", mode)
         s = summary(run)
-        shared_gb = shared if mode == "store" else 0.0
+        shared_gb = shared if mode.startswith("store") else 0.0
         s["node_8x4_estimate_gb"] = round(node_estimate(s, 8, shared_gb), 1)
         results[mode] = {"summary": s, "run": run}
         print(mode, json.dumps(s), flush=True)

@@ -14,6 +14,7 @@ records with ``height``, ``width`` and optional ``neg_category_ids`` / ``not_exh
 
 from __future__ import annotations
 
+import gc
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -181,6 +182,18 @@ def to_training_pair(sample: Sample) -> tuple[torch.Tensor, dict[str, Any]]:
         "loss_weight": float(sample["loss_weight"]),
     }
     return image, target
+
+
+def freeze_inherited_objects(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: keep the garbage collector off the objects a worker inherits.
+
+    A forked worker shares the trainer's memory until it writes to a page, and a full collection writes
+    to the gc header of every tracked object, copying every page of the parent's Python heap into each
+    worker (~150 MB each at LVIS-train size, measured by ``benchmarks/data_scale.py``). ``gc.freeze``
+    moves the inherited objects to the permanent generation (a list splice: no object is touched); the
+    worker's own objects are collected as usual. Samples and their seeding do not change.
+    """
+    gc.freeze()
 
 
 def collate_detection(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:

@@ -121,3 +121,28 @@ def test_train_data_hands_the_loop_a_store(synth, tmp_path, monkeypatch):
     data = build_engine_data(cfg, RunDir(tmp_path / "run"), type("Info", (), {"rank": 0, "world_size": 1})())
     assert isinstance(data.dataset.lvis, LvisStore)
     assert not (tmp_path / "cache").exists()  # a small file is not worth a cache entry
+
+
+class _FreezeCount(torch.utils.data.Dataset):
+    """Each sample is the number of objects the worker's garbage collector leaves alone."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, key):
+        import gc
+
+        return torch.tensor(gc.get_freeze_count())
+
+
+def test_train_workers_freeze_what_they_inherit():
+    from lvisctl.data.samplers import PlainSampler
+    from lvisctl.data.train_data import TrainData
+    from lvisctl.engine.distributed import DistInfo
+    from lvisctl.engine.trainer import _epoch_loader
+
+    cfg = load_config(None, ["train.num_workers=1", "train.batch_size=1"])
+    sampler = PlainSampler(4, seed=0, rank=0, world_size=1)
+    data = TrainData(_FreezeCount(), sampler, lambda batch: batch[0], None)
+    counts = [int(c) for c in _epoch_loader(data, cfg, DistInfo(), 0, 0)]
+    assert len(counts) == 4 and min(counts) > 1000  # the parent's objects, frozen in the worker
