@@ -10,7 +10,8 @@ samples/s. Two ways of holding the annotations are measured, each in its own pro
 
 * ``records``: the parsed ``LvisData`` (dicts, lists and float32 arrays; what ``train`` held before);
 * ``store``: the ``LvisStore`` numpy buffers, memory-mapped from the sha256-keyed cache, and workers
-  that ``gc.freeze`` what they inherit (``train`` now); ``store-nofreeze``: the store alone.
+  set up by ``init_train_worker`` (``gc.freeze``, 1 MiB mmap threshold; ``train`` now);
+  ``store-noinit``: the store alone.
 
 And, for the cache: a cold load (parse + validate + write the entry) and a warm one (hash + map).
 
@@ -102,8 +103,8 @@ def run_pipeline(ann: Path, images: Path, mode: str, samples: int, workers: int,
         lvis_cache.load_lvis_shared = lambda path, image_root=None, **_: load_lvis(
             path, image_root=image_root
         )
-    if mode in ("records", "store-nofreeze"):  # ... and workers without gc.freeze (train before)
-        trainer.freeze_inherited_objects = lambda worker_id: None
+    if mode in ("records", "store-noinit"):  # ... and workers without init_train_worker (train before)
+        trainer.init_train_worker = lambda worker_id: None
     os.environ["LVISCTL_CACHE_DIR"] = str(cache)
     overrides = [f"data.train={ann}", f"data.image_root={images}", f"train.num_workers={workers}"]
     cfg = load_config(str(REPO / CONFIG), overrides)

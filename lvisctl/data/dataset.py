@@ -14,6 +14,7 @@ records with ``height``, ``width`` and optional ``neg_category_ids`` / ``not_exh
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import warnings
 from collections.abc import Mapping, Sequence
@@ -184,16 +185,30 @@ def to_training_pair(sample: Sample) -> tuple[torch.Tensor, dict[str, Any]]:
     return image, target
 
 
-def freeze_inherited_objects(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: keep the garbage collector off the objects a worker inherits.
+def init_train_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn`` of ``train``: keep each worker's private memory to its live samples.
 
-    A forked worker shares the trainer's memory until it writes to a page, and a full collection writes
-    to the gc header of every tracked object, copying every page of the parent's Python heap into each
-    worker (~150 MB each at LVIS-train size, measured by ``benchmarks/data_scale.py``). ``gc.freeze``
-    moves the inherited objects to the permanent generation (a list splice: no object is touched); the
-    worker's own objects are collected as usual. Samples and their seeding do not change.
+    A forked worker shares the trainer's memory until it writes to a page. ``gc.freeze`` keeps full
+    collections off the inherited objects (a list splice: no object is touched), so they do not copy
+    the trainer's Python heap into the worker. Then large buffers: glibc raises its mmap threshold to
+    the largest block freed so far (up to 32 MiB), so after the first image the per-sample image and
+    mask buffers come from the heap, whose freed space stays with the worker: ~100-200 MB per worker
+    at stage-1 sizes (``benchmarks/data_scale.py``, docs/scale.md). A fixed 1 MiB threshold maps them
+    and gives them back when freed. Samples and their seeding do not change.
     """
     gc.freeze()
+    _map_large_buffers()
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+
+
+def _map_large_buffers(threshold: int = 1 << 20) -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): their allocators have no such threshold to fix
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, threshold)
 
 
 def collate_detection(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:

@@ -123,8 +123,20 @@ def test_train_data_hands_the_loop_a_store(synth, tmp_path, monkeypatch):
     assert not (tmp_path / "cache").exists()  # a small file is not worth a cache entry
 
 
-class _FreezeCount(torch.utils.data.Dataset):
-    """Each sample is the number of objects the worker's garbage collector leaves alone."""
+def _mapped_blocks() -> int:
+    """glibc's count of blocks it allocated with mmap (``mallinfo2().hblks``)."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = type(
+        "MallInfo2", (ctypes.Structure,), {"_fields_": [(f, ctypes.c_size_t) for f in "abcdefghij"]}
+    )
+    return int(libc.mallinfo2().d)
+
+
+class _WorkerState(torch.utils.data.Dataset):
+    """Each sample: the objects the worker's collector leaves alone, and whether a 2 MiB buffer allocated
+    after an 8 MiB one was freed (glibc's threshold then rises to 8 MiB by default) is mapped."""
 
     def __len__(self) -> int:
         return 4
@@ -132,10 +144,16 @@ class _FreezeCount(torch.utils.data.Dataset):
     def __getitem__(self, key):
         import gc
 
-        return torch.tensor(gc.get_freeze_count())
+        freed = bytearray(8 << 20)
+        del freed
+        before = _mapped_blocks()
+        kept = bytearray(2 << 20)
+        mapped = _mapped_blocks() - before
+        del kept
+        return torch.tensor([gc.get_freeze_count(), mapped])
 
 
-def test_train_workers_freeze_what_they_inherit():
+def test_train_workers_freeze_what_they_inherit_and_map_large_buffers():
     from lvisctl.data.samplers import PlainSampler
     from lvisctl.data.train_data import TrainData
     from lvisctl.engine.distributed import DistInfo
@@ -143,6 +161,8 @@ def test_train_workers_freeze_what_they_inherit():
 
     cfg = load_config(None, ["train.num_workers=1", "train.batch_size=1"])
     sampler = PlainSampler(4, seed=0, rank=0, world_size=1)
-    data = TrainData(_FreezeCount(), sampler, lambda batch: batch[0], None)
-    counts = [int(c) for c in _epoch_loader(data, cfg, DistInfo(), 0, 0)]
-    assert len(counts) == 4 and min(counts) > 1000  # the parent's objects, frozen in the worker
+    data = TrainData(_WorkerState(), sampler, lambda batch: batch[0], None)
+    states = [s.tolist() for s in _epoch_loader(data, cfg, DistInfo(), 0, 0)]
+    assert len(states) == 4
+    assert all(frozen > 1000 for frozen, _ in states)  # the parent's objects, frozen in the worker
+    assert all(mapped == 1 for _, mapped in states)  # and given back to the system when freed
