@@ -277,6 +277,7 @@ HEADS = {
     "DCN (stages 3-5)" if CUDA else "DCN (CPU: tiny trunk, no DCN)": ["model.backbone.dcn_stages=[3,4,5]"] if CUDA else [],
 }
 res = timed({name: (lambda o=over: core(o), CUDA) for name, over in HEADS.items()})
+heads_res = res  # issue 28's step factors below reuse these timings
 for name, (t, mem) in res.items():
     add(f"train s/iter, {name}, batch 2 {H}x{W}{', AMP' if CUDA else ''}", f"{t:.3f}", mem)
 
@@ -363,6 +364,14 @@ for name, over in {"softmax": [], **{k: v for k, v in HEADS.items() if k in ("HT
         with CudaSyncs() if CUDA else SyncCounter() as image_count:
             model(images[:1], paste_masks=False)
     add(f"host syncs per train step (2 images) / per inference image, {name}", f"{count.total} / {image_count.total}")
+
+# ---- issue 28 (docs/scale.md, benchmarks/full_run_cost.py): the step factors the full-run cost assumes --
+# HTC, Mask Scoring and deformable convs relative to the plain core, on this device (CPU ratios stand in
+# for them in the table until these rows are run on a GPU). The heads' timings are the rows above.
+core_time = timed({"core": (core, CUDA)})["core"][0]
+for label in [k for k in heads_res if k.startswith(("HTC", "Mask Scoring", "DCN (stages"))]:
+    add(f"step factor vs core: {label} (full_run_cost.py)", f"{heads_res[label][0] / core_time:.2f}x")
+# ---- end of issue 28's rows ----------------------------------------------------------------------------
 sync()
 PY
 

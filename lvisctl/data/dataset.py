@@ -14,6 +14,8 @@ records with ``height``, ``width`` and optional ``neg_category_ids`` / ``not_exh
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -82,11 +84,13 @@ class LvisTrainDataset(torch.utils.data.Dataset):
     # -- class statistics for RFS ---------------------------------------------------------------------
     def _label_set(self, image_id: int) -> set[int]:
         cmap = self.category_map
-        return {
-            cmap.index(a["category_id"])
-            for a in self.lvis.anns_by_image.get(image_id, ())
-            if a["category_id"] in cmap
-        }
+        # an LvisStore lists an image's category ids without decoding its annotations (polygons)
+        ids_of = getattr(self.lvis, "category_ids_of", None)
+        if ids_of is not None:
+            cat_ids = ids_of(image_id).tolist()
+        else:
+            cat_ids = [a["category_id"] for a in self.lvis.anns_by_image.get(image_id, ())]
+        return {cmap.index(c) for c in cat_ids if c in cmap}
 
     def image_label_sets(self) -> list[set[int]]:
         """Contiguous class indices present in each image, in dataset index order."""
@@ -179,6 +183,32 @@ def to_training_pair(sample: Sample) -> tuple[torch.Tensor, dict[str, Any]]:
         "loss_weight": float(sample["loss_weight"]),
     }
     return image, target
+
+
+def init_train_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn`` of ``train``: keep each worker's private memory to its live samples.
+
+    A forked worker shares the trainer's memory until it writes to a page. ``gc.freeze`` keeps full
+    collections off the inherited objects (a list splice: no object is touched), so they do not copy
+    the trainer's Python heap into the worker. Then large buffers: glibc raises its mmap threshold to
+    the largest block freed so far (up to 32 MiB), so after the first image the per-sample image and
+    mask buffers come from the heap, whose freed space stays with the worker: ~100-200 MB per worker
+    at stage-1 sizes (``benchmarks/data_scale.py``, docs/scale.md). A fixed 1 MiB threshold maps them
+    and gives them back when freed. Samples and their seeding do not change.
+    """
+    gc.freeze()
+    _map_large_buffers()
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+
+
+def _map_large_buffers(threshold: int = 1 << 20) -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): their allocators have no such threshold to fix
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, threshold)
 
 
 def collate_detection(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:

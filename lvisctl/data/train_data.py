@@ -115,12 +115,14 @@ def build_train_data(cfg: Any, run: RunDir, info: ShardInfo) -> TrainData:
     """
     from lvisctl.data.dataset import build_train_data as build_dataset_and_sampler
     from lvisctl.data.dataset import collate_detection
-    from lvisctl.data.lvis import load_lvis
+    from lvisctl.data.lvis_cache import default_cache_dir, load_lvis_shared
     from lvisctl.data.self_training import load_self_training
 
     source = resolve_train_annotations(cfg, run)
     path = run.artifact_path(source) if isinstance(source, Artifact) else source
-    lvis = load_lvis(path, image_root=train_image_root(cfg))
+    # numpy buffers, not Python records: DataLoader workers share them without copy-on-read growth,
+    # and a large file is parsed once per machine (the sha256-keyed cache, data/lvis_cache.py)
+    lvis = load_lvis_shared(path, image_root=train_image_root(cfg), cache_dir=default_cache_dir())
     stats = lvis.category_stats()
     extra = load_self_training(cfg.data, run, train_image_ids=lvis.images, train_annotations=Path(path))
     dataset, sampler = build_dataset_and_sampler(

@@ -45,6 +45,7 @@ from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from lvisctl.config import Config
 from lvisctl.data.categories import CategoryStats
+from lvisctl.data.dataset import init_train_worker
 from lvisctl.data.train_data import TrainData, build_train_data, resolve_train_annotations
 from lvisctl.engine import checkpoint as ckpt_io
 from lvisctl.engine.distributed import (
@@ -577,6 +578,7 @@ def _epoch_loader(data: TrainData, cfg: Config, info: DistInfo, epoch: int, star
         # keeps the global RNG untouched, so a resumed run draws exactly what an uninterrupted one does.
         generator=torch.Generator().manual_seed(int(cfg.seed) * 100_003 + epoch),
         persistent_workers=False,  # forked per epoch: the sampler/dataset epoch is set before the fork
+        worker_init_fn=init_train_worker,  # workers: no copy of the trainer's heap, no hoarded buffers
     )
 
 

@@ -707,9 +707,10 @@ def _images_of(source: str, run: Any, ckpt_art: Any, images: Any, image_root: An
 
 
 def _load_images(info: Any, mode: str) -> Any:
-    from lvisctl.data.lvis import load_lvis
+    from lvisctl.data.lvis_cache import default_cache_dir, load_lvis_shared
 
-    gt = load_lvis(info.path, image_root=info.image_root)
+    # the LVIS train json: parsed once per machine (sha256-keyed cache), as train reads it
+    gt = load_lvis_shared(info.path, image_root=info.image_root, cache_dir=default_cache_dir())
     if mode == "missing" and not gt.has_annotations:
         raise LvisctlError(f"{info.path}: has no annotations; pseudolabel lvis needs the LVIS train json")
     if mode == "unlabeled" and gt.num_annotations:

@@ -577,7 +577,8 @@ def _predict_locked(
     on_images: Callable[[int], None] | None,
     notify: Callable[[str], None],
 ) -> PredictionsOutcome:
-    from lvisctl.data.lvis import load_lvis, resolve_image_root
+    from lvisctl.data.lvis import resolve_image_root
+    from lvisctl.data.lvis_cache import default_cache_dir, load_lvis_shared
     from lvisctl.engine.checkpoint import load_checkpoint
     from lvisctl.engine.distributed import init_distributed, set_cudnn_benchmark, timeout_of
     from lvisctl.inference.category_check import checkpoint_category_map
@@ -585,7 +586,8 @@ def _predict_locked(
 
     run, cfg, icfg = job.run, job.cfg, job.cfg.inference
     root = resolve_image_root(cfg.get("data"), option=job.image_root)
-    data = load_lvis(job.images, image_root=root)
+    # every rank reads the json; the sha256-keyed cache parses it once per machine
+    data = load_lvis_shared(job.images, image_root=root, cache_dir=default_cache_dir())
     category_map = checkpoint_category_map(
         job.ckpt, data, checkpoint=job.ckpt_path, by_name=job.map_by_name, notify=notify
     )
