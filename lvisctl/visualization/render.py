@@ -222,10 +222,10 @@ def default_predictions_for(run: Any, split: Path | None) -> Any | None:
     from lvisctl.rundir.defaults import DefaultChoice, announce, default_predictions
 
     found = [a for a in run.find("predictions", iou_type="segm") if a.meta.get("purpose") != PSEUDOLABEL]
+    if not found:  # a run without predictions: the ground truth alone is drawn
+        return None
     if split is not None:
         return announce(default_predictions(run, split, found), "predictions").artifact
-    if not found:
-        return None
     return announce(
         DefaultChoice(found[-1], "newest predictions; --gt chooses a split"), "predictions"
     ).artifact
