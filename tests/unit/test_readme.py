@@ -22,15 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 MARKER = re.compile(r"<!-- readme-test: (run|make-dry-run|skip: [^>]+?) -->")
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
-# Files other branches add (their issues own them); README links them already. Once they exist they are
-# checked like every other link.
-PENDING_DOCS = {
-    "docs/evaluation-rules.md",
-    "docs/fidelity.md",
-    "docs/safety.md",
-    "docs/gpu.md",
-    "docs/scale.md",
-}
 
 # The README's commands as written, shrunk to the tests' tiny model and 64 px images.
 TINY_TRAIN = (
@@ -148,10 +139,8 @@ def broken_links(markdown: Path) -> list[str]:
             continue  # web links are not fetched here
         path, _, anchor = target.partition("#")
         dest = (markdown.parent / path).resolve() if path else markdown
-        rel = dest.relative_to(REPO).as_posix() if dest.is_relative_to(REPO) else str(dest)
         if not dest.exists():
-            if rel not in PENDING_DOCS:
-                problems.append(f"{markdown.name}: {target} (no such file)")
+            problems.append(f"{markdown.name}: {target} (no such file)")
         elif anchor and dest.suffix == ".md" and anchor not in github_anchors(dest):
             problems.append(f"{markdown.name}: {target} (no such heading)")
     return problems
