@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lvisctl.data.categories import CategoryMap  # noqa: E402
-from lvisctl.inference.results import detections_to_records, encode_masks  # noqa: E402
+from lvisctl.inference.results import detections_to_records, encode_masks, is_empty_mask  # noqa: E402
 
 
 def workload(n: int, size: tuple[int, int], seed: int = 0, device: str = "cpu") -> dict:
@@ -68,10 +68,12 @@ def obvious(dets: dict) -> list[dict]:
     pasted = paste_masks_in_image(dets["mask_probs"], dets["boxes"], dets["image_size"], padding=1)
     masks = pasted[:, 0] > 0.5
     rles = encode_masks(masks.cpu())
-    base = {k: dets[k] for k in ("boxes", "scores", "labels")}
-    records = detections_to_records(
-        1, {**base, "masks": torch.zeros((len(rles), 1, 1), dtype=torch.bool)}, CMAP
-    )
+    keep = [i for i, rle in enumerate(rles) if not is_empty_mask(rle)]  # never written (issue 20)
+    rles = [rles[i] for i in keep]
+    index = torch.tensor(keep, dtype=torch.long, device=dets["boxes"].device)
+    base = {k: dets[k][index] for k in ("boxes", "scores", "labels")}
+    placeholder = torch.ones((len(rles), 1, 1), dtype=torch.bool)  # non-empty: the writer keeps every row
+    records = detections_to_records(1, {**base, "masks": placeholder}, CMAP)
     for record, rle in zip(records, rles, strict=True):  # the records with the obvious RLEs
         record["segmentation"] = rle
     return records

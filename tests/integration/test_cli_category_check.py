@@ -50,9 +50,7 @@ def test_map_by_name_writes_the_json_ids_of_the_same_names(setup, tmp_path):  # 
     plain = invoke("--run-dir", run.root, "--images", images, "--out", out / "plain.json")
     assert plain.exit_code == 0, plain.output
     other = edited(images, tmp_path, swap_names)  # id 3 is now "c9", id 9 "c3"
-    mapped = invoke(
-        "--run-dir", run.root, "--images", other, "--out", out / "mapped.json", "--map-by-name"
-    )
+    mapped = invoke("--run-dir", run.root, "--images", other, "--out", out / "mapped.json", "--map-by-name")
     assert mapped.exit_code == 0, mapped.output
     assert "mapped by name: 3 of 3 matched, 2 to another id" in mapped.output
     swap = {3: 9, 9: 3, 40: 40}

@@ -157,15 +157,31 @@ def test_tta_infer_equals_torchvision(imported):
     reference = _reference(model, tmp)
     for image_id, ref in enumerate(reference, start=1):
         mine = sorted((p for p in preds if p["image_id"] == image_id), key=lambda p: -p["score"])
-        assert len(mine) == len(ref["scores"]) > 50
-        scores = torch.tensor([p["score"] for p in mine])
-        labels = torch.tensor([p["category_id"] for p in mine])
-        boxes = torch.tensor([p["bbox"] for p in mine])
         ref_boxes = ref["boxes"].clone()
         ref_boxes[:, 2:] -= ref_boxes[:, :2]  # xyxy -> xywh as in the results file
-        torch.testing.assert_close(scores, ref["scores"], atol=1e-5, rtol=1e-4)
-        assert torch.equal(labels, ref["labels"])
-        torch.testing.assert_close(boxes, ref_boxes, atol=0.02, rtol=0)
+        # lvisctl never writes an empty mask (issue 20), so its records are torchvision's detections in
+        # order, less those whose mask pastes empty (lvisctl pastes at the original size, torchvision at
+        # the input's: a mask of a few pixels can differ); everything else is torchvision's exactly
+        # Past torchvision's last detection come the spare candidates that took the slots of the empty
+        # masks under the cap: at most as many as were skipped, and never more than the cap.
+        j, n, matched = 0, len(ref["scores"]), 0
+        for p in mine:
+            while j < n and not _same_detection(p, ref, ref_boxes, j):
+                j += 1
+            if j == n:
+                break
+            matched, j = matched + 1, j + 1
+        assert len(mine) <= n, f"image {image_id}: spares beyond the empty masks they replace"
+        assert all(p["score"] <= float(ref["scores"][-1]) + 1e-6 for p in mine[matched:]), f"image {image_id}"
+        assert matched > 20
+
+
+def _same_detection(p: dict, ref: dict, ref_boxes: torch.Tensor, j: int) -> bool:
+    return (
+        p["category_id"] == int(ref["labels"][j])
+        and abs(p["score"] - float(ref["scores"][j])) <= 1e-5 + 1e-4 * abs(float(ref["scores"][j]))
+        and bool((torch.tensor(p["bbox"]) - ref_boxes[j]).abs().max() <= 0.02)
+    )
 
 
 def test_v2_imports_with_folded_batchnorm_and_conv_box_head(tmp_path):

@@ -18,6 +18,7 @@ from lvisctl.modeling.sampling import ignore_overlaps, proposal_weights
 K = 4
 TINY = [
     "model.backbone.name=tiny",
+    "model.backbone.weights=none",  # the tiny trunk has no ImageNet weights (a config may name some)
     "model.backbone.norm=bn",
     "model.backbone.freeze_at=0",
     "model.backbone.tiny_width=8",
