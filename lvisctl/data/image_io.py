@@ -66,13 +66,7 @@ def read_image(path: str | os.PathLike[str], *, expected_hw: tuple[int, int] | N
             img.load()  # decode now: a truncated file fails here, not later in a worker
             upright = _exif_transpose(img)
             array = _to_rgb_array(upright, path)
-    except (
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-        OSError,
-        SyntaxError,
-        ValueError,
-    ) as err:
+    except _decode_errors(Image) as err:
         raise ImageReadError(f"{path}: {_decode_problem(err)}") from None
     _check_size(path, array.shape[:2], expected_hw)
     return array
@@ -109,13 +103,7 @@ def probe_image(
             if _orientation(img) in _TRANSPOSED_ORIENTATIONS:
                 h, w = w, h
             fmt = img.format
-    except (
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-        OSError,
-        SyntaxError,
-        ValueError,
-    ) as err:
+    except _decode_errors(Image) as err:
         raise ImageReadError(f"{path}: {_decode_problem(err)}") from None
     _check_trailer(path, fmt)
     _check_size(path, (h, w), expected_hw)
@@ -123,6 +111,13 @@ def probe_image(
 
 
 # ---------------------------------------------------------------------------------------- helpers
+
+
+def _decode_errors(Image: Any) -> tuple[type[BaseException], ...]:  # noqa: N803 - PIL's module
+    """What PIL raises for a damaged, foreign or over-sized (pixel cap) image file."""
+    return (Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, SyntaxError, ValueError)
+
+
 def _pil() -> Any:
     """Pillow's ``Image`` with lvisctl's pixel cap, above which opening an image raises (never a raw
     ``DecompressionBombWarning`` on stderr)."""
