@@ -173,13 +173,9 @@ def register_train_json(run_dir, train_json) -> None:
     RunDir(run_dir).register("dataset", train_json, meta={"split": "train"})
 
 
-def ddp_worker(rank: int, world_size: int, port: int, run_dir: str, out_dir: str) -> None:
-    """One of ``world_size`` gloo processes training the real model; saves its final weights per rank."""
+def join_gloo(rank: int, world_size: int, port: int) -> None:
+    """The environment torchrun gives rank ``rank`` of a one-machine job (the tests' gloo workers)."""
     import os
-    from pathlib import Path
-
-    from lvisctl.engine.trainer import train
-    from lvisctl.rundir.manifest import RunDir
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -189,6 +185,16 @@ def ddp_worker(rank: int, world_size: int, port: int, run_dir: str, out_dir: str
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
+
+
+def ddp_worker(rank: int, world_size: int, port: int, run_dir: str, out_dir: str) -> None:
+    """One of ``world_size`` gloo processes training the real model; saves its final weights per rank."""
+    from pathlib import Path
+
+    from lvisctl.engine.trainer import train
+    from lvisctl.rundir.manifest import RunDir
+
+    join_gloo(rank, world_size, port)
     register = RunDir.register
 
     def recording_register(self, kind, path, **kw):  # which ranks write the manifest?

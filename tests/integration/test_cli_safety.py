@@ -29,8 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 GROUP = "val_stage2_final_s48"  # the default predictions group of the tiny checkpoint on val.json
 
 
-@pytest.fixture
-def tiny(tmp_path):
+def make_tiny_run(tmp_path):
     """A run directory with a tiny stage-2 checkpoint and a 3-image LVIS val json next to its images."""
     data = tmp_path / "data"
     data.mkdir()
@@ -38,6 +37,11 @@ def tiny(tmp_path):
     run = RunDir(tmp_path / "run")
     add_checkpoint(run, stage=2, final=True, seed=2)
     return run, images
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return make_tiny_run(tmp_path)
 
 
 def _one_line_error(code: int, err: str) -> str:

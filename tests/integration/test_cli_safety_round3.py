@@ -13,27 +13,13 @@ import pytest
 
 from lvisctl.rundir import RunDir
 from tests.integration.test_cli_evaluate import run_cli
-from tests.integration.test_cli_tta_infer import add_checkpoint, make_lvis
-
-GROUP = "val_stage2_final_s48"
+from tests.integration.test_cli_safety import _one_line_error as one_line_error
+from tests.integration.test_cli_safety import make_tiny_run
 
 
 @pytest.fixture
 def tiny(tmp_path):
-    """A run directory with a tiny stage-2 checkpoint and a 3-image LVIS val json next to its images."""
-    data = tmp_path / "data"
-    data.mkdir()
-    images = make_lvis(data)
-    run = RunDir(tmp_path / "run")
-    add_checkpoint(run, stage=2, final=True, seed=2)
-    return run, images
-
-
-def one_line_error(code: int, err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
+    return make_tiny_run(tmp_path)
 
 
 def _edit_manifest(run: RunDir, index: int, path: str) -> None:

@@ -2,7 +2,6 @@
 rank 0 only, detectron2's multi-GPU test scores every rank's predictions, the process group carries the
 configured timeout, inference chunks are balanced across ranks."""
 
-import os
 import socket
 from pathlib import Path
 
@@ -20,14 +19,9 @@ def _free_port() -> int:
 
 
 def _join(rank: int, world_size: int, port: int) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    from tests.integration.engine_standins import join_gloo
+
+    join_gloo(rank, world_size, port)
 
 
 def _d2_worker(rank: int, port: int, gt: str, out: str) -> None:

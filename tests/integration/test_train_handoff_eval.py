@@ -223,16 +223,9 @@ def test_finetune_bags_phase_and_overwrite_through_the_cli(stage1):
 
 
 def _ddp_eval_worker(rank: int, world_size: int, port: int, run_dir: str, val: str) -> None:
-    import os
+    from tests.integration.engine_standins import join_gloo
 
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    join_gloo(rank, world_size, port)
     cfg = real_tiny_config(**{"solver.max_iter": 2, "data.val": val, "train.eval_period": 2, **EVAL_ITEMS})
     train(cfg, run_dir)
 
