@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from lvisctl.config.choices import CHOICES
+from lvisctl.config.choices import allowed_values, choice_keys
 
 
 def _num(value: Any) -> bool:
@@ -159,7 +159,7 @@ def lookup(cfg: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
 
 def choice_problem(key: str, value: Any) -> str | None:
     """The one-line problem of a choice key's value, or None when it is allowed (or not a choice key)."""
-    allowed = CHOICES.get(key)
+    allowed = allowed_values(key)
     if allowed is None or value in allowed:
         return None
     close = difflib.get_close_matches(str(value), list(allowed), n=1)
@@ -185,7 +185,7 @@ def check_values(cfg: Mapping[str, Any], source_of: Callable[[str], str]) -> Non
     from lvisctl.errors import LvisctlError, raise_problems
 
     problems: dict[str, list[str]] = {}
-    for key in [*CHOICES, *RULES]:
+    for key in [*choice_keys(), *RULES]:
         found, value = lookup(cfg, key)
         problem = (choice_problem(key, value) or value_problem(key, value)) if found else None
         if problem:

@@ -9,6 +9,8 @@ show`` and the ``_base_`` yaml comments describe the same values.
 
 from __future__ import annotations
 
+from lvisctl.registry import REGISTRIES, registry_for
+
 CHOICES: dict[str, dict[str, str]] = {
     "device": {
         "auto": "CUDA when present, else CPU",
@@ -88,6 +90,27 @@ CHOICES: dict[str, dict[str, str]] = {
 }
 
 
+def allowed_values(key: str) -> dict[str, str] | None:
+    """name -> description of the values ``key`` may take; None when ``key`` is not a choice key.
+
+    A key with a plug-in registry (``lvisctl.registry.REGISTRIES``) takes its names from the registry, the
+    one place a plug-in declares its name; the others from ``CHOICES``.
+    """
+    registry = registry_for(key)
+    # transitional: a registry no plug-in has filled yet falls back to the fixed table
+    if registry is not None and registry.names():
+        return registry.descriptions()
+    return CHOICES.get(key)
+
+
+def choice_keys() -> list[str]:
+    """Every config key that picks one of a set of names (fixed tables and registries)."""
+    return list(dict.fromkeys([*CHOICES, *REGISTRIES]))
+
+
 def choice_names(key: str) -> tuple[str, ...]:
     """The allowed values of ``key`` in table order (``KeyError`` for a key that is not a choice)."""
-    return tuple(CHOICES[key])
+    allowed = allowed_values(key)
+    if allowed is None:
+        raise KeyError(key)
+    return tuple(allowed)
