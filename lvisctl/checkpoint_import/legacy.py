@@ -5,7 +5,7 @@ pickles and then the raw storages: the magic number, the protocol version, syste
 (tensors refer to storages by a persistent id ``("storage", type, key, location, numel, view)``), the
 list of storage keys; then per key an int64 element count and the bytes. torchvision's and mmdet's older
 model-zoo files are in this format. It is read here by the same restricted unpickler as zip files
-(:class:`lvisctl.checkpoint_import.reader.RestrictedUnpickler`): a first pass learns each storage's dtype
+(:class:`lvisctl.checkpoint_import.unpickler.RestrictedUnpickler`): a first pass learns each storage's dtype
 and size, the data blocks are read with their sizes checked against the declarations and the file size
 before anything is allocated, and a second pass builds the object over them.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lvisctl.checkpoint_import.reader import RestrictedUnpickler, _StorageRef
+from lvisctl.checkpoint_import.unpickler import RestrictedUnpickler, _StorageRef
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001

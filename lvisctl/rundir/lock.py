@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -43,9 +44,15 @@ def lock_path(root: Path, phase: str) -> Path:
     return root / LOCK_DIR / f"{_SAFE.sub('_', phase)}.lock"
 
 
-def _holder_text() -> str:
-    from lvisctl.rundir.manifest import current_command
+def current_command() -> str:
+    """The command line of this process, as the user could type it again."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(("lvisctl", "__main__.py", "app.py")):
+        argv[0] = "lvisctl"
+    return shlex.join(argv)
 
+
+def _holder_text() -> str:
     return json.dumps(
         {
             "pid": os.getpid(),

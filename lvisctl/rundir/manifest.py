@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
-import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,7 @@ from filelock import FileLock
 
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir.io import atomic_write_json, read_json, sha256_file, write_error
-from lvisctl.rundir.lock import phase_lock
+from lvisctl.rundir.lock import current_command, phase_lock
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -67,14 +66,6 @@ class Artifact:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def current_command() -> str:
-    """The command line of this process, as the user could type it again."""
-    argv = list(sys.argv)
-    if argv and argv[0].endswith(("lvisctl", "__main__.py", "app.py")):
-        argv[0] = "lvisctl"
-    return shlex.join(argv)
 
 
 class RunDir:

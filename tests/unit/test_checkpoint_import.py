@@ -20,7 +20,8 @@ from lvisctl.checkpoint_import.layouts import (
     pixel_overrides,
     with_bg_slot,
 )
-from lvisctl.checkpoint_import.reader import Skipped, read_checkpoint_file
+from lvisctl.checkpoint_import.reader import read_checkpoint_file
+from lvisctl.checkpoint_import.unpickler import Skipped
 from lvisctl.cli.app import app
 from lvisctl.config import load_config
 from lvisctl.engine.checkpoint import load_checkpoint
