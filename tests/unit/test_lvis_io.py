@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from lvisctl.data import json_stream
 from lvisctl.data import lvis as lvis_io
 from lvisctl.data.lvis import ann_to_mask, annotation_to_json, load_lvis, validate_lvis
 from lvisctl.errors import LvisctlError
@@ -96,7 +97,7 @@ def test_category_stats_counts_from_annotations(tmp_path):
 def test_streaming_across_tiny_chunks_gives_the_same_result(tmp_path, monkeypatch):
     path = _write(tmp_path, _lvis_dict())
     whole = load_lvis(path)
-    monkeypatch.setattr(lvis_io, "_CHUNK_CHARS", 7)  # every token straddles a chunk boundary
+    monkeypatch.setattr(json_stream, "_CHUNK_CHARS", 7)  # every token straddles a chunk boundary
     chunked = load_lvis(path)
     assert chunked.images == whole.images and chunked.categories == whole.categories
     for img_id, anns in whole.anns_by_image.items():
