@@ -41,10 +41,10 @@ def visualize_command(
     from rich.console import Console
 
     from lvisctl.data.remembered import default_image_root
-    from lvisctl.visualization.render import visualize
+    from lvisctl.visualization.render import VisualizeJob, visualize
 
     image_root = default_image_root(run_dir, image_root, lambda line: typer.echo(line, err=True))
-    result = visualize(
+    job = VisualizeJob(
         run_dir,
         images=images,
         predictions=predictions,
@@ -57,6 +57,7 @@ def visualize_command(
         overwrite=overwrite,
         topk=topk,
     )
+    result = visualize(job)
     console = Console(highlight=False, soft_wrap=True)
     scored = ", ".join(str(p) for p in (result.predictions, result.gt) if p is not None)
     console.print(

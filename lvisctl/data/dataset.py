@@ -46,8 +46,7 @@ SampleKey = int | tuple[int, int, int]
 class LvisTrainDataset(torch.utils.data.Dataset):
     """``(image, target)`` training pairs (contract in ARCHITECTURE.md, "Training samples").
 
-    ``image_ids``: which images, in index order (default: every image, sorted by id; with
-    ``filter_empty`` only those with at least one annotation of a mapped class). ``ignore_boxes``:
+    ``image_ids``: the images with at least one annotation of a mapped class, sorted by id. ``ignore_boxes``:
     per-image XYXY boxes of pseudo labels treated as missing annotations. ``loss_weight``: the lambda of
     pseudo-labelled extra datasets (1.0 for LVIS). ``box_from_mask``: initial boxes are the tight boxes
     of the decoded masks (the aligned-box setting); otherwise the annotation ``bbox``.
@@ -60,8 +59,6 @@ class LvisTrainDataset(torch.utils.data.Dataset):
         transforms: Transform | None = None,
         *,
         seed: int = 0,
-        image_ids: Sequence[int] | None = None,
-        filter_empty: bool = True,
         ignore_boxes: Mapping[int, Any] | None = None,
         loss_weight: float = 1.0,
         box_from_mask: bool = True,
@@ -73,10 +70,8 @@ class LvisTrainDataset(torch.utils.data.Dataset):
         self.ignore_boxes = dict(ignore_boxes or {})
         self.loss_weight = float(loss_weight)
         self.box_from_mask = box_from_mask
-        ids = sorted(lvis_data.images) if image_ids is None else [int(i) for i in image_ids]
-        if filter_empty:
-            ids = [i for i in ids if self._label_set(i)]
-        self.image_ids = ids
+        # images without an annotation of a mapped class teach nothing a sampled batch needs: left out
+        self.image_ids = [i for i in sorted(lvis_data.images) if self._label_set(i)]
 
     def __len__(self) -> int:
         return len(self.image_ids)

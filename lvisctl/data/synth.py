@@ -607,19 +607,23 @@ def _image_record(image_id: int, folder: str, h: int, w: int, rng: np.random.Gen
     }
 
 
+@dataclass(frozen=True)
+class _Generation:
+    """What every split of one dataset is drawn with."""
+
+    cats: list[_Category]
+    cfg: SynthConfig
+    seed: int
+    tmp_root: Path
+    progress: ProgressFn | None
+
+
 def _generate_split(
-    split_idx: int,
-    per_image: list[list[int]],
-    first_id: int,
-    ann_id: list[int],
-    cats: list[_Category],
-    cfg: SynthConfig,
-    seed: int,
-    tmp_root: Path,
-    progress: ProgressFn | None,
+    gen: _Generation, split_idx: int, per_image: list[list[int]], first_id: int, ann_id: list[int]
 ) -> _SplitResult:
     from PIL import Image
 
+    cats, cfg, seed, tmp_root, progress = gen.cats, gen.cfg, gen.seed, gen.tmp_root, gen.progress
     name, folder, _, annotated = SPLITS[split_idx]
     if cfg.write_images:
         (tmp_root / folder).mkdir(parents=True, exist_ok=True)
@@ -786,6 +790,7 @@ def _write_dataset(
     sizes = (cfg.train_images, cfg.val_images, cfg.test_images, cfg.unlabeled_images)
     results: list[_SplitResult] = []
     ann_id, first_id = [1], 1
+    gen = _Generation(cats, cfg, seed, tmp, progress)
     for k, n in enumerate(sizes):
         if k == 0:
             counts = train_counts
@@ -796,7 +801,7 @@ def _write_dataset(
         else:
             counts = _eval_counts(train_counts, cfg.train_images, n, cfg.min_eval_images)
         per_image = _assign(np.asarray(counts, dtype=int), n, rng)
-        results.append(_generate_split(k, per_image, first_id, ann_id, cats, cfg, seed, tmp, progress))
+        results.append(_generate_split(gen, k, per_image, first_id, ann_id))
         first_id += n
     categories = _category_records(cats, results[0], table_mode, cfg.train_images)
     # jsons last: a dataset folder with all four files is complete

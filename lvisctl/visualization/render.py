@@ -262,22 +262,31 @@ def _resolve_inputs(
     return _Inputs(predictions, art or predictions, gt_data, info_json)
 
 
-def visualize(
-    run_dir: Path,
-    *,
-    images: Path | None = None,
-    predictions: Path | None = None,
-    gt: Path | None = None,
-    image_root: Path | None = None,
-    categories: str | None = None,
-    score_thresh: float = 0.3,
-    out: Path | None = None,
-    max_images: int = 16,
-    overwrite: bool = False,
-    topk: int | None = None,
-) -> VisualizeResult:
-    """Draw up to ``max_images`` images (those with something to draw first, by id) and a contact sheet.
-    ``topk``: the ``topk`` best predictions of each image instead of those >= ``score_thresh``."""
+@dataclass(frozen=True)
+class VisualizeJob:
+    """What ``lvisctl visualize`` draws: up to ``max_images`` images of ``run_dir``'s (or the given)
+    predictions and/or ground truth, into ``out`` (default ``RUN/visualize/<name>/``). ``topk``: the
+    ``topk`` best predictions of each image instead of those >= ``score_thresh``."""
+
+    run_dir: Path
+    images: Path | None = None
+    predictions: Path | None = None
+    gt: Path | None = None
+    image_root: Path | None = None
+    categories: str | None = None
+    score_thresh: float = 0.3
+    out: Path | None = None
+    max_images: int = 16
+    overwrite: bool = False
+    topk: int | None = None
+
+
+def visualize(job: VisualizeJob) -> VisualizeResult:
+    """Draw up to ``job.max_images`` images (those with something to draw first, by id), a contact sheet."""
+    run_dir, images, predictions, gt = job.run_dir, job.images, job.predictions, job.gt
+    image_root = job.image_root
+    categories, score_thresh, out, max_images = job.categories, job.score_thresh, job.out, job.max_images
+    overwrite, topk = job.overwrite, job.topk
     from lvisctl.rundir import RunDir
 
     if predictions is None and gt is None and not Path(run_dir).is_dir():
