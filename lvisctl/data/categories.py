@@ -111,6 +111,17 @@ class CategoryStats:
                 present.add(idx)
             for idx in present:
                 images[idx] += 1
+        return cls.from_counts(
+            categories, images, instances, len(anns_by_image) if num_images is None else num_images
+        )
+
+    @classmethod
+    def from_counts(
+        cls, categories: Mapping[int, Mapping], images: np.ndarray, instances: np.ndarray, num_images: int
+    ) -> CategoryStats:
+        """Stats from per-class image / instance counts in ``CategoryMap(categories)`` order; names and the
+        r/c/f tags from the category records."""
+        cmap = CategoryMap(categories)
         ordered = [categories[c] for c in cmap.cat_ids]
         return cls(
             category_map=cmap,
@@ -118,5 +129,5 @@ class CategoryStats:
             image_count=images,
             instance_count=instances,
             frequency=tuple(str(c.get("frequency", "f")) for c in ordered),
-            num_images=len(anns_by_image) if num_images is None else num_images,
+            num_images=num_images,
         )

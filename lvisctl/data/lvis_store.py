@@ -150,15 +150,7 @@ class LvisStore(LvisData):
         image_of = np.repeat(np.arange(len(s["ann_end"])), np.diff(s["ann_end"], prepend=0))
         pairs = np.unique(image_of * len(cmap) + index)  # one per (image, class) present
         images = np.bincount(pairs % len(cmap), minlength=len(cmap)).astype(np.int64)
-        ordered = [self.categories[c] for c in cmap.cat_ids]
-        return CategoryStats(
-            category_map=cmap,
-            names=tuple(str(c.get("name", c["id"])) for c in ordered),
-            image_count=images,
-            instance_count=instances,
-            frequency=tuple(str(c.get("frequency", "f")) for c in ordered),
-            num_images=len(self.images),
-        )
+        return CategoryStats.from_counts(self.categories, images, instances, len(self.images))
 
     @property
     def num_annotations(self) -> int:
