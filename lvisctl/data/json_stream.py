@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,17 @@ _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
 class JsonObjectStream:
-    """Parses the top-level object of an LVIS file, handing array elements to callbacks one by one."""
+    """Parses the top-level object of an LVIS file, handing array elements to callbacks one by one
+    (:meth:`parse_object`), or the elements of a top-level list one at a time (:meth:`iter_list`).
 
-    def __init__(self, fh: Any, path: Path) -> None:
-        self.fh, self.path = fh, path
+    ``what`` names the kind of file in messages; ``chunk_chars`` is the read size (tests cut tokens)."""
+
+    def __init__(
+        self, fh: Any, path: Path, *, what: str = "an LVIS file", chunk_chars: int | None = None
+    ) -> None:
+        self.fh, self.path, self.what = fh, path, what
+        self.chunk_chars = chunk_chars
+        self.in_list = False  # iter_list: a file that ends inside an element is "truncated"
         self.buf, self.pos, self.eof = "", 0, False
         self.lines_before = 0  # newlines in the text already dropped from the buffer (for error positions)
         self.decoder = json.JSONDecoder()
@@ -31,13 +38,13 @@ class JsonObjectStream:
     def _fill(self) -> None:
         self.lines_before += self.buf.count("\n", 0, self.pos)
         try:
-            chunk = self.fh.read(_CHUNK_CHARS)
+            chunk = self.fh.read(self.chunk_chars or _CHUNK_CHARS)
         except UnicodeDecodeError as err:
             bad = err.object[err.start : err.start + 1].hex()
             line = self.lines_before + self.buf.count("\n", self.pos) + 1
             raise LvisctlError(
                 f"{self.path}: not UTF-8 text (byte 0x{bad} on or after line {line}); "
-                "LVIS json files must be UTF-8"
+                "json files must be UTF-8"
             ) from None
         self.buf, self.pos = self.buf[self.pos :] + chunk, 0
         self.eof = not chunk
@@ -73,12 +80,14 @@ class JsonObjectStream:
             try:
                 value, end = self.decoder.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as err:
+                if self.eof and self.in_list and err.pos >= len(self.buf.rstrip()):
+                    raise LvisctlError(f"{self.path}: truncated json list") from None
                 if self.eof:
                     raise self._error(err.msg, err.pos) from None
                 self._fill()
                 continue
             except RecursionError:  # "[[[[..." 100k deep: the decoder recurses per level
-                raise self._error("nested too deeply to be an LVIS file") from None
+                raise self._error(f"nested too deeply to be {self.what}") from None
             if end == len(self.buf) and not self.eof:  # a number may continue in the next chunk
                 self._fill()
                 continue
@@ -116,6 +125,26 @@ class JsonObjectStream:
             raise self._error("extra data after the top-level object")
         return other
 
+    def iter_list(self) -> Iterator[Any]:
+        """The elements of a top-level json list, one at a time."""
+        if self._peek() != "[":
+            raise LvisctlError(f"{self.path}: not a json list")
+        self.pos += 1
+        self.in_list = True
+        if self._peek() == "]":
+            self.pos += 1
+            return
+        while True:
+            self._require_more()
+            yield self._value()
+            self._require_more()
+            if self._expect(",]") == "]":
+                return
+
+    def _require_more(self) -> None:
+        if not self._peek():
+            raise LvisctlError(f"{self.path}: truncated json list")
+
     def _stream_array(self, handle: Callable[[Any], None]) -> None:
         self.pos += 1  # the '['
         if self._peek() == "]":
@@ -128,3 +157,10 @@ class JsonObjectStream:
 
 
 # ---------------------------------------------------------------------------------------- checks
+
+
+def iter_json_list(path: Path, read_size: int | None = None) -> Iterator[Any]:
+    """The elements of a json list file (an LVIS results file), one at a time: a results file of 1.7 M
+    images is never loaded whole."""
+    with open(path, encoding="utf-8-sig") as fh:
+        yield from JsonObjectStream(fh, Path(path), what="a results file", chunk_chars=read_size).iter_list()
