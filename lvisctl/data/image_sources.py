@@ -38,6 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 from lvisctl.errors import LvisctlError
+from lvisctl.rundir.io import read_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MAX_LISTED_SKIPS = 5
@@ -264,12 +265,8 @@ def _with_suffix(value: str) -> str:
 
 
 def _json_entries(path: Path) -> tuple[dict[str, Any], list[dict]]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            payload = json.load(fh)
-    except json.JSONDecodeError as err:
-        raise LvisctlError(f"{path}: not valid json ({err.msg} at line {err.lineno})") from None
-    images = payload.get("images") if isinstance(payload, dict) else None
+    payload = read_json(path, expect=dict, what="an image-info json with an 'images' list")
+    images = payload.get("images")
     if not isinstance(images, list):
         raise LvisctlError(f"{path}: an image-info json needs a top-level 'images' list")
     bad = [r for r in images if not isinstance(r, dict) or not (r.get("file_name") or r.get("coco_url"))]
