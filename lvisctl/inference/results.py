@@ -16,9 +16,11 @@ Everything that writes a results file goes through this module, so format decisi
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ import pycocotools.mask as mask_utils
 import torch
 
 from lvisctl.data.categories import CategoryMap
+from lvisctl.errors import LvisctlError
 from lvisctl.rundir.io import atomic_output
 
 # Box coordinates are written with 2 decimals: a hundredth of a pixel changes no IoU that matters and
@@ -257,3 +260,53 @@ def _merge(segm: dict[str, Any], bbox: dict[str, Any]) -> dict[str, Any]:
     if segm.get("score") != bbox.get("score"):  # Mask Scoring: the segm file has the mask score
         full["score"], full[MASK_SCORE] = bbox["score"], segm["score"]
     return full
+
+
+# ------------------------------------------------------------------------------ streaming readers
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def iter_json_list(path: Path, read_size: int = 1 << 20) -> Iterator[Any]:
+    """The elements of a json list file, one at a time (a results file of 1.7 M images is never loaded
+    whole)."""
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8") as fh:
+        buf, pos, started, eof = "", 0, False, False
+        while True:
+            pos = _SPACE.match(buf, pos).end()
+            if pos < len(buf) and not started:
+                if buf[pos] != "[":
+                    raise LvisctlError(f"{path}: not a json list")
+                started, pos = True, pos + 1
+                continue
+            if pos < len(buf) and buf[pos] == "]":
+                return
+            if pos < len(buf) and buf[pos] == ",":
+                pos += 1
+                continue
+            if pos < len(buf):
+                try:
+                    item, end = decoder.raw_decode(buf, pos)
+                except json.JSONDecodeError:
+                    item = end = None
+                except RecursionError:  # "[[[[..." 100k deep: the decoder recurses per level
+                    raise LvisctlError(f"{path}: json nested too deeply to be a results file") from None
+                if end is not None and (end < len(buf) or eof):
+                    yield item
+                    pos = end
+                    continue
+            if eof:
+                raise LvisctlError(f"{path}: truncated json list")
+            more = fh.read(read_size)
+            eof = not more
+            buf, pos = buf[pos:] + more, 0
+
+
+def iter_split_results(group_path: Path) -> Iterator[dict[str, Any]]:
+    """The full records of a ``tta-infer`` / runner results pair (``X.segm.json`` + ``X.bbox.json``,
+    same detections in the same order), streamed."""
+    paths = split_paths(group_path)
+    for segm, bbox in itertools.zip_longest(iter_json_list(paths["segm"]), iter_json_list(paths["bbox"])):
+        if segm is None or bbox is None:
+            raise LvisctlError(f"{paths['segm']} and {paths['bbox']} hold different numbers of detections")
+        yield {**bbox, **segm}
