@@ -407,9 +407,8 @@ from lvisctl.data.image_io import read_image_tensor
 from lvisctl.data.lvis import load_lvis
 from lvisctl.engine.checkpoint import load_checkpoint
 from lvisctl.evaluation.lvis_metrics import evaluate_lvis, load_ground_truth, load_results_for_eval
-from lvisctl.inference.predictor import checkpoint_config
+from lvisctl.inference.factory import checkpoint_config, predictor_from_checkpoints
 from lvisctl.inference.results import detections_to_records, write_split_results
-from lvisctl.inference.tta import predictor_from_checkpoints
 
 mode, work, run = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 dev = torch.device("cuda" if mode == "cuda" else "cpu")

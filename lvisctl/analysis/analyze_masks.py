@@ -100,7 +100,7 @@ def analyze_checkpoint(
     """The analysis of one checkpoint and its per-instance records. The test scale defaults to the
     checkpoint's first ``inference.scales`` entry and its ``inference.max_size``, as ``tta-infer`` uses."""
     from lvisctl.inference.category_check import check_categories
-    from lvisctl.inference.predictor import load_checkpoint_model
+    from lvisctl.inference.factory import load_checkpoint_model
 
     model, stats, cfg = load_checkpoint_model(checkpoint, device)
     # the same table (ids and names) as tta-infer requires: matching by id alone scores swapped names
@@ -150,77 +150,85 @@ def plot_iou_by_ratio(analyses: Sequence[CheckpointAnalysis], path: Path) -> Non
     plt.close(fig)
 
 
-def run_analyze_masks(
-    run: RunDir,
-    checkpoints: Sequence[tuple[Any, Path]],
-    images: Path,
-    *,
-    image_root: Path | None = None,
-    device: str | None = None,
-    scale: int | None = None,
-    max_size: int | None = None,
-    max_images: int | None = None,
-    out_stem: str = "mask_quality",
-    overwrite: bool = False,
-    on_start: Callable[[int], None] | None = None,
-    on_image: Callable[[], None] | None = None,
-) -> list[CheckpointAnalysis]:
-    """Analyse every checkpoint; write ``analysis/<stem>.json`` + ``.png`` and register both.
+@dataclass
+class MaskAnalysisJob:
+    """``lvisctl analyze masks``: analyse every checkpoint; write ``analysis/<out_stem>.json`` + ``.png``
+    and register both.
 
     ``checkpoints`` are ``(manifest input, file)`` pairs (an artifact or a path, as ``tta-infer`` resolves
-    them). Output paths are claimed before the slow part, so an existing file is refused up front.
+    them: :func:`lvisctl.inference.checkpoints.resolve_checkpoint`). Output paths are claimed before the
+    slow part, so an existing file is refused up front.
     """
-    if not OUT_STEM.fullmatch(out_stem) or ".." in out_stem:  # a name, never a path (refused up front)
-        raise LvisctlError(
-            f"--name {out_stem!r}: a plain file name is needed (letters, digits, '_', '-', '.'; no folders)"
-        )
-    json_path = run.output_path(f"analysis/{out_stem}.json", overwrite=overwrite)
-    png_path = run.output_path(f"analysis/{out_stem}.png", overwrite=overwrite)
-    refuse_inputs_as_outputs([json_path, png_path], [images, *(path for _, path in checkpoints)])
-    data = load_lvis(images, image_root=image_root)
-    if not data.has_annotations:
-        raise LvisctlError(f"{images}: has no annotations; the analysis needs ground-truth masks")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if on_start is not None:
-        annotated = sum(1 for anns in data.anns_by_image.values() if anns)
-        on_start(len(checkpoints) * min(annotated, max_images or annotated))
-    analyses = []
-    for i, (_, path) in enumerate(checkpoints):
-        label = Path(path).stem if len(checkpoints) > 1 else "model"
-        if sum(Path(p).stem == Path(path).stem for _, p in checkpoints) > 1:
-            label = f"{i + 1}:{Path(path).stem}"
-        analysis, _records = analyze_checkpoint(
-            Path(path),
-            data,
-            label=label,
-            device=dev,
-            scale=scale,
-            max_size=max_size,
-            max_images=max_images,
-            on_image=on_image,
-        )
-        analyses.append(analysis)
-    payload = {
-        "scored": {"gt": str(images), "checkpoints": [str(p) for _, p in checkpoints]},
-        "bins": [b[0] for b in RATIO_BINS],
-        "test_scale": scale or "inference.scales[0] of each checkpoint",
-        "checkpoints": [
-            {
-                "label": a.label,
-                "checkpoint": str(a.checkpoint),
-                "instances": a.num_instances,
-                "oracle_box_mask_ap": a.oracle_ap,
-                "table": a.table,
-            }
-            for a in analyses
-        ],
-    }
-    atomic_write_json(json_path, payload)
-    plot_iou_by_ratio(analyses, png_path)
-    inputs = [c for c, _ in checkpoints] + [images]
-    run.register("metrics", json_path, inputs=inputs, meta={"analysis": "mask_quality"})
-    run.register("plot", png_path, inputs=[json_path], meta={"analysis": "mask_quality"})
-    return analyses
+
+    run_dir: RunDir
+    checkpoints: Sequence[tuple[Any, Path]]
+    images: Path
+    image_root: Path | None = None
+    device: str | None = None
+    scale: int | None = None  # default: each checkpoint's inference.scales[0]
+    max_size: int | None = None
+    max_images: int | None = None
+    out_stem: str = "mask_quality"
+    overwrite: bool = False
+    on_start: Callable[[int], None] | None = None
+    on_image: Callable[[], None] | None = None
+
+    def run(self) -> list[CheckpointAnalysis]:
+        run, images, checkpoints, out_stem = self.run_dir, self.images, self.checkpoints, self.out_stem
+        if not OUT_STEM.fullmatch(out_stem) or ".." in out_stem:  # a name, never a path (refused up front)
+            raise LvisctlError(
+                f"--name {out_stem!r}: a plain file name is needed "
+                "(letters, digits, '_', '-', '.'; no folders)"
+            )
+        json_path = run.output_path(f"analysis/{out_stem}.json", overwrite=self.overwrite)
+        png_path = run.output_path(f"analysis/{out_stem}.png", overwrite=self.overwrite)
+        refuse_inputs_as_outputs([json_path, png_path], [images, *(path for _, path in checkpoints)])
+        data = load_lvis(images, image_root=self.image_root)
+        if not data.has_annotations:
+            raise LvisctlError(f"{images}: has no annotations; the analysis needs ground-truth masks")
+        dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.on_start is not None:
+            annotated = sum(1 for anns in data.anns_by_image.values() if anns)
+            self.on_start(len(checkpoints) * min(annotated, self.max_images or annotated))
+        analyses = []
+        for i, (_, path) in enumerate(checkpoints):
+            label = Path(path).stem if len(checkpoints) > 1 else "model"
+            if sum(Path(p).stem == Path(path).stem for _, p in checkpoints) > 1:
+                label = f"{i + 1}:{Path(path).stem}"
+            analysis, _records = analyze_checkpoint(
+                Path(path),
+                data,
+                label=label,
+                device=dev,
+                scale=self.scale,
+                max_size=self.max_size,
+                max_images=self.max_images,
+                on_image=self.on_image,
+            )
+            analyses.append(analysis)
+        atomic_write_json(json_path, self._payload(analyses))
+        plot_iou_by_ratio(analyses, png_path)
+        inputs = [c for c, _ in checkpoints] + [images]
+        run.register("metrics", json_path, inputs=inputs, meta={"analysis": "mask_quality"})
+        run.register("plot", png_path, inputs=[json_path], meta={"analysis": "mask_quality"})
+        return analyses
+
+    def _payload(self, analyses: Sequence[CheckpointAnalysis]) -> dict[str, Any]:
+        return {
+            "scored": {"gt": str(self.images), "checkpoints": [str(p) for _, p in self.checkpoints]},
+            "bins": [b[0] for b in RATIO_BINS],
+            "test_scale": self.scale or "inference.scales[0] of each checkpoint",
+            "checkpoints": [
+                {
+                    "label": a.label,
+                    "checkpoint": str(a.checkpoint),
+                    "instances": a.num_instances,
+                    "oracle_box_mask_ap": a.oracle_ap,
+                    "table": a.table,
+                }
+                for a in analyses
+            ],
+        }
 
 
-__all__ = ["CheckpointAnalysis", "analyze_checkpoint", "records_to_json", "run_analyze_masks"]
+__all__ = ["CheckpointAnalysis", "MaskAnalysisJob", "analyze_checkpoint", "records_to_json"]

@@ -52,14 +52,14 @@ def masks(
     mask AP (each GT box as a detection with score 1)."""
     from rich.console import Console
 
-    from lvisctl.analysis.analyze_masks import run_analyze_masks
+    from lvisctl.analysis.analyze_masks import MaskAnalysisJob
     from lvisctl.cli._progress import ImagesProgress
     from lvisctl.errors import LvisctlError
-    from lvisctl.inference.runner import resolve_checkpoint
+    from lvisctl.inference.checkpoints import resolve_checkpoint
     from lvisctl.rundir import RunDir
 
     run = RunDir(run_dir)
-    ckpts = [resolve_checkpoint(run, c)[:2] for c in (checkpoint or [None])]
+    ckpts = [(r.input, r.path) for r in (resolve_checkpoint(run, c) for c in (checkpoint or [None]))]
     from lvisctl.data.remembered import default_image_root, remembered_path
 
     def note(line: str) -> None:
@@ -75,7 +75,7 @@ def masks(
             raise LvisctlError(f"{run.manifest_path}: no val dataset recorded; pass --images FILE")
     image_root = default_image_root(run_dir, image_root, note)
     with ImagesProgress("analyze masks") as progress:
-        analyses = run_analyze_masks(
+        job = MaskAnalysisJob(
             run,
             ckpts,
             images,
@@ -88,6 +88,7 @@ def masks(
             on_start=progress.start,
             on_image=lambda: progress.advance(1),
         )
+        analyses = job.run()
     console = Console()
     console.print(quality_table(analyses))
     console.print(

@@ -59,24 +59,25 @@ def ensemble_command(
     from rich.console import Console
 
     from lvisctl.engine.distributed import cleanup_distributed
-    from lvisctl.inference.ensemble import ensemble_to_run_dir
+    from lvisctl.inference.ensemble import EnsembleJob
     from lvisctl.inference.ensemble_checks import parse_weights
 
     weight_list = parse_weights(weights, len(results)) if weights is not None else None
+    job = EnsembleJob(
+        results,
+        out,
+        weights=weight_list,
+        method=method,
+        iou_thr=iou,
+        skip_box_thr=skip_score,
+        images=images,
+        run_dir=run_dir,
+        overwrite=overwrite,
+        chunk_size=chunk_size,
+        max_chunks=max_chunks,
+    )
     try:
-        outcome = ensemble_to_run_dir(
-            results,
-            out,
-            weights=weight_list,
-            method=method,
-            iou_thr=iou,
-            skip_box_thr=skip_score,
-            images=images,
-            run_dir=run_dir,
-            overwrite=overwrite,
-            chunk_size=chunk_size,
-            max_chunks=max_chunks,
-        )
+        outcome = job.run()
     finally:
         cleanup_distributed()
     if not outcome.is_main:

@@ -82,33 +82,35 @@ def pseudolabel_command(
     from rich.console import Console
 
     from lvisctl.engine.distributed import cleanup_distributed
-    from lvisctl.inference.pseudo_labels import ScoreThresholds, make_pseudo_labels
-    from lvisctl.inference.runner import parse_scales
+    from lvisctl.inference.predict_job import parse_scales
+    from lvisctl.inference.pseudo_labels import ScoreThresholds
+    from lvisctl.inference.pseudolabel_job import PseudoLabelJob
 
     source, extra = _source(source, mode)
     thresholds = ScoreThresholds.parse(score_thresh)
     with ImagesProgress("pseudolabel") as progress:
+        job = PseudoLabelJob(
+            run_dir,
+            source,
+            images=images,
+            image_root=image_root,
+            image_list=image_list,
+            checkpoint=checkpoint,
+            scales=parse_scales(scales) if scales else None,
+            score_thresh=thresholds,
+            max_gt_iou=max_gt_iou,
+            max_per_image=max_per_image,
+            out=out,
+            overwrite=overwrite,
+            overrides=[*extra, *(overrides or [])],
+            workers=workers,
+            max_chunks=max_chunks,
+            on_start=progress.start,
+            on_images=progress.advance,
+            on_note=_note,
+        )
         try:
-            outcome = make_pseudo_labels(
-                run_dir,
-                source,
-                images=images,
-                image_root=image_root,
-                image_list=image_list,
-                checkpoint=checkpoint,
-                scales=parse_scales(scales) if scales else None,
-                score_thresh=thresholds,
-                max_gt_iou=max_gt_iou,
-                max_per_image=max_per_image,
-                out=out,
-                overwrite=overwrite,
-                overrides=[*extra, *(overrides or [])],
-                workers=workers,
-                on_start=progress.start,
-                on_images=progress.advance,
-                on_note=_note,
-                max_chunks=max_chunks,
-            )
+            outcome = job.run()
         finally:
             cleanup_distributed()
     if outcome.incomplete:

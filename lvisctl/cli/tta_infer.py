@@ -96,30 +96,30 @@ def tta_infer_command(
     """
     from lvisctl.data.remembered import inference_inputs
     from lvisctl.engine.distributed import cleanup_distributed
-    from lvisctl.inference.pseudo_labels import images_for_run  # --images DIR: an image-info json
-    from lvisctl.inference.runner import parse_scales, predict_to_run_dir
+    from lvisctl.inference.predict_job import PredictJob, images_for_run, parse_scales
 
     scale_list = parse_scales(scales) if scales is not None else None
     images, image_root = inference_inputs(run_dir, images, image_root, _note)
     images, image_root = images_for_run(run_dir, images, image_root, image_list, checkpoint)
     with ImagesProgress("tta-infer") as progress:
+        job = PredictJob(
+            run_dir,
+            images,
+            checkpoint=checkpoint,
+            scales=scale_list,
+            tta=tta,
+            image_root=image_root,
+            out=out,
+            overwrite=overwrite,
+            overrides=overrides or [],
+            max_chunks=max_chunks,
+            strict=strict,
+            map_by_name=map_by_name,
+            on_start=progress.start,
+            on_images=progress.advance,
+        )
         try:
-            outcome = predict_to_run_dir(
-                run_dir,
-                images,
-                checkpoint=checkpoint,
-                scales=scale_list,
-                tta=tta,
-                image_root=image_root,
-                out=out,
-                overwrite=overwrite,
-                overrides=overrides or [],
-                max_chunks=max_chunks,
-                strict=strict,
-                map_by_name=map_by_name,
-                on_start=progress.start,
-                on_images=progress.advance,
-            )
+            outcome = job.run()
         finally:
             cleanup_distributed()
     if not outcome.is_main:

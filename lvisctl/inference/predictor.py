@@ -26,25 +26,44 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lvisctl.data.categories import CategoryStats
-from lvisctl.errors import LvisctlError
+from lvisctl.inference.detections import (  # re-exported: the predictor's output type and helpers
+    IMAGE_KEYS,
+    Detections,
+    concat,
+    empty_detections,
+    full_masks,
+    merge_nms,
+    select,
+    top_k,
+)
 from lvisctl.inference.postprocess import surely_empty
 
-Detections = dict[str, torch.Tensor]
-MergeFn = Callable[[Sequence[Detections]], Detections]
+__all__ = [
+    "IMAGE_KEYS",
+    "Detections",
+    "PostOptions",
+    "Predictor",
+    "concat",
+    "empty_detections",
+    "full_masks",
+    "merge_nms",
+    "resize_image",
+    "resized_size",
+    "select",
+    "spare_count",
+    "top_k",
+    "writing_spares",
+]
 
-# The per-image entries of a Detections dict (0-dim / [2] tensors); every other entry is per detection and
-# is indexed / concatenated along its first dimension (see :func:`select`, :func:`concat`). ``cap`` is there
-# only while a predictor keeps spare candidates for a results writer (:func:`writing_spares`).
-IMAGE_KEYS = ("image_size", "mask_thresh", "cap")
+MergeFn = Callable[[Sequence[Detections]], Detections]
 
 # Masks are resized to the original resolution this many at a time, bounding the float memory of
 # 300 full-image probability maps (~1.2 GB at 800x1333) to a sixth.
@@ -71,60 +90,6 @@ def resize_image(image: torch.Tensor, scale: int, max_size: int) -> torch.Tensor
     return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
-def empty_detections(height: int, width: int) -> Detections:
-    return {
-        "boxes": torch.zeros((0, 4)),
-        "scores": torch.zeros((0,)),
-        "labels": torch.zeros((0,), dtype=torch.int64),
-        "masks": torch.zeros((0, height, width), dtype=torch.bool),
-    }
-
-
-def select(detections: Detections, index: torch.Tensor) -> Detections:
-    """The detections ``index`` picks (per-detection entries indexed, per-image entries kept)."""
-    return {key: value if key in IMAGE_KEYS else value[index] for key, value in detections.items()}
-
-
-def concat(parts: Sequence[Detections]) -> Detections:
-    """Several detection sets of one image as one: the per-detection entries all parts have, concatenated;
-    the per-image entries of the first part. RoI-level masks keep their paste boxes (``paste_boxes``, else
-    ``boxes``), so parts from the paper merge and from a plain pass mix."""
-    if any("paste_boxes" in p for p in parts) and all("mask_probs" in p for p in parts):
-        parts = [p if "paste_boxes" in p else {**p, "paste_boxes": p["boxes"]} for p in parts]
-    keys = [key for key in parts[0] if all(key in p for p in parts)]
-    return {key: parts[0][key] if key in IMAGE_KEYS else torch.cat([p[key] for p in parts]) for key in keys}
-
-
-def top_k(detections: Detections, k: int) -> Detections:
-    """The ``k`` highest-scoring detections, best first (stable: ties keep their order)."""
-    order = torch.sort(detections["scores"], descending=True, stable=True).indices[:k]
-    return select(detections, order)
-
-
-def merge_nms(per_scale: Sequence[Detections], iou_thresh: float, k: int) -> Detections:
-    """Plain multi-scale merge: concatenate every scale's detections, class-wise NMS, keep the top ``k``."""
-    from torchvision.ops import batched_nms
-
-    merged = concat(per_scale)
-    keep = batched_nms(merged["boxes"], merged["scores"], merged["labels"], iou_thresh)
-    return top_k(select(merged, keep), k)
-
-
-def full_masks(detections: Detections, index: torch.Tensor | None = None) -> torch.Tensor:
-    """Binary masks bool ``[N, H, W]`` on the CPU at the original size (of the detections ``index`` picks):
-    the ``masks`` a detection set carries, else its RoI-level ``mask_probs`` pasted into ``paste_boxes``
-    (default ``boxes``) at ``image_size`` and thresholded at ``mask_thresh``."""
-    if "masks" in detections:
-        masks = detections["masks"] if index is None else detections["masks"][index]
-        return (masks[:, 0] if masks.ndim == 4 else masks).bool().cpu()
-    from lvisctl.inference.postprocess import paste_masks
-
-    picked = detections if index is None else select(detections, index)
-    boxes = picked.get("paste_boxes", picked["boxes"])
-    thresh = float(picked.get("mask_thresh", 0.5))
-    return paste_masks(picked["mask_probs"], boxes, tuple(picked["image_size"].tolist()), thresh)[0]
-
-
 def accepts_paste_flag(model: nn.Module) -> bool:
     """Whether ``model`` (or the module a DDP wrapper holds) takes ``paste_masks=`` (lvisctl's model)."""
     forward = getattr(getattr(model, "module", model), "forward", None)
@@ -132,6 +97,31 @@ def accepts_paste_flag(model: nn.Module) -> bool:
         return forward is not None and "paste_masks" in inspect.signature(forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+@dataclass(frozen=True)
+class PostOptions:
+    """What a predictor keeps of the model's output (``inference.*`` keys; ``amp``: the config's)."""
+
+    detections_per_image: int = 300
+    score_thresh: float = 0.0
+    mask_thresh: float = 0.5
+    amp: bool = True
+    merge_iou: float = 0.5  # the plain multi-scale merge's class-wise NMS
+
+    @classmethod
+    def from_config(cls, inference_cfg: Any, amp: bool) -> PostOptions:
+        icfg = inference_cfg
+        return cls(
+            detections_per_image=int(icfg.detections_per_image),
+            score_thresh=float(icfg.score_thresh),
+            mask_thresh=float(icfg.mask_thresh),
+            amp=bool(amp),
+            merge_iou=float(icfg.merge_iou),
+        )
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class Predictor:
@@ -155,26 +145,26 @@ class Predictor:
         scales: Sequence[int] = (800,),
         max_size: int = 1333,
         *,
-        detections_per_image: int = 300,
-        score_thresh: float = 0.0,
-        mask_thresh: float = 0.5,
-        amp: bool = True,
         merge: MergeFn | None = None,
-        merge_iou: float = 0.5,
+        **post: Any,
     ) -> None:
+        """``post``: the :class:`PostOptions` fields (``detections_per_image=``, ``score_thresh=``, ...);
+        an unknown name is a ``TypeError`` as for any keyword."""
         if not scales:
             raise ValueError("at least one test scale is needed")
+        options = PostOptions(**post)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.scales = tuple(int(s) for s in scales)
         self.max_size = int(max_size)
-        self.detections_per_image = int(detections_per_image)
-        self.score_thresh = float(score_thresh)
-        self.mask_thresh = float(mask_thresh)
-        self.amp = amp and self.device.type == "cuda"
+        self.detections_per_image = int(options.detections_per_image)
+        self.score_thresh = float(options.score_thresh)
+        self.mask_thresh = float(options.mask_thresh)
+        self.amp = options.amp and self.device.type == "cuda"
         self.roi_masks = accepts_paste_flag(model)  # ask for RoI-level mask_probs
         self.empty_dropped = 0  # detections left out because their mask is surely empty (postprocess)
         self.spares = 0  # candidates kept beyond the cap for a results writer (see writing_spares)
+        merge_iou = options.merge_iou
         self.merge = merge or (lambda per_scale: merge_nms(per_scale, merge_iou, self.candidate_limit))
 
     @property
@@ -339,53 +329,3 @@ def writing_spares(predictor: Any) -> Any:
 
 def _as_float(image: torch.Tensor) -> torch.Tensor:
     return image.float() / 255 if image.dtype == torch.uint8 else image
-
-
-def checkpoint_config(ckpt: dict[str, Any], overrides: Sequence[str] = ()) -> Any:
-    """The checkpoint's resolved config merged over the current base (keys added since it was written get
-    their defaults), then ``key=value`` ``overrides`` (e.g. ``inference.score_thresh=0.05``)."""
-    from lvisctl.config import Config, load_config, upgrade_saved_config
-    from lvisctl.config.loader import deep_merge, parse_overrides
-
-    load_config(None, overrides)  # validates the overrides against the schema
-    merged = upgrade_saved_config(ckpt["config"]).to_dict()
-    return Config.wrap(deep_merge(merged, parse_overrides(overrides)))
-
-
-def model_from_checkpoint(
-    ckpt: dict[str, Any],
-    overrides: Sequence[str] = (),
-    *,
-    source: object = "checkpoint",
-    config: Any = None,
-) -> tuple[nn.Module, CategoryStats, Any]:
-    """Rebuild the model of a loaded checkpoint: ``(model in eval mode on the CPU, category stats, config)``.
-
-    ``config`` defaults to :func:`checkpoint_config` of ``ckpt`` and ``overrides``.
-    """
-    from lvisctl.modeling.build import build_model
-    from lvisctl.modeling.weight_sources import without_backbone_weights
-
-    config = checkpoint_config(ckpt, overrides) if config is None else config
-    stats = CategoryStats.from_dict(ckpt["category_stats"])
-    model = build_model(without_backbone_weights(config), stats)  # every weight is in the checkpoint
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise LvisctlError(
-            f"{source}: weights do not fit the model its config builds ({first[:160]})"
-        ) from None
-    return model.eval(), stats, config
-
-
-def load_checkpoint_model(
-    path: str | os.PathLike[str], device: torch.device | str = "cpu", overrides: Sequence[str] = ()
-) -> tuple[nn.Module, CategoryStats, Any]:
-    """:func:`model_from_checkpoint` for a checkpoint file (loaded weights-only); the model on ``device``."""
-    from lvisctl.engine.checkpoint import load_checkpoint
-
-    model, stats, config = model_from_checkpoint(
-        load_checkpoint(path, map_location="cpu"), overrides, source=path
-    )
-    return model.to(device), stats, config

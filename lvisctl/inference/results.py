@@ -16,9 +16,10 @@ Everything that writes a results file goes through this module, so format decisi
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ import pycocotools.mask as mask_utils
 import torch
 
 from lvisctl.data.categories import CategoryMap
+from lvisctl.data.json_stream import iter_json_list
+from lvisctl.errors import LvisctlError
 from lvisctl.rundir.io import atomic_output
 
 # Box coordinates are written with 2 decimals: a hundredth of a pixel changes no IoU that matters and
@@ -257,3 +260,16 @@ def _merge(segm: dict[str, Any], bbox: dict[str, Any]) -> dict[str, Any]:
     if segm.get("score") != bbox.get("score"):  # Mask Scoring: the segm file has the mask score
         full["score"], full[MASK_SCORE] = bbox["score"], segm["score"]
     return full
+
+
+# ------------------------------------------------------------------------------ streaming readers
+
+
+def iter_split_results(group_path: Path) -> Iterator[dict[str, Any]]:
+    """The full records of a ``tta-infer`` / runner results pair (``X.segm.json`` + ``X.bbox.json``,
+    same detections in the same order), streamed."""
+    paths = split_paths(group_path)
+    for segm, bbox in itertools.zip_longest(iter_json_list(paths["segm"]), iter_json_list(paths["bbox"])):
+        if segm is None or bbox is None:
+            raise LvisctlError(f"{paths['segm']} and {paths['bbox']} hold different numbers of detections")
+        yield {**bbox, **segm}

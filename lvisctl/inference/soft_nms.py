@@ -1,5 +1,6 @@
-"""Class-wise Soft-NMS (Bodla et al. 2017), vectorised over classes: the paper's TTA merge (section 3.3)
-and ``lvisctl ensemble --method soft-nms`` use it.
+"""Class-wise NMS and Soft-NMS: the suppression layer of inference. :func:`class_nms` is the plain
+multi-scale merge's and ``lvisctl ensemble --method nms``'s; :func:`soft_nms` (Bodla et al. 2017, vectorised
+over classes) the paper's TTA merge's (section 3.3) and ``lvisctl ensemble --method soft-nms``'s.
 
 It keeps the same boxes as ensemble-boxes' ``soft_nms`` but returns decayed scores where ensemble-boxes
 returns the undecayed ones (see :func:`soft_nms`).
@@ -12,6 +13,15 @@ import math
 import torch
 
 SOFT_NMS_METHODS = ("gaussian", "linear")
+
+
+def class_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_thresh: float
+) -> torch.Tensor:
+    """Class-wise NMS (torchvision's ``batched_nms``): indices of the kept boxes, best score first."""
+    from torchvision.ops import batched_nms
+
+    return batched_nms(boxes, scores, labels, iou_thresh)
 
 
 def soft_nms(

@@ -50,13 +50,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from lvisctl.data.categories import CategoryStats
-from lvisctl.errors import LvisctlError
 from lvisctl.inference.predictor import Detections, Predictor
 from lvisctl.inference.soft_nms import soft_nms
 from lvisctl.inference.tta_settings import TTASettings, boost_scores, class_boost, covered_gaps
@@ -69,9 +66,6 @@ __all__ = [
     "class_boost",
     "covered_gaps",
     "paper_merge",
-    "predictor_for",
-    "predictor_from_checkpoints",
-    "resolve_scales",
     "soft_nms",
 ]
 
@@ -371,71 +365,3 @@ class TTAPredictor(Predictor):
             factor=math.sqrt((in_h / height) * (in_w / width)),
             mask_scores=None if mask_scores is None else mask_scores[order].float().cpu(),
         )
-
-
-# ------------------------------------------------------------------------------ building predictors
-def resolve_scales(cfg: Any, scales: Sequence[int] | None = None) -> list[int]:
-    """The scales a run uses (``inference.tta.scales`` in paper mode, else ``inference.scales``), after
-    writing ``scales`` (``--scales``) into that key of ``cfg``."""
-    paper = cfg.inference.tta.mode == "paper"
-    if scales is not None:
-        if paper:
-            cfg.inference.tta.scales = [int(s) for s in scales]
-        else:
-            cfg.inference.scales = [int(s) for s in scales]
-    return list(cfg.inference.tta.scales if paper else cfg.inference.scales)
-
-
-def predictor_for(model: nn.Module, stats: CategoryStats, cfg: Any, device: torch.device | str) -> Predictor:
-    """The predictor ``cfg.inference`` asks for: plain (``inference.scales``) or the paper's TTA."""
-    icfg = cfg.inference
-    common = dict(
-        detections_per_image=icfg.detections_per_image,
-        score_thresh=icfg.score_thresh,
-        mask_thresh=icfg.mask_thresh,
-        amp=cfg.amp,
-        merge_iou=icfg.merge_iou,
-    )
-    mode = icfg.tta.mode
-    if mode == "plain":
-        return Predictor(model, device, icfg.scales, icfg.max_size, **common)
-    if mode != "paper":
-        raise LvisctlError(f"inference.tta.mode: {mode!r} is not one of plain, paper")
-    settings = TTASettings.from_config(icfg.tta)
-    return TTAPredictor(model, device, settings, class_boost(stats, settings), **common)
-
-
-def predictor_from_checkpoints(
-    checkpoints: Sequence[tuple[Mapping[str, Any], object]],
-    cfg: Any,
-    device: torch.device | str,
-    overrides: Sequence[str] = (),
-) -> tuple[Any, CategoryStats]:
-    """``[(loaded checkpoint, source), ...]`` -> ``(predictor, category stats)``.
-
-    One checkpoint: :func:`predictor_for` with ``cfg``. Several: each model is built from its own config,
-    with ``cfg.inference`` (the first checkpoint's, with overrides) for all, and their outputs are fused
-    per image by :class:`lvisctl.inference.ensemble.EnsemblePredictor` (``inference.ensemble``).
-    """
-    from lvisctl.inference.ensemble import EnsemblePredictor, EnsembleSettings
-    from lvisctl.inference.predictor import checkpoint_config, model_from_checkpoint
-
-    predictors, first_stats = [], None
-    for i, (ckpt, source) in enumerate(checkpoints):
-        model_cfg = cfg
-        if i > 0:
-            model_cfg = checkpoint_config(ckpt, overrides)
-            model_cfg.inference = cfg.inference
-        model, stats, _ = model_from_checkpoint(ckpt, source=source, config=model_cfg)
-        if first_stats is None:
-            first_stats = stats
-        elif stats.category_map.cat_ids != first_stats.category_map.cat_ids:
-            raise LvisctlError(
-                f"{source}: its categories differ from those of {checkpoints[0][1]}; "
-                "an ensemble needs models of the same category set"
-            )
-        predictors.append(predictor_for(model, stats, model_cfg, device))
-    if len(predictors) == 1:
-        return predictors[0], first_stats
-    settings = EnsembleSettings.from_config(cfg.inference.ensemble)
-    return EnsemblePredictor(predictors, settings, cfg.inference.detections_per_image), first_stats

@@ -112,13 +112,13 @@ def _made_from(artifact: Artifact, checkpoint: Artifact) -> bool:
 
 def ensure_predictions(run: RunDir, val_json: Path, spec: PhaseSpec, report: Report = print) -> None:
     """Predictions of the phase's final checkpoint on ``val_json`` (``lvisctl tta-infer``), made once."""
-    from lvisctl.inference.runner import predict_to_run_dir
+    from lvisctl.inference.predict_job import PredictJob
 
     ckpt = _final_checkpoint(run, spec)
     if any(_made_from(a, ckpt) for a in run.find("predictions", gt=str(val_json), iou_type="segm")):
         report(f"predictions of {ckpt.path} already made")
         return
-    predict_to_run_dir(run.root, val_json, checkpoint=run.resolve(ckpt), overwrite=True)
+    PredictJob(run.root, val_json, checkpoint=run.resolve(ckpt), overwrite=True).run()
 
 
 def evaluate_phase(

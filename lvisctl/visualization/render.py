@@ -51,7 +51,7 @@ def iter_predictions(path: Path) -> Iterator[dict[str, Any]]:
     """An LVIS results file, streamed; a ``X.segm.json`` whose ``X.bbox.json`` sibling exists is joined
     with it (tta-infer writes masks and boxes apart)."""
     from lvisctl.data.json_stream import iter_json_list
-    from lvisctl.inference.pseudo_labels import iter_split_results
+    from lvisctl.inference.results import iter_split_results
 
     path = Path(path)
     if not path.is_file():

@@ -226,7 +226,7 @@ def test_lvis_missing_annotations_recall_of_known_hidden_instances(hidden_lvis, 
     from torchvision.ops import box_iou
 
     from lvisctl.inference import runner
-    from lvisctl.inference.pseudo_labels import missing_recall
+    from lvisctl.inference.pseudo_label_records import missing_recall
 
     run = RunDir(tmp_path / "run")
     _lvis_checkpoint(run, hidden_lvis["train"])

@@ -210,10 +210,10 @@ def test_non_utf8_json_is_one_line_in_validate_and_stats(tmp_path, capsys, monke
 def test_unreadable_images_are_skipped_and_listed_or_refused_with_strict(tiny, capsys, monkeypatch):
     run, images = tiny
     (images.parent / "img2.png").write_bytes((images.parent / "img2.png").read_bytes()[:100])  # truncated
-    from lvisctl.inference.runner import predict_to_run_dir
+    from lvisctl.inference.predict_job import PredictJob
 
     with pytest.raises(Exception, match=r"--strict: 1 unreadable image\(s\): image 2: .*img2.png"):
-        predict_to_run_dir(run.root, images, strict=True)
+        PredictJob(run.root, images, strict=True).run()
     assert not run.find("predictions") and not (run.root / ".partial").exists()
     code, _, err = run_cli(["tta-infer", "--run-dir", run.root, "--images", images], capsys, monkeypatch)
     assert code == 0, err
@@ -290,19 +290,19 @@ def test_brackets_in_file_names_are_printed_as_they_are(tiny, capsys, monkeypatc
 def test_tta_infer_killed_between_writing_and_recording_reruns(tiny, capsys, monkeypatch):
     """Found by benchmarks/fault_injection.py: a kill after the results files were written but before
     the manifest recorded them made every rerun refuse with 'already exists'."""
-    from lvisctl.inference import runner
+    from lvisctl.inference import predict_job
 
     run, images = tiny
-    real_register = runner._register_predictions
+    real_register = predict_job._register_predictions
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # stands in for SIGKILL at this point
 
-    monkeypatch.setattr(runner, "_register_predictions", killed)
+    monkeypatch.setattr(predict_job, "_register_predictions", killed)
     code, _, _ = run_cli(["tta-infer", "--run-dir", run.root, "--images", images], capsys, monkeypatch)
     assert code == 130 and (run.root / "predictions" / f"{GROUP}.segm.json").exists()
     assert not run.find("predictions")
-    monkeypatch.setattr(runner, "_register_predictions", real_register)
+    monkeypatch.setattr(predict_job, "_register_predictions", real_register)
     code, _, err = run_cli(["tta-infer", "--run-dir", run.root, "--images", images], capsys, monkeypatch)
     assert code == 0, err
     assert run.latest("predictions").path == f"predictions/{GROUP}.segm.json"

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from lvisctl.inference.runner import ImageItem, plan_chunks
+from lvisctl.inference.chunks import ImageItem, plan_chunks
 
 
 def _free_port() -> int:

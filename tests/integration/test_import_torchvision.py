@@ -188,7 +188,7 @@ def test_v2_imports_with_folded_batchnorm_and_conv_box_head(tmp_path):
     """``maskrcnn_resnet50_fpn_v2``: BatchNorm of FPN / box-head / mask-head convs folded, 4conv1fc box head;
     the model gives torchvision's detections (boxes to rounding amplified by the exp of large deltas)."""
     from lvisctl.checkpoint_import import import_checkpoint
-    from lvisctl.inference.predictor import load_checkpoint_model
+    from lvisctl.inference.factory import load_checkpoint_model
 
     tv = _torchvision_model(v2=True)
     with torch.no_grad():  # non-trivial statistics, so folding is really exercised

@@ -19,7 +19,7 @@ import lvisctl.integrations.mmdet  # noqa: E402, F401  (registers the lvisctl ty
 from lvisctl.checkpoint_import import import_checkpoint  # noqa: E402
 from lvisctl.checkpoint_import.categories import COCO_IDS  # noqa: E402
 from lvisctl.data.lvis import load_lvis  # noqa: E402
-from lvisctl.inference.predictor import load_checkpoint_model  # noqa: E402
+from lvisctl.inference.factory import load_checkpoint_model  # noqa: E402
 from lvisctl.losses.balanced_mask import balanced_mask_loss  # noqa: E402
 from lvisctl.losses.eql import EqualizationLoss  # noqa: E402
 from tests.integration.test_cli_tta_infer import CAT_IDS, SIZES, make_lvis  # noqa: E402

@@ -243,7 +243,7 @@ def test_eval_under_two_gloo_processes_scores_all_images_once(tmp_path):
 
     from lvisctl.engine.distributed import DistInfo
     from lvisctl.engine.eval_hook import EvalHook, load_val_set
-    from lvisctl.inference.predictor import load_checkpoint_model
+    from lvisctl.inference.factory import load_checkpoint_model
 
     data = generate_synthetic_lvis(tmp_path / "data", preset="tiny", seed=0)
     run_dir = tmp_path / "run"

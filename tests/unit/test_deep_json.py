@@ -5,7 +5,7 @@ import pytest
 from lvisctl.data.lvis import load_lvis
 from lvisctl.errors import LvisctlError
 from lvisctl.evaluation.results_io import load_results
-from lvisctl.inference.ensemble import read_results_input
+from lvisctl.inference.ensemble_inputs import read_results_input
 from lvisctl.rundir.io import read_json
 from lvisctl.visualization.render import iter_predictions
 

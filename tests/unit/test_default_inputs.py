@@ -53,11 +53,11 @@ def test_stage2_starts_from_the_self_trained_stage1_not_a_side_experiment(self_t
 
 
 def test_pseudolabel_takes_the_lineage_too(self_trained, capsys):
-    from lvisctl.inference.pseudo_labels import pseudolabel_checkpoint
+    from lvisctl.inference.checkpoints import resolve_checkpoint as resolve
 
     run, _, st, _ = self_trained
-    found, path, _ = pseudolabel_checkpoint(run)
-    assert found.path == st.path and path == run.root / st.path
+    found = resolve(run, None, stage=1)  # pseudolabel's default: the stage-1 lineage
+    assert found.input.path == st.path and found.path == run.root / st.path
     assert f"default checkpoint: {st.path} (phase stage1_st" in capsys.readouterr().out
 
 

@@ -233,7 +233,7 @@ def test_checkpoint_ensemble_keeps_fused_spares_while_members_keep_their_caps():
     """``tta-infer`` with several checkpoints: under a writer the fusion keeps spares and says its cap;
     each member still gives at most its cap (the WBF sees what it saw before), and the first ``cap``
     fused detections are those of a run without spares."""
-    from lvisctl.inference.ensemble import EnsemblePredictor, EnsembleSettings
+    from lvisctl.inference.ensemble_fusion import EnsemblePredictor, EnsembleSettings
     from lvisctl.inference.predictor import writing_spares
     from tests.unit.test_model_core import tiny_model
 

@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from lvisctl.errors import LvisctlError
-from lvisctl.inference.ensemble import EnsemblePredictor, EnsembleSettings, fuse_detections, wbf_clusters
+from lvisctl.inference.ensemble_fusion import (
+    EnsemblePredictor,
+    EnsembleSettings,
+    fuse_detections,
+    wbf_clusters,
+)
 
 
 def dets(boxes, scores, labels, masks, mask_scores=None):

@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from lvisctl.inference.chunks import ImageItem
 from lvisctl.inference.predictor import Predictor
-from lvisctl.inference.runner import ImageItem, iter_batches
+from lvisctl.inference.runner import iter_batches
 from lvisctl.inference.tta import TTAPredictor, TTASettings
 from lvisctl.modeling.fpn import roi_feature_maps
 from tests.unit.test_predictor import FixedModel

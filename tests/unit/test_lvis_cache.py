@@ -149,7 +149,7 @@ def _set_meta(entry, **changes):
 def test_pseudolabel_reads_the_train_json_through_the_cache(train_json, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from lvisctl.inference.pseudo_labels import _load_images
+    from lvisctl.inference.pseudolabel_job import _load_images
 
     monkeypatch.setenv("LVISCTL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(lvis_cache, "MIN_CACHED_BYTES", 0)

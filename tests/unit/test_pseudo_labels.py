@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from lvisctl.errors import LvisctlError
+from lvisctl.inference.pseudo_label_records import pseudo_label_file
 from lvisctl.inference.pseudo_labels import (
-    pseudo_label_file,
+    Selector,
     select_missing_annotations,
     select_unlabeled_pseudo_labels,
 )
@@ -60,11 +61,11 @@ def test_pseudo_labels_from_predictions_missing_and_unlabeled():
     ]
     gt = {1: [[0, 0, 10, 10]]}
     cats = [{"id": 4, "name": "a"}, {"id": 5, "name": "b"}]
-    missing = pseudo_labels_from_predictions(preds, images, gt, cats, mode="missing", score_thresh=0.5)
+    missing = pseudo_labels_from_predictions(preds, Selector("missing", 0.5, images, gt), cats)
     assert [(a["image_id"], a["bbox"]) for a in missing["annotations"]] == [(1, [30.0, 30.0, 10.0, 10.0])]
     # masks are kept: LVIS annotations need a segmentation (`data validate`, lvis-api)
     assert missing["annotations"][0]["segmentation"] == seg
-    unl = pseudo_labels_from_predictions(preds, images, {}, cats, mode="unlabeled", score_thresh=0.3)
+    unl = pseudo_labels_from_predictions(preds, Selector("unlabeled", 0.3, images, {}), cats)
     assert [a["image_id"] for a in unl["annotations"]] == [1, 1, 2]
     assert unl["annotations"][0]["segmentation"] == seg
     assert [i["id"] for i in unl["images"]] == [1, 2]
@@ -95,9 +96,7 @@ def test_per_category_thresholds_in_both_modes():
     ]
     cats = [{"id": 4, "name": "a"}, {"id": 5, "name": "b"}]
     for mode in ("missing", "unlabeled"):
-        out = pseudo_labels_from_predictions(
-            preds, images, {}, cats, mode=mode, score_thresh={4: 0.3, 5: 0.5}
-        )
+        out = pseudo_labels_from_predictions(preds, Selector(mode, {4: 0.3, 5: 0.5}, images, {}), cats)
         assert sorted(a["score"] for a in out["annotations"]) == [0.35, 0.55]
 
 
@@ -112,14 +111,13 @@ def test_missing_mode_follows_federated_labels():
     assert can_be_missing({"id": 2}, 5, annotated={5}) is False and can_be_missing({"id": 2}, 6, set())
     preds = [{"image_id": 1, "category_id": c, "bbox": [30, 30, 5, 5], "score": 0.9} for c in (4, 5, 7, 9)]
     gt_cats = {1: {4, 5}}
-    out = pseudo_labels_from_predictions(
-        preds, {1: image}, {1: [[0, 0, 5, 5]]}, [], mode="missing", score_thresh=0.5, gt_categories=gt_cats
-    )
+    selector = Selector("missing", 0.5, {1: image}, {1: [[0, 0, 5, 5]]}, gt_categories=gt_cats)
+    out = pseudo_labels_from_predictions(preds, selector, [])
     assert [a["category_id"] for a in out["annotations"]] == [4, 9]
 
 
 def test_score_distribution_and_missing_recall():
-    from lvisctl.inference.pseudo_labels import missing_recall, score_distribution
+    from lvisctl.inference.pseudo_label_records import missing_recall, score_distribution
 
     preds = [{"category_id": 1 + (i % 2), "score": s} for i, s in enumerate([0.01, 0.02, 0.03, 0.04, 0.1])]
     lines = score_distribution(preds, {1: "r", 2: "f"})
@@ -141,21 +139,6 @@ def test_score_distribution_and_missing_recall():
     assert missing_recall(labels, hidden) == 0.5
 
 
-def test_streamed_json_list_across_read_boundaries(tmp_path):
-    from lvisctl.inference.pseudo_labels import iter_json_list
-
-    items = [{"a": i, "s": "x]," * i, "n": [1.5, {"b": None}]} for i in range(7)] + [12345]
-    path = tmp_path / "r.json"
-    path.write_text(" [" + ",".join(json.dumps(x) for x in items) + "] \n")
-    for read_size in (1, 3, 7, 64, 1 << 20):  # objects and a trailing number cut anywhere
-        assert list(iter_json_list(path, read_size=read_size)) == items
-    (tmp_path / "e.json").write_text("[]")
-    assert list(iter_json_list(tmp_path / "e.json")) == []
-    (tmp_path / "t.json").write_text('[{"a": 1}, {"a": ')
-    with pytest.raises(LvisctlError, match="t.json: truncated json list"):
-        list(iter_json_list(tmp_path / "t.json", read_size=4))
-
-
 def test_streamed_file_equals_the_in_memory_selection(tmp_path):
     from lvisctl.inference.pseudo_labels import Selector, pseudo_labels_from_predictions, write_pseudo_labels
 
@@ -168,10 +151,8 @@ def test_streamed_file_equals_the_in_memory_selection(tmp_path):
     cats = [{"id": 4, "name": "a", "frequency": "r"}, {"id": 5, "name": "b", "frequency": "f"}]
     for mode in ("missing", "unlabeled"):
         kwargs = dict(score_thresh={4: 0.3, 5: 0.6}, max_per_image=3)
-        expected = pseudo_labels_from_predictions(
-            preds, images, {1: [[0, 0, 2, 2]]}, cats, mode=mode, **kwargs
-        )
         selector = Selector(mode, kwargs["score_thresh"], images, {1: [[0, 0, 2, 2]]}, max_per_image=3)
+        expected = pseudo_labels_from_predictions(preds, selector, cats)
         n_labels, n_images = write_pseudo_labels(tmp_path / f"{mode}.json", iter(preds), selector, cats)
         got = json.loads((tmp_path / f"{mode}.json").read_text())
         assert got == expected and (n_labels, n_images) == (len(got["annotations"]), len(got["images"]))
@@ -179,7 +160,7 @@ def test_streamed_file_equals_the_in_memory_selection(tmp_path):
 
 
 def test_score_sample_is_bounded():
-    from lvisctl.inference.pseudo_labels import ScoreSample
+    from lvisctl.inference.pseudo_label_records import ScoreSample
 
     sample = ScoreSample({1: "r"}, capacity=100)
     sample.add({"category_id": 1, "score": i / 10_000} for i in range(10_000))

@@ -10,9 +10,10 @@ from torch import nn
 
 from lvisctl.data.categories import CategoryMap
 from lvisctl.engine.distributed import DistInfo
+from lvisctl.inference.chunks import ImageItem, finished_chunks, plan_chunks
 from lvisctl.inference.predictor import Predictor
 from lvisctl.inference.results import read_split_results, split_paths
-from lvisctl.inference.runner import ImageItem, finished_chunks, plan_chunks, read_image, run_inference
+from lvisctl.inference.runner import InferenceOptions, read_image, run_inference
 
 CMAP = CategoryMap([10, 20])
 
@@ -54,9 +55,10 @@ def make_images(folder, n=5):
     return items
 
 
-def infer(items, out, partial, **kwargs):
+def infer(items, out, partial, dist=None, **options):
     predictor = Predictor(ContentModel(), "cpu", scales=(8,))
-    return run_inference(predictor, items, CMAP, out, partial, fingerprint="fp", chunk_size=2, **kwargs)
+    options = InferenceOptions(chunk_size=2, **options)
+    return run_inference(predictor, items, CMAP, out, partial, fingerprint="fp", dist=dist, options=options)
 
 
 def test_plan_chunks():
@@ -118,7 +120,13 @@ def test_other_fingerprint_discards_partial_results(tmp_path):
     infer(items, tmp_path / "a.json", partial, max_chunks=1)
     predictor = Predictor(ContentModel(), "cpu", scales=(8,))
     summary = run_inference(
-        predictor, items, CMAP, tmp_path / "a.json", partial, fingerprint="other", chunk_size=2
+        predictor,
+        items,
+        CMAP,
+        tmp_path / "a.json",
+        partial,
+        fingerprint="other",
+        options=InferenceOptions(chunk_size=2),
     )
     assert summary.complete and summary.chunks_resumed == 0 and summary.chunks_computed == 2
 

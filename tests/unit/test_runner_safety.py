@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from lvisctl.errors import LvisctlError
+from lvisctl.inference.chunks import ImageItem, finished_chunks
 from lvisctl.inference.results import read_split_results
-from lvisctl.inference.runner import ImageItem, check_images_up_front, finished_chunks
+from lvisctl.inference.runner import check_images_up_front
 from tests.unit.test_runner import files_bytes, infer, make_images
 
 
