@@ -20,7 +20,7 @@ from lvisctl.data.categories import CategoryStats
 from lvisctl.data.train_data import TrainData, build_train_data
 from lvisctl.engine import checkpoint as ckpt_io
 from lvisctl.engine.distributed import DistInfo
-from lvisctl.engine.hooks import Hook
+from lvisctl.engine.hooks import GradientHook, Hook
 from lvisctl.engine.init_weights import StartingPoint, init_source, load_starting_weights, model_build_config
 from lvisctl.engine.loader import epoch_batches
 from lvisctl.engine.logging import print_line
@@ -29,6 +29,7 @@ from lvisctl.engine.resume import check_inputs_unchanged, clear_phase
 from lvisctl.engine.schedule import WarmupStepSchedule, build_schedule
 from lvisctl.engine.state import Restorable, restore_state
 from lvisctl.engine.trainer import Trainer, TrainerContext, TrainerParts
+from lvisctl.errors import LvisctlError
 from lvisctl.rundir import Artifact, RunDir
 from lvisctl.training.hooks import default_hooks
 
@@ -76,6 +77,9 @@ def build_trainer(cfg: Any, run: RunDir, start: Start, builders: Builders | None
     builders = builders or Builders()
     info, state = start.info, start.state
     hooks = list(builders.hooks) if builders.hooks is not None else default_hooks(cfg, run)
+    if float(cfg.solver.clip_grad_norm) > 0 and not any(isinstance(h, GradientHook) for h in hooks):
+        # clipping is a hook now: a hand-made hook list without it would silently train unclipped
+        raise LvisctlError("config: solver.clip_grad_norm > 0 needs the GradientHook in the hook list")
     data = (builders.data or build_train_data)(cfg, run, info)
     source = start.init.source if start.init is not None else init_source(cfg, run, start.phase)
     inputs = [*data.inputs, *([source] if source is not None else [])]

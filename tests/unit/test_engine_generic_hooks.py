@@ -110,3 +110,14 @@ def test_hooks_are_registered():
     assert HOOKS.get("eval") is EvalHook and HOOKS.get("best_checkpoint") is BestCheckpointHook
     assert HOOKS.get("image_log") is ImageLogHook
     assert {"lr_schedule", "non_finite", "gradients", "logging", "checkpoint"} <= set(HOOKS.names())
+
+
+def test_clipping_without_the_gradient_hook_is_refused(tmp_path):
+    import pytest
+
+    from lvisctl.engine.hooks import CheckpointHook
+    from lvisctl.errors import LvisctlError
+
+    cfg = tiny_config(**{"solver.max_iter": 2, "solver.clip_grad_norm": 1.0})
+    with pytest.raises(LvisctlError, match="clip_grad_norm > 0 needs the GradientHook"):
+        train(cfg, tmp_path, hooks=[CheckpointHook(1, 1)], **KW)
