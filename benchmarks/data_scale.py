@@ -94,9 +94,9 @@ def run_pipeline(ann: Path, images: Path, mode: str, samples: int, workers: int,
     from lvisctl.config import load_config
     from lvisctl.data.lvis import load_lvis
     from lvisctl.data.train_data import build_train_data
-    from lvisctl.engine import trainer
+    from lvisctl.engine import loader as trainer
     from lvisctl.engine.distributed import DistInfo
-    from lvisctl.engine.trainer import _epoch_loader
+    from lvisctl.engine.loader import epoch_loader as _epoch_loader
     from lvisctl.rundir import RunDir
 
     if mode == "records":  # what train held before: the parsed records themselves

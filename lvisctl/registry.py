@@ -132,7 +132,7 @@ SAMPLERS: Registry[Any] = Registry("training sampler", "sampler.type", ("lvisctl
 BACKBONES: Registry[Any] = Registry("backbone", "model.backbone.name", ("lvisctl.modeling",))
 TTA_AUGMENTATIONS: Registry[Any] = Registry("test-time augmentation", None, ("lvisctl.inference",))
 TTA_MERGE_STEPS: Registry[Any] = Registry("TTA merge step", None, ("lvisctl.inference",))
-HOOKS: Registry[Any] = Registry("training hook", None, ("lvisctl.engine",))
+HOOKS: Registry[Any] = Registry("training hook", None, ("lvisctl.engine", "lvisctl.training"))
 
 
 def registry_for(key: str) -> Registry[Any] | None:

@@ -24,7 +24,7 @@ def run_training(
     """Train and report (rank 0); Ctrl-C prints where to resume and exits 130. The run's remembered data
     fills what the config leaves empty; the data given is remembered once training finished."""
     from lvisctl.data.remembered import fill_data
-    from lvisctl.engine.trainer import TrainingInterrupted, train
+    from lvisctl.training import TrainingInterrupted, train
 
     if cfg is not None:
         cfg = fill_data(run_dir, cfg, _note)

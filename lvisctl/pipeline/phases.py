@@ -85,7 +85,7 @@ def load_phase_config(spec: PhaseSpec, extra: Sequence[str] = ()):
 def train_phase(run: RunDir, spec: PhaseSpec, cfg: Any, report: Report = print) -> float | None:
     """Train ``spec`` (resume when it has checkpoints); its wall seconds, None when it had finished."""
     from lvisctl.engine.checkpoint import latest_checkpoint
-    from lvisctl.engine.trainer import train
+    from lvisctl.training import train
 
     if phase_finished(run, spec):
         report(f"already trained: {latest_checkpoint(run, _phase(spec), final=True).path}")

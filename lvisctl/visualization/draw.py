@@ -68,6 +68,18 @@ def draw_instances(image: Tensor, instances: Instances, *, line_width: int = 2) 
     )
 
 
+def enlarge(image: Tensor, instances: Instances, factor: int) -> tuple[Tensor, Instances]:
+    """``image`` and ``instances`` scaled up by an integer ``factor`` (nearest), so that texts drawn on a
+    small image stay legible."""
+    if factor <= 1:
+        return image, instances
+    big = image.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
+    masks = instances.masks
+    if masks is not None:
+        masks = masks.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
+    return big, Instances(instances.boxes * factor, instances.category_ids, instances.texts, masks)
+
+
 def titled(image: Tensor, title: str) -> Tensor:
     """``image`` under a dark strip holding ``title``."""
     from PIL import Image, ImageDraw

@@ -119,7 +119,7 @@ def tiny_config(**overrides):
 
 def main() -> None:
     """``python -m tests.integration.engine_standins RUN_DIR SLEEP [key=value ...] [--resume]``."""
-    from lvisctl.engine.trainer import train
+    from lvisctl.training import train
 
     run_dir, sleep, *items = sys.argv[1:]
     resume = "--resume" in items
@@ -191,8 +191,8 @@ def ddp_worker(rank: int, world_size: int, port: int, run_dir: str, out_dir: str
     """One of ``world_size`` gloo processes training the real model; saves its final weights per rank."""
     from pathlib import Path
 
-    from lvisctl.engine.trainer import train
     from lvisctl.rundir.manifest import RunDir
+    from lvisctl.training import train
 
     join_gloo(rank, world_size, port)
     register = RunDir.register

@@ -330,7 +330,7 @@ def test_tta_infer_on_a_folder_and_an_image_list(run, tmp_path):
 def test_training_consumes_both_pseudolabel_outputs(hidden_lvis, tmp_path, capsys):
     """pseudolabel lvis + pseudolabel images (a folder) with the real tiny model, then a 2-iteration
     self-training run with data.pseudo_labels=latest data.extra_images=latest: it prints the counts."""
-    from lvisctl.engine.trainer import train
+    from lvisctl.training import train
     from tests.integration.engine_standins import real_tiny_config
 
     run = RunDir(tmp_path / "run")

@@ -39,8 +39,7 @@ class SigintAt(Hook):
 
 
 def _worker(rank: int, port: int, run_dir: str, out: str, mode: str) -> None:
-    from lvisctl.engine.hooks import default_hooks
-    from lvisctl.engine.trainer import TrainingInterrupted, train
+    from lvisctl.training import TrainingInterrupted, default_hooks, train
     from tests.integration.engine_standins import data_builder, model_builder, tiny_config
 
     os.environ.update(

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _wired() -> bool:
-    from lvisctl.engine import trainer
+    from lvisctl.training import launch as trainer
 
     return "phase_lock" in inspect.getsource(trainer.train)
 
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(not _wired(), reason="engine/trainer.train does 
 
 def test_second_train_of_a_phase_stops_at_once_naming_the_holder(tmp_path):
     from lvisctl.config import Config
-    from lvisctl.engine.trainer import train
+    from lvisctl.training import train
 
     ready = tmp_path / "ready"
     code = textwrap.dedent(

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lvisctl.engine.trainer import NonFiniteLossError, train
+from lvisctl.engine.trainer import NonFiniteLossError
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import RunDir
+from lvisctl.training import train
 from tests.integration.engine_standins import data_builder, model_builder, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]

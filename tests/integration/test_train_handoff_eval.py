@@ -10,9 +10,9 @@ import torch
 
 from lvisctl.config import CONFIG_ROOT, load_config
 from lvisctl.data.synth import generate_synthetic_lvis
-from lvisctl.engine.trainer import train
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import RunDir
+from lvisctl.training import train
 from tests.integration.engine_standins import real_tiny_config, register_train_json, tiny_items
 
 FROZEN_BAGS = ("backbone.", "rpn.", "roi_heads.mask_head.")
@@ -242,8 +242,9 @@ def test_eval_under_two_gloo_processes_scores_all_images_once(tmp_path):
     import torch.multiprocessing as mp
 
     from lvisctl.engine.distributed import DistInfo
-    from lvisctl.engine.eval_hook import EvalHook, load_val_set
     from lvisctl.inference.factory import load_checkpoint_model
+    from lvisctl.training.lvis_eval import LvisEvalHook as EvalHook
+    from lvisctl.training.lvis_eval import load_val_set
 
     data = generate_synthetic_lvis(tmp_path / "data", preset="tiny", seed=0)
     run_dir = tmp_path / "run"

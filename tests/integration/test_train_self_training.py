@@ -18,8 +18,9 @@ from lvisctl.data.dataset import ConcatTrainDataset
 from lvisctl.data.samplers import ExtraImagesSampler
 from lvisctl.data.synth import generate_synthetic_lvis
 from lvisctl.engine.distributed import DistInfo
-from lvisctl.engine.trainer import build_train_data, train
+from lvisctl.engine.trainer import build_train_data
 from lvisctl.rundir import RunDir, atomic_write_json, sha256_file
+from lvisctl.training import train
 from tests.integration.engine_standins import DEMO_CONFIG, real_tiny_config, register_train_json, tiny_items
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,11 +14,13 @@ import pytest
 import torch
 
 from lvisctl.engine import checkpoint as ck
-from lvisctl.engine.eval_hook import EvalHook, ValSet
-from lvisctl.engine.hooks import Hook, default_hooks
-from lvisctl.engine.trainer import TrainData, TrainingInterrupted, train
+from lvisctl.engine.hooks import Hook
+from lvisctl.engine.trainer import TrainData, TrainingInterrupted
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import RunDir
+from lvisctl.training import default_hooks, train
+from lvisctl.training.lvis_eval import LvisEvalHook as EvalHook
+from lvisctl.training.lvis_eval import ValSet
 from tests.integration.engine_standins import (
     TinyDataset,
     collate,

@@ -2,7 +2,7 @@
 
 import torch
 
-from lvisctl.engine.eval_hook import draw_detections
+from lvisctl.training.image_log import draw_detections
 
 
 def test_drawn_mask_changes_pixels_under_it_only():

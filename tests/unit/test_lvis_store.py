@@ -139,7 +139,7 @@ def test_train_workers_freeze_what_they_inherit():
     from lvisctl.data.samplers import PlainSampler
     from lvisctl.data.train_data import TrainData
     from lvisctl.engine.distributed import DistInfo
-    from lvisctl.engine.trainer import _epoch_loader
+    from lvisctl.engine.loader import epoch_loader as _epoch_loader
 
     cfg = load_config(None, ["train.num_workers=1", "train.batch_size=1"])
     sampler = PlainSampler(4, seed=0, rank=0, world_size=1)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from lvisctl.engine.loader import SkipSampler as _SkipSampler
 from lvisctl.engine.trainer import (
-    _SkipSampler,
     build_optimizer,
     freeze_modules,
     set_frozen_eval,
