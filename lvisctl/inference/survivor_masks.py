@@ -25,7 +25,8 @@ from lvisctl.inference.test_augmentations import Transform
 @dataclass
 class LazyMasks:
     """What the mask head needs for a pass's detections: the model's own boxes in the view (input
-    coordinates, as it made them), labels and classification scores (on its device), and the view's inverse."""
+    coordinates, as it made them), labels and classification scores (on its device), and the view's
+    inverse."""
 
     boxes: torch.Tensor
     labels: torch.Tensor
@@ -38,7 +39,7 @@ def _core(model: nn.Module) -> Any:
 
 
 def splits(model: nn.Module) -> bool:
-    """Whether ``model`` runs in parts (lvisctl's ``LvisMaskRCNN`` does; an imported torchvision model not)."""
+    """Whether ``model`` runs in parts (lvisctl's ``LvisMaskRCNN`` does; a torchvision model does not)."""
     core = _core(model)
     parts = ("extract_features", "rpn", "roi_heads", "predict_masks_and_scores")
     return all(hasattr(core, p) for p in parts) and hasattr(core.roi_heads, "detect")

@@ -139,7 +139,7 @@ class VFlipTransform(Transform):
 
 @dataclass(frozen=True)
 class TransformList(Transform):
-    """Transforms applied in order; the inverse undoes them in reverse order (detectron2's ``TransformList``)."""
+    """Transforms in order; the inverse undoes them in reverse order (detectron2's ``TransformList``)."""
 
     transforms: tuple[Transform, ...]
 
@@ -233,7 +233,7 @@ def augmentation(name: str) -> TestAugmentation:
 
 @dataclass(frozen=True)
 class View:
-    """One pass of the TTA: resize to ``scale``, then ``augmentations`` in order (names, e.g. ``("hflip",)``)."""
+    """One pass of the TTA: resize to ``scale``, then ``augmentations`` in order (names: ``("hflip",)``)."""
 
     scale: int
     augmentations: tuple[str, ...] = ()

@@ -18,7 +18,6 @@ from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
 from lvisctl.inference.soft_nms import SOFT_NMS_METHODS
 
-
 # The merge of ``mode: paper``: the paper's four modifications in order (lvisctl.inference.merge_steps).
 PAPER_STEPS = ("range_filter", "rare_boost", "nms_soft_nms", "mask_from_best_scale")
 
