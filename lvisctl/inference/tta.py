@@ -31,7 +31,7 @@ Survivor masks (``inference.tta.survivor_masks``, default on, lvisctl's model): 
 RPN and box head only and keeps its FPN maps; the mask head then runs only for the RoIs the merge reads
 (the survivors' own masks where modification 4's two rules disagree, and each survivor's chosen source),
 one call per pass for the whole batch, on exactly the boxes the full forward would have given those
-detections. Every pass used to run it on its up to 300 detections (12 x 300 RoIs, ~90% of the time on
+detections. Every pass used to run it on its up to 300 detections (12 x 300 RoIs, ~85% of the time on
 small images). The masks are the ones the full forward gives (per-RoI computations), so the results are
 the same up to float rounding of the batched convolutions. The price is memory: the FPN maps P2-P5 of
 every pass until the merge (~0.8 GB at 400-1400 with flip, float16 on CUDA); ``survivor_masks=false``
