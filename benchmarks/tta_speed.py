@@ -12,8 +12,15 @@ laid out like a detector's output: ~30 objects, each detected in every pass with
 Ensemble: ``lvisctl ensemble`` of two results files with 300 detections per image at 480 x 640
 (WBF + mask vote + RLE decode / encode), end to end, images per CPU second.
 
+Demo model (``--run-dir``, a ``lvisctl demo`` run: its stage-2 model on its val images): paper-mode TTA
+(6 scales x flip = 12 passes, the ablation's demo scales) and the plain multi-scale test, before (the code
+of ``--base``, e.g. ``git worktree add ../base <commit>``) and after (this tree), CPU ms per image
+(predict + encode, 1 thread, the best of ``--repeats`` runs per image, the two trees interleaved), mask AP
+and box AP on the same images, and how many of the paper-mode masks are identical.
+
     .venv/bin/python benchmarks/tta_speed.py            # 20 merge images, 10 ensemble images
     .venv/bin/python benchmarks/tta_speed.py --quick    # 5 and 4
+    .venv/bin/python benchmarks/tta_speed.py --run-dir demo-run --base ../lvisctl-base --images 50
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+if "--child" not in sys.argv:  # a child imports lvisctl from the tree it measures (--tree)
+    sys.path.insert(0, str(REPO))
 
 NUM_CLASSES = 1203
 H, W = 480, 640
@@ -161,11 +169,180 @@ def bench_ensemble(images: int) -> float:
         return images / (time.process_time() - start)
 
 
+# ------------------------------------------------------------------------- the demo model, before / after
+# The ablation's demo settings (benchmarks/tta_ablation.py): 128 px images, trained at 112-144 px.
+DEMO_PAPER = [
+    "inference.tta.mode=paper",
+    "inference.tta.scales=[96,112,128,160,192,224]",
+    "inference.tta.valid_ranges=[[32,null],[16,null],[0,null],[0,96],[0,64],[0,48]]",
+    "inference.tta.mask_box_size=56",
+    "inference.tta.max_size=448",
+    "inference.tta.flip=true",
+]
+DEMO_MODES = {
+    "paper": DEMO_PAPER,
+    "plain": ["inference.tta.mode=plain", "inference.scales=[96,128,160,224]", "inference.max_size=448"],
+}
+
+
+def demo_files(run_dir: Path) -> tuple[Path, Path]:
+    """The demo run's val json and its final stage-2 checkpoint (read only)."""
+    arts = json.loads((run_dir / "manifest.json").read_text())["artifacts"]
+    val = [a for a in arts if a["kind"] == "dataset" and a["meta"].get("split") == "val"][-1]
+    finals = [a for a in arts if a["kind"] == "checkpoint" and a["meta"].get("final")]
+    top = max(int(a["meta"].get("stage", 0)) for a in finals)
+    ckpt = [a for a in finals if int(a["meta"].get("stage", 0)) == top][-1]
+    return run_dir / val["path"], run_dir / ckpt["path"]
+
+
+def demo_image_ids(val: Path, n: int) -> list[int]:
+    """``n`` val images: for each category the first image that has it (so r/c/f are all scored), then the
+    first others by id (benchmarks/tta_ablation.py's subset)."""
+    data = json.loads(val.read_text())
+    first: dict[int, int] = {}
+    for ann in sorted(data.get("annotations", []), key=lambda a: a["image_id"]):
+        first.setdefault(ann["category_id"], ann["image_id"])
+    order = sorted(im["id"] for im in data["images"])
+    return list(dict.fromkeys([*sorted(set(first.values())), *order]))[:n]
+
+
+def child_run(tree: Path, run_dir: Path, n: int, mode: str, out: Path) -> None:
+    """One measured run in ``tree``'s code: CPU ms per image (predict + encode) and the records."""
+    sys.path.insert(0, str(tree.resolve()))
+    from lvisctl.data.image_io import read_image_tensor
+    from lvisctl.data.lvis import load_lvis
+    from lvisctl.engine.checkpoint import load_checkpoint
+    from lvisctl.inference.predictor import checkpoint_config, model_from_checkpoint, writing_spares
+    from lvisctl.inference.results import detections_to_records
+
+    try:  # the predictor factory moves out of tta.py (issue 24, item 1)
+        from lvisctl.inference.tta import predictor_for
+    except ImportError:
+        from lvisctl.inference.factory import predictor_for  # type: ignore[no-redef]
+
+    val, ckpt_path = demo_files(run_dir)
+    ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+    cfg = checkpoint_config(ckpt, DEMO_MODES[mode])
+    model, stats, _ = model_from_checkpoint(ckpt, config=cfg)
+    predictor = predictor_for(model, stats, cfg, "cpu")
+    data = load_lvis(val)
+    ids = demo_image_ids(val, n)
+    images = [read_image_tensor(data.image_path(i)) for i in ids]
+    with writing_spares(predictor):
+        predictor.predict(images[0])  # warm-up
+        times, records = [], []
+        for image_id, image in zip(ids, images, strict=True):
+            start = time.process_time()
+            recs = detections_to_records(image_id, predictor.predict(image), stats.category_map)
+            times.append(1000 * (time.process_time() - start))
+            records += recs
+    out.write_text(json.dumps({"ms": times, "records": records}))
+
+
+def demo_ap(val: Path, ids: list[int], records: list[dict], tmp: Path) -> dict[str, float]:
+    """Mask AP and box AP (lvisctl's evaluation) of ``records`` on the images ``ids`` of ``val``."""
+    from lvisctl.evaluation.lvis_metrics import evaluate_lvis, load_ground_truth, load_results_for_eval
+    from lvisctl.inference.results import write_split_results
+
+    data = json.loads(val.read_text())
+    keep = set(ids)
+    data["images"] = [im for im in data["images"] if im["id"] in keep]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
+    gt_path = tmp / "gt.json"
+    gt_path.write_text(json.dumps(data))
+    gt = load_ground_truth(gt_path)
+    paths = write_split_results(records, tmp / "res.json")
+    out = {}
+    for iou in ("segm", "bbox"):
+        metrics = evaluate_lvis(load_results_for_eval(paths[iou], gt), gt, (iou,))[iou].metrics
+        out[iou] = 100 * float(metrics["AP"])
+    return out
+
+
+def same_masks(before: list[dict], after: list[dict]) -> tuple[float, float]:
+    """Share of detections with the same (image, class, box) in the same place, and of those the share
+    whose mask is identical."""
+    key = [(r["image_id"], r["category_id"], r["bbox"]) for r in before]
+    pairs = [(a, b) for a, b, k in zip(after, before, key, strict=False)
+             if (a["image_id"], a["category_id"], a["bbox"]) == k]  # fmt: skip
+    same = sum(a["segmentation"] == b["segmentation"] for a, b in pairs)
+    return len(pairs) / max(len(before), 1), same / max(len(pairs), 1)
+
+
+def demo_table(run_dir: Path, base: Path | None, n: int, repeats: int) -> None:
+    import datetime
+    import os
+    import platform
+    import subprocess
+
+    val, ckpt = demo_files(run_dir)
+    ids = demo_image_ids(val, n)
+    trees = {"before": base, "after": REPO} if base else {"after": REPO}
+    results: dict[tuple[str, str], dict] = {}
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        for mode in DEMO_MODES:
+            for r in range(repeats if mode == "paper" else 1):  # plain: the same code in both trees
+                for name, tree in trees.items():  # interleaved: before, after, before, after, ...
+                    out = tmp / f"{mode}_{name}_{r}.json"
+                    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(tree).resolve())}
+                    subprocess.run(
+                        [sys.executable, __file__, "--child", str(out), "--tree", str(tree), "--run-dir",
+                         str(run_dir), "--images", str(n), "--mode", mode],
+                        check=True, env=env, cwd=tmp,
+                    )  # fmt: skip
+                    got = json.loads(out.read_text())
+                    seen = results.setdefault((mode, name), {"ms": got["ms"], "records": got["records"]})
+                    seen["ms"] = [min(a, b) for a, b in zip(seen["ms"], got["ms"], strict=True)]
+                    print(f"{mode} {name} run {r + 1}: {statistics.mean(got['ms']):.0f} ms/image", flush=True)
+        for (mode, name), res in results.items():
+            sub = tmp / f"eval_{mode}_{name}"
+            sub.mkdir()
+            res["ap"] = demo_ap(val, ids, res["records"], sub)
+    table = Table(title=f"TTA on the demo model ({ckpt.name}, {len(ids)} val images; CPU, 1 thread)")
+    for col in ("mode", "code", "ms / image", "speed-up", "mask AP", "box AP"):
+        table.add_column(col, justify="left" if col in ("mode", "code") else "right")
+    for mode in DEMO_MODES:
+        ref = results.get((mode, "before"))
+        for name in trees:
+            res = results[(mode, name)]
+            ms = statistics.mean(res["ms"])
+            speed = f"{statistics.mean(ref['ms']) / ms:.2f}x" if ref else ""
+            table.add_row(
+                mode, name, f"{ms:.0f}", speed, f"{res['ap']['segm']:.2f}", f"{res['ap']['bbox']:.2f}"
+            )
+    Console().print(table)
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = platform.processor() or platform.machine()
+    print(f"{machine}, {os.cpu_count()} CPUs, {when}; paper: best of {repeats} runs per image, plain: 1 run")
+    if base:
+        for mode in DEMO_MODES:
+            before, after = results[(mode, "before")]["records"], results[(mode, "after")]["records"]
+            placed, identical = same_masks(before, after)
+            print(f"{mode}: records identical: {before == after}; detections in place {100 * placed:.1f}%, "
+                  f"of those masks identical {100 * identical:.2f}%")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--run-dir", type=Path, help="a `lvisctl demo` run: TTA speed on its model (no merge)"
+    )
+    parser.add_argument("--base", type=Path, help="the tree to compare with (default: this one alone)")
+    parser.add_argument("--images", type=int, default=50, help="val images of the demo (default 50)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # output json of one measured run
+    parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.child:
+        child_run(args.tree, args.run_dir, args.images, args.mode, args.child)
+        return
+    if args.run_dir:
+        demo_table(args.run_dir, args.base, args.images, args.repeats)
+        return
     merge = bench_merge(5 if args.quick else 20)
     table = Table(
         title=f"TTA merge per image: 12 passes x 300 = 3,600 boxes, {NUM_CLASSES} classes (CPU, 1 thread)"

@@ -164,7 +164,7 @@ class Predictor:
         self.roi_masks = accepts_paste_flag(model)  # ask for RoI-level mask_probs
         self.empty_dropped = 0  # detections left out because their mask is surely empty (postprocess)
         self.spares = 0  # candidates kept beyond the cap for a results writer (see writing_spares)
-        merge_iou = options.merge_iou
+        self.merge_iou = merge_iou = float(options.merge_iou)
         self.merge = merge or (lambda per_scale: merge_nms(per_scale, merge_iou, self.candidate_limit))
 
     @property

@@ -1,44 +1,43 @@
 """The paper's test-time augmentation (section 3.3): multi-scale testing with four modifications.
 
-``tta-infer --tta paper`` runs every image at each test scale (``inference.tta.scales``, 400-1400 like
-the multi-scale training; the paper names no test scales, so these and ``valid_ranges`` are lvisctl's
-choices) and, with ``inference.tta.flip`` (off by default: the paper never mentions flip; an extra of
-lvisctl's), mirrored as well. The passes are merged by
-:func:`paper_merge`, where each modification is one config key (paper behaviour by default, each can be
-switched off to ablate it):
+``tta-infer --tta paper`` runs every image as a set of views: each test scale (``inference.tta.scales``,
+400-1400 like the multi-scale training; the paper names no test scales, so these and ``valid_ranges`` are
+lvisctl's choices), plain and with each augmentation of ``inference.tta.augmentations`` (``hflip`` also by
+``inference.tta.flip``, off by default: the paper never mentions flip). A view is a chain of invertible
+transforms (:mod:`lvisctl.inference.test_augmentations`, detectron2's ``DatasetMapperTTA`` +
+``transform.inverse()``): the pass resizes, applies the view, runs the model and maps its boxes and RoI
+masks back with the view's inverse; it knows no augmentation by name.
 
-1. ``valid_ranges``: pass ``s`` keeps only boxes whose size ``sqrt(w * h)`` in original-image pixels
-   lies in ``[lo_s, hi_s)``: small boxes come from the high-resolution passes, large boxes from the
-   low-resolution ones (a detector is most reliable for objects of its training sizes).
-2. ``rare_boost`` / ``common_boost``: when the passes are merged, scores of rare (common) categories, by
-   the checkpoint's r/c/f table, are raised by this factor (:func:`boost_scores`: the odds times the
-   factor, about ``score x factor`` for small scores, never above 1). Within a category the order is
-   unchanged; what moves is which detections survive the per-image top-300 and the score threshold, in
-   favour of the rare classes. The paper says "slightly increase"; 1.1 and the odds form are ours.
-3. ``nms_then_soft_nms``: class-wise NMS at ``nms_iou`` (0.7) removes the near-duplicates the passes
-   produce, then class-wise Soft-NMS (:func:`soft_nms`, Gaussian by default) decays the remaining
-   overlaps instead of deleting them; the top ``detections_per_image`` survive. Off: one class-wise NMS
-   at ``inference.merge_iou``, the plain multi-scale test.
-4. ``mask_from_best_scale``: each kept detection takes its mask from the pass chosen by its box size and
-   its mask/box area ratio, not from whichever pass produced the surviving box. Boxes whose mask covers
-   less than ``thin_ratio`` of the box (sticks, rings: "a good box is not a good mask") take the mask of
-   the highest-resolution pass that found the object; the others that of the pass where the box is
-   closest to ``mask_box_size`` pixels (a 28 x 28 mask head is sharpest for RoIs of that size).
+The passes are merged by the steps of ``inference.tta.steps`` (:mod:`lvisctl.inference.merge_steps`),
+the paper's four modifications in order, each reading its own keys (paper behaviour by default, each with
+an off switch to ablate it):
 
-How modification 4 gets a mask "from another scale": every pass keeps, for each of its raw detections
-(before the range filter), the model's RoI-level mask probabilities (28 x 28 inside the box; mirrored back
-for a flipped pass). A kept detection looks up, in the chosen pass, the detection of the same class that
-overlaps it most (IoU >= ``mask_match_iou``) and takes that detection's mask and box: the merged output
-carries ``mask_probs`` with their ``paste_boxes``, pasted once at the original size when the results are
-encoded (:mod:`lvisctl.inference.postprocess`); if the chosen scale has none, the next preferred scale is
-tried, down to the detection's own pass. We chose this over re-running the mask branch for the kept boxes
-at another scale because it needs nothing but the model's call convention (works for every head type,
-imported checkpoints included), costs no second backbone pass, and holds 12 passes x 300 RoI masks in
-~11 MB instead of the feature pyramids of 6 scales. The price: the mask is that pass's own mask for its
-own (overlapping, slightly different) box, and an object that pass did not detect cannot take its mask.
-(A model that pastes its masks itself gets them cropped back to ``ROI_MASK_SIZE`` per box.)
-With Mask Scoring (``mask_scores``), the mask score follows the mask: the final score times the source
-detection's mask-IoU ratio ``mask_score / score``.
+1. ``range_filter``: pass ``s`` keeps only boxes whose size ``sqrt(w * h)`` in original-image pixels lies
+   in ``valid_ranges[s]``: small boxes from the high-resolution passes, large ones from the low-resolution.
+2. ``rare_boost``: scores of rare (common) categories, by the checkpoint's r/c/f table, raised by
+   ``rare_factor`` (``common_factor``) on the odds scale (:func:`boost_scores`: order within a class kept,
+   never above 1; the paper says "slightly increase", 1.1 and the odds form are ours).
+3. ``nms_soft_nms``: class-wise NMS at ``nms_iou`` (0.7), then class-wise Soft-NMS (:func:`soft_nms`,
+   Gaussian by default); the top ``detections_per_image`` survive. Off (``soft_nms=false``): one
+   class-wise NMS at ``inference.merge_iou``, the plain multi-scale test.
+4. ``mask_from_best_scale``: each kept detection's mask from the pass chosen by its box size and mask/box
+   area ratio: masks covering less than ``thin_ratio`` of the box (sticks, rings) from the highest scale
+   that found the object, the others from the scale where the box is closest to ``mask_box_size`` pixels
+   (a 28 x 28 mask head is sharpest for RoIs of that size). "Found": that scale's same-class detection
+   with IoU >= ``mask_match_iou``; its mask and its box (``paste_boxes``) are taken (else the next
+   preferred scale, down to the detection's own).
+
+Survivor masks (``inference.tta.survivor_masks``, default on, lvisctl's model): a pass runs the backbone,
+RPN and box head only and keeps its FPN maps; the mask head then runs only for the RoIs the merge reads
+(the survivors' own masks where modification 4's two rules disagree, and each survivor's chosen source),
+one call per pass for the whole batch, on exactly the boxes the full forward would have given those
+detections. Every pass used to run it on its up to 300 detections (12 x 300 RoIs, ~85% of the time on
+small images). The masks are the ones the full forward gives (per-RoI computations), so the results are
+the same up to float rounding of the batched convolutions. The price is memory: the FPN maps P2-P5 of
+every pass until the merge (~0.8 GB at 400-1400 with flip, float16 on CUDA); ``survivor_masks=false``
+(or a model that pastes its masks itself, whose masks are cropped back to ``ROI_MASK_SIZE`` per box)
+keeps every pass's RoI masks instead. With Mask Scoring (``mask_scores``) the mask score follows the
+mask: the final score times the source detection's ``mask_score / score``.
 
 :func:`soft_nms` (``lvisctl/inference/soft_nms.py``, re-exported here) is the vectorised class-wise
 Soft-NMS. It keeps the same boxes as ensemble-boxes' ``soft_nms``, but its scores are the decayed ones;
@@ -47,15 +46,28 @@ ensemble-boxes returns every kept box with its original, undecayed score.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from lvisctl.inference.merge_steps import (
+    MaskBank,
+    MergeState,
+    box_sizes,
+    build_steps,
+    in_valid_range,
+    merge_boxes,
+    run_merge,
+)
 from lvisctl.inference.predictor import Detections, Predictor
 from lvisctl.inference.soft_nms import soft_nms
+from lvisctl.inference.survivor_masks import LazyMasks, detect_only, fill_masks, mask_size, splits
+from lvisctl.inference.test_augmentations import Resize, Transform, View, views
 from lvisctl.inference.tta_settings import TTASettings, boost_scores, class_boost, covered_gaps
 
 __all__ = [
@@ -63,8 +75,11 @@ __all__ = [
     "TTAPredictor",
     "TTASettings",
     "boost_scores",
+    "box_sizes",
     "class_boost",
     "covered_gaps",
+    "in_valid_range",
+    "merge_boxes",
     "paper_merge",
     "soft_nms",
 ]
@@ -76,111 +91,35 @@ ROI_MASK_SIZE = 56
 # ------------------------------------------------------------------------------ passes and merge
 @dataclass
 class Pass:
-    """One (scale, flip) pass of one image: raw detections in original-image pixels.
+    """One view (scale + augmentations) of one image: raw detections in original-image pixels.
 
-    ``roi_masks`` [N, R, R] are mask probabilities inside each box (un-mirrored; the model's RoI-level
-    probabilities, on its device); ``factor`` the resize factor original -> test input (so a box of size
-    ``z`` is ``z * factor`` pixels in this pass).
+    ``roi_masks`` [N, R, R] are mask probabilities inside each box (mapped back by the view's inverse; the
+    model's RoI-level probabilities, on its device), or None with survivor masks (``lazy`` then holds what
+    the mask head needs); ``factor`` the resize factor original -> test input (so a box of size ``z`` is
+    ``z * factor`` pixels in this pass); ``view`` the augmentations after the resize (e.g. ``("hflip",)``).
     """
 
     boxes: torch.Tensor
     scores: torch.Tensor
     labels: torch.Tensor
-    roi_masks: torch.Tensor
+    roi_masks: torch.Tensor | None
     scale: int
-    flip: bool
     factor: float
     mask_scores: torch.Tensor | None = None
+    view: tuple[str, ...] = ()
+    lazy: LazyMasks | None = None
 
     def __len__(self) -> int:
         return int(self.scores.numel())
 
 
-def box_sizes(boxes: torch.Tensor) -> torch.Tensor:
-    """``sqrt(w * h)`` of xyxy boxes (the size the valid ranges and the mask rule compare)."""
-    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
-    return torch.sqrt(wh[:, 0] * wh[:, 1])
-
-
-def in_valid_range(passes: Sequence[Pass], settings: TTASettings) -> torch.Tensor:
-    """Modification 1: bool over the concatenated detections: kept by their pass's valid range."""
-    ranges = dict(zip(settings.scales, settings.valid_ranges, strict=True))
-    keep = []
-    for p in passes:
-        lo, hi = ranges[p.scale]
-        size = box_sizes(p.boxes)
-        keep.append((size >= lo) & (size < hi))
-    return torch.cat(keep)
-
-
-def merge_boxes(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    labels: torch.Tensor,
-    settings: TTASettings,
-    *,
-    merge_iou: float,
-    k: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Modification 3 (or the plain NMS when off): ``(indices, scores)`` of the top ``k`` survivors."""
-    from torchvision.ops import batched_nms
-
-    if not settings.soft_nms:
-        keep = batched_nms(boxes.float(), scores.float(), labels, merge_iou)[:k]
-        return keep, scores[keep]
-    first = batched_nms(boxes.float(), scores.float(), labels, settings.nms_iou)
-    keep, new_scores = soft_nms(
-        boxes[first],
-        scores[first],
-        labels[first],
-        method=settings.soft_nms_method,
-        sigma=settings.soft_nms_sigma,
-        iou_thresh=settings.soft_nms_iou,
-        score_thresh=settings.soft_nms_score_thresh,
-    )
-    return first[keep[:k]], new_scores[:k].to(scores.dtype)
-
-
-def mask_sources(
-    kept: torch.Tensor,
-    boxes: torch.Tensor,
-    labels: torch.Tensor,
-    roi_masks: torch.Tensor,
-    pass_of: torch.Tensor,
-    passes: Sequence[Pass],
-    settings: TTASettings,
-) -> torch.Tensor:
-    """Modification 4: for each kept detection (index into the concatenated raw detections), the index
-    of the detection whose mask it takes. See the module docstring for the rule."""
-    from torchvision.ops import box_iou
-
-    if kept.numel() == 0:
-        return kept
-    scales = sorted({p.scale for p in passes})
-    factor = {p.scale: p.factor for p in passes}
-    scale_of = torch.tensor([passes[i].scale for i in pass_of.tolist()])
-    ratio = (roi_masks[kept] > 0.5).float().mean(dim=(1, 2)).cpu()
-    thin = ratio < settings.thin_ratio
-    size = box_sizes(boxes[kept]).clamp(min=1e-6)
-    iou = box_iou(boxes[kept].float(), boxes.float())
-    iou[labels[kept][:, None] != labels[None, :]] = 0
-    best = torch.zeros((kept.numel(), len(scales)))
-    arg = torch.zeros((kept.numel(), len(scales)), dtype=torch.int64)
-    cost = torch.zeros((kept.numel(), len(scales)))
-    for j, s in enumerate(scales):
-        members = torch.nonzero(scale_of == s).flatten()
-        b, a = iou[:, members].max(dim=1)
-        best[:, j], arg[:, j] = b, members[a]
-        # thin masks: highest resolution first; others: box closest to mask_box_size pixels in the pass
-        cost[:, j] = torch.where(
-            thin,
-            torch.full_like(size, float(len(scales) - j)),
-            torch.log(size * factor[s] / settings.mask_box_size).abs(),
-        )
-    cost[best < settings.mask_match_iou] = math.inf
-    choice = cost.argmin(dim=1)
-    found = torch.isfinite(cost.gather(1, choice[:, None]).squeeze(1))
-    return torch.where(found, arg.gather(1, choice[:, None]).squeeze(1), kept)
+def eager_bank(passes: Sequence[Pass]) -> MaskBank:
+    """Every pass's RoI masks (and mask scores when all passes have them), concatenated."""
+    masks = torch.cat([p.roi_masks for p in passes])  # type: ignore[misc]
+    scores = None
+    if all(p.mask_scores is not None for p in passes):
+        scores = torch.cat([p.mask_scores for p in passes]).float()  # type: ignore[misc]
+    return MaskBank(int(masks.shape[0]), masks, scores)
 
 
 def paper_merge(
@@ -193,41 +132,13 @@ def paper_merge(
     merge_iou: float = 0.5,
     mask_thresh: float = 0.5,
 ) -> Detections:
-    """Section 3.3's merge of one image's passes -> detections (``boxes``, ``scores``, ``labels``, the
-    RoI-level ``mask_probs`` [N, 1, R, R] of each mask's source detection with its box ``paste_boxes``,
-    ``image_size`` and ``mask_thresh``, and ``mask_scores`` when the passes have them); no full-image mask is
-    made here (:func:`lvisctl.inference.predictor.full_masks` / the results encoder paste them)."""
-    boxes = torch.cat([p.boxes for p in passes])
-    scores = torch.cat([p.scores for p in passes]).float()
-    labels = torch.cat([p.labels for p in passes])
-    roi_masks = torch.cat([p.roi_masks for p in passes])
-    pass_of = torch.cat([torch.full((len(p),), i, dtype=torch.int64) for i, p in enumerate(passes)])
-    candidates = torch.arange(scores.numel())
-    if settings.range_filter and candidates.numel():
-        candidates = candidates[in_valid_range(passes, settings)]
-    boosted = boost_scores(scores[candidates], boost[labels[candidates]])
-    order, final_scores = merge_boxes(
-        boxes[candidates], boosted, labels[candidates], settings, merge_iou=merge_iou, k=k
-    )
-    kept = candidates[order]
-    if settings.mask_from_best_scale:
-        source = mask_sources(kept, boxes, labels, roi_masks, pass_of, passes, settings)
-    else:
-        source = kept
-    out = {
-        "boxes": boxes[kept],
-        "scores": final_scores,
-        "labels": labels[kept],
-        "mask_probs": roi_masks[source][:, None],
-        "paste_boxes": boxes[source],
-        "image_size": torch.tensor([int(image_size[0]), int(image_size[1])]),
-        "mask_thresh": torch.tensor(float(mask_thresh)),
-    }
-    if all(p.mask_scores is not None for p in passes):
-        mask_scores = torch.cat([p.mask_scores for p in passes]).float()
-        ratio = mask_scores[source] / scores[source].clamp(min=1e-12)
-        out["mask_scores"] = (final_scores * ratio).clamp(0, 1)
-    return out
+    """Section 3.3's merge of one image's passes (with their RoI masks) -> detections (``boxes``,
+    ``scores``, ``labels``, the RoI-level ``mask_probs`` [N, 1, R, R] of each mask's source detection with
+    its box ``paste_boxes``, ``image_size`` and ``mask_thresh``, and ``mask_scores`` when the passes have
+    them); no full-image mask is made here (:func:`lvisctl.inference.predictor.full_masks` / the results
+    encoder paste them). The steps are ``settings.steps`` (:mod:`lvisctl.inference.merge_steps`)."""
+    state = MergeState.of(passes, eager_bank(passes), boost, k, merge_iou)
+    return run_merge([state], build_steps(settings), None, [image_size], mask_thresh)[0]
 
 
 def paste_roi_masks(
@@ -260,9 +171,17 @@ def crop_roi_masks(masks: torch.Tensor, boxes: torch.Tensor, size: int = ROI_MAS
 
 
 # ------------------------------------------------------------------------------ predictor
+@dataclass
+class ViewRun:
+    """One view of a batch: each image's :class:`Pass`, and the FPN maps with survivor masks."""
+
+    passes: list[Pass]
+    features: Mapping[str, torch.Tensor] | None = None
+
+
 class TTAPredictor(Predictor):
-    """The paper's test: every scale of ``settings.scales``, mirrored too with ``settings.flip``, merged by
-    :func:`paper_merge`. Same output as :class:`Predictor` (plus ``mask_scores`` under Mask Scoring)."""
+    """The paper's test: every view of ``settings`` (each scale, plain and with each augmentation), merged
+    by ``settings.steps``. Same output as :class:`Predictor` (plus ``mask_scores`` under Mask Scoring)."""
 
     def __init__(
         self,
@@ -270,88 +189,98 @@ class TTAPredictor(Predictor):
         device: torch.device | str,
         settings: TTASettings,
         boost: torch.Tensor,
-        *,
-        detections_per_image: int = 300,
-        score_thresh: float = 0.0,
-        mask_thresh: float = 0.5,
-        amp: bool = True,
-        merge_iou: float = 0.5,
+        **post: Any,
     ) -> None:
-        super().__init__(
-            model,
-            device,
-            settings.scales,
-            settings.max_size,
-            detections_per_image=detections_per_image,
-            score_thresh=score_thresh,
-            mask_thresh=mask_thresh,
-            amp=amp,
-            merge_iou=merge_iou,
-        )
+        """``post``: the :class:`~lvisctl.inference.predictor.PostOptions` fields, as for ``Predictor``."""
+        super().__init__(model, device, settings.scales, settings.max_size, **post)
+        settings.check()  # unknown augmentations / steps: one line before any image is read
         self.settings = settings
         self.boost = boost.float()
-        self.merge_iou = float(merge_iou)
+        self.views = views(settings.scales, settings.extra_views)
+        self.steps = build_steps(settings)
+        # survivor masks need the model in parts (lvisctl's model); any other runs whole, every mask kept
+        self.survivor_masks = settings.survivor_masks and self.roi_masks and splits(self.model)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """:meth:`run_model`'s autocast, for the model's parts."""
+        if self.amp:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
 
     def predict_batch(self, images: Sequence[torch.Tensor]) -> list[Detections]:
-        images = self.upload(images)  # once for the 2 x scales passes, not once per pass
-        passes: list[list[Pass]] = [[] for _ in images]
-        for scale in self.scales:
-            for flip in (False, True) if self.settings.flip else (False,):
-                for i, p in enumerate(self.predict_pass(images, scale, flip)):
-                    passes[i].append(p)
-        # The merge's top-k takes the spares too (a writer's refill for masks that paste empty; the
-        # top-k's truncation comes last, so its first ``detections_per_image`` are the same either way).
-        return [
-            self.mark_cap(
-                paper_merge(
-                    image_passes,
-                    self.settings,
-                    self.boost,
-                    tuple(image.shape[-2:]),
-                    k=self.candidate_limit,
-                    merge_iou=self.merge_iou,
-                    mask_thresh=self.mask_thresh,
-                )
+        images = self.upload(images)  # once for all passes, not once per pass
+        lazy = self.survivor_masks
+        runs = [self.run_view(images, view, lazy=lazy) for view in self.views]
+        states = []
+        for i in range(len(images)):
+            passes = [run.passes[i] for run in runs]
+            bank = (
+                MaskBank(sum(map(len, passes)), mask_size=mask_size(self.model))
+                if lazy
+                else eager_bank(passes)
             )
-            for image_passes, image in zip(passes, images, strict=True)
-        ]
+            # The merge's top-k takes the spares too (a writer's refill for masks that paste empty; the
+            # top-k's truncation comes last, so its first ``detections_per_image`` are the same either way).
+            states.append(MergeState.of(passes, bank, self.boost, self.candidate_limit, self.merge_iou))
+
+        def fill(states: Sequence[MergeState], wanted: Sequence[torch.Tensor]) -> None:
+            fill_masks(self.model, runs, states, wanted, self.autocast)
+
+        sizes = [tuple(image.shape[-2:]) for image in images]
+        merged = run_merge(states, self.steps, fill if lazy else None, sizes, self.mask_thresh)
+        return [self.mark_cap(m) for m in merged]
+
+    def predict_pass(self, images: Sequence[torch.Tensor], view: View) -> list[Pass]:
+        """One view of each image: the model's raw detections (with every RoI mask) in original pixels."""
+        return self.run_view(images, view, lazy=False).passes
 
     @torch.no_grad()
-    def predict_pass(self, images: Sequence[torch.Tensor], scale: int, flip: bool) -> list[Pass]:
-        """One (scale, flip) pass: the model's raw detections as :class:`Pass` in original pixels."""
-        inputs = [self.prepare(img, scale) for img in images]
-        if flip:
-            inputs = [x.flip(-1) for x in inputs]
-        outputs = self.run_model(inputs)
-        return [
-            self._to_pass(out, tuple(inp.shape[-2:]), tuple(img.shape[-2:]), scale, flip)
-            for out, inp, img in zip(outputs, inputs, images, strict=True)
+    def run_view(self, images: Sequence[torch.Tensor], view: View, *, lazy: bool) -> ViewRun:
+        """One view: resize (:class:`Resize`), augment, run the model (``lazy``: without the mask head,
+        keeping the FPN maps), map back with the view's inverse transform."""
+        inputs, inverses = [], []
+        for img in images:
+            resized = self.prepare(img, view.scale)
+            transform, view_image = view.transforms(
+                Resize(view.scale, self.max_size).get_transform(img), resized
+            )
+            inputs.append(view_image)
+            inverses.append(transform.inverse())
+        features = None
+        if lazy:
+            with self.autocast():
+                outputs, features = detect_only(self.model, inputs)
+        else:
+            outputs = self.run_model(inputs)
+        passes = [
+            self._to_pass(out, inverse, tuple(inp.shape[-2:]), tuple(img.shape[-2:]), view, lazy)
+            for out, inverse, inp, img in zip(outputs, inverses, inputs, images, strict=True)
         ]
+        return ViewRun(passes, features)
 
     def _to_pass(
         self,
         output: Mapping[str, torch.Tensor],
+        inverse: Transform,
         input_hw: tuple[int, int],
         original_hw: tuple[int, int],
-        scale: int,
-        flip: bool,
+        view: View,
+        lazy: bool,
     ) -> Pass:
         order = self.kept_order(output["scores"])
         (in_h, in_w), (height, width) = input_hw, original_hw
-        boxes_in = output["boxes"][order].float()
-        if "mask_probs" in output:  # lvisctl's model: its RoI-level masks as they are
-            roi_masks = output["mask_probs"][order][:, 0].float()
+        boxes_in = output["boxes"][order]
+        roi_masks = None
+        if lazy:
+            pending = LazyMasks(boxes_in, output["labels"][order], output["scores"][order], inverse)
         else:
-            roi_masks = crop_roi_masks(output["masks"][order], boxes_in)
-        if flip:  # back to the unmirrored image: x -> in_w - x, and each RoI mask mirrored
-            boxes_in = torch.stack(
-                [in_w - boxes_in[:, 2], boxes_in[:, 1], in_w - boxes_in[:, 0], boxes_in[:, 3]], dim=1
-            )
-            roi_masks = roi_masks.flip(-1)
-        ratio = torch.tensor(
-            [width / in_w, height / in_h, width / in_w, height / in_h], device=boxes_in.device
-        )
-        boxes = boxes_in * ratio
+            pending = None
+            if "mask_probs" in output:  # lvisctl's model: its RoI-level masks as they are
+                roi_masks = output["mask_probs"][order][:, 0].float()
+            else:
+                roi_masks = crop_roi_masks(output["masks"][order], boxes_in.float())
+            roi_masks = inverse.apply_roi_masks(roi_masks)
+        boxes = inverse.apply_boxes(boxes_in.float())
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
         mask_scores = output.get("mask_scores")
@@ -360,8 +289,9 @@ class TTAPredictor(Predictor):
             scores=output["scores"][order].float().cpu(),
             labels=output["labels"][order].long().cpu(),
             roi_masks=roi_masks,
-            scale=scale,
-            flip=flip,
+            scale=view.scale,
             factor=math.sqrt((in_h / height) * (in_w / width)),
             mask_scores=None if mask_scores is None else mask_scores[order].float().cpu(),
+            view=view.augmentations,
+            lazy=pending,
         )

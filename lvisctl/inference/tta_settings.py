@@ -5,10 +5,11 @@ Split out of :mod:`lvisctl.inference.tta` (which re-exports every name here) to 
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -16,6 +17,9 @@ import torch
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
 from lvisctl.inference.soft_nms import SOFT_NMS_METHODS
+
+# The merge of ``mode: paper``: the paper's four modifications in order (lvisctl.inference.merge_steps).
+PAPER_STEPS = ("range_filter", "rare_boost", "nms_soft_nms", "mask_from_best_scale")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,17 @@ class TTASettings:
     thin_ratio: float = 0.25
     mask_box_size: float = 112.0
     mask_match_iou: float = 0.5
+    # the views and the merge as plug-ins (lvisctl.inference.test_augmentations / merge_steps)
+    augmentations: tuple[str, ...] = ()  # extra views at every scale besides the plain one (flip adds hflip)
+    steps: tuple[str, ...] = PAPER_STEPS
+    survivor_masks: bool = True  # the mask head runs only for the merge's survivors (False: every pass's)
+    # keys of inference.tta no field above reads: the blocks of merge steps added later (read by their step)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def extra_views(self) -> tuple[str, ...]:
+        """The augmentations run at every scale besides the plain view, in order (``flip``: ``hflip``)."""
+        return tuple(dict.fromkeys([*(("hflip",) if self.flip else ()), *self.augmentations]))
 
     @classmethod
     def from_config(cls, tta_cfg: Mapping[str, Any], scales: Sequence[int] | None = None) -> TTASettings:
@@ -72,6 +87,11 @@ class TTASettings:
             thin_ratio=float(tta_cfg["thin_ratio"]),
             mask_box_size=float(tta_cfg["mask_box_size"]),
             mask_match_iou=float(tta_cfg["mask_match_iou"]),
+            # .get: a mapping written before these keys existed (the schema fills them for configs)
+            augmentations=tuple(str(a) for a in tta_cfg.get("augmentations", ())),
+            steps=tuple(str(a) for a in tta_cfg.get("steps", PAPER_STEPS)),
+            survivor_masks=bool(tta_cfg.get("survivor_masks", True)),
+            extra={k: v for k, v in tta_cfg.items() if k not in _FIELDS},
         )
         settings.check()
         return settings
@@ -90,6 +110,19 @@ class TTASettings:
             raise LvisctlError(
                 f"inference.tta.soft_nms_method: {self.soft_nms_method!r} is not one of {SOFT_NMS_METHODS}"
             )
+        from lvisctl.inference.test_augmentations import augmentation
+        from lvisctl.registry import TTA_MERGE_STEPS
+
+        for name in self.augmentations:
+            augmentation(name)  # one line naming the key for an unknown name
+        for name in self.steps:
+            if name not in TTA_MERGE_STEPS:
+                close = difflib.get_close_matches(name, TTA_MERGE_STEPS.names(), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise LvisctlError(
+                    f"inference.tta.steps: unknown merge step {name!r} "
+                    f"(choose from {', '.join(TTA_MERGE_STEPS.names())}){hint}"
+                )
         if self.range_filter:
             uncovered = covered_gaps(self.valid_ranges)
             if uncovered:
@@ -98,6 +131,9 @@ class TTASettings:
                     f"inference.tta.valid_ranges: no test scale keeps boxes of size {lo:g}-{hi:g} px; "
                     "the ranges must cover every size"
                 )
+
+
+_FIELDS = frozenset(f.name for f in fields(TTASettings)) | {"mode"}
 
 
 def _ranges_for(

@@ -9,13 +9,10 @@ import lvisctl.inference
 ROOT = Path(lvisctl.inference.__file__).parent
 MAX_LINES = 350
 MAX_PARAMS = 8
-# tta.py is being rewritten as invertible augmentations + merge steps (issue 24 item 2) in the same round;
-# drop it from here once that lands.
-PENDING = {"tta.py"}
 
 
 def _files():
-    return sorted(p for p in ROOT.glob("*.py") if p.name not in PENDING)
+    return sorted(ROOT.glob("*.py"))
 
 
 def _imports(path: Path) -> set[str]:

@@ -9,6 +9,7 @@ import torch
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
 from lvisctl.inference.predictor import full_masks
+from lvisctl.inference.test_augmentations import View
 from lvisctl.inference.tta import (
     Pass,
     TTAPredictor,
@@ -27,7 +28,7 @@ R = 56  # RoI mask side used in these passes
 OFF = dict(range_filter=False, rare_boost=False, soft_nms=False, mask_from_best_scale=False)
 
 
-def make_pass(boxes, scores, labels, scale, *, factor=1.0, masks=None, flip=False, mask_scores=None):
+def make_pass(boxes, scores, labels, scale, *, factor=1.0, masks=None, view=(), mask_scores=None):
     n = len(scores)
     return Pass(
         boxes=torch.tensor(boxes, dtype=torch.float32).reshape(n, 4),
@@ -35,7 +36,7 @@ def make_pass(boxes, scores, labels, scale, *, factor=1.0, masks=None, flip=Fals
         labels=torch.tensor(labels, dtype=torch.int64),
         roi_masks=torch.ones((n, R, R)) if masks is None else masks,
         scale=scale,
-        flip=flip,
+        view=view,
         factor=factor,
         mask_scores=None if mask_scores is None else torch.tensor(mask_scores),
     )
@@ -271,9 +272,9 @@ def test_tta_predictor_runs_every_scale_and_flip_and_unmirrors_boxes():
     model = FixedModel()
     s = TTASettings(scales=(30, 60), max_size=1333, flip=True, **OFF)  # flip: an extra, asked for here
     predictor = TTAPredictor(model, "cpu", s, torch.ones(4))
-    (flipped,) = predictor.predict_pass([torch.rand(3, 60, 100)], 30, flip=True)
+    (flipped,) = predictor.predict_pass([torch.rand(3, 60, 100)], View(30, ("hflip",)))
     # input 30x50; the model's [5,3,25,30] in the mirrored input is [25,3,45,30] unmirrored, x2
-    assert flipped.boxes[0].tolist() == [50.0, 6.0, 90.0, 60.0] and flipped.flip
+    assert flipped.boxes[0].tolist() == [50.0, 6.0, 90.0, 60.0] and flipped.view == ("hflip",)
     model.seen.clear()
     out = predictor.predict(torch.rand(3, 60, 100))
     assert model.seen == [(30, 50), (30, 50), (60, 100), (60, 100)]
@@ -309,7 +310,7 @@ def test_flipped_pass_roi_masks_match_the_mirrored_pasted_masks_of_the_real_mode
     image = torch.rand(3, 64, 96)
     s = TTASettings(scales=(64,), max_size=200, **OFF)
     predictor = TTAPredictor(model, "cpu", s, torch.ones(5))
-    (p,) = predictor.predict_pass([image], 64, flip=True)
+    (p,) = predictor.predict_pass([image], View(64, ("hflip",)))
     assert p.roi_masks.shape[1:] == (28, 28) and len(p) > 0
     with torch.no_grad():
         ref = model([image.flip(-1)])[0]
