@@ -509,8 +509,8 @@ def predict_to_run_dir(
     ckpt = load_checkpoint(ckpt_path)
     cfg = checkpoint_config(ckpt, overrides)
     if tta is not None:
-        cfg.inference.tta.mode = tta
-    used_scales = resolve_scales(cfg, scales)
+        cfg = cfg.replace({"inference.tta.mode": tta}, source="--tta")
+    cfg, used_scales = resolve_scales(cfg, scales)
     group_path = (
         Path(str(out.expanduser().resolve()))
         if out

@@ -55,6 +55,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lvisctl.config import Config
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
 from lvisctl.inference.predictor import Detections, Predictor
@@ -374,16 +375,14 @@ class TTAPredictor(Predictor):
 
 
 # ------------------------------------------------------------------------------ building predictors
-def resolve_scales(cfg: Any, scales: Sequence[int] | None = None) -> list[int]:
-    """The scales a run uses (``inference.tta.scales`` in paper mode, else ``inference.scales``), after
-    writing ``scales`` (``--scales``) into that key of ``cfg``."""
+def resolve_scales(cfg: Config, scales: Sequence[int] | None = None) -> tuple[Config, list[int]]:
+    """The config with ``scales`` (``--scales``) in the key a run reads them from (``inference.tta.scales``
+    in paper mode, else ``inference.scales``), and the scales it uses."""
     paper = cfg.inference.tta.mode == "paper"
     if scales is not None:
-        if paper:
-            cfg.inference.tta.scales = [int(s) for s in scales]
-        else:
-            cfg.inference.scales = [int(s) for s in scales]
-    return list(cfg.inference.tta.scales if paper else cfg.inference.scales)
+        key = "inference.tta.scales" if paper else "inference.scales"
+        cfg = cfg.replace({key: [int(s) for s in scales]}, source="--scales")
+    return cfg, list(cfg.inference.tta.scales if paper else cfg.inference.scales)
 
 
 def predictor_for(model: nn.Module, stats: CategoryStats, cfg: Any, device: torch.device | str) -> Predictor:
@@ -424,8 +423,7 @@ def predictor_from_checkpoints(
     for i, (ckpt, source) in enumerate(checkpoints):
         model_cfg = cfg
         if i > 0:
-            model_cfg = checkpoint_config(ckpt, overrides)
-            model_cfg.inference = cfg.inference
+            model_cfg = checkpoint_config(ckpt, overrides).replace({"inference": cfg.inference})
         model, stats, _ = model_from_checkpoint(ckpt, source=source, config=model_cfg)
         if first_stats is None:
             first_stats = stats
