@@ -57,11 +57,11 @@ def fill_data(run_dir: str | os.PathLike[str], cfg: Any, say: Say) -> Any:
     used = {}
     for key in KEYS:
         if key in known and not str(data.get(key, "") or ""):
-            data[key] = known[key]
             used[key] = known[key]
-    if used:
-        say("using the run's data: " + ", ".join(f"data.{k}={v}" for k, v in used.items()))
-    return cfg
+    if not used:
+        return cfg
+    say("using the run's data: " + ", ".join(f"data.{k}={v}" for k, v in used.items()))
+    return cfg.replace({f"data.{k}": v for k, v in used.items()}, source=f"{run_dir}/manifest.json")
 
 
 def remembered_path(run_dir: str | os.PathLike[str], key: str, option: str, say: Say) -> Path:
