@@ -385,7 +385,9 @@ def resolve_scales(cfg: Config, scales: Sequence[int] | None = None) -> tuple[Co
     return cfg, list(cfg.inference.tta.scales if paper else cfg.inference.scales)
 
 
-def predictor_for(model: nn.Module, stats: CategoryStats, cfg: Any, device: torch.device | str) -> Predictor:
+def predictor_for(
+    model: nn.Module, stats: CategoryStats, cfg: Config, device: torch.device | str
+) -> Predictor:
     """The predictor ``cfg.inference`` asks for: plain (``inference.scales``) or the paper's TTA."""
     icfg = cfg.inference
     common = dict(
@@ -406,7 +408,7 @@ def predictor_for(model: nn.Module, stats: CategoryStats, cfg: Any, device: torc
 
 def predictor_from_checkpoints(
     checkpoints: Sequence[tuple[Mapping[str, Any], object]],
-    cfg: Any,
+    cfg: Config,
     device: torch.device | str,
     overrides: Sequence[str] = (),
 ) -> tuple[Any, CategoryStats]:
