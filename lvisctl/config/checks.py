@@ -1,8 +1,10 @@
 """Value checks of a resolved config, run by ``load_config`` before anything is loaded.
 
 The schema (``configs/_base_/*.yaml``) fixes each key's type; ``lvisctl.config.choices`` the allowed names
-of the choice keys; this table the allowed ranges of numbers and lists. Each rule is (test, what it must
-be): a value that fails is one line naming the key, e.g. ``train.batch_size must be >= 1, got 0``.
+of the choice keys; this table the allowed ranges of numbers and the shapes of lists (BAGS bin edges, one
+anchor size per FPN level, 4 box-coder weights, ...). Each rule is (test, what it must be): a value that
+fails is one line naming the key, e.g. ``train.batch_size must be >= 1, got 0``. Rules between keys are in
+``cross_checks``; they run once every key passed its own rule.
 """
 
 from __future__ import annotations
@@ -112,9 +114,8 @@ def _each(test: Callable[[Any], bool], wanted: str) -> tuple[Callable[[Any], boo
 
 
 def _channels(count: int) -> tuple[Callable[[Any], bool], str]:
-    return (
-        lambda v: len(v) == count and all(_num(x) for x in v)
-    ), f"{count} numbers (one per colour channel)"
+    ok = lambda v: len(v) == count and all(_num(x) for x in v)  # noqa: E731
+    return ok, f"{count} numbers (one per colour channel)"
 
 
 def _positive_channels(count: int) -> tuple[Callable[[Any], bool], str]:
@@ -129,9 +130,8 @@ BEST_METRICS = tuple(f"{t}_{k}" for t in IOU_TYPES for k in AP_KEYS)
 
 
 def _save_best() -> tuple[Callable[[Any], bool], str]:
-    return (
-        lambda v: v == "" or v in BEST_METRICS
-    ), "'' (off) or <segm|bbox>_<AP|AP50|AP75|APs|APm|APl|APr|APc|APf>"
+    ok = lambda v: v == "" or v in BEST_METRICS  # noqa: E731
+    return ok, f"'' (off) or <{'|'.join(IOU_TYPES)}>_<{'|'.join(AP_KEYS)}>"
 
 
 def eval_period_ok(value: Any) -> bool:
@@ -141,7 +141,7 @@ def eval_period_ok(value: Any) -> bool:
         return True
     try:
         period = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
     return period >= 0 and not (isinstance(value, float) and not float(value).is_integer())
 

@@ -102,7 +102,7 @@ class ConfigNode(_ReadOnlyMapping):
     against another schema than the package's (``load_config(base=...)``)."""
 
     def __init__(self, data: Mapping[str, Any]) -> None:
-        object.__setattr__(self, "_extra", {str(k): freeze(v) for k, v in data.items()})
+        object.__setattr__(self, "_extra", {k: freeze(v) for k, v in data.items()})
 
     def _items(self) -> Mapping[str, Any]:
         return self.__dict__["_extra"]
@@ -162,7 +162,7 @@ class Section(_ReadOnlyMapping):
                 kind.wrap(value) if _is_section(kind) and isinstance(value, Mapping) else freeze(value)
             )
         obj = cls(**values)
-        extra = {str(k): freeze(v) for k, v in data.items() if k not in types}
+        extra = {k: freeze(v) for k, v in data.items() if k not in types}
         if extra:
             object.__setattr__(obj, "_extra", extra)
         return obj
