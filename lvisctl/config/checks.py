@@ -1,8 +1,10 @@
 """Value checks of a resolved config, run by ``load_config`` before anything is loaded.
 
 The schema (``configs/_base_/*.yaml``) fixes each key's type; ``lvisctl.config.choices`` the allowed names
-of the choice keys; this table the allowed ranges of numbers and lists. Each rule is (test, what it must
-be): a value that fails is one line naming the key, e.g. ``train.batch_size must be >= 1, got 0``.
+of the choice keys; this table the allowed ranges of numbers and the shapes of lists (BAGS bin edges, one
+anchor size per FPN level, 4 box-coder weights, ...). Each rule is (test, what it must be): a value that
+fails is one line naming the key, e.g. ``train.batch_size must be >= 1, got 0``. Rules between keys are in
+``cross_checks``; they run once every key passed its own rule.
 """
 
 from __future__ import annotations
@@ -10,10 +12,14 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from lvisctl.config import dotted
 from lvisctl.config.choices import allowed_values, choice_keys
+from lvisctl.config.dotted import lookup
+
+__all__ = ["RULES", "check_values", "choice_problem", "lookup", "rule_problems", "value_problem"]
 
 
 def _num(value: Any) -> bool:
@@ -71,6 +77,73 @@ def _valid_ranges() -> tuple[Callable[[Any], bool], str]:
         "a list of [lo, hi] pairs of numbers (null = no limit; hi may be inf) with 0 <= lo < hi, or auto "
         "(derived from the test scales)"
     )
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bin_edges() -> tuple[Callable[[Any], bool], str]:
+    # BAGS groups classes by training instance count: [0, e1), [e1, e2), ..., [ek, inf)
+    def ok(v: Any) -> bool:
+        positive = all(_int(x) and x > 0 for x in v)
+        return bool(v) and positive and all(a < b for a, b in itertools.pairwise(v))
+
+    return ok, "a non-empty list of strictly increasing positive integer instance counts"
+
+
+def _per_level(count: int) -> tuple[Callable[[Any], bool], str]:
+    # the FPN has P2..P6: the anchor generator needs exactly one size per level
+    ok = lambda v: len(v) == count and all(_num(x) and x > 0 for x in v)  # noqa: E731
+    return ok, f"{count} positive sizes, one per FPN level P2..P6"
+
+
+def _box_weights() -> tuple[Callable[[Any], bool], str]:
+    # the box coder's (wx, wy, ww, wh)
+    ok = lambda w: isinstance(w, (list, tuple)) and len(w) == 4 and all(_num(x) and x > 0 for x in w)  # noqa: E731
+    return ok, "4 positive numbers (wx, wy, ww, wh)"
+
+
+def _stage_box_weights() -> tuple[Callable[[Any], bool], str]:
+    one = _box_weights()[0]
+    return (lambda v: all(one(w) for w in v)), "one list of 4 positive numbers (wx, wy, ww, wh) per stage"
+
+
+def _each(test: Callable[[Any], bool], wanted: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: bool(v) and all(test(x) for x in v)), f"a non-empty list of numbers {wanted}"
+
+
+def _channels(count: int) -> tuple[Callable[[Any], bool], str]:
+    ok = lambda v: len(v) == count and all(_num(x) for x in v)  # noqa: E731
+    return ok, f"{count} numbers (one per colour channel)"
+
+
+def _positive_channels(count: int) -> tuple[Callable[[Any], bool], str]:
+    ok = lambda v: len(v) == count and all(_num(x) and x > 0 for x in v)  # noqa: E731
+    return ok, f"{count} positive numbers (one per colour channel)"
+
+
+# The metrics an evaluation during training reports (lvisctl.evaluation's LVIS keys per IoU type).
+IOU_TYPES = ("segm", "bbox")
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
+BEST_METRICS = tuple(f"{t}_{k}" for t in IOU_TYPES for k in AP_KEYS)
+
+
+def _save_best() -> tuple[Callable[[Any], bool], str]:
+    ok = lambda v: v == "" or v in BEST_METRICS  # noqa: E731
+    return ok, f"'' (off) or <{'|'.join(IOU_TYPES)}>_<{'|'.join(AP_KEYS)}>"
+
+
+def eval_period_ok(value: Any) -> bool:
+    """``train.eval_period``: null / '' / 0 / false (off), ``epoch`` (any case), or a whole number >= 0 of
+    iterations (as ``lvisctl.engine.eval_hook.parse_period`` reads it)."""
+    if value in (None, "", 0, False) or str(value).strip().lower() == "epoch":
+        return True
+    try:
+        period = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return period >= 0 and not (isinstance(value, float) and not float(value).is_integer())
 
 
 AUTO = "auto"
@@ -144,17 +217,43 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "inference.mask_thresh": _fraction(),
     "inference.merge_iou": _open_fraction(),
     "inference.chunk_size": _at_least(1),
+    "inference.tta.scales": _sizes(),
+    "inference.tta.max_size": _positive(),
+    "train.save_best": _save_best(),
+    "train.eval_period": (eval_period_ok, "a number of iterations or 'epoch' (null or 0 = off)"),
+    "model.pixel_mean": _channels(3),
+    "model.pixel_std": _positive_channels(3),
+    "model.size_divisible": _at_least(1),
+    "model.fpn.out_channels": _at_least(1),
+    "model.rpn.anchor_sizes": _per_level(5),
+    "model.rpn.aspect_ratios": _each(lambda x: _num(x) and x > 0, "> 0"),
+    "model.rpn.nms_thresh": _open_fraction(),
+    "model.rpn.fg_iou_thresh": _fraction(),
+    "model.rpn.bg_iou_thresh": _fraction(),
+    "model.rpn.batch_size_per_image": _at_least(1),
+    "model.rpn.positive_fraction": _open_fraction(),
+    "model.roi_heads.bags_bin_edges": _bin_edges(),
+    "model.roi_heads.bags_others_ratio": _at_least(0),
+    "model.roi_heads.pooler_resolution": _at_least(1),
+    "model.roi_heads.fc_dim": _at_least(1),
+    "model.roi_heads.box_convs": _at_least(0),
+    "model.roi_heads.fg_iou_thresh": _fraction(),
+    "model.roi_heads.bg_iou_thresh": _fraction(),
+    "model.roi_heads.batch_size_per_image": _at_least(1),
+    "model.roi_heads.positive_fraction": _open_fraction(),
+    "model.roi_heads.bbox_reg_weights": _box_weights(),
+    "model.roi_heads.ignore_iou": _open_fraction(),
+    "model.roi_heads.cascade.iou_thresholds": _each(lambda x: _num(x) and 0 < x < 1, "in (0, 1)"),
+    "model.roi_heads.cascade.stage_loss_weights": _each(lambda x: _num(x) and x >= 0, ">= 0"),
+    "model.roi_heads.cascade.bbox_reg_weights": _stage_box_weights(),
+    "model.mask_head.num_convs": _at_least(0),
+    "model.mask_head.conv_dim": _at_least(1),
+    "model.mask_head.pooler_resolution": _at_least(1),
+    "model.mask_head.balanced_lambda": _at_least(0),
+    "model.mask_head.balanced_eps": _at_least(0),
+    "model.mask_head.boundary_loss_weight": _at_least(0),
+    "model.mask_head.mask_iou_loss_weight": _at_least(0),
 }
-
-
-def lookup(cfg: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
-    """``(found, value)`` of a dotted key in a nested mapping."""
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
 
 
 def choice_problem(key: str, value: Any) -> str | None:
@@ -180,19 +279,38 @@ def value_problem(key: str, value: Any) -> str | None:
     return None if ok else f"{key} must be {wanted}, got {value!r}"
 
 
-def check_values(cfg: Mapping[str, Any], source_of: Callable[[str], str]) -> None:
-    """Raise one ``LvisctlError`` listing the choice and range problems of the source that has the first."""
-    from lvisctl.errors import LvisctlError, raise_problems
-
-    problems: dict[str, list[str]] = {}
-    for key in [*choice_keys(), *RULES]:
+def rule_problems(cfg: Mapping[str, Any], touched: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """``(key, problem)`` for every choice key and ranged key of ``cfg`` whose value is not allowed (only
+    those inside the ``touched`` keys or sections when given)."""
+    out = []
+    for key in dict.fromkeys([*choice_keys(), *RULES]):
+        if touched is not None and not dotted.within(key, touched):
+            continue
         found, value = lookup(cfg, key)
         problem = (choice_problem(key, value) or value_problem(key, value)) if found else None
         if problem:
-            problems.setdefault(source_of(key), []).append(problem)
-    if not problems:
+            out.append((key, problem))
+    return out
+
+
+def check_values(cfg: Mapping[str, Any], source_of: Callable[[str], str]) -> None:
+    """Raise one ``LvisctlError`` listing the choice, range and cross-key problems of the source that has
+    the first (cross-key rules only judge values that passed their own rules)."""
+    from lvisctl.config.cross_checks import cross_problems
+
+    by_source: dict[str, list[str]] = {}
+    for key, problem in rule_problems(cfg) or cross_problems(cfg):
+        by_source.setdefault(source_of(key), []).append(problem)
+    raise_first(by_source)
+
+
+def raise_first(by_source: Mapping[str, Sequence[str]]) -> None:
+    """One ``LvisctlError`` for the problems of the first source: one line, or the first few and a count."""
+    from lvisctl.errors import LvisctlError, raise_problems
+
+    if not by_source:
         return
-    source, found_here = next(iter(problems.items()))
+    source, found_here = next(iter(by_source.items()))
     if len(found_here) == 1:
         raise LvisctlError(f"{source}: {found_here[0]}")
-    raise_problems(source, found_here)
+    raise_problems(source, list(found_here))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from lvisctl.config import Config
 from lvisctl.data.builtin import builtin_image_root, builtin_json, is_builtin
 from lvisctl.data.lvis import configured_path, resolve_image_root
 from lvisctl.errors import LvisctlError
@@ -50,18 +51,18 @@ def remember_data(run_dir: str | os.PathLike[str], data: Mapping[str, str], say:
         say(f"{run.root}: remembers {listed} for the run's later commands")
 
 
-def fill_data(run_dir: str | os.PathLike[str], cfg: Any, say: Say) -> Any:
+def fill_data(run_dir: str | os.PathLike[str], cfg: Config, say: Say) -> Config:
     """``cfg`` with its empty ``data.*`` keys taken from what the run remembers; says which it took."""
     known = _known(run_dir)
     data = cfg.data
     used = {}
     for key in KEYS:
         if key in known and not str(data.get(key, "") or ""):
-            data[key] = known[key]
             used[key] = known[key]
-    if used:
-        say("using the run's data: " + ", ".join(f"data.{k}={v}" for k, v in used.items()))
-    return cfg
+    if not used:
+        return cfg
+    say("using the run's data: " + ", ".join(f"data.{k}={v}" for k, v in used.items()))
+    return cfg.replace({f"data.{k}": v for k, v in used.items()}, source=f"{run_dir}/manifest.json")
 
 
 def remembered_path(run_dir: str | os.PathLike[str], key: str, option: str, say: Say) -> Path:

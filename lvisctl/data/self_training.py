@@ -21,7 +21,6 @@ annotations have no ``segmentation``, and their categories need not carry LVIS f
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Collection, Mapping
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lvisctl.config.frozen import to_plain
 from lvisctl.data.lvis import LvisData
 from lvisctl.errors import LvisctlError, raise_problems
 from lvisctl.rundir import Artifact, RunDir
@@ -51,7 +51,7 @@ class SelfTrainingData:
 
     def resolved_config(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
         """A copy of the full config ``cfg`` with ``latest`` replaced by the files used (what to save)."""
-        out = json.loads(json.dumps(cfg))
+        out = to_plain(cfg)
         out.setdefault("data", {}).update(self.resolved)
         return out
 

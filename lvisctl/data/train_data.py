@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from torch.utils.data import Dataset, Sampler
 
+from lvisctl.config import Config
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import Artifact, RunDir
@@ -47,15 +48,11 @@ class TrainData:
     # data.<key> given as `latest` -> the file it resolved to: the saved config records the file
     resolved: dict[str, str] = field(default_factory=dict)
 
-    def saved_config(self, cfg: Any) -> Any:
+    def saved_config(self, cfg: Config) -> Config:
         """``cfg`` as the run records it (config file, checkpoints): ``latest`` replaced by the files used."""
         if not self.resolved:
             return cfg
-        from lvisctl.config import Config
-
-        out = cfg.to_dict()
-        out.setdefault("data", {}).update(self.resolved)
-        return Config.wrap(out)
+        return cfg.replace({f"data.{key}": path for key, path in self.resolved.items()})
 
 
 def data_path(cfg: Mapping[str, Any], key: str) -> Path | None:
@@ -107,7 +104,7 @@ def resolve_val_annotations(cfg: Mapping[str, Any], run: RunDir) -> Artifact | P
     return found[-1]
 
 
-def build_train_data(cfg: Any, run: RunDir, info: ShardInfo) -> TrainData:
+def build_train_data(cfg: Config, run: RunDir, info: ShardInfo) -> TrainData:
     """The data layer's dataset, RFS/plain sampler (sharded by rank) and collate for ``cfg``.
 
     Self-training (``data.pseudo_labels`` / ``data.extra_images``) adds ignore boxes and extra images;

@@ -21,7 +21,6 @@ checkpoint); :func:`load_starting_weights` applies the second.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lvisctl.config import Config
+from lvisctl.config import Config, dotted
 from lvisctl.config.loader import apply_aliases
 from lvisctl.data.categories import CategoryStats
 from lvisctl.engine import checkpoint as ckpt_io
@@ -82,28 +81,10 @@ def frozen_config_keys(freeze: Sequence[str]) -> list[str]:
     return keys
 
 
-def _get(tree: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = tree
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = copy.deepcopy(value)
-
-
-def _leaves(tree: Mapping[str, Any], dotted: str) -> list[str]:
-    value = _get(tree, dotted)
-    if isinstance(value, Mapping):
-        return [x for k in value for x in _leaves(tree, f"{dotted}.{k}")]
-    return [dotted]
+# dotted keys of the nested config dicts (lvisctl.config.dotted, the package's one helper)
+_get = dotted.get
+_set = dotted.assign
+_leaves = dotted.leaves_under
 
 
 def inherit_frozen_architecture(

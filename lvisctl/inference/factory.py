@@ -10,7 +10,6 @@ first checkpoint's ``inference`` section for the other members of an ensemble).
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lvisctl.config import Config
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
 from lvisctl.inference.ensemble_fusion import EnsemblePredictor, EnsembleSettings
@@ -79,18 +79,10 @@ def load_checkpoint_model(
     return model.to(device), stats, config
 
 
-def with_values(cfg: Any, values: Mapping[str, Any]) -> Any:
-    """A copy of ``cfg`` with dotted keys set (``{"inference.tta.mode": "paper"}``); ``cfg`` is unchanged."""
-    from lvisctl.config import Config
-
-    data = cfg.to_dict()
-    for dotted, value in values.items():
-        *parents, leaf = dotted.split(".")
-        node = data
-        for key in parents:
-            node = node[key]
-        node[leaf] = copy.deepcopy(value.to_dict() if hasattr(value, "to_dict") else value)
-    return Config.wrap(data)
+def with_values(cfg: Config, values: Mapping[str, Any], source: str = "command-line option") -> Config:
+    """A copy of ``cfg`` with dotted keys set (``{"inference.tta.mode": "paper"}``), checked as an override
+    is; ``cfg`` is read-only and unchanged."""
+    return cfg.replace(dict(values), source=source)
 
 
 def resolve_scales(cfg: Any, scales: Sequence[int] | None = None) -> tuple[Any, list[int]]:
@@ -99,7 +91,7 @@ def resolve_scales(cfg: Any, scales: Sequence[int] | None = None) -> tuple[Any, 
     paper = cfg.inference.tta.mode == "paper"
     if scales is not None:
         key = "inference.tta.scales" if paper else "inference.scales"
-        cfg = with_values(cfg, {key: [int(s) for s in scales]})
+        cfg = with_values(cfg, {key: [int(s) for s in scales]}, source="--scales")
     return cfg, list(cfg.inference.tta.scales if paper else cfg.inference.scales)
 
 

@@ -103,7 +103,7 @@ class PredictJob:
         ckpt = load_checkpoint(resolved[0].path)
         cfg = checkpoint_config(ckpt, self.overrides)
         if self.tta is not None:
-            cfg = with_values(cfg, {"inference.tta.mode": self.tta})
+            cfg = with_values(cfg, {"inference.tta.mode": self.tta}, source="--tta")
         cfg, used_scales = resolve_scales(cfg, self.scales)
         group_path = (
             Path(str(self.out.expanduser().resolve()))

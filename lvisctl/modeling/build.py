@@ -12,12 +12,21 @@ last stage). Every switch applies to every stage of every head type. An unknown 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from lvisctl.config import (
+    CascadeConfig,
+    Config,
+    InferenceConfig,
+    MaskHeadConfig,
+    ModelConfig,
+    RoIHeadsConfig,
+    RPNConfig,
+)
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
 from lvisctl.losses.balanced_mask import BalancedMaskLoss
@@ -47,8 +56,6 @@ from lvisctl.modeling.roi_heads import (
 from lvisctl.modeling.rpn import Fp32AnchorGenerator, Fp32RPNHead, WeightedRPN
 from lvisctl.modeling.sampling import ProposalSampler
 
-Config = Any  # an OmegaConf node of the model section
-
 
 def pick(key: str, table: Mapping[str, Any], value: object) -> Any:
     """The factory of ``value`` in the choice table of ``key``; one-line error for an unknown value."""
@@ -58,21 +65,17 @@ def pick(key: str, table: Mapping[str, Any], value: object) -> Any:
 
 
 # ------------------------------------------------------------------------------ classification losses
-def _bin_edges(edges: list) -> list[int]:
-    """``model.roi_heads.bags_bin_edges``: strictly increasing positive instance counts."""
-    if not edges or not all(isinstance(e, int) and not isinstance(e, bool) and e > 0 for e in edges):
-        raise LvisctlError(f"model.roi_heads.bags_bin_edges: need positive integer counts, got {edges}")
-    if any(b <= a for a, b in zip(edges[:-1], edges[1:], strict=True)):
-        raise LvisctlError(f"model.roi_heads.bags_bin_edges: must increase strictly, got {edges}")
+def _bin_edges(edges: Sequence[int]) -> list[int]:
+    """``model.roi_heads.bags_bin_edges`` (strictly increasing positive counts: checked by load_config)."""
     return [int(e) for e in edges]
 
 
-def _bags(rcfg: Config, stats: CategoryStats) -> ClassificationLoss:
+def _bags(rcfg: RoIHeadsConfig, stats: CategoryStats) -> ClassificationLoss:
     edges = _bin_edges(rcfg.bags_bin_edges)
     return BalancedGroupSoftmax(stats.instance_count, edges, float(rcfg.bags_others_ratio))
 
 
-CLS_LOSSES: dict[str, Callable[[Config, CategoryStats], ClassificationLoss]] = {
+CLS_LOSSES: dict[str, Callable[[RoIHeadsConfig, CategoryStats], ClassificationLoss]] = {
     "softmax": lambda rcfg, stats: SoftmaxCELoss(stats.num_classes),
     "sigmoid": lambda rcfg, stats: SigmoidBCELoss(stats.num_classes),
     # EQL reads the training image frequencies from the stats
@@ -81,17 +84,17 @@ CLS_LOSSES: dict[str, Callable[[Config, CategoryStats], ClassificationLoss]] = {
 }
 
 
-def build_cls_loss(rcfg: Config, stats: CategoryStats) -> ClassificationLoss:
+def build_cls_loss(rcfg: RoIHeadsConfig, stats: CategoryStats) -> ClassificationLoss:
     """``model.roi_heads.cls_loss``."""
     return pick("model.roi_heads.cls_loss", CLS_LOSSES, rcfg.cls_loss)(rcfg, stats)
 
 
 # ------------------------------------------------------------------------------ RoI extractors
-def _align_pool(rcfg: Config, channels: int) -> nn.Module:
+def _align_pool(rcfg: RoIHeadsConfig, channels: int) -> nn.Module:
     return RoIAlignExtractor(int(rcfg.pooler_resolution), int(rcfg.sampling_ratio), bool(rcfg.aligned))
 
 
-def _deform_pool(rcfg: Config, channels: int) -> nn.Module:
+def _deform_pool(rcfg: RoIHeadsConfig, channels: int) -> nn.Module:
     return DeformRoIPool(
         channels,
         output_size=int(rcfg.pooler_resolution),
@@ -116,23 +119,26 @@ class UnroundedAnchorGenerator(Fp32AnchorGenerator):
 
 # deform: the box branch only, as mmdet's mdpool configs (the mask branch keeps RoIAlign: a 14x14
 # offsets fc would be ~50M weights)
-ROI_POOLS: dict[str, Callable[[Config, int], nn.Module]] = {"align": _align_pool, "deform": _deform_pool}
+ROI_POOLS: dict[str, Callable[[RoIHeadsConfig, int], nn.Module]] = {
+    "align": _align_pool,
+    "deform": _deform_pool,
+}
 
 
-def build_box_extractor(rcfg: Config, channels: int) -> nn.Module:
+def build_box_extractor(rcfg: RoIHeadsConfig, channels: int) -> nn.Module:
     """``model.roi_heads.roi_pool``."""
     return pick("model.roi_heads.roi_pool", ROI_POOLS, rcfg.roi_pool)(rcfg, channels)
 
 
 # ------------------------------------------------------------------------------ mask branch parts
-MASK_LOSSES: dict[str, Callable[[Config], nn.Module]] = {
+MASK_LOSSES: dict[str, Callable[[MaskHeadConfig], nn.Module]] = {
     "bce": lambda mask_cfg: BCEMaskLoss(),
     "balanced": lambda mask_cfg: BalancedMaskLoss(
         float(mask_cfg.balanced_lambda), float(mask_cfg.balanced_eps)
     ),
 }
 
-MASK_LEVEL_ASSIGNS: dict[str, Callable[[Config], MaskLevelAssigner]] = {
+MASK_LEVEL_ASSIGNS: dict[str, Callable[[MaskHeadConfig], MaskLevelAssigner]] = {
     "box": lambda mask_cfg: MaskLevelAssigner("box"),
     "eq1": lambda mask_cfg: MaskLevelAssigner(
         "eq1", str(mask_cfg.eq1_box_rule), bool(mask_cfg.eq1_single_pass)
@@ -143,18 +149,18 @@ MASK_LEVEL_ASSIGNS: dict[str, Callable[[Config], MaskLevelAssigner]] = {
 EQ1_BOX_RULES: dict[str, str] = {rule: rule for rule in BOX_RULES}
 
 
-def build_mask_loss(mask_cfg: Config) -> nn.Module:
+def build_mask_loss(mask_cfg: MaskHeadConfig) -> nn.Module:
     return pick("model.mask_head.loss", MASK_LOSSES, mask_cfg.loss)(mask_cfg)
 
 
-def build_mask_levels(mask_cfg: Config) -> MaskLevelAssigner:
+def build_mask_levels(mask_cfg: MaskHeadConfig) -> MaskLevelAssigner:
     """Mask RoI levels. ``box``: FPN rule (224 px -> P4). ``eq1``: paper Eq. 1 with the box term
     ``model.mask_head.eq1_box_rule`` (two passes at test time unless ``eq1_single_pass``)."""
     pick("model.mask_head.eq1_box_rule", EQ1_BOX_RULES, mask_cfg.eq1_box_rule)
     return pick("model.mask_head.level_assign", MASK_LEVEL_ASSIGNS, mask_cfg.level_assign)(mask_cfg)
 
 
-def build_rpn(rpn_cfg, channels: int) -> WeightedRPN:
+def build_rpn(rpn_cfg: RPNConfig, channels: int) -> WeightedRPN:
     sizes = tuple((int(s),) for s in rpn_cfg.anchor_sizes)
     if len(sizes) != 5:
         raise LvisctlError(f"model.rpn.anchor_sizes: need 5 sizes (P2..P6), got {len(sizes)}")
@@ -184,7 +190,7 @@ def build_rpn(rpn_cfg, channels: int) -> WeightedRPN:
 
 
 def build_mask_head(
-    mask_cfg: Config, num_classes: int, channels: int, flow_in: bool = False
+    mask_cfg: MaskHeadConfig, num_classes: int, channels: int, flow_in: bool = False
 ) -> MaskHead | BoundaryPreservingMaskHead:
     """Mask R-CNN's head, or with ``model.mask_head.boundary`` BMask R-CNN's boundary-preserving head
     (same ``num_convs`` / ``conv_dim``; both predict K + 1 class-specific channels). ``flow_in``: the head
@@ -198,7 +204,7 @@ def build_mask_head(
 
 
 def build_mask_branch(
-    mcfg: Config, num_classes: int, channels: int, *, mask_iou: bool, flow_in: bool = False
+    mcfg: ModelConfig, num_classes: int, channels: int, *, mask_iou: bool, flow_in: bool = False
 ) -> MaskBranch:
     rcfg, mask_cfg = mcfg.roi_heads, mcfg.mask_head
     mask_res, ratio, aligned = int(mask_cfg.pooler_resolution), int(rcfg.sampling_ratio), bool(rcfg.aligned)
@@ -225,7 +231,7 @@ def build_mask_branch(
 
 
 def build_box_branch(
-    rcfg: Config,
+    rcfg: RoIHeadsConfig,
     stats: CategoryStats,
     channels: int,
     *,
@@ -251,7 +257,7 @@ def build_box_branch(
     return branch
 
 
-def build_sampler(rcfg: Config, fg_iou: float, bg_iou: float) -> ProposalSampler:
+def build_sampler(rcfg: RoIHeadsConfig, fg_iou: float, bg_iou: float) -> ProposalSampler:
     return ProposalSampler(
         fg_iou,
         bg_iou,
@@ -261,14 +267,16 @@ def build_sampler(rcfg: Config, fg_iou: float, bg_iou: float) -> ProposalSampler
     )
 
 
-def build_postprocess(test_cfg: Config) -> DetectionPostprocess:
+def build_postprocess(test_cfg: InferenceConfig) -> DetectionPostprocess:
     return DetectionPostprocess(
         float(test_cfg.score_thresh), float(test_cfg.nms_thresh), int(test_cfg.detections_per_image)
     )
 
 
 # ------------------------------------------------------------------------------ RoI-head types
-def build_standard_heads(mcfg: Config, stats: CategoryStats, channels: int, test_cfg: Config) -> RoIHeads:
+def build_standard_heads(
+    mcfg: ModelConfig, stats: CategoryStats, channels: int, test_cfg: InferenceConfig
+) -> RoIHeads:
     """Mask R-CNN: one stage at ``fg_iou_thresh`` / ``bg_iou_thresh``, class-specific regression."""
     rcfg = mcfg.roi_heads
     return StandardRoIHeads(
@@ -279,15 +287,11 @@ def build_standard_heads(mcfg: Config, stats: CategoryStats, channels: int, test
     )
 
 
-def _cascade_settings(ccfg: Config) -> tuple[list[float], list[float], list[list[float]]]:
+def _cascade_settings(ccfg: CascadeConfig) -> tuple[list[float], list[float], list[list[float]]]:
+    """The per-stage lists (one entry per stage in each: checked by load_config)."""
     ious = [float(t) for t in ccfg.iou_thresholds]
     weights = [float(w) for w in ccfg.stage_loss_weights]
     reg = [list(w) for w in ccfg.bbox_reg_weights]
-    if not ious or not len(ious) == len(weights) == len(reg):
-        raise LvisctlError(
-            "model.roi_heads.cascade: iou_thresholds, stage_loss_weights and bbox_reg_weights need one "
-            f"entry per stage, got {len(ious)}, {len(weights)} and {len(reg)}"
-        )
     return ious, weights, reg
 
 
@@ -295,19 +299,16 @@ def _cascade_settings(ccfg: Config) -> tuple[list[float], list[float], list[list
 TEST_MASKS: dict[str, str] = {"mean": "mean", "last": "last"}
 
 
-def cascade_view(mcfg: Config) -> Config:
+def cascade_view(mcfg: ModelConfig) -> ModelConfig:
     """``mcfg`` with the cascade's own RoIAlign and SmoothL1 settings (``roi_heads.cascade.*``, mmdet's HTC
     values) in place of the standard head's (torchvision's), so every builder below reads one place."""
-    from lvisctl.config.loader import Config as ConfigDict
-    from lvisctl.config.loader import deep_merge
-
     c = mcfg.roi_heads.cascade
     own = {"sampling_ratio": c.sampling_ratio, "aligned": c.aligned, "smooth_l1_beta": c.smooth_l1_beta}
-    return ConfigDict.wrap(deep_merge(mcfg, {"roi_heads": own}))
+    return mcfg.replace({f"roi_heads.{key}": value for key, value in own.items()})
 
 
 def _build_cascade(
-    mcfg: Config, stats: CategoryStats, channels: int, test_cfg: Config, *, htc: bool
+    mcfg: ModelConfig, stats: CategoryStats, channels: int, test_cfg: InferenceConfig, *, htc: bool
 ) -> RoIHeads:
     mcfg = cascade_view(mcfg)
     rcfg = mcfg.roi_heads
@@ -344,7 +345,7 @@ def _build_cascade(
     )
 
 
-ROI_HEADS: dict[str, Callable[[Config, CategoryStats, int, Config], RoIHeads]] = {
+ROI_HEADS: dict[str, Callable[[ModelConfig, CategoryStats, int, InferenceConfig], RoIHeads]] = {
     "standard": build_standard_heads,
     "cascade": lambda mcfg, stats, channels, test_cfg: _build_cascade(
         mcfg, stats, channels, test_cfg, htc=False
@@ -364,7 +365,9 @@ CHOICE_TABLES: dict[str, Mapping[str, Any]] = {
 }
 
 
-def build_roi_heads(mcfg: Config, stats: CategoryStats, channels: int, test_cfg: Config) -> RoIHeads:
+def build_roi_heads(
+    mcfg: ModelConfig, stats: CategoryStats, channels: int, test_cfg: InferenceConfig
+) -> RoIHeads:
     """``model.roi_heads.type``; ``test_cfg`` holds the test-time score threshold, NMS and top-k."""
     return pick("model.roi_heads.type", ROI_HEADS, mcfg.roi_heads.type)(mcfg, stats, channels, test_cfg)
 

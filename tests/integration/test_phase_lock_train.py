@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(not _wired(), reason="engine/trainer.train does 
 
 
 def test_second_train_of_a_phase_stops_at_once_naming_the_holder(tmp_path):
-    from lvisctl.config import Config
+    from lvisctl.config import load_config
     from lvisctl.training import train
 
     ready = tmp_path / "ready"
@@ -49,7 +49,7 @@ def test_second_train_of_a_phase_stops_at_once_naming_the_holder(tmp_path):
     try:
         while not ready.exists():
             time.sleep(0.05)
-        cfg = Config.wrap({"device": "cpu"})  # never used: the lock is taken before anything else
+        cfg = load_config(None, ["device=cpu"])  # never used: the lock is taken before anything else
         with pytest.raises(LvisctlError, match=rf"phase 'stage1' is being written by pid {holder.pid} on "):
             train(cfg, tmp_path / "run", stage=1)
         assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".locks"]  # nothing written

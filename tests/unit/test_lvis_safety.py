@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from lvisctl.config import Config
+from lvisctl.config import ConfigNode
 from lvisctl.data import synth
 from lvisctl.data.lvis import (
     ann_to_mask,
@@ -151,21 +151,21 @@ def test_bom_is_accepted_and_non_utf8_and_lists_say_what_is_wrong(tmp_path):
 
 # ------------------------------------------------------------------------------------------ item 3
 def test_image_root_resolution_order(tmp_path):
-    data = Config.wrap({"root": str(tmp_path / "datasets"), "image_root": "coco"})
+    data = ConfigNode({"root": str(tmp_path / "datasets"), "image_root": "coco"})
     root = resolve_image_root(data)
     assert root.path == tmp_path / "datasets" / "coco" and root.source == "data.root + data.image_root"
     assert resolve_image_root(data, option="/x").path == Path("/x")
     assert resolve_image_root(data, option="/x").source == "--image-root"
-    absolute = Config.wrap({"root": "/elsewhere", "image_root": str(tmp_path)})
+    absolute = ConfigNode({"root": "/elsewhere", "image_root": str(tmp_path)})
     assert resolve_image_root(absolute).path == tmp_path
     assert resolve_image_root(absolute).source == "data.image_root"
-    assert resolve_image_root(Config.wrap({"root": "/r", "image_root": ""})) is None  # each json's folder
+    assert resolve_image_root(ConfigNode({"root": "/r", "image_root": ""})) is None  # each json's folder
     assert resolve_image_root(None) is None
 
 
 def test_missing_image_message_names_the_setting(tmp_path):
     path = _write(tmp_path, _lvis([[1, 1, 3, 1, 3, 3]]))
-    root = resolve_image_root(Config.wrap({"root": "", "image_root": str(tmp_path / "imgs")}))
+    root = resolve_image_root(ConfigNode({"root": "", "image_root": str(tmp_path / "imgs")}))
     with pytest.raises(LvisctlError, match=r"not found under image root .*imgs \(data.image_root\)"):
         load_lvis(path, image_root=root, check_images=True)
 

@@ -255,8 +255,7 @@ def test_other_seams_build_and_train():
 
 def _resnet18_cfg(**kw):
     cfg = load_config(None, ["model.backbone.name=resnet18"])
-    cfg.model.backbone.update(kw)
-    return cfg.model.backbone
+    return cfg.model.backbone.replace(kw)
 
 
 def test_backbone_weights_file_errors(tmp_path):

@@ -301,7 +301,7 @@ def test_pipeline_boxes_tight_after_everything():
 
 def test_pipeline_multiscale_and_switches():
     cfg = small_cfg(**{"augment.multi_scale": "true", "augment.multi_scale_range": "[30, 34]"})
-    cfg.augment.mosaic.rfs_weighted = False
+    cfg = cfg.replace({"augment.mosaic.rfs_weighted": False})
     t = build_train_transforms(cfg, repeat_factors=np.ones(4))
     assert t.transforms[0].weights is None
     assert t.transforms[2].scale_range == (30, 34)
