@@ -255,6 +255,9 @@ class TTAConfig(Section):
     scales: Sequence[int]
     max_size: int
     flip: bool
+    augmentations: Sequence[str]
+    survivor_masks: bool
+    steps: Sequence[str]
     range_filter: bool
     valid_ranges: (
         str | Sequence[Sequence[float | str | None]]
