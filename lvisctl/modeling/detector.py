@@ -37,7 +37,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from lvisctl.data.categories import CategoryStats
 from lvisctl.modeling.fpn import BackboneWithFPN, roi_feature_maps
-from lvisctl.modeling.mask_iou_head import rescore_with_mask_iou
+from lvisctl.modeling.mask_iou_head import MaskScorer
 from lvisctl.modeling.roi_heads import RoIHeads
 from lvisctl.modeling.rpn import WeightedRPN
 
@@ -116,7 +116,7 @@ class LvisMaskRCNN(nn.Module):
         masks = [p[:, None] for p in probs]
         if ious is None:
             return masks, None
-        return masks, [rescore_with_mask_iou(s, iou) for s, iou in zip(scores, ious, strict=True)]
+        return masks, [MaskScorer.rescore(s, iou) for s, iou in zip(scores, ious, strict=True)]
 
     def predict_masks(
         self,
