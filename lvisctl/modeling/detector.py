@@ -18,9 +18,11 @@ Submodules (parameter-name prefixes, e.g. for ``train.freeze``; stage 2 freezes 
   P2-P6), so ``backbone`` alone covers trunk + neck, and ``backbone.body`` / ``backbone.fpn`` each part;
 * ``rpn``: the region proposal network (anchor generator + ``rpn.head``);
 * ``roi_heads`` (``lvisctl/modeling/roi_heads.py``, ``model.roi_heads.type``): for ``standard`` the box
-  branch (``roi_heads.box_extractor``, ``roi_heads.box_head``), mask branch (``roi_heads.mask_head``) and
-  the optional ``roi_heads.mask_iou_head``; for ``cascade`` / ``htc`` the same names per stage,
-  ``roi_heads.stages.{i}.box_head`` etc.
+  branch (``roi_heads.box.extractor``, ``roi_heads.box.head``, ``roi_heads.box.cls_loss``), the mask branch
+  (``roi_heads.mask.extractor``, ``roi_heads.mask.head``) and with Mask Scoring ``roi_heads.mask.scorer``;
+  for ``cascade`` / ``htc`` the same names per stage, ``roi_heads.stages.{i}.box.head`` etc. The flat
+  names of before (``roi_heads.box_head``, ``roi_heads.stages.2.mask_iou_head``) still work as freeze
+  prefixes and state-dict keys (``roi_keys.py``).
 
 Stage 2 of the paper is therefore ``train.freeze: [backbone, rpn]``. The trunk and the neck stay under
 ``backbone`` (torchvision's layout) so stage-1 checkpoints keep their parameter names.
