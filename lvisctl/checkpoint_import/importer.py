@@ -40,14 +40,15 @@ from lvisctl.checkpoint_import.layouts import (
 from lvisctl.checkpoint_import.reader import LoadedFile, as_tensor_dict, read_checkpoint_file
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError, printable
+from lvisctl.modeling.roi_keys import upgrade_keys
 from lvisctl.rundir import Artifact, RunDir
 
 GROUPS = (
     ("backbone.body", "trunk"),
     ("backbone.fpn", "fpn"),
     ("rpn", "rpn"),
-    ("roi_heads.box_head", "box head"),
-    ("roi_heads.mask_head", "mask head"),
+    ("roi_heads.box.head", "box head"),
+    ("roi_heads.mask.head", "mask head"),
 )
 REPORT_REL = "checkpoints/stage1_final.import.json"
 
@@ -230,9 +231,11 @@ def fill_state(
     def count(key: str, what: str) -> None:
         groups.setdefault(_group(key), {"loaded": 0, "re-initialised": 0, "unused": 0})[what] += 1
 
+    # the layouts write the flat RoI-head names (roi_heads.box_head.*); the model has today's
+    tensors = upgrade_keys(mapped.tensors)
     state, missing, wrong = dict(own), [], []
     for key, value in own.items():
-        src = mapped.tensors.get(key)
+        src = tensors.get(key)
         if is_class_key(key, value) and not keep_classifier:
             count(key, "re-initialised")
         elif src is None:
@@ -248,7 +251,7 @@ def fill_state(
             f"{path}: does not fit the lvisctl model ({len(missing)} weights missing, {len(wrong)} of "
             f"another shape, e.g. {'; '.join(detail)}); check --config / overrides"
         )
-    unused = sorted(set(k for k in mapped.tensors if k not in own))
+    unused = sorted(set(k for k in tensors if k not in own))
     for key in unused:
         count(key, "unused")
     return state, groups, unused

@@ -27,7 +27,10 @@ from torch import Tensor
 
 from lvisctl.checkpoint_import.categories import SourceClasses, default_source_classes
 
-_CLASS_KEY = re.compile(r".*(box_head\.predictor\.(cls_score|bbox_pred)|mask_head\.predictor)\.(weight|bias)")
+# either RoI-head layout: the flat one these maps write (box_head.) and the model's (box.head.)
+_CLASS_KEY = re.compile(
+    r".*(box(_|\.)head\.predictor\.(cls_score|bbox_pred)|mask(_|\.)head\.predictor)\.(weight|bias)"
+)
 
 
 def is_class_key(key: str, own: Tensor) -> bool:

@@ -22,27 +22,10 @@ CHOICES: dict[str, dict[str, str]] = {
         "always": "cudnn.benchmark on in training and inference",
         "never": "cudnn.benchmark off everywhere",
     },
-    "model.backbone.name": {
-        "resnet18": "torchvision ResNet-18",
-        "resnet50": "torchvision ResNet-50 (Table 1's R50)",
-        "resnet101": "torchvision ResNet-101",
-        "resnext101_32x4d": "torchvision-layout ResNeXt-101 32x4d (imported mmdet/detectron2 X-101 weights)",
-        "resnext101_64x4d": "torchvision-layout ResNeXt-101 64x4d (imported mmdet X-101 weights)",
-        "resnest50": "timm ResNeSt-50",
-        "resnest101": "timm ResNeSt-101 (Table 1's S101)",
-        "resnest200": "timm ResNeSt-200 (Table 2's S200)",
-        "resnest269": "timm ResNeSt-269 (Table 2's S269)",
-        "tiny": "small ResNet-like trunk of the CPU demo",
-    },
     "model.backbone.norm": {
         "frozen_bn": "BatchNorm with frozen ImageNet statistics (pretrained trunks)",
         "bn": "trainable BatchNorm (training from scratch)",
         "gn": "GroupNorm, 32 groups",
-    },
-    "model.roi_heads.type": {
-        "standard": "Mask R-CNN: one box stage, one mask head",
-        "cascade": "Cascade Mask R-CNN: three box stages with rising IoU thresholds",
-        "htc": "Hybrid Task Cascade without the semantic branch (Table 1's HTC)",
     },
     "model.roi_heads.cascade.test_mask": {
         "mean": "mean of all stages' mask probabilities (mmdet's HTC / Cascade Mask R-CNN test)",
@@ -65,10 +48,6 @@ CHOICES: dict[str, dict[str, str]] = {
     "model.mask_head.eq1_box_rule": {
         "log2": "Eq. 1's box term as the FPN mapping with finest scale 56",
         "paper": "Eq. 1's box term as printed, floor(S_bbox / 56^2)",
-    },
-    "model.mask_head.loss": {
-        "bce": "per-pixel binary cross-entropy",
-        "balanced": "the paper's balanced mask loss, Dice + area-weighted BCE (Eq. 2-5)",
     },
     "sampler.type": {
         "rfs": "Repeat Factor Sampling",

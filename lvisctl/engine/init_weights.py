@@ -34,6 +34,7 @@ from lvisctl.config.loader import apply_aliases
 from lvisctl.data.categories import CategoryStats
 from lvisctl.engine import checkpoint as ckpt_io
 from lvisctl.errors import LvisctlError
+from lvisctl.modeling.roi_keys import upgrade_key, upgrade_keys, upgrade_prefixes
 from lvisctl.modeling.weight_sources import is_none, resolve_weights, without_backbone_weights
 from lvisctl.rundir import Artifact, RunDir
 
@@ -47,15 +48,16 @@ FROZEN_ARCHITECTURE: dict[str, tuple[str, ...]] = {
     "backbone.body": ("model.pixel_mean", "model.pixel_std", "model.size_divisible", "model.backbone"),
     "backbone.fpn": ("model.fpn",),
     "rpn": ("model.rpn",),
-    "roi_heads.box_extractor": (
+    "roi_heads.box.extractor": (
         "model.roi_heads.roi_pool",
         "model.roi_heads.pooler_resolution",
         "model.roi_heads.deform_gamma",
         "model.roi_heads.deform_hidden_channels",
         *_ROI_POOL,
     ),
-    "roi_heads.box_head": ("model.roi_heads.fc_dim", "model.roi_heads.pooler_resolution"),
-    "roi_heads.mask_head": (
+    "roi_heads.box.head": ("model.roi_heads.fc_dim", "model.roi_heads.pooler_resolution"),
+    "roi_heads.mask.head": (
+        "model.mask_head.type",
         "model.mask_head.num_convs",
         "model.mask_head.conv_dim",
         "model.mask_head.pooler_resolution",
@@ -73,10 +75,11 @@ def _under(name: str, prefix: str) -> bool:
 
 def frozen_config_keys(freeze: Sequence[str]) -> list[str]:
     """The config keys (sections or leaves) that shape the parts named by ``train.freeze``; a frozen
-    sub-module (``roi_heads.box_head.mlp``) counts for the part it belongs to."""
+    sub-module (``roi_heads.box.head.mlp``) counts for the part it belongs to. Prefixes of the flat RoI-head
+    layout (``roi_heads.mask_head``) name the same parts (``lvisctl.modeling.roi_keys``)."""
     keys: list[str] = []
     for part, part_keys in FROZEN_ARCHITECTURE.items():
-        if any(_under(part, p) or _under(p, part) for p in freeze):
+        if any(_under(part, p) or _under(p, part) for p in upgrade_prefixes(freeze)):
             keys += [k for k in part_keys if k not in keys]
     return keys
 
@@ -113,7 +116,11 @@ def inherit_frozen_architecture(
             if _same(ours, theirs):
                 continue
             if not _same(ours, default):
-                part = next(p for p in freeze if any(_under(x, p) or _under(p, x) for x in _parts_of(key)))
+                part = next(
+                    p
+                    for p in freeze
+                    if any(_under(x, upgrade_key(p)) or _under(upgrade_key(p), x) for x in _parts_of(key))
+                )
                 raise LvisctlError(
                     f"{source}: {key}={ours!r} contradicts the checkpoint ({theirs!r}) on the frozen "
                     f"'{part}'; frozen parts take their architecture from the checkpoint, so drop the key "
@@ -274,6 +281,9 @@ def load_init_weights(
     in that error.
     """
     own = model.state_dict()
+    # checkpoints and imports of the flat RoI-head layout name today's tensors by their old keys
+    state = upgrade_keys(state)
+    frozen = upgrade_prefixes(frozen)
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in matching]
     bad_frozen = [k for k in missing if any(_under(k, p) for p in frozen)]

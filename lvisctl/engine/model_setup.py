@@ -10,6 +10,7 @@ from torch import nn
 
 from lvisctl.engine.distributed import DistInfo
 from lvisctl.errors import LvisctlError
+from lvisctl.modeling.roi_keys import upgrade_key, upgrade_prefixes
 
 
 def freeze_modules(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
@@ -17,16 +18,19 @@ def freeze_modules(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
 
     Frozen = ``requires_grad=False`` (so also left out of the optimizer and DDP's gradient sync) and
     BatchNorm layers kept in eval mode (:func:`set_frozen_eval`) so their running statistics stay too.
+    Prefixes of the flat RoI-head layout (``roi_heads.mask_head``) name the same modules as today's
+    (``roi_heads.mask.head``; ``lvisctl.modeling.roi_keys``).
     """
     names = [n for n, _ in model.named_parameters()]
-    unknown = [p for p in prefixes if not any(_under(n, p) for n in names)]
+    unknown = [p for p in prefixes if not any(_under(n, upgrade_key(p)) for n in names)]
     if unknown:
         tops = sorted({n.split(".")[0] for n in names})
         raise LvisctlError(
             f"config: train.freeze names {unknown} that match no parameters (model has {tops})"
         )
+    ours = upgrade_prefixes(prefixes)
     for name, param in model.named_parameters():
-        if any(_under(name, p) for p in prefixes):
+        if any(_under(name, p) for p in ours):
             param.requires_grad_(False)
     return list(prefixes)
 
@@ -35,8 +39,9 @@ def set_frozen_eval(model: nn.Module, prefixes: Sequence[str]) -> None:
     """Put the normalisation layers of frozen modules in eval mode (call after ``model.train()``)."""
     if not prefixes:
         return
+    ours = upgrade_prefixes(prefixes)
     for name, module in model.named_modules():
-        if any(_under(name, p) for p in prefixes) and isinstance(module, nn.modules.batchnorm._NormBase):
+        if any(_under(name, p) for p in ours) and isinstance(module, nn.modules.batchnorm._NormBase):
             module.eval()
 
 

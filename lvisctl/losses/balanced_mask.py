@@ -21,9 +21,13 @@ In the core ``area_ratio`` is the foreground fraction of the projected M x M tar
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lvisctl.registry import MASK_LOSSES
 
 # S_mask is clamped to this fraction of S_bbox only to avoid a division by zero; a RoI whose ratio is 0 has
 # no foreground pixel in a consistent target, so the foreground weight is never used there.
@@ -76,12 +80,18 @@ def balanced_mask_loss(
     return (dice + lam * wbce).mean()
 
 
+@MASK_LOSSES.register("balanced", help="the paper's balanced mask loss, Dice + area-weighted BCE (Eq. 2-5)")
 class BalancedMaskLoss(nn.Module):
     """The mask-loss interface (``loss(logits, targets, area_ratio)``) around ``balanced_mask_loss``."""
 
     def __init__(self, lam: float = 1.0, eps: float = 1.0) -> None:
         super().__init__()
         self.lam, self.eps = lam, eps
+
+    @classmethod
+    def from_config(cls, mask_cfg: Any) -> BalancedMaskLoss:
+        """``model.mask_head.balanced_lambda`` / ``balanced_eps``."""
+        return cls(float(mask_cfg.balanced_lambda), float(mask_cfg.balanced_eps))
 
     def loss(self, logits: Tensor, targets: Tensor, area_ratio: Tensor) -> Tensor:
         binary = (targets >= 0.5).to(logits.dtype)

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -26,6 +27,7 @@ from torchvision.ops import DeformConv2d, FrozenBatchNorm2d
 
 from lvisctl.errors import LvisctlError
 from lvisctl.modeling.weight_sources import is_none, resolve_weights
+from lvisctl.registry import BACKBONES
 
 TORCHVISION_RESNETS = {"resnet18": 18, "resnet50": 50, "resnet101": 101}
 # ResNeXt-101 as mmdet's X-101-32x4d / 64x4d (torchvision's Bottleneck with groups and width per group)
@@ -36,7 +38,6 @@ TIMM_RESNESTS = {
     "resnest200": "resnest200e",
     "resnest269": "resnest269e",
 }
-BACKBONE_NAMES = (*TORCHVISION_RESNETS, *RESNEXTS, *TIMM_RESNESTS, "tiny")
 NORMS = ("frozen_bn", "bn", "gn")
 
 
@@ -246,52 +247,89 @@ def _freeze(modules: list[list[nn.Module]], freeze_at: int) -> None:
                 p.requires_grad_(False)
 
 
-def build_trunk(bcfg) -> nn.Module:
-    """Build the C2-C5 trunk described by ``cfg.model.backbone`` (weights loaded, norms frozen)."""
-    name, norm = bcfg.name, bcfg.norm
-    dcn = [int(s) for s in bcfg.dcn_stages]
-    if name not in BACKBONE_NAMES:
-        raise LvisctlError(
-            f"model.backbone.name: unknown backbone {name!r} (choose from {', '.join(BACKBONE_NAMES)})"
-        )
-    if norm not in NORMS:
-        raise LvisctlError(f"model.backbone.norm: unknown norm {norm!r} (choose from {', '.join(NORMS)})")
-    if any(s not in (3, 4, 5) for s in dcn):
-        raise LvisctlError(f"model.backbone.dcn_stages: stages must be among 3, 4, 5, got {dcn}")
-    if dcn and name == "tiny":
-        raise LvisctlError(
-            "model.backbone.dcn_stages: DCN is available for the resnets and resnests, not tiny"
-        )
-    if not 0 <= int(bcfg.freeze_at) <= 5:
-        raise LvisctlError(f"model.backbone.freeze_at: must be 0..5, got {bcfg.freeze_at}")
+class ResNetTrunk:
+    """torchvision ResNet-18/50/101 and ResNeXt-101 (``model.backbone.name``), optionally with DCN."""
 
-    if bcfg.get("stride_in_1x1", False) and name not in (*TORCHVISION_RESNETS, *RESNEXTS):
-        raise LvisctlError("model.backbone.stride_in_1x1: only the resnet / resnext backbones have it")
-    if name in TORCHVISION_RESNETS or name in RESNEXTS:
-        model = _torchvision_resnet(name, norm, dcn, bool(bcfg.get("stride_in_1x1", False)))
+    @staticmethod
+    def from_config(bcfg: Any) -> tuple[nn.Module, str, list[list[nn.Module]]]:
+        """(trunk, what the weights file did, the freeze groups stem, res2..res5)."""
+        name, dcn = bcfg.name, [int(s) for s in bcfg.dcn_stages]
+        model = _torchvision_resnet(name, bcfg.norm, dcn, bool(bcfg.get("stride_in_1x1", False)))
         weights_note = _load_named(model, bcfg.weights, name)
         trunk = _resnet_trunk(model)
-        groups = [[trunk.stem], *[[s] for s in trunk.stages]]
-    elif name in TIMM_RESNESTS:
+        return trunk, weights_note, [[trunk.stem], *[[s] for s in trunk.stages]]
+
+
+class ResNeStTrunk:
+    """timm ResNeSt-50/101/200/269 (``features_only``), optionally with DCN in the split-attention convs."""
+
+    @staticmethod
+    def from_config(bcfg: Any) -> tuple[nn.Module, str, list[list[nn.Module]]]:
         import timm
 
+        name = bcfg.name
         model = timm.create_model(
             TIMM_RESNESTS[name],
             pretrained=False,
             features_only=True,
             out_indices=(1, 2, 3, 4),
-            norm_layer="groupnorm" if norm == "gn" else "batchnorm2d",  # timm's names (32 groups)
+            norm_layer="groupnorm" if bcfg.norm == "gn" else "batchnorm2d",  # timm's names (32 groups)
         )
-        _resnest_dcn(model, dcn)
+        _resnest_dcn(model, [int(s) for s in bcfg.dcn_stages])
         weights_note = _load_named(model, bcfg.weights, name)
         trunk = TimmTrunk(model)
-        groups = trunk.stage_modules()
-    else:
+        return trunk, weights_note, trunk.stage_modules()
+
+
+class TinyTrunk:
+    """The CPU demo's small BasicBlock trunk, trained from scratch (no ImageNet weights)."""
+
+    @staticmethod
+    def from_config(bcfg: Any) -> tuple[nn.Module, str, list[list[nn.Module]]]:
         if str(bcfg.weights or "").strip() and not is_none(bcfg.weights):
             raise LvisctlError("model.backbone.weights: the tiny backbone has no ImageNet weights; say none")
-        trunk = _tiny_trunk(int(bcfg.tiny_width), norm)
-        weights_note = ""
-        groups = [[trunk.stem], *[[s] for s in trunk.stages]]
+        if [int(s) for s in bcfg.dcn_stages]:
+            raise LvisctlError(
+                "model.backbone.dcn_stages: DCN is available for the resnets and resnests, not tiny"
+            )
+        trunk = _tiny_trunk(int(bcfg.tiny_width), bcfg.norm)
+        return trunk, "", [[trunk.stem], *[[s] for s in trunk.stages]]
+
+
+_BACKBONE_HELP = {
+    "resnet18": (ResNetTrunk, "torchvision ResNet-18"),
+    "resnet50": (ResNetTrunk, "torchvision ResNet-50 (Table 1's R50)"),
+    "resnet101": (ResNetTrunk, "torchvision ResNet-101"),
+    "resnext101_32x4d": (
+        ResNetTrunk,
+        "torchvision-layout ResNeXt-101 32x4d (imported mmdet/detectron2 X-101 weights)",
+    ),
+    "resnext101_64x4d": (ResNetTrunk, "torchvision-layout ResNeXt-101 64x4d (imported mmdet X-101 weights)"),
+    "resnest50": (ResNeStTrunk, "timm ResNeSt-50"),
+    "resnest101": (ResNeStTrunk, "timm ResNeSt-101 (Table 1's S101)"),
+    "resnest200": (ResNeStTrunk, "timm ResNeSt-200 (Table 2's S200)"),
+    "resnest269": (ResNeStTrunk, "timm ResNeSt-269 (Table 2's S269)"),
+    "tiny": (TinyTrunk, "small ResNet-like trunk of the CPU demo"),
+}
+# one family class per group of names: the names are the registry's (``model.backbone.name``)
+for _name, (_family, _help) in _BACKBONE_HELP.items():
+    BACKBONES.add(_name, _family, help=_help)
+
+
+def build_trunk(bcfg: Any) -> nn.Module:
+    """Build the C2-C5 trunk described by ``cfg.model.backbone`` (weights loaded, norms frozen)."""
+    name, norm = bcfg.name, bcfg.norm
+    dcn = [int(s) for s in bcfg.dcn_stages]
+    family = BACKBONES.get(name)
+    if norm not in NORMS:
+        raise LvisctlError(f"model.backbone.norm: unknown norm {norm!r} (choose from {', '.join(NORMS)})")
+    if any(s not in (3, 4, 5) for s in dcn):
+        raise LvisctlError(f"model.backbone.dcn_stages: stages must be among 3, 4, 5, got {dcn}")
+    if not 0 <= int(bcfg.freeze_at) <= 5:
+        raise LvisctlError(f"model.backbone.freeze_at: must be 0..5, got {bcfg.freeze_at}")
+    if bcfg.get("stride_in_1x1", False) and family is not ResNetTrunk:
+        raise LvisctlError("model.backbone.stride_in_1x1: only the resnet / resnext backbones have it")
+    trunk, weights_note, groups = family.from_config(bcfg)
     if norm == "frozen_bn":
         trunk = _freeze_bn(trunk)
     _freeze(groups, int(bcfg.freeze_at))

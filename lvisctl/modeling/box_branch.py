@@ -3,10 +3,10 @@ training losses, and box decoding / refinement for the next cascade stage and fo
 
 Interface (every RoI-head type, ``lvisctl/modeling/roi_heads.py``): ``branch(features, boxes) -> (logits,
 deltas)``; ``losses(logits, deltas, samples, targets)``; ``scores(logits) -> [N, K]``;
-``decode(deltas, boxes) -> [N, K, 4]``; ``refine(...)`` -> per-image regressed boxes. The branch owns no
-parameters itself: its modules (``box_extractor``, ``box_head``, ``cls_loss``) are registered on the
-RoI-head module that holds it (``modules()``), under the same names as Mask R-CNN's, so a standard
-head's state-dict keys stay ``roi_heads.box_head.*``.
+``decode(deltas, boxes) -> [N, K, 4]``; ``refine(...)`` -> per-image regressed boxes. The branch is an
+``nn.Module`` holding its parts ``extractor``, ``head`` and ``cls_loss`` (state-dict keys
+``roi_heads.box.head.*``; the flat keys of older checkpoints, ``roi_heads.box_head.*``, are renamed on load
+by ``lvisctl.modeling.roi_keys``).
 
 Seams: the RoI extractor (RoIAlign or deformable RoI pooling), the classification loss
 (``lvisctl.losses.classification.ClassificationLoss``: softmax / sigmoid / EQL / BAGS; it also sets the
@@ -33,7 +33,7 @@ SMOOTH_L1_BETA = (
 )  # torchvision's Mask R-CNN box loss; the builder sets each head type's (model.roi_heads)
 
 
-class BoxBranch:
+class BoxBranch(nn.Module):
     def __init__(
         self,
         extractor: nn.Module,
@@ -43,17 +43,15 @@ class BoxBranch:
         bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
         class_agnostic: bool = False,
     ) -> None:
+        super().__init__()
+        # registration order = parameter order (optimizer state): extractor, head, classification loss
         self.extractor, self.head, self.cls_loss = extractor, head, cls_loss
         self.num_classes = num_classes
         self.class_agnostic = class_agnostic
         self.box_coder = det_utils.BoxCoder(tuple(float(w) for w in bbox_reg_weights))
         self.smooth_l1_beta = SMOOTH_L1_BETA
 
-    def modules(self) -> dict[str, nn.Module]:
-        """Modules to register on the holder, by state-dict name."""
-        return {"box_extractor": self.extractor, "box_head": self.head, "cls_loss": self.cls_loss}
-
-    def __call__(self, features: list[Tensor], boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def forward(self, features: list[Tensor], boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Class logits [R, num_logits] and box deltas [R, 4 or (K + 1) * 4] of the boxes of all images."""
         rois = boxes_to_rois(boxes, features[0])
         return self.head(self.extractor(features, rois, levels=fpn_levels(rois[:, 1:])))

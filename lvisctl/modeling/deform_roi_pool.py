@@ -132,6 +132,9 @@ def deform_roi_align(
 class DeformRoIPool(nn.Module):
     """Multi-level deformable RoI pooling with a learned per-bin offset predictor."""
 
+    # the FPN dict keys of P2..P5 (torchvision's BackboneWithFPN names); a dict input is read in this order
+    featmap_names: tuple[str, ...] = ("0", "1", "2", "3")
+
     def __init__(
         self,
         in_channels: int,
@@ -142,7 +145,6 @@ class DeformRoIPool(nn.Module):
         hidden_channels: int = 1024,
         aligned: bool = False,
         per_level_offsets: bool = False,
-        featmap_names: Sequence[str] = ("0", "1", "2", "3"),
     ) -> None:
         super().__init__()
         self.output_size = output_size
@@ -150,7 +152,6 @@ class DeformRoIPool(nn.Module):
         self.sampling_ratio = sampling_ratio
         self.gamma = gamma
         self.aligned = aligned
-        self.featmap_names = tuple(featmap_names)
         num_predictors = len(self.strides) if per_level_offsets else 1
         self.offset_fcs = nn.ModuleList(
             self._offset_predictor(

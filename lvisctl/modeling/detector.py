@@ -18,9 +18,11 @@ Submodules (parameter-name prefixes, e.g. for ``train.freeze``; stage 2 freezes 
   P2-P6), so ``backbone`` alone covers trunk + neck, and ``backbone.body`` / ``backbone.fpn`` each part;
 * ``rpn``: the region proposal network (anchor generator + ``rpn.head``);
 * ``roi_heads`` (``lvisctl/modeling/roi_heads.py``, ``model.roi_heads.type``): for ``standard`` the box
-  branch (``roi_heads.box_extractor``, ``roi_heads.box_head``), mask branch (``roi_heads.mask_head``) and
-  the optional ``roi_heads.mask_iou_head``; for ``cascade`` / ``htc`` the same names per stage,
-  ``roi_heads.stages.{i}.box_head`` etc.
+  branch (``roi_heads.box.extractor``, ``roi_heads.box.head``, ``roi_heads.box.cls_loss``), the mask branch
+  (``roi_heads.mask.extractor``, ``roi_heads.mask.head``) and with Mask Scoring ``roi_heads.mask.scorer``;
+  for ``cascade`` / ``htc`` the same names per stage, ``roi_heads.stages.{i}.box.head`` etc. The flat
+  names of before (``roi_heads.box_head``, ``roi_heads.stages.2.mask_iou_head``) still work as freeze
+  prefixes and state-dict keys (``roi_keys.py``).
 
 Stage 2 of the paper is therefore ``train.freeze: [backbone, rpn]``. The trunk and the neck stay under
 ``backbone`` (torchvision's layout) so stage-1 checkpoints keep their parameter names.
@@ -37,7 +39,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from lvisctl.data.categories import CategoryStats
 from lvisctl.modeling.fpn import BackboneWithFPN, roi_feature_maps
-from lvisctl.modeling.mask_iou_head import rescore_with_mask_iou
+from lvisctl.modeling.mask_iou_head import MaskScorer
 from lvisctl.modeling.roi_heads import RoIHeads
 from lvisctl.modeling.rpn import WeightedRPN
 
@@ -116,7 +118,7 @@ class LvisMaskRCNN(nn.Module):
         masks = [p[:, None] for p in probs]
         if ious is None:
             return masks, None
-        return masks, [rescore_with_mask_iou(s, iou) for s, iou in zip(scores, ious, strict=True)]
+        return masks, [MaskScorer.rescore(s, iou) for s, iou in zip(scores, ious, strict=True)]
 
     def predict_masks(
         self,

@@ -15,23 +15,29 @@ Following MS R-CNN (and mmdet's ``MaskIoUHead``):
    rescored (the boxes keep the classification score).
  * targets and loss live in ``lvisctl.losses.mask_scoring``.
 
-How it plugs in: build it with ``num_classes`` = the mask predictor's channel count (K + 1 in the
-torchvision convention, so contiguous labels 1..K index the columns directly). It is an optional extra
-output of the mask branch (``model.mask_head.mask_iou``, default false; weight
-``model.mask_head.mask_iou_loss_weight`` 0.5; the core sizes ``conv_channels`` / ``fc_channels`` as
-``model.mask_head.conv_dim`` / ``model.roi_heads.fc_dim``). In training the core runs
-``MaskIoUHead(mask_roi_features, mask_logits_of_gt_class)`` for the positives and adds ``loss_mask_iou``; at
-inference it runs the head on the detections' mask logits of the predicted class and gives each
-detection a ``mask_scores`` entry = cls score x predicted IoU (clamped to [0, 1]); ``scores`` (used for
-the boxes) stay the classification scores, as in MS R-CNN and mmdet. The predicted mask is not detached
-(as in mmdet), so the IoU loss also trains the mask head.
+How it plugs in: ``MaskScorer`` (``model.mask_head.mask_iou``, default false; weight
+``model.mask_head.mask_iou_loss_weight`` 0.5) holds the ``MaskIoUHead`` (``num_classes`` = the mask
+predictor's channel count, K + 1, so contiguous labels 1..K index the columns directly; ``conv_channels`` /
+``fc_channels`` = ``model.mask_head.conv_dim`` / ``model.roi_heads.fc_dim``) and is the one place of Mask
+Scoring: ``loss(...)`` gives ``loss_mask_iou`` for the positives, ``predict(...)`` each mask's IoU for its
+label, and ``rescore(cls_scores, iou)`` the mask score = cls score x predicted IoU (clamped to [0, 1]);
+``scores`` (used for the boxes) stay the classification scores, as in MS R-CNN and mmdet. The mask branch
+that carries it (``mask_branch.ScoredMaskBranch``, the last stage's) calls ``loss`` and ``predict``; every
+``mask_scores`` of the model comes from ``rescore``. The predicted mask is not detached (as in mmdet), so
+the IoU loss also trains the mask head.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lvisctl.losses.mask_scoring import mask_iou_loss, mask_iou_targets
+from lvisctl.modeling.mask_assign import mask_areas_in_boxes
+from lvisctl.modeling.mask_head import PositiveMasks
 
 
 class MaskIoUHead(nn.Module):
@@ -82,18 +88,58 @@ class MaskIoUHead(nn.Module):
         return self.fc_iou(self.fcs(x.flatten(1)))
 
 
-def rescore_with_mask_iou(cls_scores: Tensor, mask_iou: Tensor) -> Tensor:
-    """Mask score = classification score x predicted mask IoU (of the detection's class), for the masks
-    only: the boxes keep the classification score (MS R-CNN, mmdet).
+class MaskScorer(nn.Module):
+    """Mask Scoring: the MaskIoU head, its loss and the rescoring of the masks (the only place)."""
 
-    The regressed IoU is clamped to [0, 1] (its range by definition) so a slightly negative prediction
-    cannot produce a negative score that downstream score thresholds would silently drop.
-    """
-    return cls_scores * mask_iou.clamp(0.0, 1.0).to(cls_scores.dtype)
+    def __init__(self, head: MaskIoUHead, loss_weight: float = 0.5) -> None:
+        super().__init__()
+        self.head = head
+        self.loss_weight = loss_weight
+
+    @classmethod
+    def from_config(cls, mcfg: Any, num_classes: int, channels: int) -> MaskScorer:
+        """MS R-CNN's widths follow the mask convs and box fcs (256 / 1024 by default, MS R-CNN's values)."""
+        mask_cfg = mcfg.mask_head
+        res, dim, fc = int(mask_cfg.pooler_resolution), int(mask_cfg.conv_dim), int(mcfg.roi_heads.fc_dim)
+        return cls(MaskIoUHead(channels, num_classes + 1, res, dim, fc), float(mask_cfg.mask_iou_loss_weight))
+
+    def loss(self, roi_features: Tensor, logits: Tensor, positives: PositiveMasks) -> Tensor:
+        """``loss_mask_iou``: ``logits`` [P, M, M] are the positives' GT-class mask logits."""
+        iou_pred = self.head(roi_features, logits).float()
+        inside = torch.cat(
+            [
+                gt_inside_ratio(m, b, g)
+                for m, b, g in zip(positives.gt_masks, positives.boxes, positives.gt_index, strict=True)
+            ]
+        )
+        iou_targets = mask_iou_targets(logits.detach().float().sigmoid(), positives.binary, inside)
+
+        def iou_loss(pred: Tensor, lab: Tensor, tgt: Tensor) -> Tensor:
+            return mask_iou_loss(pred, lab, tgt, self.loss_weight)
+
+        return positives.weighted(iou_loss, iou_pred, positives.labels, iou_targets)
+
+    def predict(self, roi_features: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+        """The predicted IoU [N] of each mask (``logits`` [N, M, M] of its ``labels``' channel)."""
+        iou = self.head(roi_features, logits).float()
+        rows = torch.arange(labels.numel(), device=logits.device)
+        return iou[rows, labels]
+
+    @staticmethod
+    def rescore(cls_scores: Tensor, mask_iou: Tensor) -> Tensor:
+        """Mask score = classification score x predicted mask IoU (of the detection's class), for the masks
+        only: the boxes keep the classification score (MS R-CNN, mmdet).
+
+        The regressed IoU is clamped to [0, 1] (its range by definition) so a slightly negative prediction
+        cannot produce a negative score that downstream score thresholds would silently drop.
+        """
+        return cls_scores * mask_iou.clamp(0.0, 1.0).to(cls_scores.dtype)
 
 
-def mask_scores(cls_scores: Tensor, iou_pred: Tensor, labels: Tensor) -> Tensor:
-    """``rescore_with_mask_iou`` with the IoU of each detection's class picked from ``iou_pred`` [N, K + 1]
-    (``labels`` index the columns directly)."""
-    rows = torch.arange(iou_pred.shape[0], device=iou_pred.device)
-    return rescore_with_mask_iou(cls_scores, iou_pred[rows, labels])
+def gt_inside_ratio(gt_masks: Tensor, boxes: Tensor, gt_index: Tensor) -> Tensor:
+    """Fraction of each matched GT instance's pixels inside its proposal (MS R-CNN's whole-instance IoU
+    target); 0 for an empty GT mask."""
+    inside = mask_areas_in_boxes(gt_masks, boxes, gt_index.to(boxes.device))
+    full = (gt_masks > 0).flatten(1).sum(dim=1).to(inside)
+    full = full[gt_index.to(full.device)] if full.numel() else inside.new_zeros(0)
+    return torch.where(full > 0, inside / full.clamp_min(1), torch.zeros_like(inside))

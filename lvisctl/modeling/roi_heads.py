@@ -7,16 +7,20 @@ value, and every stage-2 technique works on every head type):
 
 * ``ProposalSampler`` (``sampling.py``): match + sample training RoIs at one IoU threshold, with the
   self-training ignore boxes and image loss weights;
-* ``BoxBranch`` (``box_branch.py``): extractor + box head + classification loss; losses, scores,
-  decoding, refinement;
-* ``MaskBranch`` (``mask_branch.py``): extractor + mask head (+ boundary, + MaskIoU) + mask loss + level
-  rule; losses and ``predict`` for given boxes, optionally after the earlier stages' heads (HTC's flow);
-* ``RoIStage`` = sampler + box branch + mask branch; the branches' modules are registered on the stage
-  under Mask R-CNN's names (``box_head``, ``mask_head``, ...);
-* ``StandardRoIHeads``: one stage whose modules sit directly on ``roi_heads`` (state-dict keys
-  ``roi_heads.box_head.*`` as before the split, so old checkpoints and key mappings keep working);
-* ``CascadeRoIHeads``: ``roi_heads.stages.{i}.*``; ``htc`` = cascade + interleaved execution + mask
-  information flow.
+* ``BoxBranch`` (``box_branch.py``, an ``nn.Module``): extractor + box head + classification loss; losses,
+  scores, decoding, refinement;
+* ``MaskBranch`` (``mask_branch.py``, an ``nn.Module``): extractor + mask head (``model.mask_head.type``)
+  + mask loss + level rule (+ ``MaskScorer`` on a ``ScoredMaskBranch``); losses and ``predict`` for given
+  boxes, optionally after the earlier stages' heads (HTC's flow);
+* ``RoIStage`` = sampler + box branch + mask branch (``roi_heads.stages.{i}.box.*`` / ``.mask.*``);
+* ``StandardRoIHeads``: one stage's branches directly on ``roi_heads`` (``roi_heads.box.*``,
+  ``roi_heads.mask.*``);
+* ``CascadeRoIHeads``: ``roi_heads.stages.{i}.*``; ``HybridTaskCascadeRoIHeads`` (``htc.py``) overrides
+  the two things HTC changes: the mask samples (interleaved) and the mask information flow.
+
+Each type registers itself on ``lvisctl.registry.ROI_HEADS`` and builds itself from a ``RoIParts``
+(``roi_parts.py``) in ``from_config``. State dicts of the flat layout before the branches were modules
+(``roi_heads.box_head.*``, ``roi_heads.stages.{i}.mask_iou_head.*``) are renamed on load (``roi_keys.py``).
 
 Every head type has ``forward(features, proposals, image_sizes, targets) -> (results, losses)`` and
 ``predict_masks_and_iou(features, boxes, labels)`` (masks for GIVEN boxes and labels, e.g. for analysis
@@ -29,91 +33,82 @@ scores, which the boxes keep).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import paste_masks_in_image
-from torchvision.ops import boxes as box_ops
 
 from lvisctl.errors import LvisctlError
 from lvisctl.modeling.box_branch import BoxBranch
+from lvisctl.modeling.detection_postprocess import PRE_NMS_TOPK, DetectionPostprocess
 from lvisctl.modeling.fpn import roi_feature_maps
 from lvisctl.modeling.mask_branch import MaskBranch
-from lvisctl.modeling.mask_iou_head import rescore_with_mask_iou
-from lvisctl.modeling.sampling import ProposalSampler
+from lvisctl.modeling.mask_head import MaskHeadBase
+from lvisctl.modeling.mask_iou_head import MaskScorer
+from lvisctl.modeling.roi_keys import upgrade_keys
+from lvisctl.modeling.roi_parts import TEST_MASKS, RoIParts, pick
+from lvisctl.modeling.sampling import ProposalSampler, RoISamples
+from lvisctl.registry import ROI_HEADS
 
-ROI_HEAD_TYPES = ("standard", "cascade", "htc")
-
-
-PRE_NMS_TOPK = (
-    5000  # device path: candidates kept before NMS (torchvision's own GPU limit of its offset trick)
-)
-
-
-@dataclass
-class DetectionPostprocess:
-    """Per-class score threshold, per-class NMS, top-k (LVIS: 1e-4, 0.5, 300).
-
-    On CUDA (``sync_free``; None = on CUDA) the same steps run without a host sync per class: the best
-    ``PRE_NMS_TOPK`` candidates by score, then one NMS with per-class coordinate offsets (float64, so
-    classes never overlap). torchvision's ``batched_nms`` loops over the classes above 5000 boxes on a GPU
-    (two syncs per class: ~1,200 per image for sigmoid/EQL scores); this path costs two per image.
-    """
-
-    score_thresh: float = 1e-4
-    nms_thresh: float = 0.5
-    detections_per_img: int = 300
-    sync_free: bool | None = None
-
-    def __call__(
-        self, scores: Tensor, boxes: Tensor, counts: list[int], image_sizes: list[tuple[int, int]]
-    ) -> list[dict[str, Tensor]]:
-        """``scores`` [N, K], ``boxes`` [N, K, 4] of all images' RoIs (split by ``counts``)."""
-        results = []
-        num_classes = scores.shape[1]
-        for b, s, size in zip(boxes.split(counts), scores.split(counts), image_sizes, strict=True):
-            b = box_ops.clip_boxes_to_image(b, size)
-            labels = torch.arange(1, num_classes + 1, device=b.device).expand_as(s)
-            b, s, labels = b.reshape(-1, 4), s.reshape(-1), labels.reshape(-1)
-            if s.is_cuda if self.sync_free is None else self.sync_free:
-                results.append(self._on_device(b, s, labels))
-                continue
-            keep = torch.where(s > self.score_thresh)[0]
-            b, s, labels = b[keep], s[keep], labels[keep]
-            keep = box_ops.remove_small_boxes(b, min_size=1e-2)
-            b, s, labels = b[keep], s[keep], labels[keep]
-            keep = box_ops.batched_nms(b, s, labels, self.nms_thresh)[: self.detections_per_img]
-            results.append({"boxes": b[keep], "scores": s[keep], "labels": labels[keep]})
-        return results
-
-    def _on_device(self, b: Tensor, s: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        if s.numel() == 0:
-            return {"boxes": b, "scores": s, "labels": labels}
-        wh = b[:, 2:] - b[:, :2]
-        ok = (s > self.score_thresh) & (wh >= 1e-2).all(dim=1)
-        ranked, idx = torch.where(ok, s, -1.0).topk(min(s.numel(), PRE_NMS_TOPK))
-        b, labels = b[idx], labels[idx]
-        offsets = labels.double() * (b.double().max() + 1)  # classes never overlap, in float64
-        keep = box_ops.nms(b.double() + offsets[:, None], ranked.double(), self.nms_thresh)
-        keep = keep[: self.detections_per_img]
-        keep = keep[ranked[keep] >= 0]  # invalid candidates (-1) sort last: drop those that filled the top-k
-        return {"boxes": b[keep], "scores": ranked[keep], "labels": labels[keep]}
+__all__ = [
+    "PRE_NMS_TOPK",
+    "CascadeRoIHeads",
+    "DetectionPostprocess",
+    "RoIHeads",
+    "RoIStage",
+    "StandardRoIHeads",
+    "state_dict_layout",
+]
 
 
-def register_branches(holder: nn.Module, box: BoxBranch, mask: MaskBranch) -> None:
-    """Register the branches' modules on ``holder`` under their state-dict names (None: switched off)."""
-    for name, module in {**box.modules(), **mask.modules()}.items():
-        setattr(holder, name, module)
+class FlatPartNames:
+    """Read-only aliases of the parts under their flat names of before the branches were modules
+    (``box_head`` = ``box.head``, ``mask_iou_head`` = ``mask.scorer.head`` or None, ...), for code and
+    hooks written against them; the state-dict keys are the modules' own (``roi_keys.py``)."""
+
+    box: BoxBranch
+    mask: MaskBranch
+
+    @property
+    def box_extractor(self) -> nn.Module:
+        return self.box.extractor
+
+    @property
+    def box_head(self) -> nn.Module:
+        return self.box.head
+
+    @property
+    def cls_loss(self) -> nn.Module:
+        return self.box.cls_loss
+
+    @property
+    def mask_extractor(self) -> nn.Module:
+        return self.mask.extractor
+
+    @property
+    def mask_head(self) -> MaskHeadBase:
+        return self.mask.head
+
+    @property
+    def mask_loss(self) -> nn.Module:
+        return self.mask.loss
+
+    @property
+    def boundary_extractor(self) -> nn.Module | None:
+        return getattr(self.mask.head, "extractor", None)
+
+    @property
+    def mask_iou_head(self) -> nn.Module | None:
+        scorer = getattr(self.mask, "scorer", None)
+        return None if scorer is None else scorer.head
 
 
-class RoIStage(nn.Module):
+class RoIStage(FlatPartNames, nn.Module):
     """One cascade stage: its sampler (IoU threshold), box branch and mask branch."""
 
     def __init__(self, sampler: ProposalSampler, box: BoxBranch, mask: MaskBranch) -> None:
         super().__init__()
-        register_branches(self, box, mask)
-        self.sampler, self.box, self.mask = sampler, box, mask
+        self.sampler, self.box, self.mask = sampler, box, mask  # box before mask: the parameter order
 
 
 class RoIHeads(nn.Module):
@@ -210,7 +205,7 @@ class RoIHeads(nn.Module):
             else:
                 r["mask_probs"] = p[:, None]
             if ious is not None:
-                r["mask_scores"] = rescore_with_mask_iou(r["scores"], ious[i])
+                r["mask_scores"] = MaskScorer.rescore(r["scores"], ious[i])
         return results
 
     def _load_from_state_dict(
@@ -223,6 +218,11 @@ class RoIHeads(nn.Module):
         unexpected_keys: list,
         error_msgs: list,
     ) -> None:
+        # the flat layout of older checkpoints and of the checkpoint importers: renamed in place (the dict
+        # is load_state_dict's own copy), before the children read their keys
+        ours = [k for k in state_dict if k.startswith(prefix)]
+        renamed = upgrade_keys({k: state_dict.pop(k) for k in ours}, prefix)
+        state_dict.update(renamed)
         theirs = state_dict_layout(state_dict, prefix)
         if strict and theirs is not None and theirs != self.layout:
             raise LvisctlError(
@@ -235,18 +235,19 @@ class RoIHeads(nn.Module):
 
 
 def state_dict_layout(state_dict: dict, prefix: str = "roi_heads.") -> str | None:
-    """Which RoI-head type a state dict holds (None: no RoI-head keys under ``prefix``)."""
-    keys = [k[len(prefix) :] for k in state_dict if k.startswith(prefix)]
-    if any(k.startswith("box_head.") for k in keys):
+    """Which RoI-head type a state dict holds (None: no RoI-head keys under ``prefix``); either layout."""
+    keys = list(upgrade_keys({k[len(prefix) :]: None for k in state_dict if k.startswith(prefix)}, ""))
+    if any(k.startswith("box.") for k in keys):
         return "standard"
     if any(k.startswith("stages.") for k in keys):
         # HTC's later mask heads have the information-flow conv
-        return "htc" if any(".mask_head.conv_res." in f".{k}" for k in keys) else "cascade"
+        return "htc" if any(".mask.head.conv_res." in f".{k}" for k in keys) else "cascade"
     return None
 
 
-class StandardRoIHeads(RoIHeads):
-    """Mask R-CNN's RoI heads: one stage, its modules directly on ``roi_heads``."""
+@ROI_HEADS.register("standard", help="Mask R-CNN: one box stage, one mask head")
+class StandardRoIHeads(FlatPartNames, RoIHeads):
+    """Mask R-CNN's RoI heads: one stage, its branches directly on ``roi_heads``."""
 
     layout = "standard"
 
@@ -254,8 +255,18 @@ class StandardRoIHeads(RoIHeads):
         self, sampler: ProposalSampler, box: BoxBranch, mask: MaskBranch, post: DetectionPostprocess
     ) -> None:
         super().__init__()
-        register_branches(self, box, mask)
         self.sampler, self.box, self.mask, self.post = sampler, box, mask, post
+
+    @classmethod
+    def from_config(cls, parts: RoIParts) -> StandardRoIHeads:
+        """One stage at ``fg_iou_thresh`` / ``bg_iou_thresh``, class-specific regression."""
+        rcfg = parts.mcfg.roi_heads
+        return cls(
+            parts.sampler(float(rcfg.fg_iou_thresh), float(rcfg.bg_iou_thresh)),
+            parts.box_branch(list(rcfg.bbox_reg_weights)),
+            parts.mask_branch(mask_iou=bool(parts.mcfg.mask_head.mask_iou)),
+            parts.postprocess(),
+        )
 
     def last_mask_branch(self) -> MaskBranch:
         return self.mask
@@ -286,21 +297,23 @@ class StandardRoIHeads(RoIHeads):
         return self.post(self.box.scores(logits), self.box.decode(deltas, proposals), counts, image_sizes)
 
 
+@ROI_HEADS.register("cascade", help="Cascade Mask R-CNN: three box stages with rising IoU thresholds")
 class CascadeRoIHeads(RoIHeads):
-    """Cascade Mask R-CNN (``interleaved=False, mask_flow=False``) and HTC without the semantic branch
-    (``interleaved=True, mask_flow=True``; Chen et al. 2019, mmdet's ``HybridTaskCascadeRoIHead``).
+    """Cascade Mask R-CNN (Cai and Vasconcelos 2019); ``HybridTaskCascadeRoIHeads`` (``htc.py``) changes two
+    hooks, ``mask_samples`` and ``previous_mask_heads``.
 
     Training, stage i (IoU threshold t_i, loss weight w_i): sample RoIs at t_i from the previous stage's
-    refined boxes (+ GT), box losses; the mask branch trains on the same samples (cascade) or, interleaved,
-    on RoIs re-sampled at t_i from the boxes this stage just regressed; with the flow, mask head i gets
-    the features of heads 0..i-1 run on the same RoI features. Losses are ``s{i}.loss_*`` times w_i.
+    refined boxes (+ GT), box losses; the mask branch trains on ``mask_samples`` (here the same samples)
+    after ``previous_mask_heads(i)`` (here none). Losses are ``s{i}.loss_*`` times w_i.
     Test: each stage classifies and refines; the scores are the mean of all stages' class scores (as
     detectron2's ``CascadeROIHeads``; mmdet averages the logits instead, which does not fit sigmoid / BAGS
     classifiers), boxes are the last stage's regression. Masks (``test_mask``): ``mean`` = every stage's
-    mask head run on the final boxes (with the flow, after the earlier heads) and their probabilities
+    mask head run on the final boxes (with HTC's flow, after the earlier heads) and their probabilities
     averaged, as the HTC code does (mmdet ``HybridTaskCascadeRoIHead.simple_test`` + ``merge_aug_masks``);
     ``last`` = the last stage's mask only (detectron2's cascade). Mask Scoring's IoU is the last stage's.
     """
+
+    layout = "cascade"
 
     def __init__(
         self,
@@ -308,8 +321,6 @@ class CascadeRoIHeads(RoIHeads):
         stage_loss_weights: Sequence[float],
         post: DetectionPostprocess,
         *,
-        interleaved: bool,
-        mask_flow: bool,
         test_mask: str = "mean",
     ) -> None:
         super().__init__()
@@ -318,19 +329,54 @@ class CascadeRoIHeads(RoIHeads):
         self.stages = nn.ModuleList(stages)
         self.stage_loss_weights = [float(w) for w in stage_loss_weights]
         self.post = post
-        self.interleaved, self.mask_flow = interleaved, mask_flow
         if test_mask not in ("mean", "last"):
             raise ValueError(f"test_mask must be 'mean' or 'last', got {test_mask!r}")
         self.test_mask = test_mask
-        self.layout = "htc" if interleaved and mask_flow else "cascade"
+
+    # HTC's mask heads after the first take the previous head's features (``htc.py``)
+    mask_flow = False
+
+    @classmethod
+    def from_config(cls, parts: RoIParts) -> CascadeRoIHeads:
+        """One ``RoIStage`` per ``model.roi_heads.cascade.iou_thresholds`` entry, built with the cascade's
+        own RoIAlign / SmoothL1 settings; Mask Scoring on the last stage (whose masks are the output)."""
+        parts = parts.cascade()
+        rcfg = parts.mcfg.roi_heads
+        ious, weights, reg = parts.cascade_settings()
+        last = len(ious) - 1
+        stages = [
+            RoIStage(
+                parts.sampler(iou, iou),  # mmdet's cascade assigners: pos = neg threshold
+                parts.box_branch(reg[i], class_agnostic=bool(rcfg.cascade.class_agnostic)),
+                parts.mask_branch(
+                    mask_iou=bool(parts.mcfg.mask_head.mask_iou) and i == last,
+                    flow_in=cls.mask_flow and i > 0,
+                ),
+            )
+            for i, iou in enumerate(ious)
+        ]
+        test_mask = pick("model.roi_heads.cascade.test_mask", TEST_MASKS, rcfg.cascade.test_mask)
+        return cls(stages, weights, parts.postprocess(), test_mask=test_mask)
 
     def last_mask_branch(self) -> MaskBranch:
         return self.stages[-1].mask
 
-    def previous_mask_heads(self, stage: int) -> list[nn.Module]:
-        """The mask heads whose features flow into stage ``stage``'s head (none without the flow)."""
-        return [s.mask.head for s in self.stages[:stage]] if self.mask_flow else []
+    # ------------------------------------------------------------------------------------ the HTC hooks
+    def previous_mask_heads(self, stage: int) -> list[MaskHeadBase]:
+        """The mask heads whose features flow into stage ``stage``'s head: none in a cascade."""
+        return []
 
+    def mask_samples(
+        self,
+        stage: RoIStage,
+        samples: RoISamples,
+        refined: list[Tensor],
+        targets: list[dict[str, Tensor]],
+    ) -> RoISamples:
+        """The RoIs stage ``stage``'s mask branch trains on: the box branch's samples in a cascade."""
+        return samples
+
+    # ------------------------------------------------------------------------------------ heads
     def predict_masks_and_iou(
         self, features: list[Tensor], boxes: list[Tensor], labels: list[Tensor]
     ) -> tuple[list[Tensor], list[Tensor] | None]:
@@ -359,8 +405,7 @@ class CascadeRoIHeads(RoIHeads):
             stage_losses = stage.box.losses(logits, deltas, samples, targets)
             with torch.no_grad():
                 boxes = stage.box.refine_samples(logits, deltas, samples, image_sizes)
-            # interleaved: the mask branch trains on this stage's regressed boxes, re-sampled at its IoU
-            mask_samples = stage.sampler.sample(boxes, targets) if self.interleaved else samples
+            mask_samples = self.mask_samples(stage, samples, boxes, targets)
             stage_losses.update(stage.mask.losses(feats, mask_samples, targets, self.previous_mask_heads(i)))
             losses.update({f"s{i}.{k}": weight * v for k, v in stage_losses.items()})
         return losses

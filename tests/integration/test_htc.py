@@ -28,8 +28,8 @@ def test_htc_stage1_stage2_tta_infer_evaluate(tmp_path, tiny_data):
     run = RunDir(run_dir)
     s1 = torch.load(run.resolve(run.latest("checkpoint", stage=1, final=True)), weights_only=True)
     assert s1["config"]["model"]["roi_heads"]["type"] == "htc"
-    assert any(k.startswith("roi_heads.stages.2.mask_head.conv_res.") for k in s1["model"])
-    assert not any(k.startswith("roi_heads.box_head.") for k in s1["model"])
+    assert any(k.startswith("roi_heads.stages.2.mask.head.conv_res.") for k in s1["model"])
+    assert not any(k.startswith("roi_heads.box.head.") for k in s1["model"])
 
     stage2 = ["--config", REPO_CONFIGS / "demo" / "stage2_htc.yaml", "--run-dir", run_dir]
     code, out = lvisctl(
@@ -40,8 +40,8 @@ def test_htc_stage1_stage2_tta_infer_evaluate(tmp_path, tiny_data):
     frozen = [k for k in s1["model"] if k.startswith(("backbone.", "rpn."))]
     assert frozen and all(torch.equal(s1["model"][k], s2["model"][k]) for k in frozen)
     for i in range(3):  # GS on all three classifiers: K + 1 + groups logits (K = 8 tiny categories)
-        assert s2["model"][f"roi_heads.stages.{i}.box_head.predictor.cls_score.weight"].shape[0] > 9
-        assert f"roi_heads.stages.{i}.mask_head.boundary_predictor.weight" in s2["model"]  # HM on each
+        assert s2["model"][f"roi_heads.stages.{i}.box.head.predictor.cls_score.weight"].shape[0] > 9
+        assert f"roi_heads.stages.{i}.mask.head.boundary_predictor.weight" in s2["model"]  # HM on each
 
     code, out = lvisctl("tta-infer", "--run-dir", run_dir, "--images", tiny_data["val"], "--scales", "64")
     assert code == 0, out

@@ -15,7 +15,7 @@ from lvisctl.rundir import RunDir
 from lvisctl.training import train
 from tests.integration.engine_standins import real_tiny_config, register_train_json, tiny_items
 
-FROZEN_BAGS = ("backbone.", "rpn.", "roi_heads.mask_head.")
+FROZEN_BAGS = ("backbone.", "rpn.", "roi_heads.mask.head.")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_finetune_bags_default_config_on_a_small_stage1_loads_every_frozen_tenso
     result = train(cfg, stage1["run_dir"], stage=2, phase="finetune_bags")
     out = capsys.readouterr().out
     assert "model.backbone.name='tiny'" in out and "model.fpn.out_channels=16" in out
-    assert "initialised fresh: roi_heads.box_head" in out
+    assert "initialised fresh: roi_heads.box.head" in out
     run = RunDir(stage1["run_dir"])
     final = run.latest("checkpoint", phase="finetune_bags", final=True)
     assert final.inputs[-1]["path"] == "checkpoints/stage1_best.pt"

@@ -92,16 +92,17 @@ def test_head_shapes_and_two_way_fusion():
     )
     mask_feats = torch.randn(2, 8, 7, 7)
     boundary_feats = torch.randn(2, 8, 14, 14)
-    mask_logits, boundary_logits = head(mask_feats, boundary_feats)
+    out = head(mask_feats, boundary_features=boundary_feats)
+    mask_logits, boundary_logits = out.logits, out.boundary_logits
     assert mask_logits.shape == (2, 3, 14, 14) and boundary_logits.shape == (2, 3, 14, 14)
+    assert out.features.shape == (2, 8, 7, 7)  # the fused mask features (HTC's flow)
     # boundary -> mask fusion: the mask output depends on the boundary features, and vice versa
-    other_mask, other_boundary = head(mask_feats, boundary_feats + 1.0)
-    assert not torch.allclose(other_mask, mask_logits)
-    other_mask, other_boundary = head(mask_feats + 1.0, boundary_feats)
-    assert not torch.allclose(other_boundary, boundary_logits)
+    other = head(mask_feats, boundary_features=boundary_feats + 1.0)
+    assert not torch.allclose(other.logits, mask_logits)
+    other = head(mask_feats + 1.0, boundary_features=boundary_feats)
+    assert not torch.allclose(other.boundary_logits, boundary_logits)
     # without pooled boundary features the mask features are upsampled
-    mask_only, boundary_only = head(mask_feats)
-    assert boundary_only.shape == (2, 3, 14, 14)
+    assert head(mask_feats).boundary_logits.shape == (2, 3, 14, 14)
 
 
 def test_head_trains_with_mask_and_boundary_losses():
@@ -115,7 +116,8 @@ def test_head_trains_with_mask_and_boundary_losses():
     optim = torch.optim.Adam(head.parameters(), lr=3e-2)
     losses = []
     for _ in range(15):
-        mask_logits, boundary_logits = head(feats)
+        out = head(feats)
+        mask_logits, boundary_logits = out.logits, out.boundary_logits
         loss = torch.nn.functional.binary_cross_entropy_with_logits(mask_logits[:, 0], targets)
         loss = loss + boundary_loss(boundary_logits[:, 0], targets)
         optim.zero_grad()

@@ -71,7 +71,7 @@ def test_mmdet_r50_coco_maps_every_weight_and_reinitialises_the_coco_classifier(
     w = ckpt["model"]
     assert torch.equal(w["backbone.fpn.inner_blocks.2.0.weight"], state["neck.lateral_convs.2.conv.weight"])
     assert torch.equal(
-        w["roi_heads.mask_head.convs.6.weight"], state["roi_head.mask_head.convs.3.conv.weight"]
+        w["roi_heads.mask.head.convs.6.weight"], state["roi_head.mask_head.convs.3.conv.weight"]
     )
     assert len(ckpt["category_stats"]["cat_ids"]) == 1203
 
@@ -91,10 +91,10 @@ def test_mmdet_lvis_zoo_layout_keeps_the_classifier(tmp_path, config, trunk):
     w = load_checkpoint(tmp_path / "run" / "checkpoints" / "stage1_final.pt")["model"]
     # background moves from the last classifier row to the first; fg rows keep their order
     cls = state["roi_head.bbox_head.fc_cls.weight"]
-    assert torch.equal(w["roi_heads.box_head.predictor.cls_score.weight"][0], cls[-1])
-    assert torch.equal(w["roi_heads.box_head.predictor.cls_score.weight"][1:], cls[:-1])
+    assert torch.equal(w["roi_heads.box.head.predictor.cls_score.weight"][0], cls[-1])
+    assert torch.equal(w["roi_heads.box.head.predictor.cls_score.weight"][1:], cls[:-1])
     assert torch.equal(
-        w["roi_heads.box_head.predictor.bbox_pred.weight"][4:], state["roi_head.bbox_head.fc_reg.weight"]
+        w["roi_heads.box.head.predictor.bbox_pred.weight"][4:], state["roi_head.bbox_head.fc_reg.weight"]
     )
     assert r.overrides["model.backbone.name"] == trunk
 
@@ -397,11 +397,11 @@ def test_mmdet_htc_maps_onto_lvisctls_htc(tmp_path):
     w = load_checkpoint(tmp_path / "run" / "checkpoints" / "stage1_final.pt")["model"]
     for s in range(3):  # class-agnostic box regression (4 outputs) loads whatever the classes
         assert torch.equal(
-            w[f"roi_heads.stages.{s}.box_head.predictor.bbox_pred.weight"],
+            w[f"roi_heads.stages.{s}.box.head.predictor.bbox_pred.weight"],
             state[f"roi_head.bbox_head.{s}.fc_reg.weight"],
         )
     assert torch.equal(
-        w["roi_heads.stages.2.mask_head.conv_res.0.weight"],
+        w["roi_heads.stages.2.mask.head.conv_res.0.weight"],
         state["roi_head.mask_head.2.conv_res.conv.weight"],
     )
 

@@ -38,8 +38,8 @@ def test_bags_tunefc_trains_only_the_classifier_layer(name):
     freeze_modules(model, list(cfg.train.freeze))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {
-        "roi_heads.box_head.predictor.cls_score.weight",
-        "roi_heads.box_head.predictor.cls_score.bias",
+        "roi_heads.box.head.predictor.cls_score.weight",
+        "roi_heads.box.head.predictor.cls_score.bias",
     }
 
 

@@ -110,9 +110,9 @@ def test_table2_stage1_rows(name, backbone, mask_iou):
 @pytest.mark.parametrize(
     "name, trained",
     [
-        ("stage2/ms", "roi_heads.mask_iou_head."),
-        ("stage2/htc_ms", "roi_heads.stages.2.mask_iou_head."),
-        ("stage2/large/htc_ms", "roi_heads.stages.2.mask_iou_head."),
+        ("stage2/ms", "roi_heads.mask.scorer.head."),
+        ("stage2/htc_ms", "roi_heads.stages.2.mask.scorer.head."),
+        ("stage2/large/htc_ms", "roi_heads.stages.2.mask.scorer.head."),
     ],
 )
 def test_stage2_ms_trains_the_mask_iou_head_only(name, trained):

@@ -19,6 +19,8 @@ def test_frozen_parts_map_to_the_keys_that_shape_them():
     assert {"model.backbone", "model.fpn", "model.pixel_mean", "model.pixel_std", "model.rpn"} <= set(keys)
     assert not any(k.startswith("model.mask_head") for k in keys)
     assert "model.mask_head.conv_dim" in frozen_config_keys(["roi_heads.mask_head"])
+    # the flat name of older configs and the module path name the same part
+    assert frozen_config_keys(["roi_heads.mask.head"]) == frozen_config_keys(["roi_heads.mask_head"])
     assert frozen_config_keys(["backbone.fpn"]) == ["model.fpn"]
 
 
@@ -114,15 +116,15 @@ def test_trained_heads_a_config_reshapes_stop_the_start_unless_partial_is_allowe
     msg = str(err.value)
     assert msg.startswith("stage1_final.pt: 12 trained tensors would be thrown away") and "\n" not in msg
     assert "(model.roi_heads.fc_dim: 64 -> 96; model.mask_head.conv_dim: 16 -> 24;" in msg
-    assert "roi_heads.box_head.mlp.fc6.weight: (64, 1568) in the checkpoint, (96, 1568) in the model" in msg
+    assert "roi_heads.box.head.mlp.fc6.weight: (64, 1568) in the checkpoint, (96, 1568) in the model" in msg
     assert "and 9 more" in msg and "train.init_allow_partial=true" in msg
     report = load_init_weights(
         wider, stage1, source="stage1_final.pt", frozen=["backbone", "rpn"], allow_partial=True
     )
-    assert any(m.startswith("roi_heads.box_head") for m in report.fresh)
+    assert any(m.startswith("roi_heads.box.head") for m in report.fresh)
     same = tiny_model(*gs_hm, "model.roi_heads.fc_dim=64", "model.mask_head.conv_dim=16")
     report = load_init_weights(same, stage1, source="stage1_final.pt", frozen=["backbone", "rpn"])
-    assert not any(m.startswith(("roi_heads.box_head.fc", "roi_heads.mask_head.convs")) for m in report.fresh)
+    assert not any(m.startswith(("roi_heads.box.head.fc", "roi_heads.mask.head.convs")) for m in report.fresh)
     assert any("cls_score" in m for m in report.fresh)  # BAGS' classifier: reshaped by design
 
 

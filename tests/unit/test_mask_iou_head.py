@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lvisctl.losses.mask_scoring import mask_iou_loss, mask_iou_targets
-from lvisctl.modeling.mask_iou_head import MaskIoUHead, mask_scores
+from lvisctl.modeling.mask_iou_head import MaskIoUHead, MaskScorer
 
 
 def test_head_shapes_and_gradients():
@@ -53,4 +53,5 @@ def test_mask_score_is_cls_score_times_predicted_iou():
     cls = torch.tensor([0.8, 0.5])
     pred = torch.tensor([[0.1, 0.6, 0.2], [0.9, 0.3, 0.4]])
     labels = torch.tensor([1, 2])
-    assert mask_scores(cls, pred, labels).tolist() == pytest.approx([0.48, 0.2])
+    iou = pred[torch.arange(2), labels]  # each detection's class column
+    assert MaskScorer.rescore(cls, iou).tolist() == pytest.approx([0.48, 0.2])

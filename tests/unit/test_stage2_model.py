@@ -12,8 +12,7 @@ from lvisctl.modeling import LvisMaskRCNN, build_model
 from lvisctl.modeling.boundary_head import BoundaryPreservingMaskHead
 from lvisctl.modeling.build import build_mask_levels
 from lvisctl.modeling.deform_roi_pool import DeformRoIPool
-from lvisctl.modeling.mask_branch import gt_inside_ratio
-from lvisctl.modeling.mask_iou_head import rescore_with_mask_iou
+from lvisctl.modeling.mask_iou_head import MaskScorer, gt_inside_ratio
 from lvisctl.modeling.sampling import image_weighted
 from tests.unit.test_model_core import IMAGES, TINY, make_stats, target, tiny_model
 
@@ -115,7 +114,7 @@ def test_stage1_mask_head_weights_load_into_the_boundary_head():
     stage1 = tiny_model().state_dict()  # MaskHead, 2 convs
     stage2 = tiny_model("model.mask_head.boundary=true", "model.mask_head.num_convs=3").state_dict()
     shared = {k for k in stage2 if k in stage1 and stage1[k].shape == stage2[k].shape}
-    head = "roi_heads.mask_head."
+    head = "roi_heads.mask.head."
     loaded = {k.removeprefix(head) for k in shared if k.startswith(head)}
     # the first two convs, the deconv and the predictor load; the third ("more") conv and the boundary
     # branch start fresh
@@ -206,7 +205,7 @@ def test_mask_scoring_rescores_masks_only_boxes_keep_the_cls_score():
     torch.manual_seed(0)
     scored = tiny_model("model.mask_head.mask_iou=true").eval()
     plain = tiny_model().eval()  # same seed: identical weights except the MaskIoU head
-    plain.load_state_dict({k: v for k, v in scored.state_dict().items() if "mask_iou_head" not in k})
+    plain.load_state_dict({k: v for k, v in scored.state_dict().items() if ".mask.scorer." not in k})
     captured = []
     scored.roi_heads.mask_iou_head.register_forward_hook(lambda m, i, out: captured.append(out))
     with torch.no_grad():
@@ -226,7 +225,7 @@ def test_mask_scoring_rescores_masks_only_boxes_keep_the_cls_score():
 
 def test_rescore_clamps_the_regressed_iou():
     scores = torch.tensor([0.8, 0.5, 0.4])
-    assert rescore_with_mask_iou(scores, torch.tensor([0.5, 1.2, -0.1])).tolist() == pytest.approx(
+    assert MaskScorer.rescore(scores, torch.tensor([0.5, 1.2, -0.1])).tolist() == pytest.approx(
         [0.4, 0.5, 0.0]
     )
 
