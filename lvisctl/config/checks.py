@@ -180,6 +180,26 @@ def value_problem(key: str, value: Any) -> str | None:
     return None if ok else f"{key} must be {wanted}, got {value!r}"
 
 
+# free mapping of a plug-in's keyword arguments -> the choice key that picks the plug-in; the plug-in's
+# ``check_args(args, name)`` (if it has one) says what is wrong with them, e.g. a name its constructor lacks
+PLUGIN_ARGS: dict[str, str] = {"model.roi_heads.cls_loss_args": "model.roi_heads.cls_loss"}
+
+
+def plugin_args_problem(cfg: Mapping[str, Any], args_key: str) -> str | None:
+    """The one-line problem of the plug-in arguments ``args_key``, or None (also for an unknown plug-in,
+    which its choice key reports)."""
+    from lvisctl.registry import registry_for
+
+    found, args = lookup(cfg, args_key)
+    picked, name = lookup(cfg, PLUGIN_ARGS[args_key])
+    registry = registry_for(PLUGIN_ARGS[args_key])
+    if not found or not args or not picked or registry is None or name not in registry:
+        return None
+    check = getattr(registry.get(name), "check_args", None)
+    problem = check(dict(args), name) if check is not None else None
+    return f"{args_key}: {problem}" if problem else None
+
+
 def check_values(cfg: Mapping[str, Any], source_of: Callable[[str], str]) -> None:
     """Raise one ``LvisctlError`` listing the choice and range problems of the source that has the first."""
     from lvisctl.errors import LvisctlError, raise_problems
@@ -189,6 +209,9 @@ def check_values(cfg: Mapping[str, Any], source_of: Callable[[str], str]) -> Non
         found, value = lookup(cfg, key)
         problem = (choice_problem(key, value) or value_problem(key, value)) if found else None
         if problem:
+            problems.setdefault(source_of(key), []).append(problem)
+    for key in PLUGIN_ARGS:
+        if problem := plugin_args_problem(cfg, key):
             problems.setdefault(source_of(key), []).append(problem)
     if not problems:
         return

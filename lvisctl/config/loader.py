@@ -302,7 +302,8 @@ def _validate(
         if isinstance(ref, Mapping):
             if not isinstance(value, Mapping):
                 raise LvisctlError(f"{source}: {dotted} must be a mapping")
-            _validate(ref, value, source, dotted + ".", root)
+            if ref:  # an empty default ({}) is a free mapping, checked by its owner (checks.plugin_args)
+                _validate(ref, value, source, dotted + ".", root)
         elif (
             ref is not None
             and value is not None

@@ -3,7 +3,8 @@
 Every part chosen by a config value is built from a name -> factory table below (``CHOICE_TABLES``, keyed
 by the config key; ``lvisctl.config.choices`` lists the same names with descriptions and ``load_config``
 checks them up front): RoI-head type (``model.roi_heads.type``: standard / cascade / htc),
-classification loss (``cls_loss``), box RoI extractor (``roi_pool``), mask level assignment
+classification loss (``cls_loss``: the plug-in registry ``lvisctl.registry.CLS_LOSSES``, filled by the
+losses' own ``@CLS_LOSSES.register``), box RoI extractor (``roi_pool``), mask level assignment
 (``model.mask_head.level_assign`` + ``eq1_*``), mask loss (``model.mask_head.loss``). Switches: extra
 mask convs (``num_convs``), the boundary head (``boundary``) and the MaskIoU head (``mask_iou``, on the
 last stage). Every switch applies to every stage of every head type. An unknown value raises an
@@ -21,9 +22,7 @@ from torch import nn
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
 from lvisctl.losses.balanced_mask import BalancedMaskLoss
-from lvisctl.losses.classification import ClassificationLoss, SigmoidBCELoss, SoftmaxCELoss
-from lvisctl.losses.eql import EqualizationLoss
-from lvisctl.losses.group_softmax import BalancedGroupSoftmax
+from lvisctl.losses.classification import ClassificationLoss
 from lvisctl.losses.mask_rcnn import BCEMaskLoss
 from lvisctl.modeling.backbones import build_trunk
 from lvisctl.modeling.boundary_head import BoundaryPreservingMaskHead
@@ -46,6 +45,7 @@ from lvisctl.modeling.roi_heads import (
 )
 from lvisctl.modeling.rpn import Fp32AnchorGenerator, Fp32RPNHead, WeightedRPN
 from lvisctl.modeling.sampling import ProposalSampler
+from lvisctl.registry import CLS_LOSSES, Registry
 
 Config = Any  # an OmegaConf node of the model section
 
@@ -58,32 +58,9 @@ def pick(key: str, table: Mapping[str, Any], value: object) -> Any:
 
 
 # ------------------------------------------------------------------------------ classification losses
-def _bin_edges(edges: list) -> list[int]:
-    """``model.roi_heads.bags_bin_edges``: strictly increasing positive instance counts."""
-    if not edges or not all(isinstance(e, int) and not isinstance(e, bool) and e > 0 for e in edges):
-        raise LvisctlError(f"model.roi_heads.bags_bin_edges: need positive integer counts, got {edges}")
-    if any(b <= a for a, b in zip(edges[:-1], edges[1:], strict=True)):
-        raise LvisctlError(f"model.roi_heads.bags_bin_edges: must increase strictly, got {edges}")
-    return [int(e) for e in edges]
-
-
-def _bags(rcfg: Config, stats: CategoryStats) -> ClassificationLoss:
-    edges = _bin_edges(rcfg.bags_bin_edges)
-    return BalancedGroupSoftmax(stats.instance_count, edges, float(rcfg.bags_others_ratio))
-
-
-CLS_LOSSES: dict[str, Callable[[Config, CategoryStats], ClassificationLoss]] = {
-    "softmax": lambda rcfg, stats: SoftmaxCELoss(stats.num_classes),
-    "sigmoid": lambda rcfg, stats: SigmoidBCELoss(stats.num_classes),
-    # EQL reads the training image frequencies from the stats
-    "eql": lambda rcfg, stats: EqualizationLoss(stats.image_frequency, float(rcfg.eql_lambda)),
-    "bags": _bags,
-}
-
-
 def build_cls_loss(rcfg: Config, stats: CategoryStats) -> ClassificationLoss:
-    """``model.roi_heads.cls_loss``."""
-    return pick("model.roi_heads.cls_loss", CLS_LOSSES, rcfg.cls_loss)(rcfg, stats)
+    """``model.roi_heads.cls_loss``: the loss registered under that name builds itself (``from_config``)."""
+    return CLS_LOSSES.get(rcfg.cls_loss).from_config(rcfg, stats)
 
 
 # ------------------------------------------------------------------------------ RoI extractors
@@ -353,9 +330,9 @@ ROI_HEADS: dict[str, Callable[[Config, CategoryStats, int, Config], RoIHeads]] =
 }
 
 # config key -> its name -> factory table (the names must equal lvisctl.config.choices.CHOICES[key])
-CHOICE_TABLES: dict[str, Mapping[str, Any]] = {
+CHOICE_TABLES: dict[str, Mapping[str, Any] | Registry[Any]] = {
     "model.roi_heads.type": ROI_HEADS,
-    "model.roi_heads.cls_loss": CLS_LOSSES,
+    "model.roi_heads.cls_loss": CLS_LOSSES,  # the registry (lvisctl/losses/*: @CLS_LOSSES.register)
     "model.roi_heads.roi_pool": ROI_POOLS,
     "model.mask_head.loss": MASK_LOSSES,
     "model.mask_head.level_assign": MASK_LEVEL_ASSIGNS,

@@ -101,12 +101,12 @@ def test_every_choice_default_is_allowed_and_described():
 def test_choice_tables_match_the_builders():
     from lvisctl.config.choices import choice_names
     from lvisctl.modeling.backbones import BACKBONE_NAMES, NORMS
-    from lvisctl.modeling.build import CLS_LOSSES
     from lvisctl.modeling.mask_assign import BOX_RULES
+    from lvisctl.registry import CLS_LOSSES
 
     assert set(choice_names("model.backbone.name")) == set(BACKBONE_NAMES)
     assert set(choice_names("model.backbone.norm")) == set(NORMS)
-    assert set(choice_names("model.roi_heads.cls_loss")) == set(CLS_LOSSES)
+    assert set(choice_names("model.roi_heads.cls_loss")) == set(CLS_LOSSES.names())
     assert set(choice_names("model.mask_head.eq1_box_rule")) == set(BOX_RULES)
 
 
