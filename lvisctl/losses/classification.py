@@ -11,8 +11,8 @@ Every classifier loss (softmax CE, sigmoid BCE, EQL, Balanced GroupSoftmax) is a
 * ``scores(logits) -> Tensor[N, K]``: foreground class scores used at test time (softmax drops the
   background column; sigmoid losses apply sigmoid; BAGS recombines its group probabilities);
 * ``init_classifier(linear)``: set the classifier's initial bias (sigmoid losses start at a small prior);
-* ``classifier(in_dim)``: the box head's classifier layer (an ``nn.Linear`` of ``num_logits`` outputs, so the
-  state-dict keys are ``cls_score.weight`` / ``.bias`` whatever the loss).
+* ``classifier(in_dim)``: the box head's classifier layer before ``init_classifier`` (an ``nn.Linear`` of
+  ``num_logits`` outputs, so the state-dict keys are ``cls_score.weight`` / ``.bias`` whatever the loss).
 
 Plug-in contract: a loss registers itself in ``lvisctl.registry.CLS_LOSSES`` under the name that
 ``model.roi_heads.cls_loss`` picks, and builds itself with ``from_config(rcfg, stats)`` (``rcfg`` =
@@ -111,10 +111,9 @@ class ClassificationLoss(nn.Module):
         return None
 
     def classifier(self, in_dim: int) -> nn.Linear:
-        """The box head's classification layer, initialised for this loss."""
-        linear = nn.Linear(in_dim, self.num_logits)
-        self.init_classifier(linear)
-        return linear
+        """The box head's classification layer (the head calls ``init_classifier`` on it afterwards, in the
+        order of the random draws that older checkpoints and the demo's numbers were made with)."""
+        return nn.Linear(in_dim, self.num_logits)
 
     @property
     def num_logits(self) -> int:

@@ -105,9 +105,8 @@ class SeesawLoss(ClassificationLoss):
     def classifier(self, in_dim: int) -> nn.Linear:
         if self.normed_temperature <= 0:
             return super().classifier(in_dim)
-        linear = NormedLinear(in_dim, self.num_logits, self.normed_temperature)
-        self.init_classifier(linear)  # N(0, 0.01), bias 0: mmdet's NormedLinear.init_weights
-        return linear
+        # init_classifier then gives N(0, 0.01), bias 0: mmdet's NormedLinear.init_weights
+        return NormedLinear(in_dim, self.num_logits, self.normed_temperature)
 
     def split(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """(class logits [N, K], objectness logits [N, 2] = [object, background])."""

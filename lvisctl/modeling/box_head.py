@@ -24,6 +24,7 @@ class BoxPredictor(nn.Module):
         super().__init__()
         self.cls_score = cls_loss.classifier(in_dim)
         self.bbox_pred = nn.Linear(in_dim, 4 if class_agnostic else (num_classes + 1) * 4)
+        cls_loss.init_classifier(self.cls_score)  # after bbox_pred: the random draws in their old order
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.bbox_pred.bias)
 

@@ -174,3 +174,22 @@ def test_samplers_build_from_their_registry():
 
 def test_tiny_config_is_valid():
     assert load_config(None, TINY).model.roi_heads.cls_loss_args == {}
+
+
+def test_box_predictor_draws_its_initial_weights_in_the_old_order():
+    """Classifier layer, box layer, then the classifier's init: old checkpoints' and the demo's numbers."""
+    from torch import nn
+
+    from lvisctl.losses.eql import EqualizationLoss
+    from lvisctl.modeling.box_head import BoxPredictor
+
+    loss = EqualizationLoss(make_stats().image_frequency)
+    torch.manual_seed(3)
+    got = BoxPredictor(8, K, loss)
+    torch.manual_seed(3)
+    cls, box = nn.Linear(8, K), nn.Linear(8, (K + 1) * 4)
+    loss.init_classifier(cls)
+    nn.init.normal_(box.weight, std=0.001)
+    nn.init.zeros_(box.bias)
+    assert torch.equal(got.cls_score.weight, cls.weight) and torch.equal(got.cls_score.bias, cls.bias)
+    assert torch.equal(got.bbox_pred.weight, box.weight)
