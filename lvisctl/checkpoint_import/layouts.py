@@ -6,6 +6,11 @@ what a framework bakes into its weights, exactly:
 * background slot: mmdet and detectron2 put it last in the classifier (K + 1 logits) and have no
   background slot in the class-specific box / mask outputs; lvisctl (torchvision) has it first. Rows are
   reordered and a zero background slot is added (never read at test time: labels start at 1).
+* mmdet's Seesaw models (``mask-rcnn_r50_fpn_seesaw-loss_sample1e-3-ms-2x_lvis-v1`` and the rest of
+  ``configs/seesaw_loss``): the classifier has K + 2 rows, the K classes then the objectness pair [object,
+  background], which is the layout of lvisctl's Seesaw loss, so the rows are kept as they are; the config
+  gets ``cls_loss: seesaw`` and mmdet's ``NormedLinear`` classifier (``cls_loss_args.normed_temperature``,
+  20 in those configs), and the loss's ``cum_samples`` buffer is carried over.
 * class-agnostic box regression or mask (4 box outputs / 1 mask channel) becomes class-specific by
   repeating the same weights for every class: identical outputs, no model change.
 * BGR input (detectron2's MSRA R-50, mmdet caffe style): the first conv's input channels are flipped and the
@@ -27,9 +32,11 @@ from torch import Tensor
 
 from lvisctl.checkpoint_import.categories import SourceClasses, default_source_classes
 
-# either RoI-head layout: the flat one these maps write (box_head.) and the model's (box.head.)
+# either RoI-head layout: the flat one these maps write (box_head.) and the model's (box.head.); Seesaw's
+# per-class sample counts follow the classes too
 _CLASS_KEY = re.compile(
-    r".*(box(_|\.)head\.predictor\.(cls_score|bbox_pred)|mask(_|\.)head\.predictor)\.(weight|bias)"
+    r".*((box(_|\.)head\.predictor\.(cls_score|bbox_pred)|mask(_|\.)head\.predictor)\.(weight|bias)"
+    r"|cls_loss\.cum_samples)"
 )
 
 
@@ -234,10 +241,7 @@ def map_mmdet(state: dict[str, Tensor], meta: dict[str, Any] | None = None, **_:
     if "roi_head.bbox_head.0.fc_cls.weight" in state:
         return _map_mmdet_htc(state, meta)
     tensors, used = _apply(state, _MM_RULES)
-    cls_w, cls_b = state["roi_head.bbox_head.fc_cls.weight"], state["roi_head.bbox_head.fc_cls.bias"]
-    k = cls_w.shape[0] - 1
-    tensors["roi_heads.box_head.predictor.cls_score.weight"] = bg_last_to_first(cls_w)
-    tensors["roi_heads.box_head.predictor.cls_score.bias"] = bg_last_to_first(cls_b)
+    k, seesaw = _mmdet_classifier(state, "roi_head.bbox_head", "roi_heads", tensors, used)
     for name in ("weight", "bias"):
         reg = state[f"roi_head.bbox_head.fc_reg.{name}"]
         tensors[f"roi_heads.box_head.predictor.bbox_pred.{name}"] = with_bg_slot(reg, 4, k)
@@ -246,9 +250,65 @@ def map_mmdet(state: dict[str, Tensor], meta: dict[str, Any] | None = None, **_:
     used |= {f"roi_head.bbox_head.{n}.{p}" for n in ("fc_cls", "fc_reg") for p in ("weight", "bias")}
     used |= {f"roi_head.mask_head.conv_logits.{p}" for p in ("weight", "bias")}
     notes, overrides = _mmdet_conventions(tensors, meta or {})
+    if seesaw:
+        _seesaw_config(meta or {}, overrides, notes)
     names = _mmdet_class_names(meta or {})
     classes = default_source_classes(k, names if names and len(names) == k else None)
     return MappedModel("mmdet", tensors, used, overrides, classes, notes)
+
+
+def _mmdet_classifier(
+    state: dict[str, Tensor], box: str, out: str, tensors: dict[str, Tensor], used: set[str]
+) -> tuple[int, bool]:
+    """The classifier of mmdet box head ``box`` into lvisctl head ``out``; (K, whether it is Seesaw's).
+
+    Seesaw's K + 2 rows (K classes, then [object, background]) are told from the K + 1 rows of a softmax
+    head by the class-specific outputs (box regression 4K rows, mask logits K channels); they are kept in
+    place, lvisctl's Seesaw loss has mmdet's layout. A softmax head's background row moves first.
+    """
+    weight, bias = state[f"{box}.fc_cls.weight"], state[f"{box}.fc_cls.bias"]
+    rows = weight.shape[0]
+    reg_rows = state[f"{box}.fc_reg.weight"].shape[0]
+    mask = box.replace("bbox_head", "mask_head") + ".conv_logits.weight"
+    mask_channels = state[mask].shape[0] if mask in state else 0
+    # K from the class-specific outputs (class-agnostic ones, 4 box rows / 1 mask channel, say nothing)
+    per_class = [n for n, agnostic in ((reg_rows // 4, 1), (mask_channels, 1)) if n > agnostic]
+    seesaw = rows - 2 in per_class
+    predictor = f"{out}.box_head.predictor.cls_score"
+    if seesaw:
+        tensors[f"{predictor}.weight"], tensors[f"{predictor}.bias"] = weight, bias
+        k = rows - 2
+        loss_key = f"{box}.loss_cls.cum_samples"
+        if loss_key in state:
+            tensors[f"{out}.cls_loss.cum_samples"] = state[loss_key].float()
+            used.add(loss_key)
+        else:  # not saved by older mmdet: the counts start again from zero (training only reads them)
+            tensors[f"{out}.cls_loss.cum_samples"] = torch.zeros(k + 1)
+    else:
+        tensors[f"{predictor}.weight"] = bg_last_to_first(weight)
+        tensors[f"{predictor}.bias"] = bg_last_to_first(bias)
+        k = rows - 1
+    return k, seesaw
+
+
+def _seesaw_config(meta: dict[str, Any], overrides: dict[str, Any], notes: list[str]) -> None:
+    """``cls_loss: seesaw`` and the normalised classifier of mmdet's Seesaw configs (``NormedLinear``,
+    ``tempearture`` as mmdet spells it); without config text the zoo's NormedLinear(20) is assumed."""
+    cfg_text = next((meta[k] for k in ("cfg", "config") if isinstance(meta.get(k), str)), "")
+    temperature = 20.0
+    if "NormedLinear" in cfg_text:
+        m = re.search(r"tempea?rature\s*=\s*([0-9.eE+-]+)", cfg_text)
+        temperature = float(m[1]) if m else 20.0
+    elif cfg_text:
+        temperature = 0.0  # a plain linear classifier
+    else:
+        notes.append("no config text: the Seesaw classifier is taken as mmdet zoo's NormedLinear(20)")
+    overrides["model.roi_heads.cls_loss"] = "seesaw"
+    overrides["model.roi_heads.cls_loss_args.normed_temperature"] = temperature
+    notes.append(
+        "mmdet Seesaw classifier (K + 2: classes, then objectness) kept in place: cls_loss seesaw"
+        + (f", NormedLinear temperature {temperature:g}" if temperature else "")
+    )
 
 
 def _mmdet_conventions(tensors: dict[str, Tensor], meta: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
@@ -292,14 +352,12 @@ def _map_mmdet_htc(state: dict[str, Tensor], meta: dict[str, Any] | None) -> Map
     stages = sorted(
         {int(k.split(".")[2]) for k in state if re.fullmatch(r"roi_head\.bbox_head\.\d+\.fc_cls\.weight", k)}
     )
-    k = state["roi_head.bbox_head.0.fc_cls.weight"].shape[0] - 1
     agnostic = state["roi_head.bbox_head.0.fc_reg.weight"].shape[0] == 4
+    seesaw = False
     for s in stages:
         box, mask, out = f"roi_head.bbox_head.{s}", f"roi_head.mask_head.{s}", f"roi_heads.stages.{s}"
+        k, seesaw = _mmdet_classifier(state, box, out, tensors, used)
         for name in ("weight", "bias"):
-            tensors[f"{out}.box_head.predictor.cls_score.{name}"] = bg_last_to_first(
-                state[f"{box}.fc_cls.{name}"]
-            )
             reg = state[f"{box}.fc_reg.{name}"]
             tensors[f"{out}.box_head.predictor.bbox_pred.{name}"] = (
                 reg if agnostic else with_bg_slot(reg, 4, k)
@@ -309,6 +367,8 @@ def _map_mmdet_htc(state: dict[str, Tensor], meta: dict[str, Any] | None) -> Map
             )
             used |= {f"{box}.fc_cls.{name}", f"{box}.fc_reg.{name}", f"{mask}.conv_logits.{name}"}
     notes, overrides = _mmdet_conventions(tensors, meta or {})
+    if seesaw:
+        _seesaw_config(meta or {}, overrides, notes)
     overrides.update({"model.roi_heads.type": "htc", "model.roi_heads.cascade.class_agnostic": agnostic})
     # the cascade's own RoIAlign / loss / test-mask keys, as mmdet's HTC (config and simple_test) sets them
     overrides.update(

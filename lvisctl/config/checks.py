@@ -279,6 +279,26 @@ def value_problem(key: str, value: Any) -> str | None:
     return None if ok else f"{key} must be {wanted}, got {value!r}"
 
 
+# free mapping of a plug-in's keyword arguments -> the choice key that picks the plug-in; the plug-in's
+# ``check_args(args, name)`` (if it has one) says what is wrong with them, e.g. a name its constructor lacks
+PLUGIN_ARGS: dict[str, str] = {"model.roi_heads.cls_loss_args": "model.roi_heads.cls_loss"}
+
+
+def plugin_args_problem(cfg: Mapping[str, Any], args_key: str) -> str | None:
+    """The one-line problem of the plug-in arguments ``args_key``, or None (also for an unknown plug-in,
+    which its choice key reports)."""
+    from lvisctl.registry import registry_for
+
+    found, args = lookup(cfg, args_key)
+    picked, name = lookup(cfg, PLUGIN_ARGS[args_key])
+    registry = registry_for(PLUGIN_ARGS[args_key])
+    if not found or not args or not picked or registry is None or name not in registry:
+        return None
+    check = getattr(registry.get(name), "check_args", None)
+    problem = check(dict(args), name) if check is not None else None
+    return f"{args_key}: {problem}" if problem else None
+
+
 def rule_problems(cfg: Mapping[str, Any], touched: Sequence[str] | None = None) -> list[tuple[str, str]]:
     """``(key, problem)`` for every choice key and ranged key of ``cfg`` whose value is not allowed (only
     those inside the ``touched`` keys or sections when given)."""
@@ -289,6 +309,11 @@ def rule_problems(cfg: Mapping[str, Any], touched: Sequence[str] | None = None) 
         found, value = lookup(cfg, key)
         problem = (choice_problem(key, value) or value_problem(key, value)) if found else None
         if problem:
+            out.append((key, problem))
+    for key in PLUGIN_ARGS:
+        if touched is not None and not dotted.within(key, touched):
+            continue
+        if problem := plugin_args_problem(cfg, key):
             out.append((key, problem))
     return out
 

@@ -31,12 +31,6 @@ CHOICES: dict[str, dict[str, str]] = {
         "mean": "mean of all stages' mask probabilities (mmdet's HTC / Cascade Mask R-CNN test)",
         "last": "the last stage's mask only (detectron2's Cascade Mask R-CNN)",
     },
-    "model.roi_heads.cls_loss": {
-        "softmax": "softmax cross-entropy",
-        "sigmoid": "per-class sigmoid binary cross-entropy",
-        "eql": "Equalization Loss (Table 1's EQL)",
-        "bags": "Balanced GroupSoftmax (Table 2's GS)",
-    },
     "model.roi_heads.roi_pool": {
         "align": "RoIAlign",
         "deform": "deformable RoI pooling of the box branch (more computation on head)",
@@ -48,10 +42,6 @@ CHOICES: dict[str, dict[str, str]] = {
     "model.mask_head.eq1_box_rule": {
         "log2": "Eq. 1's box term as the FPN mapping with finest scale 56",
         "paper": "Eq. 1's box term as printed, floor(S_bbox / 56^2)",
-    },
-    "sampler.type": {
-        "rfs": "Repeat Factor Sampling",
-        "uniform": "every image once per epoch",
     },
     "inference.tta.mode": {
         "plain": "the test scales merged by class-wise NMS",

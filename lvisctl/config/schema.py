@@ -108,7 +108,8 @@ def validate(
         if isinstance(ref, Mapping):
             if not isinstance(value, Mapping):
                 raise LvisctlError(f"{source}: {name} must be a mapping")
-            validate(ref, value, source, name + ".", root)
+            if ref:  # an empty default ({}) is a free mapping, checked by its owner (checks.PLUGIN_ARGS)
+                validate(ref, value, source, name + ".", root)
         elif (
             ref is not None
             and value is not None

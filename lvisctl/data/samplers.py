@@ -11,6 +11,9 @@ position)``. So a sample is the same whatever the number of DataLoader workers, 
 sample ``k`` of an epoch (``set_epoch(epoch, start=k)`` or ``load_state_dict``) sees exactly the samples
 and augmentations the uninterrupted run would have seen.
 
+Choice: ``sampler.type`` picks a sampler registered in ``lvisctl.registry.SAMPLERS`` (``@SAMPLERS.register``
+below, the only list of the names); each builds itself with ``from_config(cfg, factors, rank=, world_size=)``.
+
 Distributed: the epoch list is padded by wrapping around to a multiple of ``world_size`` (as
 ``torch.utils.data.DistributedSampler`` does) and rank ``r`` takes positions ``r, r + W, r + 2W, ...``:
 disjoint, equal-length shards. Padded positions are new positions, so their augmentations differ.
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from lvisctl.errors import LvisctlError
+from lvisctl.registry import SAMPLERS
 
 
 def repeat_factors(
@@ -160,12 +164,28 @@ class EpochSampler:
         self.set_epoch(int(state["epoch"]), start=int(state["start"]))
 
 
+@SAMPLERS.register("uniform", help="every image once per epoch")
 class PlainSampler(EpochSampler):
     """Every image once per epoch (shuffled by ``(seed, epoch)``); the no-RFS baseline."""
 
+    @classmethod
+    def from_config(
+        cls, cfg: Mapping[str, Any], factors: np.ndarray, *, rank: int = 0, world_size: int = 1
+    ) -> PlainSampler:
+        seed, shuffle = _seed_and_shuffle(cfg)
+        return cls(len(factors), seed=seed, rank=rank, world_size=world_size, shuffle=shuffle)
 
+
+@SAMPLERS.register("rfs", help="Repeat Factor Sampling")
 class RepeatFactorSampler(EpochSampler):
     """Repeat Factor Sampling with epoch-level stochastic rounding (see the module docstring)."""
+
+    @classmethod
+    def from_config(
+        cls, cfg: Mapping[str, Any], factors: np.ndarray, *, rank: int = 0, world_size: int = 1
+    ) -> RepeatFactorSampler:
+        seed, shuffle = _seed_and_shuffle(cfg)
+        return cls(factors, seed=seed, rank=rank, world_size=world_size, shuffle=shuffle)
 
     def __init__(
         self,
@@ -249,19 +269,13 @@ class ExtraImagesSampler(EpochSampler):
         }
 
 
+def _seed_and_shuffle(cfg: Mapping[str, Any]) -> tuple[int, bool]:
+    return int(cfg.get("seed", 0)), bool(cfg["sampler"]["shuffle"])
+
+
 def build_train_sampler(
     cfg: Mapping[str, Any], factors: np.ndarray, *, rank: int = 0, world_size: int = 1
 ) -> EpochSampler:
-    """Sampler from ``cfg.sampler`` (``type: rfs | uniform``); ``factors`` are the images' repeat factors."""
-    scfg = cfg["sampler"]
-    seed = int(cfg.get("seed", 0))
-    kind = scfg["type"]
-    if kind == "rfs":
-        return RepeatFactorSampler(
-            factors, seed=seed, rank=rank, world_size=world_size, shuffle=scfg["shuffle"]
-        )
-    if kind == "uniform":
-        return PlainSampler(
-            len(factors), seed=seed, rank=rank, world_size=world_size, shuffle=scfg["shuffle"]
-        )
-    raise LvisctlError(f"config: sampler.type must be rfs or uniform, got {kind!r}")
+    """The sampler ``cfg.sampler.type`` names (``SAMPLERS``); ``factors`` are the images' repeat factors."""
+    sampler_cls = SAMPLERS.get(cfg["sampler"]["type"])
+    return sampler_cls.from_config(cfg, factors, rank=rank, world_size=world_size)

@@ -1,4 +1,5 @@
-"""Losses of the model core: classification (softmax / sigmoid / EQL / BAGS), balanced mask, boundary."""
+"""Losses of the model core: classification (softmax / sigmoid / EQL / BAGS / Seesaw / EQLv2 / federated: the
+plug-ins of ``lvisctl.registry.CLS_LOSSES``), balanced mask, boundary."""
 
 from lvisctl.losses.balanced_mask import balanced_mask_loss
 from lvisctl.losses.eql import EqualizationLoss

@@ -24,17 +24,28 @@ background proposal's first loss is then 1203 * -log(0.999) = 1.2 instead of 12.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from lvisctl.losses.classification import SigmoidBCELoss
+from lvisctl.losses.classification import SigmoidBCELoss, loss_args
+from lvisctl.registry import CLS_LOSSES
 
 EQL_LAMBDA = 1.76e-3
 
 
+@CLS_LOSSES.register("eql", help="Equalization Loss (Table 1's EQL)")
 class EqualizationLoss(SigmoidBCELoss):
     prior_prob = 1e-3  # eql.detectron2's initial class probability (see the module docstring)
+    data_args = ("image_frequency",)
+    config_args = {"lambda_": "model.roi_heads.eql_lambda"}
+
+    @classmethod
+    def from_config(cls, rcfg: Any, stats: Any) -> EqualizationLoss:
+        # the tail threshold keeps its own key (eql_lambda, older than cls_loss_args); f_j from the stats
+        return cls(stats.image_frequency, float(rcfg.eql_lambda), **loss_args(rcfg))
 
     def __init__(self, image_frequency: np.ndarray | Tensor, lambda_: float = EQL_LAMBDA) -> None:
         freq = torch.as_tensor(np.asarray(image_frequency, dtype=np.float64), dtype=torch.float32)

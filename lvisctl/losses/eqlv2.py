@@ -13,7 +13,8 @@ Follows the authors' code (github tztztztztz/eqlv2, ``mmdet/models/losses/eqlv2.
   weight just used (the analytic d BCE / d z, as the authors compute it in ``collect_grad`` rather than
   from a backward hook), are added per class: into ``pos_grad`` for y = 1, ``neg_grad`` for y = 0; the
   objectness column is not collected; summed over processes when torch.distributed is initialized.
-  So the weights of step t come from steps 1..t-1.
+  So the weights of step t come from steps 1..t-1. Every rank then holds the same statistics, so the
+  checkpoint (rank 0's) is every rank's state and DDP's buffer broadcast changes nothing.
 
 Test-time activation (the authors' ``test_with_obj=True``): sigmoid(z_j) * (1 - sigmoid(z_bg)).
 
@@ -31,11 +32,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lvisctl.losses.classification import SigmoidBCELoss, weighted_mean
+from lvisctl.registry import CLS_LOSSES
 
 # The authors' initial ratio: high enough that both weights start at 1 (f(100) = 1 in float32).
 INITIAL_POS_NEG = 100.0
 
 
+@CLS_LOSSES.register("eqlv2", help="Equalization Loss v2, K + 1 sigmoids with objectness (Tan et al. 2021)")
 class EQLv2Loss(SigmoidBCELoss):
     prior_prob = 1e-3  # the authors' bias_init_with_prob(0.001)
 

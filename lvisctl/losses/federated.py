@@ -19,19 +19,24 @@ Differences from detectron2, for reproducibility and small data sets:
 
 * the draw uses a CPU ``torch.Generator`` seeded from the run's seed instead of the global RNG, and its
   state is the persistent buffer ``generator_state`` (saved in checkpoints), so a resumed run draws the same
-  classes as an uninterrupted one;
+  classes as an uninterrupted one. Under DDP, whose default ``broadcast_buffers`` copies rank 0's buffers to
+  every rank before each forward, all ranks draw from rank 0's state (each for its own batch's classes), and
+  the checkpoint's state is the one every rank restarts from;
 * when fewer classes with a non-zero weight are left than are asked for, all of them are taken
   (detectron2's ``torch.multinomial`` would raise; on LVIS's 1,203 classes this never happens).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lvisctl.losses.classification import ClassificationLoss, SigmoidBCELoss, weighted_mean
+from lvisctl.losses.classification import ClassificationLoss, SigmoidBCELoss, loss_args, weighted_mean
+from lvisctl.registry import CLS_LOSSES
 
 FED_LOSS_NUM_CLASSES = 50
 FED_LOSS_FREQ_WEIGHT_POWER = 0.5
@@ -43,7 +48,18 @@ def fed_loss_weights(image_count: np.ndarray | Tensor, power: float = FED_LOSS_F
     return counts.float() ** power
 
 
+@CLS_LOSSES.register(
+    "federated", help="federated loss: sigmoid BCE on the batch's + sampled classes (detectron2)"
+)
 class FederatedLoss(SigmoidBCELoss):
+    data_args = ("image_count",)
+
+    @classmethod
+    def from_config(cls, rcfg: Any, stats: Any) -> FederatedLoss:
+        # The run's seed: the trainer (and the importer) seed torch with ``seed`` right before they build the
+        # model, so torch.initial_seed() is it; cls_loss_args may set another.
+        return cls(stats.image_count, **{"seed": torch.initial_seed(), **loss_args(rcfg)})
+
     def __init__(
         self,
         image_count: np.ndarray | Tensor,

@@ -39,13 +39,16 @@ model.roi_heads.bags_others_ratio)`` (config defaults [10, 100, 1000] and 8.0).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lvisctl.losses.classification import ClassificationLoss
+from lvisctl.errors import LvisctlError
+from lvisctl.losses.classification import ClassificationLoss, loss_args
+from lvisctl.registry import CLS_LOSSES
 
 BIN_EDGES = (10, 100, 1000)
 OTHERS_RATIO = 8.0
@@ -58,8 +61,29 @@ def group_of_counts(
     return np.searchsorted(np.asarray(bin_edges), np.asarray(instance_count), side="right")
 
 
+def checked_bin_edges(edges: Sequence[Any]) -> list[int]:
+    """``model.roi_heads.bags_bin_edges``: strictly increasing positive instance counts."""
+    if not edges or not all(isinstance(e, int) and not isinstance(e, bool) and e > 0 for e in edges):
+        raise LvisctlError(f"model.roi_heads.bags_bin_edges: need positive integer counts, got {list(edges)}")
+    if any(b <= a for a, b in zip(edges[:-1], edges[1:], strict=True)):
+        raise LvisctlError(f"model.roi_heads.bags_bin_edges: must increase strictly, got {list(edges)}")
+    return [int(e) for e in edges]
+
+
+@CLS_LOSSES.register("bags", help="Balanced GroupSoftmax (Table 2's GS)")
 class BalancedGroupSoftmax(ClassificationLoss):
     """Group-wise softmax cross-entropy with "others" sampling, and the matching score function."""
+
+    data_args = ("instance_count",)
+    config_args = {
+        "bin_edges": "model.roi_heads.bags_bin_edges",
+        "others_ratio": "model.roi_heads.bags_others_ratio",
+    }
+
+    @classmethod
+    def from_config(cls, rcfg: Any, stats: Any) -> BalancedGroupSoftmax:
+        edges = checked_bin_edges(list(rcfg.bags_bin_edges))
+        return cls(stats.instance_count, edges, float(rcfg.bags_others_ratio), **loss_args(rcfg))
 
     def __init__(
         self,

@@ -23,18 +23,31 @@ called by mmdet's ``BBoxHead.loss``:
 Test-time activation (mmdet's ``get_activation``): softmax over the class logits times the objectness
 softmax's "object" probability.
 
+Classifier: ``normed_temperature`` > 0 makes it mmdet's ``NormedLinear`` with that temperature (mmdet's
+Seesaw LVIS configs: ``cls_predictor_cfg=dict(type='NormedLinear', tempearture=20)``; ``lvisctl
+import-checkpoint`` sets 20 for those models); 0 (the default, ``SeesawLoss`` on its own) a plain linear
+layer.
+
+Distributed training: the batch's label counts are summed over the processes before they are added
+(``torch.distributed`` initialised), so every rank holds the same, global ``cum_samples`` and the checkpoint
+(rank 0's) is every rank's state. mmdet keeps per-rank counts (its DDP wrapper does not broadcast buffers);
+the mitigation factor reads only count ratios, which the sum estimates from W times more samples.
+
 lvisctl's labels are ``0..K`` with 0 = background; they are mapped to mmdet's ``0..K-1`` + K = background
-internally. The only difference from mmdet: ``cum_samples`` is updated only while the module is in training
-mode (mmdet only calls its loss in training), so an evaluation pass cannot move the state of a run.
+internally. Differences from mmdet: ``cum_samples`` is updated only while the module is in training mode
+(mmdet only calls its loss in training), so an evaluation pass cannot move the state of a run; and the
+counts are summed over processes (above).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from lvisctl.losses.classification import ClassificationLoss
+from lvisctl.losses.classification import ClassificationLoss, NormedLinear
+from lvisctl.registry import CLS_LOSSES
 
 # mmdet's weight_reduce_loss divides by (avg_factor + float32 eps); kept so values match it to the last bit.
 _AVG_EPS = torch.finfo(torch.float32).eps
@@ -69,10 +82,19 @@ def seesaw_ce(logits: Tensor, labels: Tensor, cum_samples: Tensor, p: float, q: 
     return F.cross_entropy(logits + weights.log() * (1 - onehot), labels, reduction="none")
 
 
+@CLS_LOSSES.register("seesaw", help="Seesaw loss, K + 2 outputs with objectness (Wang et al. 2021; mmdet)")
 class SeesawLoss(ClassificationLoss):
-    def __init__(self, num_classes: int, p: float = 0.8, q: float = 2.0, eps: float = 1e-2) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        p: float = 0.8,
+        q: float = 2.0,
+        eps: float = 1e-2,
+        normed_temperature: float = 0.0,
+    ) -> None:
         super().__init__(num_classes)
         self.p, self.q, self.eps = float(p), float(q), float(eps)
+        self.normed_temperature = float(normed_temperature)
         # Persistent: a resumed run must continue from the same counts to stay bit-identical.
         self.register_buffer("cum_samples", torch.zeros(num_classes + 1, dtype=torch.float))
 
@@ -80,14 +102,22 @@ class SeesawLoss(ClassificationLoss):
     def num_logits(self) -> int:
         return self.num_classes + 2
 
+    def classifier(self, in_dim: int) -> nn.Linear:
+        if self.normed_temperature <= 0:
+            return super().classifier(in_dim)
+        # init_classifier then gives N(0, 0.01), bias 0: mmdet's NormedLinear.init_weights
+        return NormedLinear(in_dim, self.num_logits, self.normed_temperature)
+
     def split(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """(class logits [N, K], objectness logits [N, 2] = [object, background])."""
         return logits[..., :-2], logits[..., -2:]
 
     def accumulate(self, labels: Tensor) -> None:
         """Add the batch's proposals per label (mmdet labels) to ``cum_samples``."""
-        counts = torch.bincount(labels, minlength=self.num_classes + 1)
-        self.cum_samples += counts.to(self.cum_samples.dtype)
+        counts = torch.bincount(labels, minlength=self.num_classes + 1).to(self.cum_samples.dtype)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts)  # every rank adds the global counts (see the module docstring)
+        self.cum_samples += counts
 
     def loss(self, logits: Tensor, labels: Tensor, weights: Tensor | None = None) -> Tensor:
         labels = mmdet_labels(labels, self.num_classes)

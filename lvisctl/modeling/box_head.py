@@ -1,8 +1,9 @@
 """Box branch: RoI features -> two fc layers -> (class logits, class-specific box deltas).
 
-Seam: the classifier's width comes from the classification loss (``cls_loss.num_logits``) and its bias
-init from ``cls_loss.init_classifier``, so softmax CE, sigmoid BCE, EQL and Balanced GroupSoftmax
-(``lvisctl/losses/group_softmax.py``) share this head unchanged. Box deltas stay class-specific over
+Seam: the classifier layer comes from the classification loss (``cls_loss.classifier(in_dim)``: its width
+``num_logits``, its init, and for Seesaw optionally mmdet's normalised linear layer), so every registered loss
+(``lvisctl.registry.CLS_LOSSES``: softmax CE, sigmoid BCE, EQL, BAGS, Seesaw, EQLv2, federated) shares this
+head unchanged. Box deltas stay class-specific over
 K + 1 slots (torchvision layout) so ``labels`` index them directly whatever the classifier; with
 ``class_agnostic`` (the cascade stages of mmdet's HTC config) one box per RoI, 4 outputs.
 """
@@ -21,9 +22,9 @@ class BoxPredictor(nn.Module):
         self, in_dim: int, num_classes: int, cls_loss: ClassificationLoss, class_agnostic: bool = False
     ) -> None:
         super().__init__()
-        self.cls_score = nn.Linear(in_dim, cls_loss.num_logits)
+        self.cls_score = cls_loss.classifier(in_dim)
         self.bbox_pred = nn.Linear(in_dim, 4 if class_agnostic else (num_classes + 1) * 4)
-        cls_loss.init_classifier(self.cls_score)
+        cls_loss.init_classifier(self.cls_score)  # after bbox_pred: the random draws in their old order
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.bbox_pred.bias)
 

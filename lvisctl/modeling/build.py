@@ -4,7 +4,8 @@ Every part chosen by a config value comes from a plug-in registry (``lvisctl.reg
 ``model.roi_heads.type``, mask head ``model.mask_head.type``, mask loss ``model.mask_head.loss``, backbone
 ``model.backbone.name``; each registered class builds itself with ``from_config``) or from a name -> factory
 table (``CHOICE_TABLES``, keyed by the config key; ``lvisctl.config.choices`` lists the same names with
-descriptions and ``load_config`` checks them up front): classification loss (``cls_loss``), box RoI
+descriptions and ``load_config`` checks them up front); classification losses (``cls_loss``) come from
+``lvisctl.registry.CLS_LOSSES`` (the losses' own ``@CLS_LOSSES.register``); box RoI
 extractor (``roi_pool``), mask level assignment (``model.mask_head.level_assign`` + ``eq1_*``). Switches:
 extra mask convs (``num_convs``) and the MaskIoU head (``mask_iou``, on the last stage). Every switch applies
 to every stage of every head type; the RoI heads' parts are built in ``roi_parts.py``. An unknown value
@@ -13,16 +14,14 @@ raises an ``LvisctlError`` naming the key.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
-from lvisctl.losses.classification import ClassificationLoss, SigmoidBCELoss, SoftmaxCELoss
-from lvisctl.losses.eql import EqualizationLoss
-from lvisctl.losses.group_softmax import BalancedGroupSoftmax
+from lvisctl.losses.classification import ClassificationLoss
 from lvisctl.modeling.backbones import build_trunk
 from lvisctl.modeling.detector import LvisMaskRCNN
 from lvisctl.modeling.fpn import BackboneWithFPN
@@ -38,40 +37,17 @@ from lvisctl.modeling.roi_parts import (
     pick,
 )
 from lvisctl.modeling.rpn import Fp32AnchorGenerator, Fp32RPNHead, WeightedRPN
-from lvisctl.registry import MASK_HEADS, MASK_LOSSES, ROI_HEADS
+from lvisctl.registry import CLS_LOSSES, MASK_HEADS, MASK_LOSSES, ROI_HEADS
 
 __all__ = ["CHOICE_TABLES", "build_mask_levels", "build_model", "build_roi_heads", "cascade_view", "pick"]
 
-Config = Any  # an OmegaConf node of the model section
+Config = Any  # a config section (lvisctl.config.sections)
 
 
 # ------------------------------------------------------------------------------ classification losses
-def _bin_edges(edges: list) -> list[int]:
-    """``model.roi_heads.bags_bin_edges``: strictly increasing positive instance counts."""
-    if not edges or not all(isinstance(e, int) and not isinstance(e, bool) and e > 0 for e in edges):
-        raise LvisctlError(f"model.roi_heads.bags_bin_edges: need positive integer counts, got {edges}")
-    if any(b <= a for a, b in zip(edges[:-1], edges[1:], strict=True)):
-        raise LvisctlError(f"model.roi_heads.bags_bin_edges: must increase strictly, got {edges}")
-    return [int(e) for e in edges]
-
-
-def _bags(rcfg: Config, stats: CategoryStats) -> ClassificationLoss:
-    edges = _bin_edges(rcfg.bags_bin_edges)
-    return BalancedGroupSoftmax(stats.instance_count, edges, float(rcfg.bags_others_ratio))
-
-
-CLS_LOSSES: dict[str, Callable[[Config, CategoryStats], ClassificationLoss]] = {
-    "softmax": lambda rcfg, stats: SoftmaxCELoss(stats.num_classes),
-    "sigmoid": lambda rcfg, stats: SigmoidBCELoss(stats.num_classes),
-    # EQL reads the training image frequencies from the stats
-    "eql": lambda rcfg, stats: EqualizationLoss(stats.image_frequency, float(rcfg.eql_lambda)),
-    "bags": _bags,
-}
-
-
 def build_cls_loss(rcfg: Config, stats: CategoryStats) -> ClassificationLoss:
-    """``model.roi_heads.cls_loss``."""
-    return pick("model.roi_heads.cls_loss", CLS_LOSSES, rcfg.cls_loss)(rcfg, stats)
+    """``model.roi_heads.cls_loss``: the loss registered under that name builds itself (``from_config``)."""
+    return CLS_LOSSES.get(rcfg.cls_loss).from_config(rcfg, stats)
 
 
 # ------------------------------------------------------------------------------ RPN

@@ -43,3 +43,21 @@ def test_activation_matches_mmdet():
     logits = torch.randn(12, K + 2, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(ours.scores(logits), ref.get_activation(logits)[:, :K])
     assert ours.num_logits == ref.get_cls_channels(K)
+
+
+def test_normed_classifier_and_test_activation_match_mmdet():
+    """The classifier of mmdet's Seesaw LVIS configs (``NormedLinear``, tempearture 20; lvisctl's
+    ``cls_loss_args.normed_temperature``) and ``get_activation`` (lvisctl's ``scores``) on the same input."""
+    from mmdet.models.layers import NormedLinear as MMDetNormedLinear
+
+    from lvisctl.losses.classification import NormedLinear
+
+    torch.manual_seed(0)
+    ref = MMDetNormedLinear(16, K + 2, tempearture=20)
+    ours = NormedLinear(16, K + 2, 20)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(11, 16) * 3
+    assert torch.equal(ours(x), ref(x))
+    logits = ref(x)
+    expected = MMDetSeesawLoss(num_classes=K, return_dict=False).get_activation(logits)[:, :K]
+    assert torch.equal(SeesawLoss(K).scores(logits), expected)
