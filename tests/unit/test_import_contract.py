@@ -1,5 +1,5 @@
-"""The import contract of ARCHITECTURE.md ("Layers"), checked on the source: no import circle between two files
-of lvisctl/, and no import from a lower layer into a higher one.
+"""The import contract of ARCHITECTURE.md ("Layers"), checked on the source: no import circle between two
+files of lvisctl/, and no import from a lower layer into a higher one.
 
 Every import counts, also those inside functions and under ``TYPE_CHECKING`` (a lazy import is still a
 dependency a reader has to follow). ``from lvisctl.pkg import name`` is an edge to ``lvisctl.pkg`` (its
@@ -111,7 +111,7 @@ def layer_of(module: str) -> int:
     for depth, names in enumerate(LAYERS):
         if top in names:
             return depth
-    raise AssertionError(f"{module}: its package {top!r} is in no layer of LAYERS (add it to ARCHITECTURE.md too)")
+    raise AssertionError(f"{module}: package {top!r} is in no layer of LAYERS (add it to ARCHITECTURE.md)")
 
 
 def test_tarjan_finds_a_circle_and_nothing_else() -> None:
