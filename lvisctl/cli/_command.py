@@ -36,6 +36,16 @@ class Stopped(Exception):
         self.code = code
 
 
+def stopped_by_max_chunks(total: int | None = None, resumed: int | None = None) -> Stopped:
+    """What a run stopped by ``--max-chunks`` says (exit ``EXIT_INCOMPLETE``): how many chunks there are
+    and how many an earlier run had done, where the command knows."""
+    what = "all images" if total is None else f"all {total} chunks"
+    before = "" if resumed is None else f" ({resumed} were done before this run)"
+    return Stopped(
+        f"stopped by --max-chunks before {what} were done{before}; rerun the same command to continue"
+    )
+
+
 def is_main_process() -> bool:
     """Rank 0 under torchrun (``RANK`` unset: a single process)."""
     return os.environ.get("RANK", "0") == "0"
@@ -90,6 +100,7 @@ def command(options: type | None = None, *, distributed: bool = False) -> Callab
 
                     cleanup_distributed()
 
+        run.body = body  # type: ignore[attr-defined]  # what runs, with its own parameters (tests read it)
         if options is not None:
             signature = options_signature(options)
             run.__signature__ = signature  # type: ignore[attr-defined]

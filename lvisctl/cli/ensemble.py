@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from lvisctl.cli._command import Stopped, command
+from lvisctl.cli._command import command, stopped_by_max_chunks
 from lvisctl.cli._options import MaxChunksOption, OptionalRunDirOption, OverwriteOption
 from lvisctl.inference.ensemble_checks import check_iou, check_skip_score
 
@@ -93,10 +93,7 @@ def ensemble_command(o: EnsembleOptions) -> None:
     if not outcome.is_main:
         return
     if not outcome.complete:
-        raise Stopped(
-            f"stopped by --max-chunks before all {outcome.chunks_total} chunks were done; rerun the same "
-            "command to continue"
-        )
+        raise stopped_by_max_chunks(outcome.chunks_total)
     Console().print(
         f"ensemble ({o.method}) of {len(o.results)} results files: {outcome.images} images, "
         f"{outcome.detections} detections, {outcome.seconds:.1f} s -> {outcome.paths['segm']} (segm) and "

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from lvisctl.cli._command import Stopped, command, echo_main, note
+from lvisctl.cli._command import command, echo_main, note, stopped_by_max_chunks
 from lvisctl.cli._options import (
     CheckpointOption,
     ImageListOption,
@@ -123,9 +123,7 @@ def pseudolabel_command(o: PseudolabelOptions) -> None:
             max_chunks=o.max_chunks,
         )
     if outcome.incomplete:
-        raise Stopped(
-            "stopped by --max-chunks before all images were done; rerun the same command to continue"
-        )
+        raise stopped_by_max_chunks()
     if outcome.artifact is None:
         return
     console = Console(highlight=False, soft_wrap=True)

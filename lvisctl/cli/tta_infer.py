@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from lvisctl.cli._command import Stopped, command, note
+from lvisctl.cli._command import command, note, stopped_by_max_chunks
 from lvisctl.cli._options import (
     CheckpointsOption,
     ImageListOption,
@@ -117,11 +117,7 @@ def tta_infer_command(o: TtaInferOptions) -> None:
     if not outcome.is_main:
         return
     if not outcome.artifacts:
-        s = outcome.summary
-        raise Stopped(
-            f"stopped by --max-chunks before all {s.chunks_total} chunks were done ({s.chunks_resumed} were "
-            "done before this run); rerun the same command to continue"
-        )
+        raise stopped_by_max_chunks(outcome.summary.chunks_total, outcome.summary.chunks_resumed)
     _print_summary(outcome)
 
 

@@ -19,7 +19,7 @@ from lvisctl.engine.hooks import Hook, default_hooks
 from lvisctl.engine.trainer import TrainData, TrainingInterrupted, train
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import RunDir
-from tests.integration.engine_standins import (
+from tests.helpers.engine_standins import (
     TinyDataset,
     collate,
     data_builder,

@@ -11,7 +11,7 @@ from PIL import Image
 from lvisctl.errors import LvisctlError
 from lvisctl.inference.results import read_split_results
 from lvisctl.inference.runner import ImageItem, check_images_up_front, finished_chunks
-from tests.unit.test_runner import files_bytes, infer, make_images
+from tests.helpers.inference import files_bytes, infer, make_images
 
 
 def test_unreadable_images_are_skipped_and_listed(tmp_path):

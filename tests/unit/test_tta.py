@@ -20,11 +20,10 @@ from lvisctl.inference.tta import (
     paste_roi_masks,
     soft_nms,
 )
-from tests.unit.test_predictor import FixedModel
+from tests.helpers.inference import OFF
+from tests.helpers.model import FixedModel
 
 R = 56  # RoI mask side used in these passes
-
-OFF = dict(range_filter=False, rare_boost=False, soft_nms=False, mask_from_best_scale=False)
 
 
 def make_pass(boxes, scores, labels, scale, *, factor=1.0, masks=None, flip=False, mask_scores=None):
@@ -303,7 +302,7 @@ def test_flipped_pass_roi_masks_match_the_mirrored_pasted_masks_of_the_real_mode
     """A flipped pass keeps the model's RoI masks mirrored back with the boxes: pasted in the un-mirrored
     image they equal the model's own pasted masks of the mirrored input, flipped (up to the integer box
     corners, which are not mirror-symmetric)."""
-    from tests.unit.test_model_core import tiny_model
+    from tests.helpers.model import tiny_model
 
     model = tiny_model("inference.score_thresh=0.0").eval()
     image = torch.rand(3, 64, 96)

@@ -118,7 +118,7 @@ def tiny_config(**overrides):
 
 
 def main() -> None:
-    """``python -m tests.integration.engine_standins RUN_DIR SLEEP [key=value ...] [--resume]``."""
+    """``python -m tests.helpers.engine_standins RUN_DIR SLEEP [key=value ...] [--resume]``."""
     from lvisctl.engine.trainer import train
 
     run_dir, sleep, *items = sys.argv[1:]
