@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,6 +24,18 @@ from lvisctl.errors import LvisctlError
 
 data_app = typer.Typer(help="LVIS datasets: synthesize, inspect, validate.", no_args_is_help=True)
 console = Console()
+
+
+def _preset_count(flag: str, what: str) -> Any:
+    """A count that overrides the preset's (``--train-images`` and its siblings)."""
+    return Annotated[int | None, typer.Option(flag, help=f"{what} (override the preset).")]
+
+
+NumCategories = _preset_count("--num-categories", "Categories")
+TrainImages = _preset_count("--train-images", "Train images")
+ValImages = _preset_count("--val-images", "Val images")
+TestImages = _preset_count("--test-images", "Test-dev images")
+UnlabeledImages = _preset_count("--unlabeled-images", "Unlabeled pool images")
 
 
 @dataclass(kw_only=True)
@@ -47,21 +59,11 @@ class SynthOptions:
             help="Real category table json (default: the LVIS v1 table shipped with lvisctl).",
         ),
     ] = None
-    num_categories: Annotated[int | None, typer.Option("--num-categories", help="Override the preset.")] = (
-        None
-    )
-    train_images: Annotated[
-        int | None, typer.Option("--train-images", help="Train images (override the preset).")
-    ] = None
-    val_images: Annotated[
-        int | None, typer.Option("--val-images", help="Val images (override the preset).")
-    ] = None
-    test_images: Annotated[
-        int | None, typer.Option("--test-images", help="Test-dev images (override the preset).")
-    ] = None
-    unlabeled_images: Annotated[
-        int | None, typer.Option("--unlabeled-images", help="Unlabeled pool images (override the preset).")
-    ] = None
+    num_categories: NumCategories = None
+    train_images: TrainImages = None
+    val_images: ValImages = None
+    test_images: TestImages = None
+    unlabeled_images: UnlabeledImages = None
     image_size: Annotated[int | None, typer.Option("--image-size", help="Square image side in px.")] = None
     run_dir: OptionalRunDirOption = None
     overwrite: OverwriteOption = False
@@ -74,16 +76,8 @@ def synth(o: SynthOptions) -> None:
     from lvisctl.data.synth import SPLITS, synthesize_into_run
     from lvisctl.rundir import RunDir
 
-    overrides = {
-        "write_images": o.images,
-        "real_categories": o.real_categories,
-        "num_categories": o.num_categories,
-        "train_images": o.train_images,
-        "val_images": o.val_images,
-        "test_images": o.test_images,
-        "unlabeled_images": o.unlabeled_images,
-        "image_size": o.image_size,
-    }
+    # the options are synthesize_into_run's keywords, but for --images (write_images) and where to write
+    settings = {f.name: getattr(o, f.name) for f in fields(o) if f.name not in ("out", "run_dir", "images")}
     run = RunDir(o.run_dir) if o.run_dir is not None else None
     with _progress() as progress:
         tasks = {}
@@ -93,16 +87,7 @@ def synth(o: SynthOptions) -> None:
                 tasks[split] = progress.add_task(f"{split}", total=total)
             progress.update(tasks[split], completed=done)
 
-        paths = synthesize_into_run(
-            run,
-            o.out,
-            preset=o.preset,
-            seed=o.seed,
-            overwrite=o.overwrite,
-            categories_file=o.categories_file,
-            progress=report,
-            **overrides,
-        )
+        paths = synthesize_into_run(run, o.out, write_images=o.images, progress=report, **settings)
     _print_summary(paths, [name for name, *_ in SPLITS])
 
 

@@ -4,9 +4,10 @@ pixel-wise weighted vote of the fused members (``lvisctl.inference.ensemble``)."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,9 +16,9 @@ from lvisctl.cli._options import MaxChunksOption, OptionalRunDirOption, Overwrit
 from lvisctl.inference.ensemble_checks import check_iou, check_skip_score
 
 
-def _checked(check):
-    """A typer callback: the option is checked while the command line is parsed (before any file)."""
-    return lambda value: check(value)
+def _checked(flag: str, check: Callable[[float], object], text: str) -> Any:
+    """An option (help ``text``) checked while the command line is parsed, before any file is read."""
+    return typer.Option(flag, help=text, callback=lambda value: check(value))
 
 
 @dataclass(kw_only=True)
@@ -39,19 +40,10 @@ class EnsembleOptions:
     )
     iou: Annotated[
         float,
-        typer.Option(
-            "--iou",
-            help="IoU at which same-class boxes are fused / suppressed, in (0, 1].",
-            callback=_checked(check_iou),
-        ),
+        _checked("--iou", check_iou, "IoU at which same-class boxes are fused / suppressed, in (0, 1]."),
     ] = 0.55
     skip_score: Annotated[
-        float,
-        typer.Option(
-            "--skip-score",
-            help="wbf ignores boxes scoring below this, in [0, 1).",
-            callback=_checked(check_skip_score),
-        ),
+        float, _checked("--skip-score", check_skip_score, "wbf ignores boxes scoring below this, in [0, 1).")
     ] = 0.0
     images: Annotated[
         Path | None,

@@ -18,17 +18,15 @@ from lvisctl.cli._options import (
     OverwriteOption,
 )
 
+RESULTS_HELP = (
+    "LVIS results json (X.segm.json: bbox is scored on the X.bbox.json beside it); default: from --run-dir, "
+    "segm on the newest segm predictions and bbox on the bbox file of the same tta-infer run."
+)
+
 
 @dataclass(kw_only=True)
 class EvaluateOptions:
-    results: Annotated[
-        Path | None,
-        typer.Argument(
-            help="LVIS results json (X.segm.json: bbox is scored on the X.bbox.json beside it); default: "
-            "from --run-dir, segm on the newest segm predictions and bbox on the bbox file of the same "
-            "tta-infer run.",
-        ),
-    ] = None
+    results: Annotated[Path | None, typer.Argument(help=RESULTS_HELP)] = None
     gt: GtOption = None
     iou_type: Annotated[IouTypeList, typer.Option("--iou-type", help="Comma-separated: segm, bbox.")] = (
         "segm,bbox"

@@ -13,6 +13,7 @@ import typer
 
 from lvisctl.cli._command import command, echo_main, note, stopped_by_max_chunks
 from lvisctl.cli._options import (
+    PSEUDO_SOURCES,
     CheckpointOption,
     ImageListOption,
     ImageRootOption,
@@ -25,18 +26,17 @@ from lvisctl.cli._options import (
 )
 from lvisctl.cli._progress import ImagesProgress
 
+SOURCE_HELP = (
+    "lvis: missing annotations on LVIS train (ignore regions; default images: the checkpoint's training "
+    "json); openimages: unlabeled Open Images (--images DIR [--image-list CSV]) for joint training; images: "
+    "any image folder or image-info json (same, without Open Images naming)."
+)
+
 
 @dataclass(kw_only=True)
 class PseudolabelOptions:
     source: Annotated[
-        str | None,
-        typer.Argument(
-            help="lvis: missing annotations on LVIS train (ignore regions; default images: the checkpoint's "
-            "training json); openimages: unlabeled Open Images (--images DIR [--image-list CSV]) for joint "
-            "training; images: any image folder or image-info json (same, without Open Images naming).",
-            show_default=False,
-            metavar="lvis|openimages|images",
-        ),
+        str | None, typer.Argument(help=SOURCE_HELP, show_default=False, metavar="|".join(PSEUDO_SOURCES))
     ] = None
     run_dir: RunDirOption
     images: Annotated[

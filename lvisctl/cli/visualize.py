@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated
 
@@ -60,19 +60,8 @@ def visualize_command(o: VisualizeOptions) -> None:
     from lvisctl.visualization.render import visualize
 
     image_root = default_image_root(o.run_dir, o.image_root, note)
-    result = visualize(
-        o.run_dir,
-        images=o.images,
-        predictions=o.predictions,
-        gt=o.gt,
-        image_root=image_root,
-        categories=o.categories,
-        score_thresh=o.score_thresh,
-        out=o.out,
-        max_images=o.max_images,
-        overwrite=o.overwrite,
-        topk=o.topk,
-    )
+    settings = {f.name: getattr(o, f.name) for f in fields(o) if f.name != "run_dir"}  # its keywords
+    result = visualize(o.run_dir, **{**settings, "image_root": image_root})
     console = Console(highlight=False, soft_wrap=True)
     scored = ", ".join(str(p) for p in (result.predictions, result.gt) if p is not None)
     console.print(
