@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import click
@@ -115,26 +113,12 @@ def test_a_bad_choice_is_refused_by_the_parser(tmp_path):
     assert result.exit_code == 2 and not (tmp_path / "d").exists()
 
 
-def test_error_messages_keep_their_square_brackets(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lvisctl",
-            "train",
-            "--run-dir",
-            str(tmp_path / "r"),
-            "--config",
-            "res[val].yaml",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: res[val].yaml: config file not found"), proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+def test_error_messages_keep_their_square_brackets(tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("train", "--run-dir", tmp_path / "r", "--config", "res[val].yaml")
+    assert code == 2
+    assert err.startswith("error: res[val].yaml: config file not found"), err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_configs_list_and_show():
