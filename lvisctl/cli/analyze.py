@@ -25,6 +25,8 @@ analyze_app = typer.Typer(
 
 @dataclass(kw_only=True)
 class MasksOptions:
+    """The options of ``lvisctl analyze masks``, in ``--help`` order."""
+
     run_dir: RunDirOption
     checkpoint: CheckpointsOption = None
     images: Annotated[

@@ -40,6 +40,8 @@ UnlabeledImages = _preset_count("--unlabeled-images", "Unlabeled pool images")
 
 @dataclass(kw_only=True)
 class SynthOptions:
+    """The options of ``lvisctl data synth``, in ``--help`` order."""
+
     out: Annotated[
         Path | None, typer.Option("--out", help="Dataset folder to create (default: RUN_DIR/data).")
     ] = None

@@ -23,6 +23,8 @@ def _checked(flag: str, check: Callable[[float], object], text: str) -> Any:
 
 @dataclass(kw_only=True)
 class EnsembleOptions:
+    """The options of ``lvisctl ensemble``, in ``--help`` order."""
+
     results: Annotated[
         list[Path],
         typer.Argument(

@@ -26,6 +26,8 @@ RESULTS_HELP = (
 
 @dataclass(kw_only=True)
 class EvaluateOptions:
+    """The options of ``lvisctl evaluate``, in ``--help`` order."""
+
     results: Annotated[Path | None, typer.Argument(help=RESULTS_HELP)] = None
     gt: GtOption = None
     iou_type: Annotated[IouTypeList, typer.Option("--iou-type", help="Comma-separated: segm, bbox.")] = (

@@ -35,6 +35,8 @@ SOURCE_HELP = (
 
 @dataclass(kw_only=True)
 class PseudolabelOptions:
+    """The options of ``lvisctl pseudolabel``, in ``--help`` order."""
+
     source: Annotated[
         str | None, typer.Argument(help=SOURCE_HELP, show_default=False, metavar="|".join(PSEUDO_SOURCES))
     ] = None

@@ -34,6 +34,8 @@ from lvisctl.cli._progress import ImagesProgress
 
 @dataclass(kw_only=True)
 class TtaInferOptions:
+    """The options of ``lvisctl tta-infer``, in ``--help`` order."""
+
     run_dir: RunDirOption
     images: Annotated[
         str | None,

@@ -14,6 +14,8 @@ from lvisctl.cli._options import GtOption, ImageRootOption, MaxImagesOption, Ove
 
 @dataclass(kw_only=True)
 class VisualizeOptions:
+    """The options of ``lvisctl visualize``, in ``--help`` order."""
+
     run_dir: RunDirOption
     images: Annotated[
         Path | None,
