@@ -53,7 +53,7 @@ TtaMode = Literal[TTA_MODES]  # type: ignore[valid-type]
 # ------------------------------------------------------------------------------------ run directory
 _RUN_DIR = typer.Option(
     "--run-dir",
-    help="Run directory: default inputs come from it, outputs are recorded in it (created if missing).",
+    help="Run directory: default inputs come from it, outputs are recorded in it.",
 )
 RunDirOption = Annotated[Path, _RUN_DIR]
 OptionalRunDirOption = Annotated[Path | None, _RUN_DIR]  # Typer copies the OptionInfo per use
