@@ -10,7 +10,7 @@ DEMO_DIR ?= demo-run
 # The exact versions CI tests (pyproject.toml declares the ranges lvisctl accepts).
 CONSTRAINTS ?= constraints/tested.txt
 
-.PHONY: install demo test lint bench clean test-integrations test-min gpu-wheels check-gpu-wheels
+.PHONY: install demo test test-fast lint bench clean test-integrations test-min gpu-wheels check-gpu-wheels
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The inner loop: every test not marked slow (tests/conftest.py marks tests/integration, tests/e2e and the
+# measured-slow unit tests by rule); under 90 s on 2 CPU cores. `make test` stays the whole suite (CI).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # The lowest versions pyproject.toml allows (constraints/min.txt: torch 2.11, torchvision 0.26), in a venv of
 # their own so that .venv keeps the tested versions. Downloads a second torch (~0.5 GB, plus its CUDA libraries).

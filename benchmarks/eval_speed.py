@@ -78,8 +78,8 @@ FCE_NAMES = {
 RUNNERS: dict[str, tuple[str | None, str]] = {
     "lvisctl evaluate": (None, ""),  # runs the CLI itself, see command_for()
     "lvis-api 0.5.3": (
-        "tests.lvis_reference",
-        "import sys, json\nfrom tests.lvis_reference import lvis_api_metrics\n"  # cwd is the repo
+        "tests.helpers.lvis_reference",
+        "import sys, json\nfrom tests.helpers.lvis_reference import lvis_api_metrics\n"  # cwd is the repo
         "json.dump(lvis_api_metrics(sys.argv[1], sys.argv[2], sys.argv[4]), open(sys.argv[3], 'w'))",
     ),
     "hotcoco 1.3": (

@@ -51,7 +51,7 @@ def worker(name: str, gt: Path, results: Path, out: Path) -> None:
     from mmdet.registry import METRICS
 
     import lvisctl.integrations.mmdet  # noqa: F401
-    import tests.lvis_reference  # noqa: F401  (lvis-api needs the np.float shim on numpy >= 1.24)
+    import tests.helpers.lvis_reference  # noqa: F401  (lvis-api needs the np.float shim on numpy >= 1.24)
 
     cat_ids = sorted(c["id"] for c in json.loads(gt.read_text())["categories"])
     index = {c: i for i, c in enumerate(cat_ids)}

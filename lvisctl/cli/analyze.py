@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import typer
+
+from lvisctl.cli._command import command, note
+from lvisctl.cli._options import (
+    CheckpointsOption,
+    ImageRootOption,
+    MaxImagesOption,
+    OverwriteOption,
+    RunDirOption,
+)
 
 analyze_app = typer.Typer(
     help="Analyses that separate what the detector got wrong from what the mask head got wrong.",
@@ -12,41 +23,45 @@ analyze_app = typer.Typer(
 )
 
 
+@dataclass(kw_only=True)
+class MasksOptions:
+    """The options of ``lvisctl analyze masks``, in ``--help`` order."""
+
+    run_dir: RunDirOption
+    checkpoint: CheckpointsOption = None
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            help="LVIS annotation file whose GT boxes are given to the mask head; default: the run's "
+            "synthetic val split.",
+        ),
+    ] = None
+    image_root: ImageRootOption = None
+    scale: Annotated[
+        int | None,
+        typer.Option(
+            "--scale",
+            min=1,
+            help="Test scale (short side, px); default: the checkpoint's first inference.scales entry.",
+        ),
+    ] = None
+    max_size: Annotated[
+        int | None,
+        typer.Option(
+            "--max-size", min=1, help="Cap on the long side at test time; default: inference.max_size."
+        ),
+    ] = None
+    max_images: MaxImagesOption = None
+    out_stem: Annotated[
+        str, typer.Option("--name", help="Output name: RUN/analysis/<name>.json and .png.")
+    ] = "mask_quality"
+    overwrite: OverwriteOption = False
+
+
 @analyze_app.command("masks")
-def masks(
-    run_dir: Path = typer.Option(..., "--run-dir", help="Run directory: checkpoints from and outputs to it."),
-    checkpoint: list[Path] = typer.Option(
-        [],
-        "--checkpoint",
-        help="Checkpoint file (repeat to compare, e.g. stage 1 then stage 2); default: the run's newest "
-        "final one.",
-    ),
-    images: Path | None = typer.Option(
-        None,
-        "--images",
-        help="LVIS annotation file whose GT boxes are given to the mask head; default: the run's "
-        "synthetic val split.",
-    ),
-    image_root: Path | None = typer.Option(
-        None, "--image-root", help="Folder the image paths are relative to (default: the json's folder)."
-    ),
-    scale: int | None = typer.Option(
-        None,
-        "--scale",
-        min=1,
-        help="Test scale (short side, px); default: the checkpoint's first inference.scales entry.",
-    ),
-    max_size: int | None = typer.Option(
-        None, "--max-size", min=1, help="Cap on the long side at test time; default: inference.max_size."
-    ),
-    max_images: int | None = typer.Option(
-        None, "--max-images", min=1, help="Analyse only the first N annotated images."
-    ),
-    out_stem: str = typer.Option(
-        "mask_quality", "--name", help="Output name: RUN/analysis/<name>.json and .png."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
-) -> None:
+@command(MasksOptions)
+def masks(o: MasksOptions) -> None:
     """Run the mask head on the ground-truth boxes and categories (no detection involved) and report
     mean mask IoU and Boundary IoU per frequency group and mask/box area-ratio bin, plus the oracle-box
     mask AP (each GT box as a detection with score 1)."""
@@ -58,33 +73,31 @@ def masks(
     from lvisctl.inference.checkpoints import resolve_checkpoint
     from lvisctl.rundir import RunDir
 
-    run = RunDir(run_dir)
-    ckpts = [(r.input, r.path) for r in (resolve_checkpoint(run, c) for c in (checkpoint or [None]))]
+    run = RunDir(o.run_dir)
+    ckpts = [(r.input, r.path) for r in (resolve_checkpoint(run, c) for c in (o.checkpoint or [None]))]
     from lvisctl.data.remembered import default_image_root, remembered_path
 
-    def note(line: str) -> None:
-        typer.echo(line, err=True)
-
+    images = o.images
     if images is None:
         found = run.find("dataset", split="val")
         if found:
             images = run.resolve(found[-1])
         elif "val" in run.datasets():
-            images = remembered_path(run_dir, "val", "--images", note)
+            images = remembered_path(o.run_dir, "val", "--images", note)
         else:
             raise LvisctlError(f"{run.manifest_path}: no val dataset recorded; pass --images FILE")
-    image_root = default_image_root(run_dir, image_root, note)
+    image_root = default_image_root(o.run_dir, o.image_root, note)
     with ImagesProgress("analyze masks") as progress:
         job = MaskAnalysisJob(
             run,
             ckpts,
             images,
             image_root=image_root,
-            scale=scale,
-            max_size=max_size,
-            max_images=max_images,
-            out_stem=out_stem,
-            overwrite=overwrite,
+            scale=o.scale,
+            max_size=o.max_size,
+            max_images=o.max_images,
+            out_stem=o.out_stem,
+            overwrite=o.overwrite,
             on_start=progress.start,
             on_image=lambda: progress.advance(1),
         )
@@ -95,7 +108,7 @@ def masks(
         f"scored {images} with {', '.join(str(p) for _, p in ckpts)}", highlight=False, markup=False
     )
     console.print(
-        f"wrote {run.root / 'analysis' / (out_stem + '.json')} and .png", highlight=False, markup=False
+        f"wrote {run.root / 'analysis' / (o.out_stem + '.json')} and .png", highlight=False, markup=False
     )
 
 

@@ -2,69 +2,85 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lvisctl.cli._options import SynthPreset
+from lvisctl.cli._command import command
+from lvisctl.cli._options import (
+    GtOption,
+    ImageRootOption,
+    OptionalRunDirOption,
+    OverwriteOption,
+    PresetOption,
+    SeedOption,
+)
 from lvisctl.errors import LvisctlError
 
 data_app = typer.Typer(help="LVIS datasets: synthesize, inspect, validate.", no_args_is_help=True)
 console = Console()
 
 
+def _preset_count(flag: str, what: str) -> Any:
+    """A count that overrides the preset's (``--train-images`` and its siblings)."""
+    return Annotated[int | None, typer.Option(flag, help=f"{what} (override the preset).")]
+
+
+NumCategories = _preset_count("--num-categories", "Categories")
+TrainImages = _preset_count("--train-images", "Train images")
+ValImages = _preset_count("--val-images", "Val images")
+TestImages = _preset_count("--test-images", "Test-dev images")
+UnlabeledImages = _preset_count("--unlabeled-images", "Unlabeled pool images")
+
+
+@dataclass(kw_only=True)
+class SynthOptions:
+    """The options of ``lvisctl data synth``, in ``--help`` order."""
+
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Dataset folder to create (default: RUN_DIR/data).")
+    ] = None
+    preset: PresetOption = "demo"
+    seed: SeedOption = 0
+    images: Annotated[bool | None, typer.Option("--images/--no-images", help="Write image files.")] = None
+    real_categories: Annotated[
+        bool | None,
+        typer.Option(
+            "--real-categories/--synthetic-categories", help="Use names/ids from the real LVIS v1 table."
+        ),
+    ] = None
+    categories_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--categories-file",
+            help="Real category table json (default: the LVIS v1 table shipped with lvisctl).",
+        ),
+    ] = None
+    num_categories: NumCategories = None
+    train_images: TrainImages = None
+    val_images: ValImages = None
+    test_images: TestImages = None
+    unlabeled_images: UnlabeledImages = None
+    image_size: Annotated[int | None, typer.Option("--image-size", help="Square image side in px.")] = None
+    run_dir: OptionalRunDirOption = None
+    overwrite: OverwriteOption = False
+
+
 @data_app.command("synth")
-def synth(
-    out: Path | None = typer.Option(None, "--out", help="Dataset folder to create (default: RUN_DIR/data)."),
-    preset: SynthPreset = typer.Option(
-        "demo",
-        "--preset",
-        help="Dataset size: tiny (tests), demo (README demo), val-scale (LVIS-like image sizes) or "
-        "hm (320 px, large thin objects: where Eq. 1 moves RoIs).",
-    ),
-    seed: int = typer.Option(0, "--seed", help="Everything is deterministic given the seed."),
-    images: bool | None = typer.Option(None, "--images/--no-images", help="Write image files."),
-    real_categories: bool | None = typer.Option(
-        None, "--real-categories/--synthetic-categories", help="Use names/ids from the real LVIS v1 table."
-    ),
-    categories_file: Path | None = typer.Option(
-        None,
-        "--categories-file",
-        help="Real category table json (default: the LVIS v1 table shipped with lvisctl).",
-    ),
-    num_categories: int | None = typer.Option(None, "--num-categories", help="Override the preset."),
-    train_images: int | None = typer.Option(
-        None, "--train-images", help="Train images (override the preset)."
-    ),
-    val_images: int | None = typer.Option(None, "--val-images", help="Val images (override the preset)."),
-    test_images: int | None = typer.Option(
-        None, "--test-images", help="Test-dev images (override the preset)."
-    ),
-    unlabeled_images: int | None = typer.Option(
-        None, "--unlabeled-images", help="Unlabeled pool images (override the preset)."
-    ),
-    image_size: int | None = typer.Option(None, "--image-size", help="Square image side in px."),
-    run_dir: Path | None = typer.Option(None, "--run-dir", help="Register the jsons as datasets here."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset folder."),
-) -> None:
+@command(SynthOptions)
+def synth(o: SynthOptions) -> None:
     """Write a synthetic LVIS v1 dataset: images, train/val jsons, test-dev and unlabeled image-info jsons."""
     from lvisctl.data.synth import SPLITS, synthesize_into_run
     from lvisctl.rundir import RunDir
 
-    overrides = {
-        "write_images": images,
-        "real_categories": real_categories,
-        "num_categories": num_categories,
-        "train_images": train_images,
-        "val_images": val_images,
-        "test_images": test_images,
-        "unlabeled_images": unlabeled_images,
-        "image_size": image_size,
-    }
-    run = RunDir(run_dir) if run_dir is not None else None
+    # the options are synthesize_into_run's keywords, but for --images (write_images) and where to write
+    settings = {f.name: getattr(o, f.name) for f in fields(o) if f.name not in ("out", "run_dir", "images")}
+    run = RunDir(o.run_dir) if o.run_dir is not None else None
     with _progress() as progress:
         tasks = {}
 
@@ -73,16 +89,7 @@ def synth(
                 tasks[split] = progress.add_task(f"{split}", total=total)
             progress.update(tasks[split], completed=done)
 
-        paths = synthesize_into_run(
-            run,
-            out,
-            preset=preset,
-            seed=seed,
-            overwrite=overwrite,
-            categories_file=categories_file,
-            progress=report,
-            **overrides,
-        )
+        paths = synthesize_into_run(run, o.out, write_images=o.images, progress=report, **settings)
     _print_summary(paths, [name for name, *_ in SPLITS])
 
 
@@ -115,10 +122,10 @@ def _print_summary(paths: dict[str, Path], splits: list[str]) -> None:
 
 @data_app.command("stats")
 def stats(
-    gt: Path | None = typer.Option(None, "--gt", help="LVIS json (default: the run's training dataset)."),
-    run_dir: Path | None = typer.Option(None, "--run-dir", help="Find the dataset; register plots."),
+    gt: GtOption = None,
+    run_dir: OptionalRunDirOption = None,
     out: Path | None = typer.Option(None, "--out", help="Plot folder (RUN_DIR/plots or GT_DIR/stats)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing plots."),
+    overwrite: OverwriteOption = False,
     level_scale: float = typer.Option(
         1.0,
         "--level-scale",
@@ -184,9 +191,7 @@ def levels_table(data, scale: float):
 @data_app.command("validate")
 def validate(
     file: Path = typer.Argument(..., help="LVIS annotation or image-info json."),
-    image_root: Path | None = typer.Option(
-        None, "--image-root", help="Image root (default: the json's folder)."
-    ),
+    image_root: ImageRootOption = None,
     check_images: bool | None = typer.Option(
         None,
         "--images/--no-images",
@@ -237,7 +242,7 @@ def convert(
     src: Path = typer.Argument(..., help="The json to convert (a COCO instances file)."),
     out: Path = typer.Argument(..., help="The LVIS json to write."),
     source_format: str = typer.Option(..., "--from", help="Format of SRC: coco."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT (and OUT's .crowd.json)."),
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Convert a COCO instances json to LVIS: empty neg / not-exhaustive lists, r/c/f from image counts
     (1-10 / 11-100 / >100 images), crowd regions as ignore boxes (OUT's .crowd.json, for

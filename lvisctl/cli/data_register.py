@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
+
+from lvisctl.cli._options import ImageRootOption, RunDirOption
 
 
 def register_command(
-    run_dir: Path = typer.Option(..., "--run-dir", help="Run directory (created if missing)."),
+    run_dir: RunDirOption,
     train: str | None = typer.Option(
         None, "--train", help="LVIS train json, or a builtin name (lvis_v1_train)."
     ),
@@ -17,19 +17,20 @@ def register_command(
     test: str | None = typer.Option(
         None, "--test", help="Test-dev image-info json, or a builtin name (lvis_v1_test_dev)."
     ),
-    image_root: str | None = typer.Option(
-        None, "--image-root", help="Folder of the images (default: the builtin name's, e.g. datasets/coco)."
-    ),
+    image_root: ImageRootOption = None,
     replace: bool = typer.Option(
         False, "--replace", help="Change data the run already remembers (default: keep it, say so)."
     ),
 ) -> None:
-    """Record the run's data files; later commands (train, tta-infer, visualize, analyze, submit) use them."""
+    """Record the run's data files; later commands (train, tta-infer, visualize, analyze, submit) use them.
+
+    --image-root default: a builtin name's own (e.g. datasets/coco).
+    """
     from lvisctl.data.remembered import register_data
 
-    for line in register_data(
-        run_dir, {"train": train, "val": val, "test_info": test, "image_root": image_root}, replace=replace
-    ):
+    root = str(image_root) if image_root is not None else None
+    given = {"train": train, "val": val, "test_info": test, "image_root": root}
+    for line in register_data(run_dir, given, replace=replace):
         typer.echo(line)
 
 

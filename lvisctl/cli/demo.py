@@ -17,32 +17,29 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from lvisctl.cli._options import SynthPreset
+from lvisctl.cli._options import ConfigOption, OverridesArgument, PresetOption, RunDirOption, SeedOption
 
 
 def demo_command(
-    run_dir: Path = typer.Option(Path("demo-run"), "--run-dir", help="Run directory (re-run to resume)."),
-    preset: SynthPreset = typer.Option(
-        "demo",
-        "--preset",
-        help="Synthetic data size: demo (README), tiny (CI) or val-scale.",
-    ),
+    run_dir: RunDirOption = Path("demo-run"),
+    preset: PresetOption = "demo",
     iters: int | None = typer.Option(None, "--iters", min=1, help="Stage-1 iterations (solver.max_iter)."),
     stage2_iters: int | None = typer.Option(
         None, "--stage2-iters", min=1, help="Stage-2 iterations (default: configs/demo/stage2.yaml)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data and of training."),
-    config: Path | None = typer.Option(
-        None, "--config", help="Stage-1 config, a path or a packaged name (default demo/stage1)."
-    ),
+    seed: SeedOption = 0,
+    config: ConfigOption = None,
     stage2_config: Path | None = typer.Option(
         None,
         "--stage2-config",
         help="Stage-2 config, a path or a packaged name (default demo/stage2: GS + HM + heavier head).",
     ),
-    overrides: list[str] | None = typer.Argument(None, help="Stage-1 config overrides key.sub=value."),
+    overrides: OverridesArgument = None,
 ) -> None:
-    """Synthesize LVIS, train stage 1 and stage 2, predict on val, print the LVIS metrics of both."""
+    """Synthesize LVIS, train stage 1 and stage 2, predict on val, print the LVIS metrics of both.
+
+    Re-run to resume. --config and the overrides are stage 1's (default demo/stage1).
+    """
     from dataclasses import replace
 
     from rich.console import Console

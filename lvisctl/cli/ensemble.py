@@ -4,95 +4,95 @@ pixel-wise weighted vote of the fused members (``lvisctl.inference.ensemble``)."
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-from lvisctl.cli.tta_infer import EXIT_INCOMPLETE
+from lvisctl.cli._command import command, stopped_by_max_chunks
+from lvisctl.cli._options import MaxChunksOption, OptionalRunDirOption, OverwriteOption
 from lvisctl.inference.ensemble_checks import check_iou, check_skip_score
 
 
-def _checked(check):
-    """A typer callback: the option is checked while the command line is parsed (before any file)."""
-    return lambda value: check(value)
+def _checked(flag: str, check: Callable[[float], object], text: str) -> Any:
+    """An option (help ``text``) checked while the command line is parsed, before any file is read."""
+    return typer.Option(flag, help=text, callback=lambda value: check(value))
 
 
-def ensemble_command(
-    results: list[Path] = typer.Argument(
-        ...,
-        help="Results files: a tta-infer pair (X.segm.json, its X.bbox.json is joined) or a full LVIS "
-        "results file with segmentations.",
-    ),
-    out: Path = typer.Option(..., "--out", help="Output X.json: writes X.segm.json and X.bbox.json."),
-    weights: str | None = typer.Option(
-        None, "--weights", help="One weight per results file, e.g. 2,1 (default: equal)."
-    ),
-    method: str = typer.Option("wbf", "--method", help="wbf (weighted boxes fusion), nms or soft-nms."),
-    iou: float = typer.Option(
-        0.55,
-        "--iou",
-        help="IoU at which same-class boxes are fused / suppressed, in (0, 1].",
-        callback=_checked(check_iou),
-    ),
-    skip_score: float = typer.Option(
-        0.0,
-        "--skip-score",
-        help="wbf ignores boxes scoring below this, in [0, 1).",
-        callback=_checked(check_skip_score),
-    ),
-    images: Path | None = typer.Option(
-        None,
-        "--images",
-        help="LVIS / image-info json of the images: checks ids and sizes (and lets a model miss an image).",
-    ),
-    run_dir: Path | None = typer.Option(
-        None, "--run-dir", help="Run directory: the output is registered there with its inputs."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
-    chunk_size: int = typer.Option(500, "--chunk-size", min=1, help="Images per resumable chunk."),
-    max_chunks: int | None = typer.Option(
-        None, "--max-chunks", min=0, help="Stop after this many new chunks; rerun the command to continue."
-    ),
-) -> None:
+@dataclass(kw_only=True)
+class EnsembleOptions:
+    """The options of ``lvisctl ensemble``, in ``--help`` order."""
+
+    results: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Results files: a tta-infer pair (X.segm.json, its X.bbox.json is joined) or a full LVIS "
+            "results file with segmentations.",
+        ),
+    ]
+    out: Annotated[Path, typer.Option("--out", help="Output X.json: writes X.segm.json and X.bbox.json.")]
+    weights: Annotated[
+        str | None,
+        typer.Option("--weights", help="One weight per results file, e.g. 2,1 (default: equal)."),
+    ] = None
+    method: Annotated[str, typer.Option("--method", help="wbf (weighted boxes fusion), nms or soft-nms.")] = (
+        "wbf"
+    )
+    iou: Annotated[
+        float,
+        _checked("--iou", check_iou, "IoU at which same-class boxes are fused / suppressed, in (0, 1]."),
+    ] = 0.55
+    skip_score: Annotated[
+        float, _checked("--skip-score", check_skip_score, "wbf ignores boxes scoring below this, in [0, 1).")
+    ] = 0.0
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            help="LVIS / image-info json of the images: checks ids and sizes (and lets a model miss an "
+            "image).",
+        ),
+    ] = None
+    run_dir: OptionalRunDirOption = None
+    overwrite: OverwriteOption = False
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Images per resumable chunk.")] = 500
+    max_chunks: MaxChunksOption = None
+
+
+@command(EnsembleOptions, distributed=True)
+def ensemble_command(o: EnsembleOptions) -> None:
     """Fuse results files (at most 300 detections per image); the output is an ordinary results file
     pair that evaluate and submit take. Resumable: rerun the same command after an interruption."""
     from rich.console import Console
 
-    from lvisctl.engine.distributed import cleanup_distributed
     from lvisctl.inference.ensemble import EnsembleJob
     from lvisctl.inference.ensemble_checks import parse_weights
 
-    weight_list = parse_weights(weights, len(results)) if weights is not None else None
+    weight_list = parse_weights(o.weights, len(o.results)) if o.weights is not None else None
     job = EnsembleJob(
-        results,
-        out,
+        o.results,
+        o.out,
         weights=weight_list,
-        method=method,
-        iou_thr=iou,
-        skip_box_thr=skip_score,
-        images=images,
-        run_dir=run_dir,
-        overwrite=overwrite,
-        chunk_size=chunk_size,
-        max_chunks=max_chunks,
+        method=o.method,
+        iou_thr=o.iou,
+        skip_box_thr=o.skip_score,
+        images=o.images,
+        run_dir=o.run_dir,
+        overwrite=o.overwrite,
+        chunk_size=o.chunk_size,
+        max_chunks=o.max_chunks,
     )
-    try:
-        outcome = job.run()
-    finally:
-        cleanup_distributed()
+    outcome = job.run()
     if not outcome.is_main:
         return
     if not outcome.complete:
-        typer.echo(
-            f"stopped by --max-chunks before all {outcome.chunks_total} chunks were done; rerun the same "
-            "command to continue",
-            err=True,
-        )
-        raise typer.Exit(EXIT_INCOMPLETE)
+        raise stopped_by_max_chunks(outcome.chunks_total)
     Console().print(
-        f"ensemble ({method}) of {len(results)} results files: {outcome.images} images, {outcome.detections} "
-        f"detections, {outcome.seconds:.1f} s -> {outcome.paths['segm']} (segm) and {outcome.paths['bbox']} "
-        "(bbox)",
+        f"ensemble ({o.method}) of {len(o.results)} results files: {outcome.images} images, "
+        f"{outcome.detections} detections, {outcome.seconds:.1f} s -> {outcome.paths['segm']} (segm) and "
+        f"{outcome.paths['bbox']} (bbox)",
         highlight=False,
         soft_wrap=True,
     )

@@ -2,61 +2,79 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.text import Text  # user text (file and category names): never parsed as markup
 
-from lvisctl.cli._options import ExtraMetricList, IouTypeList
+from lvisctl.cli._command import command
+from lvisctl.cli._options import (
+    ExtraMetricList,
+    GtOption,
+    IouTypeList,
+    OptionalRunDirOption,
+    OverwriteOption,
+)
+
+RESULTS_HELP = (
+    "LVIS results json (X.segm.json: bbox is scored on the X.bbox.json beside it); default: from --run-dir, "
+    "segm on the newest segm predictions and bbox on the bbox file of the same tta-infer run."
+)
 
 
-def evaluate(
-    results: Path | None = typer.Argument(
-        None,
-        help="LVIS results json (X.segm.json: bbox is scored on the X.bbox.json beside it); default: from "
-        "--run-dir, segm on the newest segm predictions and bbox on the bbox file of the same tta-infer run.",
-    ),
-    gt: Path | None = typer.Option(
-        None,
-        "--gt",
-        help="LVIS v1 annotation file (default: the gt recorded for the predictions in the run directory's "
-        "manifest, for --run-dir or a registered RESULTS file).",
-    ),
-    iou_type: IouTypeList = typer.Option("segm,bbox", "--iou-type", help="Comma-separated: segm, bbox."),
-    metrics: ExtraMetricList = typer.Option(
-        "",
-        "--metrics",
-        help="Extra metrics, comma-separated: boundary (Boundary AP), fixed (Fixed AP).",
-    ),
-    out: Path | None = typer.Option(None, "--out", help="Metrics json (csv and png are written next to it)."),
-    run_dir: Path | None = typer.Option(
-        None, "--run-dir", help="Run directory: inputs from and outputs to it."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
-    per_category: bool = typer.Option(
-        False,
-        "--per-category",
-        help="Also print the best and worst categories of each frequency group (r/c/f); the csv has all.",
-    ),
-    top: int = typer.Option(
-        5, "--top", min=1, help="How many best and worst categories --per-category shows."
-    ),
-    compare: tuple[Path, Path] | None = typer.Option(
-        None,
-        "--compare",
-        help="Print two metrics json files (A B) side by side with B - A, as the paper's Table 2; "
-        "evaluates nothing.",
-    ),
-) -> None:
+@dataclass(kw_only=True)
+class EvaluateOptions:
+    """The options of ``lvisctl evaluate``, in ``--help`` order."""
+
+    results: Annotated[Path | None, typer.Argument(help=RESULTS_HELP)] = None
+    gt: GtOption = None
+    iou_type: Annotated[IouTypeList, typer.Option("--iou-type", help="Comma-separated: segm, bbox.")] = (
+        "segm,bbox"
+    )
+    metrics: Annotated[
+        ExtraMetricList,
+        typer.Option(
+            "--metrics", help="Extra metrics, comma-separated: boundary (Boundary AP), fixed (Fixed AP)."
+        ),
+    ] = ""
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Metrics json (csv and png are written next to it).")
+    ] = None
+    run_dir: OptionalRunDirOption = None
+    overwrite: OverwriteOption = False
+    per_category: Annotated[
+        bool,
+        typer.Option(
+            "--per-category",
+            help="Also print the best and worst categories of each frequency group (r/c/f); the csv has all.",
+        ),
+    ] = False
+    top: Annotated[
+        int, typer.Option("--top", min=1, help="How many best and worst categories --per-category shows.")
+    ] = 5
+    compare: Annotated[
+        tuple[Path, Path] | None,
+        typer.Option(
+            "--compare",
+            help="Print two metrics json files (A B) side by side with B - A, as the paper's Table 2; "
+            "evaluates nothing.",
+        ),
+    ] = None
+
+
+@command(EvaluateOptions)
+def evaluate(o: EvaluateOptions) -> None:
     """Compute the LVIS v1 federated metrics (AP, APr/c/f, AR@300, ...) exactly as lvis-api 0.5.3 does."""
     from rich.console import Console
 
-    if compare is not None:
-        if results is not None or run_dir is not None:
+    if o.compare is not None:
+        if o.results is not None or o.run_dir is not None:
             from lvisctl.errors import LvisctlError
 
             raise LvisctlError("--compare A B: reads two metrics files; give no RESULTS or --run-dir with it")
-        table, lines = compare_table(*compare)
+        table, lines = compare_table(*o.compare)
         console = Console()
         for line in lines:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -73,21 +91,21 @@ def evaluate(
     )
 
     outcome = run_evaluate(
-        results,
-        gt=gt,
-        iou_types=parse_list(iou_type, IOU_TYPES, "--iou-type"),
-        extras=parse_list(metrics, EXTRA_METRICS, "--metrics"),
-        out=out,
-        run_dir=run_dir,
-        overwrite=overwrite,
+        o.results,
+        gt=o.gt,
+        iou_types=parse_list(o.iou_type, IOU_TYPES, "--iou-type"),
+        extras=parse_list(o.metrics, EXTRA_METRICS, "--metrics"),
+        out=o.out,
+        run_dir=o.run_dir,
+        overwrite=o.overwrite,
     )
     console = Console()
     for line in scored_lines(outcome.metrics[SCORED_KEY]):  # user paths: printed unmarked
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(metrics_table(outcome.metrics))
-    if per_category:
+    if o.per_category:
         for t, m in outcome.by_type.items():
-            console.print(per_category_table(m.per_category_ap, outcome.categories, t, top))
+            console.print(per_category_table(m.per_category_ap, outcome.categories, t, o.top))
     for note in outcome.notes:
         console.print(note, style="yellow", highlight=False, soft_wrap=True)  # one line
     for path in outcome.written:

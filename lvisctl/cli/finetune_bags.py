@@ -7,41 +7,34 @@ checkpoint. The frozen parts (backbone, neck, RPN, mask head) are built as the s
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
+
+from lvisctl.cli._options import (
+    AllowChangedInputsOption,
+    ConfigOption,
+    OverridesArgument,
+    OverwriteOption,
+    PhaseOption,
+    ResumeOption,
+    RunDirOption,
+)
 
 PHASE = "finetune_bags"
 
 
 def finetune_bags_command(
-    run_dir: Path = typer.Option(..., "--run-dir", help="Run directory holding the stage-1 checkpoint."),
-    config: Path | None = typer.Option(
-        None,
-        "--config",
-        help="Config, a path or a packaged name (default stage2/finetune_bags: BAGS tunefc, classifier).",
-    ),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest finetune-bags checkpoint."),
-    overwrite: bool = typer.Option(
-        False,
-        "--overwrite",
-        help="Start this phase again: its earlier checkpoints, config and logs are replaced.",
-    ),
-    allow_changed_inputs: bool = typer.Option(
-        False, "--allow-changed-inputs", help="With --resume: continue even though a training input changed."
-    ),
-    phase: str = typer.Option(
-        PHASE,
-        "--phase",
-        help="Name of this phase (checkpoints/<phase>_final.pt); several recipes can coexist.",
-    ),
-    overrides: list[str] | None = typer.Argument(
-        None, help="Config overrides key.sub=value (e.g. solver.max_iter=100)."
-    ),
+    run_dir: RunDirOption,
+    config: ConfigOption = None,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
+    allow_changed_inputs: AllowChangedInputsOption = False,
+    phase: PhaseOption = PHASE,
+    overrides: OverridesArgument = None,
 ) -> None:
     """Fine-tune the box classifier of the stage-1 model with Balanced GroupSoftmax; all else frozen.
 
     Starts from the run's stage-1 final checkpoint (or train.init_from: a path, best, final, a phase).
+    Config default: stage2/finetune_bags (BAGS tunefc, classifier).
     """
     from lvisctl.cli.train import check_phase_name, run_training
     from lvisctl.config import CONFIG_ROOT, load_config

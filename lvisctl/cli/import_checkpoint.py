@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from lvisctl.cli._options import ConfigOption, OverridesArgument, OverwriteOption, RunDirOption
+
 
 def import_checkpoint_command(
-    file: Path = typer.Argument(
-        ..., help="Checkpoint file: torchvision .pth, mmdet .pth, detectron2 .pkl/.pth."
-    ),
-    run_dir: Path = typer.Option(..., "--run-dir", help="Run directory (created if missing)."),
+    file: Annotated[
+        Path,
+        typer.Argument(help="Checkpoint file: torchvision .pth, mmdet .pth, detectron2 .pkl/.pth."),
+    ],
+    run_dir: RunDirOption,
     source: str = typer.Option(
         "auto", "--from", help="Framework of FILE: auto, torchvision, mmdet or detectron2."
     ),
-    config: Path | None = typer.Option(
-        None, "--config", help="lvisctl config the weights are mapped onto (default configs/base.yaml)."
-    ),
+    config: ConfigOption = None,
     input_format: str | None = typer.Option(
         None, "--input-format", help="detectron2 only: BGR (model zoo, default) or RGB input of the weights."
     ),
@@ -26,17 +28,15 @@ def import_checkpoint_command(
         "--stride-in-1x1/--stride-in-3x3",
         help="detectron2 only: MSRA blocks (stride in the 1x1 conv, model zoo default) or torchvision ones.",
     ),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace an existing stage-1 final checkpoint."
-    ),
-    overrides: list[str] | None = typer.Argument(
-        None, help="Config overrides key.sub=value, applied after the framework's conventions."
-    ),
+    overwrite: OverwriteOption = False,
+    overrides: OverridesArgument = None,
 ) -> None:
     """Write FILE as checkpoints/stage1_final.pt of the run, with a mapping report.
 
-    Target classes: the run's training data, else the 1,203 LVIS v1 categories. A classifier trained on the
-    same classes in the same order is kept; otherwise it is re-initialised (and the report says so).
+    The weights are mapped onto --config (default configs/base.yaml); the overrides are applied after the
+    framework's conventions. Target classes: the run's training data, else the 1,203 LVIS v1 categories.
+    A classifier trained on the same classes in the same order is kept; otherwise it is re-initialised
+    (and the report says so).
     """
     from lvisctl.checkpoint_import import import_checkpoint
     from lvisctl.errors import LvisctlError

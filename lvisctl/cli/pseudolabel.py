@@ -5,74 +5,90 @@ Several GPUs / nodes: ``torchrun --nproc_per_node 8 -m lvisctl pseudolabel openi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from lvisctl.cli._options import PseudoMode
+from lvisctl.cli._command import command, echo_main, note, stopped_by_max_chunks
+from lvisctl.cli._options import (
+    PSEUDO_SOURCES,
+    CheckpointOption,
+    ImageListOption,
+    ImageRootOption,
+    MaxChunksOption,
+    OverridesArgument,
+    OverwriteOption,
+    PseudoMode,
+    RunDirOption,
+    ScalesOption,
+)
 from lvisctl.cli._progress import ImagesProgress
 
-EXIT_INCOMPLETE = 75  # as tta-infer: nothing failed, run the command again (EX_TEMPFAIL)
+SOURCE_HELP = (
+    "lvis: missing annotations on LVIS train (ignore regions; default images: the checkpoint's training "
+    "json); openimages: unlabeled Open Images (--images DIR [--image-list CSV]) for joint training; images: "
+    "any image folder or image-info json (same, without Open Images naming)."
+)
 
 
-def pseudolabel_command(
-    source: str | None = typer.Argument(
-        None,
-        help="lvis: missing annotations on LVIS train (ignore regions; default images: the checkpoint's "
-        "training json); openimages: unlabeled Open Images (--image-root DIR [--image-list CSV]) for joint "
-        "training; images: any image folder or image-info json (same, without Open Images naming).",
-        show_default=False,
-        metavar="lvis|openimages|images",
-    ),
-    run_dir: Path = typer.Option(..., "--run-dir", help="Run directory holding the checkpoint."),
-    images: Path | None = typer.Option(
-        None,
-        "--images",
-        help="LVIS train json (lvis), or an image folder / image-info json (openimages, images).",
-    ),
-    image_root: Path | None = typer.Option(
-        None,
-        "--image-root",
-        help="Image folder (searched recursively for jpg/png), or what --images paths are relative to.",
-    ),
-    image_list: Path | None = typer.Option(
-        None,
-        "--image-list",
-        help="Restrict the folder to a list: Open Images CSV (column ImageID -> ROOT/<ImageID>.jpg), "
-        "a CSV with file_name/path, or one id or path per line.",
-    ),
-    mode: PseudoMode | None = typer.Option(
-        None, "--mode", hidden=True, help="Old name of SOURCE: missing = lvis, unlabeled = images."
-    ),
-    checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", help="Default: the run's newest final stage-1 checkpoint (printed)."
-    ),
-    score_thresh: str = typer.Option(
-        "0.5",
-        "--score-thresh",
-        help="Keep detections >= this; one number or per frequency group: r=0.3,c=0.4,f=0.5.",
-    ),
-    max_gt_iou: float = typer.Option(
-        0.0, "--max-gt-iou", min=0.0, max=1.0, help="lvis: keep boxes whose IoU with every GT box is <= this."
-    ),
-    max_per_image: int = typer.Option(
-        50, "--max-per-image", min=1, help="openimages/images: labels per image."
-    ),
-    scales: str | None = typer.Option(None, "--scales", help="Test scale(s), e.g. 800 or 600,800."),
-    workers: int = typer.Option(8, "--workers", min=1, help="Threads reading image headers (sizes)."),
-    max_chunks: int | None = typer.Option(
-        None,
-        "--max-chunks",
-        min=0,
-        help="Stop each process after this many new chunks of inference.chunk_size images (time-limited "
-        "jobs); rerun the same command to continue.",
-    ),
-    out: Path | None = typer.Option(None, "--out", help="Default DIR/pseudo_labels/<images>_<mode>.json."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing pseudo-label file."),
-    overrides: list[str] | None = typer.Argument(
-        None, help="key.sub=value overrides of the checkpoint's config."
-    ),
-) -> None:
+@dataclass(kw_only=True)
+class PseudolabelOptions:
+    """The options of ``lvisctl pseudolabel``, in ``--help`` order."""
+
+    source: Annotated[
+        str | None, typer.Argument(help=SOURCE_HELP, show_default=False, metavar="|".join(PSEUDO_SOURCES))
+    ] = None
+    run_dir: RunDirOption
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            help="LVIS train json (lvis), or an image folder (searched recursively for jpg/png) / "
+            "image-info json (openimages, images).",
+        ),
+    ] = None
+    image_root: ImageRootOption = None
+    image_list: ImageListOption = None
+    mode: Annotated[
+        PseudoMode | None,
+        typer.Option("--mode", hidden=True, help="Old name of SOURCE: missing = lvis, unlabeled = images."),
+    ] = None
+    checkpoint: CheckpointOption = None
+    score_thresh: Annotated[
+        str,
+        typer.Option(
+            "--score-thresh",
+            help="Keep detections >= this; one number or per frequency group: r=0.3,c=0.4,f=0.5.",
+        ),
+    ] = "0.5"
+    max_gt_iou: Annotated[
+        float,
+        typer.Option(
+            "--max-gt-iou",
+            min=0.0,
+            max=1.0,
+            help="lvis: keep boxes whose IoU with every GT box is <= this.",
+        ),
+    ] = 0.0
+    max_per_image: Annotated[
+        int, typer.Option("--max-per-image", min=1, help="openimages/images: labels per image.")
+    ] = 50
+    scales: ScalesOption = None
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Threads reading image headers (sizes).")
+    ] = 8
+    max_chunks: MaxChunksOption = None
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Default DIR/pseudo_labels/<images>_<mode>.json.")
+    ] = None
+    overwrite: OverwriteOption = False
+    overrides: OverridesArgument = None
+
+
+@command(PseudolabelOptions, distributed=True)
+def pseudolabel_command(o: PseudolabelOptions) -> None:
     """Predict on images and keep confident detections as pseudo labels (an LVIS json in the run dir).
 
     Train with them: `lvisctl train --stage 1 ... data.pseudo_labels=latest` (lvis: ignore regions) and
@@ -81,44 +97,37 @@ def pseudolabel_command(
     """
     from rich.console import Console
 
-    from lvisctl.engine.distributed import cleanup_distributed
     from lvisctl.inference.predict_job import parse_scales
     from lvisctl.inference.pseudo_labels import ScoreThresholds
     from lvisctl.inference.pseudolabel_job import PseudoLabelJob
 
-    source, extra = _source(source, mode)
-    thresholds = ScoreThresholds.parse(score_thresh)
+    source, extra = _source(o.source, o.mode)
+    thresholds = ScoreThresholds.parse(o.score_thresh)
+    images = _images(source, o.images, o.image_root)
     with ImagesProgress("pseudolabel") as progress:
         job = PseudoLabelJob(
-            run_dir,
+            o.run_dir,
             source,
             images=images,
-            image_root=image_root,
-            image_list=image_list,
-            checkpoint=checkpoint,
-            scales=parse_scales(scales) if scales else None,
+            image_root=o.image_root,
+            image_list=o.image_list,
+            checkpoint=o.checkpoint,
+            scales=parse_scales(o.scales) if o.scales else None,
             score_thresh=thresholds,
-            max_gt_iou=max_gt_iou,
-            max_per_image=max_per_image,
-            out=out,
-            overwrite=overwrite,
-            overrides=[*extra, *(overrides or [])],
-            workers=workers,
-            max_chunks=max_chunks,
+            max_gt_iou=o.max_gt_iou,
+            max_per_image=o.max_per_image,
+            out=o.out,
+            overwrite=o.overwrite,
+            overrides=[*extra, *(o.overrides or [])],
+            workers=o.workers,
             on_start=progress.start,
             on_images=progress.advance,
-            on_note=_note,
+            on_note=echo_main,  # stdout, once under torchrun
+            max_chunks=o.max_chunks,
         )
-        try:
-            outcome = job.run()
-        finally:
-            cleanup_distributed()
+        outcome = job.run()
     if outcome.incomplete:
-        typer.echo(
-            "stopped by --max-chunks before all images were done; rerun the same command to continue",
-            err=True,
-        )
-        raise typer.Exit(EXIT_INCOMPLETE)
+        raise stopped_by_max_chunks()
     if outcome.artifact is None:
         return
     console = Console(highlight=False, soft_wrap=True)
@@ -137,11 +146,13 @@ def pseudolabel_command(
         console.print(empty_dropped_line(outcome.empty_dropped), markup=False)
 
 
-def _note(line: str) -> None:
-    import os
-
-    if int(os.environ.get("RANK", "0")) == 0:  # once under torchrun
-        typer.echo(line)
+def _images(source: str, images: Path | None, image_root: Path | None) -> Path | None:
+    """``--images``; for openimages / images, the old ``--image-root DIR`` alone is still read as the
+    folder of images (``--image-root`` is what a json's image paths are relative to everywhere else)."""
+    if images is None and image_root is not None and source != "lvis":
+        note(f"note: --image-root DIR as the image folder is deprecated; use --images {image_root}")
+        return image_root
+    return images
 
 
 def _source(source: str | None, mode: str | None) -> tuple[str, list[str]]:

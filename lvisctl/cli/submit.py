@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from lvisctl.cli._options import OptionalRunDirOption, OverwriteOption
 from lvisctl.errors import LvisctlError
 
 
@@ -27,10 +28,8 @@ def submit(
     truncate: bool = typer.Option(
         False, "--truncate", help="Keep the top 300 detections per image by score."
     ),
-    run_dir: Path | None = typer.Option(
-        None, "--run-dir", help="Run directory: inputs from and outputs to it."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    run_dir: OptionalRunDirOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Validate results against the server's rules and write the file to upload (EvalAI, LVIS v1.0)."""
     from rich.console import Console

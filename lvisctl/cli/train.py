@@ -10,6 +10,16 @@ from pathlib import Path
 
 import typer
 
+from lvisctl.cli._options import (
+    AllowChangedInputsOption,
+    ConfigOption,
+    OverridesArgument,
+    OverwriteOption,
+    PhaseOption,
+    ResumeOption,
+    RunDirOption,
+)
+
 
 def check_phase_name(phase: str | None) -> None:
     from lvisctl.errors import LvisctlError
@@ -53,39 +63,20 @@ def run_training(
 
 
 def train_command(
-    run_dir: Path = typer.Option(..., "--run-dir", help="Run directory (created if missing)."),
+    run_dir: RunDirOption,
     stage: int = typer.Option(
         1, "--stage", min=1, max=2, help="1 = representation learning, 2 = fine-tuning."
     ),
-    config: Path | None = typer.Option(
-        None,
-        "--config",
-        help="Experiment config: a yaml path or a packaged name (stage1/r50_da_eql_rfs; see lvisctl "
-        "configs list). Default: configs/base.yaml.",
-    ),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint of this stage."),
-    overwrite: bool = typer.Option(
-        False,
-        "--overwrite",
-        help="Start this phase again: its earlier checkpoints, config and logs are replaced.",
-    ),
-    allow_changed_inputs: bool = typer.Option(
-        False,
-        "--allow-changed-inputs",
-        help="With --resume: continue even though a training input (annotations, pseudo labels, the "
-        "stage-1 checkpoint) changed since the checkpoint was written.",
-    ),
-    phase: str | None = typer.Option(
-        None,
-        "--phase",
-        help="Name of this training phase (default stage1/stage2): several stage-2 recipes can share one "
-        "run dir, each with its own checkpoints (checkpoints/<phase>_final.pt).",
-    ),
-    overrides: list[str] | None = typer.Argument(
-        None, help="Config overrides key.sub=value (e.g. solver.max_iter=100)."
-    ),
+    config: ConfigOption = None,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
+    allow_changed_inputs: AllowChangedInputsOption = False,
+    phase: PhaseOption = None,
+    overrides: OverridesArgument = None,
 ) -> None:
     """Train a model: checkpoints, resolved config, TensorBoard scalars and loss curve go to the run dir.
+
+    Config default: configs/base.yaml. Phase default: stage1 / stage2.
 
     Training data: data.train from the config, else the newest training dataset artifact of the run dir.
     Stage 2 starts from the stage-1 final checkpoint (or train.init_from: a path, best, final or a phase

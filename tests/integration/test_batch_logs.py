@@ -15,7 +15,8 @@ from rich.progress import Progress
 from lvisctl.cli._console_log import clean, log_name
 from lvisctl.cli.app import app
 from lvisctl.rundir import RunDir
-from tests.integration.test_cli_tta_infer import REPO, add_checkpoint, make_lvis
+from tests.helpers import REPO
+from tests.helpers.tiny_run import add_checkpoint, make_lvis
 
 LINE = re.compile(r"^tta-infer (\d+)/3 images, [0-9.]+ img/s, eta \d+m\d\ds$")
 

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from lvisctl.cli.app import app
 from lvisctl.rundir import RunDir
-from tests.integration.test_cli_tta_infer import add_checkpoint, make_lvis
+from tests.helpers.tiny_run import add_checkpoint, make_lvis
 
 
 def test_analyze_two_checkpoints_writes_registered_json_and_png(tmp_path):

@@ -3,17 +3,15 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from lvisctl.cli.app import app
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
 from lvisctl.inference.category_check import check_categories
-from tests.integration.test_cli_tta_infer import CAT_IDS, setup  # noqa: F401  (fixture)
+from tests.helpers.cli import invoke as cli_invoke
 
 
 def invoke(*args):
-    return CliRunner().invoke(app, ["tta-infer", *map(str, args)])
+    return cli_invoke("tta-infer", *args)
 
 
 def edited(images, tmp_path, change) -> object:

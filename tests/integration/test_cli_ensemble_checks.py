@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_cli_evaluate import run_cli
-from tests.lvis_reference import write_json
-from tests.unit.test_eval_lvis_metrics import edge_case_gt, edge_case_results
+from tests.helpers.cli import run_cli
+from tests.helpers.eval_cases import edge_case_gt, edge_case_results
+from tests.helpers.lvis_reference import write_json
 
 
 @pytest.fixture

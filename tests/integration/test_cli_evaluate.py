@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from lvisctl.cli.app import main
 from lvisctl.rundir import RunDir
 from lvisctl.rundir.io import sha256_file
-from tests.lvis_reference import lvis_api_metrics, without_bbox, write_json
-from tests.unit.test_eval_lvis_metrics import edge_case_gt, edge_case_results
-
-
-def run_cli(args, capsys, monkeypatch) -> tuple[int, str, str]:
-    """Run the real entry point (one-line errors, exit codes) in-process."""
-    monkeypatch.setattr(sys, "argv", ["lvisctl", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code or 0, captured.out, captured.err
+from tests.helpers.cli import run_cli
+from tests.helpers.eval_cases import edge_case_gt, edge_case_results
+from tests.helpers.lvis_reference import lvis_api_metrics, without_bbox, write_json
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lvisctl.rundir import RunDir
-from tests.integration.test_cli_evaluate import run_cli
-from tests.lvis_reference import (
+from tests.helpers.cli import run_cli
+from tests.helpers.lvis_reference import (
     gt_rect,
     lvis_api_metrics,
     lvis_category,

@@ -9,8 +9,8 @@ import torch
 
 from lvisctl.data.synth import generate_synthetic_lvis
 from lvisctl.rundir import RunDir
-from tests.integration.engine_standins import DEMO_CONFIG, register_train_json, tiny_items
-from tests.integration.test_cli_train import lvisctl
+from tests.helpers.cli import lvisctl
+from tests.helpers.engine_standins import DEMO_CONFIG, register_train_json, tiny_items
 
 # width of the classifier per loss on K classes: (stage-1 loss, finetune-bags) in checkpoints
 LOGITS = {"seesaw": lambda k: k + 2, "eqlv2": lambda k: k + 1, "federated": lambda k: k}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -15,14 +14,8 @@ from lvisctl.cli.app import app
 from lvisctl.data.lvis import load_lvis
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import RunDir
-from tests.integration.test_cli_tta_infer import add_checkpoint
-
-RNG = np.random.default_rng(0)
-
-
-def _noise(h: int, w: int, channels: int = 3) -> np.ndarray:
-    shape = (h, w, channels) if channels > 1 else (h, w)
-    return (RNG.random(shape) * 255).astype(np.uint8)
+from tests.helpers.cli import invoke as cli_invoke
+from tests.helpers.images import _noise
 
 
 def make_folder(root: Path) -> Path:
@@ -38,16 +31,8 @@ def make_folder(root: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def run(tmp_path):
-    run = RunDir(tmp_path / "run")
-    add_checkpoint(run, stage=1, final=True, seed=1)
-    add_checkpoint(run, stage=2, final=True, seed=2)  # newer, but pseudo labels feed stage 1
-    return run
-
-
 def invoke(*args):
-    return CliRunner().invoke(app, ["pseudolabel", *map(str, args)])
+    return cli_invoke("pseudolabel", *args)
 
 
 def test_openimages_folder_skips_unreadable_and_validates(run, tmp_path):
@@ -72,7 +57,7 @@ def test_openimages_folder_skips_unreadable_and_validates(run, tmp_path):
     check = CliRunner().invoke(app, ["data", "validate", str(path), "--image-root", str(folder)])
     assert check.exit_code == 0, check.output
 
-    from tests.lvis_reference import LVIS
+    from tests.helpers.lvis_reference import LVIS
 
     assert len(LVIS(str(path)).get_ann_ids()) == data.num_annotations
     # the predictions made on the way are not predictions for evaluation
@@ -163,7 +148,7 @@ def _lvis_checkpoint(run: RunDir, train_json: Path) -> None:
     from lvisctl.config import load_config
     from lvisctl.engine.checkpoint import save_checkpoint
     from lvisctl.modeling.build import build_model
-    from tests.integration.test_cli_tta_infer import TINY
+    from tests.helpers.tiny_run import TINY
 
     cfg = load_config(None, TINY)
     stats = load_lvis(train_json).category_stats()
@@ -296,7 +281,7 @@ def test_lvis_with_the_real_model_validates(hidden_lvis, tmp_path):
 
 # ------------------------------------------------------------------------------------ tta-infer on folders
 def test_tta_infer_on_a_folder_and_an_image_list(run, tmp_path):
-    from tests.lvis_reference import LVIS, LVISResults
+    from tests.helpers.lvis_reference import LVIS, LVISResults
 
     folder = make_folder(tmp_path / "imgs")
     args = ("--run-dir", run.root, "--images", folder, "inference.detections_per_image=5")
@@ -331,7 +316,7 @@ def test_training_consumes_both_pseudolabel_outputs(hidden_lvis, tmp_path, capsy
     """pseudolabel lvis + pseudolabel images (a folder) with the real tiny model, then a 2-iteration
     self-training run with data.pseudo_labels=latest data.extra_images=latest: it prints the counts."""
     from lvisctl.training import train
-    from tests.integration.engine_standins import real_tiny_config
+    from tests.helpers.engine_standins import real_tiny_config
 
     run = RunDir(tmp_path / "run")
     _lvis_checkpoint(run, hidden_lvis["train"])

@@ -1,7 +1,7 @@
 """Issue 22 item 18: ``runs show --verify`` says when an artifact's input exists nowhere any more."""
 
 from lvisctl.rundir import RunDir
-from tests.integration.test_cli_evaluate import run_cli
+from tests.helpers.cli import run_cli
 
 
 def test_verify_says_an_input_is_gone_after_it_was_replaced(tmp_path, capsys, monkeypatch):

@@ -21,34 +21,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lvisctl.rundir import RunDir
-from tests.integration.test_cli_evaluate import run_cli
-from tests.integration.test_cli_tta_infer import SIZES, add_checkpoint, make_lvis
+from tests.helpers.cli import one_line_error, run_cli
+from tests.helpers.tiny_run import SIZES, make_tiny_run
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP = "val_stage2_final_s48"  # the default predictions group of the tiny checkpoint on val.json
 
 
-def make_tiny_run(tmp_path):
-    """A run directory with a tiny stage-2 checkpoint and a 3-image LVIS val json next to its images."""
-    data = tmp_path / "data"
-    data.mkdir()
-    images = make_lvis(data)
-    run = RunDir(tmp_path / "run")
-    add_checkpoint(run, stage=2, final=True, seed=2)
-    return run, images
-
-
 @pytest.fixture
 def tiny(tmp_path):
     return make_tiny_run(tmp_path)
-
-
-def _one_line_error(code: int, err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------------------ item 1
@@ -59,13 +41,13 @@ def test_synth_overwrite_refuses_a_folder_it_did_not_write(tmp_path, capsys, mon
     code, _, err = run_cli(
         ["data", "synth", "--preset", "tiny", "--no-images", "--out", w, "--overwrite"], capsys, monkeypatch
     )
-    assert "not a dataset folder written by 'lvisctl data synth'" in _one_line_error(code, err)
+    assert "not a dataset folder written by 'lvisctl data synth'" in one_line_error(code, err)
     assert (w / "notes.txt").read_text() == "x" and (w / "sub").is_dir()
     run = tmp_path / "run"
     args = ["data", "synth", "--preset", "tiny", "--no-images", "--run-dir", run]
     assert run_cli(args, capsys, monkeypatch)[0] == 0
     code, _, err = run_cli(["data", "synth", "--out", run, "--overwrite"], capsys, monkeypatch)
-    _one_line_error(code, err)  # a run directory is not a synth folder
+    one_line_error(code, err)  # a run directory is not a synth folder
     assert (run / "manifest.json").is_file()
     assert run_cli([*args, "--overwrite", "--seed", "3"], capsys, monkeypatch)[0] == 0  # its own data/
 
@@ -89,7 +71,7 @@ def test_second_tta_infer_on_the_same_output_stops_naming_the_holder(tiny, tmp_p
             time.sleep(0.05)
         start = time.monotonic()
         code, _, err = run_cli(["tta-infer", "--run-dir", run.root, "--images", images], capsys, monkeypatch)
-        line = _one_line_error(code, err)
+        line = one_line_error(code, err)
         assert time.monotonic() - start < 30  # stops before inference
         assert f"is being written by pid {holder.pid} on " in line and "since" in line
         assert not run.find("predictions") and not (run.root / ".partial").exists()
@@ -121,7 +103,7 @@ def test_images_under_a_separate_root_via_config_keys(tiny, tmp_path, capsys, mo
     val = _detectron2_layout(tmp_path, images)
     base = ["tta-infer", "--run-dir", run.root, "--images", val]
     code, _, err = run_cli(base, capsys, monkeypatch)  # images are not next to the json
-    line = _one_line_error(code, err)
+    line = one_line_error(code, err)
     assert "not found under image root" in line and "(the json's folder;" in line
     code, _, err = run_cli([*base, f"data.image_root={tmp_path / 'datasets' / 'coco'}"], capsys, monkeypatch)
     assert code == 0, err
@@ -152,7 +134,7 @@ def test_validate_refuses_a_short_or_garbage_rle(tiny, capsys, monkeypatch):
     data["annotations"][1]["segmentation"]["counts"] = "not~rle"
     images.write_text(json.dumps(data))
     code, _, err = run_cli(["data", "validate", images], capsys, monkeypatch)
-    line = _one_line_error(code, err)
+    line = one_line_error(code, err)
     assert (
         "2 problems" in line and "annotation 1: RLE runs cover 100 pixels, not height x width = 5120" in line
     )
@@ -187,7 +169,7 @@ def test_tta_infer_refuses_an_image_of_another_size_than_the_json(tiny, capsys, 
     del data["annotations"]  # a test-dev style image-info file: only the image records say the size
     images.write_text(json.dumps(data))
     code, _, err = run_cli(["tta-infer", "--run-dir", run.root, "--images", images], capsys, monkeypatch)
-    line = _one_line_error(code, err)
+    line = one_line_error(code, err)
     assert "img2.png: image is 48x48 but the annotation file says 48x49" in line and "(image 2" in line
     assert not run.find("predictions") and not (run.root / ".partial").exists()
     assert not (run.root / "predictions").exists()
@@ -199,11 +181,11 @@ def test_non_utf8_json_is_one_line_in_validate_and_stats(tmp_path, capsys, monke
     bad.write_bytes(b'{"images": [], "categories": [{"id": 1, "name": "caf\xe9"}]}')
     for args in (["data", "validate", bad], ["data", "stats", "--gt", bad, "--out", tmp_path / "p"]):
         code, _, err = run_cli(args, capsys, monkeypatch)
-        assert "latin.json: not UTF-8 text (byte 0xe9" in _one_line_error(code, err)
+        assert "latin.json: not UTF-8 text (byte 0xe9" in one_line_error(code, err)
     lst = tmp_path / "list.json"
     lst.write_text("[]")
     code, _, err = run_cli(["data", "validate", lst], capsys, monkeypatch)
-    assert "valid json, but the top level is a list" in _one_line_error(code, err)
+    assert "valid json, but the top level is a list" in one_line_error(code, err)
 
 
 # ------------------------------------------------------------------------------------------ item 10
@@ -229,12 +211,12 @@ def test_run_dir_under_a_file_and_out_a_directory(tiny, tmp_path, capsys, monkey
     (tmp_path / "afile").write_text("x")
     args = ["data", "synth", "--preset", "tiny", "--no-images", "--run-dir", tmp_path / "afile" / "sub"]
     code, _, err = run_cli(args, capsys, monkeypatch)
-    assert "afile is a file, not a folder" in _one_line_error(code, err)
+    assert "afile is a file, not a folder" in one_line_error(code, err)
     assert run_cli(["tta-infer", "--run-dir", run.root, "--images", images], capsys, monkeypatch)[0] == 0
     (tmp_path / "m.json").mkdir()
     args = ["evaluate", "--run-dir", run.root, "--out", tmp_path / "m.json", "--overwrite"]
     code, _, err = run_cli(args, capsys, monkeypatch)
-    assert "m.json: is a directory" in _one_line_error(code, err)
+    assert "m.json: is a directory" in one_line_error(code, err)
 
 
 # ------------------------------------------------------------------------------------------ item 13
@@ -250,11 +232,11 @@ def test_validate_checks_images_by_default_when_reachable(tiny, capsys, monkeypa
     data["annotations"][1]["bbox"] = [100, 100, 5, 5]  # entirely outside the 47x48 image
     images.write_text(json.dumps(data))
     code, _, err = run_cli(["data", "validate", images], capsys, monkeypatch)
-    line = _one_line_error(code, err)
+    line = one_line_error(code, err)
     assert "5 problems" in line and "lies entirely outside" in line and "empty file" in line
     assert "not an image file" in line and "annotation file says 47x48" in line
     code, out, err = run_cli(["data", "validate", images, "--no-images"], capsys, monkeypatch)
-    assert "lies entirely outside" in _one_line_error(code, err)  # the json's own checks stay on
+    assert "lies entirely outside" in one_line_error(code, err)  # the json's own checks stay on
     # images not reachable at all: the json is validated and the summary says images were not checked
     data["annotations"][1]["bbox"] = [10, 10, 20, 20]
     data["images"][1]["width"] = 48
@@ -308,4 +290,4 @@ def test_tta_infer_killed_between_writing_and_recording_reruns(tiny, capsys, mon
     assert run.latest("predictions").path == f"predictions/{GROUP}.segm.json"
     assert not (run.root / ".partial").exists()
     code, _, err = run_cli(["tta-infer", "--run-dir", run.root, "--images", images], capsys, monkeypatch)
-    assert "already exists" in _one_line_error(code, err)  # a recorded result is still protected
+    assert "already exists" in one_line_error(code, err)  # a recorded result is still protected

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from lvisctl.rundir import RunDir
-from tests.integration.test_cli_evaluate import run_cli
-from tests.integration.test_cli_safety import _one_line_error as one_line_error
-from tests.integration.test_cli_safety import make_tiny_run
+from tests.helpers.cli import one_line_error, run_cli
+from tests.helpers.tiny_run import make_tiny_run
 
 
 @pytest.fixture
@@ -130,7 +129,7 @@ def hold_in_subprocess(tmp_path: Path, enter: str):
 
 # ------------------------------------------------------------------------------------------ item 1
 def _mmdet_source(tmp_path: Path) -> Path:
-    from tests.unit.test_checkpoint_import import _mmdet_file
+    from tests.helpers.checkpoint_files import _mmdet_file
 
     return _mmdet_file(tmp_path, "mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py")[0]
 

@@ -8,8 +8,8 @@ import zipfile
 import pytest
 
 from lvisctl.rundir import RunDir
-from tests.integration.test_cli_evaluate import run_cli
-from tests.lvis_reference import det_rect, lvis_category, lvis_image, write_json
+from tests.helpers.cli import run_cli
+from tests.helpers.lvis_reference import det_rect, lvis_category, lvis_image, write_json
 
 
 @pytest.fixture

@@ -1,34 +1,21 @@
 """``lvisctl train --stage 1`` on tiny synthetic LVIS with the real model, through the command line."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from lvisctl.data.synth import generate_synthetic_lvis
 from lvisctl.rundir import RunDir
-from tests.integration.engine_standins import DEMO_CONFIG, register_train_json, tiny_items
+from tests.helpers.cli import lvisctl
+from tests.helpers.engine_standins import DEMO_CONFIG, register_train_json, tiny_items
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def lvisctl(*args):
-    proc = subprocess.run(
-        [sys.executable, "-m", "lvisctl", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    return proc.returncode, proc.stdout + proc.stderr
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return generate_synthetic_lvis(tmp_path_factory.mktemp("data") / "tiny", preset="tiny", seed=0)
+@pytest.fixture
+def tiny_data(tiny_synth):
+    return tiny_synth  # the session's tiny synthetic LVIS (read only)
 
 
 def test_train_stage1_writes_checkpoints_config_plot_and_tensorboard(tmp_path, tiny_data):

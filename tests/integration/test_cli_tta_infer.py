@@ -7,128 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pycocotools.mask as mask_utils
 import pytest
-import torch
-from PIL import Image
-from typer.testing import CliRunner
 
-from lvisctl.cli.app import app
-from lvisctl.config import load_config
-from lvisctl.data.categories import CategoryStats
-from lvisctl.engine.checkpoint import save_checkpoint
 from lvisctl.errors import LvisctlError
 from lvisctl.inference.results import is_empty_mask
-from lvisctl.modeling.build import build_model
-from lvisctl.rundir import RunDir
+from tests.helpers.cli import invoke as cli_invoke
+from tests.helpers.tiny_run import CAT_IDS, SIZES
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = [
-    "model.backbone.name=tiny",
-    "model.backbone.tiny_width=8",
-    "model.backbone.norm=bn",
-    "model.fpn.out_channels=16",
-    "model.roi_heads.fc_dim=32",
-    "model.mask_head.conv_dim=16",
-    "model.mask_head.num_convs=1",
-    "model.rpn.anchor_sizes=[8,16,32,64,128]",
-    "inference.scales=[48]",
-    "inference.num_workers=0",
-]
-CAT_IDS = [3, 9, 40]
-SIZES = [(64, 80), (48, 48), (72, 56)]  # (h, w)
-
-
-def make_lvis(folder: Path) -> Path:
-    """Three PNG images and an annotated LVIS json (one square object each, RLE masks)."""
-    rng = np.random.default_rng(0)
-    images, anns = [], []
-    for i, (h, w) in enumerate(SIZES, start=1):
-        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(folder / f"img{i}.png")
-        images.append(
-            {
-                "id": i,
-                "width": w,
-                "height": h,
-                "file_name": f"img{i}.png",
-                "neg_category_ids": [],
-                "not_exhaustive_category_ids": [],
-            }
-        )
-        mask = np.zeros((h, w), np.uint8, order="F")
-        mask[10:30, 10:30] = 1
-        rle = mask_utils.encode(np.asfortranarray(mask))
-        rle["counts"] = rle["counts"].decode()
-        anns.append(
-            {
-                "id": i,
-                "image_id": i,
-                "category_id": CAT_IDS[i - 1],
-                "bbox": [10, 10, 20, 20],
-                "area": 400,
-                "segmentation": rle,
-                "iscrowd": 0,
-            }
-        )
-    cats = [
-        {
-            "id": c,
-            "name": f"c{c}",
-            "frequency": "f",
-            "image_count": 1,
-            "instance_count": 1,
-            "synset": f"c{c}.n.01",
-            "synonyms": [f"c{c}"],
-            "def": "",
-        }
-        for c in CAT_IDS
-    ]
-    path = folder / "val.json"
-    path.write_text(json.dumps({"images": images, "categories": cats, "annotations": anns}))
-    return path
-
-
-def add_checkpoint(run: RunDir, stage: int, final: bool, seed: int) -> Path:
-    cfg = load_config(None, TINY)
-    stats = CategoryStats.from_dict(
-        {
-            "cat_ids": CAT_IDS,
-            "names": [f"c{c}" for c in CAT_IDS],
-            "image_count": [1, 1, 1],
-            "instance_count": [1, 1, 1],
-            "frequency": ["f", "f", "f"],
-            "num_images": 3,
-        }
-    )
-    torch.manual_seed(seed)
-    model = build_model(cfg, stats)
-    state = {
-        "model": model.state_dict(),
-        "config": cfg.to_dict(),
-        "category_stats": stats.to_dict(),
-        "stage": stage,
-        "iteration": 10 * stage + final,
-        "epoch": 1,
-        "final": final,
-    }
-    return run.path_of(save_checkpoint(run, state).path)
-
-
-@pytest.fixture
-def setup(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    images = make_lvis(data)
-    run = RunDir(tmp_path / "run")
-    add_checkpoint(run, stage=1, final=True, seed=1)
-    stage2 = add_checkpoint(run, stage=2, final=True, seed=2)
-    add_checkpoint(run, stage=2, final=False, seed=3)
-    return run, images, stage2
 
 
 def invoke(*args):
-    return CliRunner().invoke(app, ["tta-infer", *map(str, args)])
+    return cli_invoke("tta-infer", *args)
 
 
 def test_writes_segm_and_bbox_files_and_registers_them(setup):
@@ -169,8 +59,8 @@ def test_writes_segm_and_bbox_files_and_registers_them(setup):
 def test_run_dir_evaluate_and_submit_use_the_split_files(setup, capsys, monkeypatch):
     """evaluate --run-dir: segm on the segm file (mask areas, no note), bbox on the same run's bbox file;
     each equal to lvis-api on that file. submit --run-dir takes the segm file."""
-    from tests.integration.test_cli_evaluate import run_cli
-    from tests.lvis_reference import lvis_api_metrics
+    from tests.helpers.cli import run_cli
+    from tests.helpers.lvis_reference import lvis_api_metrics
 
     run, images, _ = setup
     assert invoke("--run-dir", run.root, "--images", images).exit_code == 0
@@ -202,7 +92,7 @@ def test_run_dir_evaluate_and_submit_use_the_split_files(setup, capsys, monkeypa
 def test_results_load_in_lvis_api(setup):
     run, images, _ = setup
     assert invoke("--run-dir", run.root, "--images", images, "--out", run.root / "p.json").exit_code == 0
-    from tests.lvis_reference import lvis_api_metrics
+    from tests.helpers.lvis_reference import lvis_api_metrics
 
     for iou_type in ("bbox", "segm"):
         metrics = lvis_api_metrics(images, run.root / f"p.{iou_type}.json", iou_type)

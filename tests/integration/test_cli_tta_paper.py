@@ -6,12 +6,15 @@ import json
 import pytest
 
 from lvisctl.errors import LvisctlError
-from tests.integration import test_cli_tta_infer as base
-from tests.integration.test_cli_evaluate import run_cli
-from tests.lvis_reference import lvis_api_metrics
+from tests.helpers.cli import invoke as cli_invoke
+from tests.helpers.cli import run_cli
+from tests.helpers.lvis_reference import lvis_api_metrics
+from tests.helpers.tiny_run import SIZES
 
-setup = base.setup  # the fixture: a run dir with three tiny checkpoints and an LVIS file
-invoke, SIZES = base.invoke, base.SIZES
+
+def invoke(*args):
+    return cli_invoke("tta-infer", *args)
+
 
 PAPER = ["--tta", "paper", "--scales", "40,56", "inference.tta.valid_ranges=[[16,null],[0,40]]"]
 

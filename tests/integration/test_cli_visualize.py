@@ -5,55 +5,19 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pycocotools.mask as mask_utils
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from lvisctl.cli.app import app
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import RunDir, atomic_write_json
 from lvisctl.visualization.draw import GAP, TITLE_HEIGHT, category_color
 from lvisctl.visualization.render import display_factor
-from tests.integration.test_cli_tta_infer import SIZES, make_lvis
-
-
-def _rle(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> dict:
-    mask = np.zeros((h, w), np.uint8, order="F")
-    mask[y0:y1, x0:x1] = 1
-    rle = mask_utils.encode(mask)
-    return {"size": [h, w], "counts": rle["counts"].decode()}
-
-
-@pytest.fixture
-def inputs(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    gt = make_lvis(data)  # img1..3, one GT square [10:30, 10:30] each, categories 3, 9, 40
-    h, w = SIZES[0]
-    preds = [
-        {
-            "image_id": 1,
-            "category_id": 9,
-            "bbox": [30, 34, 40, 26],
-            "score": 0.9,
-            "segmentation": _rle(h, w, 34, 60, 30, 70),
-        },
-        {
-            "image_id": 1,
-            "category_id": 3,
-            "bbox": [0, 0, 5, 5],
-            "score": 0.1,
-            "segmentation": _rle(h, w, 0, 5, 0, 5),
-        },
-    ]
-    path = tmp_path / "preds.json"
-    path.write_text(json.dumps(preds))
-    return gt, path, data
+from tests.helpers.cli import invoke as cli_invoke
+from tests.helpers.tiny_run import SIZES
 
 
 def invoke(*args):
-    return CliRunner().invoke(app, ["visualize", *map(str, args)])
+    return cli_invoke("visualize", *args)
 
 
 def test_pngs_differ_from_the_source_under_drawn_masks(tmp_path, inputs):

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from lvisctl.data.synth import generate_synthetic_lvis
 from lvisctl.rundir import RunDir
-from tests.integration.engine_standins import ddp_worker, register_train_json
+from tests.helpers.engine_standins import ddp_worker, register_train_json
 
 
 def _free_port() -> int:

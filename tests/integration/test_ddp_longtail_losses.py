@@ -45,7 +45,7 @@ def _labels(rank: int, step: int) -> torch.Tensor:
 
 def _worker(rank: int, port: int, out: str) -> None:
     from lvisctl.engine.distributed import cleanup_distributed, init_distributed
-    from tests.integration.engine_standins import join_gloo
+    from tests.helpers.engine_standins import join_gloo
 
     join_gloo(rank, 2, port)
     init_distributed("cpu")

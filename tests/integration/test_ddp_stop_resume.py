@@ -40,7 +40,7 @@ class SigintAt(Hook):
 
 def _worker(rank: int, port: int, run_dir: str, out: str, mode: str) -> None:
     from lvisctl.training import TrainingInterrupted, default_hooks, train
-    from tests.integration.engine_standins import data_builder, model_builder, tiny_config
+    from tests.helpers.engine_standins import data_builder, model_builder, tiny_config
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1",

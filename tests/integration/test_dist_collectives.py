@@ -19,14 +19,14 @@ def _free_port() -> int:
 
 
 def _join(rank: int, world_size: int, port: int) -> None:
-    from tests.integration.engine_standins import join_gloo
+    from tests.helpers.engine_standins import join_gloo
 
     join_gloo(rank, world_size, port)
 
 
 def _d2_worker(rank: int, port: int, gt: str, out: str) -> None:
     from lvisctl.engine.distributed import cleanup_distributed, init_distributed
-    from tests.unit.test_integrations_detectron2 import _outputs
+    from tests.helpers.detectron2_outputs import _outputs
 
     _join(rank, 2, port)
     init_distributed("cpu")
@@ -42,7 +42,7 @@ def _d2_worker(rank: int, port: int, gt: str, out: str) -> None:
 
 @pytest.mark.slow
 def test_detectron2_evaluator_scores_all_ranks_predictions(tmp_path):
-    from tests.integration.test_cli_tta_infer import make_lvis
+    from tests.helpers.tiny_run import make_lvis
 
     gt = make_lvis(tmp_path)
     mp.spawn(_d2_worker, args=(_free_port(), str(gt), str(tmp_path)), nprocs=2, join=True)

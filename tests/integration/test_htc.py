@@ -6,17 +6,16 @@ import json
 import pytest
 import torch
 
-from lvisctl.data.synth import generate_synthetic_lvis
 from lvisctl.rundir import RunDir
-from tests.integration.engine_standins import REPO_CONFIGS, register_train_json, tiny_items
-from tests.integration.test_cli_train import lvisctl
+from tests.helpers.cli import lvisctl
+from tests.helpers.engine_standins import REPO_CONFIGS, register_train_json, tiny_items
 
 SMALL_DEFORM = {"model.roi_heads.deform_hidden_channels": 16}
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return generate_synthetic_lvis(tmp_path_factory.mktemp("data") / "tiny", preset="tiny", seed=0)
+@pytest.fixture
+def tiny_data(tiny_synth):
+    return tiny_synth  # the session's tiny synthetic LVIS (read only)
 
 
 def test_htc_stage1_stage2_tta_infer_evaluate(tmp_path, tiny_data):

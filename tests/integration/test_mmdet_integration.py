@@ -22,7 +22,7 @@ from lvisctl.data.lvis import load_lvis  # noqa: E402
 from lvisctl.inference.factory import load_checkpoint_model  # noqa: E402
 from lvisctl.losses.balanced_mask import balanced_mask_loss  # noqa: E402
 from lvisctl.losses.eql import EqualizationLoss  # noqa: E402
-from tests.integration.test_cli_tta_infer import CAT_IDS, SIZES, make_lvis  # noqa: E402
+from tests.helpers.tiny_run import CAT_IDS, SIZES, make_lvis
 
 CONFIGS = Path(mmdet.__file__).parent / ".mim" / "configs"
 SCALE = 160
@@ -182,7 +182,7 @@ def _samples(seed: int):
 
 
 def test_lvisctl_metric_equals_mmdets_lvis_metric(tmp_path):
-    import tests.lvis_reference  # noqa: F401  mmdet's LVISMetric runs lvis-api, which needs the np.float shim
+    import tests.helpers.lvis_reference  # noqa: F401  mmdet's LVISMetric runs lvis-api, which needs the np.float shim
 
     gt = str(make_lvis(tmp_path))
     samples = _samples(0)

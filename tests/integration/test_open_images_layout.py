@@ -10,10 +10,15 @@ import pytest
 from PIL import Image
 
 from lvisctl.errors import LvisctlError
-from tests.integration.test_cli_pseudolabel import _noise, invoke, run  # noqa: F401 (fixture)
+from tests.helpers.cli import invoke as cli_invoke
+from tests.helpers.images import _noise
 
 CSV_HEAD = "ImageID,Subset,OriginalURL,OriginalLandingURL,License,AuthorProfileURL,Author,Title,OriginalSize,"
 CSV_HEAD += "OriginalMD5,Thumbnail300KURL,Rotation\n"
+
+
+def invoke(*args):
+    return cli_invoke("pseudolabel", *args)
 
 
 def cvdf_layout(root: Path) -> tuple[Path, Path]:

@@ -15,9 +15,9 @@ from lvisctl.data.formats import find_image, image_relpaths
 from lvisctl.data.lvis import load_lvis
 from lvisctl.data.self_training import load_missing_annotations
 from lvisctl.errors import LvisctlError
-from tests.integration.test_cli_evaluate import run_cli
-from tests.lvis_reference import write_json
-from tests.unit.test_eval_lvis_metrics import edge_case_gt, edge_case_results
+from tests.helpers.cli import run_cli
+from tests.helpers.eval_cases import edge_case_gt, edge_case_results
+from tests.helpers.lvis_reference import write_json
 
 V05_IMAGE = {
     "id": 1268,

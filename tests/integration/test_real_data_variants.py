@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_real_lvis_layout import real_layout, real_lvis_block
-from tests.unit.test_readme import REPO, commands
+from tests.helpers import REPO
+from tests.helpers.readme import commands, real_layout, real_lvis_block
 
 pytestmark = pytest.mark.slow
 

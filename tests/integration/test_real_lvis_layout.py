@@ -7,44 +7,15 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.unit.test_readme import REPO, SHELL_BLOCKS, commands
+from tests.helpers import REPO
+from tests.helpers.readme import commands, real_layout, real_lvis_block
 
 pytestmark = pytest.mark.slow
-
-
-def real_lvis_block() -> str:
-    blocks = [code for _, mark, code in SHELL_BLOCKS if mark == "run" and "--stage 2" in code]
-    assert len(blocks) == 1, "README.md has no (or several) real-LVIS blocks"
-    return blocks[0]
-
-
-def real_layout(work: Path, env: dict[str, str]) -> Path:
-    """datasets/coco/{train,val,test}2017/ + datasets/lvis/lvis_v1_*.json from tiny synthetic LVIS."""
-    synth = work / "synth"
-    cmd = [sys.executable, "-m", "lvisctl", "data", "synth", "--preset", "tiny", "--out", str(synth)]
-    subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True, timeout=300)
-    coco, lvis = work / "datasets" / "coco", work / "datasets" / "lvis"
-    lvis.mkdir(parents=True)
-    for folder in ("train2017", "val2017", "test2017"):
-        shutil.copytree(synth / folder, coco / folder)
-    for name in ("lvis_v1_train.json", "lvis_v1_val.json", "lvis_v1_image_info_test_dev.json"):
-        data = json.loads((synth / name).read_text())
-        for i, image in enumerate(data["images"]):
-            assert "file_name" not in image and image["coco_url"].startswith("http")
-            folder, file = image["coco_url"].split("/")[-2:]
-            if name == "lvis_v1_val.json" and i % 2 == 0:  # LVIS v1 val images from COCO train2017
-                (coco / folder / file).rename(coco / "train2017" / file)
-                image["coco_url"] = f"http://images.cocodataset.org/train2017/{file}"
-        (lvis / name).write_text(json.dumps(data))
-    shutil.rmtree(synth)
-    return work / "datasets"
 
 
 def test_the_layout_moves_half_the_val_images_to_train2017(tmp_path):

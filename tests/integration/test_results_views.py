@@ -10,7 +10,11 @@ from lvisctl.engine.checkpoint import Phase
 from lvisctl.engine.logging import TrainLogger, plot_loss_curves, tensorboard_dir
 from lvisctl.rundir import RunDir
 from lvisctl.rundir.io import atomic_write_json
-from tests.integration.test_cli_visualize import inputs, invoke  # noqa: F401 (fixture)
+from tests.helpers.cli import invoke as cli_invoke
+
+
+def invoke(*args):
+    return cli_invoke("visualize", *args)
 
 
 def test_visualize_says_how_far_the_threshold_is_and_topk_draws_anyway(tmp_path, inputs):  # noqa: F811

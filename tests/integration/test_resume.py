@@ -15,13 +15,13 @@ from lvisctl.engine.trainer import NonFiniteLossError
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import RunDir
 from lvisctl.training import train
-from tests.integration.engine_standins import data_builder, model_builder, tiny_config
+from tests.helpers.engine_standins import data_builder, model_builder, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _spawn(run_dir, sleep, *items):
-    cmd = [sys.executable, "-m", "tests.integration.engine_standins", str(run_dir), str(sleep), *items]
+    cmd = [sys.executable, "-m", "tests.helpers.engine_standins", str(run_dir), str(sleep), *items]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -112,7 +112,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path):
 def test_cli_sigkill_resume_with_real_model_and_data(tmp_path):
     """The same with ``lvisctl train``, the real model, synthetic LVIS, RFS, Mosaic/rotation, 1 worker."""
     from lvisctl.data.synth import generate_synthetic_lvis
-    from tests.integration.engine_standins import DEMO_CONFIG, register_train_json, tiny_items
+    from tests.helpers.engine_standins import DEMO_CONFIG, register_train_json, tiny_items
 
     data = generate_synthetic_lvis(tmp_path / "data", preset="tiny", seed=0)
     items = tiny_items(**{"solver.max_iter": 10, "train.checkpoint_period": 3, "train.num_workers": 1})

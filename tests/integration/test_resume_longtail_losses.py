@@ -8,8 +8,7 @@ import torch
 from lvisctl.data.synth import generate_synthetic_lvis
 from lvisctl.engine.hooks import default_hooks
 from lvisctl.engine.trainer import train
-from tests.integration.engine_standins import real_tiny_config, register_train_json
-from tests.integration.test_trainer_hooks import FailAt
+from tests.helpers.engine_standins import FailAt, real_tiny_config, register_train_json
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from lvisctl.data.synth import generate_synthetic_lvis
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import RunDir
 from lvisctl.training import train
-from tests.integration.engine_standins import real_tiny_config, register_train_json, tiny_items
+from tests.helpers.engine_standins import real_tiny_config, register_train_json, tiny_items
 
 FROZEN_BAGS = ("backbone.", "rpn.", "roi_heads.mask.head.")
 
@@ -223,7 +223,7 @@ def test_finetune_bags_phase_and_overwrite_through_the_cli(stage1):
 
 
 def _ddp_eval_worker(rank: int, world_size: int, port: int, run_dir: str, val: str) -> None:
-    from tests.integration.engine_standins import join_gloo
+    from tests.helpers.engine_standins import join_gloo
 
     join_gloo(rank, world_size, port)
     cfg = real_tiny_config(**{"solver.max_iter": 2, "data.val": val, "train.eval_period": 2, **EVAL_ITEMS})

@@ -21,7 +21,7 @@ from lvisctl.engine.distributed import DistInfo
 from lvisctl.engine.trainer import build_train_data
 from lvisctl.rundir import RunDir, atomic_write_json, sha256_file
 from lvisctl.training import train
-from tests.integration.engine_standins import DEMO_CONFIG, real_tiny_config, register_train_json, tiny_items
+from tests.helpers.engine_standins import DEMO_CONFIG, real_tiny_config, register_train_json, tiny_items
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_IMAGES = 6  # a small LVIS part, so an epoch (6 LVIS + 3 extra images) is 4 iterations of 2

@@ -21,7 +21,8 @@ from lvisctl.rundir import RunDir
 from lvisctl.training import default_hooks, train
 from lvisctl.training.lvis_eval import LvisEvalHook as EvalHook
 from lvisctl.training.lvis_eval import ValSet
-from tests.integration.engine_standins import (
+from tests.helpers.engine_standins import (
+    FailAt,
     TinyDataset,
     collate,
     data_builder,
@@ -57,17 +58,6 @@ class Recorder(Hook):
 
     def after_train(self, trainer):
         self._rec("after_train", trainer)
-
-
-class FailAt(Hook):
-    """Raises ``exc`` after step ``at`` (after the checkpoint hook of that step, being last)."""
-
-    def __init__(self, at: int, exc: BaseException) -> None:
-        self.at, self.exc = at, exc
-
-    def after_step(self, trainer):
-        if trainer.loop.iteration == self.at:
-            raise self.exc
 
 
 class FakeEval(EvalHook):

@@ -68,7 +68,7 @@ def test_non_finite_weights_are_refused_and_nothing_written(tmp_path, bad, fmt):
     import pickle
 
     from lvisctl.checkpoint_import import import_checkpoint
-    from tests.unit.test_checkpoint_import import FIXTURE, _fake_state
+    from tests.helpers.checkpoint_files import FIXTURE, _fake_state
 
     state = _fake_state(json.loads(FIXTURE.read_text())["mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py"])
     key = sorted(k for k in state if k.endswith("conv1.weight"))[0]
@@ -107,7 +107,7 @@ def test_detectron2_pkl_with_a_1d_stem_weight_is_one_line(tmp_path):
     import pickle
 
     from lvisctl.checkpoint_import import import_checkpoint
-    from tests.unit.test_checkpoint_import import _d2_pkl
+    from tests.helpers.checkpoint_files import _d2_pkl
 
     path, state = _d2_pkl(tmp_path, depth=50)
     state["backbone.bottom_up.stem.conv1.weight"] = state["backbone.bottom_up.stem.conv1.weight"].reshape(-1)
@@ -155,7 +155,7 @@ def test_torchvision_classifier_of_unknown_classes_is_never_kept_by_id_equals_in
 def test_existing_import_error_names_options_import_checkpoint_has(tmp_path):
     """Item 24: the error suggested --out, which import-checkpoint lacks."""
     from lvisctl.checkpoint_import import import_checkpoint
-    from tests.unit.test_checkpoint_import import _mmdet_file
+    from tests.helpers.checkpoint_files import _mmdet_file
 
     path, _ = _mmdet_file(tmp_path, "mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py")
     import_checkpoint(path, tmp_path / "run")

@@ -15,7 +15,7 @@ from lvisctl.data.categories import CategoryStats
 from lvisctl.engine.checkpoint import load_checkpoint
 from lvisctl.losses.classification import NormedLinear
 from lvisctl.modeling.build import build_model
-from tests.unit.test_checkpoint_import import FIXTURE, _fake_state
+from tests.helpers.checkpoint_files import FIXTURE, _fake_state
 
 K = 1203
 # the parts of mmdet's config text (meta["cfg"]) the importer reads, as in the Seesaw zoo config

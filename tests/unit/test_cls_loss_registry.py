@@ -14,7 +14,7 @@ from lvisctl.losses.federated import FederatedLoss
 from lvisctl.losses.seesaw import SeesawLoss
 from lvisctl.modeling.build import build_cls_loss
 from lvisctl.registry import CLS_LOSSES, SAMPLERS
-from tests.unit.test_model_core import IMAGES, TINY, K, make_stats, target, tiny_model
+from tests.helpers.model import IMAGES, TINY, K, make_stats, target, tiny_model
 
 NEW = ("seesaw", "eqlv2", "federated")
 STATE = {

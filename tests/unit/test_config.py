@@ -232,7 +232,7 @@ def test_saved_configs_are_upgraded():
 
 def test_model_post_processing_reads_the_inference_section():
     from lvisctl.modeling import build_model
-    from tests.unit.test_model_core import TINY, make_stats
+    from tests.helpers.model import TINY, make_stats
 
     cfg = load_config(None, [*TINY, "inference.nms_thresh=0.3", "inference.detections_per_image=7"])
     heads = build_model(cfg, make_stats()).roi_heads

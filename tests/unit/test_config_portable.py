@@ -9,10 +9,11 @@ import pytest
 from lvisctl.config import load_config
 from lvisctl.errors import LvisctlError
 from lvisctl.inference.tta_settings import TTASettings, auto_ranges, covered_gaps
-from tests.integration import test_cli_tta_infer as base
+from tests.helpers.cli import invoke as cli_invoke
 
-setup = base.setup  # the fixture: a run dir with tiny checkpoints and an LVIS file
-invoke = base.invoke
+
+def invoke(*args):
+    return cli_invoke("tta-infer", *args)
 
 
 def test_base_takes_a_packaged_config_by_scope(tmp_path):

@@ -31,7 +31,7 @@ def test_demo_stage2_keeps_the_model_its_readme_numbers_were_measured_with():
 def test_bags_tunefc_trains_only_the_classifier_layer(name):
     from lvisctl.engine.trainer import freeze_modules
     from lvisctl.modeling import build_model
-    from tests.unit.test_model_core import TINY, make_stats
+    from tests.helpers.model import TINY, make_stats
 
     cfg = load_config(name, TINY)
     model = build_model(cfg, make_stats())

@@ -59,7 +59,7 @@ def test_resume_without_config_joins_with_the_saved_device(tmp_path, monkeypatch
     """``train --resume`` alone: the process group's backend follows the checkpoint's device (cpu ->
     gloo), not ``device=auto`` (NCCL on a GPU node for a CPU model)."""
     from lvisctl.training import launch as trainer
-    from tests.integration.engine_standins import data_builder, model_builder, tiny_config
+    from tests.helpers.engine_standins import data_builder, model_builder, tiny_config
 
     kw = {"build_model": model_builder(), "build_data": data_builder()}
     cfg = tiny_config(**{"solver.max_iter": 4, "runtime.dist_timeout_min": 33})

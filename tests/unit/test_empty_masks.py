@@ -13,8 +13,8 @@ from lvisctl.data.categories import CategoryMap
 from lvisctl.inference.postprocess import masks_to_rles, surely_empty
 from lvisctl.inference.predictor import Predictor
 from lvisctl.inference.results import DropCount, detections_to_records, is_empty_mask
-from tests.lvis_reference import rect_rle, write_json
-from tests.unit.test_predictor import FixedModel
+from tests.helpers.lvis_reference import rect_rle, write_json
+from tests.helpers.model import FixedModel
 
 
 class EmptyTopModel(FixedModel):
@@ -100,7 +100,7 @@ def test_real_model_refills_the_slots_of_empty_masks(monkeypatch):
     import contextlib
 
     import lvisctl.inference.predictor as predictor_mod
-    from tests.unit.test_model_core import tiny_model
+    from tests.helpers.model import tiny_model
 
     cap = 120
     torch.manual_seed(0)
@@ -129,7 +129,7 @@ def _refill_case(cap: int, monkeypatch) -> tuple[list[dict], list[dict], DropCou
 
     import lvisctl.inference.predictor as predictor_mod
     from lvisctl.inference.predictor import select, spare_count, writing_spares
-    from tests.unit.test_model_core import tiny_model
+    from tests.helpers.model import tiny_model
 
     image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(3))
     model = tiny_model("inference.score_thresh=0.0", f"inference.detections_per_image={cap}").eval()
@@ -177,7 +177,7 @@ def test_paper_tta_merge_refills_the_slots_of_masks_that_paste_empty():
     from lvisctl.inference.predictor import select, spare_count, writing_spares
     from lvisctl.inference.tta import TTAPredictor
     from lvisctl.inference.tta_settings import TTASettings
-    from tests.unit.test_model_core import tiny_model
+    from tests.helpers.model import tiny_model
 
     cap = 50
     image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(3))
@@ -235,7 +235,7 @@ def test_checkpoint_ensemble_keeps_fused_spares_while_members_keep_their_caps():
     fused detections are those of a run without spares."""
     from lvisctl.inference.ensemble_fusion import EnsemblePredictor, EnsembleSettings
     from lvisctl.inference.predictor import writing_spares
-    from tests.unit.test_model_core import tiny_model
+    from tests.helpers.model import tiny_model
 
     cap = 50
     image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(3))

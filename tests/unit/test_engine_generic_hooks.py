@@ -12,7 +12,7 @@ from lvisctl.engine.metrics import MetricsStore
 from lvisctl.registry import HOOKS
 from lvisctl.rundir import RunDir
 from lvisctl.training import default_hooks, train
-from tests.integration.engine_standins import data_builder, model_builder, tiny_config
+from tests.helpers.engine_standins import data_builder, model_builder, tiny_config
 
 KW = {"build_model": model_builder(), "build_data": data_builder()}
 

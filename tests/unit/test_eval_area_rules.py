@@ -23,7 +23,7 @@ from lvisctl.evaluation.lvis_metrics import (
 )
 from lvisctl.evaluation.pipeline import run_evaluate
 from lvisctl.evaluation.streaming_eval import Task, stream_federated
-from tests.lvis_reference import (
+from tests.helpers.lvis_reference import (
     LVIS,
     LVISEval,
     LVISResults,
@@ -205,7 +205,7 @@ def test_area_zero_on_the_federated_edge_cases(tmp_path, with_bbox):
     """The edge cases of the lvis-api comparison (negative, not-exhaustive and never-verified categories,
     categories without GT, the 300 cap) plus a GT of area 0 and two area-0 detections: lvis-api's numbers
     through hotcoco and through the stream. Dropping the GT must keep the categories without GT."""
-    from tests.unit.test_eval_lvis_metrics import edge_case_gt, edge_case_results
+    from tests.helpers.eval_cases import edge_case_gt, edge_case_results
 
     gt = edge_case_gt()
     zero = gt_rect(99, 2, 1, 0, 0, 3, 3)

@@ -18,7 +18,15 @@ from lvisctl.evaluation.boundary_ap import (
 )
 from lvisctl.evaluation.federated_eval import federated_eval
 from lvisctl.evaluation.lvis_metrics import load_ground_truth
-from tests.lvis_reference import (
+from tests.helpers.eval_cases import (
+    api_iou,
+    api_mask_to_boundary,
+    blob_case,
+    edge_case_gt,
+    edge_case_results,
+    random_case,
+)
+from tests.helpers.lvis_reference import (
     det_rect,
     gt_rect,
     lvis_api_metrics,
@@ -26,8 +34,8 @@ from tests.lvis_reference import (
     lvis_dataset,
     lvis_image,
     rect_rle,
+    write_json,
 )
-from tests.unit.test_eval_lvis_metrics import edge_case_gt, edge_case_results, random_case, write_json
 
 
 def test_boundary_width_rounds_two_percent_of_the_diagonal():
@@ -112,75 +120,6 @@ def test_federated_engine_matches_lvis_api_with_mask_iou(tmp_path, case):
 
 
 # ------------------------------------------------------------------ against the Boundary IoU API itself
-def api_mask_to_boundary(mask: np.ndarray, dilation_ratio: float = 0.02) -> np.ndarray:
-    """boundary-iou-api's ``mask_to_boundary``, transcribed line by line with numpy for cv2:
-
-        dilation = max(1, int(round(dilation_ratio * sqrt(h^2 + w^2))))
-        new_mask = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-        new_mask_erode = cv2.erode(new_mask, np.ones((3, 3)), iterations=dilation)
-        return mask - new_mask_erode[1 : h + 1, 1 : w + 1]
-
-    cv2.erode's own border (outside the padded image) never erodes: edge replication here.
-    """
-    h, w = mask.shape
-    dilation = int(round(dilation_ratio * np.sqrt(h**2 + w**2)))
-    dilation = max(dilation, 1)
-    new_mask = np.pad(mask.astype(np.uint8), 1, constant_values=0)
-    for _ in range(dilation):
-        p = np.pad(new_mask, 1, mode="edge")
-        new_mask = np.min([p[dy : dy + h + 2, dx : dx + w + 2] for dy in range(3) for dx in range(3)], axis=0)
-    return mask.astype(np.uint8) - new_mask[1 : h + 1, 1 : w + 1]
-
-
-def api_iou(dts, gts):
-    """The API's LVIS/COCO evaluator with iou_type 'boundary': min(mask IoU, boundary IoU), every pair."""
-    crowd = [0] * len(gts)
-    d_rles = [d["segmentation"] for d in dts]
-    g_rles = [g["segmentation"] for g in gts]
-
-    def boundary(rle):
-        m = mask_utils.decode(
-            {**rle, "counts": rle["counts"].encode() if isinstance(rle["counts"], str) else rle["counts"]}
-        )
-        return mask_utils.encode(np.asfortranarray(api_mask_to_boundary(m)))
-
-    mask_iou = np.asarray(mask_utils.iou(d_rles, g_rles, crowd)).reshape(len(dts), len(gts))
-    b_iou = np.asarray(
-        mask_utils.iou([boundary(r) for r in d_rles], [boundary(r) for r in g_rles], crowd)
-    ).reshape(len(dts), len(gts))
-    return np.minimum(mask_iou, b_iou)
-
-
-def blob_case(seed: int, num_images: int = 10):
-    """Irregular masks (thresholded smooth noise), many touching the image border, with jittered copies."""
-    from tests.lvis_reference import lvis_dataset as dataset
-
-    rng = np.random.default_rng(seed)
-    cats = [lvis_category(c, "rcf"[c % 3]) for c in range(1, 4)]
-    images, anns, dets = [], [], []
-    for img in range(1, num_images + 1):
-        h, w = int(rng.integers(30, 120)), int(rng.integers(30, 120))
-        images.append(lvis_image(img, h, w, neg=[3]))
-        for _ in range(int(rng.integers(1, 4))):
-            cat = int(rng.integers(1, 3))
-            noise = rng.normal(size=(h // 6 + 2, w // 6 + 2))
-            field = np.kron(noise, np.ones((6, 6)))[:h, :w]
-            m = (field > 0.6).astype(np.uint8)
-            if not m.any():
-                continue
-            rle = mask_utils.encode(np.asfortranarray(m))
-            x, y, bw, bh = mask_utils.toBbox(rle).tolist()
-            seg = {"size": [h, w], "counts": rle["counts"].decode()}
-            anns.append({"id": len(anns) + 1, "image_id": img, "category_id": cat, "segmentation": seg,
-                         "area": float(m.sum()), "bbox": [x, y, bw, bh]})  # fmt: skip
-            for _ in range(3):
-                dy, dx = rng.integers(-2, 3, 2)
-                shifted = np.roll(np.roll(m, dy, 0), dx, 1)
-                drle = mask_utils.encode(np.asfortranarray(shifted))
-                score = round(float(rng.uniform()), 3)
-                seg = {"size": [h, w], "counts": drle["counts"].decode()}
-                dets.append({"image_id": img, "category_id": cat, "score": score, "segmentation": seg})
-    return dataset(images, anns, cats), dets
 
 
 @pytest.mark.parametrize("case", ["edge", "random", "blobs"])

@@ -6,7 +6,14 @@ import pytest
 
 from lvisctl.evaluation.fixed_ap import FIXED_KEYS, fixed_ap, top_k_per_category
 from lvisctl.evaluation.lvis_metrics import evaluate_lvis, load_ground_truth, load_results_for_eval
-from tests.lvis_reference import det_rect, gt_rect, lvis_category, lvis_dataset, lvis_image, write_json
+from tests.helpers.lvis_reference import (
+    det_rect,
+    gt_rect,
+    lvis_category,
+    lvis_dataset,
+    lvis_image,
+    write_json,
+)
 
 
 def test_top_k_per_category_keeps_best_scores_in_file_order():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import math
 
-import numpy as np
 import pytest
 
 from lvisctl.evaluation.lvis_metrics import (
@@ -15,11 +14,11 @@ from lvisctl.evaluation.lvis_metrics import (
     load_ground_truth,
     load_results_for_eval,
 )
-from tests.lvis_reference import (
+from tests.helpers.eval_cases import CATS, edge_case_gt, edge_case_results, random_case
+from tests.helpers.lvis_reference import (
     det_rect,
     gt_rect,
     lvis_api_metrics,
-    lvis_category,
     lvis_dataset,
     lvis_image,
     without_bbox,
@@ -27,57 +26,6 @@ from tests.lvis_reference import (
 )
 
 # Categories: 1 f, 2 c, 3 r, 4 f (no GT in the split), 5 c (never verified anywhere).
-CATS = [
-    lvis_category(1, "f"),
-    lvis_category(2, "c"),
-    lvis_category(3, "r"),
-    lvis_category(4, "f"),
-    lvis_category(5, "c"),
-]
-
-
-def edge_case_gt() -> dict:
-    images = [
-        lvis_image(1, neg=[2, 4]),
-        lvis_image(2, 48, 64, neg=[3], not_exhaustive=[1]),
-        lvis_image(3, neg=[1, 4]),
-        lvis_image(4, 32, 32),  # gets no detections
-        lvis_image(5, 96, 96, neg=[4]),
-    ]
-    anns = [
-        gt_rect(1, 1, 1, 4, 4, 20, 20),
-        gt_rect(2, 1, 1, 30, 30, 30, 30),
-        gt_rect(3, 2, 2, 2, 2, 10, 8),
-        gt_rect(4, 2, 1, 20, 10, 40, 30),
-        gt_rect(5, 4, 3, 4, 4, 6, 6),
-        gt_rect(6, 5, 1, 2, 2, 90, 90),  # large
-        gt_rect(7, 5, 2, 50, 50, 40, 40),
-    ]
-    return lvis_dataset(images, anns, CATS)
-
-
-def edge_case_results() -> list[dict]:
-    dets = [
-        det_rect(1, 1, 0.95, 5, 4, 20, 20),  # TP on image 1 (IoU 0.9)
-        det_rect(1, 1, 0.40, 31, 33, 28, 26),  # looser TP
-        det_rect(1, 1, 0.85, 40, 2, 10, 10),  # FP
-        det_rect(1, 2, 0.90, 0, 0, 12, 12),  # negative category: a real FP for cat 2
-        det_rect(1, 5, 0.99, 4, 4, 20, 20),  # category neither positive nor negative: ignored
-        det_rect(1, 4, 0.80, 4, 4, 20, 20),  # negative, and category 4 has no GT in the split
-        det_rect(2, 1, 0.70, 0, 30, 12, 12, 48, 64),  # unmatched on a not-exhaustive category: ignored
-        det_rect(2, 1, 0.60, 21, 11, 38, 28, 48, 64),  # matched on a not-exhaustive category: counts
-        det_rect(2, 2, 0.75, 2, 2, 10, 7, 48, 64),
-        det_rect(2, 3, 0.50, 2, 2, 10, 8, 48, 64),  # negative for image 2
-        det_rect(3, 1, 0.65, 10, 10, 20, 20),  # negative on an image without GT
-        det_rect(3, 4, 0.55, 10, 10, 20, 20),
-        det_rect(5, 1, 0.90, 4, 4, 85, 85, 96, 96),
-        det_rect(5, 2, 0.30, 52, 50, 38, 40, 96, 96),
-        det_rect(5, 2, 0.35, 0, 0, 20, 20, 96, 96),
-    ]
-    # > 300 detections on image 5: 300 mid-score boxes push the low-score TP out of the cap.
-    dets += [det_rect(5, 1, 0.5 + i * 1e-4, 60, 0, 8 + i % 5, 8, 96, 96) for i in range(300)]
-    dets.append(det_rect(5, 2, 0.01, 50, 50, 40, 40, 96, 96))  # exact match, but rank 318 on image 5
-    return dets
 
 
 def ours(tmp_path, gt: dict, results: list[dict], iou_types=("segm", "bbox")):
@@ -168,36 +116,6 @@ def test_empty_results_score_zero(tmp_path):
     gt = lvis_dataset([lvis_image(1)], [gt_rect(1, 1, 1, 10, 10, 20, 20)], CATS[:1])
     _, _, out = ours(tmp_path, gt, [])
     assert out["segm"].metrics["AP"] == 0.0 and out["bbox"].metrics["AR@300"] == 0.0
-
-
-def random_case(seed: int, num_images: int = 12) -> tuple[dict, list[dict]]:
-    """Random rectangles: 8 categories, jittered detections, negatives, not-exhaustive, ties."""
-    rng = np.random.default_rng(seed)
-    cats = [lvis_category(c, "rcf"[c % 3]) for c in range(1, 9)]
-    images, anns, dets = [], [], []
-    for img in range(1, num_images + 1):
-        h, w = int(rng.integers(40, 97)), int(rng.integers(40, 97))
-        pos = rng.choice(np.arange(1, 9), size=int(rng.integers(0, 3)), replace=False)
-        rest = np.setdiff1d(np.arange(1, 9), pos)
-        neg = rng.choice(rest, size=2, replace=False)
-        images.append(
-            lvis_image(img, h, w, neg=neg.tolist(), not_exhaustive=pos[:1].tolist() if img % 4 == 0 else [])
-        )
-        for _ in range(int(rng.integers(0, 5)) if len(pos) else 0):
-            cat = int(rng.choice(pos))
-            bw, bh = int(rng.integers(3, w // 2)), int(rng.integers(3, h // 2))
-            x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-            anns.append(gt_rect(len(anns) + 1, img, cat, x, y, bw, bh))
-            for _ in range(int(rng.integers(1, 4))):
-                dx, dy = rng.integers(-3, 4, 2)
-                x2, y2 = int(np.clip(x + dx, 0, w - bw)), int(np.clip(y + dy, 0, h - bh))
-                dets.append(det_rect(img, cat, round(float(rng.uniform()), 2), x2, y2, bw, bh, h, w))
-        for _ in range(int(rng.integers(0, 6))):
-            cat = int(rng.integers(1, 9))
-            bw, bh = int(rng.integers(3, w // 2)), int(rng.integers(3, h // 2))
-            x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-            dets.append(det_rect(img, cat, round(float(rng.uniform()), 2), x, y, bw, bh, h, w))
-    return lvis_dataset(images, anns, cats), dets
 
 
 @pytest.mark.parametrize("seed", [0, 1])

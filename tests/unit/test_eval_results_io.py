@@ -12,7 +12,7 @@ from lvisctl.evaluation.results_io import (
     rle_string_flags,
     validate_results,
 )
-from tests.lvis_reference import det_rect, rect_rle
+from tests.helpers.lvis_reference import det_rect, rect_rle
 
 TABLE = ImageTable(sizes={1: (64, 64), 2: (48, 64)}, cat_ids=frozenset({1, 2, 3}), path="gt.json")
 

@@ -10,7 +10,7 @@ import pytest
 
 from lvisctl.evaluation import results_scan
 from lvisctl.evaluation.results_scan import ScanJob, scan_problems, scan_results
-from tests.lvis_reference import det_rect
+from tests.helpers.lvis_reference import det_rect
 
 pytest.importorskip("numba")  # a dependency; without it evaluate falls back to the Python validator
 

@@ -15,9 +15,15 @@ from lvisctl.evaluation.federated_eval import federated_eval
 from lvisctl.evaluation.fixed_ap import FIXED_KEYS, fixed_ap_streaming, top_k_per_category
 from lvisctl.evaluation.lvis_metrics import load_ground_truth, quiet_native_output
 from lvisctl.evaluation.streaming_eval import Task, stream_federated
-from tests.lvis_reference import LVIS, LVISEval, LVISResults, lvis_api_metrics, without_bbox
-from tests.unit.test_eval_boundary_ap import api_iou, blob_case
-from tests.unit.test_eval_lvis_metrics import edge_case_gt, edge_case_results, random_case, write_json
+from tests.helpers.eval_cases import api_iou, blob_case, edge_case_gt, edge_case_results, random_case
+from tests.helpers.lvis_reference import (
+    LVIS,
+    LVISEval,
+    LVISResults,
+    lvis_api_metrics,
+    without_bbox,
+    write_json,
+)
 
 
 def _load(tmp_path, data, dets):
@@ -51,7 +57,7 @@ def test_streaming_mask_ap_equals_lvis_api(tmp_path, case):
 def big_blob_case(seed: int, num_images: int = 6):
     """Blobs on 150-300 px images: a band 4-8 px wide (d > 1), masks over 64 rows (several bitset words),
     many on the image border, with jittered copies as detections."""
-    from tests.lvis_reference import lvis_category, lvis_dataset, lvis_image
+    from tests.helpers.lvis_reference import lvis_category, lvis_dataset, lvis_image
 
     rng = np.random.default_rng(seed)
     cats = [lvis_category(c, "rcf"[c % 3]) for c in range(1, 4)]

@@ -11,8 +11,8 @@ import pytest
 from lvisctl.errors import LvisctlError
 from lvisctl.evaluation.lvis_metrics import evaluate_lvis, load_ground_truth, load_results_for_eval
 from lvisctl.evaluation.validate import validate
-from tests.lvis_reference import without_bbox, write_json
-from tests.unit.test_eval_lvis_metrics import edge_case_gt, edge_case_results
+from tests.helpers.eval_cases import edge_case_gt, edge_case_results
+from tests.helpers.lvis_reference import without_bbox, write_json
 
 
 def dets() -> list[dict]:

@@ -71,7 +71,7 @@ def test_large_htc_stage2_builds_htc_heads_and_keeps_400_1400(row):
 def test_large_htc_stage2_has_the_htc_stage1_layout(name):
     """The HTC stage-1 model's RoI-head tensors exist in the stage-2 model (Mask R-CNN heads had none)."""
     from lvisctl.modeling import build_model
-    from tests.unit.test_model_core import TINY, make_stats
+    from tests.helpers.model import TINY, make_stats
 
     no_dcn = [*TINY, "model.backbone.dcn_stages=[]"]  # the tiny test trunk has no DCN
     stage1 = build_model(load_config("stage1/htc_s101_da_eql_rfs_tricks", no_dcn), make_stats()).state_dict()
@@ -118,7 +118,7 @@ def test_table2_stage1_rows(name, backbone, mask_iou):
 def test_stage2_ms_trains_the_mask_iou_head_only(name, trained):
     from lvisctl.engine.trainer import freeze_modules
     from lvisctl.modeling import build_model
-    from tests.unit.test_model_core import TINY, make_stats
+    from tests.helpers.model import TINY, make_stats
 
     cfg = load_config(name, TINY)
     model = build_model(cfg, make_stats())

@@ -64,7 +64,7 @@ class _PutModel(torch.nn.Module):
 
 def test_nondeterministic_op_under_the_switch_is_one_line(tmp_path, restore_torch_flags):
     from lvisctl.training import train
-    from tests.integration.engine_standins import data_builder, tiny_config
+    from tests.helpers.engine_standins import data_builder, tiny_config
 
     cfg = tiny_config(**{"train.deterministic": True, "solver.max_iter": 2})
     with pytest.raises(

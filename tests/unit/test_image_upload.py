@@ -11,8 +11,8 @@ from lvisctl.inference.predictor import Predictor
 from lvisctl.inference.runner import iter_batches
 from lvisctl.inference.tta import TTAPredictor, TTASettings
 from lvisctl.modeling.fpn import roi_feature_maps
-from tests.unit.test_predictor import FixedModel
-from tests.unit.test_tta import OFF
+from tests.helpers.inference import OFF
+from tests.helpers.model import FixedModel
 
 
 @pytest.mark.parametrize("tta", [False, True])

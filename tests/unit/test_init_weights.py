@@ -91,7 +91,7 @@ def test_trained_heads_a_config_reshapes_stop_the_start_unless_partial_is_allowe
     the trainable box and mask heads the checkpoint has would be thrown away; stop with the keys named.
     The classifier (its width set by BAGS) and new modules (the boundary head) may still start fresh."""
     from lvisctl.engine.init_weights import changed_architecture
-    from tests.unit.test_model_core import TINY, tiny_model
+    from tests.helpers.model import TINY, tiny_model
 
     stage1 = tiny_model("model.roi_heads.fc_dim=64", "model.mask_head.conv_dim=16").state_dict()
     gs_hm = [

@@ -8,7 +8,7 @@ import torch
 from lvisctl.config import load_config
 from lvisctl.data.transforms import build_train_transforms, sample_generator, tight_boxes
 from lvisctl.data.transforms.instaboost import InstaBoost, fill_holes, paste_instances
-from tests.unit.test_transforms import make_sample
+from tests.helpers.data import make_sample
 
 SHAPES = [("rect", 10, 10, 40, 30), ("disk", 60, 50, 12), ("rect", 5, 55, 20, 75)]
 

@@ -11,7 +11,7 @@ from lvisctl.data.lvis_cache import CacheDamaged, default_cache_dir, load_lvis_s
 from lvisctl.data.synth import generate_synthetic_lvis
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir.io import sha256_file
-from tests.unit.test_lvis_store import same
+from tests.helpers.data import same
 
 
 @pytest.fixture

@@ -13,17 +13,7 @@ from lvisctl.data.lvis_store import LvisStore, serialize_lvis, store_arrays, sto
 from lvisctl.data.synth import generate_synthetic_lvis
 from lvisctl.data.train_data import build_train_data as build_engine_data
 from lvisctl.rundir import RunDir
-
-
-def same(a, b) -> bool:
-    """Equal values of equal types (float32 arrays stay float32, lists stay lists, key order kept)."""
-    if isinstance(a, np.ndarray):
-        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and list(a) == list(b) and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and a == b
+from tests.helpers.data import same
 
 
 @pytest.fixture(scope="module")

@@ -6,66 +6,15 @@ import torch
 import torchvision
 
 from lvisctl.config import load_config
-from lvisctl.data.categories import CategoryMap, CategoryStats
+from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
 from lvisctl.losses.eql import EqualizationLoss
 from lvisctl.modeling.backbones import DeformConv3x3, build_trunk
-from lvisctl.modeling.build import build_mask_levels, build_model
+from lvisctl.modeling.build import build_mask_levels
 from lvisctl.modeling.mask_assign import fpn_levels
 from lvisctl.modeling.rpn import WeightedRPN
 from lvisctl.modeling.sampling import ignore_overlaps, proposal_weights
-
-K = 4
-TINY = [
-    "model.backbone.name=tiny",
-    "model.backbone.weights=none",  # the tiny trunk has no ImageNet weights (a config may name some)
-    "model.backbone.norm=bn",
-    "model.backbone.freeze_at=0",
-    "model.backbone.tiny_width=8",
-    "model.fpn.out_channels=32",
-    "model.rpn.anchor_sizes=[8,16,32,64,128]",
-    "model.rpn.pre_nms_top_n_train=200",
-    "model.rpn.post_nms_top_n_train=100",
-    "model.rpn.pre_nms_top_n_test=100",
-    "model.rpn.post_nms_top_n_test=50",
-    "model.roi_heads.batch_size_per_image=64",
-    "model.roi_heads.fc_dim=64",
-    "model.mask_head.conv_dim=16",
-    "model.mask_head.num_convs=2",
-]
-
-
-def make_stats(image_count=(50, 1, 30, 1), num_images=1000) -> CategoryStats:
-    n = len(image_count)
-    return CategoryStats(
-        CategoryMap(range(10, 10 + n)),
-        tuple(f"c{i}" for i in range(n)),
-        np.array(image_count),
-        np.array(image_count) * 2,
-        tuple("f" for _ in range(n)),
-        num_images,
-    )
-
-
-def tiny_model(*overrides: str):
-    torch.manual_seed(0)
-    return build_model(load_config(None, [*TINY, *overrides]), make_stats())
-
-
-def target(h: int, w: int, loss_weight: float = 1.0) -> dict:
-    masks = torch.zeros(2, h, w, dtype=torch.uint8)
-    masks[0, 8:30, 10:40] = 1
-    masks[1, 35:60, 20:50] = 1
-    return {
-        "boxes": torch.tensor([[10.0, 8, 40, 30], [20, 35, 50, 60]]),
-        "labels": torch.tensor([1, 3]),
-        "masks": masks,
-        "ignore_boxes": torch.zeros(0, 4),
-        "loss_weight": loss_weight,
-    }
-
-
-IMAGES = [torch.rand(3, 64, 70, generator=torch.Generator().manual_seed(1)), torch.rand(3, 70, 64)]
+from tests.helpers.model import IMAGES, K, target, tiny_model
 
 
 def test_train_returns_finite_losses_and_backprops():

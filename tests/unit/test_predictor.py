@@ -1,45 +1,8 @@
 import pytest
 import torch
-from torch import nn
 
 from lvisctl.inference.predictor import Predictor, merge_nms, resized_size, top_k
-
-
-class FixedModel(nn.Module):
-    """Answers in input coordinates like the real model: three detections per image, unsorted scores.
-
-    Detection 0 (score 0.2) covers the whole input, detection 1 (0.9) the box [5, 3, 25, 30] with the
-    left half of the input as its mask (probability 0.9), detection 2 (0.5) sticks out of the image.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[tuple[int, int]] = []
-        self.training_flags: list[bool] = []
-        self.grad_enabled: list[bool] = []
-
-    def forward(self, images):
-        self.training_flags.append(self.training)
-        self.grad_enabled.append(torch.is_grad_enabled())
-        outputs = []
-        for img in images:
-            h, w = img.shape[-2:]
-            self.seen.append((h, w))
-            masks = torch.zeros((3, 1, h, w))
-            masks[0] = 0.7
-            masks[1, 0, :, : w // 2] = 0.9
-            masks[2, 0, :2, :2] = 0.6
-            outputs.append(
-                {
-                    "boxes": torch.tensor(
-                        [[0.0, 0.0, w, h], [5.0, 3.0, 25.0, 30.0], [-4.0, -2.0, w + 10.0, 8.0]]
-                    ),
-                    "scores": torch.tensor([0.2, 0.9, 0.5]),
-                    "labels": torch.tensor([1, 2, 3]),
-                    "masks": masks,
-                }
-            )
-        return outputs
+from tests.helpers.model import FixedModel
 
 
 @pytest.mark.parametrize(
@@ -208,7 +171,7 @@ def test_real_model_roi_masks_paste_to_its_default_output_and_predictor_rles_are
 
     from lvisctl.data.categories import CategoryMap
     from lvisctl.inference.results import detections_to_records
-    from tests.unit.test_model_core import tiny_model
+    from tests.helpers.model import tiny_model
 
     model = tiny_model("inference.score_thresh=0.0").eval()
     image = torch.rand(3, 64, 96)

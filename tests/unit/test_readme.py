@@ -18,40 +18,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.readme import (
+    FENCE,
+    README,
+    SHELL_BLOCKS,
+    commands,
+)
+
 REPO = Path(__file__).resolve().parents[2]
-README = REPO / "README.md"
-MARKER = re.compile(r"<!-- readme-test: (run|make-dry-run|skip: [^>]+?) -->")
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
 
 # The README's commands as written, shrunk to the tests' tiny model and 64 px images.
-TINY_TRAIN = (
-    "device=cpu model.backbone.name=tiny model.backbone.tiny_width=8 model.fpn.out_channels=16 "
-    "model.roi_heads.fc_dim=32 model.mask_head.conv_dim=16 model.mask_head.num_convs=1 train.batch_size=2 "
-    "train.num_workers=0 augment.train_scales=[64] augment.max_size=96 augment.mosaic.size=96 "
-    "sampler.rfs_threshold=0.3 solver.max_iter=2 solver.warmup_iters=0"
-)
-SHRINK = [
-    # the tiny trunk has no ImageNet weights: from scratch, said explicitly (a named weight is fetched)
-    (re.compile(r"(\s*)model\.backbone\.weights=\S+"), r"\1model.backbone.weights=none"),
-    (re.compile(r"^(lvisctl train .*)$", re.M), rf"\1 {TINY_TRAIN}"),
-    (re.compile(r"^(lvisctl tta-infer .*)$", re.M), r"\1 --scales 64"),
-]
-
-
-def readme_blocks() -> list[tuple[str, str, str]]:
-    """(marker, language, code) of every fenced block, in order; marker '' where there is none."""
-    text = README.read_text()
-    blocks = []
-    for m in FENCE.finditer(text):
-        before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
-        marker = MARKER.fullmatch(before.strip())
-        blocks.append((marker.group(1) if marker else "", m.group(1), m.group(2)))
-    return blocks
-
-
-SHELL_BLOCKS = [
-    (i, mark, code) for i, (mark, lang, code) in enumerate(readme_blocks()) if lang in ("bash", "sh")
-]
 
 
 def _param(i: int, mark: str, code: str):
@@ -70,14 +46,6 @@ def test_every_shell_block_is_marked():
 
 def test_readme_fits_on_a_few_screens():
     assert len(README.read_text().splitlines()) <= 260
-
-
-def commands(code: str) -> str:
-    """The block as one script: continuation lines joined, then shrunk to tiny sizes."""
-    script = re.sub(r"\\\n\s*", " ", code)
-    for pattern, repl in SHRINK:
-        script = pattern.sub(repl, script)
-    return script
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from lvisctl.modeling.mask_head import MaskHeadBase, MaskHeadOutput
 from lvisctl.modeling.roi_heads import CascadeRoIHeads, state_dict_layout
 from lvisctl.modeling.roi_keys import upgrade_key, upgrade_keys
 from lvisctl.registry import MASK_HEADS
-from tests.unit.test_model_core import TINY, make_stats, target, tiny_model
+from tests.helpers.model import TINY, make_stats, target, tiny_model
 
 REFERENCE = json.loads((Path(__file__).parents[1] / "fixtures" / "roi_heads_reference.json").read_text())
 CASES = REFERENCE["cases"]

@@ -9,7 +9,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
 from lvisctl.modeling.build import build_rpn
-from tests.integration.engine_standins import real_tiny_config
+from tests.helpers.engine_standins import real_tiny_config
 
 SIZES = [(200, 336), (100, 168), (50, 84), (25, 42), (13, 21)]  # P2..P6 of an 800 x 1344 input
 

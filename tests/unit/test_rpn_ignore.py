@@ -93,7 +93,7 @@ def test_ignore_threshold_is_the_config_key():
     from lvisctl.config import load_config
     from lvisctl.errors import LvisctlError
     from lvisctl.modeling import build_model
-    from tests.unit.test_model_core import TINY, make_stats
+    from tests.helpers.model import TINY, make_stats
 
     assert load_config(None).model.rpn.ignore_iof_thresh == 0.5
     model = build_model(load_config(None, [*TINY, "model.rpn.ignore_iof_thresh=0.8"]), make_stats())

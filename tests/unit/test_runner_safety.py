@@ -12,7 +12,7 @@ from lvisctl.errors import LvisctlError
 from lvisctl.inference.chunks import ImageItem, finished_chunks
 from lvisctl.inference.results import read_split_results
 from lvisctl.inference.runner import check_images_up_front
-from tests.unit.test_runner import files_bytes, infer, make_images
+from tests.helpers.inference import files_bytes, infer, make_images
 
 
 def test_unreadable_images_are_skipped_and_listed(tmp_path):

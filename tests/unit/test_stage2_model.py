@@ -14,7 +14,7 @@ from lvisctl.modeling.build import build_mask_levels
 from lvisctl.modeling.deform_roi_pool import DeformRoIPool
 from lvisctl.modeling.mask_iou_head import MaskScorer, gt_inside_ratio
 from lvisctl.modeling.sampling import image_weighted
-from tests.unit.test_model_core import IMAGES, TINY, make_stats, target, tiny_model
+from tests.helpers.model import IMAGES, TINY, make_stats, target, tiny_model
 
 BASE_LOSSES = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
 ALL_ON = [

@@ -11,7 +11,6 @@ from lvisctl.errors import LvisctlError
 from lvisctl.inference.predictor import full_masks
 from lvisctl.inference.test_augmentations import View
 from lvisctl.inference.tta import (
-    Pass,
     TTAPredictor,
     TTASettings,
     class_boost,
@@ -21,31 +20,9 @@ from lvisctl.inference.tta import (
     paste_roi_masks,
     soft_nms,
 )
-from tests.unit.test_predictor import FixedModel
-
-R = 56  # RoI mask side used in these passes
-
-OFF = dict(range_filter=False, rare_boost=False, soft_nms=False, mask_from_best_scale=False)
-
-
-def make_pass(boxes, scores, labels, scale, *, factor=1.0, masks=None, view=(), mask_scores=None):
-    n = len(scores)
-    return Pass(
-        boxes=torch.tensor(boxes, dtype=torch.float32).reshape(n, 4),
-        scores=torch.tensor(scores, dtype=torch.float32),
-        labels=torch.tensor(labels, dtype=torch.int64),
-        roi_masks=torch.ones((n, R, R)) if masks is None else masks,
-        scale=scale,
-        view=view,
-        factor=factor,
-        mask_scores=None if mask_scores is None else torch.tensor(mask_scores),
-    )
-
-
-def settings(**kw):
-    base = dict(scales=(400, 1400), valid_ranges=((64, math.inf), (0, 128)), **OFF)
-    base.update(kw)
-    return TTASettings(**base)
+from tests.helpers.inference import OFF
+from tests.helpers.model import FixedModel
+from tests.helpers.tta import make_pass, roi, settings
 
 
 def merge(passes, s, boost=None, k=300, size=(200, 200)):
@@ -216,20 +193,6 @@ def test_nms_at_0_7_comes_before_soft_nms():
 
 
 # ------------------------------------------------------------------------------ modification 4
-def roi(kind):
-    m = torch.zeros((R, R))
-    if kind == "diagonal":  # a thin stroke: ~3/56 of the box
-        for i in range(R):
-            m[i, max(i - 1, 0) : i + 2] = 1
-    elif kind == "left":  # a thin vertical stick along the left edge
-        m[:, :6] = 1
-    elif kind == "full":
-        m[:] = 1
-    elif kind == "top":  # compact, but not the full box
-        m[:42] = 1
-    return m
-
-
 def test_thin_large_box_takes_its_mask_from_the_high_resolution_pass():
     big = [20.0, 20, 180, 180]
     low = make_pass([big], [0.9], [2], 400, factor=1.0, masks=roi("diagonal")[None])
@@ -304,7 +267,7 @@ def test_flipped_pass_roi_masks_match_the_mirrored_pasted_masks_of_the_real_mode
     """A flipped pass keeps the model's RoI masks mirrored back with the boxes: pasted in the un-mirrored
     image they equal the model's own pasted masks of the mirrored input, flipped (up to the integer box
     corners, which are not mirror-symmetric)."""
-    from tests.unit.test_model_core import tiny_model
+    from tests.helpers.model import tiny_model
 
     model = tiny_model("inference.score_thresh=0.0").eval()
     image = torch.rand(3, 64, 96)

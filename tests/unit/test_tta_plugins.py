@@ -30,8 +30,9 @@ from lvisctl.inference.test_augmentations import (
 )
 from lvisctl.inference.tta import TTAPredictor, TTASettings
 from lvisctl.registry import TTA_AUGMENTATIONS, TTA_MERGE_STEPS
-from tests.unit.test_predictor import FixedModel
-from tests.unit.test_tta import OFF, R, make_pass, roi, settings
+from tests.helpers.inference import OFF
+from tests.helpers.model import FixedModel
+from tests.helpers.tta import R, make_pass, roi, settings
 
 BOXES = torch.tensor([[1.0, 2.0, 4.0, 6.0], [0.0, 0.0, 10.0, 8.0]])
 
@@ -133,7 +134,7 @@ def test_vflip_runs_end_to_end_with_no_edit_to_the_pass():
 
 def test_vflip_pass_roi_masks_match_the_mirrored_masks_of_the_real_model():
     from lvisctl.inference.tta import paste_roi_masks
-    from tests.unit.test_model_core import tiny_model
+    from tests.helpers.model import tiny_model
 
     model = tiny_model("inference.score_thresh=0.0").eval()
     image = torch.rand(3, 64, 96)
@@ -251,7 +252,7 @@ def test_a_new_step_is_one_class_and_its_config_block():
 
 # ------------------------------------------------------------------------------ survivor masks
 def _tiny_predictor(survivor_masks, **kw):
-    from tests.unit.test_model_core import tiny_model
+    from tests.helpers.model import tiny_model
 
     model = tiny_model("inference.score_thresh=0.0").eval()
     s = TTASettings(

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from lvisctl.data.categories import CategoryStats
+from lvisctl.engine.hooks import Hook
 from lvisctl.engine.trainer import TrainData
 
 
@@ -118,7 +119,7 @@ def tiny_config(**overrides):
 
 
 def main() -> None:
-    """``python -m tests.integration.engine_standins RUN_DIR SLEEP [key=value ...] [--resume]``."""
+    """``python -m tests.helpers.engine_standins RUN_DIR SLEEP [key=value ...] [--resume]``."""
     from lvisctl.training import train
 
     run_dir, sleep, *items = sys.argv[1:]
@@ -206,3 +207,14 @@ def ddp_worker(rank: int, world_size: int, port: int, run_dir: str, out_dir: str
     cfg = real_tiny_config(**{"solver.max_iter": 4, "train.checkpoint_period": 2})
     result = train(cfg, run_dir)
     torch.save(result.model.state_dict(), Path(out_dir) / f"weights_rank{rank}.pt")
+
+
+class FailAt(Hook):
+    """Raises ``exc`` after step ``at`` (after the checkpoint hook of that step, being last)."""
+
+    def __init__(self, at: int, exc: BaseException) -> None:
+        self.at, self.exc = at, exc
+
+    def after_step(self, trainer):
+        if trainer.loop.iteration == self.at:
+            raise self.exc
