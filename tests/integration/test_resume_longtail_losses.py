@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from lvisctl.data.synth import generate_synthetic_lvis
-from lvisctl.engine.hooks import default_hooks
-from lvisctl.engine.trainer import train
+from lvisctl.training import default_hooks, train
 from tests.helpers.engine_standins import FailAt, real_tiny_config, register_train_json
 
 
