@@ -12,9 +12,9 @@ may hold an int (``solver.base_lr: 1``), as YAML and the schema check allow.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from lvisctl.config.frozen import Section
 
@@ -149,6 +149,7 @@ class RoIHeadsConfig(Section):
     KEY: ClassVar[str] = "model.roi_heads"
     type: str
     cls_loss: str
+    cls_loss_args: Mapping[str, Any]  # the loss's keyword arguments (checked against it at load)
     eql_lambda: float
     bags_bin_edges: Sequence[int]
     bags_others_ratio: float
@@ -173,6 +174,7 @@ class RoIHeadsConfig(Section):
 @dataclass(frozen=True, eq=False)
 class MaskHeadConfig(Section):
     KEY: ClassVar[str] = "model.mask_head"
+    type: str
     num_convs: int
     conv_dim: int
     pooler_resolution: int

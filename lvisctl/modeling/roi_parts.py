@@ -177,16 +177,12 @@ class RoIParts:
         return RoIParts(cascade_view(self.mcfg), self.stats, self.channels, self.test_cfg, self.cls_loss)
 
     def cascade_settings(self) -> tuple[list[float], list[float], list[list[float]]]:
-        """Per stage: IoU threshold, loss weight, box-coder weights (``model.roi_heads.cascade``)."""
+        """Per stage: IoU threshold, loss weight, box-coder weights (``model.roi_heads.cascade``; one entry
+        per stage in each list: checked by ``load_config``)."""
         ccfg = self.mcfg.roi_heads.cascade
         ious = [float(t) for t in ccfg.iou_thresholds]
         weights = [float(w) for w in ccfg.stage_loss_weights]
         reg = [list(w) for w in ccfg.bbox_reg_weights]
-        if not ious or not len(ious) == len(weights) == len(reg):
-            raise LvisctlError(
-                "model.roi_heads.cascade: iou_thresholds, stage_loss_weights and bbox_reg_weights need one "
-                f"entry per stage, got {len(ious)}, {len(weights)} and {len(reg)}"
-            )
         return ious, weights, reg
 
 

@@ -58,18 +58,20 @@ def test_mmdet_seesaw_lvis_model_imports_as_cls_loss_seesaw(tmp_path, with_confi
 
     w = ckpt["model"]
     # lvisctl's Seesaw order is mmdet's: K class rows, then [object, background]: rows stay in place
-    cls = w["roi_heads.box_head.predictor.cls_score.weight"]
+    cls = w["roi_heads.box.head.predictor.cls_score.weight"]
     assert cls.shape == (K + 2, 1024) and torch.equal(cls, state["roi_head.bbox_head.fc_cls.weight"])
     assert torch.equal(
-        w["roi_heads.box_head.predictor.cls_score.bias"], state["roi_head.bbox_head.fc_cls.bias"]
+        w["roi_heads.box.head.predictor.cls_score.bias"], state["roi_head.bbox_head.fc_cls.bias"]
     )
-    assert torch.equal(w["roi_heads.cls_loss.cum_samples"], state["roi_head.bbox_head.loss_cls.cum_samples"])
+    assert torch.equal(
+        w["roi_heads.box.cls_loss.cum_samples"], state["roi_head.bbox_head.loss_cls.cum_samples"]
+    )
     # class-specific box / mask outputs get lvisctl's background slot first, as for any mmdet model
     assert torch.equal(
-        w["roi_heads.box_head.predictor.bbox_pred.weight"][4:], state["roi_head.bbox_head.fc_reg.weight"]
+        w["roi_heads.box.head.predictor.bbox_pred.weight"][4:], state["roi_head.bbox_head.fc_reg.weight"]
     )
     assert torch.equal(
-        w["roi_heads.mask_head.predictor.weight"][1:], state["roi_head.mask_head.conv_logits.weight"]
+        w["roi_heads.mask.head.predictor.weight"][1:], state["roi_head.mask_head.conv_logits.weight"]
     )
 
 

@@ -149,9 +149,10 @@ def test_consistent_values_load(overrides):
 
 def test_the_model_builds_what_the_checks_let_through():
     """The builders keep their behaviour: the BAGS bins and the cascade's stages as configured."""
-    from lvisctl.modeling.build import _bin_edges, _cascade_settings
+    from lvisctl.losses.group_softmax import checked_bin_edges
+    from lvisctl.modeling.roi_parts import RoIParts
 
     cfg = load_config(None, ["model.roi_heads.bags_bin_edges=[5, 50]"])
-    assert _bin_edges(cfg.model.roi_heads.bags_bin_edges) == [5, 50]
-    ious, weights, reg = _cascade_settings(cfg.model.roi_heads.cascade)
+    assert checked_bin_edges(cfg.model.roi_heads.bags_bin_edges) == [5, 50]
+    ious, weights, reg = RoIParts(cfg.model, None, 0, None, None).cascade_settings()
     assert (ious, weights, reg[2]) == ([0.5, 0.6, 0.7], [1.0, 0.5, 0.25], [30.0, 30.0, 15.0, 15.0])

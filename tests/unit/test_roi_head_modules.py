@@ -38,7 +38,17 @@ def _sha(t: Tensor) -> str:
 
 
 def _run(overrides: list[str]) -> dict:
-    """What the reference recorded: build (seed 0), two SGD steps (seed 5), one prediction."""
+    """What the reference recorded: build (seed 0), two SGD steps (seed 5), one prediction, on one thread
+    (the reference's; a reduction split over more threads rounds differently)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_one_thread(overrides)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_one_thread(overrides: list[str]) -> dict:
     model = tiny_model(*overrides)
     out = {"state": model.state_dict(), "parameters": [n for n, _ in model.named_parameters()]}
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
