@@ -15,10 +15,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from lvisctl.evaluation._scan_kernel import MAX_RUN, key_is, skip_ws
 from lvisctl.evaluation.numba_cache import ensure_cache_dir
 
-ensure_cache_dir()
+ensure_cache_dir()  # a place for numba's cache even where site-packages and home are read-only
+
+# A single run longer than this is garbage (LVIS images have < 2^25 pixels); it also keeps sums exact.
+MAX_RUN = 1 << 40
 
 # Return status of parse_part.
 DONE = 0  # the part was read up to ``stop`` (or the list's end)
@@ -48,15 +50,34 @@ _NULL = np.frombuffer(b"null", np.uint8)
 
 
 @njit(cache=True, nogil=True)
+def skip_ws(buf, i):
+    n = len(buf)
+    while i < n and (buf[i] == 32 or buf[i] == 10 or buf[i] == 13 or buf[i] == 9):
+        i += 1
+    return i
+
+
+@njit(cache=True, nogil=True)
+def key_is(buf, start, end, key):
+    if end - start != len(key):
+        return False
+    for j in range(len(key)):
+        if buf[start + j] != key[j]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
 def string_end(buf, i, n):
-    """``buf[i]`` is the opening quote: index after the closing quote; -1 for a control character, a
-    bad escape or the end of the buffer (json forbids raw control characters in strings)."""
+    """``buf[i]`` is the opening quote: index after the closing quote; -1 for a control character (json
+    forbids them raw), a bad escape, the end of the buffer, or a byte above 127 (the exact route checks
+    that it is UTF-8)."""
     i += 1
     while i < n:
         c = buf[i]
         if c == 34:
             return i + 1
-        if c < 32:
+        if c < 32 or c > 127:
             return -1
         if c == 92:
             if i + 1 >= n:
@@ -444,3 +465,13 @@ def parse_part(buf, pos, stop, first, ints, flt, fix_idx, fix_txt, keys):  # pra
             i = skip_ws(buf, i + 1)
             return rows, nfix, i, (DONE if i >= n else DISTRUST), i >= n
         return rows, nfix, i, DISTRUST, False
+
+
+@njit(cache=True, nogil=True)
+def rle_run_totals(buf, starts):  # pragma: no cover - compiled
+    """Run totals of the quoted RLE strings starting at ``starts`` in ``buf`` (-1: does not decode)."""
+    out = np.empty(len(starts), np.int64)
+    for j in range(len(starts)):
+        _, total, _, ok = decode_rle(buf, starts[j], len(buf))
+        out[j] = total if ok else -1
+    return out

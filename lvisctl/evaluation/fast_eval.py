@@ -15,6 +15,7 @@ takes the hotcoco route with the exact validator, which names the problem.
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -138,14 +139,18 @@ def fast_evaluate(
     path: str | Path, gt: Any, iou_types: Sequence[str], *, sha256: bool = False
 ) -> FastResults | None:
     """lvis-api's metrics of the results file ``path`` for each iou type, or None where the strict reader
-    does not vouch for the file (or it needs hotcoco: boxes derived from masks)."""
-    arrays = gt_arrays(gt)
+    does not vouch for the file (or it needs hotcoco: boxes derived from masks), or numba is missing."""
+    try:
+        importlib.import_module("lvisctl.evaluation._eval_kernel")
+    except ImportError:
+        return None
     parsed: list[ParsedResults | None] = []
     reader = threading.Thread(target=lambda: parsed.append(parse_results(path, sha256=sha256)))
     reader.start()
-    try:
+    try:  # the GT columns and masks while the results are read (this holds the GIL; the reader does not)
+        arrays = gt_arrays(gt)
         if "segm" in iou_types:
-            gt_rles(gt, arrays)  # while the results are read (this holds the GIL; the reader does not)
+            gt_rles(gt, arrays)
     finally:
         reader.join()
     res = parsed[0] if parsed else None

@@ -26,7 +26,6 @@ from lvisctl.evaluation.lvis_metrics import (
     zero_area_note,
 )
 from lvisctl.evaluation.provenance import check_gt_unchanged
-from lvisctl.evaluation.results_scan import start_scan
 from lvisctl.rundir import Artifact, RunDir, atomic_group, atomic_write_json, atomic_write_text
 from lvisctl.rundir.io import sha256_file
 from lvisctl.rundir.outputs import output_lock, refuse_inputs_as_outputs
@@ -268,12 +267,6 @@ def compute_extras(
     return out
 
 
-def _check_sha(source: EvalSource, loaded: LoadedResults, run: RunDir | None) -> None:
-    """The run dir's integrity check, from the sha256 the screen computed while reading the file."""
-    summary = loaded.scan.result() if loaded.scan is not None else None
-    _check_digest(source, summary.sha256 if summary is not None else "", run)
-
-
 def _check_digest(source: EvalSource, digest: str, run: RunDir | None) -> None:
     """The run dir's integrity check of a results file (``digest``: its sha256 computed while reading)."""
     if source.artifact is None or run is None:
@@ -301,7 +294,7 @@ def _score_source(
 ) -> ScoredSource:
     """The official metrics of one results file: in one strict parse on every core (``fast_eval``), or,
     for a file that reader does not vouch for (and for the extra metrics, which stream over hotcoco's
-    dataset), hotcoco beside the compiled screen, then the exact validator."""
+    dataset), hotcoco, then ``validate`` (the same reader, else the exact check, which names the problem)."""
     if not extras:
         fast = fast_evaluate(source.path, ground, source.iou_types, sha256=source.artifact is not None)
         if fast is not None:
@@ -312,13 +305,9 @@ def _score_source(
             }
             notes = [zero_area_note(source.path, fast.zero_area)] if fast.zero_area else []
             return ScoredSource(by_type, fast.has_bbox, notes)
-    scan = start_scan(source.path, sha256=source.artifact is not None)
-    try:
-        loaded = load_results_for_eval(source.path, ground, scan=scan)
-        by_type = evaluate_lvis(loaded, ground, source.iou_types)
-        _check_sha(source, loaded, run)
-    finally:
-        scan.cancel()
+    loaded = load_results_for_eval(source.path, ground)
+    by_type = evaluate_lvis(loaded, ground, source.iou_types)
+    _check_digest(source, "", run)
     return ScoredSource(by_type, loaded.has_bbox, loaded.notes, loaded)
 
 

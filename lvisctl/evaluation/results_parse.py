@@ -14,6 +14,7 @@ anything else it returns ``None`` and the caller takes the exact route, which na
 from __future__ import annotations
 
 import hashlib
+import importlib
 import mmap
 import os
 import re
@@ -119,6 +120,10 @@ def _hash_file(path: Path, out: list) -> None:
 
 def parse_results(path: str | os.PathLike[str], *, sha256: bool = False) -> ParsedResults | None:
     """Columns of the results file at ``path``, or None where the strict reader does not vouch for it."""
+    try:  # (loaded before any thread starts; import_module, not the package attribute, sees a blocked one)
+        importlib.import_module("lvisctl.evaluation._parse_kernel")
+    except ImportError:  # numba missing: the caller takes the route that needs no compiled code
+        return None
     p = Path(path)
     with open(p, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
@@ -131,7 +136,7 @@ def parse_results(path: str | os.PathLike[str], *, sha256: bool = False) -> Pars
         hasher.start()
     buf = np.frombuffer(mm, dtype=np.uint8)
     try:
-        from lvisctl.evaluation import _parse_kernel as K  # noqa: F401  (compiled before the threads start)
+        from lvisctl.evaluation import _parse_kernel as K
 
         parts = worker_count() if size > PARALLEL_ABOVE_BYTES else 1
         cuts = _cuts(buf, mm, parts)
@@ -207,6 +212,16 @@ def vouch(parsed: ParsedResults, table: ImageTable, gt_image_ids: np.ndarray, gt
         if (ints[:, K.C_H] != heights[at]).any() or (ints[:, K.C_W] != widths[at]).any():
             return False
     return True
+
+
+def reader_vouches(path: str | os.PathLike[str], table: ImageTable) -> bool:
+    """Whether the strict reader vouches for the results file at ``path`` against ``table`` (False also
+    where numba is missing: the exact route then checks the file)."""
+    parsed = parse_results(path)
+    if parsed is None:
+        return False
+    image_ids = np.array(sorted(table.sizes), np.int64)
+    return vouch(parsed, table, image_ids, np.array(sorted(table.cat_ids), np.int64))
 
 
 def _all_in(values: np.ndarray, sorted_ids: np.ndarray) -> bool:
