@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from lvisctl.evaluation._stream_kernel import _mask_bbox, _rle_intersection
+from lvisctl.evaluation._stream_kernel import _rle_intersection
 from lvisctl.evaluation.numba_cache import ensure_cache_dir
 
 ensure_cache_dir()
@@ -51,7 +51,8 @@ def decode_counts(buf, start, end, out, escaped):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _decode_all(buf, starts, ends, escaped, height):  # pragma: no cover - compiled
-    """Counts, their offsets, boxes and areas of the RLE strings ``buf[starts[i]:ends[i]]``."""
+    """Counts, their offsets, column spans ([x0, _, x1, _]) and areas of the RLE strings
+    ``buf[starts[i]:ends[i]]``."""
     n = len(starts)
     total = 0
     for i in range(n):
@@ -63,9 +64,19 @@ def _decode_all(buf, starts, ends, escaped, height):  # pragma: no cover - compi
     for i in range(n):
         m = decode_counts(buf, starts[i], ends[i], cnts[cstart[i] :], escaped)
         cstart[i + 1] = cstart[i] + m
-        box[i, 0], box[i, 1], box[i, 2], box[i, 3] = _mask_bbox(cnts[cstart[i] :], m, height)
-        for k in range(1, m, 2):
-            area[i] += cnts[cstart[i] + k]
+        # the columns the foreground spans (x0, x1 exclusive): enough to skip most disjoint pairs
+        pos = np.int64(0)
+        first, last = np.int64(-1), np.int64(-1)
+        for k in range(m):
+            c = cnts[cstart[i] + k]
+            if k & 1 and c > 0:
+                area[i] += c
+                if first < 0:
+                    first = pos
+                last = pos + c - 1
+            pos += c
+        if first >= 0:
+            box[i, 0], box[i, 2] = first // height, last // height + 1
     return cnts, cstart, box, area
 
 
@@ -85,7 +96,7 @@ def _box_iou(d, g):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True)
 def _image_ious(kind, keep, dets, gts, gs, ge, height):  # pragma: no cover - compiled
     """IoU of each kept detection with each GT of the image, for same-category pairs (0 elsewhere, and
-    where a mask IoU provably stays below 0.5: areas whose ratio is below it, or disjoint boxes)."""
+    where a mask IoU provably stays below 0.5: areas whose ratio is below it, or no column in common)."""
     d_cat, _, _, d_marea, d_box, d_rs, d_re, dbuf = dets
     g_cat, _, _, g_box, g_rs, g_re, gbuf = gts
     nk, ng = len(keep), ge - gs
@@ -123,9 +134,7 @@ def _image_ious(kind, keep, dets, gts, gs, ge, height):  # pragma: no cover - co
             if lo < 0.5 * hi:
                 continue
             if max(dbx[j, 0], gbx[b, 0]) >= min(dbx[j, 2], gbx[b, 2]):
-                continue
-            if max(dbx[j, 1], gbx[b, 1]) >= min(dbx[j, 3], gbx[b, 3]):
-                continue
+                continue  # no column in common
             inter = _rle_intersection(dc[dcs[j] : dcs[j + 1]], gc[gcs[b] : gcs[b + 1]])
             if inter > 0:
                 ious[a, b] = inter / (darea[j] + garea[b] - inter)

@@ -62,10 +62,26 @@ def _keys() -> tuple[np.ndarray, ...]:
     return tuple(np.frombuffer(k, np.uint8) for k in names)
 
 
-def _read_part(buf: np.ndarray, start: int, stop: int, out: list) -> None:
-    """Read the detections starting in ``[start, stop)``; appends (ints, flt, fixes, end, status, closed)."""
+_MADV_POPULATE_READ = 22  # Linux 5.14+: map a range's pages in one call instead of a fault per page
+
+
+def _populate(mm: mmap.mmap | None, start: int, stop: int) -> None:
+    if mm is None or stop <= start:
+        return
+    start -= start % mmap.PAGESIZE
+    try:
+        mm.madvise(_MADV_POPULATE_READ, start, stop - start)
+    except (OSError, AttributeError, ValueError):  # older kernels: the pages fault in as read
+        pass
+
+
+def _read_part(buf: np.ndarray, start: int, stop: int, out: list, mm: mmap.mmap | None = None) -> None:
+    """Read the detections starting in ``[start, stop)``; appends (ints, flt, fixes, end, status, closed).
+    ``mm``: ``buf``'s mapping, whose pages are mapped in one call first (a page fault each cost more
+    system time than the whole evaluation's share of it)."""
     from lvisctl.evaluation import _parse_kernel as K
 
+    _populate(mm, start, min(len(buf), stop + (1 << 16)))
     chunks, pos, first, keys = [], start, start == 0, _keys()
     while True:
         ints = np.empty((_CHUNK_ROWS, K.N_INT_COLS), np.int64)
@@ -142,12 +158,12 @@ def parse_results(path: str | os.PathLike[str], *, sha256: bool = False) -> Pars
         cuts = _cuts(buf, mm, parts)
         results: list[list] = [[] for _ in cuts[:-1]]
         threads = [
-            threading.Thread(target=_read_part, args=(buf, cuts[k], cuts[k + 1], results[k]))
+            threading.Thread(target=_read_part, args=(buf, cuts[k], cuts[k + 1], results[k], mm))
             for k in range(1, len(cuts) - 1)
         ]
         for t in threads:
             t.start()
-        _read_part(buf, cuts[0], cuts[1], results[0])
+        _read_part(buf, cuts[0], cuts[1], results[0], mm)
         for t in threads:
             t.join()
         chunks: list = []
