@@ -267,15 +267,15 @@ def eval_images(i0, i1, kind, max_dets, imgs, dets, gts, params, outs):  # pragm
 
 
 @njit(cache=True, nogil=True)
-def pr_curves(bounds, m_bits, ig_bits, num_gt, num_t, rec_thrs):  # pragma: no cover - compiled
-    """lvis-api's ``accumulate``: rows sorted by category, then score descending (ties in image order,
-    then in-image order); ``bounds``: each category's rows. Returns precision [T, R, K, A] and recall
-    [T, K, A] (-1 where a category has no GT in an area range)."""
-    num_k, num_a = num_gt.shape
+def pr_curves(k0, k1, bounds, m_bits, ig_bits, num_gt, rec_thrs, precision, recall):  # pragma: no cover
+    """lvis-api's ``accumulate`` for categories ``k0 .. k1 - 1``: rows sorted by category, then score
+    descending (ties in image order, then in-image order); ``bounds``: each category's rows. Fills
+    ``precision`` [T, R, K, A] and ``recall`` [T, K, A] (left at -1 where a category has no GT in an
+    area range)."""
+    num_a = num_gt.shape[1]
+    num_t = precision.shape[0]
     num_r = len(rec_thrs)
-    precision = -np.ones((num_t, num_r, num_k, num_a))
-    recall = -np.ones((num_t, num_k, num_a))
-    for k in range(num_k):
+    for k in range(k0, k1):
         s, e = bounds[k], bounds[k + 1]
         n = e - s
         tp = np.zeros(n, np.float64)
@@ -313,4 +313,3 @@ def pr_curves(bounds, m_bits, ig_bits, num_gt, num_t, rec_thrs):  # pragma: no c
                             precision[t, r2, k, a] = 0.0
                         break
                     precision[t, r, k, a] = pr[j]
-    return precision, recall

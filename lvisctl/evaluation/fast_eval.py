@@ -221,22 +221,45 @@ def _evaluate_type(iou_type, columns, arrays: GroundTruthArrays, categories):
         lo, hi = shards[k]
         zero[k] = eval_images(lo, hi, _KIND[iou_type], MAX_DETS_PER_IMAGE, imgs, dets, gts, params, outs)
 
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(1, len(shards))]
-    for t in threads:
-        t.start()
-    run(0)
-    for t in threads:
-        t.join()
+    _run_threads(run, len(shards))
     keep = np.arange(total) - np.repeat(o_start[:-1], capped) < np.repeat(o_n, capped)
     cats, scores = o_cat[keep], o_score[keep]
     # per category: score descending, ties in image order then in-image order (lvis-api's mergesort)
     order = np.lexsort((-scores, cats))
     bounds = np.searchsorted(cats[order], np.arange(num_k + 1))
-    precision, recall = pr_curves(
-        bounds, o_m[keep][order], o_ig[keep][order], sum(gt_counts), len(IOU_THRS), REC_THRS
-    )
+    m_bits, ig_bits, counts = o_m[keep][order], o_ig[keep][order], sum(gt_counts)
+    precision = -np.ones((len(IOU_THRS), len(REC_THRS), num_k, num_a))
+    recall = -np.ones((len(IOU_THRS), num_k, num_a))
+    # categories shared among threads, with about the same number of rows each
+    parts = [(a, b) for a, b in _shards(bounds, worker_count()) if b > a] or [(0, num_k)]
+
+    def curves(k: int) -> None:
+        pr_curves(*parts[k], bounds, m_bits, ig_bits, counts, REC_THRS, precision, recall)
+
+    _run_threads(curves, len(parts))
     cat_ids = [int(c) for c in arrays.cat_ids]
     return _summarize(precision, recall, cat_ids, categories, MAX_DETS_PER_IMAGE), sum(zero)
+
+
+def _run_threads(fn, count: int) -> None:
+    """``fn(0) .. fn(count - 1)``, each in its own thread (the first in this one): compiled code that
+    releases the GIL, so they run at once."""
+    errors: list[BaseException] = []
+
+    def guarded(k: int) -> None:
+        try:
+            fn(k)
+        except BaseException as err:  # re-raised in this thread: a failed part must not pass silently
+            errors.append(err)
+
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(1, count)]
+    for t in threads:
+        t.start()
+    guarded(0)
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def _shards(d_start: np.ndarray, parts: int) -> list[tuple[int, int]]:
