@@ -6,6 +6,8 @@ RSS is its own) on the segm metrics and prints wall time, peak RSS and the large
 lvis-api 0.5.3 over the 13 official numbers.
 
     .venv/bin/python benchmarks/eval_speed.py --images 19809 --workdir /tmp/evs --repeat 3   # LVIS val size
+    nice .venv/bin/python benchmarks/eval_speed.py --images 5000,19809 --workdir /tmp/evs --repeat 3 \\
+        --only hotcoco --only "lvisctl evaluate"   # the README's table (docs/scale.md): ~15 min
     .venv/bin/python benchmarks/eval_speed.py --images 5000 --workdir /tmp/evs --skip lvis-api --repeat 3
     .venv/bin/python benchmarks/eval_speed.py --images 5000 --workdir /tmp/evs --no-bbox  # segm-only file
     .venv/bin/python benchmarks/eval_speed.py --images 1000 --only hotcoco --only "lvisctl evaluate" \\
@@ -17,6 +19,11 @@ lvis-api 0.5.3 over the 13 official numbers.
 
 segm and bbox are timed separately (each evaluator run once per iou type; lvis-api only in the first
 round: it is slow). "vs bare hotcoco" is lvisctl's min time over hotcoco's min time in the same run.
+lvisctl's kernels are compiled (or loaded from numba's cache) once before the rounds, untimed. Both
+evaluators use the machine's cores as they please (hotcoco its Rust threads, lvisctl one thread per
+core for the parse and the per-image evaluation): "cores used" is CPU seconds over wall seconds. The
+last table (machine, load average, date; best of the rounds) is the one docs/scale.md and the README
+carry.
 
 The workload is kept in --workdir and reused; lvis-api's metrics are kept there too, so later runs that
 skip it still report the difference. The machine is shared: the load average before each run is printed.
@@ -299,9 +306,72 @@ def timing_rounds(names, gt, results, work, repeat, iou_type="segm", once=()) ->
     return rows
 
 
+def machine_line() -> str:
+    """The machine, its load and the date: timings on a shared machine mean little without them."""
+    import datetime
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem = next(
+            line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+        )
+        mem_gb = f"{int(mem.split()[1]) / 1024**2:.0f} GiB"
+    except (OSError, StopIteration):
+        mem_gb = "?"
+    loads = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"machine: {model}, {os.cpu_count()} CPUs, {mem_gb}; load average (1/5/15 min) {loads}; {date}"
+
+
+def warm_up() -> None:
+    """Compile (or load) lvisctl's numba kernels once, untimed, as `make install` does."""
+    subprocess.run([sys.executable, "-m", "lvisctl.evaluation.warmup"], cwd=REPO, check=True,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+def prepare_workload(images: int, args) -> Path:
+    """Make (or reuse) the workload of ``images`` images in the work dir; returns the results file."""
+    work = args.workdir
+    gt = work / f"gt_{images}_{args.dets}_{args.seed}.json"
+    results = work / f"results_{images}_{args.dets}_{args.seed}.json"
+    t = time.perf_counter()
+    if not (gt.is_file() and results.is_file()):  # the workload takes ~20 s per 1,000 images to make
+        if not args.generate_only:
+            # In a child process: the evaluators are forked from this one, and a parent that held the
+            # workload (~10 GB at 19,809 images) would show up in every child's peak RSS.
+            cmd = [sys.executable, __file__, "--generate-only", "--workdir", str(work), "--images",
+                   str(images), "--dets", str(args.dets), "--seed", str(args.seed)]  # fmt: skip
+            cmd += ["--categories", str(args.categories)] if args.categories else []
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        else:
+            dataset, dets = make_workload(images, args.dets, args.seed, args.categories)
+            gt.write_text(json.dumps(dataset))
+            tmp = results.with_suffix(".tmp")
+            tmp.write_text(json.dumps(dets, separators=(",", ":")))
+            tmp.replace(results)
+            del dataset, dets
+    if args.no_bbox:
+        segm_only = results.with_name(results.stem + "_nobbox.json")
+        if not segm_only.is_file():
+            strip_boxes(results, segm_only)
+        results = segm_only
+    size_mb = results.stat().st_size / 1e6
+    took = time.perf_counter() - t
+    print(
+        f"workload: {images} images x {args.dets} dets, {size_mb:.0f} MB results "
+        f"({'no bbox' if args.no_bbox else 'with bbox'}), ready in {took:.0f} s; {os.cpu_count()} CPUs"
+    )
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=5000)
+    ap.add_argument("--images", default="5000", help="images per workload; a comma list runs each size")
     ap.add_argument("--dets", type=int, default=300, help="detections per image")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None, help="keep the workload here (default: a temp dir)")
@@ -327,54 +397,55 @@ def main() -> None:
     global BASELINE_DIR
     BASELINE_DIR = args.baseline.resolve() if args.baseline else None
     if args.quick:
-        args.images, args.repeat = 100, 2
+        args.images, args.repeat = "100", 2
         args.only = args.only or ["hotcoco", "lvisctl"]
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="lvis_eval_speed_"))
-    work.mkdir(parents=True, exist_ok=True)
-    gt = work / f"gt_{args.images}_{args.dets}_{args.seed}.json"
-    results = work / f"results_{args.images}_{args.dets}_{args.seed}.json"
-    t = time.perf_counter()
-    if not (gt.is_file() and results.is_file()):  # the workload takes ~20 s per 1,000 images to make
-        if not args.generate_only:
-            # In a child process: the evaluators are forked from this one, and a parent that held the
-            # workload (~10 GB at 19,809 images) would show up in every child's peak RSS.
-            cmd = [sys.executable, __file__, "--generate-only", "--workdir", str(work), "--images",
-                   str(args.images), "--dets", str(args.dets), "--seed", str(args.seed)]  # fmt: skip
-            cmd += ["--categories", str(args.categories)] if args.categories else []
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        else:
-            dataset, dets = make_workload(args.images, args.dets, args.seed, args.categories)
-            gt.write_text(json.dumps(dataset))
-            tmp = results.with_suffix(".tmp")
-            tmp.write_text(json.dumps(dets, separators=(",", ":")))
-            tmp.replace(results)
-            del dataset, dets
-    if args.no_bbox:
-        segm_only = results.with_name(results.stem + "_nobbox.json")
-        if not segm_only.is_file():
-            strip_boxes(results, segm_only)
-        results = segm_only
-    size_mb = results.stat().st_size / 1e6
-    took = time.perf_counter() - t
-    print(
-        f"workload: {args.images} images x {args.dets} dets, {size_mb:.0f} MB results "
-        f"({'no bbox' if args.no_bbox else 'with bbox'}), ready in {took:.0f} s; {os.cpu_count()} CPUs"
-    )
+    args.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lvis_eval_speed_"))
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    sizes = [int(v) for v in str(args.images).split(",") if v.strip()]
+    files = {n: prepare_workload(n, args) for n in sizes}
     if args.generate_only:
         return
     names = [n for n in RUNNERS if not any(s in n for s in args.skip)]
     names = [n for n in names if not args.only or any(o in n for o in args.only)]
     if BASELINE_DIR is not None:
         names.insert(names.index("lvisctl evaluate") + 1 if "lvisctl evaluate" in names else 0, BASELINE)
-    for iou_type in args.iou_types.split(","):
-        if iou_type == "segm" and args.extras:
-            names_t = names + [n for n, e in EXTRA_RUNNERS.items() if e in args.extras.split(",")]
-        else:
+    if any("lvisctl" in n for n in names):
+        warm_up()
+    print(machine_line(), flush=True)
+    summary: list[str] = []
+    for n, results in files.items():
+        args.images = n
+        gt = args.workdir / f"gt_{n}_{args.dets}_{args.seed}.json"
+        for iou_type in args.iou_types.split(","):
+            if iou_type == "bbox" and args.no_bbox:
+                continue
             names_t = names
-        if iou_type == "bbox" and args.no_bbox:
-            continue
-        rows = timing_rounds(names_t, gt, results, work, args.repeat, iou_type, once=("lvis-api 0.5.3",))
-        report(rows, work, results, iou_type, args)
+            if iou_type == "segm" and args.extras:
+                names_t = names + [k for k, e in EXTRA_RUNNERS.items() if e in args.extras.split(",")]
+            once = ("lvis-api 0.5.3",)
+            rows = timing_rounds(names_t, gt, results, args.workdir, args.repeat, iou_type, once=once)
+            report(rows, args.workdir, results, iou_type, args)
+            summary += summary_rows(rows, n, iou_type)
+    print(f"\n{machine_line()}")
+    print(f"\n| images | iou type | evaluator | wall s, best of {args.repeat} | CPU s (best) | cores used "
+          "(CPU / wall) | vs bare hotcoco (wall) | load average during the runs |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(summary))
+
+
+def summary_rows(rows: dict[str, dict[str, Any]], images: int, iou_type: str) -> list[str]:
+    """The README's rows: best wall of the interleaved rounds, its CPU seconds, the ratio to hotcoco."""
+    base = min(rows["hotcoco 1.3"]["walls"]) if "hotcoco 1.3" in rows else None
+    out = []
+    for name, row in rows.items():
+        k = int(np.argmin(row["walls"]))
+        wall, cpu = row["walls"][k], row["cpus"][k]
+        ratio = f"{wall / base:.2f}x" if base else "n/a"
+        loads = f"{min(row['loads']):.1f}-{max(row['loads']):.1f}"
+        cells = [f"{images:,}", iou_type, name, f"{wall:.1f}", f"{cpu:.1f}", f"{cpu / wall:.2f}"]
+        cells += [ratio, loads]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
 
 
 def report(rows: dict[str, dict[str, Any]], work: Path, results: Path, iou_type: str, args) -> None:

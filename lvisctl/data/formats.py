@@ -6,7 +6,6 @@
   ``000000001268.jpg``), then that name in each of detectron2's ``{val,train,test}2017/`` folders. Under
   an image root the first candidate that exists wins, so one json serves the COCO folder layout
   (``ROOT/val2017/...``) and a flat folder of 2017 names.
-* LVIS v0.5 vs v1: ``info.version``, else 1230 categories or COCO-2014 file names mean v0.5.
 * A COCO instances file (categories without ``frequency``, images without LVIS's federated lists) is
   refused in one line that offers ``lvisctl data convert --from coco``.
 """
@@ -14,7 +13,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from lvisctl.errors import LvisctlError
 
 COCO_2014_NAME = re.compile(r"^COCO_[a-z]+2014_(.+)$")
 COCO_2017_SPLITS = ("val", "train", "test")
-LVIS_V05_CATEGORIES = 1230
 FEDERATED_KEYS = ("neg_category_ids", "not_exhaustive_category_ids")
 
 
@@ -51,19 +49,6 @@ def find_image(root: Path, image: Mapping[str, Any]) -> Path:
             if path.is_file():
                 return path
     return candidates[0]
-
-
-def lvis_version(info: Mapping[str, Any] | None, categories: int, images: Iterable[Mapping[str, Any]]) -> str:
-    """``"v0.5"`` or ``"v1"`` for an LVIS file (``categories``: how many it has)."""
-    version = str((info or {}).get("version", "")).strip()
-    if version.startswith("0.5"):
-        return "v0.5"
-    if version.startswith("1"):
-        return "v1"
-    if categories == LVIS_V05_CATEGORIES:
-        return "v0.5"
-    first = next(iter(images), {})
-    return "v0.5" if COCO_2014_NAME.match(str(first.get("file_name") or "")) else "v1"
 
 
 def is_coco_instances(categories: list[Any], images: list[Any]) -> bool:

@@ -193,19 +193,6 @@ def gt_with_rles(gt_coco: Any) -> list[dict[str, Any]]:
     return out
 
 
-def boundary_ap_streaming(gt: Any, dets: Any, *, dilation_ratio: float = DILATION_RATIO, max_dets: int = 300):
-    """Boundary AP of a hotcoco dataset of results (uncapped, as ``load_res`` gives it) against ``gt``
-    (an ``LvisGroundTruth``), image by image (``streaming_eval``): what ``evaluate --metrics boundary``
-    runs at LVIS scale. Same numbers (and area-range rule) as :func:`boundary_ap`; returns an
-    ``IouTypeMetrics``."""
-    from lvisctl.evaluation.lvis_metrics import IouTypeMetrics
-    from lvisctl.evaluation.streaming_eval import Task, stream_federated
-
-    task = Task("boundary", max_dets=max_dets, dilation_ratio=dilation_ratio)
-    ((summary, per_cat),) = stream_federated(gt, dets, [task])
-    return IouTypeMetrics(metrics=summary, per_category_ap=per_cat)
-
-
 def boundary_ap(
     images: Mapping[int, Mapping[str, Any]],
     categories: Mapping[int, Mapping[str, Any]],

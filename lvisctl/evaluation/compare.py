@@ -11,7 +11,7 @@ from typing import Any
 
 from lvisctl.errors import LvisctlError
 from lvisctl.evaluation.provenance import gt_mismatch_line
-from lvisctl.evaluation.results_io import read_json
+from lvisctl.rundir.io import read_json
 
 # The paper's Table 2 columns: mask AP and its r/c/f split, box AP, and the box-minus-mask gap.
 COMPARE_COLUMNS = ("AP", "APr", "APc", "APf", "AP bbox", "gap")

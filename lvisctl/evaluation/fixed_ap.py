@@ -69,7 +69,7 @@ def fixed_ap(
 
     ``gt`` is an :class:`lvisctl.evaluation.lvis_metrics.LvisGroundTruth`.
     """
-    from lvisctl.evaluation.lvis_metrics import quiet_native_output
+    from lvisctl.evaluation.native_output import quiet_native_output
 
     with quiet_native_output():
         parsed = gt.coco.load_res(list(dets))

@@ -1,10 +1,11 @@
 """Official LVIS v1 federated metrics (Gupta et al. 2019), computed by hotcoco's Rust port of lvis-api.
 
 hotcoco 1.3 reproduces lvis-api 0.5.3 number for number (checked in tests against the real lvis-api)
-and is ~20x faster; this module adds what a user needs around it: the results file is parsed once in
-Rust, screened for bad input by a compiled byte scan running in a side process (``results_scan``, which
-catches what hotcoco silently accepts), capped at 300 detections per image exactly as ``LVISResults``
-does, and the per-category APs come back with the summary.
+and is ~20x faster; this module adds what a user needs around it: the results file is parsed in Rust,
+validated by :func:`~lvisctl.evaluation.validate.validate` (which catches what hotcoco silently accepts),
+capped at 300 detections per image exactly as ``LVISResults`` does, and the per-category APs come back
+with the summary. ``evaluate`` takes this route for the extra metrics (they stream over hotcoco's
+dataset) and for files the strict reader of ``fast_eval`` does not vouch for; the GT loader serves both.
 
 Detections and GT annotations of area 0 are not scored, as in lvis-api: ``LVISEval._prepare`` asks
 ``get_ann_ids``, which keeps ``area > 0`` only, after ``LVISResults`` has applied the 300 cap (so an empty
@@ -14,12 +15,10 @@ mask still takes its slot under the cap). A result's area is its box area when t
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from lvisctl.errors import LvisctlError
-from lvisctl.evaluation.results_io import MAX_DETS_PER_IMAGE, ImageTable, load_results
-from lvisctl.evaluation.results_scan import ScanJob, first_detection_keys, start_scan
+from lvisctl.evaluation.native_output import quiet_native_output
+from lvisctl.evaluation.results_io import MAX_DETS_PER_IMAGE, ImageTable, first_detection_keys, load_results
 from lvisctl.evaluation.validate import validate
 
 IOU_TYPES = ("segm", "bbox")
@@ -89,24 +88,6 @@ def zero_area_note(path: Path, dropped: int) -> str:
     )
 
 
-@contextlib.contextmanager
-def quiet_native_output() -> Iterator[None]:
-    """Silence hotcoco's own prints (its summary table and load warnings go to fds 1/2 from Rust)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
-
-
 @dataclass
 class LvisGroundTruth:
     """A loaded LVIS annotation file: the hotcoco dataset plus what validation and reports need."""
@@ -119,8 +100,9 @@ class LvisGroundTruth:
 
 def lvis_version(num_categories: int, first_file_name: str) -> str:
     """LVIS v0.5 has 1230 categories and COCO-2014 file names (``COCO_val2014_...jpg``); v1 has 1203
-    and ``coco_url`` only. (The same rule as ``data.formats.lvis_version``, which evaluation may not
-    import: it depends on nothing but rundir/errors.)"""
+    and ``coco_url`` only. The one home of this rule: only ``evaluate`` asks (for the metrics json's
+    ``scored.lvis_version``); the data layer finds v0.5 image files by their names (``data/formats``)
+    without naming the version."""
     if num_categories == 1230 or re.match(r"^COCO_[a-z]+2014_", first_file_name):
         return "v0.5"
     return "v1"
@@ -170,7 +152,7 @@ def load_ground_truth(path: str | os.PathLike[str]) -> LvisGroundTruth:
 
 @dataclass
 class LoadedResults:
-    """A results file parsed by hotcoco, with its screen running beside it (see :meth:`verify`)."""
+    """A results file parsed by hotcoco, not yet trusted (see :meth:`verify`)."""
 
     path: Path
     dets: Any  # hotcoco dataset of all detections in the file
@@ -178,24 +160,16 @@ class LoadedResults:
     has_bbox: bool
     has_segmentation: bool
     gt: LvisGroundTruth
-    scan: ScanJob | None = None
     verified: bool = False
     notes: list[str] = field(default_factory=list)
 
     def verify(self) -> None:
-        """Wait for the screen and :func:`~lvisctl.evaluation.validate.validate` the file (one error line).
-
-        Called after the evaluation, so the screen overlaps hotcoco's work; nothing is reported or
-        written before it passes.
-        """
+        """:func:`~lvisctl.evaluation.validate.validate` the file (one error line); nothing is reported or
+        written before it passes."""
         if self.verified:
             return
-        validate(self.path, self.gt, screen=self.scan, parsed=self.dets, num_parsed=self.num_dets)
+        validate(self.path, self.gt)
         self.verified = True
-
-    def cancel(self) -> None:
-        if self.scan is not None:
-            self.scan.cancel()
 
 
 def explain_and_raise(path: Path, gt: LvisGroundTruth, fallback: str) -> None:
@@ -204,13 +178,9 @@ def explain_and_raise(path: Path, gt: LvisGroundTruth, fallback: str) -> None:
     raise LvisctlError(f"{path}: {fallback}")
 
 
-def load_results_for_eval(
-    path: str | os.PathLike[str], gt: LvisGroundTruth, *, scan: ScanJob | None = None
-) -> LoadedResults:
-    """Parse ``path`` with hotcoco while the screen (``scan``, started here if not given) runs beside it.
-
-    Call :meth:`LoadedResults.verify` before trusting the numbers (``evaluate_lvis`` does).
-    """
+def load_results_for_eval(path: str | os.PathLike[str], gt: LvisGroundTruth) -> LoadedResults:
+    """Parse ``path`` with hotcoco. Call :meth:`LoadedResults.verify` before trusting the numbers
+    (``evaluate_lvis`` does)."""
     p = Path(path)
     if not p.is_file():
         raise LvisctlError(f"{p}: no such file")
@@ -218,22 +188,15 @@ def load_results_for_eval(
     if not is_list:
         load_results(p)  # raises the right 'not json' / 'not a list' message
         raise LvisctlError(f"{p}: results must be a json list of detections")
-    scan = scan if scan is not None else start_scan(p)
     try:
-        try:
-            with quiet_native_output():
-                dets = gt.coco.load_res(str(p))
-        except Exception as err:  # malformed json, NaN scores, wrong field types
-            explain_and_raise(p, gt, str(err).splitlines()[0])
-        num = len(dets.get_ann_ids())
-        if dets.load_warnings:  # unknown image or category ids
-            explain_and_raise(p, gt, "; ".join(dets.load_warnings))
-    except BaseException:
-        scan.cancel()
-        raise
-    return LoadedResults(
-        path=p, dets=dets, num_dets=num, has_bbox=has_bbox, has_segmentation=has_seg, gt=gt, scan=scan
-    )
+        with quiet_native_output():
+            dets = gt.coco.load_res(str(p))
+    except Exception as err:  # malformed json, NaN scores, wrong field types
+        explain_and_raise(p, gt, str(err).splitlines()[0])
+    num = len(dets.get_ann_ids())
+    if dets.load_warnings:  # unknown image or category ids
+        explain_and_raise(p, gt, "; ".join(dets.load_warnings))
+    return LoadedResults(path=p, dets=dets, num_dets=num, has_bbox=has_bbox, has_segmentation=has_seg, gt=gt)
 
 
 @dataclass
@@ -279,24 +242,18 @@ def evaluate_lvis(
     """The official LVIS v1 metrics of ``results`` for each iou type (max 300 detections per image).
 
     The file is verified (``results.verify()``) after hotcoco has evaluated it and before any number is
-    returned, so the screen's work overlaps the evaluation's.
+    returned.
     """
-    try:
-        if "segm" in iou_types and not results.has_segmentation and results.num_dets:
-            results.verify()  # a file with segmentation on some detections only gets its own message
-            raise LvisctlError(
-                f"{results.path}: has no 'segmentation' fields; evaluate it with --iou-type bbox"
-            )
-        with quiet_native_output():
-            capped = results.dets.cap_detections_per_image(MAX_DETS_PER_IMAGE)
-        capped, dropped = drop_zero_area(capped)  # after the cap, as lvis-api
-        if dropped and not any(n.startswith(f"note: {results.path}: ") for n in results.notes):
-            results.notes.append(zero_area_note(results.path, dropped))
-        out = {t: run_lvis_eval(gt, capped, t, source=results.path) for t in iou_types}
-        results.verify()
-    except BaseException:
-        results.cancel()
-        raise
+    if "segm" in iou_types and not results.has_segmentation and results.num_dets:
+        results.verify()  # a file with segmentation on some detections only gets its own message
+        raise LvisctlError(f"{results.path}: has no 'segmentation' fields; evaluate it with --iou-type bbox")
+    with quiet_native_output():
+        capped = results.dets.cap_detections_per_image(MAX_DETS_PER_IMAGE)
+    capped, dropped = drop_zero_area(capped)  # after the cap, as lvis-api
+    if dropped and not any(n.startswith(f"note: {results.path}: ") for n in results.notes):
+        results.notes.append(zero_area_note(results.path, dropped))
+    out = {t: run_lvis_eval(gt, capped, t, source=results.path) for t in iou_types}
+    results.verify()
     return out
 
 

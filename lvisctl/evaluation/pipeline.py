@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from lvisctl.errors import LvisctlError
+from lvisctl.evaluation.fast_eval import fast_evaluate
 from lvisctl.evaluation.lvis_metrics import (
     BBOX_AREA_NOTE,
     IOU_TYPES,
+    METRIC_KEYS,
     IouTypeMetrics,
     LoadedResults,
     LvisGroundTruth,
@@ -21,9 +23,9 @@ from lvisctl.evaluation.lvis_metrics import (
     evaluate_lvis,
     load_ground_truth,
     load_results_for_eval,
+    zero_area_note,
 )
 from lvisctl.evaluation.provenance import check_gt_unchanged
-from lvisctl.evaluation.results_scan import start_scan
 from lvisctl.rundir import Artifact, RunDir, atomic_group, atomic_write_json, atomic_write_text
 from lvisctl.rundir.io import sha256_file
 from lvisctl.rundir.outputs import output_lock, refuse_inputs_as_outputs
@@ -265,17 +267,48 @@ def compute_extras(
     return out
 
 
-def _check_sha(source: EvalSource, loaded: LoadedResults, run: RunDir | None) -> None:
-    """The run dir's integrity check, from the sha256 the screen computed while reading the file."""
+def _check_digest(source: EvalSource, digest: str, run: RunDir | None) -> None:
+    """The run dir's integrity check of a results file (``digest``: its sha256 computed while reading)."""
     if source.artifact is None or run is None:
         return
-    summary = loaded.scan.result() if loaded.scan is not None else None
-    digest = summary.sha256 if summary is not None and summary.sha256 else sha256_file(source.path)
+    digest = digest or sha256_file(source.path)
     if digest != source.artifact.sha256:
         raise LvisctlError(
             f"{source.path}: sha256 no longer matches {run.manifest_path.name} "
             "(the file changed after it was recorded)"
         )
+
+
+@dataclass
+class ScoredSource:
+    """One results file's metrics per iou type, and what the report says about it."""
+
+    by_type: dict[str, IouTypeMetrics]
+    has_bbox: bool
+    notes: list[str]
+    loaded: LoadedResults | None = None  # the hotcoco route's parsed file (the extra metrics read it)
+
+
+def _score_source(
+    source: EvalSource, ground: LvisGroundTruth, run: RunDir | None, extras: Sequence[str]
+) -> ScoredSource:
+    """The official metrics of one results file: in one strict parse on every core (``fast_eval``), or,
+    for a file that reader does not vouch for (and for the extra metrics, which stream over hotcoco's
+    dataset), hotcoco, then ``validate`` (the same reader, else the exact check, which names the problem)."""
+    if not extras:
+        fast = fast_evaluate(source.path, ground, source.iou_types, sha256=source.artifact is not None)
+        if fast is not None:
+            _check_digest(source, fast.sha256, run)
+            by_type = {
+                t: IouTypeMetrics(metrics={k: summary[k] for k in METRIC_KEYS}, per_category_ap=per_cat)
+                for t, (summary, per_cat) in fast.metrics.items()
+            }
+            notes = [zero_area_note(source.path, fast.zero_area)] if fast.zero_area else []
+            return ScoredSource(by_type, fast.has_bbox, notes)
+    loaded = load_results_for_eval(source.path, ground)
+    by_type = evaluate_lvis(loaded, ground, source.iou_types)
+    _check_digest(source, "", run)
+    return ScoredSource(by_type, loaded.has_bbox, loaded.notes, loaded)
 
 
 def run_evaluate(
@@ -301,29 +334,22 @@ def run_evaluate(
         if not source.path.is_file():
             what = "is a folder, not a results file" if source.path.is_dir() else "no such file"
             raise LvisctlError(f"{source.path}: {what}")
-    # The screens start first so that they overlap the GT load and hotcoco's parse.
-    scans = [start_scan(source.path, sha256=source.artifact is not None) for source in sources]
-    loaded: list[LoadedResults] = []
-    try:
-        ground = load_ground_truth(gt_path)
-        by_type: dict[str, IouTypeMetrics] = {}
-        for source, scan in zip(sources, scans, strict=True):
-            loaded.append(load_results_for_eval(source.path, ground, scan=scan))
-            by_type.update(evaluate_lvis(loaded[-1], ground, source.iou_types))
-            _check_sha(source, loaded[-1], run)
-    finally:
-        for scan in scans:
-            scan.cancel()
+    ground = load_ground_truth(gt_path)
+    by_type: dict[str, IouTypeMetrics] = {}
+    scored = [_score_source(source, ground, run, extras) for source in sources]
+    for result in scored:
+        by_type.update(result.by_type)
     by_type = {t: by_type[t] for t in iou_types}
     extra: dict[str, dict[str, IouTypeMetrics]] = {}
-    for source, ld in zip(sources, loaded, strict=True):
-        for name, per in compute_extras(extras, source, ground, ld).items():
-            extra.setdefault(name, {}).update(per)
+    for source, result in zip(sources, scored, strict=True):
+        if result.loaded is not None:
+            for name, per in compute_extras(extras, source, ground, result.loaded).items():
+                extra.setdefault(name, {}).update(per)
     notes = [
-        BBOX_AREA_NOTE for s, ld in zip(sources, loaded, strict=True) if ld.has_bbox and "segm" in s.iou_types
+        BBOX_AREA_NOTE for s, r in zip(sources, scored, strict=True) if r.has_bbox and "segm" in s.iou_types
     ]
-    notes += [note for ld in loaded for note in ld.notes]
-    boxes = [BOXES_FROM_MODEL if ld.has_bbox else BOXES_FROM_MASKS for ld in loaded]
+    notes += [note for r in scored for note in r.notes]
+    boxes = [BOXES_FROM_MODEL if r.has_bbox else BOXES_FROM_MASKS for r in scored]
     mask_boxes = [
         s.path for s, b in zip(sources, boxes, strict=True) if "bbox" in s.iou_types and b != "model"
     ]

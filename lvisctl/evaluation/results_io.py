@@ -2,8 +2,8 @@
 
 :func:`validate_results` checks a parsed list, detection by detection, and names every problem: the exact
 route of :func:`lvisctl.evaluation.validate.validate`, the one entry point callers use (its fast route for
-files being evaluated is the compiled byte screen of ``results_scan``: parsing 1.5 M detections into
-Python dicts costs more than the evaluation).
+files is the strict compiled reader of ``results_parse``: parsing 1.5 M detections into Python dicts
+costs more than the evaluation).
 Results files are written by ``lvisctl.inference.results.write_results`` only.
 
 An RLE is valid when its ``size`` is the image's and hotcoco's decoder accepts its ``counts``
@@ -16,14 +16,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lvisctl.errors import LvisctlError, raise_problems
+from lvisctl.rundir.io import read_json
 
 MAX_DETS_PER_IMAGE = 300
 _SHOWN_PROBLEMS = 5
@@ -38,32 +39,33 @@ class ImageTable:
     path: str
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """``json.load`` with the standard one-line errors for a missing or malformed file."""
-    p = Path(path)
-    if p.is_dir():
-        raise LvisctlError(f"{p}: is a folder, not a json file")
-    if not p.is_file():
-        raise LvisctlError(f"{p}: no such file")
-    try:
-        with open(p, "rb") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as err:
-        raise LvisctlError(f"{p}: not valid json ({err.msg} at line {err.lineno})") from None
-    except UnicodeDecodeError:
-        raise LvisctlError(f"{p}: not valid json (not UTF-8 text)") from None
-    except RecursionError:  # "[[[[..." 100k deep: Python's parser recurses per level
-        raise LvisctlError(f"{p}: json nested too deeply to be a results file") from None
-
-
 def load_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Parse a results file in Python; a clear error if it is not a json list."""
+    """Parse a results file in Python (``rundir.io.read_json``, the one json reader); a clear error if it is
+    not a json list."""
     data = read_json(path)
     if not isinstance(data, list):
         raise LvisctlError(
             f"{path}: results must be a json list of detections, got a json {type(data).__name__}"
         )
     return data
+
+
+_FIRST_DET_END = re.compile(rb"\}\s*,\s*\{|\}\s*\]")
+
+
+def first_detection_keys(path: str | os.PathLike[str], head_bytes: int = 1 << 20) -> tuple[bool, bool, bool]:
+    """(is a json list, first detection has 'bbox', has 'segmentation'), from the first bytes only.
+
+    The validator checks later that every detection has the same fields; this is enough to pick the
+    note and the "no segmentation" error of the hotcoco route before its evaluation starts.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(head_bytes)
+    if not head.lstrip().startswith(b"["):
+        return False, False, False
+    match = _FIRST_DET_END.search(head)  # '}' cannot occur in an RLE string
+    first = head[: match.start() + 1] if match else head
+    return True, b'"bbox"' in first, b'"segmentation"' in first
 
 
 # --------------------------------------------------------------------------------------------- RLE
@@ -269,7 +271,7 @@ def rle_run_totals(counts: Sequence[str]) -> list[int]:
     if not counts:
         return []
     try:
-        from lvisctl.evaluation._scan_kernel import rle_run_totals as kernel
+        from lvisctl.evaluation._parse_kernel import rle_run_totals as kernel
     except ImportError:  # numba missing: the same decoding in Python
         return [_run_total(c) for c in counts]
     # the kernel reads json text: each string quoted, a backslash (a legal RLE character) escaped

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from lvisctl.evaluation.boundary_ap import DILATION_RATIO, boundary_width
 from lvisctl.evaluation.federated_eval import AREA_RNGS, IOU_THRS, _pr_curve, _summarize
 
 KINDS = ("segm", "bbox", "boundary")
@@ -166,7 +167,6 @@ def _ious(task: Task, im: _Image, order: np.ndarray, det_cat: np.ndarray) -> np.
         boxes = np.array([im.det_anns[i]["bbox"] for i in order], np.float64).reshape(-1, 4)
         return np.asarray(hotcoco.primitives.bbox_iou(boxes, im.gt_boxes, [0] * num_gt), np.float64)
     from lvisctl.evaluation._stream_kernel import pair_ious
-    from lvisctl.evaluation.boundary_ap import boundary_width
 
     h, w = (int(v) for v in im.gt_rles[0]["size"])
     strings = [_as_bytes(im.det_anns[i]["segmentation"]["counts"]) for i in order]
@@ -240,3 +240,15 @@ def _finish(task: Task, cat_ids: list[int], categories) -> tuple[dict[str, float
                 precision[t, :, k, a], recall[t, k, a] = _pr_curve(tp[t], fp[t], num_gt)
     max_dets = task.max_dets if task.max_dets >= 0 else -1
     return _summarize(precision, recall, cat_ids, categories, max_dets)
+
+
+def boundary_ap_streaming(gt: Any, dets: Any, *, dilation_ratio: float = DILATION_RATIO, max_dets: int = 300):
+    """Boundary AP of a hotcoco dataset of results (uncapped, as ``load_res`` gives it) against ``gt``
+    (an ``LvisGroundTruth``), image by image (``streaming_eval``): what ``evaluate --metrics boundary``
+    runs at LVIS scale. Same numbers (and area-range rule) as ``boundary_ap.boundary_ap``; returns an
+    ``IouTypeMetrics``."""
+    from lvisctl.evaluation.lvis_metrics import IouTypeMetrics
+
+    task = Task("boundary", max_dets=max_dets, dilation_ratio=dilation_ratio)
+    ((summary, per_cat),) = stream_federated(gt, dets, [task])
+    return IouTypeMetrics(metrics=summary, per_category_ap=per_cat)

@@ -18,9 +18,9 @@ from typing import Any
 
 from lvisctl.errors import LvisctlError
 from lvisctl.evaluation.federated_eval import cap_per_image
-from lvisctl.evaluation.results_io import MAX_DETS_PER_IMAGE, ImageTable, load_results, read_json
+from lvisctl.evaluation.results_io import MAX_DETS_PER_IMAGE, ImageTable, load_results
 from lvisctl.evaluation.validate import validate
-from lvisctl.rundir.io import atomic_output, atomic_write_json
+from lvisctl.rundir.io import atomic_output, atomic_write_json, read_json
 
 LVIS_V1_NUM_CATEGORIES = 1203  # LVIS v1 category ids are exactly 1..1203
 

@@ -11,7 +11,7 @@ import copy
 
 import pytest
 
-from lvisctl.evaluation.boundary_ap import boundary_ap, boundary_ap_streaming, gt_with_rles
+from lvisctl.evaluation.boundary_ap import boundary_ap, gt_with_rles
 from lvisctl.evaluation.federated_eval import federated_eval
 from lvisctl.evaluation.fixed_ap import FIXED_KEYS, fixed_ap_streaming, top_k_per_category
 from lvisctl.evaluation.lvis_metrics import (
@@ -22,7 +22,7 @@ from lvisctl.evaluation.lvis_metrics import (
     quiet_native_output,
 )
 from lvisctl.evaluation.pipeline import run_evaluate
-from lvisctl.evaluation.streaming_eval import Task, stream_federated
+from lvisctl.evaluation.streaming_eval import Task, boundary_ap_streaming, stream_federated
 from tests.helpers.lvis_reference import (
     LVIS,
     LVISEval,

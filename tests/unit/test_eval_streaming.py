@@ -10,11 +10,11 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 
-from lvisctl.evaluation.boundary_ap import boundary_ap_streaming, boundary_width, gt_with_rles, mask_boundary
+from lvisctl.evaluation.boundary_ap import boundary_width, gt_with_rles, mask_boundary
 from lvisctl.evaluation.federated_eval import federated_eval
 from lvisctl.evaluation.fixed_ap import FIXED_KEYS, fixed_ap_streaming, top_k_per_category
 from lvisctl.evaluation.lvis_metrics import load_ground_truth, quiet_native_output
-from lvisctl.evaluation.streaming_eval import Task, stream_federated
+from lvisctl.evaluation.streaming_eval import Task, boundary_ap_streaming, stream_federated
 from tests.helpers.eval_cases import api_iou, blob_case, edge_case_gt, edge_case_results, random_case
 from tests.helpers.lvis_reference import (
     LVIS,

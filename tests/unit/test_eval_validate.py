@@ -11,70 +11,8 @@ import pytest
 from lvisctl.errors import LvisctlError
 from lvisctl.evaluation.lvis_metrics import evaluate_lvis, load_ground_truth, load_results_for_eval
 from lvisctl.evaluation.validate import validate
-from tests.helpers.eval_cases import edge_case_gt, edge_case_results
+from tests.helpers.eval_cases import CASES, dets, edge_case_gt, mutated
 from tests.helpers.lvis_reference import without_bbox, write_json
-
-
-def dets() -> list[dict]:
-    return edge_case_results()[:14]
-
-
-def mutated(fn, bbox: bool = True):
-    d = dets() if bbox else without_bbox(dets())
-    out = fn(d)
-    return d if out is None else out
-
-
-def _extra_run(d):
-    d[2]["segmentation"]["counts"] += "1"  # one more run than the 64x64 image holds
-
-
-CASES = {
-    "not a list": (lambda d: {"annotations": d}, "results must be a json list of detections"),
-    "not an object": (lambda d: [*d[:3], 5, *d[4:]], "result 3 is a json int, not an object"),
-    "unknown image id": (lambda d: d[2].update(image_id=77), "1 image ids not in"),
-    "another split": (lambda d: [dict(x, image_id=x["image_id"] + 500) for x in d], "for another split"),
-    "unknown category id": (
-        lambda d: d[2].update(category_id=9999),
-        "1 category ids not in the category table",
-    ),
-    "score not a number": (lambda d: d[2].update(score="high"), "result 2 has score 'high'"),
-    "bbox not 4 numbers": (lambda d: d[2].update(bbox=[1, 2, 3]), "result 2: bbox must be [x, y, w, h]"),
-    "bbox negative side": (lambda d: d[2].update(bbox=[1, 2, -3, 4]), "has a negative width or height"),
-    "bbox on some only": (lambda d: d[:3] + without_bbox(d[3:]), "3 of 14 results have 'bbox'"),
-    "segmentation on some only": (
-        lambda d: d[2].pop("segmentation") and None,
-        "13 of 14 results have 'segmentation'",
-    ),
-    "segmentation not RLE": (
-        lambda d: d[2].update(segmentation=[[0, 0, 5, 0, 5, 5]]),
-        "result 2: segmentation must be compressed RLE",
-    ),
-    "RLE size differs": (lambda d: d[2]["segmentation"].update(size=[32, 32]), "RLE size [32, 32] differs"),
-    "RLE foreign characters": (
-        lambda d: d[2]["segmentation"].update(counts="~~~~"),
-        "result 2: segmentation is not valid compressed RLE",
-    ),
-    "RLE cut mid-number": (
-        lambda d: d[2]["segmentation"].update(counts="0" + "R" * 40),
-        "result 2: segmentation is not valid compressed RLE",
-    ),
-    "RLE runs beyond h*w": (_extra_run, "result 2: segmentation is not valid compressed RLE"),
-    # issue 22 item 16: both sides negative (w * h > 0 hid it), runs covering 2 of 4096 pixels
-    "bbox two negative sides": (
-        lambda d: d[2].update(bbox=[10, 20, -3, -4]),
-        "has a negative width or height",
-    ),
-    "string image id": (
-        lambda d: d[2].update(image_id="1"),
-        "1 image ids not in",
-    ),
-    "no score": (lambda d: d[2].pop("score") and None, "result 2 has score None"),
-    "RLE runs short of h*w": (
-        lambda d: d[2]["segmentation"].update(counts="11"),
-        "result 2: segmentation runs cover 2 of the 64x64 = 4096 pixels",
-    ),
-}
 
 
 @pytest.fixture(scope="module")

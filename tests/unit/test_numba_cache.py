@@ -17,7 +17,7 @@ import pytest
 import lvisctl
 
 PACKAGE = Path(lvisctl.__file__).resolve().parent
-KERNELS = ("_scan_kernel", "_stream_kernel")
+KERNELS = ("_parse_kernel", "_stream_kernel", "_eval_kernel")
 # Compile the smallest kernel, then print whether this process loaded it from the cache.
 PROBE = """
 import numpy as np

@@ -1,0 +1,315 @@
+"""numba kernels of :mod:`lvisctl.evaluation.fast_eval`: lvis-api's per-image evaluation and accumulation.
+
+``eval_images`` runs lvis-api's ``evaluate_img`` for a range of images straight from parsed columns: the
+per-image cap (300 best by score, ties in file order), the federated filter (categories in the image's
+GT or ``neg_category_ids``), ``area > 0``, the IoU of every same-category (detection, GT) pair (mask IoU
+from the compressed RLE strings as pycocotools computes it; box IoU as pycocotools' ``bbIou``), and the
+greedy matching of ``_stream_kernel.match_image`` (:func:`match`). It holds no Python object, so threads
+run it on disjoint image ranges at once. ``pr_curves`` is lvis-api's ``accumulate`` over the matches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from lvisctl.evaluation._stream_kernel import _rle_intersection
+from lvisctl.evaluation.numba_cache import ensure_cache_dir
+
+ensure_cache_dir()
+
+_EPS = np.spacing(1.0)
+
+
+@njit(cache=True, nogil=True)
+def decode_counts(buf, start, end, out, escaped):  # pragma: no cover - compiled
+    """pycocotools' ``rleFrString`` on ``buf[start:end]`` into ``out``; ``escaped``: the text is json
+    (a backslash, a legal RLE character, is written as two). Returns the number of counts."""
+    m = 0
+    p = start
+    while p < end:
+        x = np.int64(0)
+        k = 0
+        more = True
+        while more and p < end:
+            c = np.int64(buf[p])
+            if escaped and c == 92:
+                p += 1
+            c -= 48
+            x |= (c & 0x1F) << (5 * k)
+            more = (c & 0x20) != 0
+            p += 1
+            k += 1
+            if not more and (c & 0x10) != 0:
+                x |= np.int64(-1) << (5 * k)
+        if m > 2:
+            x += out[m - 2]
+        out[m] = x
+        m += 1
+    return m
+
+
+@njit(cache=True, nogil=True)
+def _decode_all(buf, starts, ends, escaped, height):  # pragma: no cover - compiled
+    """Counts, their offsets, column spans ([x0, _, x1, _]) and areas of the RLE strings
+    ``buf[starts[i]:ends[i]]``."""
+    n = len(starts)
+    total = 0
+    for i in range(n):
+        total += ends[i] - starts[i]
+    cnts = np.zeros(max(total, 1), np.int64)
+    cstart = np.zeros(n + 1, np.int64)
+    box = np.zeros((n, 4), np.int64)
+    area = np.zeros(n, np.int64)
+    for i in range(n):
+        m = decode_counts(buf, starts[i], ends[i], cnts[cstart[i] :], escaped)
+        cstart[i + 1] = cstart[i] + m
+        # the columns the foreground spans (x0, x1 exclusive): enough to skip most disjoint pairs
+        pos = np.int64(0)
+        first, last = np.int64(-1), np.int64(-1)
+        for k in range(m):
+            c = cnts[cstart[i] + k]
+            if k & 1 and c > 0:
+                area[i] += c
+                if first < 0:
+                    first = pos
+                last = pos + c - 1
+            pos += c
+        if first >= 0:
+            box[i, 0], box[i, 2] = first // height, last // height + 1
+    return cnts, cstart, box, area
+
+
+@njit(cache=True, nogil=True)
+def _box_iou(d, g):  # pragma: no cover - compiled
+    """pycocotools' ``bbIou`` for one pair of [x, y, w, h] boxes (not crowd), same operations."""
+    w = min(d[2] + d[0], g[2] + g[0]) - max(d[0], g[0])
+    if w <= 0:
+        return 0.0
+    h = min(d[3] + d[1], g[3] + g[1]) - max(d[1], g[1])
+    if h <= 0:
+        return 0.0
+    i = w * h
+    return i / (d[2] * d[3] + g[2] * g[3] - i)
+
+
+@njit(cache=True, nogil=True)
+def _image_ious(kind, keep, dets, gts, gs, ge, height):  # pragma: no cover - compiled
+    """IoU of each kept detection with each GT of the image, for same-category pairs (0 elsewhere, and
+    where a mask IoU provably stays below 0.5: areas whose ratio is below it, or no column in common)."""
+    d_cat, _, _, d_marea, d_box, d_rs, d_re, dbuf = dets
+    g_cat, _, _, g_box, g_rs, g_re, gbuf = gts
+    nk, ng = len(keep), ge - gs
+    ious = np.zeros((nk, ng), np.float64)
+    if nk == 0 or ng == 0:
+        return ious
+    if kind == 1:
+        for a in range(nk):
+            d = keep[a]
+            for b in range(ng):
+                if d_cat[d] == g_cat[gs + b]:
+                    ious[a, b] = _box_iou(d_box[d], g_box[gs + b])
+        return ious
+    gc, gcs, gbx, garea = _decode_all(gbuf, g_rs[gs:ge], g_re[gs:ge], False, height)
+    need = np.zeros(nk, np.bool_)
+    for a in range(nk):
+        d = keep[a]
+        for b in range(ng):
+            if d_cat[d] == g_cat[gs + b]:
+                lo, hi = min(d_marea[d], garea[b]), max(d_marea[d], garea[b])
+                if lo >= 0.5 * hi:
+                    need[a] = True
+    idx = np.flatnonzero(need)
+    if len(idx) == 0:
+        return ious
+    sel = keep[idx]
+    dc, dcs, dbx, darea = _decode_all(dbuf, d_rs[sel], d_re[sel], True, height)
+    for j in range(len(idx)):
+        a = idx[j]
+        d = keep[a]
+        for b in range(ng):
+            if d_cat[d] != g_cat[gs + b]:
+                continue
+            lo, hi = min(darea[j], garea[b]), max(darea[j], garea[b])
+            if lo < 0.5 * hi:
+                continue
+            if max(dbx[j, 0], gbx[b, 0]) >= min(dbx[j, 2], gbx[b, 2]):
+                continue  # no column in common
+            inter = _rle_intersection(dc[dcs[j] : dcs[j + 1]], gc[gcs[b] : gcs[b + 1]])
+            if inter > 0:
+                ious[a, b] = inter / (darea[j] + garea[b] - inter)
+    return ious
+
+
+@njit(cache=True, nogil=True)
+def match(ious, det_cat, det_area, det_nexh, gt_cat, gt_area, gt_ign, area_rng, thrs):  # pragma: no cover
+    """``_stream_kernel.match_image`` (lvis-api's greedy matching for every category and area range of one
+    image), visiting for each detection only the GTs of its category: the same result, without the
+    (detections x GTs) sweep per threshold."""
+    num_dt, num_gt = ious.shape
+    num_a, num_t = area_rng.shape[0], len(thrs)
+    m_bits = np.zeros((num_dt, num_a), np.uint16)
+    ig_bits = np.zeros((num_dt, num_a), np.uint16)
+    gt_valid = np.zeros((num_gt, num_a), np.bool_)
+    g_ig = np.zeros(num_gt, np.bool_)
+    taken = np.zeros(num_gt, np.bool_)
+    # Each detection's block of same-category GTs in the (category, ignored, file order) order below:
+    # the blocks do not depend on the area range, only the order inside them does.
+    by_cat = np.argsort(gt_cat * (num_gt + 1) + np.arange(num_gt))
+    lo = np.zeros(num_dt, np.int64)
+    hi = np.zeros(num_dt, np.int64)
+    for di in range(num_dt):
+        c = det_cat[di]
+        k = 0
+        while k < num_gt and gt_cat[by_cat[k]] < c:
+            k += 1
+        lo[di] = k
+        while k < num_gt and gt_cat[by_cat[k]] == c:
+            k += 1
+        hi[di] = k
+    key = np.empty(num_gt, np.int64)
+    for a in range(num_a):
+        alo, ahi = area_rng[a, 0], area_rng[a, 1]
+        for g in range(num_gt):
+            g_ig[g] = gt_ign[g] or gt_area[g] < alo or gt_area[g] > ahi
+            gt_valid[g, a] = not g_ig[g]
+            key[g] = (gt_cat[g] * 2 + (1 if g_ig[g] else 0)) * (num_gt + 1) + g
+        perm = np.argsort(key)
+        for t in range(num_t):
+            taken[:] = False
+            for di in range(num_dt):
+                best = min(thrs[t], 1 - 1e-10)
+                m = -1
+                for gi in range(lo[di], hi[di]):
+                    g = perm[gi]
+                    if taken[g]:
+                        continue
+                    if m > -1 and not g_ig[m] and g_ig[g]:
+                        break
+                    if ious[di, g] < best:
+                        continue
+                    best = ious[di, g]
+                    m = g
+                if m > -1:
+                    taken[m] = True
+                    m_bits[di, a] |= np.uint16(1 << t)
+                    if g_ig[m]:
+                        ig_bits[di, a] |= np.uint16(1 << t)
+        for di in range(num_dt):
+            if det_area[di] < alo or det_area[di] > ahi or det_nexh[di]:
+                ig_bits[di, a] |= ~m_bits[di, a] & np.uint16((1 << num_t) - 1)
+    return m_bits, ig_bits, gt_valid
+
+
+@njit(cache=True, nogil=True)
+def eval_images(i0, i1, kind, max_dets, imgs, dets, gts, params, outs):  # pragma: no cover - compiled
+    """lvis-api's ``evaluate_img`` for images ``i0 .. i1 - 1`` (indices into the sorted GT image ids).
+
+    ``imgs``: per image its detection range and GT range (CSR starts), height, and CSR lists of negative
+    and not-exhaustive category indices; ``dets`` / ``gts``: the columns (detections of an image in file
+    order); ``params``: (area ranges [A, 2], IoU thresholds [T], number of categories); ``outs``: per
+    image its first output row, and the rows (category, score, matched bits [n, A], ignored bits [n, A]),
+    the kept count per image, the GT count per (category, area range) and the zero-area count.
+    Returns the number of capped detections of area 0 (lvis-api leaves them out).
+    """
+    d_start, g_start, heights, neg_start, neg_cat, nexh_start, nexh_cat = imgs
+    d_cat, d_score, d_area = dets[0], dets[1], dets[2]
+    g_cat, g_area, g_ign = gts[0], gts[1], gts[2]
+    area_rng, thrs, num_cats = params
+    o_start, o_cat, o_score, o_m, o_ig, o_n, num_gt = outs
+    allowed = np.zeros(num_cats, np.bool_)
+    not_exh = np.zeros(num_cats, np.bool_)
+    zero_area = 0
+    for ii in range(i0, i1):
+        ds, de, gs, ge = d_start[ii], d_start[ii + 1], g_start[ii], g_start[ii + 1]
+        order = np.argsort(-d_score[ds:de], kind="mergesort")[:max_dets] + ds
+        for g in range(gs, ge):
+            allowed[g_cat[g]] = True
+        for k in range(neg_start[ii], neg_start[ii + 1]):
+            allowed[neg_cat[k]] = True
+        for k in range(nexh_start[ii], nexh_start[ii + 1]):
+            not_exh[nexh_cat[k]] = True
+        keep = np.empty(len(order), np.int64)
+        nk = 0
+        for d in order:
+            if d_area[d] <= 0:
+                zero_area += 1
+            elif allowed[d_cat[d]]:
+                keep[nk] = d
+                nk += 1
+        keep = keep[:nk]
+        ious = _image_ious(kind, keep, dets, gts, gs, ge, heights[ii])
+        kc = d_cat[keep]
+        nexh = np.zeros(nk, np.bool_)
+        for a in range(nk):
+            nexh[a] = not_exh[kc[a]]
+        m_bits, ig_bits, gt_valid = match(
+            ious, kc, d_area[keep], nexh, g_cat[gs:ge], g_area[gs:ge], g_ign[gs:ge], area_rng, thrs
+        )
+        row = o_start[ii]
+        for a in range(nk):
+            o_cat[row + a] = kc[a]
+            o_score[row + a] = d_score[keep[a]]
+            o_m[row + a] = m_bits[a]
+            o_ig[row + a] = ig_bits[a]
+        o_n[ii] = nk
+        for g in range(ge - gs):
+            for a in range(area_rng.shape[0]):
+                if gt_valid[g, a]:
+                    num_gt[g_cat[gs + g], a] += 1
+        for g in range(gs, ge):
+            allowed[g_cat[g]] = False
+        for k in range(neg_start[ii], neg_start[ii + 1]):
+            allowed[neg_cat[k]] = False
+        for k in range(nexh_start[ii], nexh_start[ii + 1]):
+            not_exh[nexh_cat[k]] = False
+    return zero_area
+
+
+@njit(cache=True, nogil=True)
+def pr_curves(k0, k1, bounds, m_bits, ig_bits, num_gt, rec_thrs, precision, recall):  # pragma: no cover
+    """lvis-api's ``accumulate`` for categories ``k0 .. k1 - 1``: rows sorted by category, then score
+    descending (ties in image order, then in-image order); ``bounds``: each category's rows. Fills
+    ``precision`` [T, R, K, A] and ``recall`` [T, K, A] (left at -1 where a category has no GT in an
+    area range)."""
+    num_a = num_gt.shape[1]
+    num_t = precision.shape[0]
+    num_r = len(rec_thrs)
+    for k in range(k0, k1):
+        s, e = bounds[k], bounds[k + 1]
+        n = e - s
+        tp = np.zeros(n, np.float64)
+        fp = np.zeros(n, np.float64)
+        pr = np.zeros(n, np.float64)
+        for a in range(num_a):
+            ngt = num_gt[k, a]
+            if ngt == 0:
+                continue
+            for t in range(num_t):
+                ctp = 0.0
+                cfp = 0.0
+                for j in range(n):
+                    matched = (m_bits[s + j, a] >> t) & 1
+                    ignored = (ig_bits[s + j, a] >> t) & 1
+                    if matched and not ignored:
+                        ctp += 1.0
+                    elif not matched and not ignored:
+                        cfp += 1.0
+                    tp[j] = ctp
+                    fp[j] = cfp
+                for j in range(n):
+                    pr[j] = tp[j] / (fp[j] + tp[j] + _EPS)
+                for j in range(n - 1, 0, -1):  # precision envelope from the right
+                    if pr[j] > pr[j - 1]:
+                        pr[j - 1] = pr[j]
+                recall[t, k, a] = tp[n - 1] / ngt if n else 0.0
+                # searchsorted(rc, rec_thrs, "left"); lvis-api stops at the first threshold it cannot reach
+                j = 0
+                for r in range(num_r):
+                    while j < n and tp[j] / ngt < rec_thrs[r]:
+                        j += 1
+                    if j >= n:
+                        for r2 in range(r, num_r):
+                            precision[t, r2, k, a] = 0.0
+                        break
+                    precision[t, r, k, a] = pr[j]

@@ -1,0 +1,477 @@
+"""The numba kernel of :mod:`lvisctl.evaluation.results_parse`: a strict, one-pass reader of a results file.
+
+Reads the usual LVIS results layout (a json list of flat objects with ``image_id``, ``category_id``,
+``score``, ``bbox`` and a compressed-RLE ``segmentation``) into columns, decoding each RLE as pycocotools'
+``rleFrString`` does, and vouches only for what Python's json and ``results_io.validate_results`` would
+accept: strict json grammar (commas, numbers, literals, no control characters in strings), integer ids,
+a 4-number box, RLE strings of ``'0'..'o'`` whose runs cover exactly ``h * w``, no repeated field.
+Anything else makes it return ``DISTRUST``; the caller then takes the exact route (parse in Python, name
+the problem). Numbers are converted exactly (Clinger's fast path: at most 2^53 as a decimal integer
+times a power of ten up to 10^22); the others are handed back as text for an exactly rounded conversion.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from lvisctl.evaluation.numba_cache import ensure_cache_dir
+
+ensure_cache_dir()  # a place for numba's cache even where site-packages and home are read-only
+
+# A single run longer than this is garbage (LVIS images have < 2^25 pixels); it also keeps sums exact.
+MAX_RUN = 1 << 40
+
+# Return status of parse_part.
+DONE = 0  # the part was read up to ``stop`` (or the list's end)
+FULL = 1  # an output is full: take the rows and call again from the returned position
+DISTRUST = 2
+
+# Integer columns.
+C_IMG, C_CAT, C_RLE_START, C_RLE_END, C_H, C_W, C_MASK_AREA, C_FLAGS = range(8)
+N_INT_COLS = 8
+# Float columns.
+F_SCORE, F_X, F_Y, F_W, F_H = range(5)
+N_FLOAT_COLS = 5
+# Flags.
+HAS_BBOX = 1
+HAS_SEGMENTATION = 2
+_SEEN_IMG = 4
+_SEEN_CAT = 8
+_SEEN_SCORE = 16
+
+FIX_TEXT = 32  # the longest number handed back as text
+
+_POW10 = np.array([10.0**k for k in range(23)])
+_MAX_EXACT = 1 << 53
+_TRUE = np.frombuffer(b"true", np.uint8)
+_FALSE = np.frombuffer(b"false", np.uint8)
+_NULL = np.frombuffer(b"null", np.uint8)
+
+
+@njit(cache=True, nogil=True)
+def skip_ws(buf, i):
+    n = len(buf)
+    while i < n and (buf[i] == 32 or buf[i] == 10 or buf[i] == 13 or buf[i] == 9):
+        i += 1
+    return i
+
+
+@njit(cache=True, nogil=True)
+def key_is(buf, start, end, key):
+    if end - start != len(key):
+        return False
+    for j in range(len(key)):
+        if buf[start + j] != key[j]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def string_end(buf, i, n):
+    """``buf[i]`` is the opening quote: index after the closing quote; -1 for a control character (json
+    forbids them raw), a bad escape, the end of the buffer, or a byte above 127 (the exact route checks
+    that it is UTF-8)."""
+    i += 1
+    while i < n:
+        c = buf[i]
+        if c == 34:
+            return i + 1
+        if c < 32 or c > 127:
+            return -1
+        if c == 92:
+            if i + 1 >= n:
+                return -1
+            e = buf[i + 1]
+            if e == 117:  # \uXXXX
+                if i + 5 >= n:
+                    return -1
+                for k in range(i + 2, i + 6):
+                    h = buf[k]
+                    if not (48 <= h <= 57 or 65 <= h <= 70 or 97 <= h <= 102):
+                        return -1
+                i += 6
+                continue
+            if not (e == 34 or e == 92 or e == 47 or e == 98 or e == 102 or e == 110 or e == 114 or e == 116):
+                return -1
+            i += 2
+            continue
+        i += 1
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def parse_number(buf, i, n):
+    """A json number at ``buf[i]``: (value, index after, status) with status 1 exact, 2 exact conversion
+    needs the text (too many digits or a large exponent), 0 not a json number."""
+    neg = False
+    if i < n and buf[i] == 45:
+        neg = True
+        i += 1
+    if i >= n or not (48 <= buf[i] <= 57):
+        return 0.0, i, 0
+    m = np.int64(0)
+    digits = 0  # significant digits kept in m (at most 18: no overflow)
+    dropped = False  # a non-zero digit did not fit in m
+    scale = 0
+    if buf[i] == 48:
+        i += 1
+        if i < n and 48 <= buf[i] <= 57:
+            return 0.0, i, 0  # leading zero
+    else:
+        while i < n and 48 <= buf[i] <= 57:
+            if digits < 18:
+                m = m * 10 + (buf[i] - 48)
+                digits += 1
+            else:
+                scale += 1
+                dropped = dropped or buf[i] != 48
+            i += 1
+    if i < n and buf[i] == 46:
+        i += 1
+        if i >= n or not (48 <= buf[i] <= 57):
+            return 0.0, i, 0
+        while i < n and 48 <= buf[i] <= 57:
+            d = buf[i] - 48
+            if m == 0 and d == 0:
+                scale -= 1  # leading zeros of a fraction
+            elif digits < 18:
+                m = m * 10 + d
+                digits += 1
+                scale -= 1
+            elif d != 0:
+                dropped = True
+            i += 1
+    if i < n and (buf[i] == 101 or buf[i] == 69):
+        i += 1
+        eneg = False
+        if i < n and (buf[i] == 43 or buf[i] == 45):
+            eneg = buf[i] == 45
+            i += 1
+        if i >= n or not (48 <= buf[i] <= 57):
+            return 0.0, i, 0
+        e = 0
+        while i < n and 48 <= buf[i] <= 57:
+            if e < 100000:
+                e = e * 10 + (buf[i] - 48)
+            i += 1
+        scale += -e if eneg else e
+    if m == 0 and not dropped:
+        return (-0.0 if neg else 0.0), i, 1
+    if dropped or m > _MAX_EXACT or scale > 22 or scale < -22:
+        return 0.0, i, 2
+    v = float(m)
+    v = v * _POW10[scale] if scale >= 0 else v / _POW10[-scale]
+    return (-v if neg else v), i, 1
+
+
+@njit(cache=True, nogil=True)
+def parse_id(buf, i, n):
+    """A json integer id: (value, index after, ok)."""
+    neg = False
+    if i < n and buf[i] == 45:
+        neg = True
+        i += 1
+    start = i
+    v = np.int64(0)
+    while i < n and 48 <= buf[i] <= 57:
+        v = v * 10 + (buf[i] - 48)
+        i += 1
+    if i == start or i - start > 18 or (buf[start] == 48 and i - start > 1):
+        return 0, i, False
+    if i < n and (buf[i] == 46 or buf[i] == 101 or buf[i] == 69):
+        return 0, i, False  # a float: the exact route decides
+    return (-v if neg else v), i, True
+
+
+@njit(cache=True, nogil=True)
+def decode_rle(buf, i, n):
+    """The compressed RLE string at ``buf[i]`` (the opening quote): (index after, run total, foreground
+    area, ok); not ok for characters outside ``'0'..'o'``, escapes other than a backslash, a negative or
+    huge run, or a last number that says "continued"."""
+    i += 1
+    total = np.int64(0)
+    area = np.int64(0)
+    m = 0
+    prev1 = np.int64(0)
+    prev2 = np.int64(0)
+    x = np.int64(0)
+    shift = 0
+    while i < n:
+        c = np.int64(buf[i])
+        i += 1
+        v = c - 48
+        if v < 0 or v > 63:
+            if c == 34 and shift == 0:
+                return i, total, area, True
+            return i, total, area, False
+        if c == 92:
+            if i >= n or buf[i] != 92:
+                return i, total, area, False
+            i += 1
+        x |= (v & 0x1F) << shift
+        shift += 5
+        if v & 0x20:
+            if shift > 55:
+                return i, total, area, False
+            continue
+        if v & 0x10:
+            x |= np.int64(-1) << shift
+        if m > 2:
+            x += prev2
+        if x < 0 or x > MAX_RUN:
+            return i, total, area, False
+        total += x
+        if m & 1:
+            area += x
+        prev2 = prev1
+        prev1 = x
+        m += 1
+        x = 0
+        shift = 0
+    return i, total, area, False
+
+
+@njit(cache=True, nogil=True)
+def _number_field(buf, i, n, flt, row, col, fix_idx, fix_txt, nfix):
+    """Read a number into ``flt[row, col]``; text for an exact conversion goes to the fix-up table.
+    Returns (index after, fix-ups used, ok)."""
+    v, j, st = parse_number(buf, i, n)
+    if st == 0:
+        return j, nfix, False
+    flt[row, col] = v
+    if st == 2:
+        if nfix >= len(fix_idx) or j - i > FIX_TEXT:
+            return j, nfix, False
+        fix_idx[nfix, 0] = row
+        fix_idx[nfix, 1] = col
+        for k in range(j - i):
+            fix_txt[nfix, k] = buf[i + k]
+        for k in range(j - i, FIX_TEXT):
+            fix_txt[nfix, k] = 0
+        nfix += 1
+    return j, nfix, True
+
+
+@njit(cache=True, nogil=True)
+def _segmentation(buf, i, n, ints, row, key_size, key_counts):
+    """The ``{"size": [h, w], "counts": "..."}`` object at ``buf[i]``: index after, or -1."""
+    if buf[i] != 123:
+        return -1
+    i = skip_ws(buf, i + 1)
+    seen = 0
+    h = w = -1
+    total = np.int64(-1)
+    while i < n:
+        if buf[i] == 125 and seen == 0:
+            return -1
+        if buf[i] != 34:
+            return -1
+        ks = i + 1
+        j = string_end(buf, i, n)
+        if j < 0:
+            return -1
+        ke = j - 1
+        i = skip_ws(buf, j)
+        if i >= n or buf[i] != 58:
+            return -1
+        i = skip_ws(buf, i + 1)
+        if i >= n:
+            return -1
+        if key_is(buf, ks, ke, key_counts) and not seen & 1:
+            seen |= 1
+            if buf[i] != 34:
+                return -1
+            ints[row, C_RLE_START] = i + 1
+            i, total, area, ok = decode_rle(buf, i, n)
+            if not ok:
+                return -1
+            ints[row, C_RLE_END] = i - 1
+            ints[row, C_MASK_AREA] = area
+        elif key_is(buf, ks, ke, key_size) and not seen & 2:
+            seen |= 2
+            if buf[i] != 91:
+                return -1
+            h, i, ok1 = parse_id(buf, skip_ws(buf, i + 1), n)
+            i = skip_ws(buf, i)
+            if not ok1 or i >= n or buf[i] != 44:
+                return -1
+            w, i, ok2 = parse_id(buf, skip_ws(buf, i + 1), n)
+            i = skip_ws(buf, i)
+            if not ok2 or i >= n or buf[i] != 93 or h < 0 or w < 0:
+                return -1
+            i += 1
+        else:
+            return -1  # another key in a segmentation: the exact route decides
+        i = skip_ws(buf, i)
+        if i < n and buf[i] == 44:
+            i = skip_ws(buf, i + 1)
+            continue
+        if i < n and buf[i] == 125 and seen == 3:
+            if total != h * w:  # runs must cover the mask exactly (pycocotools leaves the rest unset)
+                return -1
+            ints[row, C_H] = h
+            ints[row, C_W] = w
+            return i + 1
+        return -1
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _word(buf, i, n, word):
+    if i + len(word) > n:
+        return -1
+    for k in range(len(word)):
+        if buf[i + k] != word[k]:
+            return -1
+    return i + len(word)
+
+
+@njit(cache=True, nogil=True)
+def _literal(buf, i, n):
+    """Index after ``true`` / ``false`` / ``null`` at ``buf[i]``, or -1."""
+    c = buf[i]
+    if c == 116:
+        return _word(buf, i, n, _TRUE)
+    if c == 102:
+        return _word(buf, i, n, _FALSE)
+    if c == 110:
+        return _word(buf, i, n, _NULL)
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _other_value(buf, i, n):
+    """Skip the value of a field the evaluator does not read (a string, number or literal), or -1."""
+    c = buf[i]
+    if c == 34:
+        return string_end(buf, i, n)
+    if c == 45 or 48 <= c <= 57:
+        _, j, st = parse_number(buf, i, n)
+        return j if st != 0 else -1
+    return _literal(buf, i, n)
+
+
+@njit(cache=True, nogil=True)
+def _detection(buf, i, n, ints, flt, row, fix_idx, fix_txt, nfix, keys):
+    """One detection object at ``buf[i]`` (``{``): (index after, fix-ups used, ok)."""
+    key_image_id, key_category_id, key_score, key_bbox, key_seg, key_size, key_counts = keys
+    fl = 0
+    i = skip_ws(buf, i + 1)
+    for c in range(N_INT_COLS):
+        ints[row, c] = 0
+    while i < n:
+        if buf[i] != 34:
+            return i, nfix, False
+        ks = i + 1
+        j = string_end(buf, i, n)
+        if j < 0:
+            return i, nfix, False
+        ke = j - 1
+        i = skip_ws(buf, j)
+        if i >= n or buf[i] != 58:
+            return i, nfix, False
+        i = skip_ws(buf, i + 1)
+        if i >= n:
+            return i, nfix, False
+        if key_is(buf, ks, ke, key_image_id) and not fl & _SEEN_IMG:
+            fl |= _SEEN_IMG
+            v, i, ok = parse_id(buf, i, n)
+            ints[row, C_IMG] = v
+        elif key_is(buf, ks, ke, key_category_id) and not fl & _SEEN_CAT:
+            fl |= _SEEN_CAT
+            v, i, ok = parse_id(buf, i, n)
+            ints[row, C_CAT] = v
+        elif key_is(buf, ks, ke, key_score) and not fl & _SEEN_SCORE:
+            fl |= _SEEN_SCORE
+            i, nfix, ok = _number_field(buf, i, n, flt, row, F_SCORE, fix_idx, fix_txt, nfix)
+        elif key_is(buf, ks, ke, key_bbox) and not fl & HAS_BBOX:
+            fl |= HAS_BBOX
+            ok = buf[i] == 91
+            i = skip_ws(buf, i + 1)
+            for col in range(F_X, F_H + 1):
+                if not ok:
+                    break
+                i, nfix, ok = _number_field(buf, i, n, flt, row, col, fix_idx, fix_txt, nfix)
+                i = skip_ws(buf, i)
+                ok = ok and i < n and buf[i] == (93 if col == F_H else 44)
+                i = skip_ws(buf, i + 1) if col < F_H else i + 1
+        elif key_is(buf, ks, ke, key_seg) and not fl & HAS_SEGMENTATION:
+            fl |= HAS_SEGMENTATION
+            i = _segmentation(buf, i, n, ints, row, key_size, key_counts)
+            ok = i >= 0
+        elif (
+            key_is(buf, ks, ke, key_image_id)
+            or key_is(buf, ks, ke, key_category_id)
+            or key_is(buf, ks, ke, key_score)
+            or key_is(buf, ks, ke, key_bbox)
+            or key_is(buf, ks, ke, key_seg)
+        ):
+            ok = False  # a repeated field: json keeps the last, hotcoco may not; the exact route decides
+        else:
+            i = _other_value(buf, i, n)
+            ok = i >= 0
+        if not ok:
+            return max(i, 0), nfix, False
+        i = skip_ws(buf, i)
+        if i < n and buf[i] == 44:
+            i = skip_ws(buf, i + 1)
+            continue
+        if i < n and buf[i] == 125:
+            need = _SEEN_IMG | _SEEN_CAT | _SEEN_SCORE
+            ints[row, C_FLAGS] = fl & (HAS_BBOX | HAS_SEGMENTATION)
+            return i + 1, nfix, (fl & need) == need
+        return i, nfix, False
+    return i, nfix, False
+
+
+@njit(cache=True, nogil=True)
+def parse_part(buf, pos, stop, first, ints, flt, fix_idx, fix_txt, keys):  # pragma: no cover - compiled
+    """Read the detections that start in ``[pos, stop)``; ``first``: ``pos`` is the file's start (``[``),
+    else ``pos`` is a detection's ``{``.
+
+    Returns (rows, fix-ups, position, status, closed): DONE with the position of the first detection at or
+    after ``stop`` (or the end of the file once the list closed), FULL with the position to resume from,
+    or DISTRUST. ``closed``: the list's ``]`` was read and only whitespace follows it.
+    """
+    n = len(buf)
+    rows = 0
+    nfix = 0
+    i = pos
+    if first:
+        i = skip_ws(buf, i)
+        if i >= n or buf[i] != 91:
+            return 0, 0, i, DISTRUST, False
+        i = skip_ws(buf, i + 1)
+        if i < n and buf[i] == 93:
+            return 0, 0, i, DISTRUST, False  # an empty list: the exact route
+    while True:
+        if i >= stop:
+            return rows, nfix, i, DONE, False
+        if i >= n or buf[i] != 123:
+            return rows, nfix, i, DISTRUST, False
+        if rows >= len(ints) or nfix + 5 > len(fix_idx):
+            return rows, nfix, i, FULL, False
+        j, nfix2, ok = _detection(buf, i, n, ints, flt, rows, fix_idx, fix_txt, nfix, keys)
+        if not ok:
+            return rows, nfix, i, DISTRUST, False
+        nfix = nfix2
+        rows += 1
+        i = skip_ws(buf, j)
+        if i < n and buf[i] == 44:
+            i = skip_ws(buf, i + 1)
+            continue
+        if i < n and buf[i] == 93:
+            i = skip_ws(buf, i + 1)
+            return rows, nfix, i, (DONE if i >= n else DISTRUST), i >= n
+        return rows, nfix, i, DISTRUST, False
+
+
+@njit(cache=True, nogil=True)
+def rle_run_totals(buf, starts):  # pragma: no cover - compiled
+    """Run totals of the quoted RLE strings starting at ``starts`` in ``buf`` (-1: does not decode)."""
+    out = np.empty(len(starts), np.int64)
+    for j in range(len(starts)):
+        _, total, _, ok = decode_rle(buf, starts[j], len(buf))
+        out[j] = total if ok else -1
+    return out
