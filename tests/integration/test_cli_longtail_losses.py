@@ -45,8 +45,8 @@ def test_loss_trains_and_predicts_on_mask_rcnn_and_htc_then_finetune_bags(tmp_pa
     state = _final(run, "stage1")
     k = len(state["category_stats"]["cat_ids"])
     assert state["config"]["model"]["roi_heads"]["cls_loss"] == loss
-    assert state["model"]["roi_heads.box_head.predictor.cls_score.weight"].shape[0] == LOGITS[loss](k)
-    assert f"roi_heads.cls_loss.{STATE[loss]}" in state["model"]  # resumes continue from it
+    assert state["model"]["roi_heads.box.head.predictor.cls_score.weight"].shape[0] == LOGITS[loss](k)
+    assert f"roi_heads.box.cls_loss.{STATE[loss]}" in state["model"]  # resumes continue from it
     code, out = lvisctl(
         "tta-infer", "--run-dir", run_dir, *val, "--tta", "paper", "--out", tmp_path / "mrcnn.json"
     )
@@ -60,10 +60,10 @@ def test_loss_trains_and_predicts_on_mask_rcnn_and_htc_then_finetune_bags(tmp_pa
     ]
     code, out = lvisctl("finetune-bags", "--run-dir", run_dir, *stage2_items)
     assert code == 0, out
-    assert "initialised fresh: roi_heads.box_head.predictor.cls_score" in out
+    assert "initialised fresh: roi_heads.box.head.predictor.cls_score" in out
     bags = _final(run, "finetune_bags")
     assert bags["config"]["model"]["roi_heads"]["cls_loss"] == "bags"
-    assert bags["model"]["roi_heads.box_head.predictor.cls_score.weight"].shape[0] > k + 1
+    assert bags["model"]["roi_heads.box.head.predictor.cls_score.weight"].shape[0] > k + 1
 
     # HTC stage 1 (the loss on every stage), then plain predictions
     code, out = lvisctl(
@@ -72,9 +72,9 @@ def test_loss_trains_and_predicts_on_mask_rcnn_and_htc_then_finetune_bags(tmp_pa
     assert code == 0, out
     htc = _final(run, "htc")
     for stage in range(3):
-        key = f"roi_heads.stages.{stage}.box_head.predictor.cls_score.weight"
+        key = f"roi_heads.stages.{stage}.box.head.predictor.cls_score.weight"
         assert htc["model"][key].shape[0] == LOGITS[loss](k), key
-        assert f"roi_heads.stages.{stage}.cls_loss.{STATE[loss]}" in htc["model"]
+        assert f"roi_heads.stages.{stage}.box.cls_loss.{STATE[loss]}" in htc["model"]
     ckpt = run.resolve(run.latest("checkpoint", phase="htc", final=True))
     code, out = lvisctl(
         "tta-infer", "--run-dir", run_dir, *val, "--checkpoint", ckpt, "--out", tmp_path / "htc.json"
