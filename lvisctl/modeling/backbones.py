@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops import DeformConv2d, FrozenBatchNorm2d
 
+from lvisctl.config import BackboneConfig
 from lvisctl.errors import LvisctlError
 from lvisctl.modeling.weight_sources import is_none, resolve_weights
 from lvisctl.registry import BACKBONES
@@ -251,7 +252,7 @@ class ResNetTrunk:
     """torchvision ResNet-18/50/101 and ResNeXt-101 (``model.backbone.name``), optionally with DCN."""
 
     @staticmethod
-    def from_config(bcfg: Any) -> tuple[nn.Module, str, list[list[nn.Module]]]:
+    def from_config(bcfg: BackboneConfig) -> tuple[nn.Module, str, list[list[nn.Module]]]:
         """(trunk, what the weights file did, the freeze groups stem, res2..res5)."""
         name, dcn = bcfg.name, [int(s) for s in bcfg.dcn_stages]
         model = _torchvision_resnet(name, bcfg.norm, dcn, bool(bcfg.get("stride_in_1x1", False)))
@@ -264,7 +265,7 @@ class ResNeStTrunk:
     """timm ResNeSt-50/101/200/269 (``features_only``), optionally with DCN in the split-attention convs."""
 
     @staticmethod
-    def from_config(bcfg: Any) -> tuple[nn.Module, str, list[list[nn.Module]]]:
+    def from_config(bcfg: BackboneConfig) -> tuple[nn.Module, str, list[list[nn.Module]]]:
         import timm
 
         name = bcfg.name
@@ -285,7 +286,7 @@ class TinyTrunk:
     """The CPU demo's small BasicBlock trunk, trained from scratch (no ImageNet weights)."""
 
     @staticmethod
-    def from_config(bcfg: Any) -> tuple[nn.Module, str, list[list[nn.Module]]]:
+    def from_config(bcfg: BackboneConfig) -> tuple[nn.Module, str, list[list[nn.Module]]]:
         if str(bcfg.weights or "").strip() and not is_none(bcfg.weights):
             raise LvisctlError("model.backbone.weights: the tiny backbone has no ImageNet weights; say none")
         if [int(s) for s in bcfg.dcn_stages]:

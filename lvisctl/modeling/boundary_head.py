@@ -28,12 +28,13 @@ lvisctl.losses.boundary.boundary_loss(boundary logits of the GT class, binary ma
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lvisctl.config import ModelConfig
 from lvisctl.losses.boundary import boundary_loss
 from lvisctl.modeling.mask_head import MaskHeadBase, PositiveMasks, add_flow, flow_conv
 from lvisctl.modeling.poolers import RoIAlignExtractor
@@ -109,7 +110,7 @@ class BoundaryPreservingMaskHead(MaskHeadBase):
 
     @classmethod
     def from_config(
-        cls, mcfg: Any, num_classes: int, channels: int, *, flow_in: bool
+        cls, mcfg: ModelConfig, num_classes: int, channels: int, *, flow_in: bool
     ) -> BoundaryPreservingMaskHead:
         """``model.mask_head``; the boundary RoIAlign samples as the RoI heads do (``model.roi_heads``)."""
         mask_cfg, rcfg = mcfg.mask_head, mcfg.roi_heads

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from lvisctl.config import Config, InferenceConfig, ModelConfig, RoIHeadsConfig, RPNConfig
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
 from lvisctl.losses.classification import ClassificationLoss
@@ -41,11 +42,9 @@ from lvisctl.registry import CLS_LOSSES, MASK_HEADS, MASK_LOSSES, ROI_HEADS
 
 __all__ = ["CHOICE_TABLES", "build_mask_levels", "build_model", "build_roi_heads", "cascade_view", "pick"]
 
-Config = Any  # a config section (lvisctl.config.sections)
-
 
 # ------------------------------------------------------------------------------ classification losses
-def build_cls_loss(rcfg: Config, stats: CategoryStats) -> ClassificationLoss:
+def build_cls_loss(rcfg: RoIHeadsConfig, stats: CategoryStats) -> ClassificationLoss:
     """``model.roi_heads.cls_loss``: the loss registered under that name builds itself (``from_config``)."""
     return CLS_LOSSES.get(rcfg.cls_loss).from_config(rcfg, stats)
 
@@ -62,7 +61,7 @@ class UnroundedAnchorGenerator(Fp32AnchorGenerator):
         return torch.stack([-ws, -hs, ws, hs], dim=1) / 2
 
 
-def build_rpn(rpn_cfg, channels: int) -> WeightedRPN:
+def build_rpn(rpn_cfg: RPNConfig, channels: int) -> WeightedRPN:
     sizes = tuple((int(s),) for s in rpn_cfg.anchor_sizes)
     if len(sizes) != 5:
         raise LvisctlError(f"model.rpn.anchor_sizes: need 5 sizes (P2..P6), got {len(sizes)}")
@@ -104,7 +103,9 @@ CHOICE_TABLES: dict[str, Mapping[str, Any] | Any] = {
 }
 
 
-def build_roi_heads(mcfg: Config, stats: CategoryStats, channels: int, test_cfg: Config) -> RoIHeads:
+def build_roi_heads(
+    mcfg: ModelConfig, stats: CategoryStats, channels: int, test_cfg: InferenceConfig
+) -> RoIHeads:
     """``model.roi_heads.type`` (``lvisctl.registry.ROI_HEADS``); ``test_cfg`` holds the test-time score
     threshold, NMS and top-k."""
     parts = RoIParts(mcfg, stats, channels, test_cfg, build_cls_loss)

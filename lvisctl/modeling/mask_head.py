@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lvisctl.config import ModelConfig
 from lvisctl.modeling.sampling import image_weighted
 from lvisctl.registry import MASK_HEADS
 
@@ -70,7 +71,9 @@ class MaskHeadBase(nn.Module):
     """The contract of every mask head (see the module docstring)."""
 
     @classmethod
-    def from_config(cls, mcfg: Any, num_classes: int, channels: int, *, flow_in: bool) -> MaskHeadBase:
+    def from_config(
+        cls, mcfg: ModelConfig, num_classes: int, channels: int, *, flow_in: bool
+    ) -> MaskHeadBase:
         raise NotImplementedError
 
     def flow(self, x: Tensor, residual: Tensor | None = None, **inputs: Tensor) -> Tensor:
@@ -128,7 +131,7 @@ class MaskHead(MaskHeadBase):
                 nn.init.zeros_(m.bias)
 
     @classmethod
-    def from_config(cls, mcfg: Any, num_classes: int, channels: int, *, flow_in: bool) -> MaskHead:
+    def from_config(cls, mcfg: ModelConfig, num_classes: int, channels: int, *, flow_in: bool) -> MaskHead:
         mask_cfg = mcfg.mask_head
         return cls(channels, num_classes, int(mask_cfg.num_convs), int(mask_cfg.conv_dim), flow_in=flow_in)
 

@@ -29,12 +29,11 @@ the IoU loss also trains the mask head.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lvisctl.config import ModelConfig
 from lvisctl.losses.mask_scoring import mask_iou_loss, mask_iou_targets
 from lvisctl.modeling.mask_assign import mask_areas_in_boxes
 from lvisctl.modeling.mask_head import PositiveMasks
@@ -97,7 +96,7 @@ class MaskScorer(nn.Module):
         self.loss_weight = loss_weight
 
     @classmethod
-    def from_config(cls, mcfg: Any, num_classes: int, channels: int) -> MaskScorer:
+    def from_config(cls, mcfg: ModelConfig, num_classes: int, channels: int) -> MaskScorer:
         """MS R-CNN's widths follow the mask convs and box fcs (256 / 1024 by default, MS R-CNN's values)."""
         mask_cfg = mcfg.mask_head
         res, dim, fc = int(mask_cfg.pooler_resolution), int(mask_cfg.conv_dim), int(mcfg.roi_heads.fc_dim)

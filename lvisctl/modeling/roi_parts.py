@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from lvisctl.config import InferenceConfig, MaskHeadConfig, ModelConfig, RoIHeadsConfig
 from lvisctl.data.categories import CategoryStats
 from lvisctl.errors import LvisctlError
 from lvisctl.losses.classification import ClassificationLoss
@@ -29,8 +30,6 @@ from lvisctl.modeling.poolers import RoIAlignExtractor
 from lvisctl.modeling.sampling import ProposalSampler
 from lvisctl.registry import MASK_HEADS, MASK_LOSSES
 
-Config = Any  # a config node of the model section
-
 
 def pick(key: str, table: Mapping[str, Any], value: object) -> Any:
     """The factory of ``value`` in the choice table of ``key``; one-line error for an unknown value."""
@@ -40,11 +39,11 @@ def pick(key: str, table: Mapping[str, Any], value: object) -> Any:
 
 
 # ------------------------------------------------------------------------------ RoI extractors
-def _align_pool(rcfg: Config, channels: int) -> nn.Module:
+def _align_pool(rcfg: RoIHeadsConfig, channels: int) -> nn.Module:
     return RoIAlignExtractor(int(rcfg.pooler_resolution), int(rcfg.sampling_ratio), bool(rcfg.aligned))
 
 
-def _deform_pool(rcfg: Config, channels: int) -> nn.Module:
+def _deform_pool(rcfg: RoIHeadsConfig, channels: int) -> nn.Module:
     return DeformRoIPool(
         channels,
         output_size=int(rcfg.pooler_resolution),
@@ -58,16 +57,19 @@ def _deform_pool(rcfg: Config, channels: int) -> nn.Module:
 
 # deform: the box branch only, as mmdet's mdpool configs (the mask branch keeps RoIAlign: a 14x14
 # offsets fc would be ~50M weights)
-ROI_POOLS: dict[str, Callable[[Config, int], nn.Module]] = {"align": _align_pool, "deform": _deform_pool}
+ROI_POOLS: dict[str, Callable[[RoIHeadsConfig, int], nn.Module]] = {
+    "align": _align_pool,
+    "deform": _deform_pool,
+}
 
 
-def build_box_extractor(rcfg: Config, channels: int) -> nn.Module:
+def build_box_extractor(rcfg: RoIHeadsConfig, channels: int) -> nn.Module:
     """``model.roi_heads.roi_pool``."""
     return pick("model.roi_heads.roi_pool", ROI_POOLS, rcfg.roi_pool)(rcfg, channels)
 
 
 # ------------------------------------------------------------------------------ mask branch parts
-MASK_LEVEL_ASSIGNS: dict[str, Callable[[Config], MaskLevelAssigner]] = {
+MASK_LEVEL_ASSIGNS: dict[str, Callable[[MaskHeadConfig], MaskLevelAssigner]] = {
     "box": lambda mask_cfg: MaskLevelAssigner("box"),
     "eq1": lambda mask_cfg: MaskLevelAssigner(
         "eq1", str(mask_cfg.eq1_box_rule), bool(mask_cfg.eq1_single_pass)
@@ -81,19 +83,19 @@ EQ1_BOX_RULES: dict[str, str] = {rule: rule for rule in BOX_RULES}
 TEST_MASKS: dict[str, str] = {"mean": "mean", "last": "last"}
 
 
-def build_mask_loss(mask_cfg: Config) -> nn.Module:
+def build_mask_loss(mask_cfg: MaskHeadConfig) -> nn.Module:
     """``model.mask_head.loss`` (``lvisctl.registry.MASK_LOSSES``)."""
     return MASK_LOSSES.get(mask_cfg.loss).from_config(mask_cfg)
 
 
-def build_mask_levels(mask_cfg: Config) -> MaskLevelAssigner:
+def build_mask_levels(mask_cfg: MaskHeadConfig) -> MaskLevelAssigner:
     """Mask RoI levels. ``box``: FPN rule (224 px -> P4). ``eq1``: paper Eq. 1 with the box term
     ``model.mask_head.eq1_box_rule`` (two passes at test time unless ``eq1_single_pass``)."""
     pick("model.mask_head.eq1_box_rule", EQ1_BOX_RULES, mask_cfg.eq1_box_rule)
     return pick("model.mask_head.level_assign", MASK_LEVEL_ASSIGNS, mask_cfg.level_assign)(mask_cfg)
 
 
-def mask_head_type(mask_cfg: Config) -> str:
+def mask_head_type(mask_cfg: MaskHeadConfig) -> str:
     """``model.mask_head.type``; the older switch ``boundary: true`` means ``type: boundary``."""
     head_type = str(mask_cfg.type)
     if bool(mask_cfg.boundary) and head_type not in ("fcn", "boundary"):
@@ -110,11 +112,11 @@ class RoIParts:
     the FPN width and the test-time settings; ``cls_loss`` builds ``model.roi_heads.cls_loss``
     (``build.build_cls_loss``)."""
 
-    mcfg: Config
+    mcfg: ModelConfig
     stats: CategoryStats
     channels: int
-    test_cfg: Config
-    cls_loss: Callable[[Config, CategoryStats], ClassificationLoss]
+    test_cfg: InferenceConfig
+    cls_loss: Callable[[RoIHeadsConfig, CategoryStats], ClassificationLoss]
 
     def sampler(self, fg_iou: float, bg_iou: float) -> ProposalSampler:
         rcfg = self.mcfg.roi_heads
@@ -186,7 +188,7 @@ class RoIParts:
         return ious, weights, reg
 
 
-def cascade_view(mcfg: Config) -> Config:
+def cascade_view(mcfg: ModelConfig) -> ModelConfig:
     """``mcfg`` with the cascade's own RoIAlign and SmoothL1 settings (``roi_heads.cascade.*``, mmdet's HTC
     values) in place of the standard head's (torchvision's), so every builder reads one place. A merged
     copy: the config itself is never changed."""
