@@ -238,6 +238,7 @@ class TrainConfig(Section):
     eval_period: int | str | None  # N iterations, "epoch", or null / 0 (off)
     eval_images: int
     save_best: str
+    hooks: Sequence[str]  # extra hooks by registered name (lvisctl.registry.HOOKS)
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,6 +7,7 @@ from typing import Any
 from lvisctl.engine.eval_hook import BestCheckpointHook, EvalHook, parse_period
 from lvisctl.engine.hooks import Hook, engine_hooks
 from lvisctl.errors import LvisctlError
+from lvisctl.registry import HOOKS
 from lvisctl.training.image_log import ImageLogHook
 from lvisctl.training.lvis_eval import METRICS, LvisEvaluator, require_val_source
 
@@ -39,5 +40,19 @@ def default_hooks(cfg: Any, run: Any = None) -> list[Hook]:
         hooks.append(image_hook)
     if run is not None and (evaluates or image_hook is not None):
         require_val_source(cfg, run)
+    hooks.extend(extra_hooks(cfg))
     hooks.append(checkpoint)
     return hooks
+
+
+def extra_hooks(cfg: Any) -> list[Hook]:
+    """``train.hooks``: hooks by their registered name (``@HOOKS.register``), built by ``from_config(cfg)``
+    when they have one; an unknown name is one line with "did you mean", before anything loads."""
+    out = []
+    for name in cfg.train.get("hooks", None) or ():
+        if name not in HOOKS:  # the registry's message, under the key the user wrote
+            raise LvisctlError("config: train.hooks: " + HOOKS.unknown_message(name).split(": ", 1)[1])
+        hook_class = HOOKS.get(name)
+        from_config = getattr(hook_class, "from_config", None)
+        out.append(from_config(cfg) if from_config is not None else hook_class())
+    return out
