@@ -66,10 +66,7 @@ def allowed_values(key: str) -> dict[str, str] | None:
     one place a plug-in declares its name; the others from ``CHOICES``.
     """
     registry = registry_for(key)
-    # transitional: a registry no plug-in has filled yet falls back to the fixed table
-    if registry is not None and registry.names():
-        return registry.descriptions()
-    return CHOICES.get(key)
+    return registry.descriptions() if registry is not None else CHOICES.get(key)
 
 
 def choice_keys() -> list[str]:

@@ -25,15 +25,15 @@ from typing import Any
 
 from torch import nn
 
+from lvisctl.config.checks import BEST_METRICS, IOU_TYPES
 from lvisctl.engine.distributed import DistInfo, gather_to_main
 from lvisctl.engine.eval_hook import BestCheckpointHook, EvalHook
 from lvisctl.engine.hooks import Hook, TrainerView
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import Artifact, atomic_write_json
 
-IOU_TYPES = ("segm", "bbox")
-AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
-METRICS = tuple(f"{t}_{k}" for t in IOU_TYPES for k in AP_KEYS)
+# the metric names train.save_best may pick: the config checks' one list
+METRICS = BEST_METRICS
 
 
 @dataclass
