@@ -201,7 +201,7 @@ def build_config(config: Path | None, mapped: MappedModel, overrides: Sequence[s
 def target_categories(cfg, run: RunDir) -> tuple[CategoryStats, str]:
     """The run's training categories (as ``train`` finds them), else the LVIS v1 table."""
     from lvisctl.data.lvis import load_lvis
-    from lvisctl.engine.trainer import resolve_train_annotations
+    from lvisctl.data.train_data import resolve_train_annotations
 
     has_data = bool(str(cfg.get("data", {}).get("train", "") or "")) or (
         run.manifest_path.exists() and bool(run.artifacts("dataset"))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from lvisctl.cli._command import note
 from lvisctl.cli._options import (
     AllowChangedInputsOption,
     ConfigOption,
@@ -37,7 +38,7 @@ def run_training(
     from lvisctl.training import TrainingInterrupted, train
 
     if cfg is not None:
-        cfg = fill_data(run_dir, cfg, _note)
+        cfg = fill_data(run_dir, cfg, note)
 
     try:
         result = train(cfg, run_dir, stage=stage, phase=phase, **kw)
@@ -55,7 +56,7 @@ def run_training(
     if cfg is not None:  # the data this run trained on, for its later commands
         from lvisctl.data.remembered import given_data, remember_data
 
-        remember_data(run_dir, given_data(cfg.data), _note)
+        remember_data(run_dir, given_data(cfg.data), note)
     if result.skipped:
         typer.echo(f"{label} already finished: {result.checkpoint}")
     else:
@@ -100,14 +101,6 @@ def train_command(
         overwrite=overwrite,
         allow_changed_inputs=allow_changed_inputs,
     )
-
-
-def _note(line: str) -> None:
-    """A note on stderr, once per job (rank 0 under torchrun)."""
-    import os
-
-    if os.environ.get("RANK", "0") == "0":
-        print(line, file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lvisctl.data.train_data import TrainData, build_train_data, resolve_train_annotations
+from lvisctl.data.train_data import TrainData, build_train_data
 from lvisctl.engine import checkpoint as ckpt_io
 from lvisctl.engine.distributed import DistInfo, agree_flags, barrier, broadcast_buffers
 from lvisctl.engine.hooks import Hook, NonFiniteLossError, hook_state_key
@@ -59,7 +59,6 @@ __all__ = [
     "build_optimizer",
     "build_train_data",
     "freeze_modules",
-    "resolve_train_annotations",
     "set_frozen_eval",
 ]
 
