@@ -137,21 +137,31 @@ def api_iou(dts, gts):
     return np.minimum(mask_iou, b_iou)
 
 
-def blob_case(seed: int, num_images: int = 10):
-    """Irregular masks (thresholded smooth noise), many touching the image border, with jittered copies."""
+def blob_case(
+    seed: int,
+    num_images: int = 10,
+    *,
+    size: tuple[int, int] = (30, 120),
+    block: int = 6,
+    thresh: float = 0.6,
+    copies: int = 3,
+    shift: int = 2,
+):
+    """Irregular masks (thresholded noise smoothed over ``block`` px, images of ``size`` px a side), many
+    touching the image border, each with ``copies`` detections shifted by up to ``shift`` px."""
     from tests.helpers.lvis_reference import lvis_dataset as dataset
 
     rng = np.random.default_rng(seed)
     cats = [lvis_category(c, "rcf"[c % 3]) for c in range(1, 4)]
     images, anns, dets = [], [], []
     for img in range(1, num_images + 1):
-        h, w = int(rng.integers(30, 120)), int(rng.integers(30, 120))
+        h, w = int(rng.integers(*size)), int(rng.integers(*size))
         images.append(lvis_image(img, h, w, neg=[3]))
         for _ in range(int(rng.integers(1, 4))):
             cat = int(rng.integers(1, 3))
-            noise = rng.normal(size=(h // 6 + 2, w // 6 + 2))
-            field = np.kron(noise, np.ones((6, 6)))[:h, :w]
-            m = (field > 0.6).astype(np.uint8)
+            noise = rng.normal(size=(h // block + 2, w // block + 2))
+            field = np.kron(noise, np.ones((block, block)))[:h, :w]
+            m = (field > thresh).astype(np.uint8)
             if not m.any():
                 continue
             rle = mask_utils.encode(np.asfortranarray(m))
@@ -159,8 +169,8 @@ def blob_case(seed: int, num_images: int = 10):
             seg = {"size": [h, w], "counts": rle["counts"].decode()}
             anns.append({"id": len(anns) + 1, "image_id": img, "category_id": cat, "segmentation": seg,
                          "area": float(m.sum()), "bbox": [x, y, bw, bh]})  # fmt: skip
-            for _ in range(3):
-                dy, dx = rng.integers(-2, 3, 2)
+            for _ in range(copies):
+                dy, dx = rng.integers(-shift, shift + 1, 2)
                 shifted = np.roll(np.roll(m, dy, 0), dx, 1)
                 drle = mask_utils.encode(np.asfortranarray(shifted))
                 score = round(float(rng.uniform()), 3)

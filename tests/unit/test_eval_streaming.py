@@ -57,33 +57,7 @@ def test_streaming_mask_ap_equals_lvis_api(tmp_path, case):
 def big_blob_case(seed: int, num_images: int = 6):
     """Blobs on 150-300 px images: a band 4-8 px wide (d > 1), masks over 64 rows (several bitset words),
     many on the image border, with jittered copies as detections."""
-    from tests.helpers.lvis_reference import lvis_category, lvis_dataset, lvis_image
-
-    rng = np.random.default_rng(seed)
-    cats = [lvis_category(c, "rcf"[c % 3]) for c in range(1, 4)]
-    images, anns, dets = [], [], []
-    for img in range(1, num_images + 1):
-        h, w = int(rng.integers(150, 301)), int(rng.integers(150, 301))
-        images.append(lvis_image(img, h, w, neg=[3]))
-        for _ in range(int(rng.integers(1, 4))):
-            cat = int(rng.integers(1, 3))
-            noise = rng.normal(size=(h // 25 + 2, w // 25 + 2))
-            m = (np.kron(noise, np.ones((25, 25)))[:h, :w] > 0.5).astype(np.uint8)
-            if not m.any():
-                continue
-            rle = mask_utils.encode(np.asfortranarray(m))
-            x, y, bw, bh = mask_utils.toBbox(rle).tolist()
-            seg = {"size": [h, w], "counts": rle["counts"].decode()}
-            anns.append({"id": len(anns) + 1, "image_id": img, "category_id": cat, "segmentation": seg,
-                         "area": float(m.sum()), "bbox": [x, y, bw, bh]})  # fmt: skip
-            for _ in range(4):
-                dy, dx = rng.integers(-6, 7, 2)
-                shifted = np.roll(np.roll(m, dy, 0), dx, 1)
-                drle = mask_utils.encode(np.asfortranarray(shifted))
-                seg = {"size": [h, w], "counts": drle["counts"].decode()}
-                dets.append({"image_id": img, "category_id": cat, "score": round(float(rng.uniform()), 3),
-                             "segmentation": seg})  # fmt: skip
-    return lvis_dataset(images, anns, cats), dets
+    return blob_case(seed, num_images, size=(150, 301), block=25, thresh=0.5, copies=4, shift=6)
 
 
 @pytest.mark.parametrize("case", ["edge", "random_many_images", "blobs", "big_blobs"])
