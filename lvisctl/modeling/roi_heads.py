@@ -61,6 +61,21 @@ __all__ = [
 ]
 
 
+def _part(path: str) -> property:
+    """A read-only alias of the part at dotted ``path`` below the object; None where a part on the way is
+    absent or None (a head without a boundary extractor, a branch without a Mask Scoring scorer)."""
+
+    def get(self: object) -> nn.Module | None:
+        part: object = self
+        for name in path.split("."):
+            part = getattr(part, name, None)
+            if part is None:
+                return None
+        return part  # type: ignore[return-value]
+
+    return property(get, doc=f"``{path}``")
+
+
 class FlatPartNames:
     """Read-only aliases of the parts under their flat names of before the branches were modules
     (``box_head`` = ``box.head``, ``mask_iou_head`` = ``mask.scorer.head`` or None, ...), for code and
@@ -69,38 +84,14 @@ class FlatPartNames:
     box: BoxBranch
     mask: MaskBranch
 
-    @property
-    def box_extractor(self) -> nn.Module:
-        return self.box.extractor
-
-    @property
-    def box_head(self) -> nn.Module:
-        return self.box.head
-
-    @property
-    def cls_loss(self) -> nn.Module:
-        return self.box.cls_loss
-
-    @property
-    def mask_extractor(self) -> nn.Module:
-        return self.mask.extractor
-
-    @property
-    def mask_head(self) -> MaskHeadBase:
-        return self.mask.head
-
-    @property
-    def mask_loss(self) -> nn.Module:
-        return self.mask.loss
-
-    @property
-    def boundary_extractor(self) -> nn.Module | None:
-        return getattr(self.mask.head, "extractor", None)
-
-    @property
-    def mask_iou_head(self) -> nn.Module | None:
-        scorer = getattr(self.mask, "scorer", None)
-        return None if scorer is None else scorer.head
+    box_extractor = _part("box.extractor")
+    box_head = _part("box.head")
+    cls_loss = _part("box.cls_loss")
+    mask_extractor = _part("mask.extractor")
+    mask_head = _part("mask.head")
+    mask_loss = _part("mask.loss")
+    boundary_extractor = _part("mask.head.extractor")
+    mask_iou_head = _part("mask.scorer.head")
 
 
 class RoIStage(FlatPartNames, nn.Module):
