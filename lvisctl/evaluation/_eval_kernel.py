@@ -13,40 +13,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from lvisctl.evaluation._stream_kernel import _rle_intersection, match_image
+from lvisctl.evaluation._stream_kernel import _decode_counts, _rle_intersection, match_image
 from lvisctl.evaluation.numba_cache import ensure_cache_dir
 
 ensure_cache_dir()
 
 _EPS = np.spacing(1.0)
-
-
-@njit(cache=True, nogil=True)
-def decode_counts(buf, start, end, out, escaped):  # pragma: no cover - compiled
-    """pycocotools' ``rleFrString`` on ``buf[start:end]`` into ``out``; ``escaped``: the text is json
-    (a backslash, a legal RLE character, is written as two). Returns the number of counts."""
-    m = 0
-    p = start
-    while p < end:
-        x = np.int64(0)
-        k = 0
-        more = True
-        while more and p < end:
-            c = np.int64(buf[p])
-            if escaped and c == 92:
-                p += 1
-            c -= 48
-            x |= (c & 0x1F) << (5 * k)
-            more = (c & 0x20) != 0
-            p += 1
-            k += 1
-            if not more and (c & 0x10) != 0:
-                x |= np.int64(-1) << (5 * k)
-        if m > 2:
-            x += out[m - 2]
-        out[m] = x
-        m += 1
-    return m
 
 
 @njit(cache=True, nogil=True)
@@ -62,7 +34,7 @@ def _decode_all(buf, starts, ends, escaped, height):  # pragma: no cover - compi
     box = np.zeros((n, 4), np.int64)
     area = np.zeros(n, np.int64)
     for i in range(n):
-        m = decode_counts(buf, starts[i], ends[i], cnts[cstart[i] :], escaped)
+        m = _decode_counts(buf, starts[i], ends[i], cnts[cstart[i] :], escaped)
         cstart[i + 1] = cstart[i] + m
         # the columns the foreground spans (x0, x1 exclusive): enough to skip most disjoint pairs
         pos = np.int64(0)

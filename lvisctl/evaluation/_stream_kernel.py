@@ -19,8 +19,9 @@ ensure_cache_dir()  # a place for numba's cache even where site-packages and hom
 
 
 @njit(cache=True, nogil=True)
-def _decode_counts(buf, start, end, out):  # pragma: no cover - compiled
-    """pycocotools' ``rleFrString`` on ``buf[start:end]``, into ``out``; returns the number of counts."""
+def _decode_counts(buf, start, end, out, escaped=False):  # pragma: no cover - compiled
+    """pycocotools' ``rleFrString`` on ``buf[start:end]``, into ``out``; ``escaped``: the text is json (a
+    backslash, a legal RLE character, is written as two). Returns the number of counts."""
     m = 0
     p = start
     while p < end:
@@ -28,7 +29,10 @@ def _decode_counts(buf, start, end, out):  # pragma: no cover - compiled
         k = 0
         more = True
         while more and p < end:
-            c = np.int64(buf[p]) - 48
+            c = np.int64(buf[p])
+            if escaped and c == 92:
+                p += 1
+            c -= 48
             x |= (c & 0x1F) << (5 * k)
             more = (c & 0x20) != 0
             p += 1
