@@ -204,10 +204,10 @@ def validate(
     ),
 ) -> None:
     """Validate an LVIS file (and its images); print a summary, or every problem's count and the first few."""
-    from lvisctl.data.lvis import images_reachable, validate_lvis
+    from lvisctl.data.lvis import images_reachable, load_lvis
 
     with console.status(f"validating {escape(str(file))}"):
-        data = validate_lvis(file, image_root=image_root, check_images=check_images, decode_images=decode)
+        data = load_lvis(file, image_root=image_root, check_images=check_images, decode_images=decode)
     checked = decode or (images_reachable(data) if check_images is None else check_images)
     console.print(_validate_table(file, data, checked, decode, skipped=check_images is False))
 
