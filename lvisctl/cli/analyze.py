@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lvisctl.cli._command import command, note
+from lvisctl.cli._command import command, job_from, note
 from lvisctl.cli._options import (
     CheckpointsOption,
     ImageRootOption,
@@ -88,16 +88,13 @@ def masks(o: MasksOptions) -> None:
             raise LvisctlError(f"{run.manifest_path}: no val dataset recorded; pass --images FILE")
     image_root = default_image_root(o.run_dir, o.image_root, note)
     with ImagesProgress("analyze masks") as progress:
-        job = MaskAnalysisJob(
-            run,
-            ckpts,
-            images,
+        job = job_from(
+            MaskAnalysisJob,
+            o,
+            run_dir=run,
+            checkpoints=ckpts,
+            images=images,
             image_root=image_root,
-            scale=o.scale,
-            max_size=o.max_size,
-            max_images=o.max_images,
-            out_stem=o.out_stem,
-            overwrite=o.overwrite,
             on_start=progress.start,
             on_image=lambda: progress.advance(1),
         )
