@@ -61,19 +61,19 @@ __all__ = [
 ]
 
 
-def _part(path: str) -> property:
-    """A read-only alias of the part at dotted ``path`` below the object; None where a part on the way is
+def _part(*names: str) -> property:
+    """A read-only alias of the part ``self.<names[0]>.<names[1]>...``; None where a part on the way is
     absent or None (a head without a boundary extractor, a branch without a Mask Scoring scorer)."""
 
     def get(self: object) -> nn.Module | None:
         part: object = self
-        for name in path.split("."):
+        for name in names:
             part = getattr(part, name, None)
             if part is None:
                 return None
         return part  # type: ignore[return-value]
 
-    return property(get, doc=f"``{path}``")
+    return property(get, doc=f"``{'.'.join(names)}``")
 
 
 class FlatPartNames:
@@ -84,14 +84,14 @@ class FlatPartNames:
     box: BoxBranch
     mask: MaskBranch
 
-    box_extractor = _part("box.extractor")
-    box_head = _part("box.head")
-    cls_loss = _part("box.cls_loss")
-    mask_extractor = _part("mask.extractor")
-    mask_head = _part("mask.head")
-    mask_loss = _part("mask.loss")
-    boundary_extractor = _part("mask.head.extractor")
-    mask_iou_head = _part("mask.scorer.head")
+    box_extractor = _part("box", "extractor")
+    box_head = _part("box", "head")
+    cls_loss = _part("box", "cls_loss")
+    mask_extractor = _part("mask", "extractor")
+    mask_head = _part("mask", "head")
+    mask_loss = _part("mask", "loss")
+    boundary_extractor = _part("mask", "head", "extractor")
+    mask_iou_head = _part("mask", "scorer", "head")
 
 
 class RoIStage(FlatPartNames, nn.Module):
