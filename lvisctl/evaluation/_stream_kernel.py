@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from lvisctl.evaluation.federated_eval import greedy_pick
 from lvisctl.evaluation.numba_cache import ensure_cache_dir
 
 ensure_cache_dir()  # a place for numba's cache even where site-packages and home are read-only
@@ -283,10 +282,6 @@ def _apply_band_ious(out, cnts, cstart, box, pair_a, pair_b, height, d):  # prag
         out[p] = min(out[p], biou)
 
 
-# lvis-api's greedy step, compiled from the readable reference's own function
-_greedy_pick = njit(cache=True, nogil=True)(greedy_pick)
-
-
 @njit(cache=True, nogil=True)
 def match_image(
     ious, det_cat, det_area, det_nexh, gt_cat, gt_area, gt_ign, area_rng, thrs
@@ -331,7 +326,18 @@ def match_image(
         for t in range(num_t):
             taken[:] = False
             for di in range(num_dt):
-                m = _greedy_pick(ious[di], perm[lo[di] : hi[di]], g_ig, taken, thrs[t])
+                best = min(thrs[t], 1 - 1e-10)
+                m = -1
+                for gi in range(lo[di], hi[di]):
+                    g = perm[gi]
+                    if taken[g]:
+                        continue
+                    if m > -1 and not g_ig[m] and g_ig[g]:
+                        break
+                    if ious[di, g] < best:
+                        continue
+                    best = ious[di, g]
+                    m = g
                 if m > -1:
                     taken[m] = True
                     m_bits[di, a] |= np.uint16(1 << t)

@@ -11,7 +11,7 @@ Python loops: it is the readable reference (the tests run the Boundary IoU API's
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,28 +51,6 @@ def detection_area(det: Mapping[str, Any]) -> float:
     return float(mask_utils.area(det["segmentation"]))
 
 
-def greedy_pick(
-    iou_row: np.ndarray, candidates: Iterable[int], ignored: np.ndarray, taken: np.ndarray, thr: float
-) -> int:
-    """lvis-api's greedy step for one detection: the free GT of ``candidates`` (GT indices, not-ignored
-    before ignored) with the highest IoU >= ``thr``, where a match on a not-ignored GT stops the search
-    at the first ignored one; -1 when none. ``iou_row``, ``ignored``, ``taken``: per GT index.
-
-    Plain Python for this module's readable loop; ``_stream_kernel`` compiles this same function."""
-    best = min(thr, 1 - 1e-10)
-    m = -1
-    for g in candidates:
-        if taken[g]:
-            continue
-        if m > -1 and not ignored[m] and ignored[g]:
-            break
-        if iou_row[g] < best:
-            continue
-        best = iou_row[g]
-        m = g
-    return m
-
-
 def _match(ious: np.ndarray, gt_ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Greedy matching of score-sorted dts to ignore-last-sorted gts at every IoU threshold.
 
@@ -85,7 +63,15 @@ def _match(ious: np.ndarray, gt_ignore: np.ndarray) -> tuple[np.ndarray, np.ndar
     for t, thr in enumerate(IOU_THRS):
         gt_taken = np.zeros(num_gt, dtype=bool)
         for d in range(num_dt):
-            m = greedy_pick(ious[d], range(num_gt), gt_ignore, gt_taken, thr)
+            best, m = min(thr, 1 - 1e-10), -1
+            for g in range(num_gt):
+                if gt_taken[g]:
+                    continue
+                if m > -1 and not gt_ignore[m] and gt_ignore[g]:
+                    break
+                if ious[d, g] < best:
+                    continue
+                best, m = ious[d, g], g
             if m > -1:
                 gt_taken[m] = True
                 dt_m[t, d] = True
