@@ -65,7 +65,8 @@ def greedy_match(
     free one with the highest IoU >= ``thr``; a match on a not-ignored GT stops the search at the first
     ignored one. ``matched[d]``: the GT index detection ``d`` took, -1 for none; ``ignored``: per GT.
 
-    Plain Python for this module's readable loop; ``_stream_kernel`` compiles this same function."""
+    Plain Python for this module's readable loop; ``_stream_kernel`` compiles this same function (numba's
+    cache checks only the caller's file: an edit here needs an edit of ``_stream_kernel.py`` to recompile)."""
     taken = np.zeros(len(ignored), np.bool_)
     for d in range(ious.shape[0]):
         best = min(thr, 1 - 1e-10)
