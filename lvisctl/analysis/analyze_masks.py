@@ -151,18 +151,27 @@ def plot_iou_by_ratio(analyses: Sequence[CheckpointAnalysis], path: Path) -> Non
 
 
 @dataclass
+class MaskAnalysisOutcome:
+    analyses: list[CheckpointAnalysis]
+    images: Path  # the ground truth scored
+    json_path: Path  # analysis/<out_stem>.json (the .png beside it)
+
+
+@dataclass
 class MaskAnalysisJob:
     """``lvisctl analyze masks``: analyse every checkpoint; write ``analysis/<out_stem>.json`` + ``.png``
     and register both.
 
-    ``checkpoints`` are ``(manifest input, file)`` pairs (an artifact or a path, as ``tta-infer`` resolves
-    them: :func:`lvisctl.inference.checkpoints.resolve_checkpoint`). Output paths are claimed before the
-    slow part, so an existing file is refused up front.
+    The inputs are resolved as ``tta-infer`` resolves them: ``checkpoint`` (paths or artifact names;
+    default the run's final) by :func:`lvisctl.inference.checkpoints.resolve_checkpoint`, ``images``
+    defaults to the run's val dataset (registered, else the remembered ``data.val``) and ``image_root`` to
+    the remembered ``data.image_root`` (``notify`` says which remembered value is used). Output paths are
+    claimed before the slow part, so an existing file is refused up front.
     """
 
-    run_dir: RunDir
-    checkpoints: Sequence[tuple[Any, Path]]
-    images: Path
+    run_dir: Path
+    checkpoint: Sequence[Path] | None = None
+    images: Path | None = None
     image_root: Path | None = None
     device: str | None = None
     scale: int | None = None  # default: each checkpoint's inference.scales[0]
@@ -172,9 +181,32 @@ class MaskAnalysisJob:
     overwrite: bool = False
     on_start: Callable[[int], None] | None = None
     on_image: Callable[[], None] | None = None
+    notify: Callable[[str], None] | None = None
 
-    def run(self) -> list[CheckpointAnalysis]:
-        run, images, checkpoints, out_stem = self.run_dir, self.images, self.checkpoints, self.out_stem
+    def _say(self, line: str) -> None:
+        if self.notify is not None:
+            self.notify(line)
+
+    def _val_images(self, run: RunDir) -> Path:
+        from lvisctl.data.remembered import remembered_path
+
+        found = run.find("dataset", split="val")
+        if found:
+            return run.resolve(found[-1])
+        if "val" in run.datasets():
+            return remembered_path(self.run_dir, "val", "--images", self._say)
+        raise LvisctlError(f"{run.manifest_path}: no val dataset recorded; pass --images FILE")
+
+    def run(self) -> MaskAnalysisOutcome:
+        from lvisctl.data.remembered import default_image_root
+        from lvisctl.inference.checkpoints import resolve_checkpoint
+
+        run = RunDir(self.run_dir)
+        resolved = (resolve_checkpoint(run, c) for c in (self.checkpoint or [None]))
+        checkpoints = [(r.input, r.path) for r in resolved]
+        images = self.images if self.images is not None else self._val_images(run)
+        image_root = default_image_root(self.run_dir, self.image_root, self._say)
+        out_stem = self.out_stem
         if not OUT_STEM.fullmatch(out_stem) or ".." in out_stem:  # a name, never a path (refused up front)
             raise LvisctlError(
                 f"--name {out_stem!r}: a plain file name is needed "
@@ -183,7 +215,7 @@ class MaskAnalysisJob:
         json_path = run.output_path(f"analysis/{out_stem}.json", overwrite=self.overwrite)
         png_path = run.output_path(f"analysis/{out_stem}.png", overwrite=self.overwrite)
         refuse_inputs_as_outputs([json_path, png_path], [images, *(path for _, path in checkpoints)])
-        data = load_lvis(images, image_root=self.image_root)
+        data = load_lvis(images, image_root=image_root)
         if not data.has_annotations:
             raise LvisctlError(f"{images}: has no annotations; the analysis needs ground-truth masks")
         dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -206,16 +238,18 @@ class MaskAnalysisJob:
                 on_image=self.on_image,
             )
             analyses.append(analysis)
-        atomic_write_json(json_path, self._payload(analyses))
+        atomic_write_json(json_path, self._payload(analyses, images, checkpoints))
         plot_iou_by_ratio(analyses, png_path)
         inputs = [c for c, _ in checkpoints] + [images]
         run.register("metrics", json_path, inputs=inputs, meta={"analysis": "mask_quality"})
         run.register("plot", png_path, inputs=[json_path], meta={"analysis": "mask_quality"})
-        return analyses
+        return MaskAnalysisOutcome(analyses, images, json_path)
 
-    def _payload(self, analyses: Sequence[CheckpointAnalysis]) -> dict[str, Any]:
+    def _payload(
+        self, analyses: Sequence[CheckpointAnalysis], images: Path, checkpoints: Sequence[tuple[Any, Path]]
+    ) -> dict[str, Any]:
         return {
-            "scored": {"gt": str(self.images), "checkpoints": [str(p) for _, p in self.checkpoints]},
+            "scored": {"gt": str(images), "checkpoints": [str(p) for _, p in checkpoints]},
             "bins": [b[0] for b in RATIO_BINS],
             "test_scale": self.scale or "inference.scales[0] of each checkpoint",
             "checkpoints": [
@@ -231,4 +265,10 @@ class MaskAnalysisJob:
         }
 
 
-__all__ = ["CheckpointAnalysis", "MaskAnalysisJob", "analyze_checkpoint", "records_to_json"]
+__all__ = [
+    "CheckpointAnalysis",
+    "MaskAnalysisJob",
+    "MaskAnalysisOutcome",
+    "analyze_checkpoint",
+    "records_to_json",
+]

@@ -25,6 +25,7 @@ EXIT_INCOMPLETE = 75
 EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C
 
 F = TypeVar("F", bound=Callable[..., Any])
+J = TypeVar("J")
 
 
 class Stopped(Exception):
@@ -78,6 +79,16 @@ def options_signature(options: type) -> inspect.Signature:
         kind = inspect.Parameter.KEYWORD_ONLY  # any order: a required field may follow an optional one
         params.append(inspect.Parameter(f.name, kind, default=default, annotation=hints[f.name]))
     return inspect.Signature(params, return_annotation=None)
+
+
+def job_from(job: Callable[..., J], options: Any, **values: Any) -> J:
+    """``job`` (a ``*Job`` dataclass) from a command's options: each job field that an option of the same
+    name exists for takes the option's value (an option and a job field of one name are one thing), and
+    ``values`` go on top: what the command worked out (resolved paths, parsed values, callbacks) and the
+    fields whose option has another name."""
+    names = {f.name for f in dataclasses.fields(job)}  # type: ignore[arg-type]
+    same = {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name in names}
+    return job(**{**same, **values})
 
 
 def command(options: type | None = None, *, distributed: bool = False) -> Callable[[F], F]:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lvisctl.cli._command import command, note
+from lvisctl.cli._command import command, job_from, note
 from lvisctl.cli._options import (
     CheckpointsOption,
     ImageRootOption,
@@ -69,47 +69,17 @@ def masks(o: MasksOptions) -> None:
 
     from lvisctl.analysis.analyze_masks import MaskAnalysisJob
     from lvisctl.cli._progress import ImagesProgress
-    from lvisctl.errors import LvisctlError
-    from lvisctl.inference.checkpoints import resolve_checkpoint
-    from lvisctl.rundir import RunDir
 
-    run = RunDir(o.run_dir)
-    ckpts = [(r.input, r.path) for r in (resolve_checkpoint(run, c) for c in (o.checkpoint or [None]))]
-    from lvisctl.data.remembered import default_image_root, remembered_path
-
-    images = o.images
-    if images is None:
-        found = run.find("dataset", split="val")
-        if found:
-            images = run.resolve(found[-1])
-        elif "val" in run.datasets():
-            images = remembered_path(o.run_dir, "val", "--images", note)
-        else:
-            raise LvisctlError(f"{run.manifest_path}: no val dataset recorded; pass --images FILE")
-    image_root = default_image_root(o.run_dir, o.image_root, note)
     with ImagesProgress("analyze masks") as progress:
-        job = MaskAnalysisJob(
-            run,
-            ckpts,
-            images,
-            image_root=image_root,
-            scale=o.scale,
-            max_size=o.max_size,
-            max_images=o.max_images,
-            out_stem=o.out_stem,
-            overwrite=o.overwrite,
-            on_start=progress.start,
-            on_image=lambda: progress.advance(1),
+        job = job_from(
+            MaskAnalysisJob, o, notify=note, on_start=progress.start, on_image=lambda: progress.advance(1)
         )
-        analyses = job.run()
+        outcome = job.run()
     console = Console()
-    console.print(quality_table(analyses))
-    console.print(
-        f"scored {images} with {', '.join(str(p) for _, p in ckpts)}", highlight=False, markup=False
-    )
-    console.print(
-        f"wrote {run.root / 'analysis' / (o.out_stem + '.json')} and .png", highlight=False, markup=False
-    )
+    console.print(quality_table(outcome.analyses))
+    scored = ", ".join(str(a.checkpoint) for a in outcome.analyses)
+    console.print(f"scored {outcome.images} with {scored}", highlight=False, markup=False)
+    console.print(f"wrote {outcome.json_path} and .png", highlight=False, markup=False)
 
 
 def quality_table(analyses):

@@ -75,10 +75,10 @@ class SynthOptions:
 @command(SynthOptions)
 def synth(o: SynthOptions) -> None:
     """Write a synthetic LVIS v1 dataset: images, train/val jsons, test-dev and unlabeled image-info jsons."""
-    from lvisctl.data.synth import SPLITS, synthesize_into_run
+    from lvisctl.data.synth import SPLITS, generate_synthetic_lvis
     from lvisctl.rundir import RunDir
 
-    # the options are synthesize_into_run's keywords, but for --images (write_images) and where to write
+    # the options are generate_synthetic_lvis's keywords, but for --images (write_images) and where to write
     settings = {f.name: getattr(o, f.name) for f in fields(o) if f.name not in ("out", "run_dir", "images")}
     run = RunDir(o.run_dir) if o.run_dir is not None else None
     with _progress() as progress:
@@ -89,7 +89,7 @@ def synth(o: SynthOptions) -> None:
                 tasks[split] = progress.add_task(f"{split}", total=total)
             progress.update(tasks[split], completed=done)
 
-        paths = synthesize_into_run(run, o.out, write_images=o.images, progress=report, **settings)
+        paths = generate_synthetic_lvis(o.out, run=run, write_images=o.images, progress=report, **settings)
     _print_summary(paths, [name for name, *_ in SPLITS])
 
 
@@ -204,10 +204,10 @@ def validate(
     ),
 ) -> None:
     """Validate an LVIS file (and its images); print a summary, or every problem's count and the first few."""
-    from lvisctl.data.lvis import images_reachable, validate_lvis
+    from lvisctl.data.lvis import images_reachable, load_lvis
 
     with console.status(f"validating {escape(str(file))}"):
-        data = validate_lvis(file, image_root=image_root, check_images=check_images, decode_images=decode)
+        data = load_lvis(file, image_root=image_root, check_images=check_images, decode_images=decode)
     checked = decode or (images_reachable(data) if check_images is None else check_images)
     console.print(_validate_table(file, data, checked, decode, skipped=check_images is False))
 

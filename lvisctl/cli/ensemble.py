@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lvisctl.cli._command import command, stopped_by_max_chunks
+from lvisctl.cli._command import command, job_from, stopped_by_max_chunks
 from lvisctl.cli._options import MaxChunksOption, OptionalRunDirOption, OverwriteOption
 from lvisctl.inference.ensemble_checks import check_iou, check_skip_score
 
@@ -71,18 +71,8 @@ def ensemble_command(o: EnsembleOptions) -> None:
     from lvisctl.inference.ensemble_checks import parse_weights
 
     weight_list = parse_weights(o.weights, len(o.results)) if o.weights is not None else None
-    job = EnsembleJob(
-        o.results,
-        o.out,
-        weights=weight_list,
-        method=o.method,
-        iou_thr=o.iou,
-        skip_box_thr=o.skip_score,
-        images=o.images,
-        run_dir=o.run_dir,
-        overwrite=o.overwrite,
-        chunk_size=o.chunk_size,
-        max_chunks=o.max_chunks,
+    job = job_from(
+        EnsembleJob, o, inputs=o.results, weights=weight_list, iou_thr=o.iou, skip_box_thr=o.skip_score
     )
     outcome = job.run()
     if not outcome.is_main:

@@ -36,23 +36,17 @@ def finetune_bags_command(
     Starts from the run's stage-1 final checkpoint (or train.init_from: a path, best, final, a phase).
     Config default: stage2/finetune_bags (BAGS tunefc, classifier).
     """
-    from lvisctl.cli.train import check_phase_name, run_training
-    from lvisctl.config import CONFIG_ROOT, load_config
+    from lvisctl.cli.train import TrainingPhase, run_training
+    from lvisctl.config import CONFIG_ROOT
 
-    check_phase_name(phase)
+    command = f"lvisctl finetune-bags --run-dir {run_dir}" + (f" --phase {phase}" if phase != PHASE else "")
+    label = "finetune-bags" if phase == PHASE else phase
     default = CONFIG_ROOT / "stage2" / "finetune_bags.yaml"
-    keep_saved = resume and config is None and not overrides
-    cfg = None if keep_saved else load_config(config or default, overrides or [])
-    resume_cmd = f"lvisctl finetune-bags --run-dir {run_dir}" + (
-        f" --phase {phase}" if phase != PHASE else ""
-    )
     run_training(
-        cfg,
         run_dir,
-        stage=2,
-        phase=phase,
-        label="finetune-bags" if phase == PHASE else phase,
-        resume_cmd=resume_cmd + " --resume",
+        TrainingPhase(2, phase, label=label, command=command, default_config=default),
+        config,
+        overrides,
         resume=resume,
         overwrite=overwrite,
         allow_changed_inputs=allow_changed_inputs,

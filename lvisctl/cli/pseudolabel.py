@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from lvisctl.cli._command import command, echo_main, note, stopped_by_max_chunks
+from lvisctl.cli._command import command, echo_main, job_from, note, stopped_by_max_chunks
 from lvisctl.cli._options import (
     PSEUDO_SOURCES,
     CheckpointOption,
@@ -105,25 +105,17 @@ def pseudolabel_command(o: PseudolabelOptions) -> None:
     thresholds = ScoreThresholds.parse(o.score_thresh)
     images = _images(source, o.images, o.image_root)
     with ImagesProgress("pseudolabel") as progress:
-        job = PseudoLabelJob(
-            o.run_dir,
-            source,
+        job = job_from(
+            PseudoLabelJob,
+            o,
+            source=source,
             images=images,
-            image_root=o.image_root,
-            image_list=o.image_list,
-            checkpoint=o.checkpoint,
             scales=parse_scales(o.scales) if o.scales else None,
             score_thresh=thresholds,
-            max_gt_iou=o.max_gt_iou,
-            max_per_image=o.max_per_image,
-            out=o.out,
-            overwrite=o.overwrite,
             overrides=[*extra, *(o.overrides or [])],
-            workers=o.workers,
             on_start=progress.start,
             on_images=progress.advance,
             on_note=echo_main,  # stdout, once under torchrun
-            max_chunks=o.max_chunks,
         )
         outcome = job.run()
     if outcome.incomplete:

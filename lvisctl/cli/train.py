@@ -6,6 +6,7 @@ Multi-GPU / multi-node: ``torchrun --nproc_per_node 8 -m lvisctl train --stage 1
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -29,19 +30,43 @@ def check_phase_name(phase: str | None) -> None:
         raise LvisctlError(f"--phase {phase!r}: use letters, digits, '_' and '-' only")
 
 
+@dataclass(frozen=True)
+class TrainingPhase:
+    """What a training command trains and how it speaks of it: ``stage``, ``phase`` (None: the stage's
+    default name), the console ``label``, the command line that resumes it (less ``--resume``) and the
+    config used when none is given (None: configs/base.yaml)."""
+
+    stage: int
+    phase: str | None
+    label: str
+    command: str
+    default_config: Path | None = None
+
+
 def run_training(
-    cfg, run_dir: Path, *, stage: int, phase: str | None, label: str, resume_cmd: str, **kw
+    run_dir: Path,
+    target: TrainingPhase,
+    config: Path | None,
+    overrides: list[str] | None,
+    *,
+    resume: bool,
+    **flags: bool,
 ) -> None:
-    """Train and report (rank 0); Ctrl-C prints where to resume and exits 130. The run's remembered data
-    fills what the config leaves empty; the data given is remembered once training finished."""
+    """Train and report (rank 0); Ctrl-C prints where to resume and exits 130. Resuming without a config
+    or overrides keeps the config saved in the checkpoint. The run's remembered data fills what the config
+    leaves empty; the data given is remembered once training finished."""
+    from lvisctl.config import load_config
     from lvisctl.data.remembered import fill_data
     from lvisctl.training import TrainingInterrupted, train
 
+    check_phase_name(target.phase)
+    keep_saved = resume and config is None and not overrides
+    cfg = None if keep_saved else load_config(config or target.default_config, overrides or [])
     if cfg is not None:
         cfg = fill_data(run_dir, cfg, note)
-
+    label, resume_cmd = target.label, target.command + " --resume"
     try:
-        result = train(cfg, run_dir, stage=stage, phase=phase, **kw)
+        result = train(cfg, run_dir, stage=target.stage, phase=target.phase, resume=resume, **flags)
     except TrainingInterrupted as stop:
         where = f"{label} interrupted at iteration {stop.iteration}"
         if stop.checkpoint is None:
@@ -83,20 +108,12 @@ def train_command(
     Stage 2 starts from the stage-1 final checkpoint (or train.init_from: a path, best, final or a phase
     name) and builds the frozen parts exactly as that checkpoint was built.
     """
-    from lvisctl.config import load_config
-
-    check_phase_name(phase)
-    # Resuming without a config keeps the config saved in the checkpoint.
-    cfg = None if (resume and config is None and not overrides) else load_config(config, overrides or [])
-    label = phase or f"stage {stage}"
-    resume_cmd = f"lvisctl train --run-dir {run_dir} --stage {stage}" + (f" --phase {phase}" if phase else "")
+    command = f"lvisctl train --run-dir {run_dir} --stage {stage}" + (f" --phase {phase}" if phase else "")
     run_training(
-        cfg,
         run_dir,
-        stage=stage,
-        phase=phase,
-        label=label,
-        resume_cmd=resume_cmd + " --resume",
+        TrainingPhase(stage, phase, label=phase or f"stage {stage}", command=command),
+        config,
+        overrides,
         resume=resume,
         overwrite=overwrite,
         allow_changed_inputs=allow_changed_inputs,

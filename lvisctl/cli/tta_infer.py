@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from lvisctl.cli._command import command, note, stopped_by_max_chunks
+from lvisctl.cli._command import command, job_from, note, stopped_by_max_chunks
 from lvisctl.cli._options import (
     CheckpointsOption,
     ImageListOption,
@@ -99,19 +99,13 @@ def tta_infer_command(o: TtaInferOptions) -> None:
     images, image_root = inference_inputs(o.run_dir, o.images, o.image_root, note)
     images, image_root = images_for_run(o.run_dir, images, image_root, o.image_list, o.checkpoint)
     with ImagesProgress("tta-infer") as progress:
-        job = PredictJob(
-            o.run_dir,
-            images,
-            checkpoint=o.checkpoint,
+        job = job_from(
+            PredictJob,
+            o,
+            images=images,
             scales=scale_list,
-            tta=o.tta,
             image_root=image_root,
-            out=o.out,
-            overwrite=o.overwrite,
             overrides=o.overrides or [],
-            max_chunks=o.max_chunks,
-            strict=o.strict,
-            map_by_name=o.map_by_name,
             on_start=progress.start,
             on_images=progress.advance,
         )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from lvisctl.cli._command import command, note
+from lvisctl.cli._command import command, job_from, note
 from lvisctl.cli._options import GtOption, ImageRootOption, MaxImagesOption, OverwriteOption, RunDirOption
 
 
@@ -62,8 +62,7 @@ def visualize_command(o: VisualizeOptions) -> None:
     from lvisctl.visualization.render import VisualizeJob, visualize
 
     image_root = default_image_root(o.run_dir, o.image_root, note)
-    settings = {f.name: getattr(o, f.name) for f in fields(o) if f.name != "run_dir"}  # its keywords
-    result = visualize(VisualizeJob(o.run_dir, **{**settings, "image_root": image_root}))
+    result = visualize(job_from(VisualizeJob, o, image_root=image_root))
     console = Console(highlight=False, soft_wrap=True)
     scored = ", ".join(str(p) for p in (result.predictions, result.gt) if p is not None)
     console.print(

@@ -100,18 +100,6 @@ def images_reachable(data: LvisData) -> bool:
     return any(data.image_path(i).is_file() for i in sorted(data.images)[:20])
 
 
-def validate_lvis(
-    path: str | Path,
-    *,
-    image_root: str | Path | ImageRoot | None = None,
-    check_images: bool | None = True,
-    decode_images: bool = False,
-) -> LvisData:
-    """``load_lvis`` with the image check on by default (``lvisctl data validate``; None = when the
-    images are reachable)."""
-    return load_lvis(path, image_root=image_root, check_images=check_images, decode_images=decode_images)
-
-
 def _load_unchecked(
     path: str | Path, image_root: str | Path | ImageRoot | None
 ) -> tuple[LvisData, list[str]]:

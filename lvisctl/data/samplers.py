@@ -88,6 +88,20 @@ class EpochSampler:
         self.start = 0
         self._cache: tuple[int, np.ndarray] | None = None
 
+    @classmethod
+    def from_config(
+        cls, cfg: Mapping[str, Any], factors: np.ndarray, *, rank: int = 0, world_size: int = 1
+    ) -> EpochSampler:
+        """A registered sampler from ``seed`` and ``sampler.shuffle`` over the images of repeat ``factors``
+        (``sampled_from``: what its constructor takes of them)."""
+        seed, shuffle = int(cfg.get("seed", 0)), bool(cfg["sampler"]["shuffle"])
+        return cls(cls.sampled_from(factors), seed=seed, rank=rank, world_size=world_size, shuffle=shuffle)
+
+    @staticmethod
+    def sampled_from(factors: np.ndarray) -> Any:
+        """The constructor's first argument, of the images' repeat factors: here the number of images."""
+        return len(factors)
+
     # -- what differs between samplers ------------------------------------------------------------
     def _counts(self, rng: np.random.Generator) -> np.ndarray:
         """How many times each image appears this epoch."""
@@ -168,24 +182,14 @@ class EpochSampler:
 class PlainSampler(EpochSampler):
     """Every image once per epoch (shuffled by ``(seed, epoch)``); the no-RFS baseline."""
 
-    @classmethod
-    def from_config(
-        cls, cfg: Mapping[str, Any], factors: np.ndarray, *, rank: int = 0, world_size: int = 1
-    ) -> PlainSampler:
-        seed, shuffle = _seed_and_shuffle(cfg)
-        return cls(len(factors), seed=seed, rank=rank, world_size=world_size, shuffle=shuffle)
-
 
 @SAMPLERS.register("rfs", help="Repeat Factor Sampling")
 class RepeatFactorSampler(EpochSampler):
     """Repeat Factor Sampling with epoch-level stochastic rounding (see the module docstring)."""
 
-    @classmethod
-    def from_config(
-        cls, cfg: Mapping[str, Any], factors: np.ndarray, *, rank: int = 0, world_size: int = 1
-    ) -> RepeatFactorSampler:
-        seed, shuffle = _seed_and_shuffle(cfg)
-        return cls(factors, seed=seed, rank=rank, world_size=world_size, shuffle=shuffle)
+    @staticmethod
+    def sampled_from(factors: np.ndarray) -> np.ndarray:
+        return factors
 
     def __init__(
         self,
@@ -267,10 +271,6 @@ class ExtraImagesSampler(EpochSampler):
             "num_extra": self.num_extra,
             "per_epoch": self.per_epoch,
         }
-
-
-def _seed_and_shuffle(cfg: Mapping[str, Any]) -> tuple[int, bool]:
-    return int(cfg.get("seed", 0)), bool(cfg["sampler"]["shuffle"])
 
 
 def build_train_sampler(

@@ -699,8 +699,9 @@ def resolve_config(preset: str = "demo", **overrides: object) -> SynthConfig:
 
 
 def generate_synthetic_lvis(
-    out_dir: str | Path,
+    out_dir: str | Path | None = None,
     *,
+    run: RunDir | None = None,
     preset: str = "demo",
     seed: int = 0,
     overwrite: bool = False,
@@ -713,9 +714,15 @@ def generate_synthetic_lvis(
     ``overrides`` are :class:`SynthConfig` fields (``num_categories``, ``train_images``, ``image_size``,
     ``write_images``, ``real_categories``, ...). The dataset is built in a hidden sibling folder and
     renamed into place at the end, so an interrupted run never leaves a complete-looking dataset.
+    With a run directory ``run`` (``lvisctl data synth``), ``out_dir`` defaults to ``RUN/data`` and the four
+    jsons are registered as ``dataset`` artifacts (meta ``split``).
     """
-    cfg = resolve_config(preset, **overrides)
-    out = Path(out_dir).expanduser().resolve()
+    if out_dir is None and run is None:
+        raise LvisctlError("data synth: pass --out DIR or --run-dir DIR")
+    cfg = resolve_config(preset, **overrides)  # fail fast on bad options, before any work
+    given = Path(out_dir) if out_dir is not None else run.root / "data"
+    existed = given.exists()
+    out = given.expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise LvisctlError(f"{out}: already exists and is not empty; pass --overwrite to replace it")
@@ -737,7 +744,17 @@ def generate_synthetic_lvis(
         raise (write_error(out, err) or err) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"root": out, **{name: out / fname for name, _, fname, _ in SPLITS}}
+    paths = {"root": out, **{name: out / fname for name, _, fname, _ in SPLITS}}
+    if run is not None:
+        meta = {"preset": preset, "seed": seed, "synthetic": True, "images": cfg.write_images}
+        try:
+            for name, *_ in SPLITS:
+                run.register("dataset", paths[name], meta={"split": name, **meta})
+        except BaseException:  # a run dir that cannot record it (read-only): no unrecorded dataset left
+            if not existed:
+                shutil.rmtree(given, ignore_errors=True)
+            raise
+    return paths
 
 
 def _write_marker(folder: Path, preset: str, seed: int) -> None:
@@ -849,42 +866,3 @@ _LICENSES = [
         start=1,
     )
 ]
-
-
-def synthesize_into_run(
-    run: RunDir | None,
-    out_dir: str | Path | None = None,
-    *,
-    preset: str = "demo",
-    seed: int = 0,
-    overwrite: bool = False,
-    categories_file: str | Path | None = None,
-    progress: ProgressFn | None = None,
-    **overrides: object,
-) -> dict[str, Path]:
-    """``lvisctl data synth``: generate the dataset and, with a run directory, register its four jsons as
-    ``dataset`` artifacts (meta ``split``). ``out_dir`` defaults to ``RUN/data``."""
-    if out_dir is None and run is None:
-        raise LvisctlError("data synth: pass --out DIR or --run-dir DIR")
-    cfg = resolve_config(preset, **overrides)  # fail fast on bad options, before any work
-    out = Path(out_dir) if out_dir is not None else run.root / "data"
-    existed = out.exists()
-    paths = generate_synthetic_lvis(
-        out,
-        preset=preset,
-        seed=seed,
-        overwrite=overwrite,
-        categories_file=categories_file,
-        progress=progress,
-        **overrides,
-    )
-    if run is not None:
-        meta = {"preset": preset, "seed": seed, "synthetic": True, "images": cfg.write_images}
-        try:
-            for name, *_ in SPLITS:
-                run.register("dataset", paths[name], meta={"split": name, **meta})
-        except BaseException:  # a run dir that cannot record it (read-only): no unrecorded dataset left
-            if not existed:
-                shutil.rmtree(out, ignore_errors=True)
-            raise
-    return paths

@@ -127,8 +127,33 @@ class EvalHook(Hook):
         return self.evaluate_fn(trainer.model)
 
 
+class OncePerEvaluationHook(Hook):
+    """A hook that acts once after each evaluation (``after_evaluation``), at the end of the step or epoch
+    that ran it: when the metrics store's ``source`` results are of this iteration and it has not acted on
+    them yet (an evaluation after the last step of an epoch is seen at both ends)."""
+
+    source = "val"
+    _handled: int | None = None  # the iteration of the last evaluation acted on
+
+    def after_step(self, trainer: TrainerView) -> None:
+        self.check(trainer)
+
+    def after_epoch(self, trainer: TrainerView) -> None:
+        self.check(trainer)
+
+    def check(self, trainer: TrainerView) -> None:
+        """``after_evaluation`` if this iteration's evaluation has not been acted on yet."""
+        it = trainer.loop.iteration
+        if trainer.metrics.iteration_of(self.source) != it or self._handled == it:
+            return
+        self._handled = it
+        self.after_evaluation(trainer)
+
+    def after_evaluation(self, trainer: TrainerView) -> None: ...
+
+
 @HOOKS.register("best_checkpoint", help="saves <phase>_best.pt when a metric of the evaluations improves")
-class BestCheckpointHook(Hook):
+class BestCheckpointHook(OncePerEvaluationHook):
     """After each evaluation (the store's ``source`` results): when ``metric`` is better than every earlier
     value (``mode`` max or min), save ``<phase>_best.pt``. Put it after the evaluation hook and before the
     checkpoint hook, so the periodic checkpoint of the same iteration holds the new best."""
@@ -138,24 +163,14 @@ class BestCheckpointHook(Hook):
             raise LvisctlError(f"best checkpoint: mode must be max or min, got {mode!r}")
         self.metric, self.mode, self.source = metric, mode, source
         self.best: dict[str, Any] | None = None
-        self._checked: int | None = None
 
     def before_train(self, trainer: TrainerView) -> None:
         if self.best:
             trainer.metrics.put("best", dict(self.best), iteration=int(self.best["iteration"]))
 
-    def after_step(self, trainer: TrainerView) -> None:
-        self.check(trainer)
-
-    def after_epoch(self, trainer: TrainerView) -> None:
-        self.check(trainer)
-
-    def check(self, trainer: TrainerView) -> None:
+    def after_evaluation(self, trainer: TrainerView) -> None:
         """Save the best checkpoint if this iteration's evaluation improved ``metric``."""
         it = trainer.loop.iteration
-        if trainer.metrics.iteration_of(self.source) != it or self._checked == it:
-            return
-        self._checked = it
         value = trainer.metrics.latest(self.source, {}).get(self.metric)
         if value is None or not self._better(float(value)):
             return

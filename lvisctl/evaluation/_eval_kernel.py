@@ -4,7 +4,7 @@
 per-image cap (300 best by score, ties in file order), the federated filter (categories in the image's
 GT or ``neg_category_ids``), ``area > 0``, the IoU of every same-category (detection, GT) pair (mask IoU
 from the compressed RLE strings as pycocotools computes it; box IoU as pycocotools' ``bbIou``), and the
-greedy matching of ``_stream_kernel.match_image`` (:func:`match`). It holds no Python object, so threads
+greedy matching of ``_stream_kernel.match_image``. It holds no Python object, so threads
 run it on disjoint image ranges at once. ``pr_curves`` is lvis-api's ``accumulate`` over the matches.
 """
 
@@ -13,40 +13,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from lvisctl.evaluation._stream_kernel import _rle_intersection
+from lvisctl.evaluation._stream_kernel import _decode_counts, _rle_intersection, match_image
 from lvisctl.evaluation.numba_cache import ensure_cache_dir
 
 ensure_cache_dir()
 
 _EPS = np.spacing(1.0)
-
-
-@njit(cache=True, nogil=True)
-def decode_counts(buf, start, end, out, escaped):  # pragma: no cover - compiled
-    """pycocotools' ``rleFrString`` on ``buf[start:end]`` into ``out``; ``escaped``: the text is json
-    (a backslash, a legal RLE character, is written as two). Returns the number of counts."""
-    m = 0
-    p = start
-    while p < end:
-        x = np.int64(0)
-        k = 0
-        more = True
-        while more and p < end:
-            c = np.int64(buf[p])
-            if escaped and c == 92:
-                p += 1
-            c -= 48
-            x |= (c & 0x1F) << (5 * k)
-            more = (c & 0x20) != 0
-            p += 1
-            k += 1
-            if not more and (c & 0x10) != 0:
-                x |= np.int64(-1) << (5 * k)
-        if m > 2:
-            x += out[m - 2]
-        out[m] = x
-        m += 1
-    return m
 
 
 @njit(cache=True, nogil=True)
@@ -62,7 +34,7 @@ def _decode_all(buf, starts, ends, escaped, height):  # pragma: no cover - compi
     box = np.zeros((n, 4), np.int64)
     area = np.zeros(n, np.int64)
     for i in range(n):
-        m = decode_counts(buf, starts[i], ends[i], cnts[cstart[i] :], escaped)
+        m = _decode_counts(buf, starts[i], ends[i], cnts[cstart[i] :], escaped)
         cstart[i + 1] = cstart[i] + m
         # the columns the foreground spans (x0, x1 exclusive): enough to skip most disjoint pairs
         pos = np.int64(0)
@@ -142,63 +114,10 @@ def _image_ious(kind, keep, dets, gts, gs, ge, height):  # pragma: no cover - co
 
 
 @njit(cache=True, nogil=True)
-def match(ious, det_cat, det_area, det_nexh, gt_cat, gt_area, gt_ign, area_rng, thrs):  # pragma: no cover
-    """``_stream_kernel.match_image`` (lvis-api's greedy matching for every category and area range of one
-    image), visiting for each detection only the GTs of its category: the same result, without the
-    (detections x GTs) sweep per threshold."""
-    num_dt, num_gt = ious.shape
-    num_a, num_t = area_rng.shape[0], len(thrs)
-    m_bits = np.zeros((num_dt, num_a), np.uint16)
-    ig_bits = np.zeros((num_dt, num_a), np.uint16)
-    gt_valid = np.zeros((num_gt, num_a), np.bool_)
-    g_ig = np.zeros(num_gt, np.bool_)
-    taken = np.zeros(num_gt, np.bool_)
-    # Each detection's block of same-category GTs in the (category, ignored, file order) order below:
-    # the blocks do not depend on the area range, only the order inside them does.
-    by_cat = np.argsort(gt_cat * (num_gt + 1) + np.arange(num_gt))
-    lo = np.zeros(num_dt, np.int64)
-    hi = np.zeros(num_dt, np.int64)
-    for di in range(num_dt):
-        c = det_cat[di]
-        k = 0
-        while k < num_gt and gt_cat[by_cat[k]] < c:
-            k += 1
-        lo[di] = k
-        while k < num_gt and gt_cat[by_cat[k]] == c:
-            k += 1
-        hi[di] = k
-    key = np.empty(num_gt, np.int64)
-    for a in range(num_a):
-        alo, ahi = area_rng[a, 0], area_rng[a, 1]
-        for g in range(num_gt):
-            g_ig[g] = gt_ign[g] or gt_area[g] < alo or gt_area[g] > ahi
-            gt_valid[g, a] = not g_ig[g]
-            key[g] = (gt_cat[g] * 2 + (1 if g_ig[g] else 0)) * (num_gt + 1) + g
-        perm = np.argsort(key)
-        for t in range(num_t):
-            taken[:] = False
-            for di in range(num_dt):
-                best = min(thrs[t], 1 - 1e-10)
-                m = -1
-                for gi in range(lo[di], hi[di]):
-                    g = perm[gi]
-                    if taken[g]:
-                        continue
-                    if m > -1 and not g_ig[m] and g_ig[g]:
-                        break
-                    if ious[di, g] < best:
-                        continue
-                    best = ious[di, g]
-                    m = g
-                if m > -1:
-                    taken[m] = True
-                    m_bits[di, a] |= np.uint16(1 << t)
-                    if g_ig[m]:
-                        ig_bits[di, a] |= np.uint16(1 << t)
-        for di in range(num_dt):
-            if det_area[di] < alo or det_area[di] > ahi or det_nexh[di]:
-                ig_bits[di, a] |= ~m_bits[di, a] & np.uint16((1 << num_t) - 1)
-    return m_bits, ig_bits, gt_valid
+def _set_flags(flags, cats, value):  # pragma: no cover - compiled
+    """``flags[c] = value`` for every category index ``c`` of ``cats``."""
+    for c in cats:
+        flags[c] = value
 
 
 @njit(cache=True, nogil=True)
@@ -223,12 +142,9 @@ def eval_images(i0, i1, kind, max_dets, imgs, dets, gts, params, outs):  # pragm
     for ii in range(i0, i1):
         ds, de, gs, ge = d_start[ii], d_start[ii + 1], g_start[ii], g_start[ii + 1]
         order = np.argsort(-d_score[ds:de], kind="mergesort")[:max_dets] + ds
-        for g in range(gs, ge):
-            allowed[g_cat[g]] = True
-        for k in range(neg_start[ii], neg_start[ii + 1]):
-            allowed[neg_cat[k]] = True
-        for k in range(nexh_start[ii], nexh_start[ii + 1]):
-            not_exh[nexh_cat[k]] = True
+        _set_flags(allowed, g_cat[gs:ge], True)
+        _set_flags(allowed, neg_cat[neg_start[ii] : neg_start[ii + 1]], True)
+        _set_flags(not_exh, nexh_cat[nexh_start[ii] : nexh_start[ii + 1]], True)
         keep = np.empty(len(order), np.int64)
         nk = 0
         for d in order:
@@ -243,7 +159,7 @@ def eval_images(i0, i1, kind, max_dets, imgs, dets, gts, params, outs):  # pragm
         nexh = np.zeros(nk, np.bool_)
         for a in range(nk):
             nexh[a] = not_exh[kc[a]]
-        m_bits, ig_bits, gt_valid = match(
+        m_bits, ig_bits, gt_valid = match_image(
             ious, kc, d_area[keep], nexh, g_cat[gs:ge], g_area[gs:ge], g_ign[gs:ge], area_rng, thrs
         )
         row = o_start[ii]
@@ -257,12 +173,10 @@ def eval_images(i0, i1, kind, max_dets, imgs, dets, gts, params, outs):  # pragm
             for a in range(area_rng.shape[0]):
                 if gt_valid[g, a]:
                     num_gt[g_cat[gs + g], a] += 1
-        for g in range(gs, ge):
-            allowed[g_cat[g]] = False
-        for k in range(neg_start[ii], neg_start[ii + 1]):
-            allowed[neg_cat[k]] = False
-        for k in range(nexh_start[ii], nexh_start[ii + 1]):
-            not_exh[nexh_cat[k]] = False
+        # the image's categories back to unset, for the next image
+        _set_flags(allowed, g_cat[gs:ge], False)
+        _set_flags(allowed, neg_cat[neg_start[ii] : neg_start[ii + 1]], False)
+        _set_flags(not_exh, nexh_cat[nexh_start[ii] : nexh_start[ii + 1]], False)
     return zero_area
 
 

@@ -12,14 +12,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from lvisctl.evaluation.federated_eval import greedy_match
 from lvisctl.evaluation.numba_cache import ensure_cache_dir
 
 ensure_cache_dir()  # a place for numba's cache even where site-packages and home are read-only
 
 
 @njit(cache=True, nogil=True)
-def _decode_counts(buf, start, end, out):  # pragma: no cover - compiled
-    """pycocotools' ``rleFrString`` on ``buf[start:end]``, into ``out``; returns the number of counts."""
+def _decode_counts(buf, start, end, out, escaped=False):  # pragma: no cover - compiled
+    """pycocotools' ``rleFrString`` on ``buf[start:end]``, into ``out``; ``escaped``: the text is json (a
+    backslash, a legal RLE character, is written as two). Returns the number of counts."""
     m = 0
     p = start
     while p < end:
@@ -27,7 +29,10 @@ def _decode_counts(buf, start, end, out):  # pragma: no cover - compiled
         k = 0
         more = True
         while more and p < end:
-            c = np.int64(buf[p]) - 48
+            c = np.int64(buf[p])
+            if escaped and c == 92:
+                p += 1
+            c -= 48
             x |= (c & 0x1F) << (5 * k)
             more = (c & 0x20) != 0
             p += 1
@@ -278,6 +283,11 @@ def _apply_band_ious(out, cnts, cstart, box, pair_a, pair_b, height, d):  # prag
         out[p] = min(out[p], biou)
 
 
+# lvis-api's greedy matching at one threshold, compiled from the readable reference's own function (one
+# call per threshold and area range: a call per detection made the matcher about twice as slow)
+_greedy_match = njit(cache=True, nogil=True)(greedy_match)
+
+
 @njit(cache=True, nogil=True)
 def match_image(
     ious, det_cat, det_area, det_nexh, gt_cat, gt_area, gt_ign, area_rng, thrs
@@ -286,7 +296,8 @@ def match_image(
 
     ``ious[d, g]`` is read only where ``det_cat[d] == gt_cat[g]``; detections are in score order (highest
     first, ties in file order), GTs in file order. Returns the matched and ignored bits of each detection
-    (bit t = threshold t) per area range, and which GTs count (not ignored) per area range.
+    (bit t = threshold t) per area range, and which GTs count (not ignored) per area range. Each detection
+    visits only the GTs of its category (a block of the GT order below), not every GT per threshold.
     """
     num_dt, num_gt = ious.shape
     num_a, num_t = area_rng.shape[0], len(thrs)
@@ -294,39 +305,39 @@ def match_image(
     ig_bits = np.zeros((num_dt, num_a), np.uint16)
     gt_valid = np.zeros((num_gt, num_a), np.bool_)
     g_ig = np.zeros(num_gt, np.bool_)
-    taken = np.zeros(num_gt, np.bool_)
+    matched = np.empty(num_dt, np.int64)
+    # Each detection's block of same-category GTs in the (category, ignored, file order) order below:
+    # the blocks do not depend on the area range, only the order inside them does.
+    by_cat = np.argsort(gt_cat * (num_gt + 1) + np.arange(num_gt))
+    lo = np.zeros(num_dt, np.int64)
+    hi = np.zeros(num_dt, np.int64)
+    for di in range(num_dt):
+        c = det_cat[di]
+        k = 0
+        while k < num_gt and gt_cat[by_cat[k]] < c:
+            k += 1
+        lo[di] = k
+        while k < num_gt and gt_cat[by_cat[k]] == c:
+            k += 1
+        hi[di] = k
+    key = np.empty(num_gt, np.int64)
     for a in range(num_a):
-        lo, hi = area_rng[a, 0], area_rng[a, 1]
+        alo, ahi = area_rng[a, 0], area_rng[a, 1]
         for g in range(num_gt):
-            g_ig[g] = gt_ign[g] or gt_area[g] < lo or gt_area[g] > hi
+            g_ig[g] = gt_ign[g] or gt_area[g] < alo or gt_area[g] > ahi
             gt_valid[g, a] = not g_ig[g]
-        # GTs by category, then not-ignored before ignored, then file order (lvis-api's mergesort).
-        key = np.empty(num_gt, np.int64)
-        for g in range(num_gt):
+            # GTs by category, then not-ignored before ignored, then file order (lvis-api's mergesort).
             key[g] = (gt_cat[g] * 2 + (1 if g_ig[g] else 0)) * (num_gt + 1) + g
         perm = np.argsort(key)
         for t in range(num_t):
-            taken[:] = False
+            _greedy_match(ious, perm, lo, hi, g_ig, thrs[t], matched)
             for di in range(num_dt):
-                c = det_cat[di]
-                best = min(thrs[t], 1 - 1e-10)
-                m = -1
-                for gi in range(num_gt):
-                    g = perm[gi]
-                    if gt_cat[g] != c or taken[g]:
-                        continue
-                    if m > -1 and not g_ig[m] and g_ig[g]:
-                        break
-                    if ious[di, g] < best:
-                        continue
-                    best = ious[di, g]
-                    m = g
+                m = matched[di]
                 if m > -1:
-                    taken[m] = True
                     m_bits[di, a] |= np.uint16(1 << t)
                     if g_ig[m]:
                         ig_bits[di, a] |= np.uint16(1 << t)
         for di in range(num_dt):
-            if det_area[di] < lo or det_area[di] > hi or det_nexh[di]:
+            if det_area[di] < alo or det_area[di] > ahi or det_nexh[di]:
                 ig_bits[di, a] |= ~m_bits[di, a] & np.uint16((1 << num_t) - 1)
     return m_bits, ig_bits, gt_valid

@@ -51,6 +51,41 @@ def detection_area(det: Mapping[str, Any]) -> float:
     return float(mask_utils.area(det["segmentation"]))
 
 
+def greedy_match(
+    ious: np.ndarray,
+    order: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    ignored: np.ndarray,
+    thr: float,
+    matched: np.ndarray,
+) -> None:
+    """lvis-api's greedy matching at one IoU threshold: the detections, in score order (the rows of
+    ``ious``), each take among their candidate GTs ``order[lo[d]:hi[d]]`` (not-ignored before ignored) the
+    free one with the highest IoU >= ``thr``; a match on a not-ignored GT stops the search at the first
+    ignored one. ``matched[d]``: the GT index detection ``d`` took, -1 for none; ``ignored``: per GT.
+
+    Plain Python for this module's readable loop; ``_stream_kernel`` compiles this same function (numba's
+    cache checks only the caller's file: an edit here needs an edit of ``_stream_kernel.py`` to recompile)."""
+    taken = np.zeros(len(ignored), np.bool_)
+    for d in range(ious.shape[0]):
+        best = min(thr, 1 - 1e-10)
+        m = -1
+        for k in range(lo[d], hi[d]):
+            g = order[k]
+            if taken[g]:
+                continue
+            if m > -1 and not ignored[m] and ignored[g]:
+                break
+            if ious[d, g] < best:
+                continue
+            best = ious[d, g]
+            m = g
+        matched[d] = m
+        if m > -1:
+            taken[m] = True
+
+
 def _match(ious: np.ndarray, gt_ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Greedy matching of score-sorted dts to ignore-last-sorted gts at every IoU threshold.
 
@@ -60,22 +95,14 @@ def _match(ious: np.ndarray, gt_ignore: np.ndarray) -> tuple[np.ndarray, np.ndar
     num_dt, num_gt = ious.shape
     dt_m = np.zeros((len(IOU_THRS), num_dt), dtype=bool)
     dt_ig = np.zeros((len(IOU_THRS), num_dt), dtype=bool)
+    # every detection's candidates: all GTs, in the given (ignore-last) order
+    lo, hi = np.zeros(num_dt, np.int64), np.full(num_dt, num_gt, np.int64)
+    matched = np.empty(num_dt, np.int64)
     for t, thr in enumerate(IOU_THRS):
-        gt_taken = np.zeros(num_gt, dtype=bool)
-        for d in range(num_dt):
-            best, m = min(thr, 1 - 1e-10), -1
-            for g in range(num_gt):
-                if gt_taken[g]:
-                    continue
-                if m > -1 and not gt_ignore[m] and gt_ignore[g]:
-                    break
-                if ious[d, g] < best:
-                    continue
-                best, m = ious[d, g], g
-            if m > -1:
-                gt_taken[m] = True
-                dt_m[t, d] = True
-                dt_ig[t, d] = gt_ignore[m]
+        greedy_match(ious, np.arange(num_gt), lo, hi, gt_ignore, thr, matched)
+        hit = matched > -1
+        dt_m[t] = hit
+        dt_ig[t, hit] = gt_ignore[matched[hit]]
     return dt_m, dt_ig
 
 

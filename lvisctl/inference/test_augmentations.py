@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -92,49 +93,45 @@ class ResizeTransform(Transform):
 
 
 @dataclass(frozen=True)
-class HFlipTransform(Transform):
-    """Mirror left-right an image ``width`` pixels wide: ``x -> width - x``."""
+class FlipTransform(Transform):
+    """Mirror an image along one axis ``size`` pixels long: ``v -> size - v`` for that axis's coordinates.
 
-    width: int
+    ``dim``: the image dimension it mirrors (-1: columns, x; -2: rows, y); a flip is its own inverse."""
 
-    def apply_image(self, image: torch.Tensor) -> torch.Tensor:
-        return image.flip(-1)
-
-    def apply_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
-        w = self.width
-        return torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], dim=1)
-
-    def apply_masks(self, masks: torch.Tensor) -> torch.Tensor:
-        return masks.flip(-1)
-
-    def apply_roi_masks(self, masks: torch.Tensor) -> torch.Tensor:
-        return masks.flip(-1)
-
-    def inverse(self) -> Transform:
-        return self  # a flip is its own inverse
-
-
-@dataclass(frozen=True)
-class VFlipTransform(Transform):
-    """Mirror top-bottom an image ``height`` pixels high: ``y -> height - y``."""
-
-    height: int
+    size: int
+    dim: ClassVar[int]
 
     def apply_image(self, image: torch.Tensor) -> torch.Tensor:
-        return image.flip(-2)
+        return image.flip(self.dim)
 
     def apply_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
-        h = self.height
-        return torch.stack([boxes[:, 0], h - boxes[:, 3], boxes[:, 2], h - boxes[:, 1]], dim=1)
+        lo, hi = (0, 2) if self.dim == -1 else (1, 3)  # the xyxy columns of this axis
+        cols = list(boxes.unbind(1))
+        cols[lo], cols[hi] = self.size - boxes[:, hi], self.size - boxes[:, lo]
+        return torch.stack(cols, dim=1)
 
     def apply_masks(self, masks: torch.Tensor) -> torch.Tensor:
-        return masks.flip(-2)
+        return masks.flip(self.dim)
 
     def apply_roi_masks(self, masks: torch.Tensor) -> torch.Tensor:
-        return masks.flip(-2)
+        return masks.flip(self.dim)
 
     def inverse(self) -> Transform:
         return self
+
+
+@dataclass(frozen=True)
+class HFlipTransform(FlipTransform):
+    """Mirror left-right an image ``size`` pixels wide: ``x -> size - x``."""
+
+    dim = -1
+
+
+@dataclass(frozen=True)
+class VFlipTransform(FlipTransform):
+    """Mirror top-bottom an image ``size`` pixels high: ``y -> size - y``."""
+
+    dim = -2
 
 
 @dataclass(frozen=True)
@@ -143,25 +140,23 @@ class TransformList(Transform):
 
     transforms: tuple[Transform, ...]
 
-    def apply_image(self, image: torch.Tensor) -> torch.Tensor:
+    def _through(self, method: str, x: torch.Tensor) -> torch.Tensor:
+        """``x`` through each transform's ``method`` (``"apply_boxes"``, ...) in order."""
         for t in self.transforms:
-            image = t.apply_image(image)
-        return image
+            x = getattr(t, method)(x)
+        return x
+
+    def apply_image(self, image: torch.Tensor) -> torch.Tensor:
+        return self._through("apply_image", image)
 
     def apply_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
-        for t in self.transforms:
-            boxes = t.apply_boxes(boxes)
-        return boxes
+        return self._through("apply_boxes", boxes)
 
     def apply_masks(self, masks: torch.Tensor) -> torch.Tensor:
-        for t in self.transforms:
-            masks = t.apply_masks(masks)
-        return masks
+        return self._through("apply_masks", masks)
 
     def apply_roi_masks(self, masks: torch.Tensor) -> torch.Tensor:
-        for t in self.transforms:
-            masks = t.apply_roi_masks(masks)
-        return masks
+        return self._through("apply_roi_masks", masks)
 
     def inverse(self) -> Transform:
         return TransformList(tuple(t.inverse() for t in reversed(self.transforms)))
@@ -202,20 +197,25 @@ class Resize(TestAugmentation):
         return ResizeTransform(h, w, *resized_size(h, w, self.scale, self.max_size))
 
 
-@TTA_AUGMENTATIONS.register("hflip", help="the view mirrored left-right (inference.tta.flip adds it)")
-class HFlip(TestAugmentation):
-    name = "hflip"
+class Flip(TestAugmentation):
+    """The view mirrored by ``transform`` (a :class:`FlipTransform` class) across the image's extent."""
+
+    transform: ClassVar[type[FlipTransform]]
 
     def get_transform(self, image: torch.Tensor) -> Transform:
-        return HFlipTransform(int(image.shape[-1]))
+        return self.transform(int(image.shape[self.transform.dim]))
+
+
+@TTA_AUGMENTATIONS.register("hflip", help="the view mirrored left-right (inference.tta.flip adds it)")
+class HFlip(Flip):
+    name = "hflip"
+    transform = HFlipTransform
 
 
 @TTA_AUGMENTATIONS.register("vflip", help="the view mirrored top-bottom")
-class VFlip(TestAugmentation):
+class VFlip(Flip):
     name = "vflip"
-
-    def get_transform(self, image: torch.Tensor) -> Transform:
-        return VFlipTransform(int(image.shape[-2]))
+    transform = VFlipTransform
 
 
 def augmentation(name: str) -> TestAugmentation:

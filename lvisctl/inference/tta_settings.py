@@ -65,34 +65,22 @@ class TTASettings:
 
     @classmethod
     def from_config(cls, tta_cfg: Mapping[str, Any], scales: Sequence[int] | None = None) -> TTASettings:
-        """Settings from ``inference.tta``; ``scales`` (``--scales``) replaces ``inference.tta.scales``."""
+        """Settings from ``inference.tta``: each field from its key, cast to the field's type; ``scales``
+        (``--scales``) replaces ``inference.tta.scales``; the keys no field reads go to ``extra``."""
         scale_list = tuple(int(s) for s in (scales if scales is not None else tta_cfg["scales"]))
-        ranges = _ranges_for(tta_cfg["valid_ranges"], scale_list, cls.valid_ranges)
-        settings = cls(
-            scales=scale_list,
-            max_size=int(tta_cfg["max_size"]),
-            flip=bool(tta_cfg["flip"]),
-            range_filter=bool(tta_cfg["range_filter"]),
-            valid_ranges=ranges,
-            rare_boost=bool(tta_cfg["rare_boost"]),
-            rare_factor=float(tta_cfg["rare_factor"]),
-            common_factor=float(tta_cfg["common_factor"]),
-            soft_nms=bool(tta_cfg["soft_nms"]),
-            nms_iou=float(tta_cfg["nms_iou"]),
-            soft_nms_method=str(tta_cfg["soft_nms_method"]),
-            soft_nms_sigma=float(tta_cfg["soft_nms_sigma"]),
-            soft_nms_iou=float(tta_cfg["soft_nms_iou"]),
-            soft_nms_score_thresh=float(tta_cfg["soft_nms_score_thresh"]),
-            mask_from_best_scale=bool(tta_cfg["mask_from_best_scale"]),
-            thin_ratio=float(tta_cfg["thin_ratio"]),
-            mask_box_size=float(tta_cfg["mask_box_size"]),
-            mask_match_iou=float(tta_cfg["mask_match_iou"]),
+        values: dict[str, Any] = {
+            "scales": scale_list,
+            "valid_ranges": _ranges_for(tta_cfg["valid_ranges"], scale_list, cls.valid_ranges),
+        }
+        for f in fields(cls):
+            if f.name in values or f.name == "extra":
+                continue
             # .get: a mapping written before these keys existed (the schema fills them for configs)
-            augmentations=tuple(str(a) for a in tta_cfg.get("augmentations", ())),
-            steps=tuple(str(a) for a in tta_cfg.get("steps", PAPER_STEPS)),
-            survivor_masks=bool(tta_cfg.get("survivor_masks", True)),
-            extra={k: v for k, v in tta_cfg.items() if k not in _FIELDS},
-        )
+            raw = tta_cfg.get(f.name, f.default) if f.name in _ADDED_LATER else tta_cfg[f.name]
+            values[f.name] = (
+                tuple(str(a) for a in raw) if f.type == "tuple[str, ...]" else _CASTS[f.type](raw)
+            )
+        settings = cls(**values, extra={k: v for k, v in tta_cfg.items() if k not in _FIELDS})
         settings.check()
         return settings
 
@@ -134,6 +122,9 @@ class TTASettings:
 
 
 _FIELDS = frozenset(f.name for f in fields(TTASettings)) | {"mode"}
+# the scalar fields' types (annotations are strings here: ``from __future__ import annotations``)
+_CASTS: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
+_ADDED_LATER = frozenset({"augmentations", "steps", "survivor_masks"})
 
 
 def _ranges_for(

@@ -36,7 +36,14 @@ from torch import Tensor, nn
 
 from lvisctl.config import ModelConfig
 from lvisctl.losses.boundary import boundary_loss
-from lvisctl.modeling.mask_head import MaskHeadBase, PositiveMasks, add_flow, flow_conv
+from lvisctl.modeling.mask_head import (
+    MaskHeadBase,
+    PositiveMasks,
+    add_flow,
+    conv_stack,
+    flow_conv,
+    msra_fill,
+)
 from lvisctl.modeling.poolers import RoIAlignExtractor
 from lvisctl.registry import MASK_HEADS
 
@@ -77,14 +84,9 @@ class BoundaryPreservingMaskHead(MaskHeadBase):
         super().__init__()
         self.extractor = extractor  # no weights: its place in the registration order changes nothing
         self.loss_weight = loss_weight
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for _ in range(num_convs):
-            layers += [nn.Conv2d(channels, conv_dim, 3, padding=1), nn.ReLU(inplace=True)]
-            channels = conv_dim
         # ``convs`` / ``deconv`` / ``predictor`` use the parameter names and layout of the plain
         # ``MaskHead``, so a stage-1 mask head loads into the first convs, the deconv and the predictor.
-        self.convs = nn.Sequential(*layers)
+        self.convs, channels = conv_stack(in_channels, conv_dim, num_convs)
         self.boundary_downsample = _conv_relu(in_channels, conv_dim, 3, stride=2)
         self.mask_to_boundary = _conv_relu(channels, conv_dim, 1)
         self.boundary_convs = nn.Sequential(
@@ -100,10 +102,7 @@ class BoundaryPreservingMaskHead(MaskHeadBase):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+        msra_fill(self)
         for predictor in (self.predictor, self.boundary_predictor):
             nn.init.normal_(predictor.weight, std=0.001)
             nn.init.zeros_(predictor.bias)

@@ -1,7 +1,8 @@
 """Hybrid Task Cascade without the semantic branch (Chen et al., CVPR 2019; ``model.roi_heads.type: htc``).
 
-A ``CascadeRoIHeads`` that overrides the two things HTC changes, as mmdet's ``HybridTaskCascadeRoIHead``
-(``mmdet/models/roi_heads/htc_roi_head.py``) does over its ``CascadeRoIHead``:
+A ``CascadeRoIHeads`` with the two things HTC changes switched on (``interleaved``, ``mask_flow``),
+as mmdet's ``HybridTaskCascadeRoIHead`` (``mmdet/models/roi_heads/htc_roi_head.py``) sets them in its
+``CascadeRoIHead``:
 
 * interleaved execution (mmdet ``interleaved=True``): stage i's mask branch trains on RoIs re-sampled at
   the stage's IoU threshold from the boxes its box branch just regressed, not on the box branch's samples
@@ -16,11 +17,7 @@ State-dict layout: a cascade's, plus ``stages.{i}.mask.head.conv_res.*`` for i >
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from lvisctl.modeling.mask_head import MaskHeadBase
-from lvisctl.modeling.roi_heads import CascadeRoIHeads, RoIStage
-from lvisctl.modeling.sampling import RoISamples
+from lvisctl.modeling.roi_heads import CascadeRoIHeads
 from lvisctl.registry import ROI_HEADS
 
 
@@ -28,17 +25,4 @@ from lvisctl.registry import ROI_HEADS
 class HybridTaskCascadeRoIHeads(CascadeRoIHeads):
     layout = "htc"
     mask_flow = True  # from_config builds the heads of stages 1.. with the flow input
-
-    def previous_mask_heads(self, stage: int) -> list[MaskHeadBase]:
-        """Heads 0..stage-1, whose features flow into stage ``stage``'s head."""
-        return [s.mask.head for s in self.stages[:stage]]
-
-    def mask_samples(
-        self,
-        stage: RoIStage,
-        samples: RoISamples,
-        refined: list[Tensor],
-        targets: list[dict[str, Tensor]],
-    ) -> RoISamples:
-        """Interleaved: the stage's regressed boxes (GT boxes added again), sampled at its IoU threshold."""
-        return stage.sampler.sample(refined, targets)
+    interleaved = True  # mask branch i: its regressed boxes (GT added again) sampled at its IoU threshold

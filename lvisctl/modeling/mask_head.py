@@ -89,6 +89,29 @@ class MaskHeadBase(nn.Module):
         return {}
 
 
+def conv_stack(
+    in_channels: int, conv_dim: int, num_convs: int, last_stride: int = 1
+) -> tuple[nn.Sequential, int]:
+    """``num_convs`` x [3x3 conv, ReLU], the last conv with stride ``last_stride``, as one ``nn.Sequential``
+    (conv weights at ``{2i}.*``, Mask R-CNN's mask-head layout), and the channels it puts out."""
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for i in range(num_convs):
+        stride = last_stride if i == num_convs - 1 else 1
+        layers += [nn.Conv2d(channels, conv_dim, 3, stride=stride, padding=1), nn.ReLU(inplace=True)]
+        channels = conv_dim
+    return nn.Sequential(*layers), channels
+
+
+def msra_fill(module: nn.Module) -> None:
+    """detectron2's ``c2_msra_fill`` for every conv and deconv in ``module``: Kaiming normal (fan out),
+    zero bias."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+
+
 def flow_conv(conv_dim: int, in_channels: int, flow_in: bool) -> nn.Module | None:
     """HTC's ``conv_res``: 1x1 conv + ReLU from the previous head's features to the RoI features."""
     if not flow_in:
@@ -116,19 +139,11 @@ class MaskHead(MaskHeadBase):
         flow_in: bool = False,
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        ch = in_channels
-        for _ in range(num_convs):
-            layers += [nn.Conv2d(ch, conv_dim, 3, padding=1), nn.ReLU(inplace=True)]
-            ch = conv_dim
-        self.convs = nn.Sequential(*layers)
+        self.convs, ch = conv_stack(in_channels, conv_dim, num_convs)
         self.deconv = nn.ConvTranspose2d(ch, conv_dim, 2, stride=2)
         self.predictor = nn.Conv2d(conv_dim, num_classes + 1, 1)  # class-specific, index = label
         self.conv_res = flow_conv(ch, in_channels, flow_in)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        msra_fill(self)
 
     @classmethod
     def from_config(cls, mcfg: ModelConfig, num_classes: int, channels: int, *, flow_in: bool) -> MaskHead:

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from lvisctl.config import ModelConfig
 from lvisctl.losses.mask_scoring import mask_iou_loss, mask_iou_targets
 from lvisctl.modeling.mask_assign import mask_areas_in_boxes
-from lvisctl.modeling.mask_head import PositiveMasks
+from lvisctl.modeling.mask_head import PositiveMasks, conv_stack, msra_fill
 
 
 class MaskIoUHead(nn.Module):
@@ -52,12 +52,8 @@ class MaskIoUHead(nn.Module):
         num_convs: int = 4,
     ) -> None:
         super().__init__()
-        convs, channels = [], in_channels + 1  # + 1 for the pooled mask
-        for i in range(num_convs):
-            stride = 2 if i == num_convs - 1 else 1
-            convs += [nn.Conv2d(channels, conv_channels, 3, stride=stride, padding=1), nn.ReLU(inplace=True)]
-            channels = conv_channels
-        self.convs = nn.Sequential(*convs)
+        # + 1 input channel for the pooled mask; the last conv halves the size
+        self.convs, _ = conv_stack(in_channels + 1, conv_channels, num_convs, last_stride=2)
         pooled = (roi_size + 1) // 2  # spatial size after the stride-2 conv
         self.fcs = nn.Sequential(
             nn.Linear(conv_channels * pooled * pooled, fc_channels),
@@ -69,10 +65,7 @@ class MaskIoUHead(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for module in self.convs:
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+        msra_fill(self.convs)
         for module in self.fcs:
             if isinstance(module, nn.Linear):
                 nn.init.kaiming_uniform_(module.weight, a=1, mode="fan_in", nonlinearity="leaky_relu")

@@ -47,7 +47,7 @@ from lvisctl.modeling.mask_head import MaskHeadBase
 from lvisctl.modeling.mask_iou_head import MaskScorer
 from lvisctl.modeling.roi_keys import upgrade_keys
 from lvisctl.modeling.roi_parts import TEST_MASKS, RoIParts, pick
-from lvisctl.modeling.sampling import ProposalSampler, RoISamples
+from lvisctl.modeling.sampling import ProposalSampler
 from lvisctl.registry import ROI_HEADS
 
 __all__ = [
@@ -61,6 +61,21 @@ __all__ = [
 ]
 
 
+def _part(*names: str) -> property:
+    """A read-only alias of the part ``self.<names[0]>.<names[1]>...``; None where a part on the way is
+    absent or None (a head without a boundary extractor, a branch without a Mask Scoring scorer)."""
+
+    def get(self: object) -> nn.Module | None:
+        part: object = self
+        for name in names:
+            part = getattr(part, name, None)
+            if part is None:
+                return None
+        return part  # type: ignore[return-value]
+
+    return property(get, doc=f"``{'.'.join(names)}``")
+
+
 class FlatPartNames:
     """Read-only aliases of the parts under their flat names of before the branches were modules
     (``box_head`` = ``box.head``, ``mask_iou_head`` = ``mask.scorer.head`` or None, ...), for code and
@@ -69,38 +84,14 @@ class FlatPartNames:
     box: BoxBranch
     mask: MaskBranch
 
-    @property
-    def box_extractor(self) -> nn.Module:
-        return self.box.extractor
-
-    @property
-    def box_head(self) -> nn.Module:
-        return self.box.head
-
-    @property
-    def cls_loss(self) -> nn.Module:
-        return self.box.cls_loss
-
-    @property
-    def mask_extractor(self) -> nn.Module:
-        return self.mask.extractor
-
-    @property
-    def mask_head(self) -> MaskHeadBase:
-        return self.mask.head
-
-    @property
-    def mask_loss(self) -> nn.Module:
-        return self.mask.loss
-
-    @property
-    def boundary_extractor(self) -> nn.Module | None:
-        return getattr(self.mask.head, "extractor", None)
-
-    @property
-    def mask_iou_head(self) -> nn.Module | None:
-        scorer = getattr(self.mask, "scorer", None)
-        return None if scorer is None else scorer.head
+    box_extractor = _part("box", "extractor")
+    box_head = _part("box", "head")
+    cls_loss = _part("box", "cls_loss")
+    mask_extractor = _part("mask", "extractor")
+    mask_head = _part("mask", "head")
+    mask_loss = _part("mask", "loss")
+    boundary_extractor = _part("mask", "head", "extractor")
+    mask_iou_head = _part("mask", "scorer", "head")
 
 
 class RoIStage(FlatPartNames, nn.Module):
@@ -299,12 +290,13 @@ class StandardRoIHeads(FlatPartNames, RoIHeads):
 
 @ROI_HEADS.register("cascade", help="Cascade Mask R-CNN: three box stages with rising IoU thresholds")
 class CascadeRoIHeads(RoIHeads):
-    """Cascade Mask R-CNN (Cai and Vasconcelos 2019); ``HybridTaskCascadeRoIHeads`` (``htc.py``) changes two
-    hooks, ``mask_samples`` and ``previous_mask_heads``.
+    """Cascade Mask R-CNN (Cai and Vasconcelos 2019); ``HybridTaskCascadeRoIHeads`` (``htc.py``) turns on two
+    switches, ``mask_flow`` and ``interleaved``.
 
     Training, stage i (IoU threshold t_i, loss weight w_i): sample RoIs at t_i from the previous stage's
-    refined boxes (+ GT), box losses; the mask branch trains on ``mask_samples`` (here the same samples)
-    after ``previous_mask_heads(i)`` (here none). Losses are ``s{i}.loss_*`` times w_i.
+    refined boxes (+ GT), box losses; the mask branch trains on the same samples (``interleaved``: samples
+    drawn again from the refined boxes) after ``previous_mask_heads(i)`` (none without ``mask_flow``).
+    Losses are ``s{i}.loss_*`` times w_i.
     Test: each stage classifies and refines; the scores are the mean of all stages' class scores (as
     detectron2's ``CascadeROIHeads``; mmdet averages the logits instead, which does not fit sigmoid / BAGS
     classifiers), boxes are the last stage's regression. Masks (``test_mask``): ``mean`` = every stage's
@@ -333,8 +325,11 @@ class CascadeRoIHeads(RoIHeads):
             raise ValueError(f"test_mask must be 'mean' or 'last', got {test_mask!r}")
         self.test_mask = test_mask
 
-    # HTC's mask heads after the first take the previous head's features (``htc.py``)
+    # HTC's two changes (``htc.py``), as mmdet's ``mask_info_flow`` / ``interleaved``: the mask heads after
+    # the first take the previous heads' features; each stage's mask branch trains on RoIs sampled again
+    # from the boxes its box branch just regressed (a cascade's: on the box branch's samples)
     mask_flow = False
+    interleaved = False
 
     @classmethod
     def from_config(cls, parts: RoIParts) -> CascadeRoIHeads:
@@ -361,20 +356,10 @@ class CascadeRoIHeads(RoIHeads):
     def last_mask_branch(self) -> MaskBranch:
         return self.stages[-1].mask
 
-    # ------------------------------------------------------------------------------------ the HTC hooks
     def previous_mask_heads(self, stage: int) -> list[MaskHeadBase]:
-        """The mask heads whose features flow into stage ``stage``'s head: none in a cascade."""
-        return []
-
-    def mask_samples(
-        self,
-        stage: RoIStage,
-        samples: RoISamples,
-        refined: list[Tensor],
-        targets: list[dict[str, Tensor]],
-    ) -> RoISamples:
-        """The RoIs stage ``stage``'s mask branch trains on: the box branch's samples in a cascade."""
-        return samples
+        """The mask heads whose features flow into stage ``stage``'s head: with ``mask_flow`` heads
+        0..stage-1, else (a cascade) none."""
+        return [s.mask.head for s in self.stages[:stage]] if self.mask_flow else []
 
     # ------------------------------------------------------------------------------------ heads
     def predict_masks_and_iou(
@@ -405,7 +390,7 @@ class CascadeRoIHeads(RoIHeads):
             stage_losses = stage.box.losses(logits, deltas, samples, targets)
             with torch.no_grad():
                 boxes = stage.box.refine_samples(logits, deltas, samples, image_sizes)
-            mask_samples = self.mask_samples(stage, samples, boxes, targets)
+            mask_samples = stage.sampler.sample(boxes, targets) if self.interleaved else samples
             stage_losses.update(stage.mask.losses(feats, mask_samples, targets, self.previous_mask_heads(i)))
             losses.update({f"s{i}.{k}": weight * v for k, v in stage_losses.items()})
         return losses

@@ -51,12 +51,12 @@ class PipelineResult:
 
 def ensure_dataset(run: RunDir, preset: str, seed: int, report: Report = print) -> Path:
     """The run's registered synthetic val json; generates the data (``lvisctl data synth``) when missing."""
-    from lvisctl.data.synth import synthesize_into_run
+    from lvisctl.data.synth import generate_synthetic_lvis
 
     found = {s: run.find("dataset", split=s) for s in ("train", "val")}
     if not (found["train"] and found["val"]):
         # A dataset folder without manifest entries is a leftover of an interrupted run: replace it.
-        synthesize_into_run(run, preset=preset, seed=seed, overwrite=True)
+        generate_synthetic_lvis(run=run, preset=preset, seed=seed, overwrite=True)
         found = {s: run.find("dataset", split=s) for s in ("train", "val")}
     else:
         report(f"synthetic data already in {run.relative(run.artifact_path(found['val'][-1]))}")

@@ -27,8 +27,8 @@ from torch import nn
 
 from lvisctl.config.checks import BEST_METRICS, IOU_TYPES
 from lvisctl.engine.distributed import DistInfo, gather_to_main
-from lvisctl.engine.eval_hook import BestCheckpointHook, EvalHook
-from lvisctl.engine.hooks import Hook, TrainerView
+from lvisctl.engine.eval_hook import BestCheckpointHook, EvalHook, OncePerEvaluationHook
+from lvisctl.engine.hooks import TrainerView
 from lvisctl.errors import LvisctlError
 from lvisctl.rundir import Artifact, atomic_write_json
 
@@ -104,7 +104,7 @@ def make_predictor(model: nn.Module, trainer: Any) -> Any:
     return plain_predictor(model, trainer.cfg.inference, trainer.info.device, trainer.amp)
 
 
-class LvisEvaluator(Hook):
+class LvisEvaluator(OncePerEvaluationHook):
     """``evaluate_fn`` for the engine's EvalHook: the model's segm and bbox APs on the val split.
 
     As a hook it loads the val set (``before_train``), writes the manifest record after each evaluation
@@ -117,7 +117,6 @@ class LvisEvaluator(Hook):
         self._trainer: Any = None  # what predict needs of the trainer: cfg, info, amp, data
         self._gt: Any = None
         self._written: Path | None = None  # metrics/train_eval_<phase>.json once written
-        self._recorded: int | None = None
 
     # ------------------------------------------------------------------------------------ evaluate_fn
     def __call__(self, model: nn.Module) -> dict[str, float]:
@@ -198,17 +197,7 @@ class LvisEvaluator(Hook):
         self.bind(trainer)
         self.val = load_val_set(trainer.cfg, trainer.run, self.images, write_gt=trainer.info.is_main)
 
-    def after_step(self, trainer: TrainerView) -> None:
-        self._record_new(trainer)
-
-    def after_epoch(self, trainer: TrainerView) -> None:
-        self._record_new(trainer)
-
-    def _record_new(self, trainer: TrainerView) -> None:
-        it = trainer.loop.iteration
-        if trainer.metrics.iteration_of("val") != it or self._recorded == it:
-            return
-        self._recorded = it
+    def after_evaluation(self, trainer: TrainerView) -> None:
         history = [{"iteration": i, "metrics": m} for i, m in trainer.metrics.history("val")]
         self.write_record(trainer, history, trainer.metrics.latest("best"))
 

@@ -11,7 +11,7 @@ from pycocotools import mask as mask_utils
 
 from lvisctl.data import json_stream
 from lvisctl.data import lvis as lvis_io
-from lvisctl.data.lvis import ann_to_mask, annotation_to_json, load_lvis, validate_lvis
+from lvisctl.data.lvis import ann_to_mask, annotation_to_json, load_lvis
 from lvisctl.errors import LvisctlError
 
 
@@ -189,7 +189,7 @@ def test_missing_images_are_all_reported(tmp_path):
         match=r"3 problems: image 1: file .*000000000001.jpg not found .*; "
         r"image 3: .*; image 2: .*empty file",
     ):
-        validate_lvis(path)
+        load_lvis(path, check_images=True)
     load_lvis(path)  # not checked by default
     assert len(load_lvis(path, image_root=tmp_path).images) == 3
 

@@ -18,7 +18,6 @@ from lvisctl.data.lvis import (
     resolve_image_root,
     rle_problem,
     rle_string_counts,
-    validate_lvis,
 )
 from lvisctl.data.synth import generate_synthetic_lvis
 from lvisctl.errors import LvisctlError
@@ -123,7 +122,7 @@ def test_validate_checks_image_files_headers_and_sizes(tmp_path):
     (tmp_path / "c.png").write_bytes(b"")  # empty
     Image.fromarray(np.zeros((9, 10, 3), np.uint8)).save(tmp_path / "d.png")  # wrong size
     with pytest.raises(LvisctlError) as err:
-        validate_lvis(path)
+        load_lvis(path, check_images=True)
     msg = str(err.value)
     assert msg.startswith(f"{path}: 3 problems: ")
     assert "image 2: " in msg and "truncated" in msg
