@@ -26,7 +26,13 @@ import numpy as np
 
 from lvisctl.evaluation.federated_eval import AREA_RNGS, IOU_THRS, REC_THRS, _summarize
 from lvisctl.evaluation.results_io import MAX_DETS_PER_IMAGE
-from lvisctl.evaluation.results_parse import ParsedResults, parse_results, vouch, worker_count
+from lvisctl.evaluation.results_parse import (
+    DetectionColumns,
+    ParsedResults,
+    parse_results,
+    vouch,
+    worker_count,
+)
 
 _AREAS = np.array(list(AREA_RNGS.values()), dtype=np.float64)
 _KIND = {"segm": 0, "bbox": 1}
@@ -40,6 +46,7 @@ class GroundTruthArrays:
     image_ids: np.ndarray
     cat_ids: np.ndarray  # sorted; a category's index is its position
     heights: np.ndarray
+    widths: np.ndarray
     g_start: np.ndarray  # CSR: image i's annotations are rows g_start[i] .. g_start[i + 1] - 1
     g_cat: np.ndarray
     g_area: np.ndarray
@@ -80,6 +87,7 @@ def gt_arrays(gt: Any) -> GroundTruthArrays:
         image_ids=image_ids,
         cat_ids=cat_ids,
         heights=np.array([r["height"] for r in images], np.int64),
+        widths=np.array([r["width"] for r in images], np.int64),
         g_start=g_start,
         g_cat=np.array([cat_index[a["category_id"]] for a in anns], np.int64),
         g_area=np.array([a["area"] for a in anns], np.float64),
@@ -154,46 +162,33 @@ def fast_evaluate(
     finally:
         reader.join()
     res = parsed[0] if parsed else None
-    if res is None or not vouch(res, gt.table, arrays.image_ids, arrays.cat_ids):
+    if res is None:
         return None
     if ("segm" in iou_types and not res.has_segmentation) or ("bbox" in iou_types and not res.has_bbox):
         return None  # the hotcoco route: its message, or boxes derived from the masks
-    columns = _detection_columns(res, arrays)
+    cols = vouch(res, arrays.image_ids, (arrays.heights, arrays.widths), arrays.cat_ids)
+    if cols is None:
+        return None
+    columns = _detection_columns(res, cols, arrays)
     metrics, zero = {}, 0
     for t in iou_types:
         metrics[t], zero = _evaluate_type(t, columns, arrays, gt.categories)
     return FastResults(Path(path), metrics, res.has_bbox, zero, res.sha256)
 
 
-def _detection_columns(res: ParsedResults, arrays: GroundTruthArrays) -> tuple[np.ndarray, tuple]:
+def _detection_columns(res: ParsedResults, cols: DetectionColumns, arrays: GroundTruthArrays):
     """(per image: first detection row, detections sorted by image in file order as the kernel's tuple)."""
-    from lvisctl.evaluation import _parse_kernel as K
-
-    ints, flt = res.ints, res.flt
-    img_at = np.searchsorted(arrays.image_ids, ints[:, K.C_IMG])
     d_start = np.zeros(len(arrays.image_ids) + 1, np.int64)
-    np.cumsum(np.bincount(img_at, minlength=len(arrays.image_ids)), out=d_start[1:])
-    if (np.diff(img_at) < 0).any():  # results files usually list detections image by image: no copy then
-        order = np.argsort(img_at, kind="stable")
-        ints, flt = ints[order], flt[order]
-    box = np.ascontiguousarray(flt[:, K.F_X : K.F_H + 1]) if res.has_bbox else np.zeros((len(ints), 4))
-    # lvis-api's result area: the box's w * h when the file has boxes, else the mask's area
-    area = box[:, 2] * box[:, 3] if res.has_bbox else ints[:, K.C_MASK_AREA].astype(np.float64)
-    dets = (
-        np.searchsorted(arrays.cat_ids, ints[:, K.C_CAT]),
-        flt[:, K.F_SCORE].copy(),
-        area,
-        ints[:, K.C_MASK_AREA].copy(),
-        box,
-        ints[:, K.C_RLE_START].copy(),
-        ints[:, K.C_RLE_END].copy(),
-        res.buf,
-    )
+    np.cumsum(np.bincount(cols.img, minlength=len(arrays.image_ids)), out=d_start[1:])
+    if (np.diff(cols.img) < 0).any():  # results files usually list detections image by image: no copy then
+        cols = cols.take(np.argsort(cols.img, kind="stable"))
+    dets = (cols.cat, cols.score, cols.area, cols.mask_area, cols.box, cols.rle_start, cols.rle_end, res.buf)
     return d_start, dets
 
 
 def _evaluate_type(iou_type, columns, arrays: GroundTruthArrays, categories):
     """One iou type: images shared among threads, then lvis-api's accumulate and summary."""
+    from lvisctl.evaluation._columns_kernel import category_order
     from lvisctl.evaluation._eval_kernel import eval_images, pr_curves
 
     d_start, dets = columns
@@ -222,12 +217,9 @@ def _evaluate_type(iou_type, columns, arrays: GroundTruthArrays, categories):
         zero[k] = eval_images(lo, hi, _KIND[iou_type], MAX_DETS_PER_IMAGE, imgs, dets, gts, params, outs)
 
     _run_threads(run, len(shards))
-    keep = np.arange(total) - np.repeat(o_start[:-1], capped) < np.repeat(o_n, capped)
-    cats, scores = o_cat[keep], o_score[keep]
     # per category: score descending, ties in image order then in-image order (lvis-api's mergesort)
-    order = np.lexsort((-scores, cats))
-    bounds = np.searchsorted(cats[order], np.arange(num_k + 1))
-    m_bits, ig_bits, counts = o_m[keep][order], o_ig[keep][order], sum(gt_counts)
+    bounds, m_bits, ig_bits = category_order(o_start, o_n, o_cat, o_score, o_m, o_ig, num_k)
+    counts = sum(gt_counts)
     precision = -np.ones((len(IOU_THRS), len(REC_THRS), num_k, num_a))
     recall = -np.ones((len(IOU_THRS), num_k, num_a))
     # categories shared among threads, with about the same number of rows each

@@ -1,0 +1,134 @@
+"""numba kernels between the strict reader and the per-image evaluation (:mod:`lvisctl.evaluation.fast_eval`).
+
+``detection_columns`` checks what the reader's kernel cannot know (the GT's image and category ids, the
+image sizes, finite numbers, no negative box side) and writes the evaluation's columns in the same pass,
+straight from the reader's chunks: no concatenated copy of the parsed file and no numpy temporaries per
+check (at 5,000 images x 300 detections those cost ~0.3 CPU s and ~250 MB of fresh pages, a tenth of bare
+hotcoco's whole box evaluation). ``category_order`` is lvis-api's ordering for ``accumulate``: the kept
+detections per category by score, descending, ties in image then file order (its stable mergesort).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from lvisctl.evaluation._parse_kernel import (
+    C_CAT,
+    C_FLAGS,
+    C_H,
+    C_IMG,
+    C_MASK_AREA,
+    C_RLE_END,
+    C_RLE_START,
+    C_W,
+    F_H,
+    F_SCORE,
+    F_W,
+    F_X,
+    F_Y,
+    HAS_BBOX,
+    HAS_SEGMENTATION,
+)
+from lvisctl.evaluation.numba_cache import ensure_cache_dir
+
+ensure_cache_dir()
+
+
+@njit(cache=True, nogil=True)
+def _index_of(sorted_ids, value):  # pragma: no cover - compiled
+    """Position of ``value`` in ``sorted_ids``, or -1."""
+    k = np.searchsorted(sorted_ids, value)
+    if k < len(sorted_ids) and sorted_ids[k] == value:
+        return k
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def detection_columns(ints, flt, row0, flags, gt, out):  # pragma: no cover - compiled
+    """Check the parsed rows ``ints`` / ``flt`` and write them at ``row0`` of the columns ``out``.
+
+    ``flags``: HAS_BBOX / HAS_SEGMENTATION, which every row must have alike; ``gt``: (image ids sorted,
+    their heights, their widths, category ids sorted); ``out``: (image index, category index, score,
+    area, mask area, box [n, 4], RLE start, RLE end). The area is lvis-api's: the box's w * h when the
+    file has boxes, else the mask's. Returns False at the first row ``results_io.validate_results``
+    would refuse (an unknown id, a non-finite number, a negative box side, an RLE size that is not the
+    image's, bbox or segmentation on some rows only): the caller then takes the exact route.
+    """
+    image_ids, heights, widths, cat_ids = gt
+    o_img, o_cat, o_score, o_area, o_mask, o_box, o_rs, o_re = out
+    has_box = (flags & HAS_BBOX) != 0
+    has_seg = (flags & HAS_SEGMENTATION) != 0
+    for r in range(len(ints)):
+        if ints[r, C_FLAGS] != flags:
+            return False
+        k = _index_of(image_ids, ints[r, C_IMG])
+        c = _index_of(cat_ids, ints[r, C_CAT])
+        score = flt[r, F_SCORE]
+        if k < 0 or c < 0 or not np.isfinite(score):
+            return False
+        j = row0 + r
+        o_img[j] = k
+        o_cat[j] = c
+        o_score[j] = score
+        mask_area = ints[r, C_MASK_AREA]
+        o_mask[j] = mask_area
+        if has_seg and (ints[r, C_H] != heights[k] or ints[r, C_W] != widths[k]):
+            return False
+        if has_box:
+            x, y, w, h = flt[r, F_X], flt[r, F_Y], flt[r, F_W], flt[r, F_H]
+            if not (np.isfinite(x) and np.isfinite(y) and np.isfinite(w) and np.isfinite(h)):
+                return False
+            if w < 0 or h < 0:
+                return False
+            o_box[j, 0] = x
+            o_box[j, 1] = y
+            o_box[j, 2] = w
+            o_box[j, 3] = h
+            o_area[j] = w * h
+        else:
+            for q in range(4):
+                o_box[j, q] = 0.0
+            o_area[j] = np.float64(mask_area)
+        o_rs[j] = ints[r, C_RLE_START]
+        o_re[j] = ints[r, C_RLE_END]
+    return True
+
+
+@njit(cache=True, nogil=True)
+def category_order(o_start, o_n, o_cat, o_score, o_m, o_ig, num_k):  # pragma: no cover - compiled
+    """The kept rows (image i: ``o_start[i] .. o_start[i] + o_n[i] - 1``) grouped by category, each group
+    by score descending with ties in row order, as lvis-api's mergesort over the images' concatenation.
+
+    Returns (bounds [num_k + 1]: category k's rows are ``bounds[k] .. bounds[k + 1] - 1``, match bits,
+    ignore bits) in that order.
+    """
+    counts = np.zeros(num_k + 1, np.int64)
+    for i in range(len(o_n)):
+        for r in range(o_start[i], o_start[i] + o_n[i]):
+            counts[o_cat[r] + 1] += 1
+    bounds = np.cumsum(counts)
+    fill = bounds[:-1].copy()
+    rows = np.empty(bounds[-1], np.int64)
+    for i in range(len(o_n)):  # a counting sort by category keeps the row order within a category
+        for r in range(o_start[i], o_start[i] + o_n[i]):
+            c = o_cat[r]
+            rows[fill[c]] = r
+            fill[c] += 1
+    num_a = o_m.shape[1]
+    m_bits = np.empty((len(rows), num_a), o_m.dtype)
+    ig_bits = np.empty((len(rows), num_a), o_ig.dtype)
+    for c in range(num_k):
+        lo, hi = bounds[c], bounds[c + 1]
+        if hi == lo:
+            continue
+        keys = np.empty(hi - lo, np.float64)
+        for j in range(lo, hi):
+            keys[j - lo] = -o_score[rows[j]]
+        order = np.argsort(keys, kind="mergesort")  # stable: ties stay in row order
+        for j in range(hi - lo):
+            r = rows[lo + order[j]]
+            for a in range(num_a):
+                m_bits[lo + j, a] = o_m[r, a]
+                ig_bits[lo + j, a] = o_ig[r, a]
+    return bounds, m_bits, ig_bits
