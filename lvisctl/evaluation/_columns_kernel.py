@@ -35,12 +35,35 @@ from lvisctl.evaluation.numba_cache import ensure_cache_dir
 ensure_cache_dir()
 
 
+MAX_TABLE = 1 << 22  # ids spanning more than this are looked up by binary search instead of a table
+
+
+def lookup_table(sorted_ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """(table, base): ``table[id - base]`` is the position of ``id`` in ``sorted_ids`` or -1; an empty
+    table where the ids span more than MAX_TABLE (then ``_index_of`` searches)."""
+    if len(sorted_ids) == 0 or int(sorted_ids[-1]) - int(sorted_ids[0]) >= MAX_TABLE:
+        return np.zeros(0, np.int64), 0
+    base = int(sorted_ids[0])
+    table = np.full(int(sorted_ids[-1]) - base + 1, -1, np.int64)
+    table[sorted_ids - base] = np.arange(len(sorted_ids))
+    return table, base
+
+
 @njit(cache=True, nogil=True)
-def _index_of(sorted_ids, value):  # pragma: no cover - compiled
+def _index_of(sorted_ids, table, base, value):  # pragma: no cover - compiled
     """Position of ``value`` in ``sorted_ids``, or -1."""
-    k = np.searchsorted(sorted_ids, value)
-    if k < len(sorted_ids) and sorted_ids[k] == value:
-        return k
+    if len(table):
+        k = value - base
+        return table[k] if 0 <= k < len(table) else -1
+    lo, hi = 0, len(sorted_ids)
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if sorted_ids[mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < len(sorted_ids) and sorted_ids[lo] == value:
+        return lo
     return -1
 
 
@@ -49,21 +72,22 @@ def detection_columns(ints, flt, row0, flags, gt, out):  # pragma: no cover - co
     """Check the parsed rows ``ints`` / ``flt`` and write them at ``row0`` of the columns ``out``.
 
     ``flags``: HAS_BBOX / HAS_SEGMENTATION, which every row must have alike; ``gt``: (image ids sorted,
-    their heights, their widths, category ids sorted); ``out``: (image index, category index, score,
+    their heights, their widths, category ids sorted, then the ``lookup_table`` pairs of both);
+    ``out``: (image index, category index, score,
     area, mask area, box [n, 4], RLE start, RLE end). The area is lvis-api's: the box's w * h when the
     file has boxes, else the mask's. Returns False at the first row ``results_io.validate_results``
     would refuse (an unknown id, a non-finite number, a negative box side, an RLE size that is not the
     image's, bbox or segmentation on some rows only): the caller then takes the exact route.
     """
-    image_ids, heights, widths, cat_ids = gt
+    image_ids, heights, widths, cat_ids, img_table, img_base, cat_table, cat_base = gt
     o_img, o_cat, o_score, o_area, o_mask, o_box, o_rs, o_re = out
     has_box = (flags & HAS_BBOX) != 0
     has_seg = (flags & HAS_SEGMENTATION) != 0
     for r in range(len(ints)):
         if ints[r, C_FLAGS] != flags:
             return False
-        k = _index_of(image_ids, ints[r, C_IMG])
-        c = _index_of(cat_ids, ints[r, C_CAT])
+        k = _index_of(image_ids, img_table, img_base, ints[r, C_IMG])
+        c = _index_of(cat_ids, cat_table, cat_base, ints[r, C_CAT])
         score = flt[r, F_SCORE]
         if k < 0 or c < 0 or not np.isfinite(score):
             return False

@@ -252,7 +252,7 @@ def vouch(
     equal to the image's (the reader's kernel checked the json, the RLE strings and their runs); else
     None. ``gt_image_ids`` / ``gt_cat_ids``: the GT's ids, sorted; ``image_sizes``: (heights, widths)
     of those images."""
-    from lvisctl.evaluation._columns_kernel import detection_columns
+    from lvisctl.evaluation._columns_kernel import detection_columns, lookup_table
     from lvisctl.evaluation._parse_kernel import HAS_BBOX, HAS_SEGMENTATION
 
     n = parsed.num_dets
@@ -264,7 +264,7 @@ def vouch(
         *(np.empty(n, np.int64) for _ in range(2)),
     )
     flags = (HAS_BBOX if parsed.has_bbox else 0) | (HAS_SEGMENTATION if parsed.has_segmentation else 0)
-    gt = (gt_image_ids, *image_sizes, gt_cat_ids)
+    gt = (gt_image_ids, *image_sizes, gt_cat_ids, *lookup_table(gt_image_ids), *lookup_table(gt_cat_ids))
     out = (cols.img, cols.cat, cols.score, cols.area, cols.mask_area, cols.box, cols.rle_start, cols.rle_end)
     row = 0
     for ints, flt in parsed.chunks:
