@@ -16,6 +16,8 @@ takes the hotcoco route with the exact validator, which names the problem.
 from __future__ import annotations
 
 import importlib
+import mmap
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -55,7 +57,7 @@ class GroundTruthArrays:
     g_box: np.ndarray
     neg: tuple[np.ndarray, np.ndarray]  # CSR starts and category indices
     not_exhaustive: tuple[np.ndarray, np.ndarray]
-    anns: list[dict[str, Any]]
+    anns: list[dict[str, Any]] | None  # the annotations' records (None: read for boxes only)
     rles: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # buffer, starts, ends (made on demand)
 
 
@@ -67,39 +69,108 @@ def _csr(lists: Sequence[Sequence[int]], index: dict[int, int]) -> tuple[np.ndar
     return starts, flat
 
 
-def gt_arrays(gt: Any) -> GroundTruthArrays:
-    """Columns of ``gt`` (an ``LvisGroundTruth``), cached on it (a second results file reuses them)."""
+def gt_arrays(gt: Any, masks: bool = True) -> GroundTruthArrays:
+    """Columns of ``gt`` (an ``LvisGroundTruth``), cached on it (a second results file reuses them).
+
+    ``masks``: the annotations' records are needed too (``gt_rles`` rasterises their polygons); without,
+    the box fields are read from the file by a compiled reader (:func:`_box_columns`) where it can."""
     cached = getattr(gt, "_fast_arrays", None)
-    if cached is not None:
+    if cached is not None and (cached.anns is not None or not masks):
         return cached
-    data = gt.coco.dataset
-    images = sorted(data["images"], key=lambda r: r["id"])
+    images = sorted(gt.coco.imgs.values(), key=lambda r: r["id"])
     image_ids = np.array([r["id"] for r in images], np.int64)
     cat_ids = np.array(sorted(gt.categories), np.int64)
     cat_index = {int(c): k for k, c in enumerate(cat_ids)}
-    img_index = {int(i): k for k, i in enumerate(image_ids)}
-    anns = [a for a in data["annotations"] if a["area"] > 0]  # lvis-api evaluates area > 0 only
-    img_of = np.array([img_index[a["image_id"]] for a in anns], np.int64)
-    order = np.argsort(img_of, kind="stable")
-    anns = [anns[k] for k in order]
-    g_start = np.zeros(len(images) + 1, np.int64)
-    np.cumsum(np.bincount(img_of, minlength=len(images)), out=g_start[1:])
+    boxes = None if masks else _box_columns(gt, image_ids, cat_ids)
+    if boxes is None:
+        boxes = _annotation_columns(gt.coco.dataset["annotations"], image_ids, cat_index)
+    g_start, g_cat, g_area, g_ign, g_box, anns = boxes
     arrays = GroundTruthArrays(
         image_ids=image_ids,
         cat_ids=cat_ids,
         heights=np.array([r["height"] for r in images], np.int64),
         widths=np.array([r["width"] for r in images], np.int64),
         g_start=g_start,
-        g_cat=np.array([cat_index[a["category_id"]] for a in anns], np.int64),
-        g_area=np.array([a["area"] for a in anns], np.float64),
-        g_ign=np.array([bool(a.get("ignore", 0)) for a in anns], np.bool_),
-        g_box=np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4),
+        g_cat=g_cat,
+        g_area=g_area,
+        g_ign=g_ign,
+        g_box=g_box,
         neg=_csr([r.get("neg_category_ids", ()) for r in images], cat_index),
         not_exhaustive=_csr([r.get("not_exhaustive_category_ids", ()) for r in images], cat_index),
         anns=anns,
     )
     gt._fast_arrays = arrays
     return arrays
+
+
+def _annotation_columns(annotations: list[dict[str, Any]], image_ids: np.ndarray, cat_index: dict[int, int]):
+    """(g_start, g_cat, g_area, g_ign, g_box, records) of the annotations of area > 0 (lvis-api evaluates
+    those only), sorted by image, in file order within an image."""
+    img_index = {int(i): k for k, i in enumerate(image_ids)}
+    anns = [a for a in annotations if a["area"] > 0]
+    img_of = np.array([img_index[a["image_id"]] for a in anns], np.int64)
+    order = np.argsort(img_of, kind="stable")
+    anns = [anns[k] for k in order]
+    g_start = np.zeros(len(image_ids) + 1, np.int64)
+    np.cumsum(np.bincount(img_of, minlength=len(image_ids)), out=g_start[1:])
+    return (
+        g_start,
+        np.array([cat_index[a["category_id"]] for a in anns], np.int64),
+        np.array([a["area"] for a in anns], np.float64),
+        np.array([bool(a.get("ignore", 0)) for a in anns], np.bool_),
+        np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4),
+        anns,
+    )
+
+
+_GT_KEYS = (b"annotations", b"image_id", b"category_id", b"area", b"bbox", b"ignore")
+
+
+def _box_columns(gt: Any, image_ids: np.ndarray, cat_ids: np.ndarray):
+    """What :func:`_annotation_columns` returns (records: None), read from the GT file by the compiled
+    reader (``_gt_kernel``); None where it refuses the file or finds other annotations than hotcoco's."""
+    from lvisctl.evaluation import _gt_kernel as G
+    from lvisctl.evaluation.lvis_metrics import POSITIVE_AREA
+
+    path = getattr(gt.table, "path", "")
+    if not path or not Path(path).is_file() or len(image_ids) == 0:
+        return None
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return None
+        mm = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ)
+    buf = np.frombuffer(mm, np.uint8)
+    keys = tuple(np.frombuffer(k, np.uint8) for k in _GT_KEYS)
+    capacity = max(1024, 2 * len(gt.coco.get_ann_ids()))
+    while True:
+        ints, flt = np.empty((capacity, 3), np.int64), np.empty((capacity, 5), np.float64)
+        rows = G.read_annotations(buf, keys, ints, flt)
+        if rows != G.FULL:
+            break
+        capacity *= 2
+    if rows < 0:
+        return None
+    ints, flt = ints[:rows], flt[:rows]
+    kept = flt[:, 0] > 0
+    ints, flt = ints[kept], flt[kept]
+    # hotcoco's dataset holds the same annotations of area > 0 (the file did not change since it was read)
+    if len(ints) != len(gt.coco.get_ann_ids(area_rng=POSITIVE_AREA)):
+        return None
+    img_at = np.searchsorted(image_ids, ints[:, 0])
+    cat_at = np.searchsorted(cat_ids, ints[:, 1])
+    if len(ints) and (
+        img_at.max() >= len(image_ids)
+        or cat_at.max() >= len(cat_ids)
+        or (image_ids[img_at] != ints[:, 0]).any()
+        or (cat_ids[cat_at] != ints[:, 1]).any()
+    ):
+        return None  # an id hotcoco's records would not resolve: the Python route says so
+    order = np.argsort(img_at, kind="stable")
+    g_start = np.zeros(len(image_ids) + 1, np.int64)
+    np.cumsum(np.bincount(img_at, minlength=len(image_ids)), out=g_start[1:])
+    flt = flt[order]
+    box = np.ascontiguousarray(flt[:, 1:])
+    return g_start, cat_at[order], flt[:, 0].copy(), ints[order, 2] != 0, box, None
 
 
 def gt_rles(gt: Any, arrays: GroundTruthArrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -182,7 +253,7 @@ def _fast_evaluate(path: str | Path, gt: Any, iou_types: Sequence[str], sha256: 
     reader = threading.Thread(target=lambda: parsed.append(parse_results(path, sha256=sha256)))
     reader.start()
     try:  # the GT columns and masks while the results are read (this holds the GIL; the reader does not)
-        arrays = gt_arrays(gt)
+        arrays = gt_arrays(gt, masks="segm" in iou_types)
         if "segm" in iou_types:
             gt_rles(gt, arrays)
     finally:
