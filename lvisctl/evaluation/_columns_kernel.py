@@ -156,3 +156,81 @@ def category_order(o_start, o_n, o_cat, o_score, o_m, o_ig, num_k):  # pragma: n
                 m_bits[lo + j, a] = o_m[r, a]
                 ig_bits[lo + j, a] = o_ig[r, a]
     return bounds, m_bits, ig_bits
+
+
+@njit(cache=True, nogil=True)
+def accumulate(k0, k1, bounds, m_bits, ig_bits, num_gt, rec_thrs, precision, recall):  # pragma: no cover
+    """lvis-api's ``accumulate`` for categories ``k0 .. k1 - 1`` in one pass over each category's rows
+    (``category_order``'s order and outputs): fills ``precision`` [T, R, K, A] and ``recall`` [T, K, A]
+    (left at -1 where a category has no GT in an area range).
+
+    lvis-api takes the precision envelope (the maximum at or after each row) at the first row whose recall
+    reaches each threshold. Recall only rises at a true positive, and between two true positives precision
+    only falls, so both the rows it looks up and the maxima it takes are at true positives (or the first
+    row): it is enough to note precision and recall there, at most one per GT, with the same arithmetic.
+    """
+    num_a = num_gt.shape[1]
+    num_t = precision.shape[0]
+    num_r = len(rec_thrs)
+    eps = np.spacing(1.0)
+    for k in range(k0, k1):
+        s, e = bounds[k], bounds[k + 1]
+        n = e - s
+        cap = 1
+        for a in range(num_a):
+            cap = max(cap, num_gt[k, a])
+        tp_pr = np.empty((num_a, num_t, cap), np.float64)  # precision at the true positives
+        tp_rc = np.empty((num_a, num_t, cap), np.float64)  # recall there
+        count = np.zeros((num_a, num_t), np.int64)
+        ctp = np.zeros((num_a, num_t), np.float64)
+        cfp = np.zeros((num_a, num_t), np.float64)
+        first_pr = np.zeros((num_a, num_t), np.float64)  # precision and recall at the first row
+        first_rc = np.zeros((num_a, num_t), np.float64)
+        for j in range(n):
+            for a in range(num_a):
+                ngt = num_gt[k, a]
+                if ngt == 0:
+                    continue
+                m = m_bits[s + j, a]
+                ig = ig_bits[s + j, a]
+                for t in range(num_t):
+                    if (ig >> t) & 1:
+                        pass
+                    elif (m >> t) & 1:
+                        ctp[a, t] += 1.0
+                        c = count[a, t]
+                        if c < cap:  # (a GT is matched once: at most num_gt true positives)
+                            tp_pr[a, t, c] = ctp[a, t] / (cfp[a, t] + ctp[a, t] + eps)
+                            tp_rc[a, t, c] = ctp[a, t] / ngt
+                            count[a, t] = c + 1
+                    else:
+                        cfp[a, t] += 1.0
+                    if j == 0:
+                        first_pr[a, t] = ctp[a, t] / (cfp[a, t] + ctp[a, t] + eps)
+                        first_rc[a, t] = ctp[a, t] / ngt
+        for a in range(num_a):
+            ngt = num_gt[k, a]
+            if ngt == 0:
+                continue
+            for t in range(num_t):
+                recall[t, k, a] = ctp[a, t] / ngt if n else 0.0
+                c = count[a, t]
+                for p in range(c - 2, -1, -1):  # the envelope, at the true positives
+                    if tp_pr[a, t, p + 1] > tp_pr[a, t, p]:
+                        tp_pr[a, t, p] = tp_pr[a, t, p + 1]
+                p = 0
+                for r in range(num_r):
+                    thr = rec_thrs[r]
+                    if n and first_rc[a, t] >= thr:  # reached at the first row: its envelope
+                        best = first_pr[a, t]
+                        if c and tp_pr[a, t, 0] > best:
+                            best = tp_pr[a, t, 0]
+                        precision[t, r, k, a] = best
+                        continue
+                    while p < c and tp_rc[a, t, p] < thr:
+                        p += 1
+                    if p >= c:  # lvis-api stops at the first threshold it cannot reach
+                        for r2 in range(r, num_r):
+                            precision[t, r2, k, a] = 0.0
+                        break
+                    precision[t, r, k, a] = tp_pr[a, t, p]

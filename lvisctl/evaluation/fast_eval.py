@@ -285,8 +285,8 @@ def _detection_columns(res: ParsedResults, cols: DetectionColumns, arrays: Groun
 
 def _evaluate_type(iou_type, columns, arrays: GroundTruthArrays, categories):
     """One iou type: images shared among threads, then lvis-api's accumulate and summary."""
-    from lvisctl.evaluation._columns_kernel import category_order
-    from lvisctl.evaluation._eval_kernel import eval_images, pr_curves
+    from lvisctl.evaluation._columns_kernel import accumulate, category_order
+    from lvisctl.evaluation._eval_kernel import eval_images
 
     d_start, dets = columns
     num_img, num_k, num_a = len(arrays.image_ids), len(arrays.cat_ids), len(_AREAS)
@@ -323,7 +323,7 @@ def _evaluate_type(iou_type, columns, arrays: GroundTruthArrays, categories):
     parts = [(a, b) for a, b in _shards(bounds, worker_count()) if b > a] or [(0, num_k)]
 
     def curves(k: int) -> None:
-        pr_curves(*parts[k], bounds, m_bits, ig_bits, counts, REC_THRS, precision, recall)
+        accumulate(*parts[k], bounds, m_bits, ig_bits, counts, REC_THRS, precision, recall)
 
     _run_threads(curves, len(parts))
     cat_ids = [int(c) for c in arrays.cat_ids]
