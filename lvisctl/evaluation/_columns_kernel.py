@@ -29,6 +29,7 @@ from lvisctl.evaluation._parse_kernel import (
     F_Y,
     HAS_BBOX,
     HAS_SEGMENTATION,
+    borrowed,
 )
 from lvisctl.evaluation.numba_cache import ensure_cache_dir
 
@@ -49,7 +50,7 @@ def lookup_table(sorted_ids: np.ndarray) -> tuple[np.ndarray, int]:
     return table, base
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _index_of(sorted_ids, table, base, value):  # pragma: no cover - compiled
     """Position of ``value`` in ``sorted_ids``, or -1."""
     if len(table):
@@ -80,6 +81,9 @@ def detection_columns(ints, flt, row0, flags, gt, out):  # pragma: no cover - co
     image's, bbox or segmentation on some rows only): the caller then takes the exact route.
     """
     image_ids, heights, widths, cat_ids, img_table, img_base, cat_table, cat_base = gt
+    # (owner-less views: no atomic reference counting per row, see _parse_kernel.borrowed)
+    image_ids, img_table = borrowed(image_ids), borrowed(img_table)
+    cat_ids, cat_table = borrowed(cat_ids), borrowed(cat_table)
     o_img, o_cat, o_score, o_area, o_mask, o_box, o_rs, o_re = out
     has_box = (flags & HAS_BBOX) != 0
     has_seg = (flags & HAS_SEGMENTATION) != 0

@@ -78,9 +78,10 @@ def _join(parts: list[np.ndarray], empty: tuple[int, int], dtype) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(empty, dtype)
 
 
-def _keys() -> tuple[np.ndarray, ...]:
-    names = (b"image_id", b"category_id", b"score", b"bbox", b"segmentation", b"size", b"counts")
-    return tuple(np.frombuffer(k, np.uint8) for k in names)
+def _keys() -> np.ndarray:
+    from lvisctl.evaluation import _parse_kernel as K
+
+    return K.key_table()
 
 
 _MADV_POPULATE_READ = 22  # Linux 5.14+: map a range's pages in one call instead of a fault per page
