@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from lvisctl.evaluation._json_kernel import borrowed
 from lvisctl.evaluation._parse_kernel import (
     C_CAT,
     C_FLAGS,
@@ -29,7 +30,6 @@ from lvisctl.evaluation._parse_kernel import (
     F_Y,
     HAS_BBOX,
     HAS_SEGMENTATION,
-    borrowed,
 )
 from lvisctl.evaluation.numba_cache import ensure_cache_dir
 
@@ -81,7 +81,7 @@ def detection_columns(ints, flt, row0, flags, gt, out):  # pragma: no cover - co
     image's, bbox or segmentation on some rows only): the caller then takes the exact route.
     """
     image_ids, heights, widths, cat_ids, img_table, img_base, cat_table, cat_base = gt
-    # (owner-less views: no atomic reference counting per row, see _parse_kernel.borrowed)
+    # (owner-less views: no atomic reference counting per row, see _json_kernel.borrowed)
     image_ids, img_table = borrowed(image_ids), borrowed(img_table)
     cat_ids, cat_table = borrowed(cat_ids), borrowed(cat_table)
     o_img, o_cat, o_score, o_area, o_mask, o_box, o_rs, o_re = out

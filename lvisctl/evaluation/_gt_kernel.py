@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from lvisctl.evaluation._parse_kernel import _other_value, key_is, parse_id, parse_number, skip_ws
+from lvisctl.evaluation._json_kernel import _other_value, key_is, parse_id, parse_number, skip_ws
 from lvisctl.evaluation.numba_cache import ensure_cache_dir
 
 ensure_cache_dir()

@@ -4,9 +4,11 @@ hotcoco parses the results into its own objects and evaluates them; the screen t
 walked it a second time. Here one strict pass (``results_parse``) validates the file and yields columns,
 and lvis-api's ``evaluate_img`` runs per image in compiled code (``_eval_kernel``) with no Python object
 per detection, so the images are shared among threads (one per core) and the work of a thread is only
-numbers. The GT masks (polygons rasterised to RLE exactly as lvis-api's ``ann_to_rle``) are made while
-the results are read. The numbers are lvis-api's: the same cap, filters, matching and 101-point curves
-(``tests/unit/test_fast_eval.py`` against lvis-api 0.5.3 and hotcoco; the summary is
+numbers; its ``accumulate`` likewise (``_columns_kernel``, categories shared among the threads). The GT
+masks (polygons rasterised to RLE exactly as lvis-api's ``ann_to_rle``) are made while the results are
+read; a box-only evaluation reads the GT's boxes with a compiled reader instead (``_gt_kernel``). The
+numbers are lvis-api's: the same cap, filters, matching and 101-point curves
+(``tests/unit/test_eval_fast.py`` against lvis-api 0.5.3 and hotcoco; the summary is
 ``federated_eval._summarize``).
 
 Where the strict reader does not vouch for a file, :func:`fast_evaluate` returns ``None`` and the caller
