@@ -53,7 +53,7 @@ BBOX_AREA_NOTE = (
 
 
 # hotcoco's area ranges are inclusive at both ends: [smallest positive double, inf] is lvis-api's area > 0.
-_POSITIVE_AREA = [float(np.nextafter(0.0, 1.0)), math.inf]
+POSITIVE_AREA = [float(np.nextafter(0.0, 1.0)), math.inf]
 
 
 def drop_zero_area(coco: Any) -> tuple[Any, int]:
@@ -66,7 +66,7 @@ def drop_zero_area(coco: Any) -> tuple[Any, int]:
     if not dropped:
         return coco, 0
     with quiet_native_output():
-        return coco.filter(area_rng=_POSITIVE_AREA, drop_empty_images=False), dropped
+        return coco.filter(area_rng=POSITIVE_AREA, drop_empty_images=False), dropped
 
 
 def _drop_zero_area_gt(coco: Any) -> Any:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -311,6 +313,24 @@ def _score_source(
     return ScoredSource(by_type, loaded.has_bbox, loaded.notes, loaded)
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for one ``evaluate``, until its objects are gone.
+
+    The GT's Python objects (hotcoco's dataset: a dict per image and annotation, a list per polygon) are
+    acyclic and freed by reference counting, but building them set off collections that walked every
+    live object again and again: 7-14% of a box evaluation's CPU time at 5,000 images (perf, 2026-12-08).
+    Re-enabled only after the evaluation's locals are released, so the first collection after it does not
+    walk them either."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def run_evaluate(
     results: Path | None,
     *,
@@ -323,6 +343,12 @@ def run_evaluate(
     predictions: Sequence[Artifact] | None = None,
 ) -> EvaluationOutcome:
     """Evaluate, then (only once everything succeeded) write and register the outputs."""
+    with gc_paused():
+        return _run_evaluate(results, gt, iou_types, extras, (out, run_dir, overwrite, predictions))
+
+
+def _run_evaluate(results, gt, iou_types, extras, options) -> EvaluationOutcome:
+    out, run_dir, overwrite, predictions = options
     if "boundary" in extras and "segm" not in iou_types:
         raise LvisctlError("--metrics boundary: Boundary AP is a mask metric; include segm in --iou-type")
     run = RunDir(run_dir, create=False) if run_dir is not None else None
@@ -335,8 +361,8 @@ def run_evaluate(
             what = "is a folder, not a results file" if source.path.is_dir() else "no such file"
             raise LvisctlError(f"{source.path}: {what}")
     ground = load_ground_truth(gt_path)
-    by_type: dict[str, IouTypeMetrics] = {}
     scored = [_score_source(source, ground, run, extras) for source in sources]
+    by_type: dict[str, IouTypeMetrics] = {}
     for result in scored:
         by_type.update(result.by_type)
     by_type = {t: by_type[t] for t in iou_types}

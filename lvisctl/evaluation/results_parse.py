@@ -20,6 +20,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -42,24 +43,45 @@ def worker_count() -> int:
 
 @dataclass
 class ParsedResults:
-    """A results file as columns (one row per detection, in file order); RLE strings stay in ``buf``."""
+    """A results file as columns (one row per detection, in file order); RLE strings stay in ``buf``.
+
+    The rows come in the chunks the reader's threads wrote (``chunks``: (ints, flt) pairs in file order);
+    ``ints`` / ``flt`` join them on first use (the evaluation reads the chunks, not a joined copy)."""
 
     path: Path
     buf: np.ndarray  # the file's bytes (memory-mapped)
-    ints: np.ndarray  # [n, N_INT_COLS] int64, see _parse_kernel.C_*
-    flt: np.ndarray  # [n, N_FLOAT_COLS] float64, see _parse_kernel.F_*
+    chunks: list[tuple[np.ndarray, np.ndarray]]  # [rows, N_INT_COLS] int64, [rows, N_FLOAT_COLS] float64
     has_bbox: bool
     has_segmentation: bool
     sha256: str = ""
 
     @property
     def num_dets(self) -> int:
-        return len(self.ints)
+        return sum(len(c[0]) for c in self.chunks)
+
+    @cached_property
+    def ints(self) -> np.ndarray:
+        """[n, N_INT_COLS] int64, see _parse_kernel.C_*"""
+        from lvisctl.evaluation import _parse_kernel as K
+
+        return _join([c[0] for c in self.chunks], (0, K.N_INT_COLS), np.int64)
+
+    @cached_property
+    def flt(self) -> np.ndarray:
+        """[n, N_FLOAT_COLS] float64, see _parse_kernel.F_*"""
+        from lvisctl.evaluation import _parse_kernel as K
+
+        return _join([c[1] for c in self.chunks], (0, K.N_FLOAT_COLS), np.float64)
 
 
-def _keys() -> tuple[np.ndarray, ...]:
-    names = (b"image_id", b"category_id", b"score", b"bbox", b"segmentation", b"size", b"counts")
-    return tuple(np.frombuffer(k, np.uint8) for k in names)
+def _join(parts: list[np.ndarray], empty: tuple[int, int], dtype) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(empty, dtype)
+
+
+def _keys() -> np.ndarray:
+    from lvisctl.evaluation import _parse_kernel as K
+
+    return K.key_table()
 
 
 _MADV_POPULATE_READ = 22  # Linux 5.14+: map a range's pages in one call instead of a fault per page
@@ -111,19 +133,18 @@ def _cuts(buf: np.ndarray, mm: mmap.mmap, parts: int) -> list[int]:
     return [*cuts, size]
 
 
-def _assemble(chunks: list) -> tuple[np.ndarray, np.ndarray]:
+def _apply_fixups(chunks: list) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The chunks' (ints, flt), the numbers handed back as text converted in place."""
     from lvisctl.evaluation import _parse_kernel as K
 
-    ints = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros((0, K.N_INT_COLS), np.int64)
-    flt = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros((0, K.N_FLOAT_COLS))
-    base = 0
-    for c_ints, _, fix_idx, fix_txt in chunks:
+    out = []
+    for c_ints, c_flt, fix_idx, fix_txt in chunks:
         if len(fix_idx):
             # numpy converts decimal text exactly rounded, as Python's float() does
             values = np.ascontiguousarray(fix_txt).view(f"S{K.FIX_TEXT}")[:, 0].astype(np.float64)
-            flt[fix_idx[:, 0] + base, fix_idx[:, 1]] = values
-        base += len(c_ints)
-    return ints, flt
+            c_flt[fix_idx[:, 0], fix_idx[:, 1]] = values
+        out.append((c_ints, c_flt))
+    return out
 
 
 def _hash_file(path: Path, out: list) -> None:
@@ -181,16 +202,16 @@ def parse_results(path: str | os.PathLike[str], *, sha256: bool = False) -> Pars
                 break
             if k + 1 == len(results) and not closed:
                 return None
-        ints, flt = _assemble(chunks)
+        pairs = _apply_fixups(chunks)
     finally:
         if hasher is not None:
             hasher.join()
-    flags = ints[:, K.C_FLAGS]
-    has_bbox = int(np.count_nonzero(flags & K.HAS_BBOX))
-    has_seg = int(np.count_nonzero(flags & K.HAS_SEGMENTATION))
-    if has_bbox not in (0, len(ints)) or has_seg not in (0, len(ints)):
+    pairs = [pair for pair in pairs if len(pair[0])]
+    flags = int(pairs[0][0][0, K.C_FLAGS]) if pairs else 0
+    if any(np.count_nonzero(c_ints[:, K.C_FLAGS] != flags) for c_ints, _ in pairs):
         return None  # bbox / segmentation on some detections only
-    return ParsedResults(p, buf, ints, flt, bool(has_bbox), bool(has_seg), hashed[0] if hashed else "")
+    has_bbox, has_seg = bool(flags & K.HAS_BBOX), bool(flags & K.HAS_SEGMENTATION)
+    return ParsedResults(p, buf, pairs, has_bbox, has_seg, hashed[0] if hashed else "")
 
 
 def _read_part_from(buf: np.ndarray, start: int, out: list) -> None:
@@ -204,30 +225,54 @@ def _read_part_from(buf: np.ndarray, start: int, out: list) -> None:
     _read_part(buf, start, len(buf), out)
 
 
-def vouch(parsed: ParsedResults, table: ImageTable, gt_image_ids: np.ndarray, gt_cat_ids: np.ndarray) -> bool:
-    """Whether ``results_io.validate_results`` would accept the parsed file for the GT ``table``: known
-    image and category ids, finite scores, boxes of 4 finite numbers with no negative side, RLE sizes
-    equal to the image's (the kernel checked the json, the RLE strings and their runs).
-    ``gt_image_ids`` / ``gt_cat_ids``: the GT's ids, sorted."""
-    from lvisctl.evaluation import _parse_kernel as K
+@dataclass
+class DetectionColumns:
+    """The evaluation's columns of a vouched-for file, in file order (see ``_columns_kernel``)."""
 
-    ints, flt = parsed.ints, parsed.flt
-    img, cat = ints[:, K.C_IMG], ints[:, K.C_CAT]
-    if not np.isfinite(flt[:, K.F_SCORE]).all():
-        return False
-    if not _all_in(img, gt_image_ids) or not _all_in(cat, gt_cat_ids):
-        return False
-    if parsed.has_bbox:
-        box = flt[:, K.F_X : K.F_H + 1]
-        if not np.isfinite(box).all() or (box[:, 2:] < 0).any():
-            return False
-    if parsed.has_segmentation:
-        heights = np.array([table.sizes[int(i)][0] for i in gt_image_ids], np.int64)
-        widths = np.array([table.sizes[int(i)][1] for i in gt_image_ids], np.int64)
-        at = np.searchsorted(gt_image_ids, img)
-        if (ints[:, K.C_H] != heights[at]).any() or (ints[:, K.C_W] != widths[at]).any():
-            return False
-    return True
+    img: np.ndarray  # index of the image in the GT's sorted image ids
+    cat: np.ndarray  # index of the category in the GT's sorted category ids
+    score: np.ndarray
+    area: np.ndarray  # lvis-api's: the box's w * h when the file has boxes, else the mask's
+    mask_area: np.ndarray
+    box: np.ndarray  # [n, 4] (zeros without boxes)
+    rle_start: np.ndarray
+    rle_end: np.ndarray
+
+    def take(self, order: np.ndarray) -> DetectionColumns:
+        return DetectionColumns(*(getattr(self, f)[order] for f in self.__dataclass_fields__))
+
+
+def vouch(
+    parsed: ParsedResults,
+    gt_image_ids: np.ndarray,
+    image_sizes: tuple[np.ndarray, np.ndarray],
+    gt_cat_ids: np.ndarray,
+) -> DetectionColumns | None:
+    """The columns of ``parsed`` if ``results_io.validate_results`` would accept it for the GT: known
+    image and category ids, finite scores, boxes of 4 finite numbers with no negative side, RLE sizes
+    equal to the image's (the reader's kernel checked the json, the RLE strings and their runs); else
+    None. ``gt_image_ids`` / ``gt_cat_ids``: the GT's ids, sorted; ``image_sizes``: (heights, widths)
+    of those images."""
+    from lvisctl.evaluation._columns_kernel import detection_columns, lookup_table
+    from lvisctl.evaluation._parse_kernel import HAS_BBOX, HAS_SEGMENTATION
+
+    n = parsed.num_dets
+    cols = DetectionColumns(
+        *(np.empty(n, np.int64) for _ in range(2)),
+        *(np.empty(n, np.float64) for _ in range(2)),
+        np.empty(n, np.int64),
+        np.empty((n, 4), np.float64),
+        *(np.empty(n, np.int64) for _ in range(2)),
+    )
+    flags = (HAS_BBOX if parsed.has_bbox else 0) | (HAS_SEGMENTATION if parsed.has_segmentation else 0)
+    gt = (gt_image_ids, *image_sizes, gt_cat_ids, *lookup_table(gt_image_ids), *lookup_table(gt_cat_ids))
+    out = (cols.img, cols.cat, cols.score, cols.area, cols.mask_area, cols.box, cols.rle_start, cols.rle_end)
+    row = 0
+    for ints, flt in parsed.chunks:
+        if not detection_columns(ints, flt, row, flags, gt, out):
+            return None
+        row += len(ints)
+    return cols
 
 
 def reader_vouches(path: str | os.PathLike[str], table: ImageTable) -> bool:
@@ -237,11 +282,6 @@ def reader_vouches(path: str | os.PathLike[str], table: ImageTable) -> bool:
     if parsed is None:
         return False
     image_ids = np.array(sorted(table.sizes), np.int64)
-    return vouch(parsed, table, image_ids, np.array(sorted(table.cat_ids), np.int64))
-
-
-def _all_in(values: np.ndarray, sorted_ids: np.ndarray) -> bool:
-    if len(sorted_ids) == 0:
-        return len(values) == 0
-    at = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
-    return bool((sorted_ids[at] == values).all())
+    sizes = np.array([table.sizes[int(i)] for i in image_ids], np.int64).reshape(-1, 2)
+    cat_ids = np.array(sorted(table.cat_ids), np.int64)
+    return vouch(parsed, image_ids, (sizes[:, 0].copy(), sizes[:, 1].copy()), cat_ids) is not None

@@ -80,6 +80,10 @@ def warm_up() -> float:
                     run_evaluate(results, gt=gt_path, iou_types=types),
                     run_evaluate(results, gt=gt_path, extras=("boundary", "fixed")),
                 ]
+                if name == "with_bbox":  # box-only: the GT's boxes come from the compiled GT reader
+                    box = run_evaluate(results, gt=gt_path, iou_types=("bbox",))
+                    if not box.metrics["bbox"]["AP"] > 0:
+                        raise RuntimeError(f"warm-up box evaluation scored nothing: {box.metrics['bbox']}")
             for outcome in outcomes:
                 if not outcome.metrics["segm"]["AP"] > 0:  # the case is built to score: else a bug
                     raise RuntimeError(f"warm-up evaluation scored nothing: {outcome.metrics['segm']}")

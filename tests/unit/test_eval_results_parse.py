@@ -131,3 +131,75 @@ def test_characters_are_checked_at_every_offset(tmp_path):
             assert parse_of(tmp_path, None, text=text) is None, (k, bad)
         assert parse_of(tmp_path, [det(2, clean, big), det(2, clean + "P", big)]) is None  # "continued"
         assert parse_of(tmp_path, [det(2, clean, big)]) is not None
+
+
+def _reference_decode(text: bytes) -> tuple[int, int] | None:
+    """(run total, foreground area) of a json-quoted RLE body, byte by byte as pycocotools' ``rleFrString``
+    reads it, with the reader's checks (characters '0'..'o', an escaped backslash, no negative or huge
+    run, no number left "continued"); None where the reader must refuse it."""
+    total = area = m = x = shift = 0
+    prev = [0, 0]
+    i = 0
+    while i < len(text):
+        c = text[i]
+        i += 1
+        v = c - 48
+        if not 0 <= v <= 63:
+            return None
+        if c == 92:
+            if i >= len(text) or text[i] != 92:
+                return None
+            i += 1
+        x |= (v & 0x1F) << shift
+        shift += 5
+        if v & 0x20:
+            if shift > 55:
+                return None
+            continue
+        if v & 0x10:
+            x |= -1 << shift
+        if m > 2:
+            x += prev[0]
+        if x < 0 or x > K.MAX_RUN:
+            return None
+        total += x
+        area += x if m & 1 else 0
+        prev = [prev[1], x]
+        m += 1
+        x = shift = 0
+    return None if shift else (total, area)
+
+
+def test_rle_decoder_equals_the_byte_by_byte_reading_at_every_alignment():
+    # decode_rle reads eight one-character numbers at an 8-byte boundary as one word: its totals, areas
+    # and refusals must be those of the byte-by-byte reading wherever the string starts and whatever it
+    # holds (real masks' strings, runs of small differences, and characters it must refuse)
+    import pycocotools.mask as mask_utils
+
+    rng = np.random.default_rng(0)
+    bodies = []
+    for _ in range(60):
+        h, w = int(rng.integers(1, 40)), int(rng.integers(1, 40))
+        mask = np.asfortranarray(rng.random((h, w)) < rng.uniform(0.05, 0.95), dtype=np.uint8)
+        bodies.append(mask_utils.encode(mask)["counts"])
+        assert _reference_decode(bodies[-1].replace(b"\\", b"\\\\")) == (h * w, int(mask.sum()))
+    one_char = np.frombuffer(b"0123456789:;<=>?@ABCDEFGHIJKLMNO", np.uint8)
+    anything = np.frombuffer(
+        b"0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_`abcdefghijklmno~ \x7f\xc3", np.uint8
+    )
+    for _ in range(3000):
+        pool = one_char if rng.random() < 0.6 else anything
+        body = bytes(rng.choice(pool, int(rng.integers(0, 40))))
+        if rng.random() < 0.3:
+            body = b"0" * int(rng.integers(3, 9)) + body  # past the three plain counts: differences
+        bodies.append(body)
+    bodies += [b"\\0", b"000" + b"\\0" * 9, b"000" + b"1" * 20 + b"\xc3\xa9"]  # a backslash: 0x20 | 12
+    for body in bodies:
+        escaped = body.replace(b"\\", b"\\\\")  # as json writes it
+        want = _reference_decode(escaped)
+        for offset in range(8):
+            buf = np.frombuffer(b" " * offset + b'"' + escaped + b'",' + b" " * 9, np.uint8)
+            end, total, area, ok = K.decode_rle(buf, offset, len(buf))
+            assert ok == (want is not None), (body, offset)
+            if ok:
+                assert (total, area) == want and end == offset + len(escaped) + 2, (body, offset)
