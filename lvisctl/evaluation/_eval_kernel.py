@@ -1,11 +1,11 @@
-"""numba kernels of :mod:`lvisctl.evaluation.fast_eval`: lvis-api's per-image evaluation and accumulation.
+"""numba kernels of :mod:`lvisctl.evaluation.fast_eval`: lvis-api's per-image evaluation.
 
 ``eval_images`` runs lvis-api's ``evaluate_img`` for a range of images straight from parsed columns: the
 per-image cap (300 best by score, ties in file order), the federated filter (categories in the image's
 GT or ``neg_category_ids``), ``area > 0``, the IoU of every same-category (detection, GT) pair (mask IoU
 from the compressed RLE strings as pycocotools computes it; box IoU as pycocotools' ``bbIou``), and the
 greedy matching of ``_stream_kernel.match_image``. It holds no Python object, so threads
-run it on disjoint image ranges at once. ``pr_curves`` is lvis-api's ``accumulate`` over the matches.
+run it on disjoint image ranges at once.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from lvisctl.evaluation._stream_kernel import _decode_counts, _rle_intersection,
 from lvisctl.evaluation.numba_cache import ensure_cache_dir
 
 ensure_cache_dir()
-
-_EPS = np.spacing(1.0)
 
 
 @njit(cache=True, nogil=True)
@@ -178,52 +176,3 @@ def eval_images(i0, i1, kind, max_dets, imgs, dets, gts, params, outs):  # pragm
         _set_flags(allowed, neg_cat[neg_start[ii] : neg_start[ii + 1]], False)
         _set_flags(not_exh, nexh_cat[nexh_start[ii] : nexh_start[ii + 1]], False)
     return zero_area
-
-
-@njit(cache=True, nogil=True)
-def pr_curves(k0, k1, bounds, m_bits, ig_bits, num_gt, rec_thrs, precision, recall):  # pragma: no cover
-    """lvis-api's ``accumulate`` for categories ``k0 .. k1 - 1``: rows sorted by category, then score
-    descending (ties in image order, then in-image order); ``bounds``: each category's rows. Fills
-    ``precision`` [T, R, K, A] and ``recall`` [T, K, A] (left at -1 where a category has no GT in an
-    area range)."""
-    num_a = num_gt.shape[1]
-    num_t = precision.shape[0]
-    num_r = len(rec_thrs)
-    for k in range(k0, k1):
-        s, e = bounds[k], bounds[k + 1]
-        n = e - s
-        tp = np.zeros(n, np.float64)
-        fp = np.zeros(n, np.float64)
-        pr = np.zeros(n, np.float64)
-        for a in range(num_a):
-            ngt = num_gt[k, a]
-            if ngt == 0:
-                continue
-            for t in range(num_t):
-                ctp = 0.0
-                cfp = 0.0
-                for j in range(n):
-                    matched = (m_bits[s + j, a] >> t) & 1
-                    ignored = (ig_bits[s + j, a] >> t) & 1
-                    if matched and not ignored:
-                        ctp += 1.0
-                    elif not matched and not ignored:
-                        cfp += 1.0
-                    tp[j] = ctp
-                    fp[j] = cfp
-                for j in range(n):
-                    pr[j] = tp[j] / (fp[j] + tp[j] + _EPS)
-                for j in range(n - 1, 0, -1):  # precision envelope from the right
-                    if pr[j] > pr[j - 1]:
-                        pr[j - 1] = pr[j]
-                recall[t, k, a] = tp[n - 1] / ngt if n else 0.0
-                # searchsorted(rc, rec_thrs, "left"); lvis-api stops at the first threshold it cannot reach
-                j = 0
-                for r in range(num_r):
-                    while j < n and tp[j] / ngt < rec_thrs[r]:
-                        j += 1
-                    if j >= n:
-                        for r2 in range(r, num_r):
-                            precision[t, r2, k, a] = 0.0
-                        break
-                    precision[t, r, k, a] = pr[j]

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 from numba import njit
 
-from lvisctl.evaluation._json_kernel import _other_value, key_is, parse_id, parse_number, skip_ws
+from lvisctl.evaluation._json_kernel import (
+    CLOSED,
+    MORE,
+    _other_value,
+    after_item,
+    key_is,
+    parse_id,
+    parse_number,
+    skip_ws,
+)
 from lvisctl.evaluation.numba_cache import ensure_cache_dir
 
 ensure_cache_dir()
@@ -22,7 +31,10 @@ ensure_cache_dir()
 REFUSED = -1
 FULL = -2
 
-_IMG, _CAT, _AREA, _BOX, _IGNORE = 1, 2, 4, 8, 16
+# The fields read, in the order of read_annotations' ``fields``: the first three are integer columns of
+# ``ints`` (their field index is the column), area and box are ``flt``'s columns 0 and 1-4.
+_F_IGNORE, _F_AREA = 2, 3
+_REQUIRED = 0b11011  # image_id, category_id, area, bbox (``ignore`` is optional)
 
 
 @njit(cache=True, nogil=True)
@@ -30,13 +42,9 @@ def _string(buf, i, n):  # pragma: no cover - compiled
     """Index after the json string whose opening quote is ``buf[i]`` (any bytes: hotcoco checked them)."""
     i += 1
     while i < n:
-        c = buf[i]
-        if c == 92:
-            i += 2
-            continue
-        if c == 34:
+        if buf[i] == 34:
             return i + 1
-        i += 1
+        i += 2 if buf[i] == 92 else 1  # an escape's next byte is never the closing quote
     return -1
 
 
@@ -90,11 +98,35 @@ def _number(buf, i, n):
 
 
 @njit(cache=True, nogil=True)
-def _annotation(buf, i, n, keys, row, ints, flt):  # pragma: no cover - compiled
+def _field(buf, ks, ke, fields):  # pragma: no cover - compiled
+    """Index in ``fields`` of the key ``buf[ks:ke]``, or -1."""
+    for f in range(len(fields)):
+        if key_is(buf, ks, ke, fields[f]):
+            return f
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _box(buf, i, n, flt, row):  # pragma: no cover - compiled
+    """The ``[x, y, w, h]`` at ``buf[i]`` into ``flt[row, 1:5]``: (index after, ok)."""
+    ok = buf[i] == 91
+    i = skip_ws(buf, i + 1)
+    for col in range(1, 5):
+        if not ok:
+            break
+        x, i, ok = _number(buf, i, n)
+        flt[row, col] = x
+        i = skip_ws(buf, i)
+        ok = ok and i < n and buf[i] == (93 if col == 4 else 44)
+        i = skip_ws(buf, i + 1) if col < 4 else i + 1
+    return i, ok
+
+
+@njit(cache=True, nogil=True)
+def _annotation(buf, i, n, fields, row, ints, flt):  # pragma: no cover - compiled
     """One annotation object at ``buf[i]``: index after, or -1 (refused)."""
-    k_image_id, k_category_id, k_area, k_bbox, k_ignore = keys
     seen = 0
-    ints[row, 2] = 0  # ignore, when absent
+    ints[row, _F_IGNORE] = 0  # ignore, when absent
     i = skip_ws(buf, i + 1)
     if i < n and buf[i] == 125:
         return -1
@@ -102,49 +134,25 @@ def _annotation(buf, i, n, keys, row, ints, flt):  # pragma: no cover - compiled
         ks, ke, i = _key(buf, i, n)
         if i < 0:
             return -1
-        ok = True
-        bit = 0
-        if key_is(buf, ks, ke, k_image_id):
-            bit = _IMG
-            value, i, ok = parse_id(buf, i, n)
-            ints[row, 0] = value
-        elif key_is(buf, ks, ke, k_category_id):
-            bit = _CAT
-            value, i, ok = parse_id(buf, i, n)
-            ints[row, 1] = value
-        elif key_is(buf, ks, ke, k_ignore):
-            bit = _IGNORE
-            value, i, ok = parse_id(buf, i, n)
-            ints[row, 2] = value
-        elif key_is(buf, ks, ke, k_area):
-            bit = _AREA
-            x, i, ok = _number(buf, i, n)
-            flt[row, 0] = x
-        elif key_is(buf, ks, ke, k_bbox):
-            bit = _BOX
-            ok = buf[i] == 91
-            i = skip_ws(buf, i + 1)
-            for col in range(1, 5):
-                if not ok:
-                    break
-                x, i, ok = _number(buf, i, n)
-                flt[row, col] = x
-                i = skip_ws(buf, i)
-                ok = ok and i < n and buf[i] == (93 if col == 4 else 44)
-                i = skip_ws(buf, i + 1) if col < 4 else i + 1
-        else:
+        f = _field(buf, ks, ke, fields)
+        if f < 0:
             i = skip_value(buf, i, n)
             ok = i >= 0
+        elif f < _F_AREA:
+            ints[row, f], i, ok = parse_id(buf, i, n)
+        elif f == _F_AREA:
+            flt[row, 0], i, ok = _number(buf, i, n)
+        else:
+            i, ok = _box(buf, i, n, flt, row)
+        bit = 1 << f if f >= 0 else 0
         if not ok or seen & bit:
             return -1
         seen |= bit
-        i = skip_ws(buf, i)
-        if i < n and buf[i] == 44:
-            i = skip_ws(buf, i + 1)
+        i, state = after_item(buf, i, n, 125)
+        if state == MORE:
             continue
-        if i < n and buf[i] == 125:
-            need = _IMG | _CAT | _AREA | _BOX
-            return i + 1 if seen & need == need else -1
+        if state == CLOSED:
+            return i if seen & _REQUIRED == _REQUIRED else -1
         return -1
     return -1
 
@@ -156,7 +164,7 @@ def read_annotations(buf, keys, ints, flt):  # pragma: no cover - compiled
     b"category_id", b"area", b"bbox", b"ignore") as uint8 arrays. Returns the number of annotations, FULL
     when the outputs are too small, or REFUSED."""
     k_annotations = keys[0]
-    fields = (keys[1], keys[2], keys[3], keys[4], keys[5])
+    fields = (keys[1], keys[2], keys[5], keys[3], keys[4])  # image_id, category_id, ignore, area, bbox
     n = len(buf)
     i = skip_ws(buf, 0)
     if i >= n or buf[i] != 123:
@@ -184,12 +192,10 @@ def read_annotations(buf, keys, ints, flt):  # pragma: no cover - compiled
                     if i < 0:
                         return REFUSED
                     rows += 1
-                    i = skip_ws(buf, i)
-                    if i < n and buf[i] == 44:
-                        i = skip_ws(buf, i + 1)
+                    i, state = after_item(buf, i, n, 93)
+                    if state == MORE:
                         continue
-                    if i < n and buf[i] == 93:
-                        i += 1
+                    if state == CLOSED:
                         break
                     return REFUSED
         else:

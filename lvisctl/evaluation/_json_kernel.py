@@ -52,6 +52,22 @@ def skip_ws(buf, i):
     return i
 
 
+MORE, CLOSED, NEITHER = 1, 0, -1  # after_item's states
+
+
+@njit(cache=True, nogil=True, inline="always")
+def after_item(buf, i, n, close):
+    """After a list item or an object member ending before ``buf[i]``: (index of the next item, MORE) at a
+    comma, (index after the bracket, CLOSED) at ``close`` (93 ``]``, 125 ``}``), else (i, NEITHER); white
+    space skipped."""
+    i = skip_ws(buf, i)
+    if i < n and buf[i] == 44:
+        return skip_ws(buf, i + 1), MORE
+    if i < n and buf[i] == close:
+        return i + 1, CLOSED
+    return i, NEITHER
+
+
 @njit(cache=True, nogil=True)
 def key_is(buf, start, end, key):
     if end - start != len(key):

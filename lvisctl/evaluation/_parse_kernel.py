@@ -18,7 +18,10 @@ import numpy as np
 from numba import njit
 
 from lvisctl.evaluation._json_kernel import (
+    CLOSED,
+    MORE,
     _other_value,
+    after_item,
     borrowed,
     parse_id,
     parse_number,
@@ -350,12 +353,11 @@ def parse_part(buf, pos, stop, first, ints, flt, fix_idx, fix_txt, keys):  # pra
             return rows, nfix, i, DISTRUST, False
         nfix = nfix2
         rows += 1
-        i = skip_ws(buf, j)
-        if i < n and buf[i] == 44:
-            i = skip_ws(buf, i + 1)
+        i, state = after_item(buf, j, n, 93)
+        if state == MORE:
             continue
-        if i < n and buf[i] == 93:
-            i = skip_ws(buf, i + 1)
+        if state == CLOSED:
+            i = skip_ws(buf, i)
             return rows, nfix, i, (DONE if i >= n else DISTRUST), i >= n
         return rows, nfix, i, DISTRUST, False
 
