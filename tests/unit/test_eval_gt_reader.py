@@ -121,3 +121,45 @@ def test_a_box_evaluation_scores_the_same_through_either_reader(tmp_path):
     box_only = run_evaluate(res_path, gt=gt_path, iou_types=("bbox",)).metrics["bbox"]
     both = run_evaluate(res_path, gt=gt_path, iou_types=("segm", "bbox")).metrics["bbox"]
     assert box_only == both
+
+
+def _read(text: str):
+    """``_gt_kernel.read_annotations`` on ``text``: (rows, ints, flt)."""
+    from lvisctl.evaluation import _gt_kernel as G
+
+    keys = tuple(np.frombuffer(k, np.uint8) for k in fast_eval._GT_KEYS)
+    ints, flt = np.zeros((8, 3), np.int64), np.zeros((8, 5), np.float64)
+    rows = G.read_annotations(np.frombuffer(text.encode(), np.uint8), keys, ints, flt)
+    return rows, ints[: max(rows, 0)], flt[: max(rows, 0)]
+
+
+def test_the_kernel_reads_fields_in_any_order_and_ignore_defaults_to_0():
+    text = (
+        '{"images": [], "annotations": [{"bbox": [1, 2, 3.5, 4], "segmentation": [[1, 2, "}"]], "area": 14, '
+        '"ignore": 1, "category_id": 7, "image_id": 3}, {"image_id": 4, "category_id": 8, "area": 2.5, '
+        '"bbox": [0, 0, 1, 2.5]}], "categories": []}'
+    )
+    rows, ints, flt = _read(text)
+    assert rows == 2
+    assert ints.tolist() == [[3, 7, 1], [4, 8, 0]]
+    assert flt.tolist() == [[14.0, 1.0, 2.0, 3.5, 4.0], [2.5, 0.0, 0.0, 1.0, 2.5]]
+
+
+@pytest.mark.parametrize("field", ['"image_id": 5', '"area": 3', '"bbox": [0, 0, 1, 3]', '"ignore": 0'])
+def test_the_kernel_refuses_a_repeated_field(field):
+    """hotcoco refuses such a file itself; the reader does not rely on it (json keeps the last one)."""
+    one = '{"image_id": 4, "category_id": 8, "area": 2.5, "bbox": [0, 0, 1, 2.5], "ignore": 0'
+    from lvisctl.evaluation import _gt_kernel as G
+
+    assert _read('{"annotations": [' + one + "}]}")[0] == 1
+    assert _read('{"annotations": [' + one + ", " + field + "}]}")[0] == G.REFUSED
+
+
+@pytest.mark.parametrize(
+    "drop", ['"image_id": 4, ', '"category_id": 8, ', '"area": 2.5, ', ', "bbox": [0, 0, 1, 2.5]']
+)
+def test_the_kernel_refuses_a_missing_required_field(drop):
+    from lvisctl.evaluation import _gt_kernel as G
+
+    one = '{"image_id": 4, "category_id": 8, "area": 2.5, "bbox": [0, 0, 1, 2.5]}'
+    assert _read('{"annotations": [' + one.replace(drop, "", 1) + "]}")[0] == G.REFUSED
