@@ -47,6 +47,11 @@ def test_demo_finetune_bags_carries_the_recipe_at_demo_size():
     assert cfg.sampler.type == "uniform" and cfg.solver.clip_grad_norm == 35.0
     assert cfg.solver.warmup_factor == pytest.approx(1 / 3)
     assert (cfg.solver.epochs, list(cfg.solver.steps)) == (12, [8, 11])  # scaled to max_iter
+    # BAGS's 12 epochs over the demo preset's training images (a fresh classifier needs them: 200 iterations
+    # lost AP on the demo, benchmarks/longtail_ablation.py)
+    from lvisctl.data.synth import PRESETS
+
+    assert cfg.solver.max_iter * cfg.train.batch_size == 12 * PRESETS["demo"].train_images
     assert (cfg.augment.mosaic.prob, cfg.augment.rotate.prob, list(cfg.augment.train_scales)) == (
         0.0,
         0.0,
